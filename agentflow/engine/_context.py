@@ -1,0 +1,104 @@
+"""`WorkflowContext`: the only door from workflow code to the outside world.
+
+Every method takes the next `seq` synchronously, at call time, in program order. `ctx.run(...)`
+returns an awaitable that is already scheduled, so `asyncio.gather(ctx.run(a), ctx.run(b))`
+numbers `a` before `b` however the activities finish (DBOS issue 688 is the bug this avoids).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid as uuid_mod
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from agentflow.engine._defs import Activity, Workflow
+
+if TYPE_CHECKING:
+    from agentflow.engine._executor import RunExecutor
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class WorkflowContext:
+    """Handed to every workflow function as its first argument."""
+
+    def __init__(self, executor: RunExecutor) -> None:
+        self._ex = executor
+
+    @property
+    def run_id(self) -> str:
+        return self._ex.run_id
+
+    @property
+    def tenant(self) -> str:
+        return self._ex.run.tenant
+
+    @property
+    def workflow(self) -> str:
+        return self._ex.run.workflow
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The run's metadata given at start (e.g. `requested_by`)."""
+        return self._ex.run.meta_dict()
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while the code is re-running steps that are already recorded."""
+        return self._ex.next_seq <= self._ex.max_recorded
+
+    def run(self, activity: Activity[P, R], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[R]:
+        """Run an activity as a recorded step; await the result.
+
+        A step already in the history returns its recorded result (or raises its recorded
+        error as `ActivityError`) without executing.
+        """
+        return self._ex.schedule_activity(activity, args, kwargs)
+
+    def sleep(self, seconds: float) -> asyncio.Future[None]:
+        """A durable timer: the run is parked in the store (no thread) until it is due."""
+        return self._ex.schedule_timer(self._ex.clock.now() + max(0.0, float(seconds)), f"{seconds}s")
+
+    def sleep_until(self, when: datetime) -> asyncio.Future[None]:
+        """A durable timer until an aware datetime."""
+        if when.tzinfo is None:
+            raise ValueError("sleep_until needs an aware datetime (e.g. datetime.now(timezone.utc))")
+        return self._ex.schedule_timer(when.timestamp(), when.isoformat())
+
+    def wait_signal(self, name: str, *, timeout: float | None = None) -> asyncio.Future[Any]:
+        """Wait (durably, holding no thread) for the next signal `name`; return its payload.
+
+        Raises:
+            WaitTimeout: when `timeout` seconds pass first.
+        """
+        return self._ex.schedule_signal(name, timeout)
+
+    def child(self, workflow: Workflow[P, R], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[R]:
+        """Start a child run (id `<run_id>/<seq>`) and await its result."""
+        return self._ex.schedule_child(workflow, args, kwargs)
+
+    def now(self) -> datetime:
+        """The engine clock's time, recorded: a replay sees the same value."""
+        value = self._ex.record_local("now", lambda: self._ex.clock.now())
+        return datetime.fromtimestamp(float(value), tz=timezone.utc)
+
+    def uuid(self) -> uuid_mod.UUID:
+        """A random UUID, recorded."""
+        return uuid_mod.UUID(str(self._ex.record_local("uuid", lambda: uuid_mod.uuid4().hex)))
+
+    def random(self) -> float:
+        """A random float in [0, 1), recorded."""
+        import random
+
+        return float(self._ex.record_local("random", random.random))
+
+    def patched(self, change_id: str) -> bool:
+        """Whether this run takes the new code path of `change_id`.
+
+        New runs (and runs that reach this point after the change was deployed) record a marker
+        and get True; runs whose history was recorded by the old code get False, so they replay
+        the old path.
+        """
+        return self._ex.patched(change_id)

@@ -1,0 +1,171 @@
+"""`Worker`: claims runnable runs and drives them; recovers runs whose owner died.
+
+A run is runnable when it is pending, when it is waiting and its `wake_at` has come (a timer is
+due, or a signal / child completion / cancel request set it to 0), or when it is running but its
+owner is dead: a worker on the same host whose process is gone (detected at once, by pid and
+process start time) or any worker whose heartbeat is older than the lease TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from agentflow.engine._executor import RunExecutor
+from agentflow.errors import LeaseLostError, StoreBusyError, StoreError
+
+if TYPE_CHECKING:
+    from agentflow.engine._app import App
+
+log = logging.getLogger("agentflow.worker")
+
+REAP_INTERVAL = 0.5
+
+
+class Worker:
+    """Drives runs of one App.
+
+    Args:
+        app: the App whose workflows this worker runs (runs of other workflows are left alone).
+        concurrency: runs driven at once.
+        poll_interval: seconds between looks for runnable runs when idle.
+        root_id: only drive the run tree with this root (what `app.run` uses).
+    """
+
+    def __init__(self, app: App, *, concurrency: int = 16, poll_interval: float = 0.05, root_id: str | None = None) -> None:
+        self.app = app
+        self.store = app.store
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.root_id = root_id
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.executors: dict[str, RunExecutor] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stop = threading.Event()
+        self._last_reap = 0.0
+        self.completed = 0
+
+    # -- entry points ----------------------------------------------------------------------
+    async def run_until_done(self, run_id: str) -> None:
+        """Drive runs (of this worker's scope) until `run_id` has ended."""
+        await self._loop(lambda: self.store.get_run(run_id).terminal)
+
+    async def run_forever(self, stop: asyncio.Event | None = None) -> None:
+        """Drive runs until `stop` is set (or the task is cancelled)."""
+        await self._loop(lambda: stop is not None and stop.is_set())
+
+    # -- the loop --------------------------------------------------------------------------
+    async def _loop(self, done: "callable[[], bool]") -> None:  # type: ignore[valid-type]
+        loop = asyncio.get_running_loop()
+        self.store.register_worker(self.worker_id)
+        beat = threading.Thread(target=self._heartbeat, args=(loop,), name="agentflow-heartbeat", daemon=True)
+        beat.start()
+        try:
+            while not done():
+                claimed = self._claim()
+                if self._tasks:
+                    await asyncio.wait(list(self._tasks.values()), timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                if claimed:
+                    continue
+                if self._skip_time():
+                    continue
+                await asyncio.sleep(self.poll_interval)
+        finally:
+            self._stop.set()
+            for task in self._tasks.values():
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            try:
+                self.store.stop_worker(self.worker_id)
+            except StoreError:
+                pass  # the lease expires by itself
+
+    def _claim(self) -> int:
+        now_real = time.monotonic()
+        if now_real - self._last_reap > REAP_INTERVAL:
+            self._last_reap = now_real
+            try:
+                self.store.reap_dead_workers(self.worker_id)
+            except StoreError as exc:
+                log.warning("reaping dead workers failed: %s", exc)
+        free = self.concurrency - len(self._tasks)
+        if free <= 0:
+            return 0
+        try:
+            claimed = self.store.claim(
+                self.worker_id, now=self.app.clock.now(), lease_ttl=self.app.lease_ttl, limit=free,
+                root_id=self.root_id, workflows=self.app.workflow_names,
+            )  # fmt: skip
+        except StoreBusyError as exc:
+            log.warning("claiming runs: %s", exc)
+            return 0
+        for run_id, epoch, recovering in claimed:
+            self._tasks[run_id] = asyncio.get_running_loop().create_task(self._drive(run_id, epoch, recovering))
+        return len(claimed)
+
+    def _skip_time(self) -> bool:
+        """With a time-skipping clock, jump to the next timer once nothing else can run."""
+        clock = self.app.clock
+        if not clock.skips or self.store.any_active(self.root_id):
+            return False
+        wake = self.store.next_wake_at(self.root_id)
+        if wake is None or wake <= clock.now():
+            return False
+        clock.advance_to(wake)
+        return True
+
+    async def _drive(self, run_id: str, epoch: int, recovering: bool) -> None:
+        try:
+            run = self.store.get_run(run_id)
+            executor = RunExecutor(self.app, run, epoch, recovering=recovering)
+            self.executors[run_id] = executor
+            status = await executor.execute()
+            if status in ("completed", "failed", "cancelled"):
+                self.completed += 1
+        except LeaseLostError:
+            log.warning("run %s: lease lost to another worker; stopped working on it", run_id)
+        except StoreBusyError as exc:
+            # Still our lease: give the run back so it resumes later, here or elsewhere.
+            log.warning("run %s: %s", run_id, exc)
+            await asyncio.sleep(self.poll_interval)
+            try:
+                self.store.release(run_id, epoch)
+            except StoreError:
+                pass
+        except Exception:  # noqa: BLE001 - one bad run must not stop the worker
+            log.exception("run %s: internal error in the executor", run_id)
+            try:
+                self.store.release(run_id, epoch)
+            except StoreError:
+                pass
+        finally:
+            self.executors.pop(run_id, None)
+            self._tasks.pop(run_id, None)
+
+    # -- the lease -------------------------------------------------------------------------
+    def _heartbeat(self, loop: asyncio.AbstractEventLoop) -> None:
+        interval = max(self.app.lease_ttl / 3, 0.05)
+        while not self._stop.wait(interval):
+            try:
+                cancels = self.store.heartbeat(self.worker_id)
+            except StoreError as exc:
+                log.warning("heartbeat failed: %s", exc)
+                continue
+            for run_id in cancels:
+                try:
+                    loop.call_soon_threadsafe(self._flag_cancel, run_id)
+                except RuntimeError:
+                    return  # the loop is closed: the worker is gone
+
+    def _flag_cancel(self, run_id: str) -> None:
+        executor = self.executors.get(run_id)
+        if executor is not None:
+            executor.cancel_requested = True

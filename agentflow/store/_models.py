@@ -1,0 +1,123 @@
+"""The tables of the event store, as SQLModel models.
+
+These models are the schema's single description: the Alembic migrations create exactly these
+tables (a test compares them), and the read side (`runs list`, traces) queries through them. The
+engine's hot path writes with prepared DBAPI statements instead, because SQLAlchemy's per-statement
+overhead (~100 µs) would be a third of a durable commit.
+
+Times are REAL seconds since the epoch in the engine clock's timebase.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Index, Text
+from sqlmodel import Field, SQLModel
+
+#: Head revision of the migrations in `agentflow/store/migrations/versions`; a test pins it.
+SCHEMA_REVISION = "0001"
+
+RUN_STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
+TERMINAL_STATUSES = ("completed", "failed", "cancelled")
+
+
+class Run(SQLModel, table=True):
+    """One execution of a workflow."""
+
+    __tablename__ = "af_runs"
+    __table_args__ = (
+        Index("ix_af_runs_claim", "status", "wake_at"),
+        Index("ix_af_runs_root", "root_id"),
+        Index("ix_af_runs_tenant_created", "tenant", "created_at"),
+    )
+
+    id: str = Field(primary_key=True)
+    workflow: str
+    tenant: str = Field(default="default")
+    status: str = Field(default="pending")
+    input: str = Field(sa_column=Column(Text, nullable=False))
+    output: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # The worker that owns the run while it is `running`, and the lease epoch: every write of a
+    # step is conditional on the epoch, which each claim increments (fencing).
+    owner: str | None = Field(default=None)
+    epoch: int = Field(default=0)
+    # A `waiting` run becomes runnable when wake_at <= now; NULL waits for an event only.
+    wake_at: float | None = Field(default=None)
+    waiting_on: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    parent_id: str | None = Field(default=None)
+    parent_seq: int | None = Field(default=None)
+    root_id: str
+    cancel_requested: int = Field(default=0)
+    meta: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: float
+    updated_at: float
+    completed_at: float | None = Field(default=None)
+
+
+class Step(SQLModel, table=True):
+    """One recorded step of a run's history: (run_id, seq) is recorded once.
+
+    WITHOUT ROWID keeps a run's steps clustered by key, so a resume reads them in one range scan.
+    """
+
+    __tablename__ = "af_steps"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    run_id: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+    kind: str
+    name: str
+    digest: str
+    # started (intent recorded, outcome unknown) | waiting | retrying | completed | failed
+    status: str
+    attempt: int = Field(default=1)
+    args: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    result: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    started_at: float
+    finished_at: float | None = Field(default=None)
+    wake_at: float | None = Field(default=None)
+    epoch: int = Field(default=0)
+
+
+class StepAttempt(SQLModel, table=True):
+    """A failed attempt of a step (the final outcome stays in `af_steps`)."""
+
+    __tablename__ = "af_step_attempts"
+
+    run_id: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+    attempt: int = Field(primary_key=True)
+    error: str = Field(sa_column=Column(Text, nullable=False))
+    started_at: float
+    finished_at: float
+    retry_at: float | None = Field(default=None)
+
+
+class Signal(SQLModel, table=True):
+    """A signal sent to a run; consumed by the `wait_signal` step with seq `consumed_seq`."""
+
+    __tablename__ = "af_signals"
+    __table_args__ = (Index("ix_af_signals_run", "run_id", "name", "consumed_seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str
+    name: str
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: float
+    consumed_seq: int | None = Field(default=None)
+
+
+class Worker(SQLModel, table=True):
+    """A worker process; its heartbeat is the lease of every run it owns."""
+
+    __tablename__ = "af_workers"
+
+    id: str = Field(primary_key=True)
+    host: str
+    pid: int
+    # The process start time (from /proc), so a recycled pid is not mistaken for a live owner.
+    pid_start: str
+    started_at: float
+    heartbeat_at: float
+    dead: int = Field(default=0)

@@ -1,0 +1,465 @@
+"""The event store's operations, over a backend that runs SQL (SQLite now, PostgreSQL later).
+
+All writes of a run's history go through fenced statements: they apply only while the writer holds
+the run's lease epoch, so a worker that lost its lease can never append to that run's history.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agentflow.errors import (
+    CorruptRecordError,
+    RunStateError,
+    UnknownRunError,
+)
+from agentflow.store._models import TERMINAL_STATUSES
+from agentflow.store._schema import VERSION_TABLE, check_revision, upgrade
+from agentflow.store._sqlite import UPSERT_STEP, Op, SqliteStore
+
+RUN_COLUMNS = (
+    "id, workflow, tenant, status, input, output, error, owner, epoch, wake_at, waiting_on, "
+    "parent_id, parent_seq, root_id, cancel_requested, meta, created_at, updated_at, completed_at"
+)
+STEP_SELECT = (
+    "SELECT seq, kind, name, digest, status, attempt, args, result, error, started_at, "
+    "finished_at, wake_at, epoch FROM af_steps WHERE run_id = ? ORDER BY seq"
+)
+_TERMINAL_SQL = "('completed', 'failed', 'cancelled')"
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """A row of `af_runs`."""
+
+    id: str
+    workflow: str
+    tenant: str
+    status: str
+    input: str
+    output: str | None
+    error: str | None
+    owner: str | None
+    epoch: int
+    wake_at: float | None
+    waiting_on: str | None
+    parent_id: str | None
+    parent_seq: int | None
+    root_id: str
+    cancel_requested: int
+    meta: str | None
+    created_at: float
+    updated_at: float
+    completed_at: float | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def error_dict(self) -> dict[str, Any]:
+        return _json_field(self.error, self.id, "error") or {}
+
+    def meta_dict(self) -> dict[str, Any]:
+        return _json_field(self.meta, self.id, "meta") or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """A row of `af_steps`."""
+
+    seq: int
+    kind: str
+    name: str
+    digest: str
+    status: str
+    attempt: int
+    args: str | None
+    result: str | None
+    error: str | None
+    started_at: float
+    finished_at: float | None
+    wake_at: float | None
+    epoch: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+
+def _json_field(text: str | None, run_id: str, what: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise CorruptRecordError(f"the {what} of run {run_id} is not valid JSON", run_id=run_id) from None
+
+
+def step_params(run_id: str, epoch: int, s: StepRecord) -> tuple[Any, ...]:
+    return (
+        run_id, s.seq, s.kind, s.name, s.digest, s.status, s.attempt, s.args, s.result,
+        s.error, s.started_at, s.finished_at, s.wake_at, epoch, run_id, epoch,
+    )  # fmt: skip
+
+
+def upsert_step_op(run_id: str, epoch: int, s: StepRecord) -> Op:
+    return (UPSERT_STEP, step_params(run_id, epoch, s), True)
+
+
+def process_start_time(pid: int) -> str:
+    """The start time of a process (field 22 of /proc/PID/stat); '' when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode(errors="replace")
+        return data.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def pid_alive(pid: int, start: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A recycled pid belongs to another process: compare the start times when we have them.
+    return not start or process_start_time(pid) in ("", start)
+
+
+class EventStore:
+    """Runs, steps, signals and workers, in one database."""
+
+    def __init__(self, url: str, *, synchronous: str = "FULL", busy_timeout: float | None = None, migrate: bool = True) -> None:
+        kwargs: dict[str, Any] = {"synchronous": synchronous}
+        if busy_timeout is not None:
+            kwargs["busy_timeout"] = busy_timeout
+        self.backend = SqliteStore(url, **kwargs)
+        self.url = url
+        if migrate:
+            self.ensure_schema()
+
+    # -- schema ----------------------------------------------------------------------------
+    def ensure_schema(self) -> None:
+        rows: list[tuple[Any, ...]]
+        try:
+            rows = self.backend.query(f"SELECT version_num FROM {VERSION_TABLE}")
+        except Exception as exc:  # noqa: BLE001 - a missing version table means "not migrated"
+            if "no such table" not in str(exc):
+                raise
+            rows = []
+        found = rows[0][0] if rows else None
+        if not check_revision(self.url, found):
+            upgrade(self.url)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    # -- runs ------------------------------------------------------------------------------
+    def create_run(
+        self,
+        *,
+        run_id: str,
+        workflow: str,
+        tenant: str,
+        input: str,
+        now: float,
+        parent_id: str | None = None,
+        parent_seq: int | None = None,
+        root_id: str | None = None,
+        meta: str | None = None,
+    ) -> tuple[RunRecord, bool]:
+        """Insert a pending run unless one with this id exists; return (run, created)."""
+        (n,) = self.backend.write([self.create_run_op(run_id, workflow, tenant, input, now, parent_id, parent_seq, root_id, meta)])
+        run = self.get_run(run_id)
+        return run, n == 1
+
+    @staticmethod
+    def create_run_op(
+        run_id: str, workflow: str, tenant: str, input: str, now: float,
+        parent_id: str | None, parent_seq: int | None, root_id: str | None, meta: str | None,
+    ) -> Op:  # fmt: skip
+        return (
+            "INSERT INTO af_runs (id, workflow, tenant, status, input, epoch, parent_id, "
+            "parent_seq, root_id, cancel_requested, meta, created_at, updated_at) "
+            "VALUES (?, ?, ?, 'pending', ?, 0, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            (run_id, workflow, tenant, input, parent_id, parent_seq, root_id or run_id, meta, now, now),
+            False,
+        )
+
+    def find_run(self, run_id: str) -> RunRecord | None:
+        rows = self.backend.query(f"SELECT {RUN_COLUMNS} FROM af_runs WHERE id = ?", (run_id,))
+        return RunRecord(*rows[0]) if rows else None
+
+    def get_run(self, run_id: str) -> RunRecord:
+        run = self.find_run(run_id)
+        if run is None:
+            raise UnknownRunError(
+                f"no run with id {run_id!r} in {self.url}; list runs with `agentflow runs list`",
+                run_id=run_id,
+            )
+        return run
+
+    def list_runs(self, *, tenant: str | None = None, status: str | None = None, workflow: str | None = None, limit: int = 100) -> list[RunRecord]:
+        where, params = [], []
+        for col, val in (("tenant", tenant), ("status", status), ("workflow", workflow)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                params.append(val)
+        sql = f"SELECT {RUN_COLUMNS} FROM af_runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id LIMIT ?"
+        return [RunRecord(*r) for r in self.backend.query(sql, (*params, limit))]
+
+    def runs_status(self, ids: Sequence[str]) -> dict[str, RunRecord]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self.backend.query(f"SELECT {RUN_COLUMNS} FROM af_runs WHERE id IN ({marks})", tuple(ids))
+        return {r[0]: RunRecord(*r) for r in rows}
+
+    # -- history ---------------------------------------------------------------------------
+    def load_steps(self, run_id: str) -> list[StepRecord]:
+        """The whole history of a run, in one query."""
+        return [StepRecord(*r) for r in self.backend.query(STEP_SELECT, (run_id,))]
+
+    def load_attempts(self, run_id: str) -> list[tuple[Any, ...]]:
+        return self.backend.query(
+            "SELECT seq, attempt, error, started_at, finished_at, retry_at FROM af_step_attempts "
+            "WHERE run_id = ? ORDER BY seq, attempt",
+            (run_id,),
+        )
+
+    def attempt_op(self, run_id: str, seq: int, attempt: int, error: str, started: float, finished: float, retry_at: float | None) -> Op:
+        return (
+            "INSERT INTO af_step_attempts (run_id, seq, attempt, error, started_at, finished_at, "
+            "retry_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (run_id, seq, attempt, error, started, finished, retry_at),
+            False,
+        )
+
+    # -- run transitions (all fenced on the epoch) ------------------------------------------
+    @staticmethod
+    def park_op(run_id: str, epoch: int, wake_at: float | None, waiting_on: str, now: float) -> Op:
+        return (
+            "UPDATE af_runs SET status = 'waiting', owner = NULL, wake_at = ?, waiting_on = ?, "
+            "updated_at = ? WHERE id = ? AND epoch = ?",
+            (wake_at, waiting_on, now, run_id, epoch),
+            True,
+        )
+
+    @staticmethod
+    def finish_op(run_id: str, epoch: int, status: str, output: str | None, error: str | None, now: float) -> Op:
+        return (
+            "UPDATE af_runs SET status = ?, output = ?, error = ?, owner = NULL, wake_at = NULL, "
+            "waiting_on = NULL, completed_at = ?, updated_at = ? WHERE id = ? AND epoch = ?",
+            (status, output, error, now, now, run_id, epoch),
+            True,
+        )
+
+    @staticmethod
+    def wake_op(run_id: str) -> Op:
+        """Make a waiting run runnable now (a signal arrived, a child finished, cancel)."""
+        return ("UPDATE af_runs SET wake_at = 0 WHERE id = ? AND status = 'waiting'", (run_id,), False)
+
+    def park_blockers_sql(self, run_id: str, signal_names: Sequence[str], child_ids: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
+        """A query returning a row when the run must not park: an event it waits for is in."""
+        parts = ["SELECT 1 FROM af_runs WHERE id = ? AND cancel_requested = 1"]
+        params: list[Any] = [run_id]
+        if signal_names:
+            marks = ",".join("?" * len(signal_names))
+            parts.append(
+                "SELECT 1 FROM af_signals WHERE run_id = ? AND consumed_seq IS NULL "
+                f"AND name IN ({marks})"
+            )
+            params += [run_id, *signal_names]
+        if child_ids:
+            marks = ",".join("?" * len(child_ids))
+            parts.append(f"SELECT 1 FROM af_runs WHERE id IN ({marks}) AND status IN {_TERMINAL_SQL}")
+            params += list(child_ids)
+        return " UNION ALL ".join(parts), tuple(params)
+
+    # -- signals ---------------------------------------------------------------------------
+    def send_signal(self, run_id: str, name: str, payload: str, now: float) -> None:
+        run = self.get_run(run_id)
+        if run.terminal:
+            raise RunStateError(
+                f"run {run_id} is {run.status}; signal {name!r} cannot be delivered to a finished run",
+                run_id=run_id,
+                tenant=run.tenant,
+            )
+        self.backend.write(
+            [
+                (
+                    "INSERT INTO af_signals (run_id, name, payload, created_at) VALUES (?, ?, ?, ?)",
+                    (run_id, name, payload, now),
+                    False,
+                ),
+                self.wake_op(run_id),
+            ],
+            run_id=run_id,
+        )
+
+    def next_signal(self, run_id: str, name: str) -> tuple[int, str] | None:
+        rows = self.backend.query(
+            "SELECT id, payload FROM af_signals WHERE run_id = ? AND name = ? AND consumed_seq IS NULL "
+            "ORDER BY id LIMIT 1",
+            (run_id, name),
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    @staticmethod
+    def consume_signal_op(signal_id: int, seq: int) -> Op:
+        return (
+            "UPDATE af_signals SET consumed_seq = ? WHERE id = ? AND consumed_seq IS NULL",
+            (seq, signal_id),
+            True,
+        )
+
+    # -- cancellation ----------------------------------------------------------------------
+    def request_cancel(self, run_id: str, now: float) -> RunRecord:
+        run = self.get_run(run_id)
+        if run.terminal:
+            return run
+        if run.status == "pending" and not self.load_steps(run_id):
+            # Never started: nothing to compensate, cancel it outright (unless a worker just
+            # claimed it, which the status condition catches).
+            self.backend.write(
+                [
+                    (
+                        "UPDATE af_runs SET status = 'cancelled', cancel_requested = 1, completed_at = ?, "
+                        "updated_at = ?, error = ? WHERE id = ? AND status = 'pending'",
+                        (now, now, json.dumps({"type": "Cancelled", "message": "cancelled before it started"}), run_id),
+                        False,
+                    )
+                ],
+                run_id=run_id,
+            )
+        self.backend.write(
+            [
+                ("UPDATE af_runs SET cancel_requested = 1 WHERE id = ?", (run_id,), False),
+                self.wake_op(run_id),
+            ],
+            run_id=run_id,
+        )
+        return self.get_run(run_id)
+
+    # -- workers and claims ----------------------------------------------------------------
+    def register_worker(self, worker_id: str) -> None:
+        now = time.time()
+        pid = os.getpid()
+        self.backend.write(
+            [
+                (
+                    "INSERT INTO af_workers (id, host, pid, pid_start, started_at, heartbeat_at, dead) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 0)",
+                    (worker_id, socket.gethostname(), pid, process_start_time(pid), now, now),
+                    False,
+                )
+            ]
+        )
+
+    def heartbeat(self, worker_id: str) -> list[str]:
+        """Renew this worker's lease; return the ids of its runs that have a cancel request."""
+        self.backend.write(
+            [("UPDATE af_workers SET heartbeat_at = ? WHERE id = ?", (time.time(), worker_id), False)]
+        )
+        rows = self.backend.query(
+            "SELECT id FROM af_runs WHERE owner = ? AND status = 'running' AND cancel_requested = 1",
+            (worker_id,),
+        )
+        return [r[0] for r in rows]
+
+    def stop_worker(self, worker_id: str) -> None:
+        self.backend.write([("UPDATE af_workers SET dead = 1 WHERE id = ?", (worker_id,), False)])
+        # Runs it still owned become claimable at once (they are `running` with a dead owner).
+
+    def reap_dead_workers(self, worker_id: str) -> int:
+        """Mark as dead the workers of this host whose process is gone: detected at once."""
+        rows = self.backend.query(
+            "SELECT id, pid, pid_start FROM af_workers WHERE host = ? AND dead = 0 AND id != ?",
+            (socket.gethostname(), worker_id),
+        )
+        dead = [r[0] for r in rows if not pid_alive(r[1], r[2])]
+        if dead:
+            marks = ",".join("?" * len(dead))
+            self.backend.write([(f"UPDATE af_workers SET dead = 1 WHERE id IN ({marks})", tuple(dead), False)])
+        return len(dead)
+
+    def claim(
+        self, worker_id: str, *, now: float, lease_ttl: float, limit: int,
+        root_id: str | None = None, workflows: Sequence[str] = (),
+    ) -> list[tuple[str, int, bool]]:  # fmt: skip
+        """Claim up to `limit` runnable runs; return (run_id, new epoch, was_running).
+
+        `was_running` marks a takeover from a dead owner (recovery)."""
+        stale = time.time() - lease_ttl
+        sql = self.backend.claim_sql()
+        params: list[Any] = [now, stale]
+        if root_id is not None:
+            sql += "AND r.root_id = ? "
+            params.append(root_id)
+        if workflows:
+            sql += f"AND r.workflow IN ({','.join('?' * len(workflows))}) "
+            params.extend(workflows)
+        sql += "ORDER BY r.created_at, r.id LIMIT ?"
+        params.append(limit)
+        candidates = self.backend.query(sql, tuple(params))
+        claimed: list[tuple[str, int, bool]] = []
+        for run_id, epoch, status in candidates:
+            counts = self.backend.write(
+                [
+                    (
+                        "UPDATE af_runs SET status = 'running', owner = ?, epoch = epoch + 1, "
+                        "updated_at = ? WHERE id = ? AND epoch = ? AND status NOT IN "
+                        f"{_TERMINAL_SQL}",
+                        (worker_id, now, run_id, epoch),
+                        False,
+                    )
+                ],
+                run_id=run_id,
+            )
+            if counts[0] == 1:
+                claimed.append((run_id, epoch + 1, status == "running"))
+        return claimed
+
+    def release(self, run_id: str, epoch: int) -> None:
+        """Give a run back (worker shutting down, store busy): it becomes pending again."""
+        self.backend.write(
+            [
+                (
+                    "UPDATE af_runs SET status = 'pending', owner = NULL WHERE id = ? AND epoch = ? "
+                    "AND status = 'running'",
+                    (run_id, epoch),
+                    False,
+                )
+            ],
+            run_id=run_id,
+        )
+
+    def next_wake_at(self, root_id: str | None = None) -> float | None:
+        sql = "SELECT min(wake_at) FROM af_runs WHERE status = 'waiting' AND wake_at IS NOT NULL"
+        params: tuple[Any, ...] = ()
+        if root_id is not None:
+            sql += " AND root_id = ?"
+            params = (root_id,)
+        rows = self.backend.query(sql, params)
+        return rows[0][0] if rows else None
+
+    def any_active(self, root_id: str | None = None) -> bool:
+        """Whether any run (of this tree) is pending or running, or waiting with a due wake."""
+        sql = "SELECT 1 FROM af_runs WHERE status IN ('pending', 'running')"
+        params: tuple[Any, ...] = ()
+        if root_id is not None:
+            sql += " AND root_id = ?"
+            params = (root_id,)
+        return bool(self.backend.query(sql + " LIMIT 1", params))
