@@ -154,7 +154,7 @@ class App:
     @overload
     def workflow(self, *, name: str | None = None) -> Callable[[Callable[P, Awaitable[R]]], Workflow[P, R]]: ...
 
-    def workflow(self, fn: Any = None, /, *, name: str | None = None) -> Any:
+    def workflow(self, fn: Any = None, /, *, name: str | None = None) -> Any:  # type: ignore[misc]
         """Register an `async def wf(ctx, ...)` as a workflow (name: its qualified name)."""
 
         def register(f: Callable[..., Awaitable[Any]]) -> Workflow[Any, Any]:
@@ -166,7 +166,20 @@ class App:
 
         return register(fn) if fn is not None else register
 
+    @overload
+    def activity(self, fn: Callable[P, R], /) -> Activity[P, R]: ...
+    @overload
     def activity(
+        self,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        side_effect: bool = True,
+        reconcile: Callable[[str], Any] | None = None,
+    ) -> Callable[[Callable[P, R]], Activity[P, R]]: ...
+
+    def activity(  # type: ignore[misc]
         self,
         fn: Any = None,
         /,
@@ -240,16 +253,24 @@ class App:
             from agentflow.errors import CorruptRecordError
 
             raise CorruptRecordError(f"the input of run {run.id} is not [args, kwargs]", run_id=run.id)
-        bound = wf.signature.bind(None, *raw[0], **raw[1])
         args, kwargs = [], {}
         names = list(wf.param_adapters)
-        for i, value in enumerate(raw[0]):
-            adapter = wf.param_adapters[names[i]] if i < len(names) else None
-            args.append(adapter.validate_python(value) if adapter else value)
-        for key, value in raw[1].items():
-            adapter = wf.param_adapters.get(key)
-            kwargs[key] = adapter.validate_python(value) if adapter else value
-        del bound
+        try:
+            wf.signature.bind(None, *raw[0], **raw[1])
+            for i, value in enumerate(raw[0]):
+                adapter = wf.param_adapters[names[i]] if i < len(names) else None
+                args.append(adapter.validate_python(value) if adapter else value)
+            for key, value in raw[1].items():
+                adapter = wf.param_adapters.get(key)
+                kwargs[key] = adapter.validate_python(value) if adapter else value
+        except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            from agentflow.errors import CorruptRecordError
+
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CorruptRecordError(
+                f"the input of run {run.id} does not fit workflow {wf.name}'s parameters: {first}",
+                run_id=run.id,
+            ) from None
         return args, kwargs
 
     def result_of(self, record: RunRecord) -> Any:

@@ -94,7 +94,9 @@ class RunExecutor:
         self.fatal: AgentflowError | None = None
         self.cancel_requested = bool(run.cancel_requested)
         self.cancel_delivered = False
-        self.loop = WorkflowEventLoop()
+        self.closing = False  # set while an abandoned workflow coroutine is unwound
+        # I/O methods of AbstractEventLoop stay abstract on purpose: workflow code has no I/O.
+        self.loop = WorkflowEventLoop()  # type: ignore[abstract]
         self._progress: asyncio.Event | None = None
         self._real_loop: asyncio.AbstractEventLoop | None = None
 
@@ -119,6 +121,12 @@ class RunExecutor:
         main = self.loop.create_task(workflow.fn(ctx, *args, **kwargs))
         try:
             return await self._drive(main)
+        except _Stop:
+            # A write made by the driver itself (cancel, timer, signal, finish) failed: report the
+            # store error, so the worker handles it (a bare _Stop would kill the worker's task).
+            if self.fatal is None:
+                raise
+            raise self.fatal from None
         finally:
             for task in list(self.inflight):
                 task.cancel()
@@ -147,12 +155,20 @@ class RunExecutor:
                 return "waiting"
 
     def _close(self, main: asyncio.Task[Any]) -> None:
+        self.closing = True
         if not main.done():
-            # Unwind the abandoned workflow coroutine (its `finally` blocks run; no step can be
-            # recorded any more because every future is failed with _Stop).
-            main.cancel()
+            # Unwind the abandoned workflow coroutine (its `finally` blocks run). Its waits fail
+            # with _Stop, which `except asyncio.CancelledError` does not catch, and any ctx call
+            # made while unwinding raises _Stop: otherwise compensation code would run its
+            # activities for real and record them under the epoch a parked run still has.
+            for w in self.waits.values():
+                if not w.fut.done():
+                    w.fut.set_exception(_Stop())
             try:
                 self.loop.drain()
+                if not main.done():
+                    main.cancel()
+                    self.loop.drain()
             except BaseException:  # noqa: BLE001
                 pass
         self.loop.close()
@@ -200,6 +216,8 @@ class RunExecutor:
     # the replay check
     # ======================================================================================
     def _take_seq(self) -> int:
+        if self.closing:
+            raise _Stop()
         seq = self.next_seq
         self.next_seq += 1
         return seq
@@ -571,6 +589,8 @@ class RunExecutor:
         return value
 
     def patched(self, change_id: str) -> bool:
+        if self.closing:
+            raise _Stop()
         seq = self.next_seq
         rec = self.history.get(seq)
         if rec is not None and not (rec.kind == "patch" and rec.name == change_id):
@@ -608,7 +628,9 @@ class RunExecutor:
         signals = sorted({w.name for w in self.waits.values() if w.kind == "signal"})
         children = sorted({w.name for w in self.waits.values() if w.kind == "child"})
         waiting_on = json.dumps({"timers": sorted(wakes), "signals": signals, "children": children})
-        check_sql, check_params = self.store.park_blockers_sql(self.run_id, signals, children)
+        check_sql, check_params = self.store.park_blockers_sql(
+            self.run_id, signals, children, check_cancel=not self.cancel_delivered
+        )
         ops = self.local_ops + [self.store.park_op(self.run_id, self.epoch, wake_at, waiting_on, self.clock.now())]
         parked = self.store.backend.write_checked(check_sql, check_params, ops, run_id=self.run_id)
         if parked:

@@ -50,7 +50,7 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):
         return bool(self._ready)
 
     # -- the parts of AbstractEventLoop that futures and tasks use ---------------------------
-    def call_soon(
+    def call_soon(  # type: ignore[override]
         self,
         callback: Callable[..., object],
         *args: Any,
@@ -60,7 +60,7 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):
         self._ready.append(handle)
         return handle
 
-    def call_soon_threadsafe(
+    def call_soon_threadsafe(  # type: ignore[override]
         self,
         callback: Callable[..., object],
         *args: Any,
@@ -68,14 +68,14 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):
     ) -> asyncio.Handle:
         raise WorkflowError("workflow code must not use threads; run the work in an activity")
 
-    def call_later(self, delay: float, callback: Callable[..., object], *args: Any, **kw: Any) -> asyncio.TimerHandle:
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any, **kw: Any) -> asyncio.TimerHandle:  # type: ignore[override]
         raise WorkflowError(
             "asyncio timers (asyncio.sleep, wait_for, timeouts) are not allowed in workflow code: "
             "they read wall time and are not recorded. Use `await ctx.sleep(seconds)` or "
             "`ctx.wait_signal(name, timeout=...)` instead."
         )
 
-    def call_at(self, when: float, callback: Callable[..., object], *args: Any, **kw: Any) -> asyncio.TimerHandle:
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any, **kw: Any) -> asyncio.TimerHandle:  # type: ignore[override]
         return self.call_later(0, callback, *args)
 
     def time(self) -> float:

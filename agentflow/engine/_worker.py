@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from agentflow.engine._executor import RunExecutor
@@ -61,7 +62,7 @@ class Worker:
         await self._loop(lambda: stop is not None and stop.is_set())
 
     # -- the loop --------------------------------------------------------------------------
-    async def _loop(self, done: "callable[[], bool]") -> None:  # type: ignore[valid-type]
+    async def _loop(self, done: Callable[[], bool]) -> None:
         loop = asyncio.get_running_loop()
         self.store.register_worker(self.worker_id)
         beat = threading.Thread(target=self._heartbeat, args=(loop,), name="agentflow-heartbeat", daemon=True)

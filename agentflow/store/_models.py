@@ -13,11 +13,9 @@ from __future__ import annotations
 from sqlalchemy import Column, Index, Text
 from sqlmodel import Field, SQLModel
 
-#: Head revision of the migrations in `agentflow/store/migrations/versions`; a test pins it.
-SCHEMA_REVISION = "0001"
+from agentflow.store._constants import RUN_STATUSES, SCHEMA_REVISION, TERMINAL_STATUSES
 
-RUN_STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
-TERMINAL_STATUSES = ("completed", "failed", "cancelled")
+__all__ = ["RUN_STATUSES", "SCHEMA_REVISION", "TERMINAL_STATUSES", "Run", "Signal", "Step", "StepAttempt", "Worker"]
 
 
 class Run(SQLModel, table=True):

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from agentflow.errors import SchemaVersionError, StoreError
-from agentflow.store._models import SCHEMA_REVISION
+from agentflow.store._constants import SCHEMA_REVISION
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 VERSION_TABLE = "af_alembic_version"

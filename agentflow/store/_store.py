@@ -19,7 +19,7 @@ from agentflow.errors import (
     RunStateError,
     UnknownRunError,
 )
-from agentflow.store._models import TERMINAL_STATUSES
+from agentflow.store._constants import TERMINAL_STATUSES
 from agentflow.store._schema import VERSION_TABLE, check_revision, upgrade
 from agentflow.store._sqlite import UPSERT_STEP, Op, SqliteStore
 
@@ -271,10 +271,15 @@ class EventStore:
         """Make a waiting run runnable now (a signal arrived, a child finished, cancel)."""
         return ("UPDATE af_runs SET wake_at = 0 WHERE id = ? AND status = 'waiting'", (run_id,), False)
 
-    def park_blockers_sql(self, run_id: str, signal_names: Sequence[str], child_ids: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
+    def park_blockers_sql(
+        self, run_id: str, signal_names: Sequence[str], child_ids: Sequence[str], *, check_cancel: bool = True
+    ) -> tuple[str, tuple[Any, ...]]:
         """A query returning a row when the run must not park: an event it waits for is in."""
+        # A cancel request blocks parking only until it has been delivered to the workflow.
         parts = ["SELECT 1 FROM af_runs WHERE id = ? AND cancel_requested = 1"]
         params: list[Any] = [run_id]
+        if not check_cancel:
+            parts, params = ["SELECT 1 FROM af_runs WHERE 1 = 0"], []
         if signal_names:
             marks = ",".join("?" * len(signal_names))
             parts.append(

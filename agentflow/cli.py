@@ -1,0 +1,259 @@
+"""The `agentflow` command."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import signal
+import sys
+from datetime import datetime, timezone
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agentflow.errors import AgentflowError
+
+app = typer.Typer(
+    help="agentflow: durable workflows for LLM agents that act on real systems.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+runs_app = typer.Typer(help="Inspect and steer runs recorded in the store.", no_args_is_help=True)
+db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+app.add_typer(db_app, name="db")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DbOption = Annotated[
+    Optional[str],  # noqa: UP045 - typer reads the annotation at run time
+    typer.Option("--db", help="SQLAlchemy URL of the store (default: $AGENTFLOW_DB, else sqlite:///agentflow.db)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _url(db: str | None) -> str:
+    from agentflow.engine._app import DEFAULT_DB
+
+    return db or os.environ.get("AGENTFLOW_DB") or DEFAULT_DB
+
+
+def _store(db: str | None) -> Any:
+    from agentflow.store import EventStore
+
+    return EventStore(_url(db))
+
+
+def _ts(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return datetime.fromtimestamp(value, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _fail(exc: AgentflowError) -> None:
+    err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}")
+    raise typer.Exit(code=2)
+
+
+# -- worker -------------------------------------------------------------------------------------
+@app.command()
+def worker(
+    app_ref: Annotated[str, typer.Option("--app", help="The App to serve, as module:attribute.")],
+    db: DbOption = None,
+    concurrency: Annotated[int, typer.Option(help="Runs driven at once.")] = 16,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between looks for work when idle.")] = 0.05,
+    until_idle: Annotated[bool, typer.Option("--until-idle", help="Exit once no run is pending, running or due.")] = False,
+) -> None:
+    """Run a worker: claim runnable runs, recover runs whose owner died, wake due timers."""
+    if db:
+        os.environ["AGENTFLOW_DB"] = db
+    the_app = load_app(app_ref)
+    from agentflow.engine import Worker
+
+    w = Worker(the_app, concurrency=concurrency, poll_interval=poll_interval)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if until_idle:
+            task = asyncio.create_task(w.run_forever(stop))
+            while not stop.is_set():
+                await asyncio.sleep(poll_interval * 4)
+                if not the_app.store.any_active() and not w.executors and _nothing_due(the_app):
+                    stop.set()
+            await task
+        else:
+            await w.run_forever(stop)
+
+    try:
+        asyncio.run(main())
+    except AgentflowError as exc:
+        _fail(exc)
+
+
+def _nothing_due(the_app: Any) -> bool:
+    wake = the_app.store.next_wake_at()
+    return wake is None or wake > the_app.clock.now()
+
+
+def load_app(ref: str) -> Any:
+    """Import `module:attribute` and return the App it names."""
+    from agentflow.engine import App
+
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise typer.BadParameter(f"--app must look like module:attribute, got {ref!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise typer.BadParameter(f"cannot import {module_name!r}: {exc}") from None
+    obj = getattr(module, attr, None)
+    if not isinstance(obj, App):
+        raise typer.BadParameter(f"{ref!r} is not an agentflow.App (got {type(obj).__name__})")
+    return obj
+
+
+# -- runs ---------------------------------------------------------------------------------------
+@runs_app.command("list")
+def runs_list(
+    db: DbOption = None,
+    status: Annotated[Optional[str], typer.Option(help="Only runs with this status.")] = None,  # noqa: UP045
+    tenant: Annotated[Optional[str], typer.Option(help="Only runs of this tenant.")] = None,  # noqa: UP045
+    limit: Annotated[int, typer.Option(help="At most this many runs, newest first.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """List runs, newest first."""
+    try:
+        runs = _store(db).list_runs(tenant=tenant, status=status, limit=limit)
+    except AgentflowError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps([r.to_dict() for r in runs], indent=1))
+        return
+    table = Table("run", "workflow", "tenant", "status", "created", "updated")
+    for r in runs:
+        table.add_row(r.id, r.workflow, r.tenant, r.status, _ts(r.created_at), _ts(r.updated_at))
+    console.print(table)
+
+
+@runs_app.command("show")
+def runs_show(run_id: str, db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Show one run: status, input, output or error, what it waits for."""
+    try:
+        store = _store(db)
+        run = store.get_run(run_id)
+        steps = store.load_steps(run_id)
+    except AgentflowError as exc:
+        _fail(exc)
+    data = run.to_dict() | {"steps": len(steps)}
+    if as_json:
+        print(json.dumps(data, indent=1))
+        return
+    table = Table(show_header=False)
+    for key in ("id", "workflow", "tenant", "status", "parent_id", "input", "output", "error", "waiting_on", "steps"):
+        table.add_row(key, str(data[key]) if data[key] is not None else "-")
+    for key in ("created_at", "updated_at", "completed_at", "wake_at"):
+        table.add_row(key, _ts(data[key]))
+    console.print(table)
+
+
+@runs_app.command("history")
+def runs_history(run_id: str, db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Show a run's recorded steps, one line per step."""
+    try:
+        store = _store(db)
+        store.get_run(run_id)
+        steps = store.load_steps(run_id)
+        attempts = store.load_attempts(run_id)
+    except AgentflowError as exc:
+        _fail(exc)
+    if as_json:
+        failed = [dict(zip(("seq", "attempt", "error", "started_at", "finished_at", "retry_at"), a, strict=True)) for a in attempts]
+        print(json.dumps({"run_id": run_id, "steps": [s.to_dict() for s in steps], "failed_attempts": failed}, indent=1))
+        return
+    table = Table("seq", "kind", "name", "status", "attempt", "started", "result / error")
+    for s in steps:
+        detail = s.result if s.status == "completed" else (s.error or "")
+        table.add_row(str(s.seq), s.kind, s.name, s.status, str(s.attempt), _ts(s.started_at), (detail or "")[:80])
+    console.print(table)
+
+
+@runs_app.command("cancel")
+def runs_cancel(run_id: str, db: DbOption = None) -> None:
+    """Request cancellation of a run (its compensation code runs, recorded)."""
+    from agentflow.engine._app import App
+
+    try:
+        info = App(_url(db)).cancel(run_id)
+    except AgentflowError as exc:
+        _fail(exc)
+    console.print(f"run {run_id}: {info.status}, cancel requested")
+
+
+@runs_app.command("signal")
+def runs_signal(
+    run_id: str,
+    name: str,
+    payload: Annotated[str, typer.Option(help="The payload, as JSON.")] = "null",
+    db: DbOption = None,
+) -> None:
+    """Send a signal to a run."""
+    from agentflow.engine._app import App
+
+    try:
+        value = json.loads(payload)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--payload is not JSON: {exc}") from None
+    try:
+        App(_url(db)).signal(run_id, name, value)
+    except AgentflowError as exc:
+        _fail(exc)
+    console.print(f"signal {name!r} sent to run {run_id}")
+
+
+# -- db -------------------------------------------------------------------------------------------
+@db_app.command("upgrade")
+def db_upgrade(db: DbOption = None) -> None:
+    """Create the schema or migrate it to this version's head."""
+    try:
+        store = _store(db)
+    except AgentflowError as exc:
+        _fail(exc)
+    from agentflow.store import SCHEMA_REVISION
+
+    console.print(f"{store.url}: schema at revision {SCHEMA_REVISION}")
+
+
+# -- demo -----------------------------------------------------------------------------------------
+@app.command()
+def demo(
+    db: DbOption = None,
+    crash_at: Annotated[Optional[int], typer.Option("--crash-at", help="Kill this process with SIGKILL after the N-th recorded step.")] = None,  # noqa: UP045
+    resume: Annotated[bool, typer.Option("--resume", help="Resume the last demo run instead of starting a new one.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the demo: a staged network change, crash-safe, on the embedded SQLite store."""
+    from agentflow import _demo
+
+    try:
+        summary = _demo.main(db=_url(db), crash_at=crash_at, resume=resume, quiet=as_json)
+    except AgentflowError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(summary))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
