@@ -55,13 +55,16 @@ class TestClock:
 
     Args:
         start: the initial time (seconds since the epoch); default: the real time now.
+        skip: jump to the next timer when every run waits (False: time moves only by
+            `advance()`, e.g. to look at a parked run in a test).
     """
 
     __test__ = False  # not a pytest test class
     skips = True
 
-    def __init__(self, *, start: float | None = None) -> None:
+    def __init__(self, *, start: float | None = None, skip: bool = True) -> None:
         self._now = time.time() if start is None else start
+        self.skips = skip
 
     def now(self) -> float:
         return self._now

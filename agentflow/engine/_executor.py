@@ -97,6 +97,7 @@ class RunExecutor:
         self.closing = False  # set while an abandoned workflow coroutine is unwound
         # I/O methods of AbstractEventLoop stay abstract on purpose: workflow code has no I/O.
         self.loop = WorkflowEventLoop()  # type: ignore[abstract]
+        self.main: asyncio.Task[Any] | None = None
         self._progress: asyncio.Event | None = None
         self._real_loop: asyncio.AbstractEventLoop | None = None
 
@@ -119,6 +120,7 @@ class RunExecutor:
         except AgentflowError as exc:
             return self._finish_failed(exc)
         main = self.loop.create_task(workflow.fn(ctx, *args, **kwargs))
+        self.main = main
         try:
             return await self._drive(main)
         except _Stop:
@@ -288,6 +290,8 @@ class RunExecutor:
         args_json = encode([list(args), kwargs], what=f"the arguments of activity {act.name}")
         dig = digest(args_json)
         fut = self.loop.create_future()
+        if self._cancel_at(seq, fut):
+            return fut
         rec = self._recorded(seq, "activity", act.name, dig)
         if rec is not None and rec.status == "completed":
             fut.set_result(self._decode(rec, act.result_adapter))
@@ -416,6 +420,8 @@ class RunExecutor:
     def schedule_timer(self, wake_at: float, label: str) -> asyncio.Future[None]:
         seq = self._take_seq()
         fut: asyncio.Future[None] = self.loop.create_future()
+        if self._cancel_at(seq, fut):
+            return fut
         rec = self._recorded(seq, "sleep", "sleep", "")
         if rec is not None and rec.status == "completed":
             fut.set_result(None)
@@ -430,6 +436,8 @@ class RunExecutor:
     def schedule_signal(self, name: str, timeout: float | None) -> asyncio.Future[Any]:
         seq = self._take_seq()
         fut: asyncio.Future[Any] = self.loop.create_future()
+        if self._cancel_at(seq, fut):
+            return fut
         rec = self._recorded(seq, "signal", name, "")
         if rec is not None and rec.status == "completed":
             fut.set_result(self._decode(rec, _ANY))
@@ -456,6 +464,8 @@ class RunExecutor:
         dig = digest(input_json)
         fut: asyncio.Future[Any] = self.loop.create_future()
         child_id = f"{self.run_id}/{seq}"
+        if self._cancel_at(seq, fut):
+            return fut
         rec = self._recorded(seq, "child", workflow.name, dig)
         if rec is not None and rec.status == "completed":
             fut.set_result(self._decode(rec, workflow.result_adapter))
@@ -604,6 +614,7 @@ class RunExecutor:
     # cancellation, parking, the end
     # ======================================================================================
     def _deliver_cancel(self, main: asyncio.Task[Any]) -> bool:
+        """Deliver a cancel request while the workflow is blocked (on waits) at `next_seq`."""
         if self.cancel_delivered:
             return False
         rec = self.history.get(self.next_seq)
@@ -611,15 +622,49 @@ class RunExecutor:
             self.next_seq += 1  # replay: deliver at the same point as the first time
         elif self.cancel_requested:
             seq = self._take_seq()
-            self._write([self._step_op(self._new_step(seq, "cancel", "cancel", "", "completed", finished_at=self.clock.now()))])
+            self._write([self._cancel_marker(seq)])
         else:
             return False
+        self._cancel_workflow()
+        return True
+
+    def _cancel_at(self, seq: int, fut: asyncio.Future[Any]) -> bool:
+        """Deliver a cancel request at the step boundary `seq` the workflow just reached.
+
+        Recorded as a `cancel` marker at `seq`, so a replay delivers it at the same step; this is
+        how a workflow that goes from activity to activity (never blocked on a wait) is cancelled.
+        """
+        if self.cancel_delivered:
+            return False
+        rec = self.history.get(seq)
+        if rec is None:
+            # Only with nothing in flight: a result landing after the marker would let a replay
+            # run further before reaching it.
+            if not self.cancel_requested or self.inflight:
+                return False
+            self.local_ops.append(self._cancel_marker(seq))
+        elif rec.kind != "cancel":
+            return False
+        # Workflow code is running: cancel this step (its await raises CancelledError) and the
+        # waits, not the main task, which would also cancel the compensation that follows.
+        self._cancel_workflow(cancel_main=False)
+        fut.cancel()
+        return True
+
+    def _cancel_marker(self, seq: int) -> Op:
+        return self._step_op(self._new_step(seq, "cancel", "cancel", "", "completed", finished_at=self.clock.now()))
+
+    def _cancel_workflow(self, *, cancel_main: bool = True) -> None:
         self.cancel_delivered = True
         for w in list(self.waits.values()):
             w.fut.cancel()
+            if w.kind == "child":
+                # A cancelled parent cancels the child runs it was waiting for.
+                self.store.request_cancel(w.name, self.clock.now())
         self.waits.clear()
-        main.cancel()
-        return True
+        if cancel_main:
+            assert self.main is not None
+            self.main.cancel()
 
     def _park(self) -> bool:
         """Park the run in the store unless an event it waits for is already in."""

@@ -147,8 +147,9 @@ class SqliteStore:
                     if fenced and n == 0:
                         conn.execute("ROLLBACK")
                         raise LeaseLostError(
-                            f"run {run_id}: this worker's lease was taken over by another worker; "
-                            "its write was refused and it stops working on the run",
+                            f"run {run_id}: the write was refused: this worker's lease was taken "
+                            "over by another worker (or the step was already recorded final); it "
+                            "stops working on the run",
                             run_id=run_id,
                         )
                     counts.append(n)

@@ -1,0 +1,94 @@
+"""Shared fixtures: a fresh SQLite file per test, Apps on a time-skipping clock, and a worker
+driving an App on a thread of its own (so the test thread can poll with `assert_eventually`)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentflow import App, Worker
+from agentflow.testing import TestClock
+
+START = 1_700_000_000
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    """A SQLAlchemy URL of a SQLite file that exists only for this test."""
+    return f"sqlite:///{tmp_path / 'agentflow.db'}"
+
+
+@pytest.fixture
+def make_app(db_url: str) -> Iterator[Callable[..., App]]:
+    """Make Apps on `db_url` (a second App on the same file stands for a redeployed process)."""
+    apps: list[App] = []
+
+    def make(**kwargs: Any) -> App:
+        kwargs.setdefault("clock", TestClock(start=START))
+        application = App(db_url, **kwargs)
+        apps.append(application)
+        return application
+
+    yield make
+    for application in apps:
+        application.close()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., App]) -> App:
+    """An App on `db_url` whose clock skips time (timers and backoff take no real time)."""
+    return make_app()
+
+
+class WorkerThread:
+    """A `Worker` of `app` running on its own thread and event loop until `stop()`."""
+
+    def __init__(self, app: App, **kwargs: Any) -> None:
+        self.worker: Worker = app.worker(**kwargs)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, name="test-worker", daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10), "the worker thread did not start"
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:  # re-raised in the test thread by stop()
+            self._error = exc
+            self._ready.set()
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._ready.set()
+        await self.worker.run_forever(self._stop)
+
+    def stop(self) -> None:
+        if self._thread.is_alive() and self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the worker thread did not stop"
+        if self._error is not None:
+            raise self._error
+
+
+@pytest.fixture
+def worker_thread(make_app: Callable[..., App]) -> Iterator[Callable[..., WorkerThread]]:
+    """Start `WorkerThread`s; each is stopped (before the Apps close) when the test ends."""
+    started: list[WorkerThread] = []
+
+    def start(application: App, **kwargs: Any) -> WorkerThread:
+        started.append(WorkerThread(application, **kwargs))
+        return started[-1]
+
+    yield start
+    for w in started:
+        w.stop()

@@ -1,0 +1,157 @@
+"""The store on a real SQLite file: the migrations build exactly the declared schema, with the
+storage settings the engine relies on, and starting a run is idempotent."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine
+from sqlmodel import SQLModel
+
+from agentflow import App, WorkflowContext
+from agentflow.errors import ConfigurationError
+from agentflow.store import (
+    SCHEMA_REVISION,
+    EventStore,
+    _models,  # noqa: F401  (registers the af_ tables on SQLModel.metadata)
+)
+from agentflow.store._schema import KNOWN_REVISIONS, VERSION_TABLE, alembic_config
+
+
+def _agentflow_tables(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    if type_ == "table":
+        return bool(name and name.startswith("af_") and name != VERSION_TABLE)
+    return True
+
+
+def _raw(db_url: str) -> sqlite3.Connection:
+    return sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+
+
+def test_migrations_build_exactly_the_sqlmodel_schema(db_url) -> None:
+    """Running the migrations on an empty file yields the tables, columns, types, nullability and
+    indexes of the SQLModel models: Alembic's autogenerate finds nothing to change."""
+    EventStore(db_url).close()
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn,
+                opts={"compare_type": True, "compare_server_default": True, "include_object": _agentflow_tables},
+            )
+            assert compare_metadata(context, SQLModel.metadata) == []
+            tables = {t for t in SQLModel.metadata.tables if t.startswith("af_")}
+            assert tables == {"af_runs", "af_steps", "af_step_attempts", "af_signals", "af_workers"}
+    finally:
+        engine.dispose()
+
+
+def test_known_revisions_match_alembic_heads(db_url) -> None:
+    """`SCHEMA_REVISION` is the single head of the migration scripts, `KNOWN_REVISIONS` lists
+    every script oldest first, and a migrated database records the head."""
+    scripts = ScriptDirectory.from_config(alembic_config(db_url))
+    assert scripts.get_heads() == [SCHEMA_REVISION]
+    assert KNOWN_REVISIONS == tuple(reversed([s.revision for s in scripts.walk_revisions()]))
+    assert KNOWN_REVISIONS[-1] == SCHEMA_REVISION
+
+    EventStore(db_url).close()
+    conn = _raw(db_url)
+    assert conn.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall() == [(SCHEMA_REVISION,)]
+    conn.close()
+
+
+def test_opening_a_current_database_again_does_not_migrate(db_url) -> None:
+    """A second open of an up-to-date database keeps its data and its single version row."""
+    store = EventStore(db_url)
+    store.create_run(run_id="r", workflow="wf", tenant="t", input="[[],{}]", now=1.0)
+    store.close()
+    again = EventStore(db_url)
+    assert again.get_run("r").tenant == "t"
+    assert again.backend.query(f"SELECT count(*) FROM {VERSION_TABLE}") == [(1,)]
+    again.close()
+
+
+def test_storage_settings(db_url) -> None:
+    """The file uses 8 KiB pages and WAL journaling, and the steps table is WITHOUT ROWID
+    (clustered by (run_id, seq)) while the runs table is not."""
+    EventStore(db_url).close()
+    conn = _raw(db_url)
+    try:
+        assert conn.execute("PRAGMA page_size").fetchone() == (8192,)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        without_rowid = dict(conn.execute("SELECT name, wr FROM pragma_table_list WHERE name LIKE 'af_%'").fetchall())
+        assert without_rowid["af_steps"] == 1
+        assert without_rowid["af_runs"] == 0
+        (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'af_steps'").fetchone()
+        assert "WITHOUT ROWID" in sql.upper()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("synchronous", "expected"), [(None, 2), ("FULL", 2), ("NORMAL", 1)])
+def test_synchronous_setting_reaches_the_connection(db_url, synchronous, expected) -> None:
+    """The store's connections run with `PRAGMA synchronous` FULL (2) by default, so a committed
+    step survives power loss, and NORMAL (1) when chosen."""
+    app = App(db_url) if synchronous is None else App(db_url, synchronous=synchronous)
+    try:
+        assert app.store.backend.conn.execute("PRAGMA synchronous").fetchone() == (expected,)
+    finally:
+        app.close()
+
+
+def test_bad_synchronous_setting_is_refused(db_url) -> None:
+    """A `synchronous` other than FULL or NORMAL raises `ConfigurationError` explaining both."""
+    with pytest.raises(ConfigurationError, match=r"FULL.*NORMAL"):
+        EventStore(db_url, synchronous="OFF")
+
+
+def test_start_is_idempotent_on_run_id(app) -> None:
+    """Starting with an existing run id returns that run (`created` False) and changes nothing:
+    not its input, not its status; the run executes once."""
+    calls: list[int] = []
+
+    @app.activity(name="effect")
+    def effect(n: int) -> int:
+        calls.append(n)
+        return n
+
+    @app.workflow(name="wf")
+    async def wf(ctx: WorkflowContext, n: int) -> int:
+        return await ctx.run(effect, n)
+
+    first = app.start(wf, 1, run_id="r")
+    again = app.start(wf, 2, run_id="r")
+    assert first.created is True
+    assert again.created is False
+    assert again.run_id == "r"
+    assert app.store.get_run("r").input == "[[1],{}]"
+
+    assert app.run(wf, 3, run_id="r") == 1  # attaches to the existing run
+    assert app.start(wf, 1, run_id="r").created is False
+    assert app.get_run("r").status == "completed"
+    assert calls == [1]
+    assert len(app.list_runs()) == 1
+
+
+def test_start_with_existing_id_of_another_workflow_is_refused(app) -> None:
+    """A run id that already belongs to another workflow raises `ConfigurationError` naming
+    both workflows; the existing run is unchanged."""
+
+    @app.workflow(name="first")
+    async def first(ctx: WorkflowContext) -> None:
+        return None
+
+    @app.workflow(name="second")
+    async def second(ctx: WorkflowContext) -> None:
+        return None
+
+    app.start(first, run_id="r")
+    with pytest.raises(ConfigurationError, match=r"'r'.*'first'.*'second'"):
+        app.start(second, run_id="r")
+    run = app.get_run("r")
+    assert (run.workflow, run.status) == ("first", "pending")

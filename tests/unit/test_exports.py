@@ -1,0 +1,142 @@
+"""The public surface is pinned: adding or removing a public name is a deliberate diff here
+(httpx `tests/test_exported_members.py`, Temporal `tests/test_workflow_exports.py`)."""
+
+from __future__ import annotations
+
+import importlib
+import types
+
+import pytest
+
+import agentflow.errors
+
+EXPORTS = {
+    "agentflow": [
+        "Activity",
+        "ActivityError",
+        "ActivityInfo",
+        "AgentflowError",
+        "App",
+        "ChildWorkflowError",
+        "CorruptRecordError",
+        "NonDeterminismError",
+        "RetryPolicy",
+        "RunFailedError",
+        "RunHandle",
+        "RunInfo",
+        "StoreBusyError",
+        "WaitTimeout",
+        "Worker",
+        "Workflow",
+        "WorkflowContext",
+        "__version__",
+        "current_activity",
+    ],
+    "agentflow.engine": [
+        "Activity",
+        "ActivityInfo",
+        "App",
+        "Clock",
+        "RetryPolicy",
+        "RunHandle",
+        "RunInfo",
+        "SystemClock",
+        "TestClock",
+        "Worker",
+        "Workflow",
+        "WorkflowContext",
+        "current_activity",
+    ],
+    "agentflow.testing": ["TestClock", "assert_eventually", "configure_crash_point", "crash_point"],
+    "agentflow.errors": [
+        "ActivityError",
+        "AgentflowError",
+        "ChildWorkflowError",
+        "ConfigurationError",
+        "CorruptRecordError",
+        "LeaseLostError",
+        "NonDeterminismError",
+        "NotInActivityError",
+        "NotRegisteredError",
+        "PayloadError",
+        "RunError",
+        "RunFailedError",
+        "RunStateError",
+        "SchemaVersionError",
+        "StoreBusyError",
+        "StoreError",
+        "UnknownRunError",
+        "WaitTimeout",
+        "WorkflowError",
+    ],
+    "agentflow.store": [
+        "SCHEMA_REVISION",
+        "EventStore",
+        "Run",
+        "RunRecord",
+        "Signal",
+        "Step",
+        "StepAttempt",
+        "StepRecord",
+        "Worker",
+    ],
+}
+
+
+@pytest.mark.parametrize("module", sorted(EXPORTS))
+def test_all_is_pinned(module: str) -> None:
+    """Each public package exports exactly the pinned names."""
+    assert importlib.import_module(module).__all__ == EXPORTS[module]
+
+
+@pytest.mark.parametrize("module", sorted(EXPORTS))
+def test_every_exported_name_exists(module: str) -> None:
+    """Every name in `__all__` resolves (`from module import *` cannot fail)."""
+    mod = importlib.import_module(module)
+    missing = [name for name in mod.__all__ if not hasattr(mod, name)]
+    assert missing == []
+
+
+@pytest.mark.parametrize("module", sorted(EXPORTS))
+def test_no_unlisted_public_members(module: str) -> None:
+    """Every public class or function of agentflow reachable from a package is listed in its
+    `__all__`: nothing is public by accident."""
+    mod = importlib.import_module(module)
+    unlisted = [
+        name
+        for name, value in vars(mod).items()
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType)
+        and getattr(value, "__module__", "").startswith("agentflow")
+        and name not in mod.__all__
+    ]
+    assert unlisted == []
+
+
+def test_error_hierarchy_matches_the_documented_tree() -> None:
+    """The errors form the tree drawn in `agentflow.errors`' docstring, under one root."""
+    parents = {name: getattr(agentflow.errors, name).__mro__[1].__name__ for name in agentflow.errors.__all__}
+    assert parents == {
+        "AgentflowError": "Exception",
+        "ConfigurationError": "AgentflowError",
+        "NotRegisteredError": "ConfigurationError",
+        "NotInActivityError": "ConfigurationError",
+        "PayloadError": "AgentflowError",
+        "RunError": "AgentflowError",
+        "UnknownRunError": "RunError",
+        "RunStateError": "RunError",
+        "RunFailedError": "RunError",
+        "WorkflowError": "AgentflowError",
+        "NonDeterminismError": "WorkflowError",
+        "ActivityError": "WorkflowError",
+        "ChildWorkflowError": "WorkflowError",
+        "WaitTimeout": "WorkflowError",
+        "StoreError": "AgentflowError",
+        "StoreBusyError": "StoreError",
+        "LeaseLostError": "StoreError",
+        "CorruptRecordError": "StoreError",
+        "SchemaVersionError": "StoreError",
+    }
+    assert all(name in (agentflow.errors.__doc__ or "") for name in parents)
+    retryable = sorted(name for name in parents if getattr(agentflow.errors, name).retryable)
+    assert retryable == ["LeaseLostError", "StoreBusyError"]
