@@ -7,9 +7,9 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from agentflow.engine._clock import Clock, SystemClock
 from agentflow.engine._defs import Activity, RetryPolicy, Workflow
@@ -61,7 +61,7 @@ class RunInfo:
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 class RunHandle:
@@ -92,6 +92,21 @@ class RunHandle:
 
     def __repr__(self) -> str:
         return f"<RunHandle {self.run_id}>"
+
+
+class _ActivityDecorator(Protocol):
+    """What `@app.activity(...)` returns: async functions type as their awaited result."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Activity[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Activity[P, R]: ...
+
+
+class _WorkflowDecorator(Protocol):
+    """What `@app.workflow(name=...)` returns; the workflow's type omits its `ctx` parameter."""
+
+    def __call__(self, fn: Callable[Concatenate[Any, P], Awaitable[R]], /) -> Workflow[P, R]: ...
 
 
 class App:
@@ -150,9 +165,9 @@ class App:
 
     # -- registration ----------------------------------------------------------------------
     @overload
-    def workflow(self, fn: Callable[P, Awaitable[R]], /) -> Workflow[P, R]: ...
+    def workflow(self, fn: Callable[Concatenate[Any, P], Awaitable[R]], /) -> Workflow[P, R]: ...
     @overload
-    def workflow(self, *, name: str | None = None) -> Callable[[Callable[P, Awaitable[R]]], Workflow[P, R]]: ...
+    def workflow(self, *, name: str | None = None) -> _WorkflowDecorator: ...
 
     def workflow(self, fn: Any = None, /, *, name: str | None = None) -> Any:  # type: ignore[misc]
         """Register an `async def wf(ctx, ...)` as a workflow (name: its qualified name)."""
@@ -167,6 +182,8 @@ class App:
         return register(fn) if fn is not None else register
 
     @overload
+    def activity(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Activity[P, R]: ...
+    @overload
     def activity(self, fn: Callable[P, R], /) -> Activity[P, R]: ...
     @overload
     def activity(
@@ -177,7 +194,7 @@ class App:
         timeout: float | None = None,
         side_effect: bool = True,
         reconcile: Callable[[str], Any] | None = None,
-    ) -> Callable[[Callable[P, R]], Activity[P, R]]: ...
+    ) -> _ActivityDecorator: ...
 
     def activity(  # type: ignore[misc]
         self,

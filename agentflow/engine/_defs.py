@@ -89,7 +89,7 @@ class Activity(Generic[P, R]):
         self.reconcile = reconcile
         self.is_async = inspect.iscoroutinefunction(fn)
         self.result_adapter: TypeAdapter[Any] = return_adapter(fn)
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         return self.fn(*args, **kwargs)
@@ -109,7 +109,7 @@ class Workflow(Generic[P, R]):
         self.result_adapter: TypeAdapter[Any] = return_adapter(fn)
         self.param_adapters = param_adapters(fn, skip_first=True)
         self.signature = inspect.signature(fn)
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     async def __call__(self, ctx: WorkflowContext, *args: P.args, **kwargs: P.kwargs) -> R:
         return await self.fn(ctx, *args, **kwargs)

@@ -69,7 +69,7 @@ class RunRecord:
         return _json_field(self.meta, self.id, "meta") or {}
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 @dataclass(slots=True)
@@ -91,7 +91,7 @@ class StepRecord:
     epoch: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 def _json_field(text: str | None, run_id: str, what: str) -> Any:
