@@ -40,7 +40,9 @@ def _ledger() -> sqlite3.Connection:
     conn = sqlite3.connect(_ledger_path(), isolation_level=None, timeout=30)
     # One row per effect actually applied (no uniqueness here, so a double apply would show),
     # and one per repeated call that the key turned into a no-op.
-    conn.execute("CREATE TABLE IF NOT EXISTS effects (id INTEGER PRIMARY KEY, key TEXT, kind TEXT, site TEXT, detail TEXT)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS effects (id INTEGER PRIMARY KEY, key TEXT, kind TEXT, site TEXT, detail TEXT)"
+    )
     conn.execute("CREATE TABLE IF NOT EXISTS noops (id INTEGER PRIMARY KEY, key TEXT)")
     return conn
 
@@ -108,7 +110,9 @@ async def change_rollout(ctx: WorkflowContext, site: str) -> dict[str, Any]:
         await ctx.sleep(600)
         after = await ctx.run(read_kpis, site)
     ok = after["drop_rate_pct"] < before["drop_rate_pct"]
-    await ctx.run(open_ticket, site, f"{diff['param']} changed; drop rate {before['drop_rate_pct']}% -> {after['drop_rate_pct']}%")
+    await ctx.run(
+        open_ticket, site, f"{diff['param']} changed; drop rate {before['drop_rate_pct']}% -> {after['drop_rate_pct']}%"
+    )
     return {"site": site, "resolved": ok, "before": before, "after": after}
 
 
@@ -135,7 +139,9 @@ def main(*, db: str, crash_at: int | None, resume: bool, quiet: bool) -> dict[st
     conn = _ledger()
     like = (f"{run_id}:%",)
     effects = conn.execute("SELECT count(*) FROM effects WHERE key LIKE ?", like).fetchone()[0]
-    duplicates = conn.execute("SELECT count(*) FROM (SELECT key FROM effects WHERE key LIKE ? GROUP BY key HAVING count(*) > 1)", like).fetchone()[0]
+    duplicates = conn.execute(
+        "SELECT count(*) FROM (SELECT key FROM effects WHERE key LIKE ? GROUP BY key HAVING count(*) > 1)", like
+    ).fetchone()[0]
     noops = conn.execute("SELECT count(*) FROM noops WHERE key LIKE ?", like).fetchone()[0]
     conn.close()
     summary = {

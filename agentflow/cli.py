@@ -8,8 +8,8 @@ import json
 import os
 import signal
 import sys
-from datetime import datetime, timezone
-from typing import Annotated, Any, Optional
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -31,7 +31,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 DbOption = Annotated[
-    Optional[str],  # noqa: UP045 - typer reads the annotation at run time
+    str | None,
     typer.Option("--db", help="SQLAlchemy URL of the store (default: $AGENTFLOW_DB, else sqlite:///agentflow.db)."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -52,7 +52,7 @@ def _store(db: str | None) -> Any:
 def _ts(value: float | None) -> str:
     if value is None:
         return "-"
-    return datetime.fromtimestamp(value, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(value, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _fail(exc: AgentflowError) -> None:
@@ -67,7 +67,9 @@ def worker(
     db: DbOption = None,
     concurrency: Annotated[int, typer.Option(help="Runs driven at once.")] = 16,
     poll_interval: Annotated[float, typer.Option(help="Seconds between looks for work when idle.")] = 0.05,
-    until_idle: Annotated[bool, typer.Option("--until-idle", help="Exit once no run is pending, running or due.")] = False,
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Exit once no run is pending, running or due.")
+    ] = False,
 ) -> None:
     """Run a worker: claim runnable runs, recover runs whose owner died, wake due timers."""
     if db:
@@ -125,8 +127,8 @@ def load_app(ref: str) -> Any:
 @runs_app.command("list")
 def runs_list(
     db: DbOption = None,
-    status: Annotated[Optional[str], typer.Option(help="Only runs with this status.")] = None,  # noqa: UP045
-    tenant: Annotated[Optional[str], typer.Option(help="Only runs of this tenant.")] = None,  # noqa: UP045
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only runs of this tenant.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many runs, newest first.")] = 50,
     as_json: JsonOption = False,
 ) -> None:
@@ -176,8 +178,13 @@ def runs_history(run_id: str, db: DbOption = None, as_json: JsonOption = False) 
     except AgentflowError as exc:
         _fail(exc)
     if as_json:
-        failed = [dict(zip(("seq", "attempt", "error", "started_at", "finished_at", "retry_at"), a, strict=True)) for a in attempts]
-        print(json.dumps({"run_id": run_id, "steps": [s.to_dict() for s in steps], "failed_attempts": failed}, indent=1))
+        failed = [
+            dict(zip(("seq", "attempt", "error", "started_at", "finished_at", "retry_at"), a, strict=True))
+            for a in attempts
+        ]
+        print(
+            json.dumps({"run_id": run_id, "steps": [s.to_dict() for s in steps], "failed_attempts": failed}, indent=1)
+        )
         return
     table = Table("seq", "kind", "name", "status", "attempt", "started", "result / error")
     for s in steps:
@@ -236,8 +243,12 @@ def db_upgrade(db: DbOption = None) -> None:
 @app.command()
 def demo(
     db: DbOption = None,
-    crash_at: Annotated[Optional[int], typer.Option("--crash-at", help="Kill this process with SIGKILL after the N-th recorded step.")] = None,  # noqa: UP045
-    resume: Annotated[bool, typer.Option("--resume", help="Resume the last demo run instead of starting a new one.")] = False,
+    crash_at: Annotated[
+        int | None, typer.Option("--crash-at", help="Kill this process with SIGKILL after the N-th recorded step.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Resume the last demo run instead of starting a new one.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Run the demo: a staged network change, crash-safe, on the embedded SQLite store."""

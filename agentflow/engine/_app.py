@@ -245,9 +245,7 @@ class App:
 
     def check_registered_workflow(self, wf: Workflow[Any, Any]) -> None:
         if not isinstance(wf, Workflow) or self._workflows.get(wf.name) is not wf:
-            raise NotRegisteredError(
-                f"{wf!r} is not a workflow registered on this App; decorate it with @app.workflow"
-            )
+            raise NotRegisteredError(f"{wf!r} is not a workflow registered on this App; decorate it with @app.workflow")
 
     def check_registered_activity(self, act: Activity[Any, Any]) -> None:
         if self._activities.get(act.name) is not act:
@@ -294,7 +292,11 @@ class App:
         if record.status == "completed":
             wf = self._workflows.get(record.workflow)
             adapter = wf.result_adapter if wf else None
-            return decode(record.output, adapter, run_id=record.id, what="output") if adapter else decode(record.output, run_id=record.id, what="output")
+            return (
+                decode(record.output, adapter, run_id=record.id, what="output")
+                if adapter
+                else decode(record.output, run_id=record.id, what="output")
+            )
         err = record.error_dict()
         raise RunFailedError(
             f"run {record.id} ended {record.status}: {err.get('type')}: {err.get('message')}",
@@ -328,7 +330,9 @@ class App:
             )
         return RunHandle(self, run_id, created=created)
 
-    async def run_async(self, wf: Workflow[P, R], *args: Any, run_id: str | None = None, tenant: str = "default", **kwargs: Any) -> R:
+    async def run_async(
+        self, wf: Workflow[P, R], *args: Any, run_id: str | None = None, tenant: str = "default", **kwargs: Any
+    ) -> R:
         """Start (or attach to) a run and drive it to its end in this process; return the result."""
         from agentflow.engine._worker import Worker
 
@@ -337,7 +341,9 @@ class App:
         result: R = self.result_of(self.store.get_run(handle.run_id))
         return result
 
-    def run(self, wf: Workflow[P, R], *args: Any, run_id: str | None = None, tenant: str = "default", **kwargs: Any) -> R:
+    def run(
+        self, wf: Workflow[P, R], *args: Any, run_id: str | None = None, tenant: str = "default", **kwargs: Any
+    ) -> R:
         """Like `run_async`, from synchronous code. Running the same script again after a
         crash, with the same `run_id`, resumes the run where it stopped."""
         try:
@@ -345,8 +351,7 @@ class App:
         except RuntimeError:
             return asyncio.run(self.run_async(wf, *args, run_id=run_id, tenant=tenant, **kwargs))
         raise ConfigurationError(
-            "app.run() was called inside a running event loop (e.g. Jupyter); use "
-            "`await app.run_async(...)` there"
+            "app.run() was called inside a running event loop (e.g. Jupyter); use `await app.run_async(...)` there"
         )
 
     def signal(self, run_id: str, name: str, payload: Any = None) -> None:
@@ -374,13 +379,23 @@ class App:
         (after deploying fixed code). Its history is kept; replay starts from the top."""
         record = self.store.get_run(run_id)
         err = record.error_dict()
-        if record.status != "failed" or err.get("type") not in ("NonDeterminismError", "CorruptRecordError", "NotRegisteredError"):
+        if record.status != "failed" or err.get("type") not in (
+            "NonDeterminismError",
+            "CorruptRecordError",
+            "NotRegisteredError",
+        ):
             raise RunStateError(
                 f"run {run_id} is {record.status}; only runs stopped by a code/record mismatch can be resumed",
                 run_id=run_id,
             )
         self.store.backend.write(
-            [("UPDATE af_runs SET status = 'pending', error = NULL, completed_at = NULL WHERE id = ? AND status = 'failed'", (run_id,), False)],
+            [
+                (
+                    "UPDATE af_runs SET status = 'pending', error = NULL, completed_at = NULL WHERE id = ? AND status = 'failed'",
+                    (run_id,),
+                    False,
+                )
+            ],
             run_id=run_id,
         )
         return self.get_run(run_id)

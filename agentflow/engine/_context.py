@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid as uuid_mod
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from agentflow.engine._defs import Activity, Workflow
@@ -82,7 +82,7 @@ class WorkflowContext:
     def now(self) -> datetime:
         """The engine clock's time, recorded: a replay sees the same value."""
         value = self._ex.record_local("now", lambda: self._ex.clock.now())
-        return datetime.fromtimestamp(float(value), tz=timezone.utc)
+        return datetime.fromtimestamp(float(value), tz=UTC)
 
     def uuid(self) -> uuid_mod.UUID:
         """A random UUID, recorded."""

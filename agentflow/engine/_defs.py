@@ -161,7 +161,9 @@ def idempotency_key(run_id: str, seq: int) -> str:
     return f"{run_id}:{seq}"
 
 
-async def call_activity(activity: Activity[Any, Any], info: ActivityInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+async def call_activity(
+    activity: Activity[Any, Any], info: ActivityInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """Run the activity's function once, with its info set and its timeout applied."""
     token = _current.set(info)
     try:

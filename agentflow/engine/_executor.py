@@ -240,10 +240,12 @@ class RunExecutor:
                     f"code now calls {kind} `{name}`: the workflow changed under an in-flight run. "
                     f"Guard the change with `if ctx.patched('<change-id>'): <new code> else: <old code>` "
                     "so runs recorded by the old code replay the old path.",
-                    run_id=self.run_id, seq=seq, tenant=self.run.tenant,
+                    run_id=self.run_id,
+                    seq=seq,
+                    tenant=self.run.tenant,
                     recorded={"kind": rec.kind, "name": rec.name, "digest": rec.digest},
                     requested={"kind": kind, "name": name, "digest": dig},
-                )  # fmt: skip
+                )
             )
         if rec.digest != dig:
             raise self._stop(
@@ -252,10 +254,12 @@ class RunExecutor:
                     f"digest {rec.digest} (args {_short(rec.args)}), but the code now calls it with "
                     f"digest {dig}: the arguments changed under an in-flight run. Guard the change "
                     "with `ctx.patched('<change-id>')`.",
-                    run_id=self.run_id, seq=seq, tenant=self.run.tenant,
+                    run_id=self.run_id,
+                    seq=seq,
+                    tenant=self.run.tenant,
                     recorded={"kind": rec.kind, "name": rec.name, "digest": rec.digest},
                     requested={"kind": kind, "name": name, "digest": dig},
-                )  # fmt: skip
+                )
             )
         return rec
 
@@ -273,13 +277,17 @@ class RunExecutor:
             return value
         except ValueError:
             raise self._stop(
-                CorruptRecordError(f"the error of step {rec.seq} of run {self.run_id} does not decode", run_id=self.run_id, seq=rec.seq)
+                CorruptRecordError(
+                    f"the error of step {rec.seq} of run {self.run_id} does not decode", run_id=self.run_id, seq=rec.seq
+                )
             ) from None
 
     # ======================================================================================
     # activities
     # ======================================================================================
-    def schedule_activity(self, act: Activity[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> asyncio.Future[Any]:
+    def schedule_activity(
+        self, act: Activity[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> asyncio.Future[Any]:
         if not isinstance(act, Activity):
             raise TypeError(
                 f"ctx.run() takes an activity registered with @app.activity, not {act!r}; "
@@ -344,11 +352,28 @@ class RunExecutor:
             if asyncio.iscoroutine(found):
                 found = await found
             if found is not None:
-                self._record_result(act, seq, dig, args_json, fut, attempt - 1, first, act.result_adapter.dump_json(found).decode())
+                self._record_result(
+                    act, seq, dig, args_json, fut, attempt - 1, first, act.result_adapter.dump_json(found).decode()
+                )
                 return
         while True:
             if act.side_effect:
-                self._write([self._step_op(self._new_step(seq, "activity", act.name, dig, "started", attempt=attempt, args=args_json, started_at=first))])
+                self._write(
+                    [
+                        self._step_op(
+                            self._new_step(
+                                seq,
+                                "activity",
+                                act.name,
+                                dig,
+                                "started",
+                                attempt=attempt,
+                                args=args_json,
+                                started_at=first,
+                            )
+                        )
+                    ]
+                )
                 crash_point("after_intent")
             info = ActivityInfo(
                 run_id=self.run_id, seq=seq, attempt=attempt, name=act.name,
@@ -409,7 +434,9 @@ class RunExecutor:
             seq, "activity", act.name, dig, status, attempt=attempt, args=args_json, error=err_json,
             started_at=first, finished_at=None if retry else now, wake_at=retry_at,
         )  # fmt: skip
-        self._write([self._step_op(step), self.store.attempt_op(self.run_id, seq, attempt, err_json, started, now, retry_at)])
+        self._write(
+            [self._step_op(step), self.store.attempt_op(self.run_id, seq, attempt, err_json, started, now, retry_at)]
+        )
         if not retry and not fut.done():
             fut.set_exception(self._activity_error(act.name, seq, step))
         return retry_at
@@ -427,7 +454,11 @@ class RunExecutor:
             fut.set_result(None)
             return fut
         if rec is None:
-            self.local_ops.append(self._step_op(self._new_step(seq, "sleep", "sleep", "", "waiting", args=json.dumps(label), wake_at=wake_at)))
+            self.local_ops.append(
+                self._step_op(
+                    self._new_step(seq, "sleep", "sleep", "", "waiting", args=json.dumps(label), wake_at=wake_at)
+                )
+            )
         else:
             wake_at = rec.wake_at if rec.wake_at is not None else wake_at
         self.waits[seq] = _Wait(seq, "timer", fut, wake_at=wake_at)
@@ -455,9 +486,16 @@ class RunExecutor:
         return fut
 
     def _timeout_error(self, name: str, seq: int) -> WaitTimeout:
-        return WaitTimeout(f"signal {name!r} did not arrive before the timeout (step {seq})", run_id=self.run_id, seq=seq, tenant=self.run.tenant)
+        return WaitTimeout(
+            f"signal {name!r} did not arrive before the timeout (step {seq})",
+            run_id=self.run_id,
+            seq=seq,
+            tenant=self.run.tenant,
+        )
 
-    def schedule_child(self, workflow: Workflow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> asyncio.Future[Any]:
+    def schedule_child(
+        self, workflow: Workflow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> asyncio.Future[Any]:
         self.app.check_registered_workflow(workflow)
         seq = self._take_seq()
         input_json = encode([list(args), kwargs], what=f"the arguments of child workflow {workflow.name}")
@@ -477,11 +515,25 @@ class RunExecutor:
             now = self.clock.now()
             self._write(
                 [
-                    self._step_op(self._new_step(seq, "child", workflow.name, dig, "started", args=json.dumps(child_id))),
-                    self.store.create_run_op(child_id, workflow.name, self.run.tenant, input_json, now, self.run_id, seq, self.run.root_id, self.run.meta),
+                    self._step_op(
+                        self._new_step(seq, "child", workflow.name, dig, "started", args=json.dumps(child_id))
+                    ),
+                    self.store.create_run_op(
+                        child_id,
+                        workflow.name,
+                        self.run.tenant,
+                        input_json,
+                        now,
+                        self.run_id,
+                        seq,
+                        self.run.root_id,
+                        self.run.meta,
+                    ),
                 ]
             )
-        self.waits[seq] = _Wait(seq, "child", fut, name=child_id, step_name=workflow.name, digest=dig, adapter=workflow.result_adapter)
+        self.waits[seq] = _Wait(
+            seq, "child", fut, name=child_id, step_name=workflow.name, digest=dig, adapter=workflow.result_adapter
+        )
         return fut
 
     def _child_error(self, child_id: str, seq: int, err: dict[str, Any]) -> ChildWorkflowError:
@@ -545,10 +597,41 @@ class RunExecutor:
         self.waits.pop(w.seq, None)
         now = self.clock.now()
         if w.kind == "timer":
-            self._write([self._step_op(self._new_step(w.seq, "sleep", "sleep", "", "completed", wake_at=w.wake_at, finished_at=now, started_at=self._started(w.seq)))])
+            self._write(
+                [
+                    self._step_op(
+                        self._new_step(
+                            w.seq,
+                            "sleep",
+                            "sleep",
+                            "",
+                            "completed",
+                            wake_at=w.wake_at,
+                            finished_at=now,
+                            started_at=self._started(w.seq),
+                        )
+                    )
+                ]
+            )
             w.fut.set_result(None)
         elif w.kind == "signal":
-            self._write([self._step_op(self._new_step(w.seq, "signal", w.name, "", "failed", wake_at=w.wake_at, finished_at=now, error=json.dumps({"type": "WaitTimeout", "message": "timed out"}), started_at=self._started(w.seq)))])
+            self._write(
+                [
+                    self._step_op(
+                        self._new_step(
+                            w.seq,
+                            "signal",
+                            w.name,
+                            "",
+                            "failed",
+                            wake_at=w.wake_at,
+                            finished_at=now,
+                            error=json.dumps({"type": "WaitTimeout", "message": "timed out"}),
+                            started_at=self._started(w.seq),
+                        )
+                    )
+                ]
+            )
             w.fut.set_exception(self._timeout_error(w.name, w.seq))
         elif w.kind == "retry" and w.resume is not None:
             w.resume()
@@ -560,7 +643,17 @@ class RunExecutor:
     def _complete_signal(self, w: _Wait, found: tuple[int, str]) -> None:
         self.waits.pop(w.seq, None)
         signal_id, payload = found
-        step = self._new_step(w.seq, "signal", w.name, "", "completed", result=payload, wake_at=w.wake_at, finished_at=self.clock.now(), started_at=self._started(w.seq))
+        step = self._new_step(
+            w.seq,
+            "signal",
+            w.name,
+            "",
+            "completed",
+            result=payload,
+            wake_at=w.wake_at,
+            finished_at=self.clock.now(),
+            started_at=self._started(w.seq),
+        )
         self._write([self._step_op(step), self.store.consume_signal_op(signal_id, w.seq)])
         try:
             w.fut.set_result(decode(payload, _ANY, run_id=self.run_id, seq=w.seq, what="signal payload"))
@@ -595,7 +688,11 @@ class RunExecutor:
         if rec is not None:
             return self._decode(rec, _ANY)
         value = make()
-        self.local_ops.append(self._step_op(self._new_step(seq, kind, kind, "", "completed", result=json.dumps(value), finished_at=self.clock.now())))
+        self.local_ops.append(
+            self._step_op(
+                self._new_step(seq, kind, kind, "", "completed", result=json.dumps(value), finished_at=self.clock.now())
+            )
+        )
         return value
 
     def patched(self, change_id: str) -> bool:
@@ -607,7 +704,9 @@ class RunExecutor:
             return False  # recorded by code that predates the change: keep the old path
         self.next_seq += 1
         if rec is None:
-            self.local_ops.append(self._step_op(self._new_step(seq, "patch", change_id, "", "completed", finished_at=self.clock.now())))
+            self.local_ops.append(
+                self._step_op(self._new_step(seq, "patch", change_id, "", "completed", finished_at=self.clock.now()))
+            )
         return True
 
     # ======================================================================================
@@ -676,7 +775,7 @@ class RunExecutor:
         check_sql, check_params = self.store.park_blockers_sql(
             self.run_id, signals, children, check_cancel=not self.cancel_delivered
         )
-        ops = self.local_ops + [self.store.park_op(self.run_id, self.epoch, wake_at, waiting_on, self.clock.now())]
+        ops = [*self.local_ops, self.store.park_op(self.run_id, self.epoch, wake_at, waiting_on, self.clock.now())]
         parked = self.store.backend.write_checked(check_sql, check_params, ops, run_id=self.run_id)
         if parked:
             self.local_ops = []
@@ -696,7 +795,9 @@ class RunExecutor:
             if isinstance(exc, _Stop) and self.fatal is not None:
                 return self._finish_failed(self.fatal)
             return self._finish_status("failed", None, error_dict(exc))
-        if self.max_recorded >= self.next_seq and any(s >= self.next_seq and self.history[s].kind not in ("now", "uuid", "random") for s in self.history):
+        if self.max_recorded >= self.next_seq and any(
+            s >= self.next_seq and self.history[s].kind not in ("now", "uuid", "random") for s in self.history
+        ):
             extra = min(s for s in self.history if s >= self.next_seq)
             rec = self.history[extra]
             return self._finish_failed(
@@ -704,20 +805,30 @@ class RunExecutor:
                     f"the workflow returned after step {self.next_seq - 1}, but the history records "
                     f"step {extra} ({rec.kind} `{rec.name}`) after it: the code no longer makes that "
                     "call. Guard the removal with `ctx.patched('<change-id>')`.",
-                    run_id=self.run_id, seq=extra, tenant=self.run.tenant,
-                )  # fmt: skip
+                    run_id=self.run_id,
+                    seq=extra,
+                    tenant=self.run.tenant,
+                )
             )
         try:
             output = workflow.result_adapter.dump_json(main.result()).decode()
         except Exception as e:  # noqa: BLE001
-            return self._finish_failed(PayloadError(f"workflow {workflow.name} returned a value that cannot be encoded: {e}", run_id=self.run_id))
+            return self._finish_failed(
+                PayloadError(
+                    f"workflow {workflow.name} returned a value that cannot be encoded: {e}", run_id=self.run_id
+                )
+            )
         return self._finish_status("completed", output, None)
 
     def _finish_failed(self, exc: AgentflowError) -> str:
         return self._finish_status("failed", None, error_dict(exc))
 
     def _finish_status(self, status: str, output: str | None, err: dict[str, Any] | None) -> str:
-        ops = [self.store.finish_op(self.run_id, self.epoch, status, output, json.dumps(err) if err else None, self.clock.now())]
+        ops = [
+            self.store.finish_op(
+                self.run_id, self.epoch, status, output, json.dumps(err) if err else None, self.clock.now()
+            )
+        ]
         if self.run.parent_id:
             ops.append(self.store.wake_op(self.run.parent_id))
         self._write(ops)

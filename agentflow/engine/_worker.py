@@ -39,7 +39,9 @@ class Worker:
         root_id: only drive the run tree with this root (what `app.run` uses).
     """
 
-    def __init__(self, app: App, *, concurrency: int = 16, poll_interval: float = 0.05, root_id: str | None = None) -> None:
+    def __init__(
+        self, app: App, *, concurrency: int = 16, poll_interval: float = 0.05, root_id: str | None = None
+    ) -> None:
         self.app = app
         self.store = app.store
         self.concurrency = concurrency
@@ -71,7 +73,9 @@ class Worker:
             while not done():
                 claimed = self._claim()
                 if self._tasks:
-                    await asyncio.wait(list(self._tasks.values()), timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        list(self._tasks.values()), timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+                    )
                     continue
                 if claimed:
                     continue
@@ -141,7 +145,7 @@ class Worker:
                 self.store.release(run_id, epoch)
             except StoreError:
                 pass
-        except Exception:  # noqa: BLE001 - one bad run must not stop the worker
+        except Exception:
             log.exception("run %s: internal error in the executor", run_id)
             try:
                 self.store.release(run_id, epoch)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, Callable, get_type_hints
+from typing import Any, get_type_hints
 
 import pydantic_core
 from pydantic import TypeAdapter, ValidationError

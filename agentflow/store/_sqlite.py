@@ -32,8 +32,7 @@ Op = tuple[str, Sequence[Any], bool]
 a row, or the transaction is rolled back with LeaseLostError."""
 
 STEP_COLUMNS = (
-    "run_id, seq, kind, name, digest, status, attempt, args, result, error, "
-    "started_at, finished_at, wake_at, epoch"
+    "run_id, seq, kind, name, digest, status, attempt, args, result, error, started_at, finished_at, wake_at, epoch"
 )
 # One statement records a step: inserted on first write, updated on later ones (intent, retry,
 # result), never once it is final, and only while the writer holds the run's lease epoch.
@@ -56,8 +55,7 @@ def sqlite_path(url: str) -> str:
     path = url[len(prefix) :]
     if not path or path == ":memory:":
         raise ConfigurationError(
-            "an in-memory SQLite database cannot be shared by workers; use a file: "
-            "sqlite:///agentflow.db"
+            "an in-memory SQLite database cannot be shared by workers; use a file: sqlite:///agentflow.db"
         )
     return path
 
@@ -81,7 +79,9 @@ class SqliteStore:
     def __init__(self, url: str, *, synchronous: str = "FULL", busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
         synchronous = synchronous.upper()
         if synchronous not in ("FULL", "NORMAL"):
-            raise ConfigurationError("synchronous must be 'FULL' (survives power loss) or 'NORMAL' (survives process crashes)")
+            raise ConfigurationError(
+                "synchronous must be 'FULL' (survives power loss) or 'NORMAL' (survives process crashes)"
+            )
         self.url = url
         self.path = sqlite_path(url)
         self.synchronous = synchronous
@@ -96,9 +96,7 @@ class SqliteStore:
     # -- connections -----------------------------------------------------------------------
     def connect_raw(self) -> sqlite3.Connection:
         """A new connection with the store's pragmas (used by migrations and benchmarks too)."""
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # only takes effect on a new file
         conn.execute("PRAGMA journal_mode = WAL")

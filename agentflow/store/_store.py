@@ -138,7 +138,9 @@ def pid_alive(pid: int, start: str) -> bool:
 class EventStore:
     """Runs, steps, signals and workers, in one database."""
 
-    def __init__(self, url: str, *, synchronous: str = "FULL", busy_timeout: float | None = None, migrate: bool = True) -> None:
+    def __init__(
+        self, url: str, *, synchronous: str = "FULL", busy_timeout: float | None = None, migrate: bool = True
+    ) -> None:
         kwargs: dict[str, Any] = {"synchronous": synchronous}
         if busy_timeout is not None:
             kwargs["busy_timeout"] = busy_timeout
@@ -152,7 +154,7 @@ class EventStore:
         rows: list[tuple[Any, ...]]
         try:
             rows = self.backend.query(f"SELECT version_num FROM {VERSION_TABLE}")
-        except Exception as exc:  # noqa: BLE001 - a missing version table means "not migrated"
+        except Exception as exc:
             if "no such table" not in str(exc):
                 raise
             rows = []
@@ -178,7 +180,9 @@ class EventStore:
         meta: str | None = None,
     ) -> tuple[RunRecord, bool]:
         """Insert a pending run unless one with this id exists; return (run, created)."""
-        (n,) = self.backend.write([self.create_run_op(run_id, workflow, tenant, input, now, parent_id, parent_seq, root_id, meta)])
+        (n,) = self.backend.write(
+            [self.create_run_op(run_id, workflow, tenant, input, now, parent_id, parent_seq, root_id, meta)]
+        )
         run = self.get_run(run_id)
         return run, n == 1
 
@@ -208,7 +212,9 @@ class EventStore:
             )
         return run
 
-    def list_runs(self, *, tenant: str | None = None, status: str | None = None, workflow: str | None = None, limit: int = 100) -> list[RunRecord]:
+    def list_runs(
+        self, *, tenant: str | None = None, status: str | None = None, workflow: str | None = None, limit: int = 100
+    ) -> list[RunRecord]:
         where, params = [], []
         for col, val in (("tenant", tenant), ("status", status), ("workflow", workflow)):
             if val is not None:
@@ -239,7 +245,9 @@ class EventStore:
             (run_id,),
         )
 
-    def attempt_op(self, run_id: str, seq: int, attempt: int, error: str, started: float, finished: float, retry_at: float | None) -> Op:
+    def attempt_op(
+        self, run_id: str, seq: int, attempt: int, error: str, started: float, finished: float, retry_at: float | None
+    ) -> Op:
         return (
             "INSERT INTO af_step_attempts (run_id, seq, attempt, error, started_at, finished_at, "
             "retry_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -282,10 +290,7 @@ class EventStore:
             parts, params = ["SELECT 1 FROM af_runs WHERE 1 = 0"], []
         if signal_names:
             marks = ",".join("?" * len(signal_names))
-            parts.append(
-                "SELECT 1 FROM af_signals WHERE run_id = ? AND consumed_seq IS NULL "
-                f"AND name IN ({marks})"
-            )
+            parts.append(f"SELECT 1 FROM af_signals WHERE run_id = ? AND consumed_seq IS NULL AND name IN ({marks})")
             params += [run_id, *signal_names]
         if child_ids:
             marks = ",".join("?" * len(child_ids))
@@ -375,9 +380,7 @@ class EventStore:
 
     def heartbeat(self, worker_id: str) -> list[str]:
         """Renew this worker's lease; return the ids of its runs that have a cancel request."""
-        self.backend.write(
-            [("UPDATE af_workers SET heartbeat_at = ? WHERE id = ?", (time.time(), worker_id), False)]
-        )
+        self.backend.write([("UPDATE af_workers SET heartbeat_at = ? WHERE id = ?", (time.time(), worker_id), False)])
         rows = self.backend.query(
             "SELECT id FROM af_runs WHERE owner = ? AND status = 'running' AND cancel_requested = 1",
             (worker_id,),

@@ -26,7 +26,9 @@ SUBCOMMANDS = [
 ]
 
 
-def agentflow(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def agentflow(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFLOW_")}
     full_env.update({"COLUMNS": "200", **(env or {})})
     return subprocess.run(
