@@ -16,7 +16,18 @@ apply) and ``retryable``: whether trying the same thing again later can help.
     │   ├── NonDeterminismError     the code no longer matches the recorded history
     │   ├── ActivityError           an activity failed after its retries (cause recorded)
     │   ├── ChildWorkflowError      a child run failed or was cancelled
-    │   └── WaitTimeout             ctx.wait_signal(..., timeout=) expired
+    │   ├── WaitTimeout             ctx.wait_signal(..., timeout=) expired
+    │   ├── BudgetExceeded          a model call would exceed the run's token/USD budget (not sent)
+    │   └── ContextWindowExceeded   the request does not fit the model's context window (not sent)
+    ├── ModelError                  a model provider call failed (recorded; retried when retryable)
+    │   ├── ModelRateLimited        HTTP 429 (retryable, honours Retry-After)
+    │   ├── ModelServerError        HTTP 5xx (retryable)
+    │   ├── ModelTimeout            no answer in time (retryable)
+    │   ├── ModelConnectionError    could not reach the endpoint (retryable)
+    │   ├── ModelBadResponse        a body that is not a chat completion (retryable)
+    │   ├── ModelBadRequest         HTTP 400/404/422 (not retryable: fix the request)
+    │   ├── ModelAuthError          HTTP 401/403 (not retryable: fix the key)
+    │   └── ModelRequestsForbidden  a real model was called where requests are disabled (tests)
     ├── StoreError                  the event store
     │   ├── StoreBusyError          database locked past the busy timeout (retryable)
     │   ├── LeaseLostError          this worker no longer owns the run (fenced write refused)
@@ -35,10 +46,21 @@ from typing import Any
 __all__ = [
     "ActivityError",
     "AgentflowError",
+    "BudgetExceeded",
     "ChildWorkflowError",
     "ConfigurationError",
+    "ContextWindowExceeded",
     "CorruptRecordError",
     "LeaseLostError",
+    "ModelAuthError",
+    "ModelBadRequest",
+    "ModelBadResponse",
+    "ModelConnectionError",
+    "ModelError",
+    "ModelRateLimited",
+    "ModelRequestsForbidden",
+    "ModelServerError",
+    "ModelTimeout",
     "NonDeterminismError",
     "NotInActivityError",
     "NotRegisteredError",
@@ -214,3 +236,79 @@ class CorruptRecordError(StoreError):
 
 class SchemaVersionError(StoreError):
     """The database was written by a newer agentflow schema than this version knows."""
+
+
+class BudgetExceeded(WorkflowError):
+    """A model call would take the run past its budget; it was not sent.
+
+    Attributes:
+        limit: which limit ("tokens" or "usd").
+        spent: what the run had used before this call.
+        needed: what this call would add at least (prompt tokens counted before sending).
+        budget: the limit's value.
+    """
+
+    def __init__(self, message: str, *, limit: str, spent: float, needed: float, budget: float, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.limit = limit
+        self.spent = spent
+        self.needed = needed
+        self.budget = budget
+
+
+class ContextWindowExceeded(WorkflowError):
+    """The request's counted tokens exceed the model's context window; it was not sent."""
+
+
+class ModelError(AgentflowError):
+    """A call to a model provider failed.
+
+    Attributes:
+        status: the HTTP status, when there was one.
+        retry_after: seconds the provider asked to wait (from `Retry-After`), if any.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class ModelRateLimited(ModelError):
+    """HTTP 429: the provider throttled the call. Retried after `retry_after` seconds."""
+
+
+class ModelServerError(ModelError):
+    """HTTP 5xx from the provider. Retried with backoff."""
+
+
+class ModelTimeout(ModelError):
+    """The provider did not answer in time. Retried with backoff."""
+
+
+class ModelConnectionError(ModelError):
+    """The endpoint could not be reached. Retried with backoff."""
+
+
+class ModelBadResponse(ModelError):
+    """The provider answered with a body that is not a chat completion (e.g. not JSON)."""
+
+
+class ModelBadRequest(ModelError):
+    """The provider refused the request (400/404/422): retrying the same request cannot help."""
+
+    retryable = False
+
+
+class ModelAuthError(ModelError):
+    """The provider refused the credentials (401/403): set a valid API key."""
+
+    retryable = False
+
+
+class ModelRequestsForbidden(ModelError):
+    """A request to a non-local model endpoint while model requests are disabled (tests)."""
+
+    retryable = False

@@ -4,6 +4,7 @@ driving an App on a thread of its own (so the test thread can poll with `assert_
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,10 @@ from agentflow import App, Worker
 from agentflow.testing import TestClock
 
 START = 1_700_000_000
+
+# No test may reach a real model: requests to anything but loopback raise ModelRequestsForbidden
+# (subprocesses inherit it). Local test servers on 127.0.0.1 stay reachable.
+os.environ["AGENTFLOW_ALLOW_MODEL_REQUESTS"] = "0"
 
 
 @pytest.fixture

@@ -26,6 +26,9 @@ class WorkflowContext:
 
     def __init__(self, executor: RunExecutor) -> None:
         self._ex = executor
+        #: In-memory state of this execution, rebuilt by replay (e.g. the run's token usage so
+        #: far, for budgets). Never persisted: derive it from recorded step results only.
+        self.locals: dict[str, Any] = {}
 
     @property
     def run_id(self) -> str:
@@ -56,6 +59,17 @@ class WorkflowContext:
         error as `ActivityError`) without executing.
         """
         return self._ex.schedule_activity(activity, args, kwargs)
+
+    def run_step(
+        self, step: Activity[Any, R], *, request: str, blobs: dict[str, str] | None = None
+    ) -> asyncio.Future[R]:
+        """Low level: record a call of an unregistered step (a model call, say) like an activity.
+
+        `request` is the JSON recorded as the step's arguments (its digest is the replay check)
+        and `blobs` the content-addressed payloads it refers to, each stored once per database.
+        `step.fn` is called with no arguments.
+        """
+        return self._ex.schedule_activity(step, (), {}, request=(request, dict(blobs or {})))
 
     def sleep(self, seconds: float) -> asyncio.Future[None]:
         """A durable timer: the run is parked in the store (no thread) until it is due."""

@@ -46,9 +46,16 @@ class RetryPolicy:
         if self.initial_interval < 0 or self.max_interval < 0 or self.backoff < 1:
             raise ValueError("RetryPolicy intervals must be >= 0 and backoff >= 1")
 
-    def delay_after(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        return min(self.initial_interval * self.backoff ** (attempt - 1), self.max_interval)
+    def delay_after(self, attempt: int, exc: BaseException | None = None) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based).
+
+        An error that carries `retry_after` (seconds, e.g. from an HTTP `Retry-After` header) is
+        honoured: the wait is at least that long, even past `max_interval`."""
+        delay = min(self.initial_interval * self.backoff ** (attempt - 1), self.max_interval)
+        hint = getattr(exc, "retry_after", None)
+        if isinstance(hint, (int, float)) and hint > delay:
+            delay = float(hint)
+        return delay
 
     def is_retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, AgentflowError) and not exc.retryable:
@@ -80,9 +87,17 @@ class Activity(Generic[P, R]):
         timeout: float | None,
         side_effect: bool,
         reconcile: Callable[[str], Any] | None,
+        kind: str = "activity",
+        encode_result: Callable[[Any], tuple[str, dict[str, str]]] | None = None,
+        decode_result: Callable[[str], Any] | None = None,
     ) -> None:
         self.fn = fn
         self.name = name
+        # A step that is not a registered activity (e.g. a model call) has its own kind and may
+        # record its result as references to content-addressed blobs.
+        self.kind = kind
+        self.encode_result = encode_result
+        self.decode_result = decode_result
         self.retry = retry
         self.timeout = timeout
         self.side_effect = side_effect

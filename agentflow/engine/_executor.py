@@ -47,6 +47,20 @@ class _Stop(BaseException):
 
 
 @dataclass(slots=True)
+class _Call:
+    """One activity step being scheduled or executed."""
+
+    act: Activity[Any, Any]
+    seq: int
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    args_json: str
+    digest: str
+    fut: asyncio.Future[Any]
+    blobs: dict[str, str]  # request blobs not yet written
+
+
+@dataclass(slots=True)
 class _Wait:
     seq: int
     kind: str  # timer | signal | child | retry
@@ -314,64 +328,80 @@ class RunExecutor:
     # activities
     # ======================================================================================
     def schedule_activity(
-        self, act: Activity[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        act: Activity[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        request: tuple[str, dict[str, str]] | None = None,
     ) -> asyncio.Future[Any]:
+        """Schedule an activity step. `request` (for unregistered steps such as model calls)
+        replaces the recorded arguments with a compact JSON plus the blobs it refers to."""
         if not isinstance(act, Activity):
             raise TypeError(
                 f"ctx.run() takes an activity registered with @app.activity, not {act!r}; "
                 "decorate the function with @app.activity(...)"
             )
-        self.app.check_registered_activity(act)
+        if request is None:
+            self.app.check_registered_activity(act)
+            args_json = encode([list(args), kwargs], what=f"the arguments of activity {act.name}")
+            blobs: dict[str, str] = {}
+        else:
+            args_json, blobs = request
         seq = self._take_seq()
-        args_json = encode([list(args), kwargs], what=f"the arguments of activity {act.name}")
-        dig = digest(args_json)
-        fut = self.loop.create_future()
-        if self._cancel_at(seq, fut):
-            return fut
-        rec = self._recorded(seq, "activity", act.name, dig)
+        call = _Call(act, seq, args, kwargs, args_json, digest(args_json), self.loop.create_future(), blobs)
+        if self._cancel_at(seq, call.fut):
+            return call.fut
+        rec = self._recorded(seq, act.kind, act.name, call.digest)
         if rec is not None and rec.status == "completed":
-            fut.set_result(self._decode(rec, act.result_adapter))
+            call.fut.set_result(self._decode_result(act, rec.result, seq))
         elif rec is not None and rec.status == "failed":
-            fut.set_exception(self._activity_error(act.name, seq, rec))
+            call.fut.set_exception(self._activity_error(act.name, seq, rec))
         elif rec is not None and rec.status == "retrying" and rec.wake_at is not None:
-            self._wait_retry(act, seq, args, kwargs, args_json, dig, fut, rec.attempt + 1, rec.wake_at)
+            self._wait_retry(call, rec.attempt + 1, rec.wake_at)
         else:
             # New, or intent recorded without a result (outcome unknown): run (again), same key.
             attempt = rec.attempt + 1 if rec is not None else 1
             unknown = rec is not None and rec.status == "started"
-            self._spawn(self._execute(act, seq, args, kwargs, args_json, dig, fut, attempt, unknown=unknown))
-        return fut
+            self._spawn(self._execute(call, attempt, unknown=unknown))
+        return call.fut
 
-    def _wait_retry(
-        self, act: Activity[Any, Any], seq: int, args: tuple[Any, ...], kwargs: dict[str, Any],
-        args_json: str, dig: str, fut: asyncio.Future[Any], attempt: int, retry_at: float,
-    ) -> None:  # fmt: skip
-        w = _Wait(seq, "retry", fut, wake_at=retry_at, name=act.name)
-        w.resume = lambda: self._spawn(self._execute(act, seq, args, kwargs, args_json, dig, fut, attempt))
-        self.waits[seq] = w
+    def _decode_result(self, act: Activity[Any, Any], result_json: str | None, seq: int) -> Any:
+        try:
+            if act.decode_result is not None:
+                return act.decode_result(result_json or "null")
+            return decode(result_json, act.result_adapter, run_id=self.run_id, seq=seq)
+        except CorruptRecordError as exc:
+            raise self._stop(exc) from None
+
+    def _wait_retry(self, call: _Call, attempt: int, retry_at: float) -> None:
+        w = _Wait(call.seq, "retry", call.fut, wake_at=retry_at, name=call.act.name)
+        w.resume = lambda: self._spawn(self._execute(call, attempt))
+        self.waits[call.seq] = w
 
     def _activity_error(self, name: str, seq: int, rec: StepRecord) -> ActivityError:
         err = self._recorded_error(rec)
         return ActivityError(
-            f"activity {name} (step {seq}) failed after {rec.attempt} attempt(s): "
+            f"{rec.kind} {name} (step {seq}) failed after {rec.attempt} attempt(s): "
             f"{err.get('type')}: {err.get('message')}",
             activity=name, cause_type=str(err.get("type")), cause_message=str(err.get("message")),
             attempts=rec.attempt, run_id=self.run_id, seq=seq, tenant=self.run.tenant,
         )  # fmt: skip
 
-    async def _execute(
-        self,
-        act: Activity[Any, Any],
-        seq: int,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        args_json: str,
-        dig: str,
-        fut: asyncio.Future[Any],
-        attempt: int,
-        *,
-        unknown: bool = False,
-    ) -> None:
+    def _call_step(self, call: _Call, status: str, **kw: Any) -> StepRecord:
+        return self._new_step(call.seq, call.act.kind, call.act.name, call.digest, status, args=call.args_json, **kw)
+
+    def _call_ops(self, call: _Call, step: StepRecord, blobs: dict[str, str] | None = None) -> list[Op]:
+        """The step's row, plus the blobs it refers to (the request's, once, and the result's)."""
+        ops = [self._step_op(step)]
+        now = step.started_at
+        for pending in (call.blobs, blobs or {}):
+            ops.extend(self.store.blob_op(h, data, now) for h, data in pending.items())
+        call.blobs = {}
+        return ops
+
+    async def _execute(self, call: _Call, attempt: int, *, unknown: bool = False) -> None:
+        act, seq = call.act, call.seq
         key = idempotency_key(self.run_id, seq)
         first = self._started(seq)
         if unknown and act.reconcile is not None:
@@ -380,28 +410,11 @@ class RunExecutor:
             if asyncio.iscoroutine(found):
                 found = await found
             if found is not None:
-                self._record_result(
-                    act, seq, dig, args_json, fut, attempt - 1, first, act.result_adapter.dump_json(found).decode()
-                )
+                self._record_result(call, attempt - 1, first, found)
                 return
         while True:
             if act.side_effect:
-                self._write(
-                    [
-                        self._step_op(
-                            self._new_step(
-                                seq,
-                                "activity",
-                                act.name,
-                                dig,
-                                "started",
-                                attempt=attempt,
-                                args=args_json,
-                                started_at=first,
-                            )
-                        )
-                    ]
-                )
+                self._write(self._call_ops(call, self._call_step(call, "started", attempt=attempt, started_at=first)))
                 crash_point("after_intent")
             info = ActivityInfo(
                 run_id=self.run_id, seq=seq, attempt=attempt, name=act.name,
@@ -409,64 +422,68 @@ class RunExecutor:
             )  # fmt: skip
             started = self.clock.now()
             try:
-                value = await call_activity(act, info, args, kwargs)
-                result_json = act.result_adapter.dump_json(value).decode()
+                value = await call_activity(act, info, call.args, call.kwargs)
+                encoded = self._encode_result(act, value)
             except Exception as exc:  # noqa: BLE001 - any activity failure is recorded
                 if isinstance(exc, asyncio.TimeoutError):
-                    exc = TimeoutError(f"activity {act.name} timed out after {act.timeout}s")
-                elif not isinstance(exc, AgentflowError) and "serializ" in str(exc).lower():
-                    exc = PayloadError(f"activity {act.name} returned a value that cannot be encoded as JSON: {exc}")
-                retry_at = self._record_failure(act, seq, dig, args_json, fut, attempt, first, started, exc)
+                    exc = TimeoutError(f"{act.kind} {act.name} timed out after {act.timeout}s")
+                retry_at = self._record_failure(call, attempt, first, started, exc)
                 if retry_at is None:
                     return
                 if retry_at - self.clock.now() > self.app.inline_wait:
-                    self._wait_retry(act, seq, args, kwargs, args_json, dig, fut, attempt + 1, retry_at)
+                    self._wait_retry(call, attempt + 1, retry_at)
                     return
                 await self.clock.sleep_until(retry_at)
                 attempt += 1
                 continue
             crash_point("after_effect")
-            self._record_result(act, seq, dig, args_json, fut, attempt, first, result_json)
+            self._record_encoded(call, attempt, first, encoded)
             return
 
-    def _record_result(
-        self, act: Activity[Any, Any], seq: int, dig: str, args_json: str, fut: asyncio.Future[Any],
-        attempt: int, started: float, result_json: str,
-    ) -> None:  # fmt: skip
-        step = self._new_step(
-            seq, "activity", act.name, dig, "completed", attempt=max(attempt, 1), args=args_json,
-            result=result_json, started_at=started, finished_at=self.clock.now(),
+    @staticmethod
+    def _encode_result(act: Activity[Any, Any], value: Any) -> tuple[str, dict[str, str]]:
+        if act.encode_result is not None:
+            return act.encode_result(value)
+        try:
+            return act.result_adapter.dump_json(value).decode(), {}
+        except Exception as exc:  # noqa: BLE001 - pydantic raises several types here
+            raise PayloadError(f"activity {act.name} returned a value that cannot be encoded as JSON: {exc}") from None
+
+    def _record_result(self, call: _Call, attempt: int, started: float, value: Any) -> None:
+        self._record_encoded(call, attempt, started, self._encode_result(call.act, value))
+
+    def _record_encoded(self, call: _Call, attempt: int, started: float, encoded: tuple[str, dict[str, str]]) -> None:
+        result_json, blobs = encoded
+        step = self._call_step(
+            call, "completed", attempt=max(attempt, 1), result=result_json, started_at=started,
+            finished_at=self.clock.now(),
         )  # fmt: skip
-        self._write([self._step_op(step)])
+        self._write(self._call_ops(call, step, blobs))
         crash_point("after_result")
-        if fut.done():
+        if call.fut.done():
             return
         # Live and replayed runs see the same value: both are decoded from the recorded JSON.
-        try:
-            fut.set_result(decode(result_json, act.result_adapter, run_id=self.run_id, seq=seq))
-        except CorruptRecordError as exc:
-            raise self._stop(exc) from None
+        call.fut.set_result(self._decode_result(call.act, result_json, call.seq))
 
     def _record_failure(
-        self, act: Activity[Any, Any], seq: int, dig: str, args_json: str, fut: asyncio.Future[Any],
-        attempt: int, first: float, started: float, exc: BaseException,
-    ) -> float | None:  # fmt: skip
+        self, call: _Call, attempt: int, first: float, started: float, exc: BaseException
+    ) -> float | None:
         """Record a failed attempt; return when to retry, or None when the step failed for good."""
-        policy = act.retry
+        policy = call.act.retry
         retry = policy.is_retryable(exc) and attempt < policy.max_attempts
         now = self.clock.now()
         err_json = json.dumps(error_dict(exc, retryable=retry))
-        retry_at = now + policy.delay_after(attempt) if retry else None
+        retry_at = now + policy.delay_after(attempt, exc) if retry else None
         status = "retrying" if retry else "failed"
-        step = self._new_step(
-            seq, "activity", act.name, dig, status, attempt=attempt, args=args_json, error=err_json,
-            started_at=first, finished_at=None if retry else now, wake_at=retry_at,
+        step = self._call_step(
+            call, status, attempt=attempt, error=err_json, started_at=first,
+            finished_at=None if retry else now, wake_at=retry_at,
         )  # fmt: skip
-        self._write(
-            [self._step_op(step), self.store.attempt_op(self.run_id, seq, attempt, err_json, started, now, retry_at)]
-        )
-        if not retry and not fut.done():
-            fut.set_exception(self._activity_error(act.name, seq, step))
+        ops = self._call_ops(call, step)
+        ops.append(self.store.attempt_op(self.run_id, call.seq, attempt, err_json, started, now, retry_at))
+        self._write(ops)
+        if not retry and not call.fut.done():
+            call.fut.set_exception(self._activity_error(call.act.name, call.seq, step))
         return retry_at
 
     # ======================================================================================

@@ -9,10 +9,11 @@ from typing import Any
 from agentflow.store._constants import SCHEMA_REVISION
 from agentflow.store._store import EventStore, RunRecord, StepRecord
 
-_MODELS = ("Run", "Signal", "Step", "StepAttempt", "Worker")
+_MODELS = ("Blob", "Run", "Signal", "Step", "StepAttempt", "Worker")
 
 __all__ = [
     "SCHEMA_REVISION",
+    "Blob",
     "EventStore",
     "Run",
     "RunRecord",

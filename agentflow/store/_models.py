@@ -15,7 +15,17 @@ from sqlmodel import Field, SQLModel
 
 from agentflow.store._constants import RUN_STATUSES, SCHEMA_REVISION, TERMINAL_STATUSES
 
-__all__ = ["RUN_STATUSES", "SCHEMA_REVISION", "TERMINAL_STATUSES", "Run", "Signal", "Step", "StepAttempt", "Worker"]
+__all__ = [
+    "RUN_STATUSES",
+    "SCHEMA_REVISION",
+    "TERMINAL_STATUSES",
+    "Blob",
+    "Run",
+    "Signal",
+    "Step",
+    "StepAttempt",
+    "Worker",
+]
 
 
 class Run(SQLModel, table=True):
@@ -119,3 +129,14 @@ class Worker(SQLModel, table=True):
     started_at: float
     heartbeat_at: float
     dead: int = Field(default=0)
+
+
+class Blob(SQLModel, table=True):
+    """A content-addressed payload (an LLM message, a tool schema), stored once by its hash."""
+
+    __tablename__ = "af_blobs"
+
+    hash: str = Field(primary_key=True)
+    data: str = Field(sa_column=Column(Text, nullable=False))
+    size: int
+    created_at: float

@@ -255,6 +255,25 @@ class EventStore:
             False,
         )
 
+    # -- blobs -----------------------------------------------------------------------------
+    @staticmethod
+    def blob_op(digest: str, data: str, now: float) -> Op:
+        """Store a content-addressed payload once (a second insert of the same hash is a no-op)."""
+        return (
+            "INSERT INTO af_blobs (hash, data, size, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (digest, data, len(data.encode()), now),
+            False,
+        )
+
+    def get_blobs(self, digests: Sequence[str]) -> dict[str, str]:
+        """The payloads of these hashes (missing ones are absent from the result)."""
+        if not digests:
+            return {}
+        unique = list(dict.fromkeys(digests))
+        marks = ",".join("?" * len(unique))
+        rows = self.backend.query(f"SELECT hash, data FROM af_blobs WHERE hash IN ({marks})", tuple(unique))
+        return {r[0]: r[1] for r in rows}
+
     # -- run transitions (all fenced on the epoch) ------------------------------------------
     @staticmethod
     def park_op(run_id: str, epoch: int, wake_at: float | None, waiting_on: str, now: float) -> Op:

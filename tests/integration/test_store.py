@@ -46,7 +46,7 @@ def test_migrations_build_exactly_the_sqlmodel_schema(db_url) -> None:
             )
             assert compare_metadata(context, SQLModel.metadata) == []
             tables = {t for t in SQLModel.metadata.tables if t.startswith("af_")}
-            assert tables == {"af_runs", "af_steps", "af_step_attempts", "af_signals", "af_workers"}
+            assert tables == {"af_runs", "af_steps", "af_step_attempts", "af_signals", "af_workers", "af_blobs"}
     finally:
         engine.dispose()
 

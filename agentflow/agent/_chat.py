@@ -1,0 +1,200 @@
+"""`chat()`: one model call as a recorded, budgeted step of a workflow.
+
+The request is recorded as references to content-addressed messages (a long conversation stores
+each message once), the response as a reference to its message plus usage and cost. A replay
+returns the recorded response without sending anything, and usage is never counted twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from agentflow.engine import Activity, RetryPolicy, WorkflowContext
+from agentflow.errors import (
+    BudgetExceeded,
+    ContextWindowExceeded,
+    CorruptRecordError,
+    ModelAuthError,
+    ModelBadRequest,
+    ModelBadResponse,
+    ModelRequestsForbidden,
+)
+from agentflow.llm._messages import blob_hash, canonical_json, message_blob, message_from_blob
+from agentflow.llm._parse import recover_tool_calls
+from agentflow.llm._pricing import PriceTable
+from agentflow.llm._tokens import count_messages, count_text
+from agentflow.llm._types import ChatModel, ModelResponse, Usage
+
+#: Model calls: 429/5xx/timeouts/bad bodies are retried with backoff (Retry-After honoured);
+#: refused requests and credentials are not.
+MODEL_RETRY = RetryPolicy(
+    max_attempts=5,
+    initial_interval=1.0,
+    backoff=2.0,
+    max_interval=30.0,
+    non_retryable=(ModelBadRequest, ModelAuthError, ModelRequestsForbidden),
+)
+_USAGE_KEY = "agentflow.usage"
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Limits of one run's model use, enforced before each call is sent.
+
+    Args:
+        max_tokens: prompt + output tokens over all calls of the run.
+        max_usd: cost over all calls of the run.
+        max_output_tokens: the output limit sent with each call (and reserved in the checks).
+    """
+
+    max_tokens: int | None = None
+    max_usd: float | None = None
+    max_output_tokens: int | None = None
+
+
+def spent(ctx: WorkflowContext) -> Usage:
+    """What the run's model calls used so far (rebuilt from the history on replay)."""
+    usage: Usage = ctx.locals.setdefault(_USAGE_KEY, Usage())
+    return usage
+
+
+async def chat(
+    ctx: WorkflowContext,
+    model: ChatModel,
+    messages: Sequence[BaseMessage],
+    tools: Sequence[BaseTool] = (),
+    *,
+    budget: Budget | None = None,
+    prices: PriceTable | None = None,
+    retry: RetryPolicy = MODEL_RETRY,
+) -> ModelResponse:
+    """Call `model` once as a recorded step of the workflow `ctx` belongs to.
+
+    Raises:
+        ContextWindowExceeded / BudgetExceeded: before anything is sent.
+        ActivityError: the call failed for good (its cause type says why: 400, 401, ...).
+    """
+    prices = prices or PriceTable()
+    schemas = [convert_to_openai_tool(t) for t in tools]
+    counted = count_messages(messages, model.name, schemas)
+    reserve = budget.max_output_tokens or 0 if budget else 0
+    if model.context_window is not None and counted.tokens + reserve > model.context_window:
+        raise ContextWindowExceeded(
+            f"the request to {model.name} counts {counted.tokens} prompt tokens (+{reserve} reserved for "
+            f"output), over its context window of {model.context_window}: shorten the conversation",
+            run_id=ctx.run_id,
+            tenant=ctx.tenant,
+        )
+    used = spent(ctx)
+    _check_budget(
+        ctx, budget, used, counted.tokens + reserve, prices.cost(model.name, counted.tokens, reserve), model.name
+    )
+    request, blobs = _request(model, messages, schemas, budget)
+    store = ctx._ex.store
+
+    async def invoke() -> ModelResponse:
+        response = await model.agenerate(messages, schemas, max_tokens=budget.max_output_tokens if budget else None)
+        return _finish(response, tools, counted.tokens, counted.approximate, prices, model.name)
+
+    def encode(response: ModelResponse) -> tuple[str, dict[str, str]]:
+        digest, data = message_blob(response.message)
+        body = response.model_dump(mode="json", exclude={"message"})
+        return json.dumps({**body, "message": digest}), {digest: data}
+
+    def decode(text: str) -> ModelResponse:
+        try:
+            body = json.loads(text)
+            digest = body.pop("message")
+            data = store.get_blobs([digest])[digest]
+        except (ValueError, KeyError, AttributeError, TypeError) as exc:
+            raise CorruptRecordError(
+                f"a recorded model response of run {ctx.run_id} does not decode: {exc!r}"
+            ) from None
+        message = message_from_blob(data)
+        if not isinstance(message, AIMessage):
+            raise CorruptRecordError(f"a recorded model response of run {ctx.run_id} is not an AI message")
+        return ModelResponse(message=message, **body)
+
+    step: Activity[[], ModelResponse] = Activity(
+        invoke, name=model.name, retry=retry, timeout=None, side_effect=False, reconcile=None,
+        kind="llm", encode_result=encode, decode_result=decode,
+    )  # fmt: skip
+    response = await ctx.run_step(step, request=request, blobs=blobs)
+    ctx.locals[_USAGE_KEY] = Usage(
+        input_tokens=used.input_tokens + response.usage.input_tokens,
+        output_tokens=used.output_tokens + response.usage.output_tokens,
+        cost_usd=round(used.cost_usd + response.usage.cost_usd, 8),
+        source=used.source,
+    )
+    return response
+
+
+def _check_budget(
+    ctx: WorkflowContext, budget: Budget | None, used: Usage, tokens: int, usd: float, model: str
+) -> None:
+    if budget is None:
+        return
+    if budget.max_tokens is not None and used.total_tokens + tokens > budget.max_tokens:
+        raise BudgetExceeded(
+            f"the call to {model} needs at least {tokens} tokens; the run has used {used.total_tokens} of "
+            f"its {budget.max_tokens}: not sent",
+            limit="tokens", spent=used.total_tokens, needed=tokens, budget=budget.max_tokens,
+            run_id=ctx.run_id, tenant=ctx.tenant,
+        )  # fmt: skip
+    if budget.max_usd is not None and used.cost_usd + usd > budget.max_usd:
+        raise BudgetExceeded(
+            f"the call to {model} would cost at least ${usd:.6f}; the run has spent ${used.cost_usd:.6f} of "
+            f"its ${budget.max_usd}: not sent",
+            limit="usd", spent=used.cost_usd, needed=usd, budget=budget.max_usd,
+            run_id=ctx.run_id, tenant=ctx.tenant,
+        )  # fmt: skip
+
+
+def _request(
+    model: ChatModel, messages: Sequence[BaseMessage], schemas: list[dict[str, Any]], budget: Budget | None
+) -> tuple[str, dict[str, str]]:
+    blobs: dict[str, str] = {}
+    refs = []
+    for m in messages:
+        digest, data = message_blob(m)
+        blobs[digest] = data
+        refs.append(digest)
+    tools_ref = None
+    if schemas:
+        data = canonical_json(schemas)
+        tools_ref = blob_hash(data)
+        blobs[tools_ref] = data
+    body: dict[str, Any] = {"model": model.name, "messages": refs, "tools": tools_ref}
+    if budget is not None and budget.max_output_tokens is not None:
+        body["max_tokens"] = budget.max_output_tokens
+    return canonical_json(body), blobs
+
+
+def _finish(
+    response: ModelResponse, tools: Sequence[BaseTool], counted: int, approximate: bool, prices: PriceTable, model: str
+) -> ModelResponse:
+    message, recovered = recover_tool_calls(response.message, tools)
+    if not (message.content or message.tool_calls or message.invalid_tool_calls or response.refusal):
+        raise ModelBadResponse(f"model {model!r} returned an empty response (no text, no tool call)")
+    usage = response.usage
+    if usage.source == "estimated" or not (usage.input_tokens or usage.output_tokens):
+        text = message.content if isinstance(message.content, str) else json.dumps(message.content)
+        out = count_text(text + json.dumps([c["args"] for c in message.tool_calls]), model).tokens
+        usage = Usage(input_tokens=counted, output_tokens=out, source="estimated")
+    usage = usage.model_copy(update={"cost_usd": prices.cost(model, usage.input_tokens, usage.output_tokens)})
+    return response.model_copy(
+        update={
+            "message": message,
+            "usage": usage,
+            "recovered_tool_calls": recovered,
+            "counted_prompt_tokens": counted,
+            "count_approximate": approximate,
+        }
+    )

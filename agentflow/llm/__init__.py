@@ -1,0 +1,34 @@
+"""Models, tools and token accounting. Knows nothing about the engine (see agentflow.agent)."""
+
+from agentflow.llm._guard import model_requests_allowed
+from agentflow.llm._langchain import LangChainChat
+from agentflow.llm._offline import RunbookChatModel, ScriptedChatModel
+from agentflow.llm._openai import OpenAIChat
+from agentflow.llm._parse import recover_tool_calls
+from agentflow.llm._pricing import DEFAULT_PRICES, PriceTable
+from agentflow.llm._tokens import TokenCount, count_messages, count_text, encoding_for
+from agentflow.llm._tools import SideEffect, ToolFacts, tool, tool_facts, validate_tool_args
+from agentflow.llm._types import ChatModel, ModelResponse, Usage
+
+__all__ = [
+    "DEFAULT_PRICES",
+    "ChatModel",
+    "LangChainChat",
+    "ModelResponse",
+    "OpenAIChat",
+    "PriceTable",
+    "RunbookChatModel",
+    "ScriptedChatModel",
+    "SideEffect",
+    "TokenCount",
+    "ToolFacts",
+    "Usage",
+    "count_messages",
+    "count_text",
+    "encoding_for",
+    "model_requests_allowed",
+    "recover_tool_calls",
+    "tool",
+    "tool_facts",
+    "validate_tool_args",
+]

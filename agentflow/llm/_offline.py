@@ -1,0 +1,177 @@
+"""Offline chat models for tests and the demo, as langchain-core `BaseChatModel`s.
+
+`ScriptedChatModel` answers from a script: a list of responses (the n-th model turn of a
+conversation gets the n-th response, so a resumed run gets the same answer as the first time) or
+a function of the conversation. `RunbookChatModel` follows a runbook: it reads the task and the
+tool results in the conversation and emits the next real tool call, then a final answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import ConfigDict, Field
+
+from agentflow.llm._tokens import count_messages, count_text
+
+Response = AIMessage | str | Mapping[str, Any]
+
+
+def _as_message(value: Response | BaseMessage) -> AIMessage:
+    if isinstance(value, AIMessage):
+        return value
+    if isinstance(value, BaseMessage):
+        return AIMessage(content=value.content)
+    if isinstance(value, str):
+        return AIMessage(content=value)
+    calls = [
+        {"name": c["name"], "args": c.get("args", {}), "id": c.get("id") or f"call-{i}", "type": "tool_call"}
+        for i, c in enumerate(value.get("tool_calls", []))
+    ]
+    return AIMessage(content=value.get("content", ""), tool_calls=calls)
+
+
+def _with_usage(message: AIMessage, messages: Sequence[BaseMessage], model: str) -> AIMessage:
+    prompt = count_messages(messages, model).tokens
+    text = message.content if isinstance(message.content, str) else json.dumps(message.content)
+    output = count_text(text + json.dumps([c["args"] for c in message.tool_calls]), model).tokens
+    return message.model_copy(
+        update={
+            "usage_metadata": {"input_tokens": prompt, "output_tokens": output, "total_tokens": prompt + output},
+            "response_metadata": {**message.response_metadata, "model_name": model, "finish_reason": "stop"},
+        }
+    )
+
+
+class _OfflineChatModel(BaseChatModel):
+    """Shared parts: tool binding and usage counted with tiktoken."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_name: str = "offline"
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        return self.bind(tools=formatted, **kwargs)
+
+    def _answer(self, messages: list[BaseMessage], tools: list[dict[str, Any]]) -> Response:
+        raise NotImplementedError
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        message = _with_usage(_as_message(self._answer(messages, kwargs.get("tools") or [])), messages, self.model_name)
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+class ScriptedChatModel(_OfflineChatModel):
+    """Answers from a script.
+
+    Args:
+        responses: the n-th model turn (counted as the AI messages already in the conversation)
+            gets the n-th response: an AIMessage, a string, or {"content": ..., "tool_calls":
+            [{"name": ..., "args": {...}}]}. Past the end, the last one repeats.
+        respond: instead, a function of the conversation returning a response.
+    """
+
+    model_name: str = "scripted"
+    responses: list[Any] = Field(default_factory=list)
+    respond: Callable[[list[BaseMessage]], Any] | None = None
+
+    @property
+    def _llm_type(self) -> str:
+        return "agentflow-scripted"
+
+    def _answer(self, messages: list[BaseMessage], tools: list[dict[str, Any]]) -> Response:
+        if self.respond is not None:
+            return self.respond(messages)  # type: ignore[no-any-return]
+        if not self.responses:
+            return ""
+        turn = sum(1 for m in messages if isinstance(m, AIMessage))
+        return self.responses[min(turn, len(self.responses) - 1)]  # type: ignore[no-any-return]
+
+
+_SITE = re.compile(r"\b(CS-\d+)\b", re.I)
+
+
+class RunbookChatModel(_OfflineChatModel):
+    """A deterministic model that follows a NOC runbook with real tool calls.
+
+    The runbook is a list of steps `{"tool": name, "args": {...}}`; argument values may be
+    templates filled from the task and earlier tool results: `{site}` (a cell-site id found in the
+    task), `{result.<tool>.<field>}` (a field of that tool's JSON result). A step whose tool is not
+    offered is skipped. After the last step the model answers with a summary of the results.
+    """
+
+    model_name: str = "runbook"
+    runbook: list[dict[str, Any]] = Field(default_factory=list)
+
+    @property
+    def _llm_type(self) -> str:
+        return "agentflow-runbook"
+
+    def _answer(self, messages: list[BaseMessage], tools: list[dict[str, Any]]) -> Response:
+        offered = {t["function"]["name"] for t in tools if "function" in t}
+        task = next((m.content for m in messages if isinstance(m, HumanMessage) and isinstance(m.content, str)), "")
+        results = _tool_results(messages)
+        done = [m.name or "" for m in messages if isinstance(m, ToolMessage)]
+        found = _SITE.search(task)
+        context = {"site": found.group(1).upper() if found else ""}
+        for step in self.runbook:
+            name = step["tool"]
+            if name not in offered or name in done:
+                continue
+            args = {k: _fill(v, context, results) for k, v in step.get("args", {}).items()}
+            return {
+                "content": step.get("say", ""),
+                "tool_calls": [{"name": name, "args": args, "id": f"rb-{len(done)}"}],
+            }
+        summary = "; ".join(f"{k}: {json.dumps(v)[:120]}" for k, v in results.items())
+        return f"Runbook complete for {context['site'] or 'the task'}. {summary}"
+
+
+def _tool_results(messages: Sequence[BaseMessage]) -> dict[str, Any]:
+    names = {}
+    for m in messages:
+        if isinstance(m, AIMessage):
+            names.update({c["id"]: c["name"] for c in m.tool_calls})
+    out: dict[str, Any] = {}
+    for m in messages:
+        if isinstance(m, ToolMessage):
+            name = m.name or names.get(m.tool_call_id, "")
+            try:
+                out[name] = json.loads(m.content) if isinstance(m.content, str) else m.content
+            except ValueError:
+                out[name] = m.content
+    return out
+
+
+def _fill(value: Any, context: Mapping[str, Any], results: Mapping[str, Any]) -> Any:
+    if not isinstance(value, str) or not value.startswith("{") or not value.endswith("}"):
+        return value
+    path = value[1:-1].split(".")
+    if path[0] == "result" and len(path) >= 2:
+        current: Any = results.get(path[1])
+        for key in path[2:]:
+            current = current.get(key) if isinstance(current, dict) else None
+        return current
+    return context.get(path[0], value)

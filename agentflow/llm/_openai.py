@@ -1,0 +1,187 @@
+"""`OpenAIChat`: the official `openai` client (async), for OpenAI and any compatible endpoint
+(vLLM, Ollama, llama.cpp server) via `base_url` / `OPENAI_BASE_URL`.
+
+The client's own retries are off (`max_retries=0`): the engine retries 429/5xx/timeouts with
+backoff, honouring `Retry-After`, and records every attempt in the run's history.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import openai
+from langchain_core.messages import AIMessage, BaseMessage, convert_to_openai_messages
+
+from agentflow.errors import (
+    ModelAuthError,
+    ModelBadRequest,
+    ModelBadResponse,
+    ModelConnectionError,
+    ModelError,
+    ModelRateLimited,
+    ModelServerError,
+    ModelTimeout,
+)
+from agentflow.llm._guard import check_endpoint
+from agentflow.llm._parse import parse_tool_call
+from agentflow.llm._types import ModelResponse, Usage
+
+OPENAI_URL = "https://api.openai.com/v1"
+
+
+def retry_after_seconds(response: Any) -> float | None:
+    """Seconds from `retry-after-ms` / `Retry-After` (seconds or an HTTP date)."""
+    if response is None:
+        return None
+    ms = response.headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def map_openai_error(exc: Exception, model: str) -> ModelError:
+    """An `openai` exception -> agentflow's typed, retry-aware model error."""
+    where = f"model {model!r}"
+    if isinstance(exc, openai.APITimeoutError):
+        return ModelTimeout(f"{where}: the request timed out")
+    if isinstance(exc, openai.APIConnectionError):
+        return ModelConnectionError(f"{where}: cannot reach the endpoint: {exc}")
+    if isinstance(exc, openai.APIResponseValidationError):
+        return ModelBadResponse(f"{where}: the response is not a chat completion: {exc}")
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        detail = _detail(exc)
+        if status == 429:
+            return ModelRateLimited(
+                f"{where}: rate limited (429): {detail}", status=429, retry_after=retry_after_seconds(exc.response)
+            )
+        if status in (401, 403):
+            return ModelAuthError(
+                f"{where}: the provider refused the credentials ({status}): {detail}; check OPENAI_API_KEY",
+                status=status,
+            )
+        if status >= 500:
+            return ModelServerError(
+                f"{where}: server error ({status}): {detail}",
+                status=status,
+                retry_after=retry_after_seconds(exc.response),
+            )
+        return ModelBadRequest(f"{where}: the provider refused the request ({status}): {detail}", status=status)
+    if isinstance(exc, ValueError):  # a body that is not JSON
+        return ModelBadResponse(f"{where}: the response body does not decode: {exc}")
+    return ModelError(f"{where}: {type(exc).__name__}: {exc}")
+
+
+def _detail(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:300]
+    return str(exc.message)[:300]
+
+
+class OpenAIChat:
+    """A chat model behind the OpenAI chat-completions API.
+
+    Args:
+        model: the model name the endpoint serves.
+        base_url: the API root (default `OPENAI_BASE_URL`, else OpenAI's).
+        api_key: the key (default `OPENAI_API_KEY`; local servers accept any).
+        timeout: seconds per request.
+        context_window: the model's context window in tokens, for the pre-flight check.
+        temperature: sampling temperature, if set.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        context_window: int | None = None,
+        temperature: float | None = None,
+    ) -> None:
+        self.name = model
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
+        self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or "no-key"
+        self.timeout = timeout
+        self.context_window = context_window
+        self.temperature = temperature
+        self._client: openai.AsyncOpenAI | None = None
+
+    def __repr__(self) -> str:
+        return f"OpenAIChat(model={self.name!r}, base_url={self.base_url!r})"
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        if self._client is None:
+            self._client = openai.AsyncOpenAI(
+                api_key=self.api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0
+            )
+        return self._client
+
+    async def agenerate(
+        self, messages: Sequence[BaseMessage], tools: Sequence[dict[str, Any]] = (), *, max_tokens: int | None = None
+    ) -> ModelResponse:
+        check_endpoint(self.base_url, self.name)
+        kwargs: dict[str, Any] = {"model": self.name, "messages": convert_to_openai_messages(list(messages))}
+        if tools:
+            kwargs["tools"] = list(tools)
+            kwargs["parallel_tool_calls"] = True
+        if max_tokens is not None:
+            kwargs["max_tokens"] = max_tokens
+        if self.temperature is not None:
+            kwargs["temperature"] = self.temperature
+        try:
+            completion = await self.client.chat.completions.create(**kwargs)
+        except Exception as exc:
+            raise map_openai_error(exc, self.name) from exc
+        return self._response(completion)
+
+    def _response(self, completion: Any) -> ModelResponse:
+        choices = getattr(completion, "choices", None)
+        if not choices:
+            raise ModelBadResponse(f"model {self.name!r}: the response has no choices: {str(completion)[:200]}")
+        choice = choices[0]
+        msg = choice.message
+        calls = [parse_tool_call(tc.id, tc.function.name, tc.function.arguments) for tc in (msg.tool_calls or [])]
+        refusal = getattr(msg, "refusal", None)
+        message = AIMessage(
+            content=msg.content or (refusal or ""),
+            tool_calls=[c for c in calls if c.get("type") == "tool_call"],
+            invalid_tool_calls=[c for c in calls if c.get("type") == "invalid_tool_call"],
+            response_metadata={
+                "finish_reason": choice.finish_reason,
+                "model_name": getattr(completion, "model", self.name),
+            },
+            id=getattr(completion, "id", None),
+        )
+        usage = getattr(completion, "usage", None)
+        return ModelResponse(
+            message=message,
+            model=self.name,
+            usage=Usage(
+                input_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                output_tokens=getattr(usage, "completion_tokens", 0) or 0,
+                source="provider" if usage is not None else "estimated",
+            ),
+            finish_reason=choice.finish_reason,
+            truncated=choice.finish_reason == "length",
+            refusal=refusal,
+        )

@@ -1,0 +1,106 @@
+"""Turning provider output into langchain-core messages, and recovering fenced tool calls."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.messages import AIMessage, InvalidToolCall, ToolCall
+from langchain_core.tools import BaseTool
+
+from agentflow.llm._tools import validate_tool_args
+
+
+def parse_tool_call(call_id: str | None, name: str | None, arguments: Any) -> ToolCall | InvalidToolCall:
+    """A provider tool call -> a valid ToolCall, or an InvalidToolCall saying what is wrong."""
+    cid = call_id or f"call-{uuid.uuid4().hex[:12]}"
+    raw = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    if not name:
+        return InvalidToolCall(name=name, args=raw, id=cid, error="the tool call has no name", type="invalid_tool_call")
+    if isinstance(arguments, dict):
+        return ToolCall(name=name, args=arguments, id=cid, type="tool_call")
+    try:
+        args = json.loads(arguments) if arguments not in (None, "") else {}
+    except ValueError as exc:
+        return InvalidToolCall(
+            name=name, args=raw, id=cid, error=f"arguments are not valid JSON: {exc}", type="invalid_tool_call"
+        )
+    if not isinstance(args, dict):
+        return InvalidToolCall(
+            name=name, args=raw, id=cid, error="arguments must be a JSON object", type="invalid_tool_call"
+        )
+    return ToolCall(name=name, args=args, id=cid, type="tool_call")
+
+
+_FENCE = re.compile(r"```[ \t]*(?:json|tool_call|tool|javascript)?[ \t]*\n?(.*?)```", re.S | re.I)
+_TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
+
+
+def _candidates(text: str) -> list[Any]:
+    found: list[Any] = []
+    for block in [*_FENCE.findall(text), *_TAGGED.findall(text)]:
+        try:
+            value = json.loads(block.strip())
+        except ValueError:
+            continue
+        found.extend(value if isinstance(value, list) else [value])
+    return found
+
+
+def _shape(obj: Any) -> tuple[str | None, Any] | None:
+    """(name, arguments) of the usual shapes small models write, or None."""
+    if not isinstance(obj, dict):
+        return None
+    if isinstance(obj.get("function"), dict):
+        obj = obj["function"]
+    name = obj.get("name") or obj.get("tool") or obj.get("tool_name")
+    for key in ("arguments", "args", "parameters", "input"):
+        if key in obj:
+            return name, obj[key]
+    return (name, {}) if name else None
+
+
+def recover_tool_calls(message: AIMessage, tools: Sequence[BaseTool]) -> tuple[AIMessage, int]:
+    """Recover tool calls a model wrote as fenced JSON in its text instead of native calls.
+
+    Only blocks that name a known tool count. A recovered call whose arguments fail the tool's
+    schema becomes an invalid tool call (never executed). Returns the message and how many calls
+    were recovered (valid or not)."""
+    if message.tool_calls or message.invalid_tool_calls or not tools or not isinstance(message.content, str):
+        return message, 0
+    by_name = {t.name: t for t in tools}
+    valid: list[ToolCall] = []
+    invalid: list[InvalidToolCall] = []
+    for i, obj in enumerate(_candidates(message.content)):
+        shaped = _shape(obj)
+        if shaped is None or shaped[0] not in by_name:
+            continue
+        name = str(shaped[0])
+        call = parse_tool_call(f"recovered-{i}", name, shaped[1])
+        if call.get("type") != "tool_call":
+            invalid.append(call)  # type: ignore[arg-type]
+            continue
+        args = call.get("args")
+        error = validate_tool_args(by_name[name], args)
+        if error is None:
+            valid.append(call)  # type: ignore[arg-type]
+        else:
+            invalid.append(
+                InvalidToolCall(
+                    name=name, args=json.dumps(args), id=call.get("id"), error=error, type="invalid_tool_call"
+                )
+            )
+    count = len(valid) + len(invalid)
+    if not count:
+        return message, 0
+    recovered = message.model_copy(
+        update={
+            "tool_calls": valid,
+            "invalid_tool_calls": invalid,
+            "response_metadata": {**message.response_metadata, "agentflow_recovered_tool_calls": count},
+        }
+    )
+    return recovered, count

@@ -1,0 +1,170 @@
+"""`agentflow.tool`: the facts the framework needs about a tool, on any langchain-core tool.
+
+A tool stays a langchain-core `BaseTool` (schemas, validation and the OpenAI conversion are
+langchain-core's); agentflow's facts ride in its `metadata["agentflow"]`. A tool without them is
+treated as side-effecting and not idempotent: the safe default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from langchain_core.tools import BaseTool, StructuredTool
+from pydantic import BaseModel, ValidationError
+
+from agentflow.errors import ConfigurationError
+
+SideEffect = Literal["none", "idempotent", "non_idempotent"]
+_KEY = "agentflow"
+_SIDE_EFFECTS = ("none", "idempotent", "non_idempotent")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolFacts:
+    """What agentflow knows about a tool.
+
+    Attributes:
+        side_effect: "none" (read-only), "idempotent" (safe to repeat with the same key) or
+            "non_idempotent". Undeclared tools are "non_idempotent".
+        declared: whether the tool was declared with `agentflow.tool`.
+        target: the argument naming what the tool touches (e.g. "site"), or a function of the
+            arguments returning it; used by blast-radius policies.
+        region: the same, for the region.
+        reconcile: `reconcile(idempotency_key)` returns the outcome of an effect that may have
+            happened before a crash, or None.
+        timeout: seconds per attempt.
+        compensate: the name of the tool that undoes this one (apply -> rollback).
+        tags: free-form tags for policies.
+    """
+
+    side_effect: SideEffect = "non_idempotent"
+    declared: bool = False
+    target: str | Callable[[Mapping[str, Any]], Any] | None = None
+    region: str | Callable[[Mapping[str, Any]], Any] | None = None
+    reconcile: Callable[[str], Any] | None = None
+    timeout: float | None = None
+    compensate: str | None = None
+    tags: tuple[str, ...] = ()
+
+    @property
+    def read_only(self) -> bool:
+        return self.side_effect == "none"
+
+    def target_of(self, args: Mapping[str, Any]) -> Any:
+        return _pick(self.target, args)
+
+    def region_of(self, args: Mapping[str, Any]) -> Any:
+        return _pick(self.region, args)
+
+
+def _pick(how: str | Callable[[Mapping[str, Any]], Any] | None, args: Mapping[str, Any]) -> Any:
+    if how is None:
+        return None
+    if callable(how):
+        return how(args)
+    return args.get(how)
+
+
+def tool_facts(t: BaseTool) -> ToolFacts:
+    """The facts declared on a tool; an undeclared tool gets the safe default."""
+    facts = (t.metadata or {}).get(_KEY)
+    return facts if isinstance(facts, ToolFacts) else ToolFacts()
+
+
+def _declare(t: BaseTool, facts: ToolFacts) -> BaseTool:
+    copy = t.model_copy()
+    copy.metadata = {**(t.metadata or {}), _KEY: facts}
+    return copy
+
+
+def tool(
+    fn: Callable[..., Any] | BaseTool | None = None,
+    /,
+    *,
+    side_effect: SideEffect,
+    target: str | Callable[[Mapping[str, Any]], Any] | None = None,
+    region: str | Callable[[Mapping[str, Any]], Any] | None = None,
+    reconcile: Callable[[str], Any] | None = None,
+    timeout: float | None = None,
+    compensate: str | None = None,
+    tags: Sequence[str] = (),
+    name: str | None = None,
+    description: str | None = None,
+    args_schema: type[BaseModel] | None = None,
+) -> Any:
+    """Declare a tool's facts. Returns a langchain `BaseTool` (or a decorator making one). A decorator on a plain function, or a wrapper of a langchain tool.
+
+    Examples:
+        >>> @tool(side_effect="none", target="site")
+        ... def get_kpis(site: str) -> dict:
+        ...     '''Read the KPIs of a cell site.'''
+        ...     return {}
+        >>> search = tool(some_langchain_tool, side_effect="none")
+
+    Side-effecting tools get the step's idempotency key from
+    `agentflow.current_activity().idempotency_key`; it never appears in the schema the model sees.
+    """
+    if side_effect not in _SIDE_EFFECTS:
+        raise ConfigurationError(f"side_effect must be one of {_SIDE_EFFECTS}, not {side_effect!r}")
+    facts = ToolFacts(
+        side_effect=side_effect, declared=True, target=target, region=region, reconcile=reconcile,
+        timeout=timeout, compensate=compensate, tags=tuple(tags),
+    )  # fmt: skip
+
+    def wrap(f: Callable[..., Any] | BaseTool) -> BaseTool:
+        if isinstance(f, BaseTool):
+            return _declare(f, facts)
+        if not callable(f):
+            raise ConfigurationError(f"agentflow.tool() wraps a function or a langchain BaseTool, not {f!r}")
+        if not (description or f.__doc__):
+            raise ConfigurationError(
+                f"tool {getattr(f, '__name__', f)!r} needs a description (a docstring or description=...): "
+                "the model chooses tools by it"
+            )
+        made = StructuredTool.from_function(
+            f if not _is_async(f) else None,
+            coroutine=f if _is_async(f) else None,
+            name=name or f.__name__,
+            description=description or (f.__doc__ or "").strip(),
+            args_schema=args_schema,
+            parse_docstring=False,
+        )
+        return _declare(made, facts)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def _is_async(f: Callable[..., Any]) -> bool:
+    import inspect
+
+    return inspect.iscoroutinefunction(f)
+
+
+def validate_tool_args(t: BaseTool, args: Any) -> str | None:
+    """Check arguments against the tool's schema; return an error message or None.
+
+    This is the gate in front of every tool execution: a call that fails it never reaches the
+    tool, and the message goes back to the model."""
+    if not isinstance(args, dict):
+        return f"arguments of {t.name} must be a JSON object, got {type(args).__name__}"
+    schema = t.tool_call_schema
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        try:
+            schema.model_validate(args)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5]
+            )
+            return f"invalid arguments for {t.name}: {problems}"
+        extra = set(args) - set(schema.model_fields)
+        if extra:
+            return f"invalid arguments for {t.name}: unexpected {sorted(extra)}"
+        return None
+    if isinstance(schema, dict):
+        required = schema.get("required", [])
+        missing = [k for k in required if k not in args]
+        if missing:
+            return f"invalid arguments for {t.name}: missing {missing}"
+    return None
