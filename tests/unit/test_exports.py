@@ -148,7 +148,27 @@ def test_error_hierarchy_matches_the_documented_tree() -> None:
         "LeaseLostError": "StoreError",
         "CorruptRecordError": "StoreError",
         "SchemaVersionError": "StoreError",
+        "BudgetExceeded": "WorkflowError",
+        "ContextWindowExceeded": "WorkflowError",
+        "ModelError": "AgentflowError",
+        "ModelRateLimited": "ModelError",
+        "ModelServerError": "ModelError",
+        "ModelTimeout": "ModelError",
+        "ModelConnectionError": "ModelError",
+        "ModelBadResponse": "ModelError",
+        "ModelBadRequest": "ModelError",
+        "ModelAuthError": "ModelError",
+        "ModelRequestsForbidden": "ModelError",
     }
     assert all(name in (agentflow.errors.__doc__ or "") for name in parents)
     retryable = sorted(name for name in parents if getattr(agentflow.errors, name).retryable)
-    assert retryable == ["LeaseLostError", "StoreBusyError"]
+    assert retryable == [
+        "LeaseLostError",
+        "ModelBadResponse",
+        "ModelConnectionError",
+        "ModelError",
+        "ModelRateLimited",
+        "ModelServerError",
+        "ModelTimeout",
+        "StoreBusyError",
+    ]
