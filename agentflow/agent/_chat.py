@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, InvalidToolCall, ToolCall
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
@@ -30,6 +30,7 @@ from agentflow.llm._messages import blob_hash, canonical_json, message_blob, mes
 from agentflow.llm._parse import recover_tool_calls
 from agentflow.llm._pricing import PriceTable
 from agentflow.llm._tokens import count_messages, count_text
+from agentflow.llm._tools import validate_tool_args
 from agentflow.llm._types import ChatModel, ModelResponse, Usage
 
 #: Model calls: 429/5xx/timeouts/bad bodies are retried with backoff (Retry-After honoured);
@@ -177,10 +178,41 @@ def _request(
     return canonical_json(body), blobs
 
 
+def screen_tool_calls(message: AIMessage, tools: Sequence[BaseTool]) -> AIMessage:
+    """Move every tool call naming an unknown tool or failing its tool's schema to
+    `invalid_tool_calls`, with the reason: a call left in `tool_calls` is safe to execute."""
+    by_name = {t.name: t for t in tools}
+    valid: list[ToolCall] = []
+    invalid = list(message.invalid_tool_calls)
+    for call in message.tool_calls:
+        tool = by_name.get(call["name"])
+        error: str | None
+        if tool is None:
+            error = f"unknown tool {call['name']!r}; available: {sorted(by_name) or 'none'}"
+        else:
+            error = validate_tool_args(tool, call["args"])
+        if error is None:
+            valid.append(call)
+        else:
+            invalid.append(
+                InvalidToolCall(
+                    name=call["name"],
+                    args=json.dumps(call["args"]),
+                    id=call.get("id"),
+                    error=error,
+                    type="invalid_tool_call",
+                )
+            )
+    if len(valid) == len(message.tool_calls):
+        return message
+    return message.model_copy(update={"tool_calls": valid, "invalid_tool_calls": invalid})
+
+
 def _finish(
     response: ModelResponse, tools: Sequence[BaseTool], counted: int, approximate: bool, prices: PriceTable, model: str
 ) -> ModelResponse:
     message, recovered = recover_tool_calls(response.message, tools)
+    message = screen_tool_calls(message, tools)
     if not (message.content or message.tool_calls or message.invalid_tool_calls or response.refusal):
         raise ModelBadResponse(f"model {model!r} returned an empty response (no text, no tool call)")
     usage = response.usage
