@@ -275,6 +275,11 @@ class ModelError(AgentflowError):
         self.status = status
         self.retry_after = retry_after
 
+    def to_dict(self) -> dict[str, Any]:
+        # Recorded with each failed attempt: what the provider answered (429, 503...) and how long
+        # it asked to wait.
+        return {**super().to_dict(), "status": self.status, "retry_after": self.retry_after}
+
 
 class ModelRateLimited(ModelError):
     """HTTP 429: the provider throttled the call. Retried after `retry_after` seconds."""

@@ -43,6 +43,7 @@ MODEL_RETRY = RetryPolicy(
     non_retryable=(ModelBadRequest, ModelAuthError, ModelRequestsForbidden),
 )
 _USAGE_KEY = "agentflow.usage"
+_LAST_REQUEST_KEY = "agentflow.last_request"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +98,7 @@ async def chat(
     _check_budget(
         ctx, budget, used, counted.tokens + reserve, prices.cost(model.name, counted.tokens, reserve), model.name
     )
-    request, blobs = _request(model, messages, schemas, budget)
+    request, blobs, refs = _request(model, messages, schemas, budget, ctx.locals.get(_LAST_REQUEST_KEY))
     store = ctx._ex.store
 
     async def invoke() -> ModelResponse:
@@ -127,6 +128,9 @@ async def chat(
         invoke, name=model.name, retry=retry, timeout=None, side_effect=False, reconcile=None,
         kind="llm", encode_result=encode, decode_result=decode,
     )  # fmt: skip
+    # The step about to take this seq (run_step numbers it now, synchronously): the next call's
+    # request is recorded as what it adds to this one's messages.
+    ctx.locals[_LAST_REQUEST_KEY] = (ctx._ex.next_seq, refs)
     response = await ctx.run_step(step, request=request, blobs=blobs)
     ctx.locals[_USAGE_KEY] = Usage(
         input_tokens=used.input_tokens + response.usage.input_tokens,
@@ -159,8 +163,17 @@ def _check_budget(
 
 
 def _request(
-    model: ChatModel, messages: Sequence[BaseMessage], schemas: list[dict[str, Any]], budget: Budget | None
-) -> tuple[str, dict[str, str]]:
+    model: ChatModel,
+    messages: Sequence[BaseMessage],
+    schemas: list[dict[str, Any]],
+    budget: Budget | None,
+    last: tuple[int, list[str]] | None = None,
+) -> tuple[str, dict[str, str], list[str]]:
+    """The recorded request, the blobs it refers to, and its message references.
+
+    When the messages extend the run's previous model call's (`last`: its seq and references),
+    the request records only the added references and `after`: that step's seq (its messages
+    are this one's first ones). An n-turn conversation then stores O(n) references, not O(n²)."""
     blobs: dict[str, str] = {}
     refs = []
     for m in messages:
@@ -173,9 +186,16 @@ def _request(
         tools_ref = blob_hash(data)
         blobs[tools_ref] = data
     body: dict[str, Any] = {"model": model.name, "messages": refs, "tools": tools_ref}
+    if last is not None and 0 < len(last[1]) <= len(refs) and refs[: len(last[1])] == last[1]:
+        body["after"] = last[0]
+        body["messages"] = refs[len(last[1]) :]
+        # The earlier messages' blobs were written with that step: only the new ones go now
+        # (otherwise an n-turn conversation issues O(n²) no-op inserts).
+        keep = {*body["messages"], tools_ref}
+        blobs = {h: d for h, d in blobs.items() if h in keep}
     if budget is not None and budget.max_output_tokens is not None:
         body["max_tokens"] = budget.max_output_tokens
-    return canonical_json(body), blobs
+    return canonical_json(body), blobs, refs
 
 
 def screen_tool_calls(message: AIMessage, tools: Sequence[BaseTool]) -> AIMessage:

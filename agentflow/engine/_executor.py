@@ -81,10 +81,10 @@ def error_dict(exc: BaseException, *, retryable: bool | None = None) -> dict[str
         "message": str(exc)[:4000],
         "traceback": tb[-4000:],
     }
-    if retryable is not None:
-        out["retryable"] = retryable
     if isinstance(exc, AgentflowError):
         out.update({k: v for k, v in exc.to_dict().items() if k not in ("type", "message") and v is not None})
+    if retryable is not None:  # the engine's decision (policy, attempts left), not the type's default
+        out["retryable"] = retryable
     return out
 
 

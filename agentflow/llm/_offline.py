@@ -27,7 +27,7 @@ from agentflow.llm._tokens import count_messages, count_text
 Response = AIMessage | str | Mapping[str, Any]
 
 
-def _as_message(value: Response | BaseMessage) -> AIMessage:
+def _as_message(value: Response | BaseMessage, turn: int = 0) -> AIMessage:
     if isinstance(value, AIMessage):
         return value
     if isinstance(value, BaseMessage):
@@ -35,7 +35,7 @@ def _as_message(value: Response | BaseMessage) -> AIMessage:
     if isinstance(value, str):
         return AIMessage(content=value)
     calls = [
-        {"name": c["name"], "args": c.get("args", {}), "id": c.get("id") or f"call-{i}", "type": "tool_call"}
+        {"name": c["name"], "args": c.get("args", {}), "id": c.get("id") or f"call-{turn}-{i}", "type": "tool_call"}
         for i, c in enumerate(value.get("tool_calls", []))
     ]
     return AIMessage(content=value.get("content", ""), tool_calls=calls)
@@ -79,7 +79,9 @@ class _OfflineChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        message = _with_usage(_as_message(self._answer(messages, kwargs.get("tools") or [])), messages, self.model_name)
+        turn = sum(1 for m in messages if isinstance(m, AIMessage))
+        answer = _as_message(self._answer(messages, kwargs.get("tools") or []), turn)
+        message = _with_usage(answer, messages, self.model_name)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
 

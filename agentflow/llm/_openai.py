@@ -7,10 +7,11 @@ backoff, honouring `Retry-After`, and records every attempt in the run's history
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import openai
@@ -86,6 +87,13 @@ def map_openai_error(exc: Exception, model: str) -> ModelError:
     return ModelError(f"{where}: {type(exc).__name__}: {exc}")
 
 
+async def _close_with_loop(client: openai.AsyncOpenAI) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await client.close()
+
+
 def _detail(exc: openai.APIStatusError) -> str:
     body = exc.body
     if isinstance(body, dict):
@@ -124,16 +132,35 @@ class OpenAIChat:
         self.context_window = context_window
         self.temperature = temperature
         self._client: openai.AsyncOpenAI | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._closer: AsyncIterator[None] | None = None
 
     def __repr__(self) -> str:
         return f"OpenAIChat(model={self.name!r}, base_url={self.base_url!r})"
 
     @property
     def client(self) -> openai.AsyncOpenAI:
+        """The client of the event loop the last request ran on (made on first use)."""
         if self._client is None:
-            self._client = openai.AsyncOpenAI(
-                api_key=self.api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0
-            )
+            self._client = self._new_client()
+        return self._client
+
+    def _new_client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(api_key=self.api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
+
+    async def _loop_client(self) -> openai.AsyncOpenAI:
+        """A client per event loop, closed when its loop shuts down.
+
+        Pooled keep-alive connections belong to the loop that opened them: reused by a later
+        `asyncio.run` (each `app.run()` is one) the first request would fail on a dead connection,
+        and their finalizers would raise on the closed loop. The client is tied to its loop by an
+        async generator, which `asyncio.run` closes (`shutdown_asyncgens`) before the loop ends."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or loop is not self._client_loop:
+            client = self._new_client()
+            closer = _close_with_loop(client)
+            await closer.__anext__()
+            self._client, self._client_loop, self._closer = client, loop, closer
         return self._client
 
     async def agenerate(
@@ -149,10 +176,16 @@ class OpenAIChat:
         if self.temperature is not None:
             kwargs["temperature"] = self.temperature
         try:
-            completion = await self.client.chat.completions.create(**kwargs)
+            client = await self._loop_client()
+            completion = await client.chat.completions.create(**kwargs)
         except Exception as exc:
             raise map_openai_error(exc, self.name) from exc
-        return self._response(completion)
+        try:
+            return self._response(completion)
+        except (AttributeError, TypeError, ValueError) as exc:  # e.g. a choice without a message
+            raise ModelBadResponse(
+                f"model {self.name!r}: the response is not a chat completion: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def _response(self, completion: Any) -> ModelResponse:
         choices = getattr(completion, "choices", None)

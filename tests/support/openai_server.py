@@ -83,10 +83,17 @@ class OpenAIServer:
     Args:
         replies: answers in order; past the end the last one repeats.
         respond: instead, a function of the request body returning a Reply.
+        keep_alive: speak HTTP/1.1 and keep connections open between requests, as real
+            providers do (the client then reuses pooled connections); default HTTP/1.0, one
+            connection per request.
     """
 
     def __init__(
-        self, replies: list[Reply] | None = None, respond: Callable[[dict[str, Any]], Reply] | None = None
+        self,
+        replies: list[Reply] | None = None,
+        respond: Callable[[dict[str, Any]], Reply] | None = None,
+        *,
+        keep_alive: bool = False,
     ) -> None:
         self.replies = list(replies or [])
         self.respond = respond
@@ -95,6 +102,8 @@ class OpenAIServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
                 raw = self.rfile.read(length)
@@ -108,9 +117,11 @@ class OpenAIServer:
                 data = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
                 try:
                     self.send_response(reply.status)
-                    content_type = "application/json" if not isinstance(reply.body, str) else "text/html"
-                    self.send_header("content-type", content_type)
-                    for k, v in reply.headers.items():
+                    headers = {k.lower(): v for k, v in reply.headers.items()}
+                    if "content-type" not in headers:  # a Reply may set its own
+                        content_type = "application/json" if not isinstance(reply.body, str) else "text/html"
+                        self.send_header("content-type", content_type)
+                    for k, v in headers.items():
                         self.send_header(k, v)
                     self.send_header("content-length", str(len(data.encode())))
                     self.end_headers()
@@ -118,12 +129,18 @@ class OpenAIServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout test)
 
+            def handle(self) -> None:
+                try:
+                    super().handle()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # a keep-alive connection dropped by the client (its event loop ended)
+
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     def _next(self, body: dict[str, Any]) -> Reply:
         with self._lock:
