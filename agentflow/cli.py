@@ -188,8 +188,55 @@ def runs_history(run_id: str, db: DbOption = None, as_json: JsonOption = False) 
         return
     table = Table("seq", "kind", "name", "status", "attempt", "started", "result / error")
     for s in steps:
-        detail = s.result if s.status == "completed" else (s.error or "")
-        table.add_row(str(s.seq), s.kind, s.name, s.status, str(s.attempt), _ts(s.started_at), (detail or "")[:80])
+        table.add_row(str(s.seq), s.kind, s.name, s.status, str(s.attempt), _ts(s.started_at), _detail(s))
+    console.print(table)
+
+
+def _detail(step: Any) -> str:
+    """One line about a step's outcome: a model call's usage, an error's type, or the result."""
+    if step.status != "completed":
+        try:
+            err = json.loads(step.error or "{}")
+            return f"{err.get('type')}: {err.get('message', '')}"[:100] if err else ""
+        except ValueError:
+            return (step.error or "")[:100]
+    if step.kind == "llm":
+        try:
+            body = json.loads(step.result)
+            u = body.get("usage", {})
+            return (
+                f"tokens {u.get('input_tokens')}+{u.get('output_tokens')} ({u.get('source')}), "
+                f"${u.get('cost_usd', 0):.6f}, finish {body.get('finish_reason')}"
+            )
+        except (ValueError, AttributeError):
+            pass
+    return (step.result or "")[:100]
+
+
+@runs_app.command("usage")
+def runs_usage(
+    db: DbOption = None,
+    run: Annotated[str | None, typer.Option("--run", help="Only this run.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's runs.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Tokens and cost of recorded model calls, per model (one run, a tenant, or everything)."""
+    from agentflow.agent import usage
+
+    try:
+        store = _store(db)
+        if run is not None:
+            store.get_run(run)
+        summary = usage(store, run_id=run, tenant=tenant)
+    except AgentflowError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(summary.to_dict()))
+        return
+    table = Table("model", "calls", "tokens", "cost (USD)")
+    for model, per in sorted(summary.by_model.items()):
+        table.add_row(model, str(int(per["calls"])), str(int(per["tokens"])), f"{per['cost_usd']:.6f}")
+    table.add_row("total", str(summary.calls), str(summary.total_tokens), f"{summary.cost_usd:.6f}", style="bold")
     console.print(table)
 
 

@@ -19,6 +19,7 @@ SUBCOMMANDS = [
     ["runs", "list"],
     ["runs", "show"],
     ["runs", "history"],
+    ["runs", "usage"],
     ["runs", "cancel"],
     ["runs", "signal"],
     ["db"],
