@@ -1,6 +1,20 @@
 """The agent layer: model calls as recorded, budgeted workflow steps."""
 
+from agentflow.agent._agent import Agent, Decision, Outcome, ToolCallRecord, approval_signal, default_policy
 from agentflow.agent._chat import MODEL_RETRY, Budget, chat, spent
 from agentflow.agent._usage import UsageSummary, usage
 
-__all__ = ["MODEL_RETRY", "Budget", "UsageSummary", "chat", "spent", "usage"]
+__all__ = [
+    "MODEL_RETRY",
+    "Agent",
+    "Budget",
+    "Decision",
+    "Outcome",
+    "ToolCallRecord",
+    "UsageSummary",
+    "approval_signal",
+    "chat",
+    "default_policy",
+    "spent",
+    "usage",
+]

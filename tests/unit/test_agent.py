@@ -1,0 +1,203 @@
+"""The agent loop: every model call, policy decision, approval and tool call is a recorded step."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import agentflow.llm as llm
+from agentflow import App, WorkflowContext, current_activity
+from agentflow.agent import Agent, Budget, Decision, approval_signal
+from agentflow.testing import assert_eventually
+
+EFFECTS: list[str] = []
+
+
+@llm.tool(side_effect="none", target="site")
+def get_kpis(site: str) -> dict[str, float]:
+    """Read the KPIs of a cell site."""
+    return {"drop_rate_pct": 2.9}
+
+
+@llm.tool(side_effect="idempotent", target="site")
+def apply_change(site: str, param: str, value: int) -> dict[str, Any]:
+    """Apply a configuration change to a cell site."""
+    EFFECTS.append(current_activity().idempotency_key)
+    return {"applied": True, "site": site, param: value}
+
+
+@llm.tool(side_effect="none")
+def flaky(site: str) -> str:
+    """A read that always fails."""
+    raise RuntimeError("backend down")
+
+
+def scripted(*responses: Any) -> llm.LangChainChat:
+    return llm.LangChainChat(llm.ScriptedChatModel(responses=list(responses)))
+
+
+def apply_call(value: int = 2) -> dict[str, Any]:
+    return {"tool_calls": [{"name": "apply_change", "args": {"site": "CS-101", "param": "hoA3Offset", "value": value}}]}
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    EFFECTS.clear()
+
+
+def copilot_app(app: App, agent: Agent) -> Any:
+    @app.workflow(name=f"copilot.{agent.name}")
+    async def copilot(ctx: WorkflowContext, task: str) -> dict[str, Any]:
+        return (await agent.run(ctx, task)).model_dump()
+
+    return copilot
+
+
+def kinds(app: App, run_id: str) -> list[tuple[str, str, str]]:
+    return [(s.kind, s.name, s.status) for s in app.history(run_id)]
+
+
+def test_read_only_tools_run_and_the_answer_ends_the_loop(app: App) -> None:
+    """A read-only tool runs without approval; the model's text answer is the typed outcome."""
+    agent = Agent(
+        name="noc",
+        model=scripted({"tool_calls": [{"name": "get_kpis", "args": {"site": "CS-101"}}]}, "Drop rate 2.9%."),
+        tools=[get_kpis, apply_change],
+    )
+    out = app.run(copilot_app(app, agent), "CS-101 drop rate", run_id="r")
+    assert out["status"] == "answered" and out["answer"] == "Drop rate 2.9%."
+    assert [c["status"] for c in out["tool_calls"]] == ["ok"]
+    assert out["tool_calls"][0]["decision"]["rule"] == "default:read-only"
+    assert kinds(app, "r") == [
+        ("llm", "scripted", "completed"),
+        ("policy", "get_kpis", "completed"),
+        ("tool", "get_kpis", "completed"),
+        ("llm", "scripted", "completed"),
+    ]
+
+
+def test_side_effect_waits_for_approval_without_holding_a_worker(app: App, worker_thread: Callable[..., Any]) -> None:
+    """A side-effecting call parks the run on a durable approval wait (no owner); an approval
+    signal resumes it and the tool runs once with the step's idempotency key."""
+    agent = Agent(name="noc", model=scripted(apply_call(), "Applied."), tools=[get_kpis, apply_change])
+    wf = copilot_app(app, agent)
+    app.start(wf, "fix CS-101", run_id="r")
+    worker_thread(app)
+    run = assert_eventually(lambda: (r := app.store.get_run("r")).status == "waiting" and r)
+    assert run.owner is None
+    waiting = json.loads(run.waiting_on)["signals"]
+    assert waiting == [approval_signal("call-0-0")]
+    assert EFFECTS == []
+    app.signal("r", waiting[0], {"approved": True, "by": "alice"})
+    assert_eventually(lambda: app.get_run("r").status == "completed")
+    out = json.loads(app.store.get_run("r").output or "{}")
+    assert out["tool_calls"][0]["approved_by"] == "alice"
+    tool_step = next(s for s in app.history("r") if s.kind == "tool")
+    assert EFFECTS == [f"r:{tool_step.seq}"]
+
+
+def test_rejection_goes_back_to_the_model(app: App, worker_thread: Callable[..., Any]) -> None:
+    """A rejected call never runs; the model is told who rejected it and why."""
+    agent = Agent(name="noc", model=scripted(apply_call(), "Understood, not applying."), tools=[apply_change])
+    app.start(copilot_app(app, agent), "fix CS-101", run_id="r")
+    worker_thread(app)
+    assert_eventually(lambda: app.get_run("r").status == "waiting")
+    app.signal("r", approval_signal("call-0-0"), {"approved": False, "by": "bob", "comment": "not in the window"})
+    assert_eventually(lambda: app.get_run("r").status == "completed")
+    out = json.loads(app.store.get_run("r").output or "{}")
+    assert out["tool_calls"][0]["status"] == "rejected"
+    assert "bob" in out["tool_calls"][0]["result"] and "not in the window" in out["tool_calls"][0]["result"]
+    assert EFFECTS == []
+
+
+def test_approval_timeout_counts_as_rejection(app: App) -> None:
+    """An approval that does not come before `approval_timeout` is a rejection (recorded)."""
+    agent = Agent(name="noc", model=scripted(apply_call(), "OK."), tools=[apply_change], approval_timeout=3600)
+    out = app.run(copilot_app(app, agent), "fix", run_id="r")
+    assert out["tool_calls"][0]["status"] == "rejected"
+    assert "expired" in out["tool_calls"][0]["result"]
+    assert ("signal", approval_signal("call-0-0"), "failed") in kinds(app, "r")
+    assert EFFECTS == []
+
+
+def test_deny_policy_never_runs_the_tool(app: App) -> None:
+    """A call the policy denies is not executed; the reason goes back to the model."""
+
+    def deny_changes(ctx: Any, tool: Any, facts: llm.ToolFacts, args: dict[str, Any]) -> Decision:
+        if facts.read_only:
+            return Decision(effect="allow", rule="reads")
+        return Decision(effect="deny", rule="freeze", reason="change freeze until Monday")
+
+    agent = Agent(name="noc", model=scripted(apply_call(), "Freeze noted."), tools=[apply_change], policy=deny_changes)
+    out = app.run(copilot_app(app, agent), "fix", run_id="r")
+    assert out["tool_calls"][0]["status"] == "denied"
+    assert "change freeze" in out["tool_calls"][0]["result"]
+    assert not any(k == "tool" for k, _, _ in kinds(app, "r"))
+    assert EFFECTS == []
+
+
+def test_invalid_calls_go_back_to_the_model_and_never_reach_a_tool(app: App) -> None:
+    """Unknown tools and schema-failing arguments are reported to the model as a user turn."""
+    agent = Agent(
+        name="noc",
+        model=scripted(
+            {"tool_calls": [{"name": "nope", "args": {}}, {"name": "get_kpis", "args": {"site": 5}}]},
+            "Sorry.",
+        ),
+        tools=[get_kpis],
+    )
+    out = app.run(copilot_app(app, agent), "x", run_id="r")
+    assert [c["status"] for c in out["tool_calls"]] == ["invalid", "invalid"]
+    assert "unknown tool 'nope'" in out["tool_calls"][0]["result"]
+    assert not any(k in ("tool", "policy") for k, _, _ in kinds(app, "r"))
+
+
+def test_tool_failure_is_reported_not_raised(app: App) -> None:
+    """A tool that fails after its retries returns an error message to the model."""
+    agent = Agent(
+        name="noc",
+        model=scripted({"tool_calls": [{"name": "flaky", "args": {"site": "a"}}]}, "It failed."),
+        tools=[flaky],
+    )
+    out = app.run(copilot_app(app, agent), "x", run_id="r")
+    assert out["status"] == "answered"
+    assert out["tool_calls"][0]["status"] == "error" and "backend down" in out["tool_calls"][0]["result"]
+    assert len(app.store.load_attempts("r")) == 3  # TOOL_RETRY attempts, each recorded
+
+
+def test_max_turns_and_budget_are_typed_outcomes(app: App) -> None:
+    """The loop ends with `max_turns` or `budget_exceeded`, never an exception."""
+    looping = scripted({"tool_calls": [{"name": "get_kpis", "args": {"site": "CS-1"}}]})
+    agent = Agent(name="noc", model=looping, tools=[get_kpis], max_turns=3)
+    out = app.run(copilot_app(app, agent), "x", run_id="r1")
+    assert out["status"] == "max_turns" and out["turns"] == 3
+    broke = Agent(name="noc2", model=looping, tools=[get_kpis], budget=Budget(max_tokens=150))
+    out = app.run(copilot_app(app, broke), "x", run_id="r2")
+    assert out["status"] == "budget_exceeded"
+    assert out["usage"]["input_tokens"] + out["usage"]["output_tokens"] <= 150
+
+
+def test_replay_calls_nothing_again(app: App) -> None:
+    """Running a finished agent run again replays it: no model call, no tool call."""
+    model = llm.ScriptedChatModel(responses=[apply_call(), "Done."])
+    calls = []
+    original = model._generate
+
+    def counting(*a: Any, **kw: Any) -> Any:
+        calls.append(1)
+        return original(*a, **kw)
+
+    object.__setattr__(model, "_generate", counting)
+
+    def allow_all(ctx: Any, tool: Any, facts: Any, args: Any) -> Decision:
+        return Decision(effect="allow", rule="test")
+
+    agent = Agent(name="noc", model=llm.LangChainChat(model), tools=[apply_change], policy=allow_all)
+    wf = copilot_app(app, agent)
+    first = app.run(wf, "fix", run_id="r")
+    assert len(calls) == 2 and len(EFFECTS) == 1
+    second = app.run(wf, "fix", run_id="r")
+    assert second == first and len(calls) == 2 and len(EFFECTS) == 1
