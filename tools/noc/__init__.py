@@ -1,0 +1,53 @@
+"""The NOC tool pack: a simulated 5G network with an audit ledger, and the copilot's tools.
+
+    import tools.noc as noc
+    net = noc.configure("network.db")       # the tools of this process act on this file
+    net.inject("CS-104", "mis_set_handover")
+    # ... run noc.NOC_TOOLS from a workflow (each call an activity) ...
+    assert net.duplicate_keys() == []       # no effect happened twice
+
+See tools/README.md for a complete example.
+"""
+
+from tools.noc.env import ENV, configure, network
+from tools.noc.model import KPIS, PARAMS, SCENARIOS, region_of
+from tools.noc.network import Network
+from tools.noc.tools import (
+    NOC_TOOLS,
+    apply_change,
+    create_ticket,
+    detect_anomalies,
+    get_kpis,
+    monitor_kpis,
+    notify,
+    propose_change,
+    rank_root_causes,
+    rollback_change,
+    runbook,
+    stage_change,
+    update_ticket,
+)
+
+__all__ = [
+    "ENV",
+    "KPIS",
+    "NOC_TOOLS",
+    "PARAMS",
+    "SCENARIOS",
+    "Network",
+    "apply_change",
+    "configure",
+    "create_ticket",
+    "detect_anomalies",
+    "get_kpis",
+    "monitor_kpis",
+    "network",
+    "notify",
+    "propose_change",
+    "rank_root_causes",
+    "region_of",
+    "rollback_change",
+    "runbook",
+    "stage_change",
+    "update_ticket",
+]

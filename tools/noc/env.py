@@ -1,0 +1,33 @@
+"""Where the NOC tools find the network: `configure(path)` in this process, or `NOC_DB`.
+
+Tools are called by the engine with the model's arguments only, so the network they act on is
+process configuration, like a client's base URL. `configure` also exports `NOC_DB`, so worker
+subprocesses started afterwards find the same file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tools.noc.network import DEFAULT_SEED, Network
+
+ENV = "NOC_DB"
+_networks: dict[str, Network] = {}
+
+
+def configure(path: str | Path, *, seed: int = DEFAULT_SEED) -> Network:
+    """Point the NOC tools of this process (and of subprocesses it starts) at `path`."""
+    os.environ[ENV] = str(Path(path).resolve())  # absolute: a worker may run in another directory
+    return network(seed=seed)
+
+
+def network(*, seed: int = DEFAULT_SEED) -> Network:
+    """The configured network (one `Network` object per file per process)."""
+    path = os.environ.get(ENV)
+    if not path:
+        raise RuntimeError(f"the NOC tools have no network: call tools.noc.configure(path) or set {ENV}")
+    found = _networks.get(path)
+    if found is None:
+        found = _networks[path] = Network(path, seed=seed)
+    return found
