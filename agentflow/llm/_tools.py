@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, ValidationError
@@ -77,6 +77,43 @@ def _declare(t: BaseTool, facts: ToolFacts) -> BaseTool:
     copy = t.model_copy()
     copy.metadata = {**(t.metadata or {}), _KEY: facts}
     return copy
+
+
+Target = str | Callable[[Mapping[str, Any]], Any] | None
+
+
+@overload
+def tool(
+    fn: Callable[..., Any] | BaseTool,
+    /,
+    *,
+    side_effect: SideEffect,
+    target: Target = None,
+    region: Target = None,
+    reconcile: Callable[[str], Any] | None = None,
+    timeout: float | None = None,
+    compensate: str | None = None,
+    tags: Sequence[str] = (),
+    name: str | None = None,
+    description: str | None = None,
+    args_schema: type[BaseModel] | None = None,
+) -> BaseTool: ...
+@overload
+def tool(
+    fn: None = None,
+    /,
+    *,
+    side_effect: SideEffect,
+    target: Target = None,
+    region: Target = None,
+    reconcile: Callable[[str], Any] | None = None,
+    timeout: float | None = None,
+    compensate: str | None = None,
+    tags: Sequence[str] = (),
+    name: str | None = None,
+    description: str | None = None,
+    args_schema: type[BaseModel] | None = None,
+) -> Callable[[Callable[..., Any]], BaseTool]: ...
 
 
 def tool(
