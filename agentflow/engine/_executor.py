@@ -10,6 +10,7 @@ the run is parked in the store and the executor returns: a waiting run holds no 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import traceback
 from collections.abc import Callable, Coroutine
@@ -107,6 +108,14 @@ class RunExecutor:
         # Step coroutines not started yet; the driver awaits a lone one inline (no Task, no
         # extra loop turns: ~15 µs per step) and wraps several (a gather) in Tasks.
         self.queued: list[Coroutine[Any, Any, None]] = []
+        # Outcomes reach the workflow one at a time, in an order recorded with each step
+        # (`delivery`); a replay delivers recorded outcomes in that same order, so concurrent
+        # branches interleave exactly as they did (results are never handed over at scheduling).
+        self.deliveries: collections.deque[Callable[[], None]] = collections.deque()
+        self.replay_pending: dict[int, Callable[[], None]] = {}
+        self.next_replay = 1
+        self.max_delivery = 0
+        self.next_delivery = 1
         self.waits: dict[int, _Wait] = {}
         self.fatal: AgentflowError | None = None
         self.cancel_requested = bool(run.cancel_requested)
@@ -128,6 +137,11 @@ class RunExecutor:
         steps = self.store.load_steps(self.run_id)
         self.history = {s.seq: s for s in steps}
         self.max_recorded = steps[-1].seq if steps else 0
+        self.max_delivery = max((s.delivery or 0 for s in steps), default=0)
+        self.next_delivery = self.max_delivery + 1
+        for rec in steps:
+            if rec.kind == "cancel" and rec.delivery is not None:
+                self.replay_pending[rec.delivery] = self._replay_cancel(rec)
         if self.recovering:
             crash_point("during_recovery")
         workflow = self.app.workflow_named(self.run.workflow)
@@ -164,6 +178,16 @@ class RunExecutor:
                 return self._finish_failed(self.fatal)
             if main.done():
                 return self._finish(main)
+            if self.next_replay in self.replay_pending:
+                self.next_replay += 1
+                self._run_delivery(self.replay_pending.pop(self.next_replay - 1))
+                continue
+            if self.next_replay <= self.max_delivery:
+                self.fatal = self._replay_stuck()
+                continue
+            if self.deliveries:
+                self._run_delivery(self.deliveries.popleft())
+                continue
             if self.queued:
                 await self._start_queued()
                 continue
@@ -197,6 +221,58 @@ class RunExecutor:
             except BaseException:  # noqa: BLE001
                 pass
         self.loop.close()
+
+    # -- deliveries ------------------------------------------------------------------------
+    def _take_delivery(self) -> int:
+        number = self.next_delivery
+        self.next_delivery += 1
+        return number
+
+    def _deliver(self, action: Callable[[], None]) -> None:
+        """Queue an outcome that was just recorded (with its delivery number)."""
+        self.deliveries.append(action)
+        if self._progress is not None:
+            self._progress.set()
+
+    def _resolve_recorded(self, rec: StepRecord, action: Callable[[], None]) -> None:
+        """Hand a recorded outcome over at its recorded turn (at once for legacy rows)."""
+        if rec.delivery is None:
+            action()
+        else:
+            self.replay_pending[rec.delivery] = action
+
+    def _run_delivery(self, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except _Stop:
+            pass  # self.fatal says why; the driver finishes the run
+
+    def _replay_stuck(self) -> AgentflowError:
+        rec = next((r for r in self.history.values() if r.delivery == self.next_replay), None)
+        what = f"step {rec.seq} ({rec.kind} `{rec.name}`)" if rec else f"outcome #{self.next_replay}"
+        return NonDeterminismError(
+            f"replay of run {self.run_id} is stuck: {what} was the next outcome the recorded run handed to "
+            "the workflow, but the code now waits for something else and never asks for it: the workflow "
+            "changed under an in-flight run. Guard the change with `ctx.patched('<change-id>')`.",
+            run_id=self.run_id, seq=rec.seq if rec else None, tenant=self.run.tenant,
+        )  # fmt: skip
+
+    def _replay_cancel(self, rec: StepRecord) -> Callable[[], None]:
+        def action() -> None:
+            if self.next_seq != rec.seq:
+                raise self._stop(
+                    NonDeterminismError(
+                        f"run {self.run_id} was cancelled at step {rec.seq}, but on replay the code is at step "
+                        f"{self.next_seq} when the cancel comes: the workflow changed under an in-flight run.",
+                        run_id=self.run_id,
+                        seq=rec.seq,
+                        tenant=self.run.tenant,
+                    )
+                )
+            self.next_seq += 1
+            self._cancel_workflow()
+
+        return action
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self.inflight.discard(task)
@@ -253,7 +329,7 @@ class RunExecutor:
             seq=seq, kind=kind, name=name, digest=dig, status=status, attempt=kw.get("attempt", 1),
             args=kw.get("args"), result=kw.get("result"), error=kw.get("error"),
             started_at=kw.get("started_at", self.clock.now()), finished_at=kw.get("finished_at"),
-            wake_at=kw.get("wake_at"), epoch=self.epoch,
+            wake_at=kw.get("wake_at"), epoch=self.epoch, delivery=kw.get("delivery"),
         )  # fmt: skip
 
     # ======================================================================================
@@ -354,9 +430,11 @@ class RunExecutor:
             return call.fut
         rec = self._recorded(seq, act.kind, act.name, call.digest)
         if rec is not None and rec.status == "completed":
-            call.fut.set_result(self._decode_result(act, rec.result, seq))
+            done = rec
+            self._resolve_recorded(rec, lambda: _settle(call.fut, self._decode_result(act, done.result, seq)))
         elif rec is not None and rec.status == "failed":
-            call.fut.set_exception(self._activity_error(act.name, seq, rec))
+            failed = rec
+            self._resolve_recorded(rec, lambda: _settle(call.fut, exc=self._activity_error(act.name, seq, failed)))
         elif rec is not None and rec.status == "retrying" and rec.wake_at is not None:
             self._wait_retry(call, rec.attempt + 1, rec.wake_at)
         else:
@@ -456,14 +534,12 @@ class RunExecutor:
         result_json, blobs = encoded
         step = self._call_step(
             call, "completed", attempt=max(attempt, 1), result=result_json, started_at=started,
-            finished_at=self.clock.now(),
+            finished_at=self.clock.now(), delivery=self._take_delivery(),
         )  # fmt: skip
         self._write(self._call_ops(call, step, blobs))
         crash_point("after_result")
-        if call.fut.done():
-            return
         # Live and replayed runs see the same value: both are decoded from the recorded JSON.
-        call.fut.set_result(self._decode_result(call.act, result_json, call.seq))
+        self._deliver(lambda: _settle(call.fut, self._decode_result(call.act, result_json, call.seq)))
 
     def _record_failure(
         self, call: _Call, attempt: int, first: float, started: float, exc: BaseException
@@ -478,12 +554,14 @@ class RunExecutor:
         step = self._call_step(
             call, status, attempt=attempt, error=err_json, started_at=first,
             finished_at=None if retry else now, wake_at=retry_at,
+            delivery=None if retry else self._take_delivery(),
         )  # fmt: skip
         ops = self._call_ops(call, step)
         ops.append(self.store.attempt_op(self.run_id, call.seq, attempt, err_json, started, now, retry_at))
         self._write(ops)
-        if not retry and not call.fut.done():
-            call.fut.set_exception(self._activity_error(call.act.name, call.seq, step))
+        if not retry:
+            error = self._activity_error(call.act.name, call.seq, step)
+            self._deliver(lambda: _settle(call.fut, exc=error))
         return retry_at
 
     # ======================================================================================
@@ -496,7 +574,7 @@ class RunExecutor:
             return fut
         rec = self._recorded(seq, "sleep", "sleep", "")
         if rec is not None and rec.status == "completed":
-            fut.set_result(None)
+            self._resolve_recorded(rec, lambda: _settle(fut, None))
             return fut
         if rec is None:
             self.local_ops.append(
@@ -516,10 +594,11 @@ class RunExecutor:
             return fut
         rec = self._recorded(seq, "signal", name, "")
         if rec is not None and rec.status == "completed":
-            fut.set_result(self._decode(rec, _ANY))
+            got = rec
+            self._resolve_recorded(rec, lambda: _settle(fut, self._decode(got, _ANY)))
             return fut
         if rec is not None and rec.status == "failed":
-            fut.set_exception(self._timeout_error(name, seq))
+            self._resolve_recorded(rec, lambda: _settle(fut, exc=self._timeout_error(name, seq)))
             return fut
         deadline = None
         if rec is None:
@@ -551,10 +630,14 @@ class RunExecutor:
             return fut
         rec = self._recorded(seq, "child", workflow.name, dig)
         if rec is not None and rec.status == "completed":
-            fut.set_result(self._decode(rec, workflow.result_adapter))
+            ended = rec
+            self._resolve_recorded(rec, lambda: _settle(fut, self._decode(ended, workflow.result_adapter)))
             return fut
         if rec is not None and rec.status == "failed":
-            fut.set_exception(self._child_error(child_id, seq, self._recorded_error(rec)))
+            broke = rec
+            self._resolve_recorded(
+                rec, lambda: _settle(fut, exc=self._child_error(child_id, seq, self._recorded_error(broke)))
+            )
             return fut
         if rec is None:
             now = self.clock.now()
@@ -654,11 +737,12 @@ class RunExecutor:
                             wake_at=w.wake_at,
                             finished_at=now,
                             started_at=self._started(w.seq),
+                            delivery=self._take_delivery(),
                         )
                     )
                 ]
             )
-            w.fut.set_result(None)
+            self._deliver(lambda: _settle(w.fut, None))
         elif w.kind == "signal":
             self._write(
                 [
@@ -673,11 +757,13 @@ class RunExecutor:
                             finished_at=now,
                             error=json.dumps({"type": "WaitTimeout", "message": "timed out"}),
                             started_at=self._started(w.seq),
+                            delivery=self._take_delivery(),
                         )
                     )
                 ]
             )
-            w.fut.set_exception(self._timeout_error(w.name, w.seq))
+            error = self._timeout_error(w.name, w.seq)
+            self._deliver(lambda: _settle(w.fut, exc=error))
         elif w.kind == "retry" and w.resume is not None:
             w.resume()
 
@@ -698,12 +784,10 @@ class RunExecutor:
             wake_at=w.wake_at,
             finished_at=self.clock.now(),
             started_at=self._started(w.seq),
+            delivery=self._take_delivery(),
         )
         self._write([self._step_op(step), self.store.consume_signal_op(signal_id, w.seq)])
-        try:
-            w.fut.set_result(decode(payload, _ANY, run_id=self.run_id, seq=w.seq, what="signal payload"))
-        except CorruptRecordError as exc:
-            self.fatal = exc
+        self._deliver(lambda: _settle(w.fut, self._decode(step, _ANY)))
 
     def _complete_child(self, w: _Wait, child: RunRecord) -> None:
         self.waits.pop(w.seq, None)
@@ -713,16 +797,14 @@ class RunExecutor:
             w.seq, "child", w.step_name, w.digest, "completed" if ok else "failed",
             args=json.dumps(child.id), result=child.output if ok else None,
             error=None if err is None else json.dumps(err), finished_at=self.clock.now(),
-            started_at=self._started(w.seq),
+            started_at=self._started(w.seq), delivery=self._take_delivery(),
         )  # fmt: skip
         self._write([self._step_op(step)])
         if err is not None:
-            w.fut.set_exception(self._child_error(child.id, w.seq, err))
-            return
-        try:
-            w.fut.set_result(decode(child.output, w.adapter, run_id=self.run_id, seq=w.seq))
-        except CorruptRecordError as exc:
-            self.fatal = exc
+            error = self._child_error(child.id, w.seq, err)
+            self._deliver(lambda: _settle(w.fut, exc=error))
+        else:
+            self._deliver(lambda: _settle(w.fut, self._decode(step, w.adapter)))
 
     # ======================================================================================
     # local records: now, uuid, random, patched (flushed with the next commit)
@@ -762,11 +844,11 @@ class RunExecutor:
         if self.cancel_delivered:
             return False
         rec = self.history.get(self.next_seq)
-        if rec is not None and rec.kind == "cancel":
-            self.next_seq += 1  # replay: deliver at the same point as the first time
+        if rec is not None and rec.kind == "cancel" and rec.delivery is None:
+            self.next_seq += 1  # replay of a marker recorded before delivery numbers
         elif self.cancel_requested:
             seq = self._take_seq()
-            self._write([self._cancel_marker(seq)])
+            self._write([self._cancel_marker(seq, delivery=self._take_delivery())])
         else:
             return False
         self._cancel_workflow()
@@ -787,7 +869,7 @@ class RunExecutor:
             if not self.cancel_requested or self.inflight or self.queued:
                 return False
             self.local_ops.append(self._cancel_marker(seq))
-        elif rec.kind != "cancel":
+        elif rec.kind != "cancel" or rec.delivery is not None:
             return False
         # Workflow code is running: cancel this step (its await raises CancelledError) and the
         # waits, not the main task, which would also cancel the compensation that follows.
@@ -795,8 +877,10 @@ class RunExecutor:
         fut.cancel()
         return True
 
-    def _cancel_marker(self, seq: int) -> Op:
-        return self._step_op(self._new_step(seq, "cancel", "cancel", "", "completed", finished_at=self.clock.now()))
+    def _cancel_marker(self, seq: int, *, delivery: int | None = None) -> Op:
+        return self._step_op(
+            self._new_step(seq, "cancel", "cancel", "", "completed", finished_at=self.clock.now(), delivery=delivery)
+        )
 
     def _cancel_workflow(self, *, cancel_main: bool = True) -> None:
         self.cancel_delivered = True
@@ -878,6 +962,16 @@ class RunExecutor:
             ops.append(self.store.wake_op(self.run.parent_id))
         self._write(ops)
         return status
+
+
+def _settle(fut: asyncio.Future[Any], value: Any = None, *, exc: BaseException | None = None) -> None:
+    """Resolve a workflow future unless the workflow cancelled it meanwhile."""
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(value)
 
 
 def _short(text: str | None, limit: int = 120) -> str:

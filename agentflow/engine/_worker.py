@@ -59,6 +59,16 @@ class Worker:
         """Drive runs (of this worker's scope) until `run_id` has ended."""
         await self._loop(lambda: self.store.get_run(run_id).terminal)
 
+    async def run_until_blocked(self, run_id: str) -> None:
+        """Drive until `run_id` has ended or waits for an event only (a signal, a child, an
+        approval) with no timer due: what a test or a script does before sending that event."""
+
+        def blocked() -> bool:
+            run = self.store.get_run(run_id)
+            return run.terminal or (not self._tasks and run.status == "waiting" and run.wake_at is None)
+
+        await self._loop(blocked)
+
     async def run_forever(self, stop: asyncio.Event | None = None) -> None:
         """Drive runs until `stop` is set (or the task is cancelled)."""
         await self._loop(lambda: stop is not None and stop.is_set())

@@ -86,6 +86,10 @@ class Step(SQLModel, table=True):
     finished_at: float | None = Field(default=None)
     wake_at: float | None = Field(default=None)
     epoch: int = Field(default=0)
+    # The n-th outcome delivered to the workflow code (1, 2, ...): replay delivers in this order,
+    # so concurrent branches interleave exactly as they did. NULL for values the code got at once
+    # (ctx.now(), patch markers) and for steps not finished.
+    delivery: int | None = Field(default=None)
 
 
 class StepAttempt(SQLModel, table=True):

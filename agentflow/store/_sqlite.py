@@ -32,17 +32,19 @@ Op = tuple[str, Sequence[Any], bool]
 a row, or the transaction is rolled back with LeaseLostError."""
 
 STEP_COLUMNS = (
-    "run_id, seq, kind, name, digest, status, attempt, args, result, error, started_at, finished_at, wake_at, epoch"
+    "run_id, seq, kind, name, digest, status, attempt, args, result, error, started_at, finished_at, wake_at, "
+    "epoch, delivery"
 )
 # One statement records a step: inserted on first write, updated on later ones (intent, retry,
 # result), never once it is final, and only while the writer holds the run's lease epoch.
 UPSERT_STEP = (
     f"INSERT INTO af_steps ({STEP_COLUMNS}) "
-    "SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,? "
+    "SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,? "
     "WHERE EXISTS (SELECT 1 FROM af_runs WHERE id = ? AND epoch = ?) "
     "ON CONFLICT (run_id, seq) DO UPDATE SET status = excluded.status, "
     "attempt = excluded.attempt, result = excluded.result, error = excluded.error, "
-    "finished_at = excluded.finished_at, wake_at = excluded.wake_at, epoch = excluded.epoch "
+    "finished_at = excluded.finished_at, wake_at = excluded.wake_at, epoch = excluded.epoch, "
+    "delivery = excluded.delivery "
     "WHERE af_steps.status NOT IN ('completed', 'failed')"
 )
 

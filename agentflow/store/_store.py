@@ -29,7 +29,7 @@ RUN_COLUMNS = (
 )
 STEP_SELECT = (
     "SELECT seq, kind, name, digest, status, attempt, args, result, error, started_at, "
-    "finished_at, wake_at, epoch FROM af_steps WHERE run_id = ? ORDER BY seq"
+    "finished_at, wake_at, epoch, delivery FROM af_steps WHERE run_id = ? ORDER BY seq"
 )
 _TERMINAL_SQL = "('completed', 'failed', 'cancelled')"
 
@@ -89,6 +89,7 @@ class StepRecord:
     finished_at: float | None
     wake_at: float | None
     epoch: int
+    delivery: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -106,7 +107,7 @@ def _json_field(text: str | None, run_id: str, what: str) -> Any:
 def step_params(run_id: str, epoch: int, s: StepRecord) -> tuple[Any, ...]:
     return (
         run_id, s.seq, s.kind, s.name, s.digest, s.status, s.attempt, s.args, s.result,
-        s.error, s.started_at, s.finished_at, s.wake_at, epoch, run_id, epoch,
+        s.error, s.started_at, s.finished_at, s.wake_at, epoch, s.delivery, run_id, epoch,
     )  # fmt: skip
 
 

@@ -201,3 +201,28 @@ def test_replay_calls_nothing_again(app: App) -> None:
     assert len(calls) == 2 and len(EFFECTS) == 1
     second = app.run(wf, "fix", run_id="r")
     assert second == first and len(calls) == 2 and len(EFFECTS) == 1
+
+
+def test_parallel_calls_each_wait_for_their_own_approval(app: App, worker_thread: Callable[..., Any]) -> None:
+    """Two side-effecting calls from one model response wait for two approvals; approving them
+    one at a time (each resume replays the parallel branches) runs each exactly once."""
+    two = {
+        "tool_calls": [
+            {"name": "apply_change", "args": {"site": "CS-1", "param": "hoA3Offset", "value": 2}, "id": "c1"},
+            {"name": "apply_change", "args": {"site": "CS-2", "param": "hoA3Offset", "value": 2}, "id": "c2"},
+        ]
+    }
+    agent = Agent(name="noc", model=scripted(two, "Both applied."), tools=[apply_change])
+    app.start(copilot_app(app, agent), "fix both", run_id="r")
+    worker_thread(app)
+    assert_eventually(lambda: app.get_run("r").status == "waiting")
+    app.signal("r", approval_signal("c2"), {"approved": True, "by": "alice"})
+    assert_eventually(lambda: len(EFFECTS) == 1 and app.get_run("r").status == "waiting")
+    app.signal("r", approval_signal("c1"), {"approved": True, "by": "bob"})
+    assert_eventually(lambda: app.get_run("r").status == "completed", message=str(app.get_run("r").error))
+    out = json.loads(app.store.get_run("r").output or "{}")
+    assert [(c["args"]["site"], c["approved_by"], c["status"]) for c in out["tool_calls"]] == [
+        ("CS-1", "bob", "ok"),
+        ("CS-2", "alice", "ok"),
+    ]
+    assert sorted(EFFECTS) == sorted({*EFFECTS}) and len(EFFECTS) == 2

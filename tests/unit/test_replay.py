@@ -410,3 +410,54 @@ def test_live_value_equals_replayed_value(app) -> None:
     assert seen[0] == seen[1] == returned[0]
     assert seen[0] is not returned[0], "the live path must see the decoded record, not the raw return"
     assert isinstance(result, Kpis) and result == returned[0]
+
+
+def test_concurrent_multi_step_branches_replay_in_recorded_order(make_app: Any) -> None:
+    """Branches that each take several steps interleave in whatever order their results come
+    in; every resume (a new App, parked in between) replays that interleaving exactly, because
+    outcomes are handed to the workflow in the recorded delivery order."""
+
+    def build(app: App) -> Any:
+        @app.activity(side_effect=False, name="slow")
+        async def slow(tag: str, delay: float) -> str:
+            await asyncio.sleep(delay)
+            return tag
+
+        @app.workflow(name="branches")
+        async def branches(ctx: WorkflowContext) -> list[str]:
+            async def branch(name: str, first: float, second: float, pause: float) -> str:
+                a = await ctx.run(slow, f"{name}1", first)
+                await ctx.sleep(pause)
+                b = await ctx.run(slow, f"{name}2", second)
+                return a + b
+
+            async def waiter() -> str:
+                return str(await ctx.wait_signal("go"))
+
+            return list(await asyncio.gather(branch("a", 0.03, 0.0, 3600), branch("b", 0.0, 0.02, 7200), waiter()))
+
+        return branches
+
+    first = make_app(inline_wait=0.0)
+    wf = build(first)
+    first.start(wf, run_id="r")
+    # Drive until it parks on the timers and the signal, then resume with fresh Apps each time.
+    asyncio.run(first.worker(root_id="r").run_until_blocked("r"))
+    for _ in range(6):
+        app = make_app(inline_wait=0.0)
+        build(app)
+        if app.get_run("r").status == "completed":
+            break
+        if app.get_run("r").status == "waiting" and not app.store.get_run("r").wake_at:
+            app.signal("r", "go", "went")
+        asyncio.run(app.worker(root_id="r").run_until_blocked("r"))
+    final = make_app(inline_wait=0.0)
+    build(final)
+    record = final.store.get_run("r")
+    assert record.status == "completed", record.error
+    assert json.loads(record.output or "[]") == ["a1a2", "b1b2", "went"]
+    deliveries = [s.delivery for s in final.history("r") if s.delivery is not None]
+    assert sorted(deliveries) == list(range(1, len(deliveries) + 1))
+    # And one more full replay of the finished history from the top, on fresh code objects.
+    again = make_app(inline_wait=0.0)
+    assert again.run(build(again), run_id="r") == ["a1a2", "b1b2", "went"]
