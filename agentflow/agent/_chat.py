@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, InvalidToolCall, ToolCall
 from langchain_core.tools import BaseTool
@@ -18,6 +18,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from agentflow.engine import Activity, RetryPolicy, WorkflowContext
 from agentflow.errors import (
+    ActivityError,
     BudgetExceeded,
     ContextWindowExceeded,
     CorruptRecordError,
@@ -76,8 +77,13 @@ async def chat(
     budget: Budget | None = None,
     prices: PriceTable | None = None,
     retry: RetryPolicy = MODEL_RETRY,
+    recover: Literal["strict", "lenient", "off"] = "strict",
 ) -> ModelResponse:
     """Call `model` once as a recorded step of the workflow `ctx` belongs to.
+
+    `recover` says when tool calls written as fenced JSON in the text become tool calls:
+    "strict" (default) only when the text is nothing but such blocks (a model quoting a block
+    while explaining it is not calling it), "lenient" whenever a block names an offered tool.
 
     Raises:
         ContextWindowExceeded / BudgetExceeded: before anything is sent.
@@ -87,7 +93,11 @@ async def chat(
     schemas = [convert_to_openai_tool(t) for t in tools]
     counted = count_messages(messages, model.name, schemas)
     reserve = budget.max_output_tokens or 0 if budget else 0
-    if model.context_window is not None and counted.tokens + reserve > model.context_window:
+    seq = ctx._ex.next_seq  # the seq this call's step takes (run_step numbers it synchronously)
+    recorded = ctx._ex.history.get(seq)
+    # An outcome already recorded is replayed as it was: today's budget or prices do not apply.
+    replaying = recorded is not None and recorded.kind == "llm" and recorded.status in ("completed", "failed")
+    if not replaying and model.context_window is not None and counted.tokens + reserve > model.context_window:
         raise ContextWindowExceeded(
             f"the request to {model.name} counts {counted.tokens} prompt tokens (+{reserve} reserved for "
             f"output), over its context window of {model.context_window}: shorten the conversation",
@@ -95,15 +105,15 @@ async def chat(
             tenant=ctx.tenant,
         )
     used = spent(ctx)
-    _check_budget(
-        ctx, budget, used, counted.tokens + reserve, prices.cost(model.name, counted.tokens, reserve), model.name
-    )
+    if not replaying:
+        usd = prices.cost(model.name, counted.tokens, reserve)
+        _check_budget(ctx, budget, used, counted.tokens + reserve, usd, model.name)
     request, blobs, refs = _request(model, messages, schemas, budget, ctx.locals.get(_LAST_REQUEST_KEY))
     store = ctx._ex.store
 
     async def invoke() -> ModelResponse:
         response = await model.agenerate(messages, schemas, max_tokens=budget.max_output_tokens if budget else None)
-        return _finish(response, tools, counted.tokens, counted.approximate, prices, model.name)
+        return _finish(response, tools, counted.tokens, counted.approximate, prices, model.name, recover, seq)
 
     def encode(response: ModelResponse) -> tuple[str, dict[str, str]]:
         digest, data = message_blob(response.message)
@@ -128,10 +138,13 @@ async def chat(
         invoke, name=model.name, retry=retry, timeout=None, side_effect=False, reconcile=None,
         kind="llm", encode_result=encode, decode_result=decode,
     )  # fmt: skip
-    # The step about to take this seq (run_step numbers it now, synchronously): the next call's
-    # request is recorded as what it adds to this one's messages.
-    ctx.locals[_LAST_REQUEST_KEY] = (ctx._ex.next_seq, refs)
-    response = await ctx.run_step(step, request=request, blobs=blobs)
+    try:
+        response = await ctx.run_step(step, request=request, blobs=blobs)
+    except ActivityError:
+        ctx.locals[_LAST_REQUEST_KEY] = (seq, refs)  # recorded (failed) with the request's blobs
+        raise
+    # Only a recorded step may be referred to: the next request records what it adds to this one.
+    ctx.locals[_LAST_REQUEST_KEY] = (seq, refs)
     ctx.locals[_USAGE_KEY] = Usage(
         input_tokens=used.input_tokens + response.usage.input_tokens,
         output_tokens=used.output_tokens + response.usage.output_tokens,
@@ -229,9 +242,20 @@ def screen_tool_calls(message: AIMessage, tools: Sequence[BaseTool]) -> AIMessag
 
 
 def _finish(
-    response: ModelResponse, tools: Sequence[BaseTool], counted: int, approximate: bool, prices: PriceTable, model: str
+    response: ModelResponse,
+    tools: Sequence[BaseTool],
+    counted: int,
+    approximate: bool,
+    prices: PriceTable,
+    model: str,
+    recover: str = "strict",
+    seq: int = 0,
 ) -> ModelResponse:
-    message, recovered = recover_tool_calls(response.message, tools)
+    message, recovered = response.message, 0
+    if recover != "off":
+        message, recovered = recover_tool_calls(
+            response.message, tools, strict=recover == "strict", id_prefix=f"recovered-{seq}"
+        )
     message = screen_tool_calls(message, tools)
     if not (message.content or message.tool_calls or message.invalid_tool_calls or response.refusal):
         raise ModelBadResponse(f"model {model!r} returned an empty response (no text, no tool call)")

@@ -32,6 +32,7 @@ from agentflow.errors import (
     StoreBusyError,
     StoreError,
     WaitTimeout,
+    WorkflowError,
 )
 from agentflow.store._codec import decode, digest, encode
 from agentflow.store._sqlite import Op
@@ -452,9 +453,9 @@ class RunExecutor:
         except CorruptRecordError as exc:
             raise self._stop(exc) from None
 
-    def _wait_retry(self, call: _Call, attempt: int, retry_at: float) -> None:
+    def _wait_retry(self, call: _Call, attempt: int, retry_at: float, *, unknown: bool = False) -> None:
         w = _Wait(call.seq, "retry", call.fut, wake_at=retry_at, name=call.act.name)
-        w.resume = lambda: self._spawn(self._execute(call, attempt))
+        w.resume = lambda: self._spawn(self._execute(call, attempt, unknown=unknown))
         self.waits[call.seq] = w
 
     def _activity_error(self, name: str, seq: int, rec: StepRecord) -> ActivityError:
@@ -482,14 +483,28 @@ class RunExecutor:
         act, seq = call.act, call.seq
         key = idempotency_key(self.run_id, seq)
         first = self._started(seq)
-        if unknown and act.reconcile is not None:
-            # The effect may have happened: ask the external system before doing it again.
-            found = act.reconcile(key)
-            if asyncio.iscoroutine(found):
-                found = await found
+        while unknown and act.reconcile is not None:
+            # The effect may have happened: ask the external system before doing it again. A
+            # failing reconcile is a failed attempt under the step's retry policy.
+            started = self.clock.now()
+            try:
+                found = act.reconcile(key)
+                if asyncio.iscoroutine(found):
+                    found = await found
+            except Exception as exc:  # noqa: BLE001 - recorded like an activity failure
+                retry_at = self._record_failure(call, attempt, first, started, exc)
+                if retry_at is None:
+                    return
+                if retry_at - self.clock.now() > self.app.inline_wait:
+                    self._wait_retry(call, attempt + 1, retry_at, unknown=True)
+                    return
+                await self.clock.sleep_until(retry_at)
+                attempt += 1
+                continue
             if found is not None:
                 self._record_result(call, attempt - 1, first, found)
                 return
+            break
         while True:
             if act.side_effect:
                 self._write(self._call_ops(call, self._call_step(call, "started", attempt=attempt, started_at=first)))
@@ -502,7 +517,14 @@ class RunExecutor:
             try:
                 value = await call_activity(act, info, call.args, call.kwargs)
                 encoded = self._encode_result(act, value)
-            except Exception as exc:  # noqa: BLE001 - any activity failure is recorded
+            except (Exception, asyncio.CancelledError) as exc:
+                task = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and (task is None or task.cancelling()):
+                    raise  # the executor itself is cancelling this step
+                if isinstance(exc, asyncio.CancelledError):
+                    # Raised by the activity's own code (a library cancelling its task): a
+                    # failure like any other, not a reason to hang the run.
+                    exc = RuntimeError(f"{act.kind} {act.name} raised CancelledError")
                 if isinstance(exc, asyncio.TimeoutError):
                     exc = TimeoutError(f"{act.kind} {act.name} timed out after {act.timeout}s")
                 retry_at = self._record_failure(call, attempt, first, started, exc)
@@ -896,6 +918,16 @@ class RunExecutor:
 
     def _park(self) -> bool:
         """Park the run in the store unless an event it waits for is already in."""
+        if not self.waits:
+            # Blocked, yet on nothing the engine can ever resolve (an asyncio.Event no step
+            # sets, a future of another loop): parking would wait forever.
+            self.fatal = WorkflowError(
+                f"run {self.run_id} is blocked on something that is not a step (no activity in flight, "
+                "no timer, signal or child to wait for): workflow code may only await ctx operations "
+                "and asyncio primitives that other branches of the workflow resolve.",
+                run_id=self.run_id, tenant=self.run.tenant,
+            )  # fmt: skip
+            return False
         wakes = [w.wake_at for w in self.waits.values() if w.wake_at is not None]
         wake_at = min(wakes) if wakes else None
         signals = sorted({w.name for w in self.waits.values() if w.kind == "signal"})

@@ -53,6 +53,9 @@ class Worker:
         self._stop = threading.Event()
         self._last_reap = 0.0
         self.completed = 0
+        # Runs to hand back (store was busy): retried on every loop until done, so a run is
+        # never left `running` under a live worker that no longer drives it.
+        self._to_release: dict[str, int] = {}
 
     # -- entry points ----------------------------------------------------------------------
     async def run_until_done(self, run_id: str) -> None:
@@ -103,7 +106,16 @@ class Worker:
             except StoreError:
                 pass  # the lease expires by itself
 
+    def _release_pending(self) -> None:
+        for run_id, epoch in list(self._to_release.items()):
+            try:
+                self.store.release(run_id, epoch)
+            except StoreError:
+                continue  # still busy: next loop
+            del self._to_release[run_id]
+
     def _claim(self) -> int:
+        self._release_pending()
         now_real = time.monotonic()
         if now_real - self._last_reap > REAP_INTERVAL:
             self._last_reap = now_real
@@ -151,16 +163,14 @@ class Worker:
             # Still our lease: give the run back so it resumes later, here or elsewhere.
             log.warning("run %s: %s", run_id, exc)
             await asyncio.sleep(self.poll_interval)
-            try:
-                self.store.release(run_id, epoch)
-            except StoreError:
-                pass
-        except Exception:
+            self._to_release[run_id] = epoch
+        except Exception as exc:
+            # Re-running would hit the same bug forever: fail the run, visibly, history kept.
             log.exception("run %s: internal error in the executor", run_id)
             try:
-                self.store.release(run_id, epoch)
+                self.store.fail_run(run_id, epoch, f"internal error in the executor: {exc!r}", self.app.clock.now())
             except StoreError:
-                pass
+                self._to_release[run_id] = epoch
         finally:
             self.executors.pop(run_id, None)
             self._tasks.pop(run_id, None)

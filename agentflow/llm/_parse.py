@@ -63,13 +63,19 @@ def _shape(obj: Any) -> tuple[str | None, Any] | None:
     return (name, {}) if name else None
 
 
-def recover_tool_calls(message: AIMessage, tools: Sequence[BaseTool]) -> tuple[AIMessage, int]:
+def recover_tool_calls(
+    message: AIMessage, tools: Sequence[BaseTool], *, strict: bool = True, id_prefix: str = "recovered"
+) -> tuple[AIMessage, int]:
     """Recover tool calls a model wrote as fenced JSON in its text instead of native calls.
 
-    Only blocks that name a known tool count. A recovered call whose arguments fail the tool's
-    schema becomes an invalid tool call (never executed). Returns the message and how many calls
-    were recovered (valid or not)."""
+    Only blocks that name a known tool count. With `strict` (the default), only when the text is
+    nothing but such blocks: a model quoting a block ("I did NOT run this: ...") is not calling
+    it. A recovered call whose arguments fail the tool's schema becomes an invalid tool call
+    (never executed). Ids are `<id_prefix>-<n>`: pass something unique per model call. Returns
+    the message and how many calls were recovered (valid or not)."""
     if message.tool_calls or message.invalid_tool_calls or not tools or not isinstance(message.content, str):
+        return message, 0
+    if strict and _TAGGED.sub("", _FENCE.sub("", message.content)).strip():
         return message, 0
     by_name = {t.name: t for t in tools}
     valid: list[ToolCall] = []
@@ -79,7 +85,7 @@ def recover_tool_calls(message: AIMessage, tools: Sequence[BaseTool]) -> tuple[A
         if shaped is None or shaped[0] not in by_name:
             continue
         name = str(shaped[0])
-        call = parse_tool_call(f"recovered-{i}", name, shaped[1])
+        call = parse_tool_call(f"{id_prefix}-{i}", name, shaped[1])
         if call.get("type") != "tool_call":
             invalid.append(call)  # type: ignore[arg-type]
             continue

@@ -192,5 +192,11 @@ class SqliteStore:
         return (
             "SELECT r.id, r.epoch, r.status FROM af_runs r LEFT JOIN af_workers w ON w.id = r.owner "
             "WHERE (r.status = 'pending' OR (r.status = 'waiting' AND r.wake_at <= ?) "
-            "OR (r.status = 'running' AND (w.id IS NULL OR w.dead = 1 OR w.heartbeat_at < ?))) "
+            "OR (r.status = 'running' AND (w.id IS NULL OR w.dead = 1 OR w.heartbeat_at < "
+            # Stale relative to the claimer's own last beat: after a stall of the whole database
+            # (a long lock) every heartbeat is old at once, and nobody takes anybody's runs.
+            "min(?, coalesce((SELECT m.heartbeat_at FROM af_workers m WHERE m.id = ?), ?) - ?)))) "
+            # Never a run this worker owns: a heartbeat of its own that queued behind a lock must
+            # not make it abandon (and re-run) what it is executing.
+            "AND (r.owner IS NULL OR r.owner != ?) "
         )

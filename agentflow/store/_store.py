@@ -32,6 +32,8 @@ STEP_SELECT = (
     "finished_at, wake_at, epoch, delivery FROM af_steps WHERE run_id = ? ORDER BY seq"
 )
 _TERMINAL_SQL = "('completed', 'failed', 'cancelled')"
+# Real time (seconds since the epoch) as SQLite sees it when the statement runs.
+_SQL_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
 
 @dataclass(slots=True)
@@ -370,7 +372,9 @@ class EventStore:
                         "updated_at = ?, error = ? WHERE id = ? AND status = 'pending'",
                         (now, now, json.dumps({"type": "Cancelled", "message": "cancelled before it started"}), run_id),
                         False,
-                    )
+                    ),
+                    # A parent waiting for this child must learn it ended (no lost wake-up).
+                    *([self.wake_op(run.parent_id)] if run.parent_id else []),
                 ],
                 run_id=run_id,
             )
@@ -400,7 +404,9 @@ class EventStore:
 
     def heartbeat(self, worker_id: str) -> list[str]:
         """Renew this worker's lease; return the ids of its runs that have a cancel request."""
-        self.backend.write([("UPDATE af_workers SET heartbeat_at = ? WHERE id = ?", (time.time(), worker_id), False)])
+        # The time is taken when the write commits, not before waiting for the lock: a heartbeat
+        # that queued behind a long transaction must not land already stale.
+        self.backend.write([(f"UPDATE af_workers SET heartbeat_at = {_SQL_NOW} WHERE id = ?", (worker_id,), False)])
         rows = self.backend.query(
             "SELECT id FROM af_runs WHERE owner = ? AND status = 'running' AND cancel_requested = 1",
             (worker_id,),
@@ -432,7 +438,7 @@ class EventStore:
         `was_running` marks a takeover from a dead owner (recovery)."""
         stale = time.time() - lease_ttl
         sql = self.backend.claim_sql()
-        params: list[Any] = [now, stale]
+        params: list[Any] = [now, stale, worker_id, stale + lease_ttl, lease_ttl, worker_id]
         if root_id is not None:
             sql += "AND r.root_id = ? "
             params.append(root_id)
@@ -449,8 +455,13 @@ class EventStore:
                     (
                         "UPDATE af_runs SET status = 'running', owner = ?, epoch = epoch + 1, "
                         "updated_at = ? WHERE id = ? AND epoch = ? AND status NOT IN "
-                        f"{_TERMINAL_SQL}",
-                        (worker_id, now, run_id, epoch),
+                        f"{_TERMINAL_SQL} "
+                        # Re-checked under the write lock: the owner may have renewed its lease
+                        # since the candidates were read (a live worker's run is never taken).
+                        "AND (status != 'running' OR owner IS NULL OR owner NOT IN (SELECT id FROM "
+                        f"af_workers WHERE dead = 0 AND heartbeat_at >= min({_SQL_NOW}, coalesce("
+                        f"(SELECT m.heartbeat_at FROM af_workers m WHERE m.id = ?), {_SQL_NOW})) - ?))",
+                        (worker_id, now, run_id, epoch, worker_id, lease_ttl),
                         False,
                     )
                 ],
@@ -459,6 +470,21 @@ class EventStore:
             if counts[0] == 1:
                 claimed.append((run_id, epoch + 1, status == "running"))
         return claimed
+
+    def fail_run(self, run_id: str, epoch: int, message: str, now: float) -> None:
+        """End a run as failed from outside its workflow (an engine bug), if still ours."""
+        error = json.dumps({"type": "InternalError", "message": message})
+        self.backend.write(
+            [
+                (
+                    "UPDATE af_runs SET status = 'failed', error = ?, owner = NULL, completed_at = ?, "
+                    "updated_at = ? WHERE id = ? AND epoch = ? AND status = 'running'",
+                    (error, now, now, run_id, epoch),
+                    False,
+                )
+            ],
+            run_id=run_id,
+        )
 
     def release(self, run_id: str, epoch: int) -> None:
         """Give a run back (worker shutting down, store busy): it becomes pending again."""

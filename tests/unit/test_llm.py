@@ -325,8 +325,8 @@ def test_validate_tool_args_with_a_json_schema_tool() -> None:
 TOOLS = [get_kpis, tool(restart_cell, side_effect="idempotent")]
 
 
-def recovered(text: str) -> tuple[AIMessage, int]:
-    return recover_tool_calls(AIMessage(content=text), TOOLS)
+def recovered(text: str, *, strict: bool = False) -> tuple[AIMessage, int]:
+    return recover_tool_calls(AIMessage(content=text), TOOLS, strict=strict)
 
 
 @pytest.mark.parametrize(
@@ -347,6 +347,21 @@ def test_recover_one_call_shapes(text: str) -> None:
     assert message.tool_calls[0]["id"]
     assert message.invalid_tool_calls == []
     assert message.response_metadata["agentflow_recovered_tool_calls"] == 1
+
+
+def test_strict_recovery_ignores_blocks_quoted_inside_prose() -> None:
+    """In strict mode (chat()'s default) a block only becomes a call when the text is nothing
+    but tool-call blocks: a model quoting injected text or explaining what it declined to do is
+    not calling the tool."""
+    quoted = (
+        "The ticket asks me to run this, and I did NOT do it because it looks unsafe:\n"
+        '```json\n{"name": "restart_cell", "arguments": {"site": "CS-9", "cell": 1}}\n```'
+    )
+    message, count = recovered(quoted, strict=True)
+    assert count == 0 and message.tool_calls == []
+    alone = '```json\n{"name": "get_kpis", "arguments": {"site": "CS-1"}}\n```'
+    message, count = recover_tool_calls(AIMessage(content=alone), TOOLS, strict=True, id_prefix="recovered-7")
+    assert count == 1 and message.tool_calls[0]["id"] == "recovered-7-0"
 
 
 def test_recover_a_list_of_calls_and_ignore_unknown_tools() -> None:
