@@ -293,20 +293,38 @@ def demo(
     crash_at: Annotated[
         int | None, typer.Option("--crash-at", help="Kill this process with SIGKILL after the N-th recorded step.")
     ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Resume the last demo run instead of starting a new one.")
-    ] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Finish the last unfinished demo run.")] = False,
+    approve: Annotated[
+        str, typer.Option(help="How staged changes are approved: auto, or prompt (asks in the terminal).")
+    ] = "auto",
+    model: Annotated[
+        str, typer.Option(help="runbook (offline, default) or openai:<model> (OPENAI_API_KEY / OPENAI_BASE_URL).")
+    ] = "runbook",
     as_json: JsonOption = False,
 ) -> None:
-    """Run the demo: a staged network change, crash-safe, on the embedded SQLite store."""
-    from agentflow import _demo
+    """Run the NOC copilot on an incident end to end (investigate, diagnose, stage, approve,
+    apply, monitor, ticket), crash-safe, on the embedded SQLite store."""
+    if approve not in ("auto", "prompt"):
+        raise typer.BadParameter("--approve must be auto or prompt")
+    # The demo is content (tools/noc), found through an entry point: agentflow never imports it.
+    from importlib.metadata import entry_points
 
+    found = [ep for ep in entry_points(group="agentflow.demos") if ep.name == "noc"]
+    if not found:
+        err_console.print("[bold red]error:[/] the NOC demo is not installed (pip install -e . from the repository)")
+        raise typer.Exit(code=2)
+    run_demo = found[0].load()
     try:
-        summary = _demo.main(db=_url(db), crash_at=crash_at, resume=resume, quiet=as_json)
+        summary = run_demo(db=_url(db), crash_at=crash_at, resume=resume, approve=approve, model=model, quiet=as_json)
     except AgentflowError as exc:
         _fail(exc)
     if as_json:
         print(json.dumps(summary))
+    else:
+        table = Table(show_header=False, title="summary")
+        for key, value in summary.items():
+            table.add_row(key, str(value))
+        console.print(table)
 
 
 def main() -> None:

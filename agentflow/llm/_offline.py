@@ -147,8 +147,10 @@ class RunbookChatModel(_OfflineChatModel):
                 "content": step.get("say", ""),
                 "tool_calls": [{"name": name, "args": args, "id": f"rb-{len(done)}"}],
             }
-        summary = "; ".join(f"{k}: {json.dumps(v)[:120]}" for k, v in results.items())
-        return f"Runbook complete for {context['site'] or 'the task'}. {summary}"
+        # The last result that summarizes itself (e.g. a monitoring report), else what ran.
+        said = [v["summary"] for v in results.values() if isinstance(v, dict) and isinstance(v.get("summary"), str)]
+        detail = said[-1] if said else "steps run: " + ", ".join(results)
+        return f"Runbook complete for {context['site'] or 'the task'}. {detail}"
 
 
 def _tool_results(messages: Sequence[BaseMessage]) -> dict[str, Any]:

@@ -1,0 +1,234 @@
+"""`agentflow demo`: the NOC copilot on an incident, end to end, crash-safe.
+
+An agent (offline runbook model by default, or a real model with `--model openai:<name>`)
+investigates a cell site with a mis-set handover threshold, diagnoses it, stages the fix, waits
+for an operator's approval (durably: the run is parked), applies it, monitors the KPIs and opens
+a ticket. `--crash-at N` kills the process with SIGKILL after the N-th recorded step; `--resume`
+finishes the run, and the summary shows that no model call was repeated and the config was
+pushed once (from the network's own audit ledger).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.messages import BaseMessage
+from rich.console import Console
+
+from agentflow import App, WorkflowContext
+from agentflow.agent import Agent, usage
+from agentflow.llm import ChatModel, LangChainChat, ModelResponse, OpenAIChat, RunbookChatModel
+from agentflow.testing import TestClock, configure_crash_point
+from tools.noc import NOC_TOOLS, configure, runbook
+
+SITE = "CS-101"
+TASK = f"{SITE} drop rate is high since this morning, investigate and fix it."
+WORKFLOW = "noc.copilot"
+console = Console(stderr=True)
+
+
+class CountingModel:
+    """Counts every request that reaches the model (in the network's database, so the count
+    survives a crash): the proof that a resumed run re-calls no model."""
+
+    def __init__(self, inner: ChatModel, ledger: str, run_id: str) -> None:
+        self.inner, self.ledger, self.run_id = inner, ledger, run_id
+        self.name, self.context_window = inner.name, inner.context_window
+
+    async def agenerate(
+        self, messages: Sequence[BaseMessage], tools: Sequence[dict[str, Any]] = (), *, max_tokens: int | None = None
+    ) -> ModelResponse:
+        conn = sqlite3.connect(self.ledger, timeout=30, isolation_level=None)
+        conn.execute("CREATE TABLE IF NOT EXISTS model_calls (id INTEGER PRIMARY KEY, run_id TEXT, messages INTEGER)")
+        conn.execute("INSERT INTO model_calls (run_id, messages) VALUES (?, ?)", (self.run_id, len(messages)))
+        conn.close()
+        return await self.inner.agenerate(messages, tools, max_tokens=max_tokens)
+
+
+def make_model(spec: str) -> ChatModel:
+    if spec == "runbook":
+        return LangChainChat(RunbookChatModel(runbook=runbook()), name="runbook")
+    if spec.startswith("openai:"):
+        return OpenAIChat(model=spec.split(":", 1)[1], timeout=180)
+    raise SystemExit(f"--model must be 'runbook' or 'openai:<model name>', not {spec!r}")
+
+
+def build(app: App, model: ChatModel) -> Any:
+    agent = Agent(
+        name="noc-copilot",
+        model=model,
+        tools=NOC_TOOLS,
+        instructions=(
+            "You are a NOC copilot for a 5G network. Investigate with the read tools, find the root "
+            "cause, propose and stage one change, apply it (it needs an operator's approval), "
+            "monitor the KPIs, then open a ticket and notify the on-call channel. Be brief."
+        ),
+        max_turns=16,
+    )
+
+    @app.workflow(name=WORKFLOW)
+    async def copilot(ctx: WorkflowContext, task: str) -> dict[str, Any]:
+        return (await agent.run(ctx, task)).model_dump(mode="json")
+
+    return copilot
+
+
+def main(*, db: str, crash_at: int | None, resume: bool, approve: str, model: str, quiet: bool) -> dict[str, Any]:
+    app = App(db, clock=TestClock(start=1_767_225_600.0), inline_wait=0.0)
+    store_path = app.store.backend.path
+    net = configure(store_path + ".noc.db")
+    started = time.perf_counter()
+    if resume:
+        unfinished = [r for r in app.store.list_runs(limit=50) if r.workflow == WORKFLOW and not r.terminal]
+        if not unfinished:
+            raise SystemExit(f"no unfinished copilot run to resume in {db}")
+        run_id = unfinished[0].id
+    else:
+        run_id = f"copilot-{os.getpid()}-{int(time.time() * 1000) % 10_000_000}"
+        if net.incident(SITE) is None:
+            net.inject(SITE, "mis_set_handover")
+    counting = CountingModel(make_model(model), net.path if hasattr(net, "path") else store_path + ".noc.db", run_id)
+    workflow = build(app, counting)
+
+    def say(text: str) -> None:
+        if not quiet:
+            console.print(text, no_wrap=True, overflow="ellipsis", highlight=False)
+
+    say(f"[bold]agentflow demo[/]: NOC copilot, run [cyan]{run_id}[/] on {db}" + (" (resuming)" if resume else ""))
+    if crash_at is not None:
+        configure_crash_point(f"after_result:{crash_at}")
+    app.start(workflow, TASK, run_id=run_id, tenant="noc-east", meta={"requested_by": "demo"})
+    asyncio.run(_drive(app, run_id, approve, say))
+    return _summary(app, net, run_id, counting.ledger, time.perf_counter() - started)
+
+
+async def _drive(app: App, run_id: str, approve: str, say: Any) -> None:
+    shown: set[int] = set()
+    printer = asyncio.create_task(_print_steps(app, run_id, shown, say))
+    try:
+        while True:
+            await app.worker(root_id=run_id).run_until_blocked(run_id)
+            run = app.store.get_run(run_id)
+            if run.terminal:
+                break
+            for name in json.loads(run.waiting_on or "{}").get("signals", []):
+                if name.startswith("approval:"):
+                    app.signal(run_id, name, _decide(app, run_id, name, approve, say, shown))
+    finally:
+        await asyncio.sleep(0.06)
+        printer.cancel()
+        _show_new(app, run_id, shown, say)
+
+
+def _brief(text: str | None) -> str:
+    """A tool result (recorded as a JSON string of the tool's JSON output) on one short line."""
+    value: Any = text
+    for _ in range(2):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                break
+    if isinstance(value, dict):
+        keep = [
+            k
+            for k in ("summary", "top_cause", "count", "param", "from", "to", "applied", "ticket_id", "healthy")
+            if k in value
+        ]
+        if keep:
+            return ", ".join(f"{k}={value[k]}" for k in keep)
+    return json.dumps(value)[:100] if not isinstance(value, str) else value[:100]
+
+
+def _decide(app: App, run_id: str, signal: str, approve: str, say: Any, shown: set[int]) -> dict[str, Any]:
+    _show_new(app, run_id, shown, say)
+    pending = _pending_call(app, run_id)
+    say(f"  [yellow]approval needed[/] for {pending}")
+    if approve == "prompt":
+        import typer
+
+        ok = typer.confirm("  approve this change?", default=False)
+        comment = "" if ok else typer.prompt("  reason", default="rejected by operator")
+        return {"approved": ok, "by": os.environ.get("USER", "operator"), "comment": comment}
+    say("  [green]approved[/] (--approve auto)")
+    return {"approved": True, "by": "auto-approver", "comment": "demo"}
+
+
+def _pending_call(app: App, run_id: str) -> str:
+    steps = [s for s in app.history(run_id) if s.kind == "policy"]
+    if not steps:
+        return "a tool call"
+    request = json.loads(steps[-1].args or "{}")
+    return f"{request.get('tool')}({json.dumps(request.get('args'))})"
+
+
+async def _print_steps(app: App, run_id: str, shown: set[int], say: Any) -> None:
+    while True:
+        _show_new(app, run_id, shown, say)
+        await asyncio.sleep(0.05)
+
+
+def _show_new(app: App, run_id: str, shown: set[int], say: Any) -> None:
+    for step in app.store.load_steps(run_id):
+        if step.seq in shown or step.status not in ("completed", "failed"):
+            continue
+        shown.add(step.seq)
+        if step.kind == "llm":
+            body = json.loads(step.result or "{}")
+            say(
+                f"  [dim]{step.seq:>3}[/] model    {step.name}: {body.get('usage', {}).get('input_tokens')} tokens in, finish {body.get('finish_reason')}"
+            )
+        elif step.kind == "tool":
+            args = json.loads(step.args or "{}").get("args", {})
+            say(
+                f"  [dim]{step.seq:>3}[/] [cyan]tool[/]     {step.name}({', '.join(f'{k}={v}' for k, v in args.items())}) -> {_brief(step.result or step.error)}"
+            )
+        elif step.kind == "policy":
+            decision = json.loads(step.result or "{}")
+            say(f"  [dim]{step.seq:>3}[/] policy   {step.name}: {decision.get('effect')} ({decision.get('rule')})")
+        elif step.kind == "signal":
+            say(f"  [dim]{step.seq:>3}[/] approval {step.name}: {(step.result or step.error or '')[:90]}")
+
+
+def _healthy(outcome: dict[str, Any]) -> bool | None:
+    """What the last KPI monitoring of the run found (None if it never monitored)."""
+    for call in reversed(outcome.get("tool_calls", [])):
+        if call.get("name") == "monitor_kpis" and call.get("status") == "ok":
+            return bool(json.loads(call["result"]).get("healthy"))
+    return None
+
+
+def _summary(app: App, net: Any, run_id: str, ledger: str, seconds: float) -> dict[str, Any]:
+    record = app.store.get_run(run_id)
+    steps = app.history(run_id)
+    outcome = json.loads(record.output) if record.output else {}
+    conn = sqlite3.connect(ledger, timeout=30)
+    calls = conn.execute("SELECT count(*) FROM model_calls WHERE run_id = ?", (run_id,)).fetchone()[0]
+    conn.close()
+    recorded_llm = sum(1 for s in steps if s.kind == "llm" and s.status == "completed")
+    effects = net.effects(run_prefix=f"{run_id}:")
+    dup = [d for d in net.duplicate_keys() if str(d.get("key", "")).startswith(f"{run_id}:")]
+    used = usage(app, run_id=run_id)
+    return {
+        "run_id": run_id,
+        "status": record.status,
+        "outcome": outcome.get("status"),
+        "answer": outcome.get("answer"),
+        "model_calls": calls,
+        "model_steps_recorded": recorded_llm,
+        "recalled_model_steps": calls - recorded_llm,
+        "tool_calls": sum(1 for s in steps if s.kind == "tool"),
+        "effects_applied": len(effects),
+        "config_pushes": sum(1 for e in effects if e["kind"] == "apply"),
+        "duplicate_effects": len(dup),
+        "kpis_healthy_after": _healthy(outcome),
+        "tokens": used.total_tokens,
+        "cost_usd": round(used.cost_usd, 6),
+        "seconds": round(seconds, 3),
+    }
