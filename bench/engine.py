@@ -260,7 +260,8 @@ def measure_raw_commit(dirs: Dirs, mode: str, n: int, *, in_task: bool = False) 
     from agentflow.store._sqlite import STEP_COLUMNS, SqliteStore
 
     conn = SqliteStore(f"sqlite:///{dirs.fresh()}", synchronous=mode).connect_raw()
-    sql = f"INSERT INTO af_steps ({STEP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    marks = ",".join("?" * len(STEP_COLUMNS.split(",")))
+    sql = f"INSERT INTO af_steps ({STEP_COLUMNS}) VALUES ({marks})"
     run_id = "0123456789abcdef0123456789abcdef"  # a uuid4 hex, like app.run's
 
     def commit(i: int) -> None:
@@ -283,6 +284,7 @@ def measure_raw_commit(dirs: Dirs, mode: str, n: int, *, in_task: bool = False) 
                 now,
                 None,
                 1,
+                i,  # delivery order
             ),
         )
         conn.execute("COMMIT")

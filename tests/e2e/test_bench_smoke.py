@@ -1,0 +1,26 @@
+"""The benchmark still runs against the current engine and schema (figures are not asserted:
+they belong in bench/ output, not in timed tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_engine_benchmark_runs_and_prints_json(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "bench/engine.py", "--reps", "1", "--ratio-reps", "1", "--steps", "50",
+         "--resume-sizes", "100", "--dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    figures = json.loads(out.stdout)
+    assert set(figures["pass"]) >= {"ratio_step_to_raw_commit_FULL", "cpu_us_per_step_NORMAL", "bytes_per_step_1kb"}
+    assert figures["us_per_step"]["NORMAL"]["async_noop"]["cpu_us"] > 0
