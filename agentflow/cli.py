@@ -88,7 +88,11 @@ def worker(
             task = asyncio.create_task(w.run_forever(stop))
             while not stop.is_set():
                 await asyncio.sleep(poll_interval * 4)
-                if not the_app.store.any_active() and not w.executors and _nothing_due(the_app):
+                if (
+                    not the_app.store.any_active(workflows=the_app.workflow_names)
+                    and not w.executors
+                    and _nothing_due(the_app)
+                ):
                     stop.set()
             await task
         else:
@@ -101,7 +105,7 @@ def worker(
 
 
 def _nothing_due(the_app: Any) -> bool:
-    wake = the_app.store.next_wake_at()
+    wake = the_app.store.next_wake_at(workflows=the_app.workflow_names)
     return wake is None or wake > the_app.clock.now()
 
 

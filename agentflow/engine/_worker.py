@@ -141,9 +141,9 @@ class Worker:
     def _skip_time(self) -> bool:
         """With a time-skipping clock, jump to the next timer once nothing else can run."""
         clock = self.app.clock
-        if not clock.skips or self.store.any_active(self.root_id):
+        if not clock.skips or self.store.any_active(self.root_id, self.app.workflow_names):
             return False
-        wake = self.store.next_wake_at(self.root_id)
+        wake = self.store.next_wake_at(self.root_id, self.app.workflow_names)
         if wake is None or wake <= clock.now():
             return False
         clock.advance_to(wake)

@@ -500,20 +500,31 @@ class EventStore:
             run_id=run_id,
         )
 
-    def next_wake_at(self, root_id: str | None = None) -> float | None:
-        sql = "SELECT min(wake_at) FROM af_runs WHERE status = 'waiting' AND wake_at IS NOT NULL"
-        params: tuple[Any, ...] = ()
+    @staticmethod
+    def _scope(root_id: str | None, workflows: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
+        sql, params = "", []
         if root_id is not None:
             sql += " AND root_id = ?"
-            params = (root_id,)
-        rows = self.backend.query(sql, params)
+            params.append(root_id)
+        if workflows:
+            sql += f" AND workflow IN ({','.join('?' * len(workflows))})"
+            params.extend(workflows)
+        return sql, tuple(params)
+
+    def next_wake_at(self, root_id: str | None = None, workflows: Sequence[str] = ()) -> float | None:
+        """The earliest timer of waiting runs (of this tree, of these workflows)."""
+        scope, params = self._scope(root_id, workflows)
+        rows = self.backend.query(
+            f"SELECT min(wake_at) FROM af_runs WHERE status = 'waiting' AND wake_at IS NOT NULL{scope}", params
+        )
         return rows[0][0] if rows else None
 
-    def any_active(self, root_id: str | None = None) -> bool:
-        """Whether any run (of this tree) is pending or running, or waiting with a due wake."""
-        sql = "SELECT 1 FROM af_runs WHERE status IN ('pending', 'running')"
-        params: tuple[Any, ...] = ()
-        if root_id is not None:
-            sql += " AND root_id = ?"
-            params = (root_id,)
-        return bool(self.backend.query(sql + " LIMIT 1", params))
+    def any_active(self, root_id: str | None = None, workflows: Sequence[str] = ()) -> bool:
+        """Whether any run (of this tree, of these workflows) is pending or running.
+
+        Scoped to the workflows a worker serves: a pending run nobody here can drive must not
+        keep a time-skipping clock from moving."""
+        scope, params = self._scope(root_id, workflows)
+        return bool(
+            self.backend.query(f"SELECT 1 FROM af_runs WHERE status IN ('pending', 'running'){scope} LIMIT 1", params)
+        )
