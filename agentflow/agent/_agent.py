@@ -26,7 +26,7 @@ from agentflow.engine import Activity, RetryPolicy, WorkflowContext
 from agentflow.errors import ActivityError, BudgetExceeded, ConfigurationError, WaitTimeout
 from agentflow.llm._messages import canonical_json
 from agentflow.llm._pricing import PriceTable
-from agentflow.llm._tools import ToolFacts, tool_facts
+from agentflow.llm._tools import ToolFacts, tool_facts, validate_tool_args
 from agentflow.llm._types import ChatModel, Usage
 
 Effect = Literal["allow", "deny", "require_approval"]
@@ -112,7 +112,45 @@ class Agent:
         self._by_name = {t.name: t for t in self.tools}
 
     async def run(self, ctx: WorkflowContext, task: str) -> Outcome:
-        """Run the loop in the workflow `ctx` belongs to; return its typed outcome."""
+        """Run the loop in the workflow `ctx` belongs to; return its typed outcome.
+
+        If the run is cancelled or fails after tools that declare a compensating tool ran
+        (`agentflow.llm.tool(..., compensate="rollback_change")`), the compensations run in
+        reverse order, each a recorded tool step, before the cancellation or error goes on."""
+        ran: list[ToolCallRecord] = []  # calls that ran, in the order they finished
+        try:
+            return await self._loop(ctx, task, ran)
+        except (asyncio.CancelledError, Exception):
+            await self._compensate(ctx, ran)
+            raise
+
+    async def _compensate(self, ctx: WorkflowContext, records: list[ToolCallRecord]) -> None:
+        """Undo the compensable calls that ran, newest first. The compensating tool's arguments
+        are taken by name from the original call's arguments and result."""
+        for record in reversed(records):
+            facts = tool_facts(self._by_name[record.name]) if record.name in self._by_name else None
+            if record.status != "ok" or facts is None or not facts.compensate:
+                continue
+            undo = self._by_name.get(facts.compensate)
+            if undo is None:
+                continue
+            try:
+                result = json.loads(record.result)
+            except ValueError:
+                result = {}
+            known = {**record.args, **(result if isinstance(result, dict) else {})}
+            wanted = (
+                set(undo.tool_call_schema.model_fields) if hasattr(undo.tool_call_schema, "model_fields") else set()
+            )
+            args = {k: v for k, v in known.items() if k in wanted}
+            if validate_tool_args(undo, args) is not None:
+                continue  # cannot be derived: nothing is run with arguments that fail the schema
+            try:
+                await self._execute(ctx, undo, tool_facts(undo), f"compensate:{record.id}", args)
+            except ActivityError:
+                continue  # recorded as failed; the other compensations still run
+
+    async def _loop(self, ctx: WorkflowContext, task: str, ran: list[ToolCallRecord]) -> Outcome:
         messages: list[BaseMessage] = [SystemMessage(self.instructions), HumanMessage(task)]
         records: list[ToolCallRecord] = []
         for turn in range(1, self.max_turns + 1):
@@ -134,7 +172,7 @@ class Agent:
                 )
             # Parallel tool calls: each takes its step numbers in call order (deterministic).
             done = await asyncio.gather(
-                *(self._call(ctx, c["id"] or "", c["name"], c["args"]) for c in message.tool_calls)
+                *(self._call(ctx, c["id"] or "", c["name"], c["args"], ran) for c in message.tool_calls)
             )
             records.extend(r for r, _ in done)
             messages.extend(m for _, m in [*done, *feedback])
@@ -160,7 +198,7 @@ class Agent:
         return record, HumanMessage(text)
 
     async def _call(
-        self, ctx: WorkflowContext, call_id: str, name: str, args: dict[str, Any]
+        self, ctx: WorkflowContext, call_id: str, name: str, args: dict[str, Any], ran: list[ToolCallRecord]
     ) -> tuple[ToolCallRecord, ToolMessage]:
         tool = self._by_name[name]  # screened by chat(): known tool, valid arguments
         facts = tool_facts(tool)
@@ -183,6 +221,7 @@ class Agent:
         except ActivityError as exc:
             record.status, record.result = "error", f"error: {exc.cause_type}: {exc.cause_message}"
             return record, ToolMessage(content=record.result, tool_call_id=call_id, name=name, status="error")
+        ran.append(record)
         return record, ToolMessage(content=record.result, tool_call_id=call_id, name=name)
 
     async def _decide(

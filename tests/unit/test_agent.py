@@ -226,3 +226,47 @@ def test_parallel_calls_each_wait_for_their_own_approval(app: App, worker_thread
         ("CS-2", "alice", "ok"),
     ]
     assert sorted(EFFECTS) == sorted({*EFFECTS}) and len(EFFECTS) == 2
+
+
+ROLLED_BACK: list[tuple[str, str]] = []
+
+
+@llm.tool(side_effect="idempotent", target="site", compensate="rollback")
+def push(site: str, value: int) -> dict[str, Any]:
+    """Push a configuration value to a cell site; returns the change id."""
+    EFFECTS.append(current_activity().idempotency_key)
+    return {"change_id": f"chg-{site}-{value}", "site": site}
+
+
+@llm.tool(side_effect="idempotent", target="site")
+def rollback(site: str, change_id: str) -> dict[str, Any]:
+    """Undo a pushed change by its change id."""
+    ROLLED_BACK.append((site, change_id))
+    return {"rolled_back": change_id}
+
+
+def test_cancel_after_a_compensable_step_runs_its_compensation(app: App, worker_thread: Callable[..., Any]) -> None:
+    """A run cancelled while waiting for its next approval undoes the change it already pushed:
+    the compensating tool runs once, recorded, with arguments taken from the push's arguments
+    and result; the run ends cancelled."""
+    ROLLED_BACK.clear()
+    agent = Agent(
+        name="comp",
+        model=scripted(
+            {"tool_calls": [{"name": "push", "args": {"site": "CS-7", "value": 3}}]},
+            {"tool_calls": [{"name": "push", "args": {"site": "CS-8", "value": 3}}]},
+            "done",
+        ),
+        tools=[push, rollback],
+    )
+    app.start(copilot_app(app, agent), "push twice", run_id="r")
+    worker_thread(app)
+    assert_eventually(lambda: app.get_run("r").status == "waiting")
+    app.signal("r", approval_signal("call-0-0"), {"approved": True, "by": "alice"})
+    assert_eventually(lambda: len(EFFECTS) == 1 and app.get_run("r").status == "waiting")
+    app.cancel("r")
+    assert_eventually(lambda: app.get_run("r").status == "cancelled", message=str(app.get_run("r").error))
+    assert ROLLED_BACK == [("CS-7", "chg-CS-7-3")]
+    assert len(EFFECTS) == 1  # the second push never ran
+    tools_run = [(s.name, s.status) for s in app.history("r") if s.kind == "tool"]
+    assert tools_run == [("push", "completed"), ("rollback", "completed")]
