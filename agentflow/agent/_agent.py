@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -261,6 +261,3 @@ class Agent:
 
 def _text(message: AIMessage) -> str:
     return message.content if isinstance(message.content, str) else json.dumps(message.content)
-
-
-AgentRunner = Callable[[WorkflowContext, str], Awaitable[Outcome]]

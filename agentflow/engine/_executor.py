@@ -937,8 +937,7 @@ class RunExecutor:
             self.run_id, signals, children, check_cancel=not self.cancel_delivered
         )
         ops = [*self.local_ops, self.store.park_op(self.run_id, self.epoch, wake_at, waiting_on, self.clock.now())]
-        parked = self.store.backend.write_checked(check_sql, check_params, ops, run_id=self.run_id)
-        if parked:
+        if self.store.backend.write_unless((check_sql, check_params), ops, run_id=self.run_id):
             self.local_ops = []
             return True
         # Something arrived: a signal, a child's end, or a cancel request.

@@ -137,11 +137,26 @@ class SqliteStore:
 
     def write(self, ops: Iterable[Op], *, run_id: str | None = None) -> list[int]:
         """Run `ops` in one IMMEDIATE transaction (one durable commit); return rowcounts."""
+        counts = self._transaction(ops, run_id, None)
+        assert counts is not None
+        return counts
+
+    def write_unless(self, check: tuple[str, Sequence[Any]], ops: Iterable[Op], *, run_id: str) -> bool:
+        """Like `write`, unless `check` (run in the same transaction) returns a row: then
+        nothing is written and False is returned (a run parks unless an event already came in)."""
+        return self._transaction(ops, run_id, check) is not None
+
+    def _transaction(
+        self, ops: Iterable[Op], run_id: str | None, unless: tuple[str, Sequence[Any]] | None
+    ) -> list[int] | None:
         conn = self.conn
         counts: list[int] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                if unless is not None and conn.execute(*unless).fetchone() is not None:
+                    conn.execute("ROLLBACK")
+                    return None
                 for sql, params, fenced in ops:
                     n = conn.execute(sql, params).rowcount
                     if fenced and n == 0:
@@ -161,31 +176,6 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise translate_error(exc, f"writing run {run_id}" if run_id else "writing the store") from None
         return counts
-
-    def write_checked(self, check_sql: str, check_params: Sequence[Any], ops: Iterable[Op], *, run_id: str) -> bool:
-        """Run `ops` in one transaction unless `check_sql` returns a row (then change nothing)."""
-        conn = self.conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if conn.execute(check_sql, check_params).fetchone() is not None:
-                    conn.execute("ROLLBACK")
-                    return False
-                for sql, params, fenced in ops:
-                    if conn.execute(sql, params).rowcount == 0 and fenced:
-                        conn.execute("ROLLBACK")
-                        raise LeaseLostError(
-                            f"run {run_id}: this worker's lease was taken over; write refused",
-                            run_id=run_id,
-                        )
-                conn.execute("COMMIT")
-                return True
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise translate_error(exc, f"writing run {run_id}") from None
 
     def claim_sql(self) -> str:
         """Candidates for a claim: runnable runs (a compare-and-set on the epoch follows)."""

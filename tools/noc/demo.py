@@ -93,7 +93,7 @@ def main(*, db: str, crash_at: int | None, resume: bool, approve: str, model: st
         run_id = f"copilot-{os.getpid()}-{int(time.time() * 1000) % 10_000_000}"
         if net.incident(SITE) is None:
             net.inject(SITE, "mis_set_handover")
-    counting = CountingModel(make_model(model), net.path if hasattr(net, "path") else store_path + ".noc.db", run_id)
+    counting = CountingModel(make_model(model), net.path, run_id)
     workflow = build(app, counting)
 
     def say(text: str) -> None:
