@@ -1,5 +1,7 @@
 """agentflow: durable workflows for LLM agents that act on real systems."""
 
+from typing import TYPE_CHECKING, Any
+
 from agentflow.engine import (
     Activity,
     ActivityInfo,
@@ -23,17 +25,36 @@ from agentflow.errors import (
     WaitTimeout,
 )
 
+if TYPE_CHECKING:
+    from agentflow.agent import Agent, Budget, Outcome
+
 __version__ = "0.1.0"
+
+# The agent layer pulls in langchain-core: loaded on first use, so `import agentflow` (and every
+# `agentflow` command that needs no agent) stays fast.
+_LAZY = {"Agent", "Budget", "Outcome"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import agentflow.agent
+
+        return getattr(agentflow.agent, name)
+    raise AttributeError(f"module 'agentflow' has no attribute {name!r}")
+
 
 __all__ = [
     "Activity",
     "ActivityError",
     "ActivityInfo",
+    "Agent",
     "AgentflowError",
     "App",
+    "Budget",
     "ChildWorkflowError",
     "CorruptRecordError",
     "NonDeterminismError",
+    "Outcome",
     "RetryPolicy",
     "RunFailedError",
     "RunHandle",

@@ -127,6 +127,76 @@ def load_app(ref: str) -> Any:
     return obj
 
 
+# -- run ----------------------------------------------------------------------------------------
+@app.command("run")
+def run_agent(
+    task: Annotated[str, typer.Argument(help="What the agent should do, e.g. 'CS-101 drop rate is high'.")],
+    app_ref: Annotated[str, typer.Option("--app", help="The App its agent is registered on, as module:attribute.")],
+    agent: Annotated[
+        str | None, typer.Option("--agent", help="The agent's name (default: the app's only agent).")
+    ] = None,
+    tenant: Annotated[str, typer.Option(help="The tenant the run belongs to.")] = "default",
+    requested_by: Annotated[
+        str | None, typer.Option("--requested-by", help="Who asks (recorded; default: $USER).")
+    ] = None,
+    run_id: Annotated[str | None, typer.Option("--run-id", help="A run id (an existing one is attached to).")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Drive the run here until it ends or waits for someone.")
+    ] = True,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start an agent registered on an app (`agent.register(app)`) as a run of its own."""
+    if db:
+        os.environ["AGENTFLOW_DB"] = db
+    the_app = load_app(app_ref)
+    wf = _agent_workflow(the_app, agent)
+    who = requested_by or os.environ.get("USER") or "cli"
+    try:
+        handle = the_app.start(
+            wf, task, run_id=run_id, tenant=tenant, meta={"agent": wf.name.split(":", 1)[1], "requested_by": who}
+        )
+        if wait:
+            from agentflow.engine import Worker
+
+            asyncio.run(Worker(the_app, root_id=handle.run_id).run_until_blocked(handle.run_id))
+        info = the_app.get_run(handle.run_id)
+    except AgentflowError as exc:
+        _fail(exc)
+    _print_started(info, as_json)
+
+
+def _agent_workflow(the_app: Any, name: str | None) -> Any:
+    agents = [n.split(":", 1)[1] for n in the_app.workflow_names if n.startswith("agent:")]
+    if name is None and len(agents) == 1:
+        name = agents[0]
+    if name is None or name not in agents:
+        known = ", ".join(agents) or "none (call agent.register(app) in that module)"
+        raise typer.BadParameter(
+            f"--agent: {'pick one' if name is None else repr(name) + ' is unknown'}; agents: {known}"
+        )
+    return the_app.workflow_named(f"agent:{name}")
+
+
+def _print_started(info: Any, as_json: bool) -> None:
+    waiting = (info.waiting_on or {}) if info.status == "waiting" else {}
+    if as_json:
+        print(json.dumps(info.to_dict(), indent=1))
+        return
+    console.print(f"run [cyan]{info.run_id}[/] ({info.workflow}, tenant {info.tenant}): [bold]{info.status}[/]")
+    if info.output_json:
+        outcome = json.loads(info.output_json)
+        console.print(f"outcome: {outcome.get('status')}", highlight=False)
+        if outcome.get("answer"):
+            console.print(outcome["answer"], markup=False, highlight=False)
+    for name in waiting.get("signals", []):
+        console.print(
+            f"waiting for [yellow]{name}[/]: agentflow runs signal {info.run_id} {name} "
+            """--payload '{"approved": true, "by": "<you>"}'""",
+            highlight=False,
+        )
+
+
 # -- runs ---------------------------------------------------------------------------------------
 @runs_app.command("list")
 def runs_list(
@@ -304,12 +374,17 @@ def demo(
     model: Annotated[
         str, typer.Option(help="runbook (offline, default) or openai:<model> (OPENAI_API_KEY / OPENAI_BASE_URL).")
     ] = "runbook",
+    mode: Annotated[
+        str, typer.Option(help="react (one tool loop, default) or plan (plan-and-execute: a recorded plan).")
+    ] = "react",
     as_json: JsonOption = False,
 ) -> None:
     """Run the NOC copilot on an incident end to end (investigate, diagnose, stage, approve,
     apply, monitor, ticket), crash-safe, on the embedded SQLite store."""
     if approve not in ("auto", "prompt"):
         raise typer.BadParameter("--approve must be auto or prompt")
+    if mode not in ("react", "plan"):
+        raise typer.BadParameter("--mode must be react or plan")
     # The demo is content (tools/noc), found through an entry point: agentflow never imports it.
     from importlib.metadata import entry_points
 
@@ -319,7 +394,9 @@ def demo(
         raise typer.Exit(code=2)
     run_demo = found[0].load()
     try:
-        summary = run_demo(db=_url(db), crash_at=crash_at, resume=resume, approve=approve, model=model, quiet=as_json)
+        summary = run_demo(
+            db=_url(db), crash_at=crash_at, resume=resume, approve=approve, model=model, quiet=as_json, mode=mode
+        )
     except AgentflowError as exc:
         _fail(exc)
     if as_json:

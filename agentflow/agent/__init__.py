@@ -1,6 +1,16 @@
 """The agent layer: model calls as recorded, budgeted workflow steps."""
 
-from agentflow.agent._agent import Agent, Decision, Outcome, ToolCallRecord, approval_signal, default_policy
+from agentflow.agent._agent import (
+    Agent,
+    Decision,
+    Outcome,
+    Plan,
+    PlanStep,
+    PlanStepRecord,
+    ToolCallRecord,
+    approval_signal,
+    default_policy,
+)
 from agentflow.agent._chat import MODEL_RETRY, Budget, chat, spent
 from agentflow.agent._usage import UsageSummary, usage
 
@@ -10,6 +20,9 @@ __all__ = [
     "Budget",
     "Decision",
     "Outcome",
+    "Plan",
+    "PlanStep",
+    "PlanStepRecord",
     "ToolCallRecord",
     "UsageSummary",
     "approval_signal",

@@ -12,22 +12,32 @@ re-called for a finished step and no side-effecting tool runs twice.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel, Field
 
 from agentflow.agent._chat import Budget, chat, spent
-from agentflow.engine import Activity, RetryPolicy, WorkflowContext
-from agentflow.errors import ActivityError, BudgetExceeded, ConfigurationError, WaitTimeout
+from agentflow.engine import Activity, RetryPolicy, Workflow, WorkflowContext
+from agentflow.errors import (
+    ActivityError,
+    BudgetExceeded,
+    ConfigurationError,
+    NotRegisteredError,
+    WaitTimeout,
+)
 from agentflow.llm._messages import canonical_json
 from agentflow.llm._pricing import PriceTable
 from agentflow.llm._tools import ToolFacts, tool_facts, validate_tool_args
 from agentflow.llm._types import ChatModel, Usage
+
+if TYPE_CHECKING:
+    from agentflow.engine import App, RunHandle
 
 Effect = Literal["allow", "deny", "require_approval"]
 TOOL_RETRY = RetryPolicy(max_attempts=3, initial_interval=1.0, backoff=2.0, max_interval=30.0)
@@ -53,15 +63,44 @@ class ToolCallRecord(BaseModel):
     result: str = ""
 
 
-class Outcome(BaseModel):
-    """How an agent run ended: a typed outcome, returned (and recorded as the run's result)."""
+class PlanStep(BaseModel):
+    """One step of a plan, as the planning model wrote it."""
 
-    status: Literal["answered", "max_turns", "budget_exceeded"]
+    goal: str = Field(min_length=1, description="What this step achieves, e.g. 'read the KPIs of CS-101'.")
+    tool: str | None = Field(default=None, description="The main tool the step uses, if any.")
+
+
+class Plan(BaseModel):
+    """A plan: the steps to carry out the task, in order."""
+
+    steps: list[PlanStep] = Field(min_length=1, max_length=30, description="The steps, in order.")
+    rationale: str = Field(default="", description="Why this plan, in one or two sentences.")
+
+
+class PlanStepRecord(BaseModel):
+    """What became of one plan step (plan-and-execute mode)."""
+
+    index: int
+    goal: str
+    plan_version: int
+    status: Literal["done", "failed"]
+    result: str = ""
+
+
+class Outcome(BaseModel):
+    """How an agent run ended: a typed outcome, returned (and recorded as the run's result).
+
+    `failed` is a plan-and-execute run that could not make a valid plan, or whose steps kept
+    failing after `max_replans` re-plans; cancellation and errors end the run itself."""
+
+    status: Literal["answered", "max_turns", "budget_exceeded", "failed"]
     answer: str | None = None
     turns: int = 0
     tool_calls: list[ToolCallRecord] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     detail: str = ""
+    plan: list[PlanStepRecord] = Field(default_factory=list)
+    replans: int = 0
 
 
 Policy = Callable[[WorkflowContext, BaseTool, ToolFacts, dict[str, Any]], Decision]
@@ -80,19 +119,42 @@ def approval_signal(call_id: str) -> str:
 
 
 @dataclass
+class RunState:
+    """What one agent run has done so far (rebuilt identically when the run is replayed)."""
+
+    turns: int = 0  # model calls made
+    records: list[ToolCallRecord] = field(default_factory=list)  # every tool call, in order
+    ran: list[ToolCallRecord] = field(default_factory=list)  # calls that ran, in finishing order
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How one stretch of the ReAct loop ended."""
+
+    status: Literal["answered", "max_turns", "budget_exceeded"]
+    answer: str | None = None
+    detail: str = ""
+
+
+@dataclass
 class Agent:
     """An LLM agent whose loop runs durably inside a workflow.
 
     Args:
-        name: the agent's name (recorded).
+        name: the agent's name (recorded; `agent:<name>` is its workflow when started on its own).
         model: the chat model.
         tools: langchain-core tools (declare their facts with `agentflow.llm.tool`).
         instructions: the system prompt.
-        max_turns: model calls at most.
+        max_turns: model calls at most, over the whole run (plans and re-plans included).
         budget: token / USD limits of the run, enforced before each model call.
-        policy: decides allow / deny / require_approval per tool call (default: read-only tools
+        policies: decides allow / deny / require_approval per tool call (default: read-only tools
             run, side-effecting ones need approval).
         approval_timeout: seconds to wait for an approval before the call is treated as rejected.
+        prices: the price table used for the cost of each call.
+        mode: "react" (one loop of model call -> tools) or "plan" (plan-and-execute: a recorded
+            structured plan, each step carried out and recorded, a recorded re-plan on failure).
+        max_replans: plan mode: re-plans allowed before the run ends `failed`.
+        step_turns: plan mode: model calls allowed for one plan step.
     """
 
     name: str
@@ -101,28 +163,135 @@ class Agent:
     instructions: str = "You are a careful NOC copilot. Use the tools; never guess values."
     max_turns: int = 12
     budget: Budget | None = None
-    policy: Policy = default_policy
+    policies: Policy = default_policy
     approval_timeout: float | None = None
     prices: PriceTable | None = None
+    mode: Literal["react", "plan"] = "react"
+    max_replans: int = 2
+    step_turns: int = 4
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tools]
         if len(set(names)) != len(names):
             raise ConfigurationError(f"agent {self.name}: tool names must be unique, got {names}")
+        if self.mode not in ("react", "plan"):
+            raise ConfigurationError(f"agent {self.name}: mode must be 'react' or 'plan', not {self.mode!r}")
+        if "/" in self.name or not self.name:
+            raise ConfigurationError(f"agent name {self.name!r} must be non-empty and contain no '/'")
         self._by_name = {t.name: t for t in self.tools}
+        agent = self
+
+        async def run_agent(ctx: WorkflowContext, task: str) -> Outcome:
+            return await agent.run(ctx, task)
+
+        run_agent.__qualname__ = run_agent.__name__ = self.workflow_name
+        self._entry = run_agent
 
     async def run(self, ctx: WorkflowContext, task: str) -> Outcome:
-        """Run the loop in the workflow `ctx` belongs to; return its typed outcome.
+        """Run the agent in the workflow `ctx` belongs to; return its typed outcome.
 
         If the run is cancelled or fails after tools that declare a compensating tool ran
         (`agentflow.llm.tool(..., compensate="rollback_change")`), the compensations run in
         reverse order, each a recorded tool step, before the cancellation or error goes on."""
-        ran: list[ToolCallRecord] = []  # calls that ran, in the order they finished
+        state = RunState()
         try:
-            return await self._loop(ctx, task, ran)
+            if self.mode == "plan":
+                from agentflow.agent._plan import run_plan
+
+                return await run_plan(self, ctx, task, state)
+            ended = await self.react(ctx, [SystemMessage(self.instructions), HumanMessage(task)], state)
+            return self.outcome(ctx, state, ended.status, answer=ended.answer, detail=ended.detail)
         except (asyncio.CancelledError, Exception):
-            await self._compensate(ctx, ran)
+            await self._compensate(ctx, state.ran)
             raise
+
+    def outcome(self, ctx: WorkflowContext, state: RunState, status: Any, **fields: Any) -> Outcome:
+        """The typed outcome of the run so far."""
+        return Outcome(status=status, turns=state.turns, tool_calls=state.records, usage=spent(ctx), **fields)
+
+    async def ask(
+        self, ctx: WorkflowContext, messages: list[BaseMessage], tools: Sequence[BaseTool], state: RunState
+    ) -> AIMessage:
+        """One recorded, budgeted model call (raises `BudgetExceeded` before spending)."""
+        response = await chat(ctx, self.model, messages, list(tools), budget=self.budget, prices=self.prices)
+        state.turns += 1
+        return response.message
+
+    async def react(
+        self, ctx: WorkflowContext, messages: list[BaseMessage], state: RunState, limit: int | None = None
+    ) -> Ended:
+        """Model call -> tool calls -> results, until an answer, `limit` calls here, or the run's
+        `max_turns` / budget is used up. `messages` grows with the conversation."""
+        for _ in range(limit or self.max_turns):
+            if state.turns >= self.max_turns:
+                break
+            try:
+                message = await self.ask(ctx, messages, self.tools, state)
+            except BudgetExceeded as exc:
+                return Ended("budget_exceeded", detail=exc.message)
+            messages.append(message)
+            feedback = [self._invalid(call) for call in message.invalid_tool_calls]
+            state.records.extend(r for r, _ in feedback)
+            if not message.tool_calls and not feedback:
+                return Ended("answered", answer=_text(message))
+            # Parallel tool calls: each takes its step numbers in call order (deterministic).
+            done = await asyncio.gather(
+                *(self._call(ctx, c["id"] or "", c["name"], c["args"], state.ran) for c in message.tool_calls)
+            )
+            state.records.extend(r for r, _ in done)
+            messages.extend(m for _, m in [*done, *feedback])
+        return Ended("max_turns", detail=f"no answer after {min(state.turns, limit or self.max_turns)} model calls")
+
+    # -- runs of their own -----------------------------------------------------------------
+    @property
+    def workflow_name(self) -> str:
+        """The name of the workflow that runs this agent on its own: `agent:<name>`."""
+        return f"agent:{self.name}"
+
+    def register(self, app: App) -> Workflow[[str], Outcome]:
+        """Register the agent with `app` as the workflow `agent:<name>` (idempotent), so workers
+        serving `app` can drive its runs, `app.start_agent` can start them and a parent can
+        `fan_out` to it. Call it where the app is built (the module `agentflow worker --app` loads)."""
+        if self.workflow_name not in app.workflow_names:
+            return app.workflow(name=self.workflow_name)(self._entry)
+        found: Workflow[[str], Outcome] = app.workflow_named(self.workflow_name)
+        if found.fn is not self._entry:
+            raise ConfigurationError(
+                f"another agent named {self.name!r} is already registered on this app; give each agent its own name"
+            )
+        return found
+
+    def start_on(
+        self, app: App, task: str, *, tenant: str = "default", requested_by: str | None = None,
+        run_id: str | None = None,
+    ) -> RunHandle:  # fmt: skip
+        """Start a run of this agent on `task` (see `App.start_agent`)."""
+        meta = {"agent": self.name, "requested_by": requested_by} if requested_by else {"agent": self.name}
+        return app.start(self.register(app), task, run_id=run_id, tenant=tenant, meta=meta)
+
+    async def fan_out(
+        self, ctx: WorkflowContext, tasks: Mapping[str, str], *, max_concurrency: int | None = None
+    ) -> dict[str, Outcome]:
+        """From a parent workflow, run this agent as one child run per key (e.g. per cell site) and
+        join the outcomes by key. Children start in key order, `max_concurrency` at a time, and
+        get deterministic run ids (`<parent>/<seq>`): a resumed parent re-attaches to the same
+        children, so each runs exactly once. A child that fails or is cancelled gives a `failed`
+        outcome for its key; the others are unaffected."""
+        try:
+            wf = ctx.registered_workflow(self.workflow_name)
+        except NotRegisteredError:
+            raise ConfigurationError(
+                f"agent {self.name} is not registered on this app: call agent.register(app) where the app is built"
+            ) from None
+        keys = list(tasks)
+        size = max_concurrency or len(keys) or 1
+        joined: dict[str, Outcome] = {}
+        for lo in range(0, len(keys), size):
+            batch = keys[lo : lo + size]
+            results = await asyncio.gather(*(ctx.child(wf, tasks[k]) for k in batch), return_exceptions=True)
+            for key, result in zip(batch, results, strict=True):
+                joined[key] = _joined(result)
+        return joined
 
     async def _compensate(self, ctx: WorkflowContext, records: list[ToolCallRecord]) -> None:
         """Undo the compensable calls that ran, newest first. The compensating tool's arguments
@@ -149,40 +318,6 @@ class Agent:
                 await self._execute(ctx, undo, tool_facts(undo), f"compensate:{record.id}", args)
             except ActivityError:
                 continue  # recorded as failed; the other compensations still run
-
-    async def _loop(self, ctx: WorkflowContext, task: str, ran: list[ToolCallRecord]) -> Outcome:
-        messages: list[BaseMessage] = [SystemMessage(self.instructions), HumanMessage(task)]
-        records: list[ToolCallRecord] = []
-        for turn in range(1, self.max_turns + 1):
-            try:
-                response = await chat(
-                    ctx, self.model, messages, list(self.tools), budget=self.budget, prices=self.prices
-                )
-            except BudgetExceeded as exc:
-                return Outcome(
-                    status="budget_exceeded", turns=turn - 1, tool_calls=records, usage=spent(ctx), detail=exc.message
-                )
-            message = response.message
-            messages.append(message)
-            feedback = [self._invalid(call) for call in message.invalid_tool_calls]
-            records.extend(r for r, _ in feedback)
-            if not message.tool_calls and not feedback:
-                return Outcome(
-                    status="answered", answer=_text(message), turns=turn, tool_calls=records, usage=spent(ctx)
-                )
-            # Parallel tool calls: each takes its step numbers in call order (deterministic).
-            done = await asyncio.gather(
-                *(self._call(ctx, c["id"] or "", c["name"], c["args"], ran) for c in message.tool_calls)
-            )
-            records.extend(r for r, _ in done)
-            messages.extend(m for _, m in [*done, *feedback])
-        return Outcome(
-            status="max_turns",
-            turns=self.max_turns,
-            tool_calls=records,
-            usage=spent(ctx),
-            detail=f"no answer after {self.max_turns} model calls",
-        )
 
     # -- one tool call ---------------------------------------------------------------------
     def _invalid(self, call: Any) -> tuple[ToolCallRecord, BaseMessage]:
@@ -227,7 +362,7 @@ class Agent:
     async def _decide(
         self, ctx: WorkflowContext, tool: BaseTool, facts: ToolFacts, call_id: str, args: dict[str, Any]
     ) -> Decision:
-        policy = self.policy
+        policy = self.policies
 
         async def decide() -> Decision:
             return policy(ctx, tool, facts, args)
@@ -249,14 +384,33 @@ class Agent:
         self, ctx: WorkflowContext, tool: BaseTool, facts: ToolFacts, call_id: str, args: dict[str, Any]
     ) -> str:
         async def invoke() -> str:
-            out = await tool.ainvoke(args)
-            return out if isinstance(out, str) else json.dumps(out, default=str)
+            return _as_text(await tool.ainvoke(args))
+
+        async def reconcile(key: str) -> str | None:
+            # The tool's reconcile answers with the tool's output: recorded as text, like invoke's.
+            found = facts.reconcile(key) if facts.reconcile is not None else None
+            if inspect.isawaitable(found):
+                found = await found
+            return None if found is None else _as_text(found)
 
         step: Activity[[], str] = Activity(
-            invoke, name=tool.name, retry=TOOL_RETRY, timeout=facts.timeout,
-            side_effect=not facts.read_only, reconcile=facts.reconcile, kind="tool",
+            invoke, name=tool.name, retry=TOOL_RETRY, timeout=facts.timeout, side_effect=not facts.read_only,
+            reconcile=reconcile if facts.reconcile is not None else None, kind="tool",
         )  # fmt: skip
         return await ctx.run_step(step, request=canonical_json({"tool": tool.name, "call": call_id, "args": args}))
+
+
+def _as_text(out: Any) -> str:
+    return out if isinstance(out, str) else json.dumps(out, default=str)
+
+
+def _joined(result: Any) -> Outcome:
+    """A child's outcome, or a `failed` outcome saying why the child ended without one."""
+    if isinstance(result, Outcome):
+        return result
+    if isinstance(result, BaseException):
+        return Outcome(status="failed", detail=f"{type(result).__name__}: {result}")
+    return Outcome.model_validate(result)
 
 
 def _text(message: AIMessage) -> str:

@@ -109,6 +109,14 @@ class _WorkflowDecorator(Protocol):
     def __call__(self, fn: Callable[Concatenate[Any, P], Awaitable[R]], /) -> Workflow[P, R]: ...
 
 
+class _Startable(Protocol):
+    """What `App.start_agent` needs of an agent (the engine knows nothing more about agents)."""
+
+    def start_on(
+        self, app: App, task: str, *, tenant: str = ..., requested_by: str | None = ..., run_id: str | None = ...
+    ) -> RunHandle: ...
+
+
 class App:
     """An agentflow application: workflows, activities, and the store they record into.
 
@@ -329,6 +337,20 @@ class App:
                 "choose another run id"
             )
         return RunHandle(self, run_id, created=created)
+
+    def start_agent(
+        self,
+        agent: _Startable,
+        task: str,
+        *,
+        tenant: str = "default",
+        requested_by: str | None = None,
+        run_id: str | None = None,
+    ) -> RunHandle:
+        """Start an `agentflow.Agent` on `task` as a run of its own (workflow `agent:<name>`,
+        registered on this app if it is not yet). `requested_by` is recorded in the run's meta.
+        Like `start`, an existing `run_id` returns that run."""
+        return agent.start_on(self, task, tenant=tenant, requested_by=requested_by, run_id=run_id)
 
     async def run_async(
         self, wf: Workflow[P, R], *args: Any, run_id: str | None = None, tenant: str = "default", **kwargs: Any

@@ -42,6 +42,14 @@ class WorkflowContext:
     def workflow(self) -> str:
         return self._ex.run.workflow
 
+    def registered_workflow(self, name: str) -> Workflow[Any, Any]:
+        """The workflow registered under `name` on the app driving this run (for `child`).
+
+        Raises:
+            NotRegisteredError: when the app has no workflow of that name.
+        """
+        return self._ex.app.workflow_named(name)
+
     @property
     def meta(self) -> dict[str, Any]:
         """The run's metadata given at start (e.g. `requested_by`)."""

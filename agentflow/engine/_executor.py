@@ -17,6 +17,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from agentflow._crash import crash_point
 from agentflow.engine._context import WorkflowContext
 from agentflow.engine._defs import Activity, ActivityInfo, Workflow, call_activity, idempotency_key
@@ -491,6 +493,8 @@ class RunExecutor:
                 found = act.reconcile(key)
                 if asyncio.iscoroutine(found):
                     found = await found
+                if found is not None:
+                    found = _reconciled(act, found)
             except Exception as exc:  # noqa: BLE001 - recorded like an activity failure
                 retry_at = self._record_failure(call, attempt, first, started, exc)
                 if retry_at is None:
@@ -1014,3 +1018,16 @@ def _short(text: str | None, limit: int = 120) -> str:
 from agentflow.store._codec import adapter_for  # noqa: E402
 
 _ANY = adapter_for(Any)
+
+
+def _reconciled(act: Activity[Any, Any], found: Any) -> Any:
+    """A reconciled outcome, checked against the activity's result type before it is recorded
+    (a row that does not decode would fail every later replay of the run)."""
+    try:
+        return act.result_adapter.validate_python(found)
+    except ValidationError as exc:
+        raise TypeError(
+            f"reconcile() of activity {act.name!r} returned {type(found).__name__}, which is not its "
+            f"declared result type: {exc.errors(include_url=False)[0]['msg']}; return the activity's "
+            "result as the activity itself would"
+        ) from None

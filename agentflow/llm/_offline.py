@@ -118,10 +118,14 @@ _SITE = re.compile(r"\b(CS-\d+)\b", re.I)
 class RunbookChatModel(_OfflineChatModel):
     """A deterministic model that follows a NOC runbook with real tool calls.
 
-    The runbook is a list of steps `{"tool": name, "args": {...}}`; argument values may be
-    templates filled from the task and earlier tool results: `{site}` (a cell-site id found in the
-    task), `{result.<tool>.<field>}` (a field of that tool's JSON result). A step whose tool is not
-    offered is skipped. After the last step the model answers with a summary of the results.
+    The runbook is a list of steps `{"tool": name, "args": {...}, "goal": ...}`; argument values
+    may be templates filled from the task and earlier tool results: `{site}` (a cell-site id found
+    in the task), `{result.<tool>.<field>}` (a field of that tool's JSON result). A step whose tool
+    is not offered is skipped. After the last step the model answers with a summary of the results.
+
+    Plan-and-execute: offered a `submit_plan` tool, it submits the runbook steps not yet done as
+    the plan. Asked to carry out a step (a user turn after the plan), it makes the next runbook
+    call, and once that call's result is in, reports it in a sentence.
     """
 
     model_name: str = "runbook"
@@ -133,9 +137,18 @@ class RunbookChatModel(_OfflineChatModel):
 
     def _answer(self, messages: list[BaseMessage], tools: list[dict[str, Any]]) -> Response:
         offered = {t["function"]["name"] for t in tools if "function" in t}
+        done = [m.name or "" for m in messages if isinstance(m, ToolMessage)]
+        if PLAN_TOOL in offered:
+            steps = [
+                {"goal": s.get("goal") or s.get("say") or f"run {s['tool']}", "tool": s["tool"]}
+                for s in self.runbook
+                if s["tool"] not in done
+            ]
+            return {"tool_calls": [{"name": PLAN_TOOL, "args": {"steps": steps}, "id": f"rb-plan-{len(done)}"}]}
+        if _planned(messages) and isinstance(messages[-1], ToolMessage):
+            return f"Step done: {messages[-1].name} returned {_brief(messages[-1].content)}"
         task = next((m.content for m in messages if isinstance(m, HumanMessage) and isinstance(m.content, str)), "")
         results = _tool_results(messages)
-        done = [m.name or "" for m in messages if isinstance(m, ToolMessage)]
         found = _SITE.search(task)
         context = {"site": found.group(1).upper() if found else ""}
         for step in self.runbook:
@@ -151,6 +164,18 @@ class RunbookChatModel(_OfflineChatModel):
         said = [v["summary"] for v in results.values() if isinstance(v, dict) and isinstance(v.get("summary"), str)]
         detail = said[-1] if said else "steps run: " + ", ".join(results)
         return f"Runbook complete for {context['site'] or 'the task'}. {detail}"
+
+
+PLAN_TOOL = "submit_plan"
+
+
+def _planned(messages: Sequence[BaseMessage]) -> bool:
+    return any(c["name"] == PLAN_TOOL for m in messages if isinstance(m, AIMessage) for c in m.tool_calls)
+
+
+def _brief(content: Any) -> str:
+    text = content if isinstance(content, str) else json.dumps(content)
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _tool_results(messages: Sequence[BaseMessage]) -> dict[str, Any]:

@@ -8,8 +8,9 @@ import sqlite3
 import time
 from typing import Any
 
-from agentflow import App, RetryPolicy, WorkflowContext
+from agentflow import ActivityError, App, RetryPolicy, WorkflowContext
 from agentflow.engine._executor import RunExecutor
+from agentflow.store._codec import digest
 from agentflow.store._sqlite import sqlite_path
 
 
@@ -89,6 +90,17 @@ def test_an_activity_raising_cancelled_error_fails_instead_of_hanging(app: App) 
     assert len(app.store.load_attempts("r")) == 2
 
 
+def started_intent(app: App, run_id: str, name: str) -> None:
+    """Step 1 of `run_id` as a crash leaves it: an intent recorded, no result (outcome unknown)."""
+    conn = sqlite3.connect(sqlite_path(app.db), isolation_level=None)
+    conn.execute(
+        "INSERT INTO af_steps (run_id, seq, kind, name, digest, status, attempt, args, started_at, epoch) "
+        "VALUES (?, 1, 'activity', ?, ?, 'started', 1, '[[],{}]', 0, 0)",
+        (run_id, name, digest("[[],{}]")),
+    )
+    conn.close()
+
+
 def test_a_failing_reconcile_is_retried_under_the_policy(app: App) -> None:
     """A reconcile that raises is a failed attempt under the step's retry policy, not an
     internal error that fails the run at once."""
@@ -110,15 +122,36 @@ def test_a_failing_reconcile_is_retried_under_the_policy(app: App) -> None:
 
     app.start(wf, run_id="r")
     # An intent without a result: the outcome is unknown, so reconcile is asked first.
-    conn = sqlite3.connect(sqlite_path(app.db), isolation_level=None)
-    conn.execute(
-        "INSERT INTO af_steps (run_id, seq, kind, name, digest, status, attempt, args, started_at, epoch) "
-        "VALUES ('r', 1, 'activity', ?, ?, 'started', 1, '[[],{}]', 0, 0)",
-        (push.name, __import__("agentflow.store._codec", fromlist=["digest"]).digest("[[],{}]")),
-    )
-    conn.close()
+    started_intent(app, "r", push.name)
     assert app.run(wf, run_id="r") == "found"
     assert calls == ["r:1"] * 3
+
+
+def test_a_reconcile_of_the_wrong_type_is_a_failed_attempt_not_a_corrupt_row(app: App) -> None:
+    """A reconcile answering with a value the activity's result type rejects is refused before
+    it is recorded (it would fail every later replay as a corrupt row): a failed attempt whose
+    error names the fix, after which the run goes on under the retry policy."""
+
+    def reconcile(key: str) -> Any:
+        return {"effect_id": 1}  # the activity returns str
+
+    @app.activity(reconcile=reconcile, retry=RetryPolicy(max_attempts=2, initial_interval=0))
+    def push() -> str:
+        return "pushed"
+
+    @app.workflow(name="wf")
+    async def wf(ctx: WorkflowContext) -> str:
+        try:
+            return await ctx.run(push)
+        except ActivityError as exc:
+            return f"{exc.cause_type}: {exc.cause_message}"
+
+    app.start(wf, run_id="r")
+    started_intent(app, "r", push.name)
+    out = app.run(wf, run_id="r")
+    assert out.startswith("TypeError: reconcile() of activity") and "declared result type" in out
+    assert [s.status for s in app.history("r")] == ["failed"]
+    assert app.get_run("r").status == "completed"  # replays cleanly: nothing undecodable was stored
 
 
 def test_blocked_on_nothing_fails_with_a_clear_error(app: App) -> None:

@@ -131,7 +131,7 @@ def test_deny_policy_never_runs_the_tool(app: App) -> None:
             return Decision(effect="allow", rule="reads")
         return Decision(effect="deny", rule="freeze", reason="change freeze until Monday")
 
-    agent = Agent(name="noc", model=scripted(apply_call(), "Freeze noted."), tools=[apply_change], policy=deny_changes)
+    agent = Agent(name="noc", model=scripted(apply_call(), "Freeze noted."), tools=[apply_change], policies=deny_changes)
     out = app.run(copilot_app(app, agent), "fix", run_id="r")
     assert out["tool_calls"][0]["status"] == "denied"
     assert "change freeze" in out["tool_calls"][0]["result"]
@@ -195,7 +195,7 @@ def test_replay_calls_nothing_again(app: App) -> None:
     def allow_all(ctx: Any, tool: Any, facts: Any, args: Any) -> Decision:
         return Decision(effect="allow", rule="test")
 
-    agent = Agent(name="noc", model=llm.LangChainChat(model), tools=[apply_change], policy=allow_all)
+    agent = Agent(name="noc", model=llm.LangChainChat(model), tools=[apply_change], policies=allow_all)
     wf = copilot_app(app, agent)
     first = app.run(wf, "fix", run_id="r")
     assert len(calls) == 2 and len(EFFECTS) == 1

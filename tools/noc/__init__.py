@@ -9,6 +9,8 @@
 See tools/README.md for a complete example.
 """
 
+from tools.noc.closed_loop import CLOSED_LOOP, ClosedLoopResult
+from tools.noc.closed_loop import register as register_closed_loop
 from tools.noc.env import ENV, configure, network
 from tools.noc.model import KPIS, PARAMS, SCENARIOS, region_of
 from tools.noc.network import Network
@@ -29,11 +31,13 @@ from tools.noc.tools import (
 )
 
 __all__ = [
+    "CLOSED_LOOP",
     "ENV",
     "KPIS",
     "NOC_TOOLS",
     "PARAMS",
     "SCENARIOS",
+    "ClosedLoopResult",
     "Network",
     "apply_change",
     "configure",
@@ -46,6 +50,7 @@ __all__ = [
     "propose_change",
     "rank_root_causes",
     "region_of",
+    "register_closed_loop",
     "rollback_change",
     "runbook",
     "stage_change",

@@ -59,7 +59,7 @@ def make_model(spec: str) -> ChatModel:
     raise SystemExit(f"--model must be 'runbook' or 'openai:<model name>', not {spec!r}")
 
 
-def build(app: App, model: ChatModel) -> Any:
+def build(app: App, model: ChatModel, mode: str = "react") -> Any:
     agent = Agent(
         name="noc-copilot",
         model=model,
@@ -69,7 +69,8 @@ def build(app: App, model: ChatModel) -> Any:
             "cause, propose and stage one change, apply it (it needs an operator's approval), "
             "monitor the KPIs, then open a ticket and notify the on-call channel. Be brief."
         ),
-        max_turns=16,
+        max_turns=16 if mode == "react" else 32,
+        mode="plan" if mode == "plan" else "react",
     )
 
     @app.workflow(name=WORKFLOW)
@@ -79,7 +80,9 @@ def build(app: App, model: ChatModel) -> Any:
     return copilot
 
 
-def main(*, db: str, crash_at: int | None, resume: bool, approve: str, model: str, quiet: bool) -> dict[str, Any]:
+def main(
+    *, db: str, crash_at: int | None, resume: bool, approve: str, model: str, quiet: bool, mode: str = "react"
+) -> dict[str, Any]:
     app = App(db, clock=TestClock(start=1_767_225_600.0), inline_wait=0.0)
     store_path = app.store.backend.path
     net = configure(store_path + ".noc.db")
@@ -94,7 +97,7 @@ def main(*, db: str, crash_at: int | None, resume: bool, approve: str, model: st
         if net.incident(SITE) is None:
             net.inject(SITE, "mis_set_handover")
     counting = CountingModel(make_model(model), net.path, run_id)
-    workflow = build(app, counting)
+    workflow = build(app, counting, mode)
 
     def say(text: str) -> None:
         if not quiet:
@@ -192,6 +195,12 @@ def _show_new(app: App, run_id: str, shown: set[int], say: Any) -> None:
         elif step.kind == "policy":
             decision = json.loads(step.result or "{}")
             say(f"  [dim]{step.seq:>3}[/] policy   {step.name}: {decision.get('effect')} ({decision.get('rule')})")
+        elif step.kind == "plan":
+            steps = json.loads(step.result or "{}").get("steps", [])
+            say(
+                f"  [dim]{step.seq:>3}[/] [magenta]plan[/]     {step.name}: "
+                + " -> ".join(s.get("tool") or "?" for s in steps)
+            )
         elif step.kind == "signal":
             say(f"  [dim]{step.seq:>3}[/] approval {step.name}: {(step.result or step.error or '')[:90]}")
 
@@ -228,6 +237,8 @@ def _summary(app: App, net: Any, run_id: str, ledger: str, seconds: float) -> di
         "config_pushes": sum(1 for e in effects if e["kind"] == "apply"),
         "duplicate_effects": len(dup),
         "kpis_healthy_after": _healthy(outcome),
+        "plan_steps_done": sum(1 for p in outcome.get("plan", []) if p.get("status") == "done"),
+        "replans": outcome.get("replans", 0),
         "tokens": used.total_tokens,
         "cost_usd": round(used.cost_usd, 6),
         "seconds": round(seconds, 3),
