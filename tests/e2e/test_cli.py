@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from agentflow import App
+
 SUBCOMMANDS = [
     [],
     ["demo"],
@@ -48,6 +50,40 @@ def test_every_subcommand_has_help(sub: list[str], tmp_path: Path) -> None:
     assert len(out.stdout.strip().splitlines()) > 3
 
 
+# The uncrashed demo, step by step: the runbook model calls one tool per turn; each call is a
+# policy decision, then (side-effecting tools: default policy) an approval, then the tool step;
+# a last model call answers. `test_demo_records_the_plan` pins it, so the crash points derived
+# from it below cannot go stale when the runbook or the agent loop changes.
+RUNBOOK = [
+    ("get_kpis", False),
+    ("detect_anomalies", False),
+    ("rank_root_causes", False),
+    ("propose_change", False),
+    ("stage_change", False),
+    ("apply_change", True),
+    ("monitor_kpis", False),
+    ("create_ticket", True),
+    ("notify", True),
+]
+DEMO_PLAN = [
+    *(
+        step
+        for tool, approved in RUNBOOK
+        for step in [("llm", "runbook"), ("policy", tool), *[("signal", "approval")] * approved, ("tool", tool)]
+    ),
+    ("llm", "runbook"),
+]
+# `--crash-at N` is the engine's `after_result:N` crash point: SIGKILL right after the N-th
+# step result is committed in that process. Model, policy and tool steps are results (10 + 9 +
+# 9 = 28); a signal step is completed by the executor without that point, so the three approvals
+# are covered by `after_intent` below instead.
+RESULT_KINDS = ("llm", "policy", "tool")
+DEMO_RESULTS = [step for step in DEMO_PLAN if step[0] in RESULT_KINDS]
+DEMO_MODEL_CALLS = sum(1 for kind, _ in DEMO_PLAN if kind == "llm")
+DEMO_TOOL_CALLS = sum(1 for kind, _ in DEMO_PLAN if kind == "tool")
+APPROVED_TOOLS = [tool for tool, approved in RUNBOOK if approved]
+
+
 def _summary(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert out.returncode == 0, out.stdout + out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -58,10 +94,28 @@ def _assert_resolved_once(summary: dict[str, Any], db_path: Path) -> None:
     assert summary["kpis_healthy_after"] is True
     assert summary["config_pushes"] == 1 and summary["duplicate_effects"] == 0
     ledger = sqlite3.connect(f"{db_path}.noc.db")
-    per_key = ledger.execute("SELECT idempotency_key, count(*) FROM effects GROUP BY idempotency_key").fetchall()
-    assert per_key and all(n == 1 for _, n in per_key)
-    kinds = sorted(k for (k,) in ledger.execute("SELECT kind FROM effects"))
-    assert kinds == ["apply", "notify", "ticket_create"]  # one ticket, one notification, one push
+    try:
+        per_key = ledger.execute("SELECT idempotency_key, count(*) FROM effects GROUP BY idempotency_key").fetchall()
+        assert per_key and all(n == 1 for _, n in per_key)
+        kinds = sorted(k for (k,) in ledger.execute("SELECT kind FROM effects"))
+        assert kinds == ["apply", "notify", "ticket_create"]  # one push, one ticket, one notification
+        # The network's own tables, not just its effect log: one ticket and one notification.
+        assert ledger.execute("SELECT count(*) FROM tickets").fetchone() == (1,)
+        assert ledger.execute("SELECT count(*) FROM notifications").fetchone() == (1,)
+    finally:
+        ledger.close()
+
+
+def _recorded(db: str) -> list[tuple[str, str]]:
+    """The (kind, name) of every finished step of the one run in `db` (signal names cut to
+    their prefix: the call ids in them are the model's)."""
+    app = App(db)
+    try:
+        (run,) = app.list_runs()
+        steps = app.history(run.run_id)
+    finally:
+        app.close()
+    return [(s.kind, s.name.split(":")[0]) for s in steps if s.status in ("completed", "failed")]
 
 
 def test_demo_uncrashed_json(tmp_path: Path) -> None:
@@ -70,26 +124,70 @@ def test_demo_uncrashed_json(tmp_path: Path) -> None:
     out = agentflow("demo", "--db", f"sqlite:///{tmp_path}/d.db", "--json", cwd=tmp_path)
     summary = _summary(out)
     _assert_resolved_once(summary, tmp_path / "d.db")
-    assert summary["model_calls"] == summary["model_steps_recorded"] == 10
+    assert summary["model_calls"] == summary["model_steps_recorded"] == DEMO_MODEL_CALLS
     assert summary["recalled_model_steps"] == 0
-    assert summary["tool_calls"] == 9 and summary["tokens"] > 0
+    assert summary["tool_calls"] == DEMO_TOOL_CALLS and summary["tokens"] > 0
+
+
+def test_demo_records_the_plan(tmp_path: Path) -> None:
+    """The uncrashed demo records exactly DEMO_PLAN, so exactly len(DEMO_RESULTS) step results:
+    the crash points below are every step of the run, not a sample that drifted."""
+    db = f"sqlite:///{tmp_path}/d.db"
+    _summary(agentflow("demo", "--db", db, "--json", cwd=tmp_path))
+    recorded = _recorded(db)
+    assert recorded == DEMO_PLAN, "the demo's plan changed: update RUNBOOK / DEMO_PLAN in this file"
+    assert sum(1 for kind, _ in recorded if kind in RESULT_KINDS) == len(DEMO_RESULTS) == 28
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("crash_at", [1, 3, 6, 9, 12, 15, 16, 18, 21, 24, 27])
+@pytest.mark.parametrize(
+    "crash_at", range(1, len(DEMO_RESULTS) + 1), ids=[f"{n}-{k}-{name}" for n, (k, name) in enumerate(DEMO_RESULTS, 1)]
+)
 def test_demo_crash_and_resume(tmp_path: Path, crash_at: int) -> None:
-    """The copilot killed with SIGKILL after its N-th recorded step, then `demo --resume`:
-    the run resolves with the same outcome, the model is never called again for a recorded
-    step, and the config is pushed exactly once (the network's audit ledger)."""
+    """The copilot killed with SIGKILL after its N-th recorded step result, for every N of the
+    run, then `demo --resume`: the run resolves with the same outcome, the model is never called
+    again for a recorded step, and the config is pushed, the ticket opened and the on-call
+    notified exactly once (the network's audit ledger)."""
     db = f"sqlite:///{tmp_path}/demo.db"
     crashed = agentflow("demo", "--db", db, "--crash-at", str(crash_at), cwd=tmp_path)
     assert crashed.returncode == -9, crashed.stdout + crashed.stderr
+    # The kill hit where N says: the first N results are recorded, nothing after them.
+    done = [step for step in _recorded(db) if step[0] in RESULT_KINDS]
+    assert done == DEMO_RESULTS[:crash_at]
     summary = _summary(agentflow("demo", "--db", db, "--resume", "--json", cwd=tmp_path))
     _assert_resolved_once(summary, tmp_path / "demo.db")
     # A kill between a response and its record re-calls that one model step (never here: the
     # crash point is after a step's result is committed).
     assert summary["recalled_model_steps"] == 0
-    assert summary["model_calls"] == 10
+    assert summary["model_calls"] == DEMO_MODEL_CALLS
+
+
+# Kills inside a step, through the engine's other crash points (AGENTFLOW_CRASH_AT, which the
+# subprocess reads at import). `after_intent:k` is the k-th side-effecting tool, right after its
+# approval's signal step and its intent are committed and before the effect: with the 28 results
+# above, every one of the run's 31 steps has a kill right after it.
+INSIDE_A_STEP = [
+    *(pytest.param(f"after_intent:{k}", 0, id=f"after_intent-{tool}") for k, tool in enumerate(APPROVED_TOOLS, 1)),
+    # The model answered but the response was not recorded: that one call is made again.
+    pytest.param("after_effect:1", 1, id="after_effect-first-model-call"),
+    # The config was pushed but the result not recorded: reconciled from the network, not re-pushed.
+    pytest.param(f"after_effect:{DEMO_RESULTS.index(('tool', 'apply_change')) + 1}", 0, id="after_effect-apply_change"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("point", "recalled"), INSIDE_A_STEP)
+def test_demo_crash_inside_a_step_and_resume(tmp_path: Path, point: str, recalled: int) -> None:
+    """Killed after an approval is recorded but before its effect, or after an effect but before
+    its record: the resumed run still pushes, tickets and notifies exactly once, and re-calls
+    the model only for a response that was never recorded."""
+    db = f"sqlite:///{tmp_path}/demo.db"
+    crashed = agentflow("demo", "--db", db, cwd=tmp_path, env={"AGENTFLOW_CRASH_AT": point})
+    assert crashed.returncode == -9, crashed.stdout + crashed.stderr
+    summary = _summary(agentflow("demo", "--db", db, "--resume", "--json", cwd=tmp_path))
+    _assert_resolved_once(summary, tmp_path / "demo.db")
+    assert summary["recalled_model_steps"] == recalled
+    assert summary["model_calls"] == DEMO_MODEL_CALLS + recalled
 
 
 def test_runs_commands(tmp_path: Path) -> None:
@@ -107,7 +205,7 @@ def test_runs_commands(tmp_path: Path) -> None:
     table = agentflow("runs", "history", run_id, "--db", db, cwd=tmp_path)
     assert "apply_change" in table.stdout
     spent = json.loads(agentflow("runs", "usage", "--run", run_id, "--db", db, "--json", cwd=tmp_path).stdout)
-    assert spent["calls"] == 10 and spent["total_tokens"] > 0
+    assert spent["calls"] == DEMO_MODEL_CALLS and spent["total_tokens"] > 0
     missing = agentflow("runs", "show", "nope", "--db", db, cwd=tmp_path)
     assert missing.returncode == 2
     assert "UnknownRunError" in missing.stderr and "Traceback" not in missing.stderr

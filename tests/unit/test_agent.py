@@ -131,7 +131,9 @@ def test_deny_policy_never_runs_the_tool(app: App) -> None:
             return Decision(effect="allow", rule="reads")
         return Decision(effect="deny", rule="freeze", reason="change freeze until Monday")
 
-    agent = Agent(name="noc", model=scripted(apply_call(), "Freeze noted."), tools=[apply_change], policies=deny_changes)
+    agent = Agent(
+        name="noc", model=scripted(apply_call(), "Freeze noted."), tools=[apply_change], policies=deny_changes
+    )
     out = app.run(copilot_app(app, agent), "fix", run_id="r")
     assert out["tool_calls"][0]["status"] == "denied"
     assert "change freeze" in out["tool_calls"][0]["result"]
