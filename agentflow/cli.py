@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agentflow._cli_people import approvals_app, operators_app, policy_app
 from agentflow.errors import AgentflowError
 
 app = typer.Typer(
@@ -26,6 +27,9 @@ runs_app = typer.Typer(help="Inspect and steer runs recorded in the store.", no_
 db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(db_app, name="db")
+app.add_typer(operators_app, name="operators")
+app.add_typer(approvals_app, name="approvals")
+app.add_typer(policy_app, name="policy")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -159,7 +163,7 @@ def run_agent(
         if wait:
             from agentflow.engine import Worker
 
-            asyncio.run(Worker(the_app, root_id=handle.run_id).run_until_blocked(handle.run_id))
+            asyncio.run(Worker(the_app, root_id=handle.run_id).run_until_blocked(handle.run_id, until_signal_wait=True))
         info = the_app.get_run(handle.run_id)
     except AgentflowError as exc:
         _fail(exc)
@@ -190,11 +194,12 @@ def _print_started(info: Any, as_json: bool) -> None:
         if outcome.get("answer"):
             console.print(outcome["answer"], markup=False, highlight=False)
     for name in waiting.get("signals", []):
-        console.print(
-            f"waiting for [yellow]{name}[/]: agentflow runs signal {info.run_id} {name} "
-            """--payload '{"approved": true, "by": "<you>"}'""",
-            highlight=False,
-        )
+        if name.startswith("approval:"):
+            rid = name.split(":", 1)[1]
+            console.print(f"waiting for approval [yellow]{rid}[/]: agentflow approvals show {rid}; "
+                          f"agentflow approvals approve {rid} --token <operator token>", highlight=False)  # fmt: skip
+        else:
+            console.print(f"waiting for signal [yellow]{name}[/]", highlight=False)
 
 
 # -- runs ---------------------------------------------------------------------------------------

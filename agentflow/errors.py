@@ -6,7 +6,8 @@ apply) and ``retryable``: whether trying the same thing again later can help.
     AgentflowError
     ├── ConfigurationError          bad arguments to the API (unknown workflow, bad URL, ...)
     │   ├── NotRegisteredError      a workflow or activity name this App does not know
-    │   └── NotInActivityError      current_activity() called outside an activity
+    │   ├── NotInActivityError      current_activity() called outside an activity
+    │   └── PolicyError             an invalid policy pack (names the file, line and reason)
     ├── PayloadError                a value that does not serialize to JSON (or not back)
     ├── RunError                    about one run
     │   ├── UnknownRunError         no run with that id
@@ -33,6 +34,10 @@ apply) and ``retryable``: whether trying the same thing again later can help.
     │   ├── LeaseLostError          this worker no longer owns the run (fenced write refused)
     │   ├── CorruptRecordError      a stored row does not decode
     │   └── SchemaVersionError      the database schema is newer than this agentflow
+    ├── ApprovalError               an approval decision that was not taken (audited)
+    │   ├── AuthenticationError     a missing, unknown or disabled operator token
+    │   └── ApprovalRefused         the operator may not decide this (role, tenant, four-eyes,
+    │                               expired, already decided, edited since); `code` says which
     └── (control flow, not an error) SuspendRun derives from BaseException
 
 Control flow that user code must not swallow derives from ``BaseException`` (see
@@ -46,6 +51,9 @@ from typing import Any
 __all__ = [
     "ActivityError",
     "AgentflowError",
+    "ApprovalError",
+    "ApprovalRefused",
+    "AuthenticationError",
     "BudgetExceeded",
     "ChildWorkflowError",
     "ConfigurationError",
@@ -65,6 +73,7 @@ __all__ = [
     "NotInActivityError",
     "NotRegisteredError",
     "PayloadError",
+    "PolicyError",
     "RunError",
     "RunFailedError",
     "RunStateError",
@@ -317,3 +326,30 @@ class ModelRequestsForbidden(ModelError):
     """A request to a non-local model endpoint while model requests are disabled (tests)."""
 
     retryable = False
+
+
+class PolicyError(ConfigurationError):
+    """An invalid policy pack: `file` and `line` say where, the message says why."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
+        super().__init__(message)
+        self.file = file
+        self.line = line
+
+
+class ApprovalError(AgentflowError):
+    """An approval decision that was not taken; nothing changed but the audit trail."""
+
+    def __init__(self, message: str, *, code: str, approval_id: str | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.code = code
+        self.approval_id = approval_id
+
+
+class AuthenticationError(ApprovalError):
+    """A missing, unknown or disabled operator token."""
+
+
+class ApprovalRefused(ApprovalError):
+    """An authenticated operator may not take this decision; `code` is one of wrong_tenant,
+    missing_role, self_approval, expired, already_decided, stale_args, not_editable, unknown."""

@@ -9,9 +9,9 @@ from agentflow.agent._agent import (
     PlanStepRecord,
     ToolCallRecord,
     approval_signal,
-    default_policy,
 )
 from agentflow.agent._chat import MODEL_RETRY, Budget, chat, spent
+from agentflow.agent._gate import default_policy
 from agentflow.agent._usage import UsageSummary, usage
 
 __all__ = [

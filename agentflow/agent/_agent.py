@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -23,32 +23,25 @@ from langchain_core.tools import BaseTool
 from pydantic import BaseModel, Field
 
 from agentflow.agent._chat import Budget, chat, spent
+from agentflow.agent._gate import Policies, default_policy, gate, resolve_policies
+from agentflow.approvals import approval_signal_name
 from agentflow.engine import Activity, RetryPolicy, Workflow, WorkflowContext
 from agentflow.errors import (
     ActivityError,
     BudgetExceeded,
     ConfigurationError,
     NotRegisteredError,
-    WaitTimeout,
 )
 from agentflow.llm._messages import canonical_json
 from agentflow.llm._pricing import PriceTable
 from agentflow.llm._tools import ToolFacts, tool_facts, validate_tool_args
 from agentflow.llm._types import ChatModel, Usage
+from agentflow.policy import PolicyDecision
 
 if TYPE_CHECKING:
     from agentflow.engine import App, RunHandle
 
-Effect = Literal["allow", "deny", "require_approval"]
 TOOL_RETRY = RetryPolicy(max_attempts=3, initial_interval=1.0, backoff=2.0, max_interval=30.0)
-
-
-class Decision(BaseModel):
-    """A policy decision about one tool call, recorded before the call runs."""
-
-    effect: Effect
-    rule: str
-    reason: str = ""
 
 
 class ToolCallRecord(BaseModel):
@@ -103,19 +96,10 @@ class Outcome(BaseModel):
     replans: int = 0
 
 
-Policy = Callable[[WorkflowContext, BaseTool, ToolFacts, dict[str, Any]], Decision]
-
-
-def default_policy(ctx: WorkflowContext, tool: BaseTool, facts: ToolFacts, args: dict[str, Any]) -> Decision:
-    """Read-only tools run; side-effecting ones (and undeclared ones) need an approval."""
-    if facts.read_only:
-        return Decision(effect="allow", rule="default:read-only")
-    return Decision(effect="require_approval", rule="default:side-effect", reason=f"{tool.name} changes the network")
-
-
-def approval_signal(call_id: str) -> str:
-    """The signal that approves or rejects a staged tool call: payload {"approved": bool, "by": ..., "comment": ...}."""
-    return f"approval:{call_id}"
+#: A policy decision, as recorded before a tool call runs.
+Decision = PolicyDecision
+#: The signal that wakes a run when an approval request is decided.
+approval_signal = approval_signal_name
 
 
 @dataclass
@@ -147,9 +131,9 @@ class Agent:
         instructions: the system prompt.
         max_turns: model calls at most, over the whole run (plans and re-plans included).
         budget: token / USD limits of the run, enforced before each model call.
-        policies: decides allow / deny / require_approval per tool call (default: read-only tools
-            run, side-effecting ones need approval).
-        approval_timeout: seconds to wait for an approval before the call is treated as rejected.
+        policies: a policy pack (a `PolicyPack` or the path of its YAML file) or a policy
+            function deciding each tool call (default: read-only tools run, side-effecting ones
+            need an approval by any operator of the run's tenant).
         prices: the price table used for the cost of each call.
         mode: "react" (one loop of model call -> tools) or "plan" (plan-and-execute: a recorded
             structured plan, each step carried out and recorded, a recorded re-plan on failure).
@@ -163,8 +147,7 @@ class Agent:
     instructions: str = "You are a careful NOC copilot. Use the tools; never guess values."
     max_turns: int = 12
     budget: Budget | None = None
-    policies: Policy = default_policy
-    approval_timeout: float | None = None
+    policies: Policies = default_policy
     prices: PriceTable | None = None
     mode: Literal["react", "plan"] = "react"
     max_replans: int = 2
@@ -179,6 +162,7 @@ class Agent:
         if "/" in self.name or not self.name:
             raise ConfigurationError(f"agent name {self.name!r} must be non-empty and contain no '/'")
         self._by_name = {t.name: t for t in self.tools}
+        self._policies = resolve_policies(self.policies)
         agent = self
 
         async def run_agent(ctx: WorkflowContext, task: str) -> Outcome:
@@ -337,48 +321,19 @@ class Agent:
     ) -> tuple[ToolCallRecord, ToolMessage]:
         tool = self._by_name[name]  # screened by chat(): known tool, valid arguments
         facts = tool_facts(tool)
-        decision = await self._decide(ctx, tool, facts, call_id, args)
-        record = ToolCallRecord(id=call_id, name=name, args=args, decision=decision, status="ok")
-        if decision.effect == "deny":
-            record.status, record.result = "denied", f"denied by policy ({decision.rule}): {decision.reason}"
+        gated = await gate(ctx, self._policies, tool, facts, call_id, args)
+        record = ToolCallRecord(id=call_id, name=name, args=gated.args, decision=gated.decision, status="ok",
+                                approved_by=gated.approvers)  # fmt: skip
+        if gated.status != "ok":
+            record.status, record.result = "denied" if gated.status == "denied" else "rejected", gated.refusal
             return record, ToolMessage(content=record.result, tool_call_id=call_id, name=name, status="error")
-        if decision.effect == "require_approval":
-            verdict = await self._approval(ctx, call_id)
-            record.approved_by = verdict.get("by")
-            if not verdict.get("approved"):
-                record.status = "rejected"
-                record.result = (
-                    f"rejected by {verdict.get('by') or 'nobody'}: {verdict.get('comment') or 'no reason given'}"
-                )
-                return record, ToolMessage(content=record.result, tool_call_id=call_id, name=name, status="error")
         try:
-            record.result = await self._execute(ctx, tool, facts, call_id, args)
+            record.result = await self._execute(ctx, tool, facts, call_id, gated.args)
         except ActivityError as exc:
             record.status, record.result = "error", f"error: {exc.cause_type}: {exc.cause_message}"
             return record, ToolMessage(content=record.result, tool_call_id=call_id, name=name, status="error")
         ran.append(record)
         return record, ToolMessage(content=record.result, tool_call_id=call_id, name=name)
-
-    async def _decide(
-        self, ctx: WorkflowContext, tool: BaseTool, facts: ToolFacts, call_id: str, args: dict[str, Any]
-    ) -> Decision:
-        policy = self.policies
-
-        async def decide() -> Decision:
-            return policy(ctx, tool, facts, args)
-
-        step: Activity[[], Decision] = Activity(
-            decide, name=tool.name, retry=RetryPolicy(max_attempts=1), timeout=None, side_effect=False,
-            reconcile=None, kind="policy",
-        )  # fmt: skip
-        return await ctx.run_step(step, request=canonical_json({"tool": tool.name, "call": call_id, "args": args}))
-
-    async def _approval(self, ctx: WorkflowContext, call_id: str) -> dict[str, Any]:
-        try:
-            verdict = await ctx.wait_signal(approval_signal(call_id), timeout=self.approval_timeout)
-        except WaitTimeout:
-            return {"approved": False, "by": None, "comment": "the approval expired"}
-        return verdict if isinstance(verdict, dict) else {"approved": bool(verdict)}
 
     async def _execute(
         self, ctx: WorkflowContext, tool: BaseTool, facts: ToolFacts, call_id: str, args: dict[str, Any]

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from agentflow.engine._clock import Clock, SystemClock
 from agentflow.engine._defs import Activity, RetryPolicy, Workflow
@@ -22,6 +22,9 @@ from agentflow.errors import (
 )
 from agentflow.store._codec import decode, encode
 from agentflow.store._store import EventStore, RunRecord, StepRecord
+
+if TYPE_CHECKING:
+    from agentflow.approvals import Approvals
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -158,6 +161,7 @@ class App:
         self._workflows: dict[str, Workflow[Any, Any]] = {}
         self._activities: dict[str, Activity[Any, Any]] = {}
         self._store: EventStore | None = None
+        self._approvals: Approvals | None = None
 
     # -- the store, opened on first use (so `module:app` imports cheaply) --------------------
     @property
@@ -165,6 +169,17 @@ class App:
         if self._store is None:
             self._store = EventStore(self.db, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
         return self._store
+
+    @property
+    def approvals(self) -> Approvals:
+        """Operators and approval requests in this app's store (`agentflow.approvals`).
+
+        The one place the engine reaches up a layer, lazily: approvals live in the run store."""
+        if self._approvals is None:
+            from agentflow.approvals import Approvals
+
+            self._approvals = Approvals(self)
+        return self._approvals
 
     def close(self) -> None:
         if self._store is not None:

@@ -149,6 +149,8 @@ class ActivityInfo:
     tenant: str
     idempotency_key: str
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The `App` running the activity: activities may do I/O, e.g. read the store's policy counters.
+    app: Any = None
 
 
 _current: contextvars.ContextVar[ActivityInfo | None] = contextvars.ContextVar(

@@ -515,7 +515,7 @@ class RunExecutor:
                 crash_point("after_intent")
             info = ActivityInfo(
                 run_id=self.run_id, seq=seq, attempt=attempt, name=act.name,
-                workflow=self.run.workflow, tenant=self.run.tenant, idempotency_key=key,
+                workflow=self.run.workflow, tenant=self.run.tenant, idempotency_key=key, app=self.app,
             )  # fmt: skip
             started = self.clock.now()
             try:

@@ -9,6 +9,7 @@ process start time) or any worker whose heartbeat is older than the lease TTL.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -62,13 +63,27 @@ class Worker:
         """Drive runs (of this worker's scope) until `run_id` has ended."""
         await self._loop(lambda: self.store.get_run(run_id).terminal)
 
-    async def run_until_blocked(self, run_id: str) -> None:
+    async def run_until_blocked(self, run_id: str, *, until_signal_wait: bool = False) -> None:
         """Drive until `run_id` has ended or waits for an event only (a signal, a child, an
-        approval) with no timer due: what a test or a script does before sending that event."""
+        approval) with no timer due: what a test or a script does before sending that event.
+
+        Args:
+            run_id: the run.
+            until_signal_wait: also stop when the run waits for a signal that has a timeout (an
+                approval with an expiry): without it a time-skipping clock jumps to the timeout
+                before anyone had a chance to answer.
+        """
 
         def blocked() -> bool:
             run = self.store.get_run(run_id)
-            return run.terminal or (not self._tasks and run.status == "waiting" and run.wake_at is None)
+            if run.terminal:
+                return True
+            if self._tasks or run.status != "waiting":
+                return False
+            if run.wake_at is None:
+                return True
+            signals = until_signal_wait and bool(json.loads(run.waiting_on or "{}").get("signals"))
+            return signals and run.wake_at > self.app.clock.now()  # and not woken already
 
         await self._loop(blocked)
 

@@ -37,6 +37,8 @@ class ToolFacts:
         timeout: seconds per attempt.
         compensate: the name of the tool that undoes this one (apply -> rollback).
         tags: free-form tags for policies.
+        preview: `preview(args)` returns what the call would change (a dry-run diff), shown to
+            the approvers of a staged call; read-only, it must not change anything.
     """
 
     side_effect: SideEffect = "non_idempotent"
@@ -47,6 +49,7 @@ class ToolFacts:
     timeout: float | None = None
     compensate: str | None = None
     tags: tuple[str, ...] = ()
+    preview: Callable[[Mapping[str, Any]], Any] | None = None
 
     @property
     def read_only(self) -> bool:
@@ -94,6 +97,7 @@ def tool(
     timeout: float | None = None,
     compensate: str | None = None,
     tags: Sequence[str] = (),
+    preview: Callable[[Mapping[str, Any]], Any] | None = None,
     name: str | None = None,
     description: str | None = None,
     args_schema: type[BaseModel] | None = None,
@@ -110,6 +114,7 @@ def tool(
     timeout: float | None = None,
     compensate: str | None = None,
     tags: Sequence[str] = (),
+    preview: Callable[[Mapping[str, Any]], Any] | None = None,
     name: str | None = None,
     description: str | None = None,
     args_schema: type[BaseModel] | None = None,
@@ -127,6 +132,7 @@ def tool(
     timeout: float | None = None,
     compensate: str | None = None,
     tags: Sequence[str] = (),
+    preview: Callable[[Mapping[str, Any]], Any] | None = None,
     name: str | None = None,
     description: str | None = None,
     args_schema: type[BaseModel] | None = None,
@@ -147,7 +153,7 @@ def tool(
         raise ConfigurationError(f"side_effect must be one of {_SIDE_EFFECTS}, not {side_effect!r}")
     facts = ToolFacts(
         side_effect=side_effect, declared=True, target=target, region=region, reconcile=reconcile,
-        timeout=timeout, compensate=compensate, tags=tuple(tags),
+        timeout=timeout, compensate=compensate, tags=tuple(tags), preview=preview,
     )  # fmt: skip
 
     def wrap(f: Callable[..., Any] | BaseTool) -> BaseTool:

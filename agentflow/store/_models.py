@@ -19,7 +19,12 @@ __all__ = [
     "RUN_STATUSES",
     "SCHEMA_REVISION",
     "TERMINAL_STATUSES",
+    "ApprovalRequest",
+    "ApprovalVote",
+    "AuditRecord",
     "Blob",
+    "PolicyUsage",
+    "Principal",
     "Run",
     "Signal",
     "Step",
@@ -144,3 +149,105 @@ class Blob(SQLModel, table=True):
     data: str = Field(sa_column=Column(Text, nullable=False))
     size: int
     created_at: float
+
+
+# -- policies and approvals ----------------------------------------------------------------------
+class Principal(SQLModel, table=True):
+    """An operator who may decide approvals in one tenant, with roles; the API token is stored
+    as its SHA-256 only (tokens are 256-bit random, so no salt or slow hash is needed)."""
+
+    __tablename__ = "af_principals"
+    __table_args__ = (
+        Index("ux_af_principals_tenant_name", "tenant", "name", unique=True),
+        Index("ux_af_principals_token", "token_hash", unique=True),
+    )
+
+    id: str = Field(primary_key=True)
+    name: str
+    tenant: str
+    roles: str = Field(sa_column=Column(Text, nullable=False))  # JSON list
+    token_hash: str
+    created_at: float
+    disabled: int = Field(default=0)
+
+
+class ApprovalRequest(SQLModel, table=True):
+    """A staged tool call waiting for people: the exact arguments, their hash, the rule that
+    asked for the approval, and where the decision stands."""
+
+    __tablename__ = "af_approvals"
+    __table_args__ = (
+        Index("ix_af_approvals_tenant_status", "tenant", "status"),
+        Index("ix_af_approvals_run", "run_id"),
+    )
+
+    id: str = Field(primary_key=True)
+    run_id: str
+    call_id: str
+    tenant: str
+    requested_by: str | None = Field(default=None)
+    tool: str
+    args: str = Field(sa_column=Column(Text, nullable=False))  # JSON, as the approvers see them
+    args_hash: str
+    diff: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    rule: str
+    pack_hash: str
+    spec: str = Field(sa_column=Column(Text, nullable=False))  # JSON ApprovalSpec
+    # pending | approved | rejected | expired | escalated (pending again, wider roles)
+    status: str
+    created_at: float
+    expires_at: float | None = Field(default=None)
+    decided_at: float | None = Field(default=None)
+    revision: int = Field(default=1)  # bumped when an approver edits the arguments
+
+
+class ApprovalVote(SQLModel, table=True):
+    """One principal's decision on one request (a second vote by the same principal counts once)."""
+
+    __tablename__ = "af_approval_votes"
+
+    approval_id: str = Field(primary_key=True)
+    principal_id: str = Field(primary_key=True)
+    principal: str
+    decision: str  # approve | reject
+    comment: str = Field(default="", sa_column=Column(Text, nullable=False))
+    revision: int
+    at: float
+
+
+class AuditRecord(SQLModel, table=True):
+    """Every approval decision and every refusal, with its actor and reason."""
+
+    __tablename__ = "af_audit"
+    __table_args__ = (Index("ix_af_audit_approval", "approval_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: float
+    tenant: str | None = Field(default=None)
+    actor: str
+    action: str
+    approval_id: str | None = Field(default=None)
+    run_id: str | None = Field(default=None)
+    outcome: str  # done | refused
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))
+
+
+class PolicyUsage(SQLModel, table=True):
+    """A tool call a policy let through, counted by rate and blast-radius limits across runs."""
+
+    __tablename__ = "af_policy_usage"
+    __table_args__ = (
+        Index("ix_af_policy_usage_tool", "tenant", "tool", "at"),
+        Index("ix_af_policy_usage_region", "tenant", "region", "at"),
+        Index("ix_af_policy_usage_target", "target"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant: str
+    tool: str
+    target: str | None = Field(default=None)
+    region: str | None = Field(default=None)
+    run_id: str
+    call_id: str
+    side_effect: int
+    at: float

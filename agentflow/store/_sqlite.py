@@ -15,10 +15,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from agentflow.errors import ConfigurationError, LeaseLostError, StoreBusyError, StoreError
+
+T = TypeVar("T")
 
 # The default busy timeout is 0 in sqlite3 and 5 s in Python: both too short on a slow disk with
 # several worker processes, where a checkpoint can hold the lock for seconds (DBOS uses 30 s).
@@ -149,33 +151,41 @@ class SqliteStore:
     def _transaction(
         self, ops: Iterable[Op], run_id: str | None, unless: tuple[str, Sequence[Any]] | None
     ) -> list[int] | None:
+        def body(conn: sqlite3.Connection) -> list[int] | None:
+            if unless is not None and conn.execute(*unless).fetchone() is not None:
+                return None
+            counts: list[int] = []
+            for sql, params, fenced in ops:
+                n = conn.execute(sql, params).rowcount
+                if fenced and n == 0:
+                    raise LeaseLostError(
+                        f"run {run_id}: the write was refused: this worker's lease was taken "
+                        "over by another worker (or the step was already recorded final); it "
+                        "stops working on the run",
+                        run_id=run_id,
+                    )
+                counts.append(n)
+            return counts
+
+        return self.transact(body, what=f"writing run {run_id}" if run_id else "writing the store")
+
+    def transact(self, body: Callable[[sqlite3.Connection], T], *, what: str = "writing the store") -> T:
+        """Run `body(conn)` in one IMMEDIATE transaction: committed when it returns, rolled back
+        when it raises. Writers are serialized, so a read-check-write in `body` is atomic (how
+        approval quorums and policy limits hold across concurrent runs)."""
         conn = self.conn
-        counts: list[int] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                if unless is not None and conn.execute(*unless).fetchone() is not None:
-                    conn.execute("ROLLBACK")
-                    return None
-                for sql, params, fenced in ops:
-                    n = conn.execute(sql, params).rowcount
-                    if fenced and n == 0:
-                        conn.execute("ROLLBACK")
-                        raise LeaseLostError(
-                            f"run {run_id}: the write was refused: this worker's lease was taken "
-                            "over by another worker (or the step was already recorded final); it "
-                            "stops working on the run",
-                            run_id=run_id,
-                        )
-                    counts.append(n)
+                result = body(conn)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise translate_error(exc, f"writing run {run_id}" if run_id else "writing the store") from None
-        return counts
+            raise translate_error(exc, what) from None
+        return result
 
     def claim_sql(self) -> str:
         """Candidates for a claim: runnable runs (a compare-and-set on the epoch follows)."""

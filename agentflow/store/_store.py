@@ -329,17 +329,12 @@ class EventStore:
                 run_id=run_id,
                 tenant=run.tenant,
             )
-        self.backend.write(
-            [
-                (
-                    "INSERT INTO af_signals (run_id, name, payload, created_at) VALUES (?, ?, ?, ?)",
-                    (run_id, name, payload, now),
-                    False,
-                ),
-                self.wake_op(run_id),
-            ],
-            run_id=run_id,
-        )
+        self.backend.write(self.signal_ops(run_id, name, payload, now), run_id=run_id)
+
+    def signal_ops(self, run_id: str, name: str, payload: str, now: float) -> list[Op]:
+        """The writes that deliver a signal (to add to another transaction, e.g. an approval's)."""
+        insert = "INSERT INTO af_signals (run_id, name, payload, created_at) VALUES (?, ?, ?, ?)"
+        return [(insert, (run_id, name, payload, now), False), self.wake_op(run_id)]
 
     def next_signal(self, run_id: str, name: str) -> tuple[int, str] | None:
         rows = self.backend.query(

@@ -43,9 +43,10 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_agentflow_run_drives_an_agent_through_its_approvals(tmp_path: Path) -> None:
     """`agentflow run` starts the app's agent with tenant and requester recorded, drives it
-    until it waits for an approval and says how to give it; approving and running the same
-    command again (same --run-id) attaches to the run and drives it on, until it is resolved
-    with the config pushed exactly once."""
+    until it waits for an approval and says how to give it; an operator approves with their
+    token (the requester cannot: four-eyes), and running the same command again (same
+    --run-id) attaches to the run and drives it on, until it is resolved with the config pushed
+    exactly once."""
     (tmp_path / "copilot_app.py").write_text(APP_MODULE)
     net = noc.configure(tmp_path / "net.db")
     net.inject("CS-101", "mis_set_handover")
@@ -54,15 +55,26 @@ def test_agentflow_run_drives_an_agent_through_its_approvals(tmp_path: Path) -> 
              "--tenant", "noc-east", "--requested-by", "alice", "--run-id", "inc-1"]  # fmt: skip
     shown = cli(*start, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
-    assert "waiting for approval:" in shown.stdout and "agentflow runs signal inc-1 approval:" in shown.stdout
+    assert "waiting for approval apr_" in shown.stdout and "agentflow approvals approve apr_" in shown.stdout
+    tokens = {
+        name: cli("operators", "add", name, "--tenant", "noc-east", "--role", "noc-engineer", "--db", db,
+                  cwd=tmp_path).stdout.strip()
+        for name in ("alice", "bob")
+    }  # fmt: skip
     for _ in range(5):
         info = json.loads(cli(*start, "--json", cwd=tmp_path).stdout)
         if info["status"] != "waiting":
             break
-        for name in info["waiting_on"]["signals"]:
-            sent = cli("runs", "signal", "inc-1", name, "--payload", '{"approved": true, "by": "bob"}', "--db", db,
-                       cwd=tmp_path)  # fmt: skip
-            assert sent.returncode == 0, sent.stderr
+        listed = json.loads(
+            cli("approvals", "list", "--token", tokens["bob"], "--db", db, "--json", cwd=tmp_path).stdout
+        )
+        assert listed, "the run waits but bob sees nothing to approve"
+        for request in listed:
+            own = cli("approvals", "approve", request["id"], "--token", tokens["alice"], "--db", db, cwd=tmp_path)
+            assert own.returncode == 2 and "self_approval" in own.stderr  # alice asked for the run: four-eyes
+            sent = cli("approvals", "approve", request["id"], "--token", tokens["bob"], "--seen-hash",
+                       request["args_hash"], "--db", db, cwd=tmp_path)  # fmt: skip
+            assert sent.returncode == 0 and "approved" in sent.stdout, sent.stderr
     assert info["status"] == "completed", info
     assert info["workflow"] == "agent:noc-copilot" and info["tenant"] == "noc-east"
     assert info["meta"] == {"agent": "noc-copilot", "requested_by": "alice"}

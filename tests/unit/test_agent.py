@@ -11,7 +11,7 @@ import pytest
 import agentflow.llm as llm
 from agentflow import App, WorkflowContext, current_activity
 from agentflow.agent import Agent, Budget, Decision, approval_signal
-from agentflow.testing import assert_eventually
+from agentflow.testing import TestClock, assert_eventually
 
 EFFECTS: list[str] = []
 
@@ -43,6 +43,13 @@ def apply_call(value: int = 2) -> dict[str, Any]:
     return {"tool_calls": [{"name": "apply_change", "args": {"site": "CS-101", "param": "hoA3Offset", "value": value}}]}
 
 
+@pytest.fixture
+def people(make_app: Callable[..., App]) -> App:
+    """An app whose clock does not skip time: an approval waits for people, not for its expiry
+    (the worker would otherwise jump straight to the next timer)."""
+    return make_app(clock=TestClock(start=1_700_000_000, skip=False))
+
+
 @pytest.fixture(autouse=True)
 def _clear() -> None:
     EFFECTS.clear()
@@ -54,6 +61,15 @@ def copilot_app(app: App, agent: Agent) -> Any:
         return (await agent.run(ctx, task)).model_dump()
 
     return copilot
+
+
+def request_for(app: App, run_id: str, call_id: str) -> Any:
+    """The open approval request of a staged call (what an operator sees in their inbox)."""
+    return assert_eventually(lambda: next((r for r in app.approvals.list(run_id=run_id) if r.call_id == call_id), None))
+
+
+def operator(app: App, name: str) -> Any:
+    return app.approvals.add_operator(name, tenant="default", roles=["noc-engineer"])[0]
 
 
 def kinds(app: App, run_id: str) -> list[tuple[str, str, str]]:
@@ -79,19 +95,23 @@ def test_read_only_tools_run_and_the_answer_ends_the_loop(app: App) -> None:
     ]
 
 
-def test_side_effect_waits_for_approval_without_holding_a_worker(app: App, worker_thread: Callable[..., Any]) -> None:
+def test_side_effect_waits_for_approval_without_holding_a_worker(
+    people: App, worker_thread: Callable[..., Any]
+) -> None:
     """A side-effecting call parks the run on a durable approval wait (no owner); an approval
     signal resumes it and the tool runs once with the step's idempotency key."""
+    app = people
     agent = Agent(name="noc", model=scripted(apply_call(), "Applied."), tools=[get_kpis, apply_change])
     wf = copilot_app(app, agent)
     app.start(wf, "fix CS-101", run_id="r")
     worker_thread(app)
     run = assert_eventually(lambda: (r := app.store.get_run("r")).status == "waiting" and r)
     assert run.owner is None
-    waiting = json.loads(run.waiting_on)["signals"]
-    assert waiting == [approval_signal("call-0-0")]
+    request = request_for(app, "r", "call-0-0")
+    assert json.loads(run.waiting_on)["signals"] == [approval_signal(request.id)]
+    assert request.tool == "apply_change" and request.args == {"site": "CS-101", "param": "hoA3Offset", "value": 2}
     assert EFFECTS == []
-    app.signal("r", waiting[0], {"approved": True, "by": "alice"})
+    app.approvals.approve(request.id, by=operator(app, "alice"))
     assert_eventually(lambda: app.get_run("r").status == "completed")
     out = json.loads(app.store.get_run("r").output or "{}")
     assert out["tool_calls"][0]["approved_by"] == "alice"
@@ -99,13 +119,14 @@ def test_side_effect_waits_for_approval_without_holding_a_worker(app: App, worke
     assert EFFECTS == [f"r:{tool_step.seq}"]
 
 
-def test_rejection_goes_back_to_the_model(app: App, worker_thread: Callable[..., Any]) -> None:
+def test_rejection_goes_back_to_the_model(people: App, worker_thread: Callable[..., Any]) -> None:
     """A rejected call never runs; the model is told who rejected it and why."""
+    app = people
     agent = Agent(name="noc", model=scripted(apply_call(), "Understood, not applying."), tools=[apply_change])
     app.start(copilot_app(app, agent), "fix CS-101", run_id="r")
     worker_thread(app)
     assert_eventually(lambda: app.get_run("r").status == "waiting")
-    app.signal("r", approval_signal("call-0-0"), {"approved": False, "by": "bob", "comment": "not in the window"})
+    app.approvals.reject(request_for(app, "r", "call-0-0").id, by=operator(app, "bob"), comment="not in the window")
     assert_eventually(lambda: app.get_run("r").status == "completed")
     out = json.loads(app.store.get_run("r").output or "{}")
     assert out["tool_calls"][0]["status"] == "rejected"
@@ -113,14 +134,40 @@ def test_rejection_goes_back_to_the_model(app: App, worker_thread: Callable[...,
     assert EFFECTS == []
 
 
-def test_approval_timeout_counts_as_rejection(app: App) -> None:
-    """An approval that does not come before `approval_timeout` is a rejection (recorded)."""
-    agent = Agent(name="noc", model=scripted(apply_call(), "OK."), tools=[apply_change], approval_timeout=3600)
+def test_approval_expiry_counts_as_rejection(app: App) -> None:
+    """An approval that does not come before the request expires (default: one hour, on the
+    time-skipping clock) is a rejection; the request is recorded expired and audited."""
+    agent = Agent(name="noc", model=scripted(apply_call(), "OK."), tools=[apply_change])
     out = app.run(copilot_app(app, agent), "fix", run_id="r")
     assert out["tool_calls"][0]["status"] == "rejected"
     assert "expired" in out["tool_calls"][0]["result"]
-    assert ("signal", approval_signal("call-0-0"), "failed") in kinds(app, "r")
+    request = app.approvals.list(run_id="r", status=None)[0]
+    assert request.status == "expired"
+    assert ("signal", approval_signal(request.id), "failed") in kinds(app, "r")
+    assert [(a.action, a.outcome) for a in app.approvals.audit(approval_id=request.id)] == [
+        ("requested", "done"),
+        ("expired", "done"),
+    ]
     assert EFFECTS == []
+
+
+def test_a_forged_signal_approves_nothing(people: App, worker_thread: Callable[..., Any]) -> None:
+    """The approval signal only wakes the run: the run re-reads the request from the store, so a
+    hand-made signal claiming approval leaves the call waiting (and runs nothing)."""
+    app = people
+    agent = Agent(name="noc", model=scripted(apply_call(), "Applied."), tools=[apply_change])
+    app.start(copilot_app(app, agent), "fix CS-101", run_id="r")
+    worker_thread(app)
+    request = request_for(app, "r", "call-0-0")
+    app.signal("r", approval_signal(request.id), {"approved": True, "by": "mallory", "status": "approved"})
+    assert_eventually(
+        lambda: [s.name for s in app.history("r") if s.kind == "approval"] == ["request:apply_change", "read"]
+    )
+    assert_eventually(lambda: app.get_run("r").status == "waiting")
+    assert EFFECTS == []
+    app.approvals.approve(request.id, by=operator(app, "alice"))
+    assert_eventually(lambda: app.get_run("r").status == "completed")
+    assert len(EFFECTS) == 1
 
 
 def test_deny_policy_never_runs_the_tool(app: App) -> None:
@@ -205,9 +252,10 @@ def test_replay_calls_nothing_again(app: App) -> None:
     assert second == first and len(calls) == 2 and len(EFFECTS) == 1
 
 
-def test_parallel_calls_each_wait_for_their_own_approval(app: App, worker_thread: Callable[..., Any]) -> None:
+def test_parallel_calls_each_wait_for_their_own_approval(people: App, worker_thread: Callable[..., Any]) -> None:
     """Two side-effecting calls from one model response wait for two approvals; approving them
     one at a time (each resume replays the parallel branches) runs each exactly once."""
+    app = people
     two = {
         "tool_calls": [
             {"name": "apply_change", "args": {"site": "CS-1", "param": "hoA3Offset", "value": 2}, "id": "c1"},
@@ -218,9 +266,9 @@ def test_parallel_calls_each_wait_for_their_own_approval(app: App, worker_thread
     app.start(copilot_app(app, agent), "fix both", run_id="r")
     worker_thread(app)
     assert_eventually(lambda: app.get_run("r").status == "waiting")
-    app.signal("r", approval_signal("c2"), {"approved": True, "by": "alice"})
+    app.approvals.approve(request_for(app, "r", "c2").id, by=operator(app, "alice"))
     assert_eventually(lambda: len(EFFECTS) == 1 and app.get_run("r").status == "waiting")
-    app.signal("r", approval_signal("c1"), {"approved": True, "by": "bob"})
+    app.approvals.approve(request_for(app, "r", "c1").id, by=operator(app, "bob"))
     assert_eventually(lambda: app.get_run("r").status == "completed", message=str(app.get_run("r").error))
     out = json.loads(app.store.get_run("r").output or "{}")
     assert [(c["args"]["site"], c["approved_by"], c["status"]) for c in out["tool_calls"]] == [
@@ -247,10 +295,11 @@ def rollback(site: str, change_id: str) -> dict[str, Any]:
     return {"rolled_back": change_id}
 
 
-def test_cancel_after_a_compensable_step_runs_its_compensation(app: App, worker_thread: Callable[..., Any]) -> None:
+def test_cancel_after_a_compensable_step_runs_its_compensation(people: App, worker_thread: Callable[..., Any]) -> None:
     """A run cancelled while waiting for its next approval undoes the change it already pushed:
     the compensating tool runs once, recorded, with arguments taken from the push's arguments
     and result; the run ends cancelled."""
+    app = people
     ROLLED_BACK.clear()
     agent = Agent(
         name="comp",
@@ -264,7 +313,7 @@ def test_cancel_after_a_compensable_step_runs_its_compensation(app: App, worker_
     app.start(copilot_app(app, agent), "push twice", run_id="r")
     worker_thread(app)
     assert_eventually(lambda: app.get_run("r").status == "waiting")
-    app.signal("r", approval_signal("call-0-0"), {"approved": True, "by": "alice"})
+    app.approvals.approve(request_for(app, "r", "call-0-0").id, by=operator(app, "alice"))
     assert_eventually(lambda: len(EFFECTS) == 1 and app.get_run("r").status == "waiting")
     app.cancel("r")
     assert_eventually(lambda: app.get_run("r").status == "cancelled", message=str(app.get_run("r").error))

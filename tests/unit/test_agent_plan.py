@@ -14,7 +14,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 
 import agentflow.llm as llm
 from agentflow import Agent, App, WorkflowContext, current_activity
-from agentflow.agent import Outcome, approval_signal
+from agentflow.agent import Outcome
 
 CALLS: list[tuple[str, dict[str, Any]]] = []
 
@@ -174,7 +174,7 @@ def test_a_resumed_run_continues_at_the_first_unfinished_plan_step(tmp_path: Pat
     app = App(db)
     wf = copilot(app, agent_with(planner([plan], calls, first)))
     app.start(wf, "CS-101", run_id="r")
-    asyncio.run(app.worker(root_id="r").run_until_blocked("r"))
+    asyncio.run(app.worker(root_id="r").run_until_blocked("r", until_signal_wait=True))
     # The plan, step 1 (its call, its result), step 2's call: then it parks for the approval.
     assert app.get_run("r").status == "waiting" and len(first) == 4
     app.close()
@@ -182,9 +182,10 @@ def test_a_resumed_run_continues_at_the_first_unfinished_plan_step(tmp_path: Pat
     second: list[int] = []
     app2 = App(db)
     wf2 = copilot(app2, agent_with(planner([plan], calls, second)))
-    pending = [s for s in app2.history("r") if s.kind == "policy"][-1]
-    call_id = json.loads(pending.args or "{}")["call"]
-    app2.signal("r", approval_signal(call_id), {"approved": True, "by": "oncall"})
+    request = app2.approvals.list(run_id="r")[0]
+    assert request.tool == "apply_change" and request.args == calls["apply_change"]
+    oncall, _ = app2.approvals.add_operator("oncall", tenant="default", roles=["noc-engineer"])
+    app2.approvals.approve(request.id, by=oncall)
     out = app2.run(wf2, "CS-101", run_id="r")
     assert out.status == "answered"
     assert len(second) == 2  # step 2's result and the final answer: nothing before was re-asked

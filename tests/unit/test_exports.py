@@ -71,6 +71,9 @@ EXPORTS = {
     "agentflow.errors": [
         "ActivityError",
         "AgentflowError",
+        "ApprovalError",
+        "ApprovalRefused",
+        "AuthenticationError",
         "BudgetExceeded",
         "ChildWorkflowError",
         "ConfigurationError",
@@ -90,6 +93,7 @@ EXPORTS = {
         "NotInActivityError",
         "NotRegisteredError",
         "PayloadError",
+        "PolicyError",
         "RunError",
         "RunFailedError",
         "RunStateError",
@@ -179,6 +183,10 @@ def test_error_hierarchy_matches_the_documented_tree() -> None:
         "ModelBadRequest": "ModelError",
         "ModelAuthError": "ModelError",
         "ModelRequestsForbidden": "ModelError",
+        "PolicyError": "ConfigurationError",
+        "ApprovalError": "AgentflowError",
+        "AuthenticationError": "ApprovalError",
+        "ApprovalRefused": "ApprovalError",
     }
     assert all(name in (agentflow.errors.__doc__ or "") for name in parents)
     retryable = sorted(name for name in parents if getattr(agentflow.errors, name).retryable)

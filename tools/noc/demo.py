@@ -16,18 +16,24 @@ import os
 import sqlite3
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from langchain_core.messages import BaseMessage
 from rich.console import Console
 
+import policies
 from agentflow import App, WorkflowContext
 from agentflow.agent import Agent, usage
+from agentflow.approvals import ApprovalRequest, Principal
 from agentflow.llm import ChatModel, LangChainChat, ModelResponse, OpenAIChat, RunbookChatModel
+from agentflow.policy import load_pack
 from agentflow.testing import TestClock, configure_crash_point
 from tools.noc import NOC_TOOLS, configure, runbook
 
 SITE = "CS-101"
+TENANT = "noc-east"
+OPERATOR = "oncall-engineer"
 TASK = f"{SITE} drop rate is high since this morning, investigate and fix it."
 WORKFLOW = "noc.copilot"
 console = Console(stderr=True)
@@ -69,6 +75,7 @@ def build(app: App, model: ChatModel, mode: str = "react") -> Any:
             "cause, propose and stage one change, apply it (it needs an operator's approval), "
             "monitor the KPIs, then open a ticket and notify the on-call channel. Be brief."
         ),
+        policies=load_pack(policies.path("noc")),
         max_turns=16 if mode == "react" else 32,
         mode="plan" if mode == "plan" else "react",
     )
@@ -106,7 +113,7 @@ def main(
     say(f"[bold]agentflow demo[/]: NOC copilot, run [cyan]{run_id}[/] on {db}" + (" (resuming)" if resume else ""))
     if crash_at is not None:
         configure_crash_point(f"after_result:{crash_at}")
-    app.start(workflow, TASK, run_id=run_id, tenant="noc-east", meta={"requested_by": "demo"})
+    app.start(workflow, TASK, run_id=run_id, tenant=TENANT, meta={"requested_by": "demo"})
     asyncio.run(_drive(app, run_id, approve, say))
     return _summary(app, net, run_id, counting.ledger, time.perf_counter() - started)
 
@@ -116,13 +123,11 @@ async def _drive(app: App, run_id: str, approve: str, say: Any) -> None:
     printer = asyncio.create_task(_print_steps(app, run_id, shown, say))
     try:
         while True:
-            await app.worker(root_id=run_id).run_until_blocked(run_id)
-            run = app.store.get_run(run_id)
-            if run.terminal:
+            await app.worker(root_id=run_id).run_until_blocked(run_id, until_signal_wait=True)
+            if app.store.get_run(run_id).terminal:
                 break
-            for name in json.loads(run.waiting_on or "{}").get("signals", []):
-                if name.startswith("approval:"):
-                    app.signal(run_id, name, _decide(app, run_id, name, approve, say, shown))
+            for request in app.approvals.list(run_id=run_id):
+                _decide(app, request, approve, say, shown)
     finally:
         await asyncio.sleep(0.06)
         printer.cancel()
@@ -149,26 +154,27 @@ def _brief(text: str | None) -> str:
     return json.dumps(value)[:100] if not isinstance(value, str) else value[:100]
 
 
-def _decide(app: App, run_id: str, signal: str, approve: str, say: Any, shown: set[int]) -> dict[str, Any]:
-    _show_new(app, run_id, shown, say)
-    pending = _pending_call(app, run_id)
-    say(f"  [yellow]approval needed[/] for {pending}")
+def _operator(app: App) -> Principal:
+    """The demo's on-call engineer (an operator of the run's tenant, created once per store)."""
+    found = [p for p in app.approvals.operators(tenant=TENANT) if p.name == OPERATOR]
+    return found[0] if found else app.approvals.add_operator(OPERATOR, tenant=TENANT, roles=["noc-engineer"])[0]
+
+
+def _decide(app: App, request: ApprovalRequest, approve: str, say: Any, shown: set[int]) -> None:
+    _show_new(app, request.run_id, shown, say)
+    diff = f" diff {json.dumps(request.diff)}" if request.diff else ""
+    say(f"  [yellow]approval needed[/] ({request.rule}) for {request.tool}({json.dumps(request.args)}){diff}")
+    engineer = _operator(app)
     if approve == "prompt":
         import typer
 
-        ok = typer.confirm("  approve this change?", default=False)
-        comment = "" if ok else typer.prompt("  reason", default="rejected by operator")
-        return {"approved": ok, "by": os.environ.get("USER", "operator"), "comment": comment}
-    say("  [green]approved[/] (--approve auto)")
-    return {"approved": True, "by": "auto-approver", "comment": "demo"}
-
-
-def _pending_call(app: App, run_id: str) -> str:
-    steps = [s for s in app.history(run_id) if s.kind == "policy"]
-    if not steps:
-        return "a tool call"
-    request = json.loads(steps[-1].args or "{}")
-    return f"{request.get('tool')}({json.dumps(request.get('args'))})"
+        if typer.confirm(f"  approve this change as {engineer.name}?", default=False):
+            app.approvals.approve(request.id, by=engineer, comment="approved in the terminal")
+        else:
+            app.approvals.reject(request.id, by=engineer, comment=typer.prompt("  reason", default="rejected"))
+        return
+    app.approvals.approve(request.id, by=engineer, comment="demo --approve auto", seen_hash=request.args_hash)
+    say(f"  [green]approved[/] by {engineer.name} (--approve auto)")
 
 
 async def _print_steps(app: App, run_id: str, shown: set[int], say: Any) -> None:
@@ -194,15 +200,25 @@ def _show_new(app: App, run_id: str, shown: set[int], say: Any) -> None:
             )
         elif step.kind == "policy":
             decision = json.loads(step.result or "{}")
-            say(f"  [dim]{step.seq:>3}[/] policy   {step.name}: {decision.get('effect')} ({decision.get('rule')})")
+            say(
+                f"  [dim]{step.seq:>3}[/] policy   {step.name}: {decision.get('effect')} ({decision.get('rule')})"
+                + (f" until {_hhmm(decision['defer_until'])}" if decision.get("defer_until") else "")
+            )
         elif step.kind == "plan":
             steps = json.loads(step.result or "{}").get("steps", [])
             say(
                 f"  [dim]{step.seq:>3}[/] [magenta]plan[/]     {step.name}: "
                 + " -> ".join(s.get("tool") or "?" for s in steps)
             )
-        elif step.kind == "signal":
-            say(f"  [dim]{step.seq:>3}[/] approval {step.name}: {(step.result or step.error or '')[:90]}")
+        elif step.kind == "approval":
+            body = json.loads(step.result or "{}")
+            say(f"  [dim]{step.seq:>3}[/] approval {step.name}: {body.get('status')} {body.get('id')}")
+        elif step.kind == "sleep":
+            say(f"  [dim]{step.seq:>3}[/] [blue]wait[/]     maintenance window (durable sleep, clock skipped)")
+
+
+def _hhmm(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).strftime("%H:%M UTC")
 
 
 def _healthy(outcome: dict[str, Any]) -> bool | None:

@@ -112,9 +112,17 @@ def monitor_kpis(site: str, minutes: int = 30) -> dict[str, Any]:
             "healthy": not now, "improved": improved, "summary": summary}  # fmt: skip
 
 
+def _diff(args: Mapping[str, Any]) -> dict[str, Any]:
+    """What apply_change would change (shown to its approvers): the dry-run stage of the call."""
+    net = network()
+    site = net.check_site(str(args.get("site", "")))
+    param, to = str(args.get("param", "")), model.normalize(str(args.get("param", "")), args.get("value"))
+    return {"site": site, "param": param, "from": net.config(site)[param], "to": to}
+
+
 # -- act ------------------------------------------------------------------------------------
 @tool(side_effect="idempotent", target="site", region=_region, reconcile=_reconcile,
-      compensate="rollback_change", tags=["config"])  # fmt: skip
+      compensate="rollback_change", tags=["config"], preview=_diff)  # fmt: skip
 def apply_change(site: str, param: str, value: Value) -> dict[str, Any]:
     """Push a configuration change to a live cell site (e.g. hoA3Offset, prbCap, loadBalancing,
     backhaul_link, txPower). Stage it first. Returns `applied`, the `previous` value and the

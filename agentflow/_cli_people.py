@@ -1,0 +1,199 @@
+"""`agentflow operators ...`, `agentflow approvals ...` and `agentflow policy check`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agentflow.errors import AgentflowError, ApprovalError
+
+operators_app = typer.Typer(help="Operators who approve staged actions, with roles per tenant.", no_args_is_help=True)
+approvals_app = typer.Typer(help="Approval requests: list, show, approve, reject.", no_args_is_help=True)
+policy_app = typer.Typer(help="Policy packs.", no_args_is_help=True)
+
+console = Console()
+err_console = Console(stderr=True)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="SQLAlchemy URL of the store (default: $AGENTFLOW_DB, else sqlite:///agentflow.db)."),
+]
+TokenOption = Annotated[
+    str | None, typer.Option("--token", help="Your operator token (default: $AGENTFLOW_TOKEN).", show_default=False)
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _approvals(db: str | None) -> Any:
+    from agentflow.engine import App
+    from agentflow.engine._app import DEFAULT_DB
+
+    return App(db or os.environ.get("AGENTFLOW_DB") or DEFAULT_DB).approvals
+
+
+def _token(token: str | None) -> str | None:
+    return token or os.environ.get("AGENTFLOW_TOKEN")
+
+
+def _fail(exc: AgentflowError) -> None:
+    code = f" ({exc.code})" if isinstance(exc, ApprovalError) else ""
+    err_console.print(f"[bold red]error{code}:[/] {exc}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+# -- operators ----------------------------------------------------------------------------------
+@operators_app.command("add")
+def operators_add(
+    name: str,
+    tenant: Annotated[str, typer.Option(help="The tenant whose runs the operator may decide on.")],
+    role: Annotated[list[str], typer.Option("--role", help="A role (repeat for several), e.g. noc-engineer.")],
+    db: DbOption = None,
+) -> None:
+    """Create an operator and print their API token (once: only its hash is stored)."""
+    try:
+        principal, token = _approvals(db).add_operator(name, tenant=tenant, roles=role)
+    except AgentflowError as exc:
+        _fail(exc)
+    err_console.print(f"operator {principal.name} ({tenant}, roles {', '.join(principal.roles)}); token, shown once:")
+    print(token)
+
+
+@operators_app.command("list")
+def operators_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None, db: DbOption = None
+) -> None:
+    """List operators and their roles."""
+    table = Table("name", "tenant", "roles")
+    for p in _approvals(db).operators(tenant=tenant):
+        table.add_row(p.name, p.tenant, ", ".join(p.roles))
+    console.print(table)
+
+
+# -- approvals ----------------------------------------------------------------------------------
+@approvals_app.command("list")
+def approvals_list(
+    token: TokenOption = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    status: Annotated[str, typer.Option(help="pending (open ones), approved, rejected, expired, or all.")] = "pending",
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List approval requests; with --token, those you may decide."""
+    approvals = _approvals(db)
+    try:
+        who = approvals.authenticate(_token(token)) if _token(token) else None
+        found = approvals.list(tenant=tenant, status=None if status == "all" else status, for_principal=who)
+    except AgentflowError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps([r.model_dump(mode="json") for r in found], indent=1))
+        return
+    table = Table("id", "tenant", "tool", "args", "rule", "status", "approvals", "requested by")
+    for r in found:
+        table.add_row(r.id, r.tenant, r.tool, json.dumps(r.args), r.rule, r.status,
+                      f"{r.approvals}/{r.spec.quorum}", r.requested_by or "-")  # fmt: skip
+    console.print(table)
+
+
+@approvals_app.command("show")
+def approvals_show(approval_id: str, db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Show one request: the exact arguments and their hash, the diff, the rule, votes, audit."""
+    approvals = _approvals(db)
+    try:
+        req = approvals.get(approval_id)
+    except AgentflowError as exc:
+        _fail(exc)
+    audit = approvals.audit(approval_id=approval_id)
+    if as_json:
+        print(json.dumps(req.model_dump(mode="json") | {"audit": [a.model_dump() for a in audit]}, indent=1))
+        return
+    table = Table(show_header=False)
+    for key in ("id", "run_id", "tenant", "requested_by", "tool", "rule", "status", "args_hash"):
+        table.add_row(key, str(getattr(req, key)))
+    table.add_row("args", json.dumps(req.args))
+    table.add_row("diff", json.dumps(req.diff) if req.diff is not None else "-")
+    table.add_row(
+        "needs", f"{req.spec.quorum} of roles {req.deciding_roles}" + (", four-eyes" if req.spec.four_eyes else "")
+    )
+    table.add_row("editable", ", ".join(req.spec.editable_args) or "-")
+    for v in req.votes:
+        table.add_row("vote", f"{v.principal}: {v.decision} (revision {v.revision}) {v.comment}")
+    for a in audit:
+        table.add_row("audit", f"{a.actor} {a.action} {a.outcome} {a.reason}")
+    console.print(table, highlight=False, markup=False)
+
+
+@approvals_app.command("approve")
+def approvals_approve(
+    approval_id: str,
+    token: TokenOption = None,
+    comment: Annotated[str, typer.Option(help="Recorded with your decision.")] = "",
+    set_arg: Annotated[
+        list[str] | None, typer.Option("--set", help="Edit an argument the rule lets approvers edit: NAME=JSON.")
+    ] = None,
+    seen_hash: Annotated[
+        str | None,
+        typer.Option("--seen-hash", help="The args_hash you reviewed: refused if the request changed since."),
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Approve a request (counts toward its quorum)."""
+    approvals = _approvals(db)
+    try:
+        edited = _edited(approvals.get(approval_id).args, set_arg) if set_arg else None
+        req = approvals.approve(approval_id, by=_token(token) or "", comment=comment, args=edited, seen_hash=seen_hash)
+    except AgentflowError as exc:
+        _fail(exc)
+    console.print(f"{req.id}: {req.status} ({req.approvals}/{req.spec.quorum} approvals)", highlight=False)
+
+
+@approvals_app.command("reject")
+def approvals_reject(
+    approval_id: str,
+    token: TokenOption = None,
+    comment: Annotated[str, typer.Option(help="Why (the agent is told).")] = "",
+    db: DbOption = None,
+) -> None:
+    """Reject a request: the call does not run; the agent is told why."""
+    try:
+        req = _approvals(db).reject(approval_id, by=_token(token) or "", comment=comment)
+    except AgentflowError as exc:
+        _fail(exc)
+    console.print(f"{req.id}: {req.status}", highlight=False)
+
+
+def _edited(args: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    out = dict(args)
+    for item in sets:
+        name, sep, raw = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--set takes NAME=JSON, got {item!r}")
+        try:
+            out[name] = json.loads(raw)
+        except ValueError:
+            out[name] = raw  # a bare string
+    return out
+
+
+# -- policy -------------------------------------------------------------------------------------
+@policy_app.command("check")
+def policy_check(path: Path) -> None:
+    """Validate a policy pack and print its rules and version hash."""
+    from agentflow.policy import load_pack
+
+    try:
+        pack = load_pack(path)
+    except AgentflowError as exc:
+        _fail(exc)
+    console.print(f"{path}: pack {pack.name!r}, version {pack.version_hash}, {len(pack.rules)} rules", highlight=False)
+    table = Table("#", "rule", "effect", "matches", "when")
+    for i, rule in enumerate(pack.rules, 1):
+        what = ", ".join([*rule.match.tools, *(f"#{t}" for t in rule.match.tags)]) or "every call"
+        table.add_row(str(i), rule.id, rule.effect, what, rule.when or "-")
+    console.print(table, highlight=False, markup=False)

@@ -1,0 +1,91 @@
+"""The approval records as the API returns them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from agentflow.policy import ApprovalSpec
+
+Status = Literal["pending", "escalated", "approved", "rejected", "expired"]
+OPEN = ("pending", "escalated")
+
+
+def args_hash(args: dict[str, Any]) -> str:
+    """The hash an approval is bound to: sha256 of the arguments' canonical JSON."""
+    body = json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def request_id(run_id: str, call_id: str, digest: str) -> str:
+    """A stable id per (run, tool call, exact arguments): a call re-issued with other arguments
+    is another request, which needs its own approval."""
+    return "apr_" + hashlib.sha256(f"{run_id}\x00{call_id}\x00{digest}".encode()).hexdigest()[:20]
+
+
+class Principal(BaseModel):
+    """An operator: a name and roles within one tenant."""
+
+    id: str
+    name: str
+    tenant: str
+    roles: list[str]
+
+
+class Vote(BaseModel):
+    principal: str
+    decision: Literal["approve", "reject"]
+    comment: str = ""
+    revision: int
+    at: float
+
+
+class ApprovalRequest(BaseModel):
+    """A staged tool call and where its approval stands."""
+
+    id: str
+    run_id: str
+    call_id: str
+    tenant: str
+    requested_by: str | None
+    tool: str
+    args: dict[str, Any]
+    args_hash: str
+    diff: Any = None
+    rule: str
+    pack_hash: str
+    spec: ApprovalSpec
+    status: Status
+    created_at: float
+    expires_at: float | None
+    decided_at: float | None
+    revision: int
+    votes: list[Vote] = Field(default_factory=list)
+
+    @property
+    def approvals(self) -> int:
+        """Distinct approvers of the current arguments."""
+        return sum(1 for v in self.votes if v.decision == "approve" and v.revision == self.revision)
+
+    @property
+    def deciding_roles(self) -> list[str]:
+        return self.spec.escalate_to if self.status == "escalated" else self.spec.roles
+
+    @property
+    def open(self) -> bool:
+        return self.status in OPEN
+
+
+class AuditEntry(BaseModel):
+    id: int
+    at: float
+    tenant: str | None
+    actor: str
+    action: str
+    approval_id: str | None
+    run_id: str | None
+    outcome: Literal["done", "refused"]
+    reason: str
