@@ -11,7 +11,7 @@ from agentflow.agent._agent import (
     approval_signal,
 )
 from agentflow.agent._chat import MODEL_RETRY, Budget, chat, spent
-from agentflow.agent._gate import default_policy
+from agentflow.agent._gate import Gated, Policies, authorize, default_policy
 from agentflow.agent._usage import UsageSummary, usage
 
 __all__ = [
@@ -19,13 +19,16 @@ __all__ = [
     "Agent",
     "Budget",
     "Decision",
+    "Gated",
     "Outcome",
     "Plan",
     "PlanStep",
     "PlanStepRecord",
+    "Policies",
     "ToolCallRecord",
     "UsageSummary",
     "approval_signal",
+    "authorize",
     "chat",
     "default_policy",
     "spent",

@@ -80,6 +80,28 @@ class Gated:
         return ", ".join(names) or None
 
 
+async def authorize(
+    ctx: WorkflowContext, tool: BaseTool, args: dict[str, Any], *, call_id: str, policies: Policies = default_policy
+) -> Gated:
+    """Pass one tool call through the gate from any workflow (the agent does this for every call
+    the model makes): decision, approval, maintenance window, re-decision, all recorded.
+
+    Args:
+        ctx: the workflow's context.
+        tool: the tool about to be called (its `agentflow.llm.tool` facts are what policies see).
+        args: the exact arguments.
+        call_id: what the approval request is tied to (with the run and the argument hash).
+        policies: a pack, a pack path or a policy function.
+
+    Returns:
+        The verdict: `status` "ok" (run it, with `args`, which an approver may have edited),
+        "denied" or "rejected" (with `refusal`).
+    """
+    from agentflow.llm._tools import tool_facts
+
+    return await gate(ctx, resolve_policies(policies), tool, tool_facts(tool), call_id, args)
+
+
 async def gate(
     ctx: WorkflowContext, policies: PolicyPack | Policy, tool: BaseTool, facts: ToolFacts, call_id: str,
     args: dict[str, Any],

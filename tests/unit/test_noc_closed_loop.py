@@ -41,11 +41,20 @@ def loop(app: App, net: noc.Network) -> Loop:
 
 
 def drive_until_blocked(app: App, run_id: str) -> dict[str, Any]:
-    """Drive the run until it waits for a signal only; return what it waits on."""
-    asyncio.run(app.worker(root_id=run_id).run_until_blocked(run_id))
+    """Drive the run until it waits for a signal (its approval); return what it waits on."""
+    asyncio.run(app.worker(root_id=run_id).run_until_blocked(run_id, until_signal_wait=True))
     waiting = app.get_run(run_id).waiting_on
     assert waiting is not None
     return waiting
+
+
+def decide(app: App, run_id: str, name: str, *, approve: bool, comment: str) -> Any:
+    """An operator of the run's tenant decides the run's open approval request."""
+    (request,) = app.approvals.list(run_id=run_id)
+    who = app.approvals.add_operator(name, tenant="default", roles=["noc-engineer"])[0]
+    if approve:
+        return app.approvals.approve(request.id, by=who, comment=comment)
+    return app.approvals.reject(request.id, by=who, comment=comment)
 
 
 def kinds(net: noc.Network, run_id: str) -> list[str]:
@@ -70,9 +79,12 @@ def test_right_diagnosis_waits_for_the_window_applies_once_and_commits(app: App,
     net.inject("CS-104", "mis_set_handover")
     app.start(loop, "CS-104", window_start_hour=2, run_id="fix")
     waiting = drive_until_blocked(app, "fix")
-    assert waiting["signals"] == [approval_signal(model.change_id("CS-104", "hoA3Offset", 3))]
+    (request,) = app.approvals.list(run_id="fix")
+    assert waiting["signals"] == [approval_signal(request.id)]
+    assert request.call_id == model.change_id("CS-104", "hoA3Offset", 3)
+    assert request.args == {"site": "CS-104", "param": "hoA3Offset", "value": 3}
     assert kinds(net, "fix") == ["ticket_create"]
-    app.signal("fix", waiting["signals"][0], {"approved": True, "by": "alice", "comment": "go"})
+    decide(app, "fix", "alice", approve=True, comment="go")
     out = app.run(loop, "CS-104", window_start_hour=2, run_id="fix")
 
     assert (out.status, out.diagnosed_cause, out.cause) == ("committed", "mis_set_handover", "mis_set_handover")
@@ -128,8 +140,8 @@ def test_rejection_applies_nothing(app: App, net: noc.Network, loop: Loop) -> No
     config untouched, the ticket notes who rejected it and why."""
     net.inject("CS-104", "mis_set_handover")
     app.start(loop, "CS-104", run_id="no")
-    (signal,) = drive_until_blocked(app, "no")["signals"]
-    app.signal("no", signal, {"approved": False, "by": "bob", "comment": "not tonight"})
+    drive_until_blocked(app, "no")
+    decide(app, "no", "bob", approve=False, comment="not tonight")
     out = app.run(loop, "CS-104", run_id="no")
 
     assert out.status == "rejected" and out.approval == Approval(approved=False, by="bob", comment="not tonight")
@@ -138,14 +150,16 @@ def test_rejection_applies_nothing(app: App, net: noc.Network, loop: Loop) -> No
     assert net.config("CS-104")["hoA3Offset"] == 8
     assert not any(s.kind == "sleep" for s in app.history("no"))
     (note,) = net.ticket(out.ticket_id)["notes"]
-    assert "rejected by bob: not tonight" in note
+    assert "bob: not tonight" in note
 
 
 def test_an_approval_that_never_comes_expires_as_a_rejection(app: App, net: noc.Network, loop: Loop) -> None:
-    """With `approval_timeout`, a missing approval is a recorded timeout and a rejection."""
+    """A missing approval expires (the policy's expiry, one hour by default, on the skipping
+    clock): a recorded expiry and a rejection."""
     net.inject("CS-104", "mis_set_handover")
-    out = app.run(loop, "CS-104", approval_timeout=3600, run_id="late")
-    assert out.status == "rejected" and out.approval is not None and out.approval.comment == "the approval expired"
+    out = app.run(loop, "CS-104", run_id="late")
+    assert out.status == "rejected" and out.approval is not None and out.approval.comment == "expired"
+    assert app.approvals.list(run_id="late", status=None)[0].status == "expired"
     assert kinds(net, "late") == ["ticket_create", "ticket_update"]
 
 
@@ -172,10 +186,10 @@ def test_a_run_parked_on_its_approval_is_finished_by_another_app(
     net.inject("CS-104", "mis_set_handover")
     first = make_app()
     first.start(noc.register_closed_loop(first), "CS-104", run_id="handover")
-    (signal,) = drive_until_blocked(first, "handover")["signals"]
+    drive_until_blocked(first, "handover")
     first.close()
     second = make_app()
-    second.signal("handover", signal, {"approved": True, "by": "carol"})
+    decide(second, "handover", "carol", approve=True, comment="")
     out = second.run(noc.register_closed_loop(second), "CS-104", run_id="handover")
     assert out.status == "committed" and out.approval is not None and out.approval.by == "carol"
     assert kinds(net, "handover") == ["ticket_create", "apply", "ticket_update"]

@@ -20,8 +20,9 @@ Each step calls the NOC tool it is named after (`tools.noc.tools`) as an activit
 `noc.closed_loop.<tool>`; effect tools take their idempotency key from the engine, so a resumed
 run never pushes, rolls back or notes twice. The stage is a dry run through `model.normalize`,
 so a value out of range ends the loop (`refused`) before anyone is asked to approve it; the
-approval is awaited on `agentflow.agent.approval_signal(<change_id>)`, whose name binds it to
-the exact site, parameter and value.
+approval goes through `agentflow.agent.authorize`, the gate every agent tool call passes: an
+approval request bound to the exact site, parameter and value, decided by the tenant's operators
+through `app.approvals`.
 
 Two clocks: the engine's (timers, `ctx.now()`) and the simulated network's (`Network.now`, used
 by the tools' KPI reads and the ledger's timestamps). Every step is given the engine time it was
@@ -36,8 +37,6 @@ file may interleave one's clock set with the other's read (it is a simulator).
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -45,8 +44,8 @@ from typing import Any, Literal
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel, Field
 
-from agentflow import Activity, ActivityError, App, RetryPolicy, WaitTimeout, Workflow, WorkflowContext
-from agentflow.agent import Decision, approval_signal, default_policy
+from agentflow import Activity, ActivityError, App, RetryPolicy, Workflow, WorkflowContext
+from agentflow.agent import Decision, Policies, authorize, default_policy
 from agentflow.llm import ToolFacts, tool_facts
 from tools.noc import model
 from tools.noc.env import network
@@ -56,7 +55,6 @@ CLOSED_LOOP = "noc.closed_loop"
 
 Value = str | int | float | bool
 Status = Literal["committed", "rolled_back", "rejected", "refused", "no_action"]
-Policy = Callable[[WorkflowContext, BaseTool, ToolFacts, dict[str, Any]], Decision]
 ToolStep = Activity[[dict[str, Any], float], dict[str, Any]]
 CheckStep = Activity[[str, int, float], dict[str, Any]]
 
@@ -144,7 +142,6 @@ class _Params:
     cause: str | None
     value: Value | None
     auto_approve: bool
-    approval_timeout: float | None
 
     def check(self) -> None:
         """Refuse values the loop cannot honour, all at once, before any step is recorded."""
@@ -157,7 +154,6 @@ class _Params:
              f"check_every_minutes must be 5..monitor_minutes, not {self.check_every_minutes}"),
             (self.cause is None or self.cause in model.SCENARIOS,
              f"cause must be one of {list(model.SCENARIOS)} or None, not {self.cause!r}"),
-            (self.approval_timeout is None or self.approval_timeout > 0, "approval_timeout must be > 0 seconds"),
         ]  # fmt: skip
         problems = [message for ok, message in rules if not ok]
         if problems:
@@ -221,7 +217,7 @@ class _Loop:
     """One run of the closed loop: its state between steps, rebuilt by replay."""
 
     def __init__(
-        self, ctx: WorkflowContext, steps: dict[str, ToolStep], check: CheckStep, policy: Policy, params: _Params
+        self, ctx: WorkflowContext, steps: dict[str, ToolStep], check: CheckStep, policy: Policies, params: _Params
     ) -> None:
         self.ctx, self.steps, self.check, self.policy, self.p = ctx, steps, check, policy, params
         self.out = ClosedLoopResult(status="no_action", site=params.site, ticket_id="")
@@ -288,44 +284,26 @@ class _Loop:
         )  # fmt: skip
 
     async def _authorize(self) -> None:
-        """The policy decides (recorded, like the agent's); an approval is awaited if it says so."""
+        """The gate every agent tool call passes (`agentflow.agent.authorize`): a recorded policy
+        decision and, when it says so, an approval request bound to the exact change, decided by
+        operators of the tenant through `app.approvals` (a signal alone approves nothing)."""
         c = self.change
-        decision = self.out.decision = await self._decide({"site": c.site, "param": c.param, "value": c.value})
-        if decision.effect == "deny":
-            raise _Halt("refused", f"denied by policy ({decision.rule}): {decision.reason}")
-        if decision.effect == "allow":
-            return
-        verdict = self.out.approval = await self._approval()
-        if not verdict.approved:
-            raise _Halt(
-                "rejected",
-                f"{c.change_id} ({c.param} {c.previous} -> {c.value}) rejected by {verdict.by or 'nobody'}: "
-                f"{verdict.comment or 'no reason given'}",
-            )
-
-    async def _decide(self, args: dict[str, Any]) -> Decision:
-        ctx, policy = self.ctx, self.policy
-
-        async def decide() -> Decision:
-            return policy(ctx, apply_change, tool_facts(apply_change), args)
-
-        step: Activity[[], Decision] = Activity(
-            decide, name=apply_change.name, retry=RetryPolicy(max_attempts=1), timeout=None, side_effect=False,
-            reconcile=None, kind="policy",
-        )  # fmt: skip
-        request = json.dumps({"tool": apply_change.name, "args": args}, sort_keys=True)
-        return await ctx.run_step(step, request=request)
-
-    async def _approval(self) -> Approval:
-        if self.p.auto_approve:
-            return Approval(approved=True, by="auto-approve", comment="auto_approve=True")
-        try:
-            payload = await self.ctx.wait_signal(
-                approval_signal(self.change.change_id), timeout=self.p.approval_timeout
-            )
-        except WaitTimeout:
-            return Approval(approved=False, comment="the approval expired")
-        return _verdict(payload)
+        args = {"site": c.site, "param": c.param, "value": c.value}
+        policy = _auto_approving(self.policy) if self.p.auto_approve else self.policy
+        gated = await authorize(self.ctx, apply_change, args, call_id=c.change_id, policies=policy)
+        self.out.decision = gated.decision
+        if gated.approval is not None:
+            votes = [v for v in gated.approval.votes if v.revision == gated.approval.revision]
+            self.out.approval = Approval(
+                approved=gated.status == "ok", by=", ".join(v.principal for v in votes) or None,
+                comment="; ".join(v.comment for v in votes if v.comment) or gated.approval.status,
+            )  # fmt: skip
+        if gated.status == "denied":
+            raise _Halt("refused", gated.refusal)
+        if gated.status == "rejected":
+            raise _Halt("rejected", f"{c.change_id} ({c.param} {c.previous} -> {c.value}) {gated.refusal}")
+        if gated.args != args:
+            raise _Halt("refused", f"the approver edited the change to {gated.args}: stage it again")
 
     async def _await_window(self) -> None:
         now = self.ctx.now()
@@ -392,35 +370,42 @@ class _Loop:
         await self._call("update_ticket", ticket_id=self.out.ticket_id, note=why)
 
 
-def _verdict(payload: Any) -> Approval:
-    """An approval payload {"approved": bool, "by": str, "comment": str}: anything but
-    `approved: true` is a rejection."""
-    if not isinstance(payload, dict):
-        return Approval(approved=payload is True)
-    by = payload.get("by")
-    return Approval(
-        approved=payload.get("approved") is True,
-        by=None if by is None else str(by),
-        comment=str(payload.get("comment") or ""),
-    )
+def _auto_approving(policy: Policies) -> Policies:
+    """The policy, with "require approval" turned into an allow (`auto_approve=True`); a deny
+    still refuses. Policy functions only: a pack's limits need its own evaluation."""
+    if not callable(policy):
+        raise ValueError(f"{CLOSED_LOOP}: auto_approve works with a policy function, not a policy pack")
+
+    def auto(ctx: WorkflowContext, tool: BaseTool, facts: ToolFacts, args: dict[str, Any]) -> Decision:
+        decision = policy(ctx, tool, facts, args)
+        if decision.effect != "require_approval":
+            return decision
+        return Decision(effect="allow", rule=f"{decision.rule} (auto-approved)", reason="auto_approve=True",
+                        pack=decision.pack, pack_hash=decision.pack_hash)  # fmt: skip
+
+    return auto
 
 
 # -- registration -------------------------------------------------------------------------------
-def register(app: App, *, name: str = CLOSED_LOOP, policy: Policy = default_policy) -> Workflow[..., ClosedLoopResult]:
+def register(
+    app: App, *, name: str = CLOSED_LOOP, policy: Policies = default_policy
+) -> Workflow[..., ClosedLoopResult]:
     """Register the closed loop on `app` as workflow `name`, with its activities `<name>.<tool>`.
 
     Args:
         app: the App to register on (once per name: pass another `name` for a second variant).
         name: the workflow's name; its activities are named after it.
-        policy: decides about the apply (`agentflow.agent.default_policy`: side-effecting tools
-            need an approval). A "deny" ends the loop as `refused`; "allow" skips the approval.
+        policy: decides about the apply: a policy pack, its path, or a policy function
+            (default `agentflow.agent.default_policy`: side-effecting tools need an approval by an
+            operator of the run's tenant, given through `app.approvals`; it expires per the
+            policy). A "deny" ends the loop as `refused`; "allow" skips the approval.
 
     Returns:
         The workflow `loop(site, *, window_start_hour=2, window_hours=4, monitor_minutes=45,
-        check_every_minutes=15, cause=None, value=None, auto_approve=False,
-        approval_timeout=None) -> ClosedLoopResult`. `cause` forces the diagnosis (right or
-        wrong), `value` replaces the proposed value, `approval_timeout` (seconds) turns a missing
-        approval into a rejection. Out-of-range parameters fail the run before any step.
+        check_every_minutes=15, cause=None, value=None, auto_approve=False) -> ClosedLoopResult`.
+        `cause` forces the diagnosis (right or wrong), `value` replaces the proposed value,
+        `auto_approve` skips the approval (tests, demos). Out-of-range parameters fail the run
+        before any step.
     """
     steps = {tool.name: _tool_step(app, name, tool) for tool in NOC_TOOLS}
     check: CheckStep = app.activity(name=f"{name}.check_kpis", retry=STEP_RETRY, side_effect=False)(_check_kpis)
@@ -437,12 +422,11 @@ def register(app: App, *, name: str = CLOSED_LOOP, policy: Policy = default_poli
         cause: str | None = None,
         value: Value | None = None,
         auto_approve: bool = False,
-        approval_timeout: float | None = None,
     ) -> ClosedLoopResult:
         """The closed loop on one cell site (parameters: see `register`)."""
         params = _Params(
             site.strip().upper(), window_start_hour, window_hours, monitor_minutes, check_every_minutes,
-            cause, value, auto_approve, approval_timeout,
+            cause, value, auto_approve,
         )  # fmt: skip
         params.check()
         return await _Loop(ctx, steps, check, policy, params).run()
