@@ -8,6 +8,7 @@ returns the recorded response without sending anything, and usage is never count
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -241,6 +242,35 @@ def screen_tool_calls(message: AIMessage, tools: Sequence[BaseTool]) -> AIMessag
     return message.model_copy(update={"tool_calls": valid, "invalid_tool_calls": invalid})
 
 
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _clean(value: Any) -> Any:
+    """Lone surrogates (a provider's broken `\\ud83d` escape, decoded by json.loads) cannot be
+    encoded as UTF-8, so they could not be stored or hashed: each becomes U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATES.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _without_surrogates(message: AIMessage) -> AIMessage:
+    fields = {
+        "content": _clean(message.content),
+        "tool_calls": [
+            {**c, **_clean({"name": c["name"], "args": c["args"], "id": c["id"]})} for c in message.tool_calls
+        ],
+        "invalid_tool_calls": [_clean(dict(c)) for c in message.invalid_tool_calls],
+    }
+    if fields == {"content": message.content, "tool_calls": message.tool_calls,
+                  "invalid_tool_calls": message.invalid_tool_calls}:  # fmt: skip
+        return message
+    return message.model_copy(update=fields)
+
+
 def _finish(
     response: ModelResponse,
     tools: Sequence[BaseTool],
@@ -251,10 +281,10 @@ def _finish(
     recover: str = "strict",
     seq: int = 0,
 ) -> ModelResponse:
-    message, recovered = response.message, 0
+    message, recovered = _without_surrogates(response.message), 0
     if recover != "off":
         message, recovered = recover_tool_calls(
-            response.message, tools, strict=recover == "strict", id_prefix=f"recovered-{seq}"
+            message, tools, strict=recover == "strict", id_prefix=f"recovered-{seq}"
         )
     message = screen_tool_calls(message, tools)
     if not (message.content or message.tool_calls or message.invalid_tool_calls or response.refusal):

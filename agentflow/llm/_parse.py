@@ -22,6 +22,11 @@ def parse_tool_call(call_id: str | None, name: str | None, arguments: Any) -> To
         return InvalidToolCall(name=name, args=raw, id=cid, error="the tool call has no name", type="invalid_tool_call")
     if isinstance(arguments, dict):
         return ToolCall(name=name, args=arguments, id=cid, type="tool_call")
+    if arguments is not None and not isinstance(arguments, str):
+        return InvalidToolCall(
+            name=name, args=raw, id=cid, type="invalid_tool_call",
+            error=f"arguments must be a JSON object, got {type(arguments).__name__}",
+        )  # fmt: skip
     try:
         args = json.loads(arguments) if arguments not in (None, "") else {}
     except ValueError as exc:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from agentflow import App
+from agentflow.store import EventStore
 
 SUBCOMMANDS = [
     [],
@@ -50,43 +50,56 @@ def test_every_subcommand_has_help(sub: list[str], tmp_path: Path) -> None:
     assert len(out.stdout.strip().splitlines()) > 3
 
 
-# The uncrashed demo, step by step: the runbook model calls one tool per turn; each call is a
-# policy decision, then (side-effecting tools: default policy) an approval, then the tool step;
-# a last model call answers. `test_demo_records_the_plan` pins it, so the crash points derived
-# from it below cannot go stale when the runbook or the agent loop changes.
-RUNBOOK = [
-    ("get_kpis", False),
-    ("detect_anomalies", False),
-    ("rank_root_causes", False),
-    ("propose_change", False),
-    ("stage_change", False),
-    ("apply_change", True),
-    ("monitor_kpis", False),
-    ("create_ticket", True),
-    ("notify", True),
+# The uncrashed demo, step by step (`runs history`): the runbook model calls one tool per turn;
+# each call is a recorded policy decision, then the tool step; a last model call answers.
+# `test_demo_records_the_plan` pins it, so the crash points derived from it below cannot go stale
+# when the runbook, the policy pack or the agent loop changes.
+def _turn(tool: str, *gate: tuple[str, str]) -> list[tuple[str, str]]:
+    return [("llm", "runbook"), ("policy", tool), *gate, ("tool", tool)]
+
+
+# Under policies/noc.yaml only apply_change needs an operator: the approval request is recorded,
+# the run parks on the approval signal, re-reads the request, decides again, sleeps (durably)
+# until the maintenance window and decides once more before the push.
+APPROVAL_GATE = [
+    ("approval", "request:apply_change"),
+    ("now", "now"),
+    ("signal", "approval"),  # signal names are cut at ':' (the request id after it is random)
+    ("approval", "read"),
+    ("policy", "apply_change"),
+    ("sleep", "sleep"),
+    ("policy", "apply_change"),
 ]
 DEMO_PLAN = [
-    *(
-        step
-        for tool, approved in RUNBOOK
-        for step in [("llm", "runbook"), ("policy", tool), *[("signal", "approval")] * approved, ("tool", tool)]
-    ),
+    *_turn("get_kpis"),
+    *_turn("detect_anomalies"),
+    *_turn("rank_root_causes"),
+    *_turn("propose_change"),
+    *_turn("stage_change"),
+    *_turn("apply_change", *APPROVAL_GATE),
+    *_turn("monitor_kpis"),
+    *_turn("create_ticket"),
+    *_turn("notify"),
     ("llm", "runbook"),
 ]
-# `--crash-at N` is the engine's `after_result:N` crash point: SIGKILL right after the N-th
-# step result is committed in that process. Model, policy and tool steps are results (10 + 9 +
-# 9 = 28); a signal step is completed by the executor without that point, so the three approvals
-# are covered by `after_intent` below instead.
-RESULT_KINDS = ("llm", "policy", "tool")
+# `--crash-at N` is the engine's `after_result:N` crash point: SIGKILL right after the N-th step
+# result is committed in that process. Every activity step (model call, policy decision, approval
+# request/read, tool) is a result: 32 of the 35 steps. The other three are committed without that
+# point (`now` with the next commit, the signal when it arrives, the sleep when it fires) and are
+# covered by INSIDE_A_STEP below.
+RESULT_KINDS = ("llm", "policy", "approval", "tool")
 DEMO_RESULTS = [step for step in DEMO_PLAN if step[0] in RESULT_KINDS]
+DEMO_STEP_RESULTS = len(DEMO_RESULTS)  # 32: --crash-at 1..32 is every step result of the run
 DEMO_MODEL_CALLS = sum(1 for kind, _ in DEMO_PLAN if kind == "llm")
 DEMO_TOOL_CALLS = sum(1 for kind, _ in DEMO_PLAN if kind == "tool")
-APPROVED_TOOLS = [tool for tool, approved in RUNBOOK if approved]
+# The tools declared side-effecting (tools/noc/tools.py), in plan order: `after_intent:k` is the k-th.
+SIDE_EFFECT_TOOLS = ["apply_change", "create_ticket", "notify"]
 
 
 def _summary(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert out.returncode == 0, out.stdout + out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    summary: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return summary
 
 
 def _assert_resolved_once(summary: dict[str, Any], db_path: Path) -> None:
@@ -106,16 +119,21 @@ def _assert_resolved_once(summary: dict[str, Any], db_path: Path) -> None:
         ledger.close()
 
 
-def _recorded(db: str) -> list[tuple[str, str]]:
-    """The (kind, name) of every finished step of the one run in `db` (signal names cut to
-    their prefix: the call ids in them are the model's)."""
-    app = App(db)
+def _recorded(db: str, cwd: Path) -> list[tuple[str, str]]:
+    """The (kind, name) of every finished step of the one run in `db`, as `runs history` lists
+    them (signal names cut at ':': what follows is an approval request's random id). Read
+    in-process: a subprocess per look would double the cost of the crash tests."""
+    store = EventStore(db)
     try:
-        (run,) = app.list_runs()
-        steps = app.history(run.run_id)
+        (run,) = store.list_runs()
+        steps = store.load_steps(run.id)
     finally:
-        app.close()
-    return [(s.kind, s.name.split(":")[0]) for s in steps if s.status in ("completed", "failed")]
+        store.close()
+    return [
+        (s.kind, s.name.split(":")[0] if s.kind == "signal" else s.name)
+        for s in steps
+        if s.status in ("completed", "failed")
+    ]
 
 
 def test_demo_uncrashed_json(tmp_path: Path) -> None:
@@ -130,31 +148,43 @@ def test_demo_uncrashed_json(tmp_path: Path) -> None:
 
 
 def test_demo_records_the_plan(tmp_path: Path) -> None:
-    """The uncrashed demo records exactly DEMO_PLAN, so exactly len(DEMO_RESULTS) step results:
+    """The uncrashed demo records exactly DEMO_PLAN, so exactly DEMO_STEP_RESULTS step results:
     the crash points below are every step of the run, not a sample that drifted."""
     db = f"sqlite:///{tmp_path}/d.db"
     _summary(agentflow("demo", "--db", db, "--json", cwd=tmp_path))
-    recorded = _recorded(db)
-    assert recorded == DEMO_PLAN, "the demo's plan changed: update RUNBOOK / DEMO_PLAN in this file"
-    assert sum(1 for kind, _ in recorded if kind in RESULT_KINDS) == len(DEMO_RESULTS) == 28
+    recorded = _recorded(db, tmp_path)
+    assert recorded == DEMO_PLAN, "the demo's plan changed: update DEMO_PLAN (and what derives from it) here"
+    assert sum(1 for kind, _ in recorded if kind in RESULT_KINDS) == DEMO_STEP_RESULTS
+
+
+def _crash_and_resume_once(db: str, tmp_path: Path, crash_at: int) -> dict[str, Any]:
+    crashed = agentflow("demo", "--db", db, "--crash-at", str(crash_at), cwd=tmp_path)
+    assert crashed.returncode == -9, crashed.stdout + crashed.stderr
+    # The kill hit where N says: the first N results are recorded, nothing after them.
+    done = [step for step in _recorded(db, tmp_path) if step[0] in RESULT_KINDS]
+    assert done == DEMO_RESULTS[:crash_at]
+    return _summary(agentflow("demo", "--db", db, "--resume", "--json", cwd=tmp_path))
+
+
+# A sample of single kills (investigation, the approval gate, the push, the last step); the
+# chain test below kills the same run after every one of its steps.
+SAMPLED = sorted(
+    {1, DEMO_RESULTS.index(("approval", "request:apply_change")) + 1, DEMO_RESULTS.index(("approval", "read")) + 1,
+     DEMO_RESULTS.index(("tool", "apply_change")) + 1, DEMO_STEP_RESULTS // 2, DEMO_STEP_RESULTS}
+)  # fmt: skip
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "crash_at", range(1, len(DEMO_RESULTS) + 1), ids=[f"{n}-{k}-{name}" for n, (k, name) in enumerate(DEMO_RESULTS, 1)]
+    "crash_at", SAMPLED, ids=[f"{n}-{DEMO_RESULTS[n - 1][0]}-{DEMO_RESULTS[n - 1][1]}" for n in SAMPLED]
 )
 def test_demo_crash_and_resume(tmp_path: Path, crash_at: int) -> None:
-    """The copilot killed with SIGKILL after its N-th recorded step result, for every N of the
-    run, then `demo --resume`: the run resolves with the same outcome, the model is never called
-    again for a recorded step, and the config is pushed, the ticket opened and the on-call
-    notified exactly once (the network's audit ledger)."""
+    """The copilot killed with SIGKILL after its N-th recorded step result, then `demo
+    --resume`: the run resolves with the same outcome, the model is never called again for a
+    recorded step, and the config is pushed, the ticket opened and the on-call notified exactly
+    once (the network's audit ledger)."""
     db = f"sqlite:///{tmp_path}/demo.db"
-    crashed = agentflow("demo", "--db", db, "--crash-at", str(crash_at), cwd=tmp_path)
-    assert crashed.returncode == -9, crashed.stdout + crashed.stderr
-    # The kill hit where N says: the first N results are recorded, nothing after them.
-    done = [step for step in _recorded(db) if step[0] in RESULT_KINDS]
-    assert done == DEMO_RESULTS[:crash_at]
-    summary = _summary(agentflow("demo", "--db", db, "--resume", "--json", cwd=tmp_path))
+    summary = _crash_and_resume_once(db, tmp_path, crash_at)
     _assert_resolved_once(summary, tmp_path / "demo.db")
     # A kill between a response and its record re-calls that one model step (never here: the
     # crash point is after a step's result is committed).
@@ -162,14 +192,41 @@ def test_demo_crash_and_resume(tmp_path: Path, crash_at: int) -> None:
     assert summary["model_calls"] == DEMO_MODEL_CALLS
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # ~33 demo processes of a few seconds each
+def test_demo_killed_after_every_step_of_one_run(tmp_path: Path) -> None:
+    """One run, killed with SIGKILL after every one of its step results in turn: each process
+    (`demo --crash-at 1`, then `demo --resume --crash-at 1` again and again) replays what is
+    recorded, records exactly one more result and dies. The run still resolves with the model
+    called once per recorded step, one push, one ticket, one notification."""
+    db = f"sqlite:///{tmp_path}/demo.db"
+    crashed = agentflow("demo", "--db", db, "--crash-at", "1", cwd=tmp_path)
+    kills = 0
+    while crashed.returncode == -9:
+        kills += 1
+        done = [step for step in _recorded(db, tmp_path) if step[0] in RESULT_KINDS]
+        assert done == DEMO_RESULTS[:kills], f"kill {kills} did not stop right after result {kills}"
+        crashed = agentflow("demo", "--db", db, "--resume", "--crash-at", "1", "--json", cwd=tmp_path)
+    assert kills == DEMO_STEP_RESULTS, crashed.stdout + crashed.stderr
+    summary = _summary(crashed)
+    _assert_resolved_once(summary, tmp_path / "demo.db")
+    assert summary["recalled_model_steps"] == 0 and summary["model_calls"] == DEMO_MODEL_CALLS
+
+
 # Kills inside a step, through the engine's other crash points (AGENTFLOW_CRASH_AT, which the
-# subprocess reads at import). `after_intent:k` is the k-th side-effecting tool, right after its
-# approval's signal step and its intent are committed and before the effect: with the 28 results
-# above, every one of the run's 31 steps has a kill right after it.
+# subprocess reads at import). With the 32 results above, every one of the run's 35 steps has a
+# kill right after it (or right after the commit that records it).
 INSIDE_A_STEP = [
-    *(pytest.param(f"after_intent:{k}", 0, id=f"after_intent-{tool}") for k, tool in enumerate(APPROVED_TOOLS, 1)),
+    # Parked on the approval (request, `now` and the signal wait committed), then on the
+    # maintenance window (the sleep committed).
+    pytest.param("while_waiting:1", 0, id="while_waiting-approval"),
+    pytest.param("while_waiting:2", 0, id="while_waiting-maintenance-window"),
+    # An effect's intent is committed, the effect has not run.
+    *(pytest.param(f"after_intent:{k}", 0, id=f"after_intent-{tool}") for k, tool in enumerate(SIDE_EFFECT_TOOLS, 1)),
     # The model answered but the response was not recorded: that one call is made again.
     pytest.param("after_effect:1", 1, id="after_effect-first-model-call"),
+    # The approval was read right after the signal arrived, but not recorded: read again.
+    pytest.param(f"after_effect:{DEMO_RESULTS.index(('approval', 'read')) + 1}", 0, id="after_effect-approval-read"),
     # The config was pushed but the result not recorded: reconciled from the network, not re-pushed.
     pytest.param(f"after_effect:{DEMO_RESULTS.index(('tool', 'apply_change')) + 1}", 0, id="after_effect-apply_change"),
 ]
@@ -178,9 +235,9 @@ INSIDE_A_STEP = [
 @pytest.mark.slow
 @pytest.mark.parametrize(("point", "recalled"), INSIDE_A_STEP)
 def test_demo_crash_inside_a_step_and_resume(tmp_path: Path, point: str, recalled: int) -> None:
-    """Killed after an approval is recorded but before its effect, or after an effect but before
-    its record: the resumed run still pushes, tickets and notifies exactly once, and re-calls
-    the model only for a response that was never recorded."""
+    """Killed while parked, after an effect's intent but before the effect, or after an effect
+    but before its record: the resumed run still pushes, tickets and notifies exactly once, and
+    re-calls the model only for a response that was never recorded."""
     db = f"sqlite:///{tmp_path}/demo.db"
     crashed = agentflow("demo", "--db", db, cwd=tmp_path, env={"AGENTFLOW_CRASH_AT": point})
     assert crashed.returncode == -9, crashed.stdout + crashed.stderr
