@@ -1,7 +1,7 @@
 """Policy packs shipped with agentflow's content (YAML files; format in README.md).
 
-    from agentflow.policy import load_pack
-    pack = load_pack(policies.path("noc"))
+from agentflow.policy import load_pack
+pack = load_pack(policies.path("noc"))
 """
 
 from pathlib import Path

@@ -108,14 +108,17 @@ async def gate(
 ) -> Gated:  # fmt: skip
     """Decide, wait for the window or the approvers as the policy says, decide again; return
     whether (and with which arguments) the call runs. Every step is recorded."""
-    verdict = Gated(decision=await _decide(ctx, policies, tool, facts, call_id, args, None), args=args)
+    verdict = Gated(decision=await _decide(ctx, policies, tool, facts, call_id, args, None, ""), args=args)
+    key = verdict.decision.key  # the first decision step's idempotency key: this call's identity
     for _ in range(MAX_GATES):
         decision = verdict.decision
         if decision.effect == "deny":
             verdict.status, verdict.refusal = "denied", f"denied by policy ({decision.rule}): {decision.reason}"
             return verdict
         held = verdict.approval
-        unapproved = held is None or held.args_hash != args_hash(verdict.args)
+        # An approval covers these exact arguments under the rule that asked for it: an edit that
+        # moves the call under a stricter rule needs that rule's approvers too.
+        unapproved = held is None or held.args_hash != args_hash(verdict.args) or held.rule != _approval_rule(decision)
         # People first, then the window: an approval given during the day is applied at night.
         needs_people = decision.effect == "require_approval" or (decision.effect == "defer" and decision.approval)
         if needs_people and unapproved:
@@ -129,9 +132,13 @@ async def gate(
         else:
             return verdict  # allowed, or approved for exactly these arguments
         approved = held.id if held is not None else None
-        verdict.decision = await _decide(ctx, policies, tool, facts, call_id, verdict.args, approved)
+        verdict.decision = await _decide(ctx, policies, tool, facts, call_id, verdict.args, approved, key)
     verdict.status, verdict.refusal = "denied", f"no decision after {MAX_GATES} policy evaluations"
     return verdict
+
+
+def _approval_rule(decision: PolicyDecision) -> str:
+    return decision.approval_rule or decision.rule
 
 
 def _why_not(req: ApprovalRequest) -> str:
@@ -152,24 +159,30 @@ def call_facts(ctx: WorkflowContext, tool: BaseTool, facts: ToolFacts, call_id: 
 
 async def _decide(
     ctx: WorkflowContext, policies: PolicyPack | Policy, tool: BaseTool, facts: ToolFacts, call_id: str,
-    args: dict[str, Any], approved: str | None,
+    args: dict[str, Any], approved: str | None, key: str,
 ) -> PolicyDecision:  # fmt: skip
     """One recorded decision. A pack is evaluated inside a store transaction that also counts
-    the call for rate and blast-radius limits when it is let through (allowed, or approved)."""
-    about = call_facts(ctx, tool, facts, call_id, args)
+    the call for rate and blast-radius limits when it is let through (allowed, or approved).
+    `key` is the call's identity (empty for its first decision, which takes its own step's
+    idempotency key, recorded in the decision)."""
 
     def evaluate() -> PolicyDecision:
+        own = key or current_activity().idempotency_key
+        about = call_facts(ctx, tool, facts, call_id, args).model_copy(update={"key": own})
         if not isinstance(policies, PolicyPack):
-            return policies(ctx, tool, facts, args)
+            return policies(ctx, tool, facts, args).model_copy(update={"key": own})
         app: App = current_activity().app
         now = app.clock.now()
 
+        held_rule = app.approvals.get(approved).rule if approved is not None else None
+
         def body(conn: Any) -> PolicyDecision:
-            usage = StoreUsage(conn)
+            usage = StoreUsage(conn, deciding=(about.run_id, about.usage_key))
             decision = decide(policies, about, now, usage)
-            if decision.effect == "allow" or (decision.effect == "require_approval" and approved is not None):
+            covered = decision.effect == "require_approval" and held_rule == _approval_rule(decision)
+            if decision.effect == "allow" or covered:
                 usage.reserve(about, now)
-            return decision
+            return decision.model_copy(update={"key": own})
 
         return app.store.backend.transact(body, what="recording a policy decision")
 
@@ -187,7 +200,7 @@ async def _approval(
         app: App = current_activity().app
         return app.approvals.request(
             run_id=ctx.run_id, call_id=call_id, tenant=ctx.tenant, requested_by=ctx.meta.get("requested_by"),
-            tool=tool.name, args=args, decision=decision, diff=_preview(facts, args),
+            tool=tool.name, args=args, decision=decision, diff=_preview(facts, args), step=decision.key,
         )  # fmt: skip
 
     request = {"tool": tool.name, "call": call_id, "args": args, "rule": decision.rule}

@@ -20,10 +20,13 @@ def args_hash(args: dict[str, Any]) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def request_id(run_id: str, call_id: str, digest: str) -> str:
-    """A stable id per (run, tool call, exact arguments): a call re-issued with other arguments
-    is another request, which needs its own approval."""
-    return "apr_" + hashlib.sha256(f"{run_id}\x00{call_id}\x00{digest}".encode()).hexdigest()[:20]
+def request_id(run_id: str, call_id: str, digest: str, step: str = "") -> str:
+    """A stable id per (run, gated call, tool, exact arguments). `step` is the gate's own key for
+    the call (not an id the model chose): the same call retried after a crash gets the same
+    request, while a call re-issued later, even with the same id and arguments, needs its own
+    approval; other arguments are another request too."""
+    body = f"{run_id}\x00{call_id}\x00{digest}\x00{step}"
+    return "apr_" + hashlib.sha256(body.encode()).hexdigest()[:20]
 
 
 class Principal(BaseModel):

@@ -87,7 +87,7 @@ class Approvals:
         rows = self.app.store.backend.query(sql + " ORDER BY tenant, name", params)
         return [Principal(id=r[0], name=r[1], tenant=r[2], roles=json.loads(r[3])) for r in rows]
 
-    def authenticate(self, token: str | None) -> Principal:
+    def authenticate(self, token: str | None, *, approval_id: str | None = None) -> Principal:
         """The operator a token belongs to.
 
         Raises:
@@ -99,8 +99,8 @@ class Approvals:
                 "the operator token is missing or unknown: pass the token `agentflow operators add` printed",
                 code="bad_token",
             )
-            self._transact(lambda conn: _audit(conn, self._now(), None, "anonymous", "authenticate", None, None,
-                                               "refused", error.message))  # fmt: skip
+            self._transact(lambda conn: _audit(conn, self._now(), None, "anonymous", "authenticate", approval_id,
+                                               None, "refused", error.message))  # fmt: skip
             raise error
         return found
 
@@ -116,12 +116,13 @@ class Approvals:
     # -- requests (made by the agent's recorded steps) -------------------------------------
     def request(
         self, *, run_id: str, call_id: str, tenant: str, requested_by: str | None, tool: str,
-        args: dict[str, Any], decision: PolicyDecision, diff: Any = None,
+        args: dict[str, Any], decision: PolicyDecision, diff: Any = None, step: str = "",
     ) -> ApprovalRequest:  # fmt: skip
-        """Create the approval request for a staged call (idempotent: the same run, call and
-        arguments give the same request)."""
+        """Create the approval request for a staged call (idempotent: the same run, gated call
+        (`step`, the gate's key for it), tool and arguments give the same request)."""
         digest = args_hash(args)
-        rid = request_id(run_id, call_id, digest)
+        rule = decision.approval_rule or decision.rule
+        rid = request_id(run_id, call_id, digest, f"{tool}\x00{step or decision.key}\x00{rule}")
         spec = decision.approval or ApprovalSpec(roles=["*"])
         now = self._now()
 
@@ -132,8 +133,7 @@ class Approvals:
             conn.execute(
                 f"INSERT INTO af_approvals ({_COLUMNS}) VALUES ({', '.join('?' * 17)})",
                 (rid, run_id, call_id, tenant, requested_by, tool, json.dumps(args), digest,
-                 None if diff is None else json.dumps(diff, default=str), decision.approval_rule or decision.rule,
-                 decision.pack_hash,
+                 None if diff is None else json.dumps(diff, default=str), rule, decision.pack_hash,
                  spec.model_dump_json(), "pending", now, now + spec.expires_in, None, 1),
             )  # fmt: skip
             _audit(conn, now, tenant, requested_by or "agent", "requested", rid, run_id, "done",
@@ -247,7 +247,7 @@ class Approvals:
         self, approval_id: str, by: Principal | str, decision: str, comment: str,
         edited: dict[str, Any] | None, seen_hash: str | None,
     ) -> ApprovalRequest:  # fmt: skip
-        principal = by if isinstance(by, Principal) else self.authenticate(by)
+        principal = by if isinstance(by, Principal) else self.authenticate(by, approval_id=approval_id)
         now = self._now()
 
         def body(conn: sqlite3.Connection) -> ApprovalRequest | _Refusal:
@@ -276,7 +276,9 @@ class Approvals:
                          (json.dumps(edited), args_hash(edited), revision, req.id))  # fmt: skip
             _audit(conn, now, req.tenant, principal.name, "edited", req.id, req.run_id, "done",
                    f"arguments changed: {sorted(k for k in edited if edited.get(k) != req.args.get(k))}")  # fmt: skip
-        elif any(v.principal == principal.name and v.revision == revision for v in req.votes):
+        elif any(
+            v.principal == principal.name and v.revision == revision and v.decision == decision for v in req.votes
+        ):
             _audit(conn, now, req.tenant, principal.name, decision, req.id, req.run_id, "done",
                    "repeated decision: counted once")  # fmt: skip
             return req

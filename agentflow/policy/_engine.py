@@ -39,6 +39,13 @@ class CallFacts(BaseModel):
     requester: str | None = None
     run_id: str = ""
     call_id: str = ""
+    #: The gated call's own key (the idempotency key of its first decision step): limits count
+    #: each gated call once by it, whatever call id the model gave (ids can be re-used).
+    key: str = ""
+
+    @property
+    def usage_key(self) -> str:
+        return self.key or self.call_id
 
 
 class PolicyDecision(BaseModel):
@@ -53,6 +60,7 @@ class PolicyDecision(BaseModel):
     approval_rule: str | None = None
     defer_until: float | None = None
     matched: list[str] = Field(default_factory=list)
+    key: str = ""  # the gated call's key (see CallFacts.key), set by the gate
 
 
 class Usage(Protocol):
@@ -82,12 +90,18 @@ class StoreUsage:
     """Usage read inside the store transaction that records the decision (so limits hold across
     concurrent runs: writers are serialized)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, *, deciding: tuple[str, str] = ("", "")) -> None:
         self.conn = conn
+        # (run id, call id) of the call being decided: a decision made again after a crash must
+        # not count the call's own earlier reservation against it.
+        self.deciding = deciding
 
     def calls(self, tenant: str, tool: str, since: float) -> int:
-        sql = "SELECT count(*) FROM af_policy_usage WHERE tenant = ? AND tool = ? AND at > ?"
-        return int(self.conn.execute(sql, (tenant, tool, since)).fetchone()[0])
+        sql = (
+            "SELECT count(*) FROM af_policy_usage WHERE tenant = ? AND tool = ? AND at > ? "
+            "AND NOT (run_id = ? AND call_id = ?)"
+        )
+        return int(self.conn.execute(sql, (tenant, tool, since, *self.deciding)).fetchone()[0])
 
     def targets(self, tenant: str, region: str | None, since: float) -> set[str]:
         sql = (
@@ -107,16 +121,16 @@ class StoreUsage:
         return self.conn.execute(sql, (target, run_id)).fetchone() is not None
 
     def reserve(self, facts: CallFacts, now: float) -> None:
-        """Count the call (once per run and call id, however often the decision is re-made)."""
+        """Count the call (once per gated call, however often the decision is made again)."""
         seen = self.conn.execute(
             "SELECT 1 FROM af_policy_usage WHERE run_id = ? AND call_id = ? AND tool = ?",
-            (facts.run_id, facts.call_id, facts.tool),
+            (facts.run_id, facts.usage_key, facts.tool),
         ).fetchone()
         if seen is None:
             self.conn.execute(
                 "INSERT INTO af_policy_usage (tenant, tool, target, region, run_id, call_id, side_effect, at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (facts.tenant, facts.tool, facts.target, facts.region, facts.run_id, facts.call_id,
+                (facts.tenant, facts.tool, facts.target, facts.region, facts.run_id, facts.usage_key,
                  int(facts.side_effect), now),
             )  # fmt: skip
 

@@ -16,7 +16,16 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agentflow.errors import PolicyError
 
@@ -132,13 +141,14 @@ class MaintenanceWindow(_Strict):
     duration: Duration
     tz: str = "UTC"
 
-    @model_validator(mode="after")
-    def _zone(self) -> MaintenanceWindow:
+    @field_validator("tz")
+    @classmethod
+    def _zone(cls, tz: str) -> str:
         try:
-            ZoneInfo(self.tz)
+            ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {self.tz!r}: use an IANA name like UTC or Europe/Paris") from None
-        return self
+            raise ValueError(f"unknown time zone {tz!r}: use an IANA name like UTC or Europe/Paris") from None
+        return tz
 
     def _openings(self, at: datetime) -> list[datetime]:
         zone = ZoneInfo(self.tz)
@@ -216,8 +226,8 @@ def parse_pack(text: str, *, source: str = "<string>") -> PolicyPack:
     from agentflow.policy._cel import compile_condition
 
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=_UniqueKeyLoader)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -228,6 +238,7 @@ def parse_pack(text: str, *, source: str = "<string>") -> PolicyPack:
         raise PolicyError(
             _where(source, 1, "a policy pack is a mapping with schema_version, name and rules"), file=source, line=1
         )
+    _check_rule_ids(data, root, source)
     try:
         pack = PolicyPack.model_validate(data)
     except ValidationError as exc:
@@ -245,6 +256,34 @@ def parse_pack(text: str, *, source: str = "<string>") -> PolicyPack:
                 )
     pack._source = source
     return pack
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key repeated in one mapping (YAML would keep the last one
+    silently: a second `rules:` would replace the first, deny rules included)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice in this mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_rule_ids(data: dict[str, Any], root: Any, source: str) -> None:
+    """A repeated rule id, reported at the line of its second use."""
+    seen: set[Any] = set()
+    for j, rule in enumerate(data.get("rules") or []):
+        rid = rule.get("id") if isinstance(rule, dict) else None
+        if rid is not None and rid in seen:
+            line = _line_of(root, ("rules", j, "id"))
+            message = f"rules.{j}.id: rule ids must be unique; {rid!r} is used twice"
+            raise PolicyError(_where(source, line, message), file=source, line=line)
+        seen.add(rid)
 
 
 def _where(source: str, line: int | None, reason: str) -> str:
