@@ -71,6 +71,7 @@ EXPORTS = {
         "current_activity",
     ],
     "agentflow.testing": ["TestClock", "assert_eventually", "configure_crash_point", "crash_point"],
+    "agentflow.trace": ["Ledger", "ReplayResult", "Trace", "load", "runs"],
     "agentflow.errors": [
         "ActivityError",
         "AgentflowError",
