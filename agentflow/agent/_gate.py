@@ -170,7 +170,7 @@ async def _decide(
         own = key or current_activity().idempotency_key
         about = call_facts(ctx, tool, facts, call_id, args).model_copy(update={"key": own})
         if not isinstance(policies, PolicyPack):
-            return policies(ctx, tool, facts, args).model_copy(update={"key": own})
+            return policies(ctx, tool, facts, args).model_copy(update={"key": own, "call": about})
         app: App = current_activity().app
         now = app.clock.now()
 
@@ -182,7 +182,7 @@ async def _decide(
             covered = decision.effect == "require_approval" and held_rule == _approval_rule(decision)
             if decision.effect == "allow" or covered:
                 usage.reserve(about, now)
-            return decision.model_copy(update={"key": own})
+            return decision.model_copy(update={"key": own, "call": about})
 
         return app.store.backend.transact(body, what="recording a policy decision")
 

@@ -61,6 +61,8 @@ class PolicyDecision(BaseModel):
     defer_until: float | None = None
     matched: list[str] = Field(default_factory=list)
     key: str = ""  # the gated call's key (see CallFacts.key), set by the gate
+    #: What the decision was made on (set by the gate): a what-if re-decides from it.
+    call: CallFacts | None = None
 
 
 class Usage(Protocol):

@@ -77,6 +77,7 @@ def decision_rows(recorded: Recorded) -> list[dict[str, Any]]:
             "approved": call.get("approved"), "effect": decision.get("effect"), "rule": decision.get("rule"),
             "reason": decision.get("reason", error_of(s)), "pack": decision.get("pack"),
             "pack_hash": decision.get("pack_hash"), "defer_until": decision.get("defer_until"), "at": s.started_at,
+            "facts": decision.get("call"),
         })  # fmt: skip
     return rows
 

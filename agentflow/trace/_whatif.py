@@ -34,8 +34,11 @@ def resolve_pack(policies: PolicyPack | str | Path) -> PolicyPack:
 def _facts(recorded: Recorded, row: dict[str, Any], declared: dict[str, ToolFacts], requester: str | None) -> CallFacts:
     args: dict[str, Any] = row["args"] if isinstance(row["args"], dict) else {}
     facts = declared.get(str(row["tool"]))
-    # Without the tool's declaration the call is treated as the engine treats an undeclared
-    # tool: side-effecting, no tags, no target or region.
+    if facts is None and isinstance(row.get("facts"), dict):
+        # What the decision was made on, as recorded with it (tags, side effect, target, ...).
+        return CallFacts.model_validate({**row["facts"], "args": args})
+    # Neither declared nor recorded (a decision from before the facts were recorded): treated
+    # as the engine treats an undeclared tool: side-effecting, no tags, no target or region.
     target = facts.target_of(args) if facts else None
     region = facts.region_of(args) if facts else None
     return CallFacts(

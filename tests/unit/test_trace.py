@@ -312,6 +312,15 @@ def test_what_if_finds_exactly_the_decisions_a_changed_rule_affects(demo_trace: 
     assert (row["tool"], row["was_effect"], row["would_effect"]) == ("notify", "allow", "require_approval")
 
 
+def test_what_if_needs_no_tools_the_decisions_recorded_their_facts(demo_trace: Trace, tmp_path: Path) -> None:
+    """Each decision records the call facts it was made on (tags, side effect, target, region,
+    requester), so a what-if without `tools=` re-decides exactly as with the tools' declarations."""
+    assert demo_trace.what_if(NOC_PACK).empty
+    stricter = _pack(tmp_path, "rules:\n", 'rules:\n  - id: freeze-north\n    match: {tools: [apply_change]}\n'
+                     '    when: region == "north"\n    effect: deny\n    reason: change freeze in the north\n')  # fmt: skip
+    assert demo_trace.what_if(stricter)["seq"].tolist() == APPLY_DECISIONS
+
+
 def test_replay_of_the_demo_run(demo_trace: Trace) -> None:
     """The copilot's recorded run replays against the current agent code with no model and no
     tool called."""
