@@ -188,11 +188,7 @@ class Approvals:
     ) -> _List[ApprovalRequest]:  # fmt: skip
         """Requests, newest first. `status="pending"` lists open ones (pending or escalated);
         `for_principal` keeps those that operator may decide (tenant and role)."""
-        clauses, params = [], []
-        for column, value in (("tenant", tenant), ("run_id", run_id)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
+        clauses, params = _equal(tenant=tenant, run_id=run_id)
         if status == "pending":
             clauses.append("status IN ('pending', 'escalated')")
         elif status is not None:
@@ -208,11 +204,7 @@ class Approvals:
 
     def audit(self, *, approval_id: str | None = None, run_id: str | None = None) -> _List[AuditEntry]:
         sql = "SELECT id, at, tenant, actor, action, approval_id, run_id, outcome, reason FROM af_audit"
-        clauses, params = [], []
-        for column, value in (("approval_id", approval_id), ("run_id", run_id)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
+        clauses, params = _equal(approval_id=approval_id, run_id=run_id)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self.app.store.backend.query(sql + where + " ORDER BY id", tuple(params))
         fields = list(AuditEntry.model_fields)
@@ -328,6 +320,12 @@ class Approvals:
 def approval_signal_name(approval_id: str) -> str:
     """The signal that wakes a run when its approval request is decided."""
     return f"approval:{approval_id}"
+
+
+def _equal(**columns: str | None) -> tuple[list[str], list[Any]]:
+    """`column = ?` filters (and their parameters) for the columns given a value."""
+    given = {c: v for c, v in columns.items() if v is not None}
+    return [f"{c} = ?" for c in given], list(given.values())
 
 
 def _may_decide(principal: Principal, req: ApprovalRequest) -> bool:
