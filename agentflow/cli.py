@@ -171,15 +171,13 @@ def run_agent(
 
 
 def _agent_workflow(the_app: Any, name: str | None) -> Any:
-    agents = [n.split(":", 1)[1] for n in the_app.workflow_names if n.startswith("agent:")]
-    if name is None and len(agents) == 1:
-        name = agents[0]
-    if name is None or name not in agents:
-        known = ", ".join(agents) or "none (call agent.register(app) in that module)"
-        raise typer.BadParameter(
-            f"--agent: {'pick one' if name is None else repr(name) + ' is unknown'}; agents: {known}"
-        )
-    return the_app.workflow_named(f"agent:{name}")
+    from agentflow.agent._agent import agent_workflow
+    from agentflow.errors import ConfigurationError
+
+    try:
+        return agent_workflow(the_app, name)
+    except ConfigurationError as exc:
+        raise typer.BadParameter(f"--agent: {exc.message}") from None
 
 
 def _print_started(info: Any, as_json: bool) -> None:
@@ -411,6 +409,45 @@ def demo(
         for key, value in summary.items():
             table.add_row(key, str(value))
         console.print(table)
+
+
+# -- serve ----------------------------------------------------------------------------------------
+@app.command()
+def serve(
+    app_ref: Annotated[str, typer.Option("--app", help="The App to serve, as module:attribute.")],
+    agent: Annotated[
+        str | None, typer.Option("--agent", help="The agent chat requests start (default: the app's only agent).")
+    ] = None,
+    db: DbOption = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Also drive runs in this process.")] = True,
+    secure_cookies: Annotated[
+        bool, typer.Option("--secure-cookies", help="Mark the session cookie Secure (behind HTTPS).")
+    ] = False,
+) -> None:
+    """Serve the web chat and JSON API: operators start runs, watch them live, approve staged actions."""
+    if db:
+        os.environ["AGENTFLOW_DB"] = db
+    try:
+        import uvicorn
+
+        from agentflow.server import create_app
+    except ImportError as exc:
+        err_console.print(
+            f"[bold red]error:[/] agentflow serve needs the server extra: pip install 'agentflow[server]' ({exc})"
+        )
+        raise typer.Exit(code=2) from None
+    the_app = load_app(app_ref)
+    try:
+        api = create_app(the_app, agent=agent, run_worker=worker, secure_cookies=secure_cookies)
+    except AgentflowError as exc:
+        _fail(exc)
+    err_console.print(
+        f"agentflow serve: http://{host}:{port}/ (store {the_app.store.url}, worker {'on' if worker else 'off'})"
+    )
+    # A short grace period: live streams would otherwise hold a shutdown until they end.
+    uvicorn.run(api, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
 
 
 def main() -> None:

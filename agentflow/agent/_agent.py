@@ -370,3 +370,19 @@ def _joined(result: Any) -> Outcome:
 
 def _text(message: AIMessage) -> str:
     return message.content if isinstance(message.content, str) else json.dumps(message.content)
+
+
+def agent_workflow(app: App, name: str | None = None) -> Workflow[Any, Any]:
+    """The workflow of the agent `name` registered on `app` (default: its only agent).
+
+    Raises:
+        ConfigurationError: no such agent, or several and no name; the message lists them.
+    """
+    agents = [n.split(":", 1)[1] for n in app.workflow_names if n.startswith("agent:")]
+    if name is None and len(agents) == 1:
+        name = agents[0]
+    if name is None or name not in agents:
+        known = ", ".join(agents) or "none (call agent.register(app) where the app is built)"
+        what = "pick an agent" if name is None else f"agent {name!r} is unknown"
+        raise ConfigurationError(f"{what}; agents: {known}")
+    return app.workflow_named(f"agent:{name}")

@@ -104,10 +104,17 @@ class Approvals:
             raise error
         return found
 
+    def principal(self, principal_id: str) -> Principal | None:
+        """The enabled operator with this id (a session re-reads it on every request, so a
+        disabled operator or changed roles take effect at once)."""
+        return self._one("id = ?", principal_id)
+
     def _principal(self, token: str) -> Principal | None:
+        return self._one("token_hash = ?", token_hash(token))
+
+    def _one(self, where: str, value: str) -> Principal | None:
         rows = self.app.store.backend.query(
-            "SELECT id, name, tenant, roles FROM af_principals WHERE token_hash = ? AND disabled = 0",
-            (token_hash(token),),
+            f"SELECT id, name, tenant, roles FROM af_principals WHERE {where} AND disabled = 0", (value,)
         )
         return (
             Principal(id=rows[0][0], name=rows[0][1], tenant=rows[0][2], roles=json.loads(rows[0][3])) if rows else None
@@ -230,6 +237,11 @@ class Approvals:
             AuthenticationError, ApprovalRefused: the decision was not taken (audited).
         """
         return self._decide(approval_id, by, "approve", comment, args, seen_hash)
+
+    def refusal(self, req: ApprovalRequest, by: Principal, decision: str = "approve") -> ApprovalRefused | None:
+        """Why `by` could not take `decision` on `req` now, or None: the checks a decision makes,
+        without recording anything (for showing an approve button only to those who may)."""
+        return _check(by, req, req.id, self._now(), decision, None, None)
 
     def reject(self, approval_id: str, *, by: Principal | str, comment: str = "") -> ApprovalRequest:
         """Reject as `by`: one rejection by an operator who may decide ends the request."""

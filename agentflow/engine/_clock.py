@@ -33,15 +33,19 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """Wall-clock time."""
+    """Wall-clock time, optionally shifted by `offset` seconds (time still flows at real speed:
+    e.g. a demo server that starts inside tonight's maintenance window)."""
 
     skips = False
 
+    def __init__(self, *, offset: float = 0.0) -> None:
+        self.offset = offset
+
     def now(self) -> float:
-        return time.time()
+        return time.time() + self.offset
 
     async def sleep_until(self, when: float) -> None:
-        delay = when - time.time()
+        delay = when - self.now()
         if delay > 0:
             await asyncio.sleep(delay)
 

@@ -1,7 +1,7 @@
 """Schema facts the hot path needs without importing SQLModel (~0.4 s of import time)."""
 
 #: Head revision of the migrations in `agentflow/store/migrations/versions`; a test pins it.
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 
 RUN_STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
 TERMINAL_STATUSES = ("completed", "failed", "cancelled")

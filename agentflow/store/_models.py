@@ -251,3 +251,20 @@ class PolicyUsage(SQLModel, table=True):
     call_id: str
     side_effect: int
     at: float
+
+
+class Session(SQLModel, table=True):
+    """A signed-in browser of the web chat. Only a hash of the cookie's secret is stored; the
+    session may hold one principal per tenant of the same operator (`principals`: JSON
+    {tenant: principal id}), and `tenant` is the one it currently acts in."""
+
+    __tablename__ = "af_sessions"
+
+    id_hash: str = Field(primary_key=True)
+    operator: str
+    principals: str = Field(sa_column=Column(Text, nullable=False))
+    tenant: str
+    csrf: str
+    created_at: float
+    expires_at: float
+    revoked: int = Field(default=0)

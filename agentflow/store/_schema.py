@@ -11,7 +11,7 @@ from agentflow.store._constants import SCHEMA_REVISION
 MIGRATIONS = Path(__file__).with_name("migrations")
 VERSION_TABLE = "af_alembic_version"
 #: Every revision this version of agentflow knows, oldest first; a test pins it to Alembic's.
-KNOWN_REVISIONS = ("0001", "0002", "0003", "0004")
+KNOWN_REVISIONS = ("0001", "0002", "0003", "0004", "0005")
 
 
 def alembic_config(url: str, connection: Any = None) -> Any:

@@ -237,9 +237,12 @@ class EventStore:
         return {r[0]: RunRecord(*r) for r in rows}
 
     # -- history ---------------------------------------------------------------------------
-    def load_steps(self, run_id: str) -> list[StepRecord]:
-        """The whole history of a run, in one query."""
-        return [StepRecord(*r) for r in self.backend.query(STEP_SELECT, (run_id,))]
+    def load_steps(self, run_id: str, *, after: int = 0) -> list[StepRecord]:
+        """The history of a run (the steps after seq `after`), in one query."""
+        if after <= 0:
+            return [StepRecord(*r) for r in self.backend.query(STEP_SELECT, (run_id,))]
+        sql = STEP_SELECT.replace("WHERE run_id = ?", "WHERE run_id = ? AND seq > ?")
+        return [StepRecord(*r) for r in self.backend.query(sql, (run_id, after))]
 
     def load_attempts(self, run_id: str) -> list[tuple[Any, ...]]:
         return self.backend.query(

@@ -48,7 +48,7 @@ def test_migrations_build_exactly_the_sqlmodel_schema(db_url) -> None:
             tables = {t for t in SQLModel.metadata.tables if t.startswith("af_")}
             assert tables == {
                 "af_runs", "af_steps", "af_step_attempts", "af_signals", "af_workers", "af_blobs",
-                "af_principals", "af_approvals", "af_approval_votes", "af_audit", "af_policy_usage",
+                "af_principals", "af_approvals", "af_approval_votes", "af_audit", "af_policy_usage", "af_sessions",
             }  # fmt: skip
     finally:
         engine.dispose()

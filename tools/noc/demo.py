@@ -65,8 +65,9 @@ def make_model(spec: str) -> ChatModel:
     raise SystemExit(f"--model must be 'runbook' or 'openai:<model name>', not {spec!r}")
 
 
-def build(app: App, model: ChatModel, mode: str = "react") -> Any:
-    agent = Agent(
+def copilot(model: ChatModel, mode: str = "react") -> Agent:
+    """The NOC copilot agent under the NOC policy pack (the demo's, and the served app's)."""
+    return Agent(
         name="noc-copilot",
         model=model,
         tools=NOC_TOOLS,
@@ -80,11 +81,15 @@ def build(app: App, model: ChatModel, mode: str = "react") -> Any:
         mode="plan" if mode == "plan" else "react",
     )
 
+
+def build(app: App, model: ChatModel, mode: str = "react") -> Any:
+    agent = copilot(model, mode)
+
     @app.workflow(name=WORKFLOW)
-    async def copilot(ctx: WorkflowContext, task: str) -> dict[str, Any]:
+    async def copilot_run(ctx: WorkflowContext, task: str) -> dict[str, Any]:
         return (await agent.run(ctx, task)).model_dump(mode="json")
 
-    return copilot
+    return copilot_run
 
 
 def main(

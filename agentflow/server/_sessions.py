@@ -1,0 +1,135 @@
+"""Browser sessions of the web chat, kept in the store so they survive a server restart.
+
+The cookie carries a 256-bit random secret; the store keeps only its SHA-256 (like operator
+tokens), the operator's name, one principal per tenant the operator signed in to, the tenant
+the session acts in, and a CSRF value the page must echo on every state change. Expiry is
+wall-clock time, whatever clock the App's workflows use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+from dataclasses import dataclass, replace
+
+from agentflow.approvals import Principal
+from agentflow.engine import App, SystemClock
+from agentflow.errors import ApprovalRefused, AuthenticationError
+
+COOKIE = "af_session"
+DEFAULT_TTL = 12 * 3600.0  # one operator shift
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A live session: who, in which tenants, acting in which one."""
+
+    id_hash: str
+    operator: str
+    principals: dict[str, str]  # tenant -> principal id
+    tenant: str
+    csrf: str
+    expires_at: float
+
+
+def _wall_clock() -> float:
+    # Sessions expire in real time even when the App's workflows run on a shifted or test clock.
+    return SystemClock().now()
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Sessions:
+    """Create, find, extend to another tenant, switch tenant, and revoke sessions."""
+
+    def __init__(self, app: App, *, ttl: float = DEFAULT_TTL) -> None:
+        self.app, self.ttl = app, ttl
+
+    def sign_in(self, token: str, *, tenant: str | None, cookie: str | None) -> tuple[str, SessionInfo]:
+        """Check `token`; return the cookie secret and session. Signing in with another
+        tenant's token of the operator already signed in adds that tenant to the session.
+
+        Raises:
+            AuthenticationError: unknown token (audited by `Approvals.authenticate`).
+            ApprovalRefused: `tenant` is given and is not the token's (code wrong_tenant).
+        """
+        principal = self.app.approvals.authenticate(token)
+        if tenant is not None and tenant != principal.tenant:
+            raise ApprovalRefused(
+                f"this token is {principal.name}'s in tenant {principal.tenant}, not {tenant}: "
+                "sign in with the token of that tenant",
+                code="wrong_tenant",
+            )
+        current = self.find(cookie) if cookie else None
+        if current is not None and current.operator == principal.name:
+            principals = {**current.principals, principal.tenant: principal.id}
+            self._write(
+                "UPDATE af_sessions SET principals = ?, tenant = ? WHERE id_hash = ?",
+                (json.dumps(principals), principal.tenant, current.id_hash),
+            )
+            assert cookie is not None
+            return cookie, replace(current, principals=principals, tenant=principal.tenant)
+        return self._create(principal)
+
+    def _create(self, principal: Principal) -> tuple[str, SessionInfo]:
+        secret = secrets.token_urlsafe(32)
+        now = _wall_clock()
+        info = SessionInfo(
+            id_hash=_digest(secret),
+            operator=principal.name,
+            principals={principal.tenant: principal.id},
+            tenant=principal.tenant,
+            csrf=secrets.token_urlsafe(24),
+            expires_at=now + self.ttl,
+        )
+        self._write(
+            "INSERT INTO af_sessions (id_hash, operator, principals, tenant, csrf, created_at, expires_at, revoked) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+            (info.id_hash, info.operator, json.dumps(info.principals), info.tenant, info.csrf, now, info.expires_at),
+        )
+        return secret, info
+
+    def find(self, cookie: str) -> SessionInfo | None:
+        """The live session of a cookie (None: unknown, revoked or expired)."""
+        rows = self.app.store.backend.query(
+            "SELECT id_hash, operator, principals, tenant, csrf, expires_at FROM af_sessions "
+            "WHERE id_hash = ? AND revoked = 0 AND expires_at > ?",
+            (_digest(cookie), _wall_clock()),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return SessionInfo(id_hash=r[0], operator=r[1], principals=json.loads(r[2]), tenant=r[3], csrf=r[4],
+                           expires_at=r[5])  # fmt: skip
+
+    def principal(self, session: SessionInfo) -> Principal:
+        """The principal the session acts as now (re-read: a disabled operator is signed out)."""
+        found = self.app.approvals.principal(session.principals.get(session.tenant, ""))
+        if found is None:
+            raise AuthenticationError(
+                "this operator was disabled or removed: sign in again with a valid token", code="bad_token"
+            )
+        return found
+
+    def switch(self, session: SessionInfo, tenant: str) -> SessionInfo:
+        """Act in another tenant the session signed in to."""
+        if tenant not in session.principals:
+            raise ApprovalRefused(
+                f"{session.operator} has not signed in to tenant {tenant}: sign in with that tenant's token",
+                code="wrong_tenant",
+            )
+        self._write("UPDATE af_sessions SET tenant = ? WHERE id_hash = ?", (tenant, session.id_hash))
+        return replace(session, tenant=tenant)
+
+    def revoke(self, session: SessionInfo) -> None:
+        self._write("UPDATE af_sessions SET revoked = 1 WHERE id_hash = ?", (session.id_hash,))
+
+    def _write(self, sql: str, params: tuple[object, ...]) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute(sql, params)
+
+        self.app.store.backend.transact(body, what="recording a web session")

@@ -1,0 +1,93 @@
+"""A run's live updates as server-sent events, read from the store.
+
+The stream polls the history rather than listening to the worker, so it works whoever drives
+the run (this process, another worker, a worker on another machine) and a reconnecting client
+loses nothing: step events carry their seq as the event id, and `Last-Event-ID` resumes after
+it. Steps are sent in seq order and only up to the first unfinished one, so a step that
+finishes late (parallel tool calls) is never skipped by a client's cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+
+from agentflow.approvals import Principal
+from agentflow.engine import App
+from agentflow.server._views import card, events, run_summary
+
+KEEPALIVE = 15.0  # seconds: proxies close idle connections, browsers do not notice it otherwise
+
+
+@dataclass
+class _Cursor:
+    after: int
+    cards: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    status: str | None = None
+
+
+def _message(event: str, data: Any, event_id: int | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, ensure_ascii=False, default=str)}\n\n"
+
+
+def _poll(app: App, run_id: str, viewer: Principal, cursor: _Cursor) -> tuple[list[str], bool]:
+    """The messages due since `cursor` (which it advances), and whether the stream is over."""
+    out: list[str] = []
+    run = app.store.get_run(run_id)
+    steps = app.store.load_steps(run_id, after=cursor.after)
+    ready = []
+    for step in steps:
+        if step.status not in ("completed", "failed") and not run.terminal:
+            break
+        ready.append(step)
+    for event in events(app, ready):
+        out.append(_message("step", event, event["seq"]))
+    if ready:
+        cursor.after = ready[-1].seq
+    requests = app.approvals.list(run_id=run_id, status=None)
+    changed = [r for r in requests if cursor.cards.get(r.id) != _fingerprint(r)]
+    if changed:
+        history = app.store.load_steps(run_id)
+        for req in sorted(changed, key=lambda r: r.created_at):
+            cursor.cards[req.id] = _fingerprint(req)
+            out.append(_message("approval", card(app, req, viewer, history)))
+    if run.status != cursor.status:
+        cursor.status = run.status
+        out.append(_message("run", run_summary(app, run)))
+    done = run.terminal and len(ready) == len(steps)
+    if done:
+        out.append(_message("end", run_summary(app, run)))
+    return out, done
+
+
+def _fingerprint(req: Any) -> tuple[Any, ...]:
+    return (req.status, req.revision, tuple((v.principal, v.decision, v.revision) for v in req.votes))
+
+
+async def stream_run(
+    app: App, run_id: str, viewer: Principal, after: int, request: Request, poll_interval: float
+) -> AsyncIterator[str]:
+    """Server-sent events for one run (see API.md), until the run ends or the client leaves."""
+    cursor = _Cursor(after=after)
+    yield "retry: 1000\n\n"  # reconnect within a second after a restart (browsers default to ~3 s)
+    quiet_since = time.monotonic()
+    while not await request.is_disconnected():
+        # The store is synchronous: read it off the event loop so other requests keep flowing.
+        messages, done = await asyncio.to_thread(_poll, app, run_id, viewer, cursor)
+        for message in messages:
+            yield message
+        if done:
+            return
+        if messages:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > KEEPALIVE:
+            quiet_since = time.monotonic()
+            yield ": keepalive\n\n"
+        await asyncio.sleep(poll_interval)

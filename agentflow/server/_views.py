@@ -1,0 +1,267 @@
+"""What the chat shows, built from the store: run summaries, one event per finished step, and
+approval cards. Model words and tool output are passed through as `text` marked untrusted; the
+server never turns them into markup (the page and the terminal render them as plain text)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from agentflow.agent import usage
+from agentflow.approvals import ApprovalRequest, Principal
+from agentflow.engine import App
+from agentflow.errors import CorruptRecordError
+from agentflow.llm._messages import message_from_blob
+from agentflow.store import RunRecord, StepRecord
+
+TEXT_LIMIT = 8000  # characters of one tool output or model message sent to a chat
+_HIDDEN = {"now", "uuid", "random"}  # determinism bookkeeping, not conversation
+
+
+def _json(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def task_of(run: RunRecord) -> str:
+    """The task a run was started on (the first argument of an agent workflow)."""
+    raw = _json(run.input)
+    if isinstance(raw, list) and raw and isinstance(raw[0], list) and raw[0] and isinstance(raw[0][0], str):
+        return raw[0][0]
+    return ""
+
+
+def run_summary(app: App, run: RunRecord, *, open_approvals: int | None = None) -> dict[str, Any]:
+    """`RunSummary` of API.md."""
+    output = _json(run.output) if run.status == "completed" else None
+    outcome = output if isinstance(output, dict) else {}
+    used = usage(app, run_id=run.id)
+    steps = app.store.backend.query("SELECT count(*) FROM af_steps WHERE run_id = ?", (run.id,))[0][0]
+    if open_approvals is None:
+        open_approvals = app.store.backend.query(
+            "SELECT count(*) FROM af_approvals WHERE run_id = ? AND status IN ('pending', 'escalated')", (run.id,)
+        )[0][0]
+    meta = run.meta_dict()
+    return {
+        "id": run.id,
+        "status": run.status,
+        "task": task_of(run),
+        "agent": meta.get("agent"),
+        "requested_by": meta.get("requested_by"),
+        "tenant": run.tenant,
+        "created_at": run.created_at,
+        "updated_at": run.updated_at,
+        "waiting_on": run.waiting_on,
+        "answer": outcome.get("answer") if isinstance(outcome.get("answer"), str) else None,
+        "outcome": outcome.get("status") if isinstance(outcome.get("status"), str) else None,
+        "error": run.error_dict().get("message") if run.status in ("failed", "cancelled") else None,
+        "tokens": used.input_tokens + used.output_tokens,
+        "cost_usd": round(used.cost_usd, 6),
+        "steps": steps,
+        "open_approvals": open_approvals,
+    }
+
+
+def _clip(text: str | None) -> str | None:
+    if text is None or len(text) <= TEXT_LIMIT:
+        return text
+    return text[:TEXT_LIMIT] + f"\n… ({len(text) - TEXT_LIMIT} more characters)"
+
+
+def _tool_text(result: str | None) -> str | None:
+    """A tool step's result is the JSON of the tool's text output: show that text."""
+    value = _json(result)
+    return value if isinstance(value, str) else (json.dumps(value, ensure_ascii=False) if value is not None else None)
+
+
+def events(app: App, steps: Iterable[StepRecord]) -> list[dict[str, Any]]:
+    """`Event`s of API.md for the finished steps among `steps`, in seq order."""
+    done = [s for s in steps if s.status in ("completed", "failed") and s.kind not in _HIDDEN]
+    refs = [r for s in done if s.kind == "llm" for r in [(_json(s.result) or {}).get("message")] if isinstance(r, str)]
+    blobs = app.store.get_blobs(refs) if refs else {}
+    return [_event(s, blobs) for s in sorted(done, key=lambda s: s.seq)]
+
+
+def _event(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "seq": step.seq,
+        "kind": "step",
+        "name": step.name,
+        "status": step.status,
+        "at": step.finished_at or step.started_at,
+        "title": f"{step.kind} {step.name}",
+        "text": None,
+        "untrusted": False,
+        "data": {},
+    }
+    builder = _BUILDERS.get(step.kind)
+    if builder is not None:
+        try:
+            base.update(builder(step, blobs))
+        except (CorruptRecordError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            # A record this view cannot read is still shown, not dropped: the history is the truth.
+            base.update(title=f"{step.kind} {step.name} (unreadable: {type(exc).__name__})")
+    if step.status == "failed":
+        base["title"] += " — failed"
+        base["text"] = base["text"] or _clip(step.error)
+        base["untrusted"] = True
+    return base
+
+
+def _model(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
+    result = _json(step.result) or {}
+    u = result.get("usage", {})
+    ref = result.get("message")
+    text, calls = None, []
+    if isinstance(ref, str) and ref in blobs:
+        message = message_from_blob(blobs[ref])
+        content = message.content
+        text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+        calls = [{"name": c["name"], "args": c["args"]} for c in getattr(message, "tool_calls", [])]
+    return {
+        "kind": "model",
+        "title": f"model {step.name}" + (f" → {', '.join(c['name'] for c in calls)}" if calls else ""),
+        "text": _clip(text) or None,
+        "untrusted": True,
+        "data": {
+            "tool_calls": calls,
+            "tokens_in": u.get("input_tokens"),
+            "tokens_out": u.get("output_tokens"),
+            "cost_usd": u.get("cost_usd"),
+        },
+    }
+
+
+def _tool(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
+    args = (_json(step.args) or {}).get("args", {})
+    return {
+        "kind": "tool",
+        "title": f"tool {step.name}",
+        "text": _clip(_tool_text(step.result)),
+        "untrusted": True,
+        "data": {"args": args, "error": step.error},
+    }
+
+
+def _policy(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
+    decision = _json(step.result) or {}
+    call = _json(step.args) or {}
+    effect, rule = decision.get("effect"), decision.get("rule")
+    until = decision.get("defer_until")
+    title = f"policy {effect} ({rule}) for {call.get('tool', step.name)}"
+    if until:
+        title += f", until {_utc(until)}"
+    return {
+        "kind": "policy",
+        "title": title,
+        "text": None,
+        "data": {
+            "tool": call.get("tool", step.name),
+            "args": call.get("args", {}),
+            "effect": effect,
+            "rule": rule,
+            "reason": decision.get("reason") or "",
+            "defer_until": until,
+        },
+    }
+
+
+def _approval(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
+    body = _json(step.result) or {}
+    what = {"read": "approval decided", "expire": "approval expired"}.get(step.name, "approval requested")
+    return {
+        "kind": "approval",
+        "title": f"{what}: {body.get('status')} ({body.get('tool', '')})",
+        "data": {"approval_id": body.get("id"), "status": body.get("status")},
+    }
+
+
+def _wait(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
+    until = _json(step.args)
+    when = datetime.fromisoformat(until).timestamp() if isinstance(until, str) else step.wake_at
+    return {"kind": "wait", "title": f"waited until {_utc(when)}" if when else "waited", "data": {"until": when}}
+
+
+def _signal(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
+    return {"kind": "signal", "title": f"signal {step.name}", "data": {"payload": _json(step.result)}}
+
+
+def _plan(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
+    steps = (_json(step.result) or {}).get("steps", [])
+    return {
+        "kind": "plan",
+        "title": f"plan {step.name}: " + " → ".join(str(s.get("tool") or "?") for s in steps),
+        "text": "\n".join(f"{i + 1}. {s.get('goal', '')}" for i, s in enumerate(steps)) or None,
+        "untrusted": True,
+        "data": {"steps": [{"tool": s.get("tool"), "goal": s.get("goal")} for s in steps]},
+    }
+
+
+_BUILDERS = {"llm": _model, "tool": _tool, "policy": _policy, "approval": _approval, "sleep": _wait,
+             "signal": _signal, "plan": _plan}  # fmt: skip
+
+
+def _utc(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def card(app: App, req: ApprovalRequest, viewer: Principal, steps: Iterable[StepRecord] = ()) -> dict[str, Any]:
+    """`Card` of API.md, with what `viewer` may do about it."""
+    why_not = why_not_decide(app, req, viewer)
+    return {
+        "id": req.id,
+        "run_id": req.run_id,
+        "tool": req.tool,
+        "target": _target(req, steps),
+        "args": req.args,
+        "args_hash": req.args_hash,
+        "diff": req.diff,
+        "rule": req.rule,
+        "requested_by": req.requested_by,
+        "status": req.status,
+        "created_at": req.created_at,
+        "expires_at": req.expires_at,
+        "quorum": {"needed": req.spec.quorum, "have": req.approvals},
+        "votes": [
+            {"principal": v.principal, "decision": v.decision, "comment": v.comment, "at": v.at}
+            for v in req.votes
+            if v.revision == req.revision
+        ],
+        "revision": req.revision,
+        "deciding_roles": req.deciding_roles,
+        "editable_args": list(req.spec.editable_args),
+        "four_eyes": req.spec.four_eyes,
+        "can_decide": why_not is None,
+        "why_not": why_not,
+    }
+
+
+def why_not_decide(app: App, req: ApprovalRequest, viewer: Principal) -> str | None:
+    """Why `viewer` cannot approve `req` now (None: they can): the approvals service's own
+    checks, which it makes again in the decision's transaction."""
+    refused = app.approvals.refusal(req, viewer)
+    if refused is not None:
+        return f"{refused.code}: {refused.message}"
+    if any(v.principal == viewer.name and v.revision == req.revision and v.decision == "approve" for v in req.votes):
+        return f"you approved; waiting for {req.spec.quorum - req.approvals} more approval(s)"
+    return None
+
+
+def _target(req: ApprovalRequest, steps: Iterable[StepRecord]) -> str | None:
+    """The target the policy saw for the staged call (from its recorded decision's facts)."""
+    for step in steps:
+        if step.kind == "policy" and step.result:
+            decision = _json(step.result) or {}
+            call = decision.get("call") or {}
+            if (_json(step.args) or {}).get("call") == req.call_id and call.get("target"):
+                return str(call["target"])
+    for key in ("site", "target", "cell", "node"):
+        if isinstance(req.args.get(key), str):
+            return str(req.args[key])
+    return None

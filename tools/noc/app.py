@@ -1,0 +1,42 @@
+"""The NOC copilot as an app to serve: `agentflow serve --app tools.noc.app:app`.
+
+Configuration comes from the environment, like a deployment's would:
+
+- `AGENTFLOW_DB`: the store (`agentflow serve --db` sets it).
+- `NOC_DB`: the simulated network's file (default: next to the store).
+- `NOC_MODEL`: `runbook` (offline, the default) or `openai:<model>` (any OpenAI-compatible
+  endpoint through `OPENAI_BASE_URL` / `OPENAI_API_KEY`).
+- `NOC_CLOCK_START`: an ISO time the clock starts at, then flows at real speed; e.g.
+  `2026-01-01T02:30:00+00:00` puts a demo inside the 02:00-06:00 UTC maintenance window so
+  approved changes apply at once instead of waiting for tonight.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+from agentflow import App
+from agentflow.engine import SystemClock
+from tools.noc.demo import copilot, make_model
+from tools.noc.env import ENV, configure
+
+
+def _clock() -> SystemClock:
+    start = os.environ.get("NOC_CLOCK_START")
+    if not start:
+        return SystemClock()
+    try:
+        when = datetime.fromisoformat(start)
+    except ValueError:
+        raise SystemExit(f"NOC_CLOCK_START must be an ISO time like 2026-01-01T02:30:00+00:00, not {start!r}") from None
+    if when.tzinfo is None:
+        raise SystemExit(f"NOC_CLOCK_START needs a UTC offset (e.g. +00:00): {start!r}")
+    return SystemClock(offset=when.timestamp() - SystemClock().now())
+
+
+app = App(clock=_clock())
+if not os.environ.get(ENV):
+    configure(app.store.backend.path + ".noc.db")
+agent = copilot(make_model(os.environ.get("NOC_MODEL", "runbook")))
+agent.register(app)
