@@ -143,10 +143,10 @@ def create_app(
     def session_body(who: Actor) -> dict[str, Any]:
         tenants = sorted(who.session.principals) if who.session else [who.principal.tenant]
         return {"operator": who.principal.name, "roles": who.principal.roles, "tenant": who.principal.tenant,
-                "tenants": tenants, "csrf": who.session.csrf if who.session else None}  # fmt: skip
+                "tenants": tenants, "csrf": who.session.csrf if who.session else None, "now": app.clock.now()}  # fmt: skip
 
     # -- pages -----------------------------------------------------------------------------
-    @api.get("/", include_in_schema=False)
+    @api.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers=_PAGE_HEADERS)
 
@@ -218,7 +218,8 @@ def create_app(
     ) -> StreamingResponse:
         """Server-sent events: `step`, `approval`, `run`, `end` (API.md). Resumes after `Last-Event-ID`."""
         run = own_run(run_id, who)
-        start = after if after is not None else _last_event_id(request)
+        # An EventSource reconnecting sends Last-Event-ID (it cannot change its URL's ?after=).
+        start = max(after or 0, _last_event_id(request))
         body = stream_run(app, run.id, who.principal, start, request, poll_interval)
         return StreamingResponse(body, media_type="text/event-stream", headers=_STREAM_HEADERS)
 
@@ -331,6 +332,8 @@ def _install_error_handlers(api: FastAPI) -> None:
         if any(e.get("type") == "json_invalid" for e in errors):
             return _error(400, "bad_request", "the body is not valid JSON", details=details)
         loc, msg = (details[0]["loc"], details[0]["msg"]) if details else ([], "invalid")
+        if loc == ["body"]:
+            msg = "the body must be a JSON object, sent with Content-Type: application/json"
         where = ".".join(p for p in loc if p != "body")
         return _error(422, "invalid", f"{where}: {msg}" if where else str(msg), details=details)
 

@@ -73,6 +73,8 @@ class Sessions:
             )
             assert cookie is not None
             return cookie, replace(current, principals=principals, tenant=principal.tenant)
+        if current is not None:
+            self.revoke(current)  # another operator signs in on this browser: the old session ends
         return self._create(principal)
 
     def _create(self, principal: Principal) -> tuple[str, SessionInfo]:

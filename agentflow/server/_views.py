@@ -57,7 +57,7 @@ def run_summary(app: App, run: RunRecord, *, open_approvals: int | None = None) 
         "tenant": run.tenant,
         "created_at": run.created_at,
         "updated_at": run.updated_at,
-        "waiting_on": run.waiting_on,
+        "waiting_on": waiting_text(run) if run.status == "waiting" else None,
         "answer": outcome.get("answer") if isinstance(outcome.get("answer"), str) else None,
         "outcome": outcome.get("status") if isinstance(outcome.get("status"), str) else None,
         "error": run.error_dict().get("message") if run.status in ("failed", "cancelled") else None,
@@ -66,6 +66,25 @@ def run_summary(app: App, run: RunRecord, *, open_approvals: int | None = None) 
         "steps": steps,
         "open_approvals": open_approvals,
     }
+
+
+def waiting_text(run: RunRecord) -> str | None:
+    """What a parked run waits for, in words (`waiting_on` is the engine's JSON)."""
+    raw = _json(run.waiting_on)
+    if not isinstance(raw, dict):
+        return run.waiting_on
+    parts = []
+    for name in raw.get("signals", []):
+        kind, _, ref = str(name).partition(":")
+        parts.append(f"approval {ref}" if kind == "approval" else f"signal {name}")
+    if raw.get("children"):
+        parts.append(f"{len(raw['children'])} child run(s)")
+    timers = [t for t in raw.get("timers", []) if isinstance(t, int | float)]
+    if timers and not raw.get("signals"):
+        parts.append(f"a timer until {_utc(min(timers))}")
+    elif timers:
+        parts.append(f"(expires {_utc(min(timers))})")
+    return " ".join(parts) or None
 
 
 def _clip(text: str | None) -> str | None:
@@ -239,6 +258,7 @@ def card(app: App, req: ApprovalRequest, viewer: Principal, steps: Iterable[Step
         "four_eyes": req.spec.four_eyes,
         "can_decide": why_not is None,
         "why_not": why_not,
+        "now": app.clock.now(),  # the server's time: the App's clock may be shifted (a demo window)
     }
 
 

@@ -72,6 +72,7 @@ EXPORTS = {
     ],
     "agentflow.testing": ["TestClock", "assert_eventually", "configure_crash_point", "crash_point"],
     "agentflow.trace": ["Ledger", "ReplayResult", "Trace", "load", "runs"],
+    "agentflow.server": ["create_app"],
     "agentflow.errors": [
         "ActivityError",
         "AgentflowError",

@@ -6,6 +6,8 @@ Configuration comes from the environment, like a deployment's would:
 - `NOC_DB`: the simulated network's file (default: next to the store).
 - `NOC_MODEL`: `runbook` (offline, the default) or `openai:<model>` (any OpenAI-compatible
   endpoint through `OPENAI_BASE_URL` / `OPENAI_API_KEY`).
+- `NOC_INCIDENTS`: incidents to inject into the simulated network at start, e.g.
+  `CS-101:mis_set_handover,CS-104:mis_set_handover` (each only if that site has none open).
 - `NOC_CLOCK_START`: an ISO time the clock starts at, then flows at real speed; e.g.
   `2026-01-01T02:30:00+00:00` puts a demo inside the 02:00-06:00 UTC maintenance window so
   approved changes apply at once instead of waiting for tonight.
@@ -19,7 +21,7 @@ from datetime import datetime
 from agentflow import App
 from agentflow.engine import SystemClock
 from tools.noc.demo import copilot, make_model
-from tools.noc.env import ENV, configure
+from tools.noc.env import ENV, configure, network
 
 
 def _clock() -> SystemClock:
@@ -38,5 +40,9 @@ def _clock() -> SystemClock:
 app = App(clock=_clock())
 if not os.environ.get(ENV):
     configure(app.store.backend.path + ".noc.db")
+for spec in filter(None, os.environ.get("NOC_INCIDENTS", "").split(",")):
+    site, _, scenario = spec.strip().partition(":")
+    if network().incident(site) is None:
+        network().inject(site, scenario or "mis_set_handover")
 agent = copilot(make_model(os.environ.get("NOC_MODEL", "runbook")))
 agent.register(app)
