@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agentflow._cli_chat import chat
 from agentflow._cli_people import approvals_app, operators_app, policy_app
 from agentflow.errors import AgentflowError
 
@@ -30,6 +31,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(operators_app, name="operators")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(policy_app, name="policy")
+app.command()(chat)
 
 console = Console()
 err_console = Console(stderr=True)

@@ -128,9 +128,18 @@ def _event(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
             base.update(title=f"{step.kind} {step.name} (unreadable: {type(exc).__name__})")
     if step.status == "failed":
         base["title"] += " — failed"
-        base["text"] = base["text"] or _clip(step.error)
+        base["text"] = base["text"] or _clip(_error_text(step.error))
         base["untrusted"] = True
     return base
+
+
+def _error_text(error: str | None) -> str | None:
+    """A failed step's error as `Type: message` (the recorded traceback stays in the history,
+    for `agentflow runs history`; a chat shows what went wrong, not the worker's stack)."""
+    value = _json(error)
+    if isinstance(value, dict) and "message" in value:
+        return f"{value.get('type', 'Error')}: {value['message']}"
+    return error
 
 
 def _model(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
@@ -164,7 +173,7 @@ def _tool(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
         "title": f"tool {step.name}",
         "text": _clip(_tool_text(step.result)),
         "untrusted": True,
-        "data": {"args": args, "error": step.error},
+        "data": {"args": args, "error": _error_text(step.error)},
     }
 
 
