@@ -276,7 +276,9 @@ class Approvals:
         revision = req.revision
         if edited is not None and edited != req.args:
             revision += 1
-            conn.execute("UPDATE af_approvals SET args = ?, args_hash = ?, revision = ? WHERE id = ?",
+            # The staged diff was the tool's preview of the old arguments: showing it beside the
+            # edited ones would show approvers a change that is not the one that will run.
+            conn.execute("UPDATE af_approvals SET args = ?, args_hash = ?, revision = ?, diff = NULL WHERE id = ?",
                          (json.dumps(edited), args_hash(edited), revision, req.id))  # fmt: skip
             _audit(conn, now, req.tenant, principal.name, "edited", req.id, req.run_id, "done",
                    f"arguments changed: {sorted(k for k in edited if edited.get(k) != req.args.get(k))}")  # fmt: skip

@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from agentflow.agent._agent import agent_workflow
 from agentflow.approvals import Principal
 from agentflow.engine import App
-from agentflow.errors import AgentflowError, ApprovalError, ConfigurationError, UnknownRunError
+from agentflow.errors import AgentflowError, ApprovalError, ApprovalRefused, ConfigurationError, UnknownRunError
 from agentflow.server._models import (
     ApproveBody,
     ChatBody,
@@ -41,6 +41,7 @@ from agentflow.server._sessions import COOKIE, DEFAULT_TTL, SessionInfo, Session
 from agentflow.server._stream import stream_run
 from agentflow.server._views import card, events, run_summary
 from agentflow.store import RunRecord
+from agentflow.store._constants import RUN_STATUSES
 
 log = logging.getLogger("agentflow.server")
 STATIC = Path(__file__).parent / "static"
@@ -185,6 +186,8 @@ def create_app(
     def list_runs(
         who: Who, status: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50
     ) -> dict[str, Any]:
+        if status is not None and status not in RUN_STATUSES:
+            raise ApiError(422, "invalid", f"status must be one of {list(RUN_STATUSES)}, not {status!r}")
         runs = app.store.list_runs(tenant=who.principal.tenant, status=status, workflow=workflow.name, limit=limit)
         return {"runs": [run_summary(app, r) for r in runs]}
 
@@ -266,13 +269,15 @@ def create_app(
     @api.post("/api/approvals/{approval_id}/approve", tags=["approvals"])
     def approve(approval_id: str, body: ApproveBody, who: Who) -> dict[str, Any]:
         """Approve (optionally with edited arguments and the hash of what you were shown)."""
-        req = app.approvals.approve(approval_id, by=who.principal, comment=body.comment, args=body.args,
-                                    seen_hash=body.seen_hash)  # fmt: skip
+        with _not_confirming_other_tenants(approval_id):
+            req = app.approvals.approve(approval_id, by=who.principal, comment=body.comment, args=body.args,
+                                        seen_hash=body.seen_hash)  # fmt: skip
         return card(app, req, who.principal, app.store.load_steps(req.run_id))
 
     @api.post("/api/approvals/{approval_id}/reject", tags=["approvals"])
     def reject(approval_id: str, body: RejectBody, who: Who) -> dict[str, Any]:
-        req = app.approvals.reject(approval_id, by=who.principal, comment=body.comment)
+        with _not_confirming_other_tenants(approval_id):
+            req = app.approvals.reject(approval_id, by=who.principal, comment=body.comment)
         return card(app, req, who.principal, app.store.load_steps(req.run_id))
 
     return api
@@ -287,6 +292,18 @@ _PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 _STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+
+
+@contextlib.contextmanager
+def _not_confirming_other_tenants(approval_id: str) -> Iterator[None]:
+    """A decision on another tenant's request is refused (and audited) by the service as
+    wrong_tenant; the caller gets the same 404 as for an id that does not exist."""
+    try:
+        yield
+    except ApprovalRefused as exc:
+        if exc.code != "wrong_tenant":
+            raise
+        raise ApiError(404, "unknown", f"no approval request {approval_id}", approval_id=approval_id) from None
 
 
 def _check_csrf(request: Request, session: SessionInfo) -> None:
@@ -339,7 +356,7 @@ def _install_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
 
     @api.exception_handler(AgentflowError)
