@@ -337,7 +337,7 @@ async function send() {
   state.sending = true;
   $("#chat-send").disabled = true;
   $(".empty", $("#messages"))?.remove();
-  $("#messages").append(userBubble(text, state.session.operator, Date.now() / 1000));
+  $("#messages").append(userBubble(text, state.session.operator, Date.now() / 1000 + clockSkew));
   scrollToEnd(true);
   input.value = "";
   try {
@@ -542,6 +542,8 @@ function cardUi(id) {
 /** Create or update (in place) the element of an approval card in the current view. */
 function upsertCard(card, inInbox = false) {
   const json = JSON.stringify(card);
+  // measured before the card grows the conversation: an operator following the end keeps following
+  const near = !inInbox && nearEnd();
   let entry = state.cards.get(card.id);
   if (!entry) {
     entry = { card, json, el: el("div", { class: "card" }), inInbox };
@@ -552,6 +554,7 @@ function upsertCard(card, inInbox = false) {
     Object.assign(entry, { card, json });
     renderCard(entry);
   }
+  if (near) scrollToEnd(true);
   return entry;
 }
 

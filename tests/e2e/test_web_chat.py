@@ -1,0 +1,532 @@
+"""The web chat of `agentflow serve` in a real browser (Debian's Chromium, driven by Playwright).
+
+Each test starts a real server (`agentflow serve --app tools.noc.app:app` on a fresh SQLite
+file and a free port, CS-101 in trouble, the clock inside the maintenance window so an approved
+change applies at once) and operators made with `agentflow operators add`; then people sign in
+with their tokens in browser contexts of their own and use the page the way an operator would.
+Nothing is reloaded unless the test says so: the page must follow the run live.
+
+Screenshots of the key points land in test-artifacts/browser/ (gitignored).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Error, Locator, Page, expect, sync_playwright
+
+import tools.noc as noc
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+NOC_APP = "tools.noc.app:app"
+INJECTION_APP = "tests.e2e.webapp:app"  # tests/e2e/webapp.py
+TASK = "CS-101 drop rate is high, investigate"
+# Inside the NOC pack's 02:00-06:00 UTC maintenance window: an approved change applies at once.
+IN_WINDOW = "2026-01-01T02:30:00+00:00"
+ENGINEERS = {"alice": "noc-engineer", "bob": "noc-engineer"}
+RUN = 60_000  # ms: how long a run may take to reach a point (a few seconds in practice)
+UI = 15_000  # ms: how long the page may take to show what it was just told
+
+
+def env(**extra: str) -> dict[str, str]:
+    """The environment of the CLI subprocesses: no inherited agentflow or NOC configuration."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTFLOW_", "NOC_"))}
+    return {**clean, "PYTHONPATH": str(ROOT), "AGENTFLOW_ALLOW_MODEL_REQUESTS": "0", **extra}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# -- a real server ------------------------------------------------------------------------------
+class Server:
+    """`agentflow serve` on a fresh store and network; `kill()` then `start()` is a crash and a
+    restart on the same port and files."""
+
+    def __init__(self, tmp: Path, app_ref: str) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.tmp, self.app_ref = tmp, app_ref
+        self.db = f"sqlite:///{tmp / 'wf.db'}"
+        self.net_path = tmp / "net.db"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.tokens: dict[str, str] = {}
+        self.log_path = tmp / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def add_operators(self, roles: dict[str, str]) -> None:
+        """`agentflow operators add` each (the first creates the schema; the others run together)."""
+
+        def add(name: str) -> subprocess.Popen[str]:
+            cmd = [sys.executable, "-m", "agentflow.cli", "operators", "add", name, "--tenant", "noc-east",
+                   "--role", roles[name], "--db", self.db]  # fmt: skip
+            return subprocess.Popen(cmd, cwd=ROOT, env=env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+        def token(name: str, proc: subprocess.Popen[str]) -> None:
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, f"operators add {name}: {err}"
+            self.tokens[name] = out.strip()
+            assert self.tokens[name].startswith("aft_"), out
+
+        first, *rest = roles
+        token(first, add(first))
+        for name, proc in [(name, add(name)) for name in rest]:
+            token(name, proc)
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "agentflow.cli", "serve", "--app", self.app_ref, "--db", self.db,
+               "--port", str(self.port)]  # fmt: skip
+        server_env = env(NOC_DB=str(self.net_path), NOC_INCIDENTS="CS-101:mis_set_handover", NOC_CLOCK_START=IN_WINDOW)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=server_env, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Poll GET /api/session until it answers 401 (the server is up, nobody signed in)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc is not None and self.proc.poll() is None, f"the server exited:\n{self.log()}"
+            try:
+                if httpx.get(f"{self.url}/api/session", timeout=2).status_code == 401:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server did not answer within {timeout:.0f}s:\n{self.log()}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown of any kind, like a crashed host."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+    def api(self, who: str, method: str, path: str, **kwargs: Any) -> Any:
+        """A call as `who` with their bearer token (set-up and cross-checks, not what is tested)."""
+        headers = {"Authorization": f"Bearer {self.tokens[who]}"}
+        answer = httpx.request(method, f"{self.url}{path}", headers=headers, timeout=30, **kwargs)
+        assert answer.is_success, f"{method} {path}: {answer.status_code} {answer.text}"
+        return answer.json()
+
+    def start_run(self, who: str, task: str = TASK) -> str:
+        run_id: str = self.api(who, "POST", "/api/runs", json={"task": task})["id"]
+        return run_id
+
+    def assert_one_apply(self, site: str = "CS-101") -> None:
+        """The network's ledger: the change was pushed exactly once, nothing twice."""
+        net = noc.Network(self.net_path)
+        applies = net.effects("apply")
+        assert [e["site"] for e in applies] == [site], applies
+        assert net.duplicate_keys() == []
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start servers (with their operators); every one is stopped at the end of the test."""
+    servers: list[Server] = []
+
+    def make(app_ref: str = NOC_APP, operators: dict[str, str] = ENGINEERS) -> Server:
+        server = Server(tmp_path / f"server{len(servers)}", app_ref)
+        servers.append(server)
+        server.add_operators(operators)
+        server.start()
+        server.wait_ready()
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in servers:
+            server.stop()
+
+
+# -- the browser --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One Chromium for the module; each person gets a context (own cookies) of their own."""
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+class People:
+    """Browser contexts of one test, one per person, watched for page errors."""
+
+    def __init__(self, browser: Browser, test: str) -> None:
+        self.browser, self.test = browser, test
+        self.contexts: list[BrowserContext] = []
+        self.problems: list[str] = []
+
+    def open(self, who: str) -> Page:
+        context = self.browser.new_context(viewport={"width": 1280, "height": 1000})
+        context.set_default_timeout(UI)
+        self.contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda exc: self.problems.append(f"{who}: page exception: {exc}"))
+        page.on("console", lambda msg: self._console(who, msg))
+        return page
+
+    def _console(self, who: str, msg: ConsoleMessage) -> None:
+        # Chromium logs every failed load (the first GET /api/session answers 401, a stopped
+        # server refuses connections) as a console error: those are expected, nothing else is.
+        if msg.type == "error" and not msg.text.startswith("Failed to load resource"):
+            self.problems.append(f"{who}: console error: {msg.text}")
+
+    def sign_in(self, server: Server, who: str, route: str = "") -> Page:
+        """A new context for `who`, signed in on the page with their token, at `route` (e.g. #/inbox)."""
+        page = self.open(who)
+        page.goto(f"{server.url}/{route}")
+        expect(page.locator("#signin-token")).to_be_visible()
+        page.locator("#signin-token").fill(server.tokens[who])
+        page.locator("#signin-button").click()
+        expect(page.locator("#operator-name")).to_have_text(who)
+        expect(page.locator("#signin-view")).to_be_hidden()
+        return page
+
+    def shot(self, page: Page, step: str) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{self.test}-{step}.png"), full_page=True)
+
+    def assert_clean(self) -> None:
+        assert self.problems == [], "\n".join(self.problems)
+
+    def close(self) -> None:
+        for context in self.contexts:
+            try:
+                context.close()
+            except Error:
+                pass
+
+
+@pytest.fixture
+def people(browser: Browser, request: pytest.FixtureRequest) -> Iterator[People]:
+    expect.set_options(timeout=UI)
+    found = People(browser, request.node.name)
+    try:
+        yield found
+    finally:
+        found.close()
+
+
+# -- page helpers -------------------------------------------------------------------------------
+def start_in_chat(page: Page, task: str = TASK) -> str:
+    """Type the task in the new-request chat and press Enter; the run's id (from its route)."""
+    page.locator("#nav-chat").click()
+    page.locator("#chat-input").fill(task)
+    page.locator("#chat-input").press("Enter")
+    expect(page).to_have_url(re.compile(r"#/runs/[^/]+$"))
+    expect(page.locator("#messages .chat-user").first).to_contain_text(task)
+    return page.url.rsplit("#/runs/", 1)[1]
+
+
+def pending_card(page: Page, root: str = "#messages") -> tuple[Locator, str]:
+    """The run's approval card once it is pending, and its approval id."""
+    card = page.locator(f"{root} .card[data-approval-id]")
+    expect(card).to_have_count(1, timeout=RUN)
+    expect(card).to_have_attribute("data-status", "pending", timeout=RUN)
+    approval_id = card.get_attribute("data-approval-id")
+    assert approval_id and approval_id.startswith("apr_"), approval_id
+    return card, approval_id
+
+
+def card_by_id(page: Page, approval_id: str, root: str = "#messages") -> Locator:
+    return page.locator(f'{root} .card[data-approval-id="{approval_id}"]')
+
+
+def say(page: Page, text: str) -> None:
+    """Type a line in the run's conversation and send it with Enter."""
+    page.locator("#chat-input").fill(text)
+    page.locator("#chat-input").press("Enter")
+
+
+def seqs(page: Page) -> list[int]:
+    shown: list[str] = page.eval_on_selector_all("#messages .event[data-seq]", "els => els.map(e => e.dataset.seq)")
+    return [int(s) for s in shown]
+
+
+FETCH = """async ([method, path, body]) => {
+  const session = await fetch("/api/session", {credentials: "same-origin"});
+  const csrf = session.ok ? (await session.json()).csrf : null;
+  const headers = {"Content-Type": "application/json", "Accept": "application/json"};
+  if (csrf) headers["X-CSRF-Token"] = csrf;
+  const init = {method, headers, credentials: "same-origin"};
+  if (body !== null) init.body = JSON.stringify(body);
+  const answer = await fetch(path, init);
+  let json = null;
+  try { json = await answer.json(); } catch { json = null; }
+  return {status: answer.status, json};
+}"""
+
+
+def page_fetch(page: Page, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    """A request from the page's own context (its cookie; its session's CSRF value)."""
+    answer: dict[str, Any] = page.evaluate(FETCH, [method, path, body])
+    return answer
+
+
+# -- the tests ----------------------------------------------------------------------------------
+def test_a_run_is_followed_live_and_approved_by_a_second_engineer(serve: Callable[..., Server], people: People) -> None:
+    """alice asks in the chat; the steps and the approval card arrive live; she may not approve
+    her own run's change (four-eyes); bob approves from his inbox, and alice's page, never
+    reloaded, shows the card approved, the run completed and its answer. The change was pushed
+    once."""
+    server = serve()
+    alice = people.sign_in(server, "alice")
+    expect(alice.locator("#operator-roles")).to_have_text("noc-engineer")
+    run_id = start_in_chat(alice)
+    expect(alice.locator("#messages .event[data-seq]").first).to_be_visible(timeout=RUN)
+    card, approval_id = pending_card(alice)
+    shown = seqs(alice)
+    assert len(shown) >= 3 and shown == sorted(set(shown)), shown  # each step once, in order
+    expect(card.locator(".card-diff .diff-from")).to_have_text("8")
+    expect(card.locator(".card-diff .diff-to")).to_have_text("3")
+    expect(card.locator(".card-diff")).to_contain_text("hoA3Offset")
+    expect(card.locator(".card-rule")).to_have_text("config-change-approval")
+    expect(card.locator(".card-requested-by")).to_have_text("alice")
+    expect(card.locator(".card-quorum")).to_contain_text("0/1")
+    expect(card.locator(".card-approve")).to_have_count(0)  # four-eyes: not for the requester
+    expect(card.locator(".card-why-not")).to_contain_text("four-eyes")
+    expect(alice.locator("#run-status")).to_have_attribute("data-status", "waiting")
+    expect(alice.locator("#stream-state")).to_have_attribute("data-state", "live")
+    people.shot(alice, "1-alice-pending")
+
+    bob = people.sign_in(server, "bob")
+    bob.locator("#nav-inbox").click()
+    expect(bob.locator("#inbox-view")).to_be_visible()
+    inbox_card = card_by_id(bob, approval_id, "#inbox")
+    expect(inbox_card).to_have_attribute("data-status", "pending")
+    expect(inbox_card.locator(".card-requested-by")).to_have_text("alice")
+    expect(inbox_card.locator(".card-why-not")).to_have_count(0)
+    expect(bob.locator("#inbox-count")).to_have_text("1")
+    people.shot(bob, "2-bob-inbox")
+    inbox_card.locator(".card-approve").click()
+    expect(bob.locator(f'#inbox .card[data-approval-id="{approval_id}"][data-status="pending"]')).to_have_count(0)
+    expect(bob.locator("#page-error")).to_be_hidden()
+
+    # alice's page was left alone: the stream brings the decision, the rest of the run, the answer
+    expect(card).to_have_attribute("data-status", "approved", timeout=RUN)
+    expect(card.locator(".card-votes")).to_contain_text("bob")
+    expect(alice.locator("#run-status")).to_have_attribute("data-status", "completed", timeout=RUN)
+    answer = alice.locator("#run-answer")
+    expect(answer).to_be_visible()
+    expect(answer).to_have_attribute("data-outcome", "answered")
+    expect(answer.locator("pre.untrusted")).not_to_be_empty()
+    expect(alice.locator("#stream-state")).to_have_attribute("data-state", "ended")
+    card.scroll_into_view_if_needed()
+    people.shot(alice, "3-alice-completed")
+    shown = seqs(alice)
+    assert shown == sorted(set(shown)), shown
+    assert shown == [e["seq"] for e in server.api("alice", "GET", f"/api/runs/{run_id}")["events"]]
+    server.assert_one_apply()
+    people.assert_clean()
+
+
+def test_a_viewer_sees_the_card_but_cannot_decide_it(serve: Callable[..., Server], people: People) -> None:
+    """carol (role viewer) sees alice's pending card, without an approve button and with the
+    reason (the missing role); approving anyway, straight through the API with her session's
+    CSRF value or as a chat command, is refused (403 missing_role) and the card stays pending."""
+    server = serve(operators={**ENGINEERS, "carol": "viewer"})
+    run_id = server.start_run("alice")
+    carol = people.sign_in(server, "carol", "#/inbox")
+    expect(carol.locator("#operator-roles")).to_have_text("viewer")
+    card, approval_id = pending_card(carol, "#inbox")
+    expect(card.locator(".card-rule")).to_have_text("config-change-approval")
+    expect(card.locator(".card-requested-by")).to_have_text("alice")
+    expect(card.locator(".card-approve")).to_have_count(0)
+    expect(card.locator(".card-reject")).to_have_count(0)
+    expect(card.locator(".card-why-not")).to_contain_text("missing_role")
+    expect(card.locator(".card-why-not")).to_contain_text("noc-engineer")
+    expect(carol.locator("#inbox-count")).to_have_text("0")  # nothing she can decide
+    people.shot(carol, "1-carol-inbox")
+
+    refused = page_fetch(carol, "POST", f"/api/approvals/{approval_id}/approve", {"comment": "let me"})
+    assert refused["status"] == 403, refused
+    assert refused["json"]["error"]["code"] == "missing_role", refused
+    assert page_fetch(carol, "GET", f"/api/approvals/{approval_id}")["json"]["status"] == "pending"
+
+    # the run's conversation: the same card, the same refusal for the chat command
+    card.locator(".card-run-link").click()
+    expect(carol).to_have_url(re.compile(f"#/runs/{run_id}$"))
+    card = card_by_id(carol, approval_id)
+    expect(card).to_have_attribute("data-status", "pending")
+    expect(card.locator(".card-approve")).to_have_count(0)
+    expect(card.locator(".card-why-not")).to_contain_text("noc-engineer")
+    say(carol, "approve let me")
+    expect(carol.locator(".chat-reply.error .reply-text")).to_contain_text("noc-engineer")
+    expect(card).to_have_attribute("data-status", "pending")
+    people.shot(carol, "2-carol-refused")
+    assert server.api("bob", "GET", f"/api/approvals/{approval_id}")["status"] == "pending"
+    assert noc.Network(server.net_path).effects("apply") == []
+    people.assert_clean()
+
+
+def test_chat_commands_explain_and_approve(serve: Callable[..., Server], people: People) -> None:
+    """bob, in the conversation of alice's waiting run, asks `status` and `why?` (answers naming
+    the approval and its rule), then types `approve looks right`: the card turns approved with
+    his comment and the run completes."""
+    server = serve()
+    run_id = server.start_run("alice")
+    bob = people.sign_in(server, "bob", f"#/runs/{run_id}")
+    card, approval_id = pending_card(bob)
+    expect(card.locator(".card-approve")).to_be_visible()  # bob may decide; he uses the chat instead
+
+    say(bob, "status")
+    status = bob.locator('.chat-reply[data-kind="status"] .reply-text')
+    expect(status).to_contain_text(approval_id)
+    expect(status).to_contain_text("config-change-approval")
+    expect(status).to_contain_text("waiting")
+    say(bob, "why?")
+    why = bob.locator('.chat-reply[data-kind="why"] .reply-text')
+    expect(why).to_contain_text("require_approval")
+    expect(why).to_contain_text("config-change-approval")
+    expect(card).to_have_attribute("data-status", "pending")
+    people.shot(bob, "1-status-why")
+
+    say(bob, "approve looks right")
+    expect(bob.locator('.chat-reply[data-kind="approval"] .reply-text')).to_contain_text("approved")
+    expect(card).to_have_attribute("data-status", "approved")
+    expect(card.locator(".card-votes")).to_contain_text("looks right")
+    expect(bob.locator(".chat-reply.error")).to_have_count(0)
+    expect(bob.locator("#run-status")).to_have_attribute("data-status", "completed", timeout=RUN)
+    people.shot(bob, "2-approved")
+    assert [m.text_content() for m in bob.locator(".chat-user .bubble-text").all()] == [
+        TASK, "status", "why?", "approve looks right",
+    ]  # fmt: skip
+    server.assert_one_apply()
+    people.assert_clean()
+
+
+def test_hostile_tool_and_model_text_renders_inert(serve: Callable[..., Server], people: People) -> None:
+    """A tool's output and the model's answer full of markup (an img with onerror, a script, a
+    javascript: link, a markdown link, an iframe) are shown literally as untrusted text: no
+    element is made of them, nothing runs, nothing is loaded, and clicking the text goes nowhere."""
+    server = serve(INJECTION_APP, {"alice": "noc-engineer"})
+    alice = people.sign_in(server, "alice")
+    requests: list[str] = []
+    alice.on("request", lambda r: requests.append(r.url))
+    start_in_chat(alice, "CS-101 notes? <img src=x onerror=window.__pwned=4>")
+    expect(alice.locator("#run-status")).to_have_attribute("data-status", "completed", timeout=RUN)
+    tool_text = alice.locator('#messages .event[data-kind="tool"] pre.untrusted')
+    expect(tool_text).to_have_count(1)
+    for literal in ('<img src=x onerror="window.__pwned=1">', "<script>window.__pwned=2</script>",
+                    '<a href="javascript:window.__pwned=3">click</a>', "[link](http://evil.example)",
+                    '<iframe src="http://evil.example">'):  # fmt: skip
+        expect(tool_text).to_contain_text(literal)
+    expect(alice.locator("#run-answer pre.untrusted")).to_have_text("<img src=x onerror=window.__pwned=1> done")
+    expect(alice.locator("#messages .chat-user .bubble-text")).to_have_text(
+        "CS-101 notes? <img src=x onerror=window.__pwned=4>"
+    )
+    people.shot(alice, "1-inert")
+
+    assert alice.locator("#messages img, #messages iframe, #messages script, #messages object").count() == 0
+    assert alice.locator("#messages embed, #messages svg, #messages frame").count() == 0
+    hrefs: list[str | None] = alice.eval_on_selector_all("#messages a", "els => els.map(e => e.getAttribute('href'))")
+    assert not [h for h in hrefs if h and ("javascript" in h.lower() or "evil" in h)], hrefs
+    assert alice.evaluate("typeof window.__pwned") == "undefined"
+
+    before = alice.url
+    tool_text.click()
+    alice.get_by_text("[link](http://evil.example)").click()
+    alice.locator("#run-answer pre.untrusted").click()
+    expect(alice).to_have_url(before)
+    assert len(alice.context.pages) == 1
+    assert alice.evaluate("typeof window.__pwned") == "undefined"
+    loaded = [u for u in requests if "evil.example" in u or u.startswith(f"{server.url}/x")]
+    assert loaded == [], loaded
+    people.assert_clean()
+
+
+def test_the_page_survives_a_server_crash_and_restart(serve: Callable[..., Server], people: People) -> None:
+    """The server is SIGKILLed while alice's run waits for bob: her page says it is
+    reconnecting, and once a new server runs on the same port and store it reconnects by itself
+    (no reload, same session cookie); bob, signed in before the crash, approves from the page he
+    had open; alice's page catches up to the end with every step shown once. One push."""
+    server = serve()
+    alice = people.sign_in(server, "alice")
+    run_id = start_in_chat(alice)
+    card, approval_id = pending_card(alice)
+    expect(alice.locator("#stream-state")).to_have_attribute("data-state", "live")
+    bob = people.sign_in(server, "bob", "#/inbox")
+    inbox_card = card_by_id(bob, approval_id, "#inbox")
+    expect(inbox_card.locator(".card-approve")).to_be_visible()
+    before_crash = seqs(alice)
+
+    server.kill()
+    expect(alice.locator("#stream-state")).to_have_attribute("data-state", "reconnecting")
+    people.shot(alice, "1-alice-reconnecting")
+    server.start()
+    server.wait_ready()
+    expect(alice.locator("#stream-state")).to_have_attribute("data-state", "live", timeout=RUN)
+    expect(alice.locator("#signin-view")).to_be_hidden()
+    session = page_fetch(alice, "GET", "/api/session")
+    assert session["status"] == 200 and session["json"]["operator"] == "alice", session
+    people.shot(alice, "2-alice-live-again")
+
+    inbox_card.locator(".card-approve").click()
+    expect(bob.locator(f'#inbox .card[data-approval-id="{approval_id}"][data-status="pending"]')).to_have_count(0)
+    expect(bob.locator("#signin-view")).to_be_hidden()
+    expect(bob.locator(f'#inbox .card[data-approval-id="{approval_id}"] .card-error')).to_have_count(0)
+
+    expect(card).to_have_attribute("data-status", "approved", timeout=RUN)
+    expect(alice.locator("#run-status")).to_have_attribute("data-status", "completed", timeout=RUN)
+    expect(alice.locator("#run-answer")).to_be_visible()
+    expect(alice.locator("#stream-state")).to_have_attribute("data-state", "ended")
+    alice.locator("#run-answer").scroll_into_view_if_needed()
+    people.shot(alice, "3-alice-completed")
+    shown = seqs(alice)
+    assert len(shown) == len(set(shown)), f"steps shown twice: {shown}"
+    assert shown[: len(before_crash)] == before_crash and shown == sorted(shown), shown
+    assert shown == [e["seq"] for e in server.api("alice", "GET", f"/api/runs/{run_id}")["events"]]
+    server.assert_one_apply()
+    people.assert_clean()
+
+
+def test_the_conversation_follows_the_live_run_to_its_answer(serve: Callable[..., Server], people: People) -> None:
+    """alice, who never scrolls, sees what the run brings as it comes: the approval card (down to
+    why she may not approve it), then, once bob approved, the final answer."""
+    server = serve()
+    alice = people.sign_in(server, "alice")
+    start_in_chat(alice)
+    card, approval_id = pending_card(alice)
+    people.shot(alice, "1-card-arrived")
+    expect(card.locator(".card-why-not")).to_be_in_viewport(ratio=1, timeout=3_000)
+    server.api("bob", "POST", f"/api/approvals/{approval_id}/approve", json={"comment": ""})
+    expect(alice.locator("#run-status")).to_have_attribute("data-status", "completed", timeout=RUN)
+    people.shot(alice, "2-completed")
+    expect(alice.locator("#run-answer")).to_be_in_viewport()
+    people.assert_clean()
