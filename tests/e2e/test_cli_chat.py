@@ -15,21 +15,19 @@ import json
 import os
 import queue
 import re
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from rich.console import Console
 from rich.text import Text
+from support.served import ROOT, Served, env, free_port
 
-import tools.noc as noc
 from agentflow._cli_chat import (
     Api,
     ApiError,
@@ -46,108 +44,24 @@ from agentflow._cli_chat import (
     waiting_on,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 CHAT = [sys.executable, "-m", "agentflow.cli", "chat"]
 HOSTILE = "[red]x[/red] [link=http://evil]y[/link] [bold]\x1b[2J\x1b]8;;http://evil\x07z"
 TASK = "CS-101 drop rate is high, investigate"
-# Inside the NOC pack's 02:00-06:00 UTC maintenance window: an approved change applies at once.
-IN_WINDOW = "2026-01-01T02:30:00+00:00"
-
-
-def env(**extra: str) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTFLOW_", "NOC_"))}
-    return {**clean, "COLUMNS": "200", "AGENTFLOW_ALLOW_MODEL_REQUESTS": "0", **extra}
 
 
 # -- a real server ------------------------------------------------------------------------------
-class Served:
-    """`agentflow serve` of the NOC copilot on a free port; `restart()` stops and starts it."""
-
-    def __init__(self, tmp: Path, db: str, net: noc.Network) -> None:
-        self.tmp, self.db, self.net = tmp, db, net
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.tokens: dict[str, str] = {}
-        self.log = (tmp / "server.log").open("a")
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "agentflow.cli", "serve", "--app", "tools.noc.app:app", "--db", self.db,
-               "--port", str(self.port)]  # fmt: skip
-        server_env = env(NOC_DB=str(self.net.path), NOC_CLOCK_START=IN_WINDOW)
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=server_env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self) -> None:
-        def answers() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, (
-                f"the server exited: {(self.tmp / 'server.log').read_text()}"
-            )
-            try:
-                return httpx.get(f"{self.url}/api/session", timeout=1).status_code == 401
-            except httpx.TransportError:
-                return False
-
-        wait_until(answers, 60, "the server to answer")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-        self.wait_ready()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The server on a fresh store, CS-101 in trouble, operators alice and bob (noc-engineers)."""
-    tmp = tmp_path_factory.mktemp("served")
-    net = noc.Network(tmp / "net.db")
-    net.inject("CS-101", "mis_set_handover")
-    server = Served(tmp, f"sqlite:///{tmp / 'wf.db'}", net)
-
-    def add(name: str) -> subprocess.Popen[str]:
-        cmd = [sys.executable, "-m", "agentflow.cli", "operators", "add", name, "--tenant", "noc-east",
-               "--role", "noc-engineer", "--db", server.db]  # fmt: skip
-        return subprocess.Popen(cmd, cwd=ROOT, env=env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-    def token(proc: subprocess.Popen[str]) -> str:
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-        return out.strip()
-
+    server = Served(tmp_path_factory.mktemp("served"))
     try:
-        server.tokens["alice"] = token(add("alice"))  # the first creates the schema; the rest run at once
+        server.add_operators({"alice": "noc-engineer"})  # the first creates the schema
         server.start()
-        server.tokens["bob"] = token(add("bob"))
+        server.add_operators({"bob": "noc-engineer"})  # while the server starts
         server.wait_ready()
         yield server
     finally:
         server.stop()
-        server.log.close()
 
 
 class Driven:
@@ -274,8 +188,7 @@ def test_a_second_operator_approves_in_the_chat_what_the_first_asked_for(served:
         assert "Traceback" not in chat.output, chat.output
         shown = re.findall(r"^\[(\d+)\] ", chat.output, re.MULTILINE)
         assert len(shown) == len(set(shown)) > 20, shown  # every step once, across the reconnect too
-    assert sum(1 for e in served.net.effects() if e["kind"] == "apply") == 1
-    assert served.net.duplicate_keys() == []
+    served.assert_one_apply()
 
 
 def test_a_wrong_token_exits_2_with_a_message(served: Served) -> None:

@@ -11,154 +11,35 @@ Screenshots of the key points land in test-artifacts/browser/ (gitignored).
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Error, Locator, Page, expect, sync_playwright
-
-import tools.noc as noc
+from support.served import NOC_APP, ROOT, Served
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-NOC_APP = "tools.noc.app:app"
 INJECTION_APP = "tests.e2e.webapp:app"  # tests/e2e/webapp.py
 TASK = "CS-101 drop rate is high, investigate"
-# Inside the NOC pack's 02:00-06:00 UTC maintenance window: an approved change applies at once.
-IN_WINDOW = "2026-01-01T02:30:00+00:00"
 ENGINEERS = {"alice": "noc-engineer", "bob": "noc-engineer"}
 RUN = 60_000  # ms: how long a run may take to reach a point (a few seconds in practice)
 UI = 15_000  # ms: how long the page may take to show what it was just told
 
 
-def env(**extra: str) -> dict[str, str]:
-    """The environment of the CLI subprocesses: no inherited agentflow or NOC configuration."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTFLOW_", "NOC_"))}
-    return {**clean, "PYTHONPATH": str(ROOT), "AGENTFLOW_ALLOW_MODEL_REQUESTS": "0", **extra}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 # -- a real server ------------------------------------------------------------------------------
-class Server:
-    """`agentflow serve` on a fresh store and network; `kill()` then `start()` is a crash and a
-    restart on the same port and files."""
-
-    def __init__(self, tmp: Path, app_ref: str) -> None:
-        tmp.mkdir(parents=True, exist_ok=True)
-        self.tmp, self.app_ref = tmp, app_ref
-        self.db = f"sqlite:///{tmp / 'wf.db'}"
-        self.net_path = tmp / "net.db"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.tokens: dict[str, str] = {}
-        self.log_path = tmp / "server.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def add_operators(self, roles: dict[str, str]) -> None:
-        """`agentflow operators add` each (the first creates the schema; the others run together)."""
-
-        def add(name: str) -> subprocess.Popen[str]:
-            cmd = [sys.executable, "-m", "agentflow.cli", "operators", "add", name, "--tenant", "noc-east",
-                   "--role", roles[name], "--db", self.db]  # fmt: skip
-            return subprocess.Popen(cmd, cwd=ROOT, env=env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-        def token(name: str, proc: subprocess.Popen[str]) -> None:
-            out, err = proc.communicate(timeout=60)
-            assert proc.returncode == 0, f"operators add {name}: {err}"
-            self.tokens[name] = out.strip()
-            assert self.tokens[name].startswith("aft_"), out
-
-        first, *rest = roles
-        token(first, add(first))
-        for name, proc in [(name, add(name)) for name in rest]:
-            token(name, proc)
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "agentflow.cli", "serve", "--app", self.app_ref, "--db", self.db,
-               "--port", str(self.port)]  # fmt: skip
-        server_env = env(NOC_DB=str(self.net_path), NOC_INCIDENTS="CS-101:mis_set_handover", NOC_CLOCK_START=IN_WINDOW)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=server_env, stdout=log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        """Poll GET /api/session until it answers 401 (the server is up, nobody signed in)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc is not None and self.proc.poll() is None, f"the server exited:\n{self.log()}"
-            try:
-                if httpx.get(f"{self.url}/api/session", timeout=2).status_code == 401:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer within {timeout:.0f}s:\n{self.log()}")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown of any kind, like a crashed host."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
-
-    def api(self, who: str, method: str, path: str, **kwargs: Any) -> Any:
-        """A call as `who` with their bearer token (set-up and cross-checks, not what is tested)."""
-        headers = {"Authorization": f"Bearer {self.tokens[who]}"}
-        answer = httpx.request(method, f"{self.url}{path}", headers=headers, timeout=30, **kwargs)
-        assert answer.is_success, f"{method} {path}: {answer.status_code} {answer.text}"
-        return answer.json()
-
-    def start_run(self, who: str, task: str = TASK) -> str:
-        run_id: str = self.api(who, "POST", "/api/runs", json={"task": task})["id"]
-        return run_id
-
-    def assert_one_apply(self, site: str = "CS-101") -> None:
-        """The network's ledger: the change was pushed exactly once, nothing twice."""
-        net = noc.Network(self.net_path)
-        applies = net.effects("apply")
-        assert [e["site"] for e in applies] == [site], applies
-        assert net.duplicate_keys() == []
-
-
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     """Start servers (with their operators); every one is stopped at the end of the test."""
-    servers: list[Server] = []
+    servers: list[Served] = []
 
-    def make(app_ref: str = NOC_APP, operators: dict[str, str] = ENGINEERS) -> Server:
-        server = Server(tmp_path / f"server{len(servers)}", app_ref)
+    def make(app_ref: str = NOC_APP, operators: dict[str, str] = ENGINEERS) -> Served:
+        server = Served(tmp_path / f"server{len(servers)}", app_ref)
         servers.append(server)
         server.add_operators(operators)
         server.start()
@@ -207,7 +88,7 @@ class People:
         if msg.type == "error" and not msg.text.startswith("Failed to load resource"):
             self.problems.append(f"{who}: console error: {msg.text}")
 
-    def sign_in(self, server: Server, who: str, route: str = "") -> Page:
+    def sign_in(self, server: Served, who: str, route: str = "") -> Page:
         """A new context for `who`, signed in on the page with their token, at `route` (e.g. #/inbox)."""
         page = self.open(who)
         page.goto(f"{server.url}/{route}")
@@ -300,7 +181,7 @@ def page_fetch(page: Page, method: str, path: str, body: Any = None) -> dict[str
 
 
 # -- the tests ----------------------------------------------------------------------------------
-def test_a_run_is_followed_live_and_approved_by_a_second_engineer(serve: Callable[..., Server], people: People) -> None:
+def test_a_run_is_followed_live_and_approved_by_a_second_engineer(serve: Callable[..., Served], people: People) -> None:
     """alice asks in the chat; the steps and the approval card arrive live; she may not approve
     her own run's change (four-eyes); bob approves from his inbox, and alice's page, never
     reloaded, shows the card approved, the run completed and its answer. The change was pushed
@@ -356,12 +237,12 @@ def test_a_run_is_followed_live_and_approved_by_a_second_engineer(serve: Callabl
     people.assert_clean()
 
 
-def test_a_viewer_sees_the_card_but_cannot_decide_it(serve: Callable[..., Server], people: People) -> None:
+def test_a_viewer_sees_the_card_but_cannot_decide_it(serve: Callable[..., Served], people: People) -> None:
     """carol (role viewer) sees alice's pending card, without an approve button and with the
     reason (the missing role); approving anyway, straight through the API with her session's
     CSRF value or as a chat command, is refused (403 missing_role) and the card stays pending."""
     server = serve(operators={**ENGINEERS, "carol": "viewer"})
-    run_id = server.start_run("alice")
+    run_id = server.start_run("alice", TASK)
     carol = people.sign_in(server, "carol", "#/inbox")
     expect(carol.locator("#operator-roles")).to_have_text("viewer")
     card, approval_id = pending_card(carol, "#inbox")
@@ -391,16 +272,16 @@ def test_a_viewer_sees_the_card_but_cannot_decide_it(serve: Callable[..., Server
     expect(card).to_have_attribute("data-status", "pending")
     people.shot(carol, "2-carol-refused")
     assert server.api("bob", "GET", f"/api/approvals/{approval_id}")["status"] == "pending"
-    assert noc.Network(server.net_path).effects("apply") == []
+    assert server.net.effects("apply") == []
     people.assert_clean()
 
 
-def test_chat_commands_explain_and_approve(serve: Callable[..., Server], people: People) -> None:
+def test_chat_commands_explain_and_approve(serve: Callable[..., Served], people: People) -> None:
     """bob, in the conversation of alice's waiting run, asks `status` and `why?` (answers naming
     the approval and its rule), then types `approve looks right`: the card turns approved with
     his comment and the run completes."""
     server = serve()
-    run_id = server.start_run("alice")
+    run_id = server.start_run("alice", TASK)
     bob = people.sign_in(server, "bob", f"#/runs/{run_id}")
     card, approval_id = pending_card(bob)
     expect(card.locator(".card-approve")).to_be_visible()  # bob may decide; he uses the chat instead
@@ -431,7 +312,7 @@ def test_chat_commands_explain_and_approve(serve: Callable[..., Server], people:
     people.assert_clean()
 
 
-def test_hostile_tool_and_model_text_renders_inert(serve: Callable[..., Server], people: People) -> None:
+def test_hostile_tool_and_model_text_renders_inert(serve: Callable[..., Served], people: People) -> None:
     """A tool's output and the model's answer full of markup (an img with onerror, a script, a
     javascript: link, a markdown link, an iframe) are shown literally as untrusted text: no
     element is made of them, nothing runs, nothing is loaded, and clicking the text goes nowhere."""
@@ -471,7 +352,7 @@ def test_hostile_tool_and_model_text_renders_inert(serve: Callable[..., Server],
     people.assert_clean()
 
 
-def test_the_page_survives_a_server_crash_and_restart(serve: Callable[..., Server], people: People) -> None:
+def test_the_page_survives_a_server_crash_and_restart(serve: Callable[..., Served], people: People) -> None:
     """The server is SIGKILLed while alice's run waits for bob: her page says it is
     reconnecting, and once a new server runs on the same port and store it reconnects by itself
     (no reload, same session cookie); bob, signed in before the crash, approves from the page he
@@ -516,7 +397,7 @@ def test_the_page_survives_a_server_crash_and_restart(serve: Callable[..., Serve
     people.assert_clean()
 
 
-def test_the_conversation_follows_the_live_run_to_its_answer(serve: Callable[..., Server], people: People) -> None:
+def test_the_conversation_follows_the_live_run_to_its_answer(serve: Callable[..., Served], people: People) -> None:
     """alice, who never scrolls, sees what the run brings as it comes: the approval card (down to
     why she may not approve it), then, once bob approved, the final answer."""
     server = serve()
