@@ -24,3 +24,14 @@ def test_engine_benchmark_runs_and_prints_json(tmp_path: Path) -> None:
     figures = json.loads(out.stdout)
     assert set(figures["pass"]) >= {"ratio_step_to_raw_commit_FULL", "cpu_us_per_step_NORMAL", "bytes_per_step_1kb"}
     assert figures["us_per_step"]["NORMAL"]["async_noop"]["cpu_us"] > 0
+
+
+@pytest.mark.slow
+def test_server_benchmark_runs_and_prints_json() -> None:
+    out = subprocess.run(
+        [sys.executable, "bench/server.py", "--reps", "3", "--extra-runs", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    figures = json.loads(out.stdout)
+    assert figures["steps"] > 20 and figures["watchers_per_core"] > 0
