@@ -255,6 +255,28 @@ class App:
 
         return register(fn) if fn is not None else register
 
+    def include(self, *definitions: Workflow[Any, Any] | Activity[Any, Any]) -> None:
+        """Register workflows and activities defined elsewhere (on another App) as the very same
+        objects: workflow code refers to its Activity objects, which the engine checks by identity.
+
+        Raises:
+            ConfigurationError: another definition is already registered under the same name.
+        """
+        for d in definitions:
+            table: dict[str, Any] = self._workflows if isinstance(d, Workflow) else self._activities
+            if not isinstance(d, Workflow | Activity):
+                raise ConfigurationError(f"include() takes workflows and activities, not {type(d).__name__}")
+            if table.get(d.name, d) is not d:
+                raise ConfigurationError(f"{d.name!r} is already registered here as another definition")
+            table[d.name] = d
+
+    def with_store(self, db: str, **options: Any) -> App:
+        """A new App on another store with this App's registrations (e.g. a replay on a copy
+        of the history); `options` are App's keyword arguments."""
+        other = App(db, **options)
+        other.include(*self._workflows.values(), *self._activities.values())
+        return other
+
     def workflow_named(self, name: str) -> Workflow[Any, Any]:
         wf = self._workflows.get(name)
         if wf is None:

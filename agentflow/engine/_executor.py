@@ -92,11 +92,31 @@ def error_dict(exc: BaseException, *, retryable: bool | None = None) -> dict[str
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class RefusedStep:
+    """A step a replay-only worker would have had to execute (the history did not answer it)."""
+
+    run_id: str
+    seq: int
+    kind: str
+    name: str
+
+
+class ReplayRefused(WorkflowError):
+    """Recorded as the outcome of a step a replay-only worker refused to execute."""
+
+    retryable = False
+
+
 class RunExecutor:
     """Drives one run under one lease epoch."""
 
-    def __init__(self, app: App, run: RunRecord, epoch: int, *, recovering: bool = False) -> None:
+    def __init__(
+        self, app: App, run: RunRecord, epoch: int, *, recovering: bool = False,
+        refuse: list[RefusedStep] | None = None,
+    ) -> None:  # fmt: skip
         self.app = app
+        self.refuse = refuse
         self.store = app.store
         self.clock = app.clock
         self.run = run
@@ -519,6 +539,10 @@ class RunExecutor:
             )  # fmt: skip
             started = self.clock.now()
             try:
+                if self.refuse is not None:
+                    self.refuse.append(RefusedStep(self.run_id, seq, act.kind, act.name))
+                    raise ReplayRefused(f"replay-only worker: {act.kind} {act.name} (step {seq}) would execute",
+                                        run_id=self.run_id, seq=seq)  # fmt: skip
                 value = await call_activity(act, info, call.args, call.kwargs)
                 encoded = self._encode_result(act, value)
             except (Exception, asyncio.CancelledError) as exc:

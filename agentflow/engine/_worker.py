@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from agentflow.engine._executor import RunExecutor
+from agentflow.engine._executor import RefusedStep, RunExecutor
 from agentflow.errors import LeaseLostError, StoreBusyError, StoreError
 
 if TYPE_CHECKING:
@@ -38,16 +38,24 @@ class Worker:
         concurrency: runs driven at once.
         poll_interval: seconds between looks for runnable runs when idle.
         root_id: only drive the run tree with this root (what `app.run` uses).
+        replay_only: execute nothing: every step is answered from the recorded history, and a
+            step that would execute fails (non-retryable) and is appended to `refused` (what
+            `agentflow.trace` replays use, on a copy of the store).
     """
 
     def __init__(
-        self, app: App, *, concurrency: int = 16, poll_interval: float = 0.05, root_id: str | None = None
-    ) -> None:
+        self, app: App, *, concurrency: int = 16, poll_interval: float = 0.05, root_id: str | None = None,
+        replay_only: bool = False,
+    ) -> None:  # fmt: skip
         self.app = app
         self.store = app.store
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.root_id = root_id
+        # Replay-only: every step must be answered from the history; one that would execute
+        # (activity, model call, tool, policy or approval step) fails instead and is listed here.
+        self.replay_only = replay_only
+        self.refused: list[RefusedStep] = []
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.executors: dict[str, RunExecutor] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -167,7 +175,8 @@ class Worker:
     async def _drive(self, run_id: str, epoch: int, recovering: bool) -> None:
         try:
             run = self.store.get_run(run_id)
-            executor = RunExecutor(self.app, run, epoch, recovering=recovering)
+            refused = self.refused if self.replay_only else None
+            executor = RunExecutor(self.app, run, epoch, recovering=recovering, refuse=refused)
             self.executors[run_id] = executor
             status = await executor.execute()
             if status in ("completed", "failed", "cancelled"):

@@ -1,12 +1,12 @@
 """Replay a recorded run against the current code, with every kind of I/O forbidden.
 
-How: the store is copied with SQLite's online backup API into a temporary file; on the copy the
-run is made pending again and its unfinished steps (intent recorded, no outcome) are dropped, so
-only final outcomes remain. A worker of an App that shares the caller's workflow and activity
-registrations drives the copy. Every recorded step is answered from the history; a step the
-history does not hold would have to execute, and the one function through which the engine
-executes anything (`call_activity`: activities, model calls, tools, policy and approval steps)
-refuses while a replay runs in that context. Model requests are disabled too.
+How: the run's tree (its run rows, steps, attempts, signals, approvals and the blobs its steps
+refer to) is copied from the store, SQLite or PostgreSQL, into a temporary SQLite store; there
+the run is made pending again and its unfinished steps (intent recorded, no outcome) are
+dropped, so only final outcomes remain. A replay-only `Worker` (the engine's public mode: it
+answers every step from the history and executes nothing) of an App holding the caller's very
+workflow and activity registrations (`App.with_store` / `App.include`) drives the copy. A step
+the history does not hold is refused, not run. Model requests are disabled too.
 
 A finished run replays to the same end and result, or the replay raises `NonDeterminismError`
 saying where the code diverges. An unfinished run replays up to its live frontier (the first step
@@ -16,20 +16,19 @@ it has not recorded), which is not an error.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import os
-import sqlite3
+import re
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentflow.engine import Activity, ActivityInfo, App, Worker, Workflow
-from agentflow.errors import ConfigurationError, CorruptRecordError, NonDeterminismError, WorkflowError
+from agentflow.engine import Activity, App, Worker, Workflow
+from agentflow.errors import ConfigurationError, CorruptRecordError, NonDeterminismError
 from agentflow.trace._records import Recorded
 
 _TERMINAL = ("completed", "failed", "cancelled")
@@ -38,24 +37,16 @@ _STOPPED_BY_CODE = ("NonDeterminismError", "CorruptRecordError", "NotRegisteredE
 _ENV_LOCK = threading.Lock()
 # agentflow.llm._guard.ENV (not imported: agentflow.llm loads the model clients).
 MODEL_REQUESTS_ENV = "AGENTFLOW_ALLOW_MODEL_REQUESTS"
-# The engine function every execution goes through (activities, model calls, tools, policy and
-# approval steps): the one seam a replay must close. Not a public hook of the engine (yet).
-_SEAM = "call_activity"
-
-
-class _ReplayForbidden(WorkflowError):
-    """A step that would execute during a replay (never recorded in a real store)."""
-
-    retryable = False
+# What a replay copies for the run's tree, besides the runs themselves.
+_PER_RUN = ("af_steps", "af_step_attempts", "af_signals", "af_approvals")
+_BLOB_REF = re.compile(r"\b[0-9a-f]{32}\b")
+_CHUNK = 500
 
 
 @dataclass(slots=True)
 class _Guard:
     forbidden: list[tuple[int, str, str]] = field(default_factory=list)
     timed_out: bool = False
-
-
-_REPLAYING: contextvars.ContextVar[_Guard | None] = contextvars.ContextVar("agentflow_trace_replay", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,47 +69,57 @@ class ReplayResult:
     output: Any = field(default=None, repr=False)
 
 
-def _install_guard() -> None:
-    """Wrap the engine's `call_activity` once: it refuses in a replay context, else delegates."""
-    from agentflow.engine import _executor
+def _columns(table: str) -> list[str]:
+    from sqlmodel import SQLModel
 
-    current = getattr(_executor, _SEAM)
-    if getattr(current, "agentflow_replay_guard", False):
-        return
-    original: Callable[..., Awaitable[Any]] = current
+    import agentflow.store._models  # noqa: F401 - registers the tables on SQLModel.metadata
 
-    async def guarded(
-        activity: Activity[Any, Any], info: ActivityInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        guard = _REPLAYING.get()
-        if guard is None:
-            return await original(activity, info, args, kwargs)
-        guard.forbidden.append((info.seq, activity.kind, activity.name))
-        raise _ReplayForbidden(
-            f"replay: {activity.kind} {activity.name} (step {info.seq}) would execute", run_id=info.run_id, seq=info.seq
+    return [c.name for c in SQLModel.metadata.tables[table].columns]
+
+
+def copy_tree(source: App, recorded: Recorded, target: App) -> None:
+    """Copy the rows of `recorded`'s run tree from `source`'s store (either backend) into
+    `target`'s (a fresh store): what a replay reads, and nothing of other runs."""
+    src = source.store.backend
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    runs = src.query(f"SELECT {', '.join(_columns('af_runs'))} FROM af_runs WHERE root_id = ?",
+                     (recorded.run.root_id,))  # fmt: skip
+    rows["af_runs"] = runs
+    ids = [r[0] for r in runs]
+    for table in _PER_RUN:
+        rows[table] = _select_in(src, table, "run_id", ids)
+    if rows["af_approvals"]:
+        rows["af_approval_votes"] = _select_in(
+            src, "af_approval_votes", "approval_id", [r[0] for r in rows["af_approvals"]]
         )
+    text = " ".join(
+        str(v) for table in ("af_runs", "af_steps") for row in rows[table] for v in row if isinstance(v, str)
+    )
+    rows["af_blobs"] = _select_in(src, "af_blobs", "hash", sorted(set(_BLOB_REF.findall(text))))
 
-    guarded.agentflow_replay_guard = True  # type: ignore[attr-defined]
-    setattr(_executor, _SEAM, guarded)
+    def body(conn: Any) -> None:
+        for table, found in rows.items():
+            cols = _columns(table)
+            sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+            for row in found:
+                conn.execute(sql, row)
 
-
-def copy_store(path: str, directory: str) -> str:
-    """A consistent copy of a live SQLite store (WAL included), via the online backup API."""
-    target = str(Path(directory) / "replay.db")
-    src, dst = sqlite3.connect(path), sqlite3.connect(target)
-    try:
-        src.backup(dst)
-    finally:
-        src.close()
-        dst.close()
-    return target
+    target.store.backend.transact(body, what="copying a run for its replay")
 
 
-def _prepare(path: str, recorded: Recorded) -> None:
+def _select_in(backend: Any, table: str, column: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
+    cols = ", ".join(_columns(table))
+    out: list[tuple[Any, ...]] = []
+    for lo in range(0, len(values), _CHUNK):
+        part = values[lo : lo + _CHUNK]
+        out += backend.query(f"SELECT {cols} FROM {table} WHERE {column} IN ({', '.join('?' * len(part))})", part)
+    return out
+
+
+def _prepare(replica: App, recorded: Recorded) -> None:
     run = recorded.run
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
+
+    def body(conn: Any) -> None:
         conn.execute(
             "UPDATE af_runs SET status = 'pending', owner = NULL, output = NULL, error = NULL, completed_at = NULL, "
             "wake_at = NULL, waiting_on = NULL WHERE id = ?",
@@ -131,42 +132,36 @@ def _prepare(path: str, recorded: Recorded) -> None:
             "('completed', 'failed', 'cancelled')",
             (run.root_id, run.id),
         )
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+
+    replica.store.backend.transact(body, what="preparing a replay")
 
 
 def _replica(url: str, source: App | Workflow[Any, Any], activities: Sequence[Activity[Any, Any]]) -> App:
-    replica = App(url, inline_wait=0.0)
-    # The workflow code refers to its Activity objects, and the engine checks them by identity:
-    # the replica must hold the very same registrations (App has no public way to share them).
     if isinstance(source, App):
-        replica._workflows = dict(source._workflows)
-        replica._activities = dict(source._activities)
-    elif isinstance(source, Workflow):
-        replica._workflows = {source.name: source}
-        replica._activities = {a.name: a for a in activities}
-    else:
+        return source.with_store(url, inline_wait=0.0)
+    if not isinstance(source, Workflow):
         raise ConfigurationError(f"replay() takes an App or a Workflow, not {type(source).__name__}")
+    replica = App(url, inline_wait=0.0)
+    replica.include(source, *activities)
     return replica
 
 
-def _settled(replica: App, run_id: str, guard: _Guard) -> bool:
-    run = replica.store.get_run(run_id)
-    return run.terminal or run.status == "waiting" or bool(guard.forbidden)
-
-
 def _drive(replica: App, run_id: str, root_id: str, timeout: float) -> _Guard:
-    """Drive the copy on a thread of its own (works under a running loop, e.g. Jupyter)."""
+    """Drive the copy with a replay-only worker, on a thread of its own (works under a running
+    loop, e.g. Jupyter)."""
     guard = _Guard()
     failure: list[BaseException] = []
+    worker = Worker(replica, root_id=root_id, poll_interval=0.005, replay_only=True)
+
+    def settled() -> bool:
+        run = replica.store.get_run(run_id)
+        return run.terminal or run.status == "waiting" or bool(worker.refused)
 
     async def go() -> None:
-        _REPLAYING.set(guard)  # inherited by the worker's tasks: only they are guarded
         stop = asyncio.Event()
-        task = asyncio.create_task(Worker(replica, root_id=root_id, poll_interval=0.005).run_forever(stop))
+        task = asyncio.create_task(worker.run_forever(stop))
         deadline = time.monotonic() + timeout
-        while not _settled(replica, run_id, guard) and not task.done():
+        while not settled() and not task.done():
             if time.monotonic() > deadline:
                 guard.timed_out = True
                 break
@@ -185,6 +180,7 @@ def _drive(replica: App, run_id: str, root_id: str, timeout: float) -> _Guard:
     thread.join()
     if failure:
         raise failure[0]
+    guard.forbidden = [(r.seq, r.kind, r.name) for r in worker.refused if r.run_id == run_id]
     return guard
 
 
@@ -194,17 +190,17 @@ def _finished(recorded: Recorded) -> bool:
 
 
 def replay_run(
-    recorded: Recorded, source_path: str, source: App | Workflow[Any, Any], *,
+    recorded: Recorded, store: App, source: App | Workflow[Any, Any], *,
     activities: Sequence[Activity[Any, Any]] = (), timeout: float = 60.0,
 ) -> ReplayResult:  # fmt: skip
-    """Replay one recorded run on a copy of its store; see the module docstring."""
-    _install_guard()
+    """Replay one recorded run (read from `store`, either backend) on a copy of its tree; see
+    the module docstring."""
     with tempfile.TemporaryDirectory(prefix="agentflow-replay-") as tmp:
-        path = copy_store(source_path, tmp)
-        _prepare(path, recorded)
-        replica = _replica(f"sqlite:///{path}", source, activities)
+        replica = _replica(f"sqlite:///{Path(tmp) / 'replay.db'}", source, activities)
         try:
             replica.workflow_named(recorded.run.workflow)  # NotRegisteredError names what is registered
+            copy_tree(store, recorded, replica)
+            _prepare(replica, recorded)
             with _ENV_LOCK:
                 before = os.environ.get(MODEL_REQUESTS_ENV)
                 os.environ[MODEL_REQUESTS_ENV] = "0"

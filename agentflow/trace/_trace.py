@@ -177,8 +177,7 @@ class Trace:
         """
         from agentflow.trace._replay import replay_run
 
-        path = self._app.store.backend.path
-        return replay_run(self.recorded, path, workflow_or_app, activities=activities, timeout=timeout)
+        return replay_run(self.recorded, self._app, workflow_or_app, activities=activities, timeout=timeout)
 
     def what_if(
         self, policies: PolicyPack | str | Path, *, tools: Sequence[BaseTool] = (), changed_only: bool = True
