@@ -230,6 +230,14 @@ class Trace:
         Trace and span ids derive from (run id, seq): stable across exports and replays."""
         return _export.otel_spans(self.recorded)
 
+    def export_otel(self, exporter: Any, *, service_name: str = "agentflow") -> int:
+        """Send the spans of `to_otel_spans()` through an OpenTelemetry SDK `SpanExporter`
+        (e.g. OTLP to your collector; ids stay stable across exports). Needs
+        `pip install 'agentflow[otel]'`. Returns the number of spans exported."""
+        from agentflow.trace._otel import export_spans
+
+        return export_spans(self.recorded, exporter, service_name=service_name)
+
 
 def load(db_url_or_app: App | str, run_id: str) -> Trace:
     """Load a recorded run.

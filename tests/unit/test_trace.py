@@ -276,6 +276,29 @@ def test_exports_are_stable(demo_trace: Trace, demo: tuple[str, str], tmp_path: 
     assert len({s["span_id"] for s in spans}) == len(spans)
 
 
+def test_spans_go_through_the_opentelemetry_sdk_with_stable_ids(demo_trace: Trace) -> None:
+    """`export_otel` hands real SDK spans to an exporter: one per step plus the run's, each
+    step span a child of the run span, GenAI attributes kept, the same ids on a second export."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    first, second = InMemorySpanExporter(), InMemorySpanExporter()
+    assert demo_trace.export_otel(first) == len(demo_trace.history) + 1
+    demo_trace.export_otel(second, service_name="noc-copilot")
+    spans = first.get_finished_spans()
+    ids = [(s.context.trace_id, s.context.span_id) for s in spans]
+    assert ids == [(s.context.trace_id, s.context.span_id) for s in second.get_finished_spans()]
+    run_span = spans[0]
+    assert run_span.name.startswith("invoke_agent ") and run_span.parent is None
+    assert all(s.parent is not None and s.parent.span_id == run_span.context.span_id for s in spans[1:])
+    chats = [s for s in spans if s.name == "chat runbook"]
+    assert len(chats) == len(demo_trace.usage) and all(s.kind == SpanKind.CLIENT for s in chats)
+    assert chats[0].attributes["gen_ai.usage.input_tokens"] == demo_trace.usage["input_tokens"].iloc[0]
+    assert second.get_finished_spans()[0].resource.attributes["service.name"] == "noc-copilot"
+    dicts = demo_trace.to_otel_spans()
+    assert [f"{s.context.span_id:016x}" for s in spans] == [d["span_id"] for d in dicts]
+
+
 def test_plot_returns_a_figure(demo_trace: Trace) -> None:
     """`plot()` builds a Figure (time per step; cost and tokens per model call), shown nowhere."""
     from matplotlib.figure import Figure
