@@ -198,7 +198,7 @@ class Trace:
         """
         from agentflow.trace._whatif import what_if_table
 
-        return what_if_table(self.recorded, policies, tools=tools, changed_only=changed_only)
+        return what_if_table(self.recorded, policies, tools=tools, changed_only=changed_only, app=self._app)
 
     def fork(self, at_seq: int, *, run_id: str | None = None, meta: dict[str, Any] | None = None) -> RunHandle:
         """Start a new run that reuses this run's history up to step `at_seq` and continues live.

@@ -387,3 +387,58 @@ def test_trace_benchmark_runs_and_prints_json(tmp_path: Path) -> None:
     figures = json.loads(out.stdout)
     assert figures["steps"] == 50 and figures["load_and_tables_s"] > 0
     assert set(figures["pass"]) == {"load_and_tables_s"}
+
+
+RATE_PACK = """
+schema_version: 1
+name: rate
+rules:
+  - id: ping-rate
+    match: {tools: [ping]}
+    effect: limit
+    rate: {max_calls: MAX, window: 1h}
+  - id: ping-ok
+    match: {tools: [ping]}
+    effect: allow
+"""
+
+
+def test_what_if_counts_the_usage_other_runs_recorded_before_each_decision(tmp_path: Path) -> None:
+    """A rate limit lowered in the what-if pack is judged against the calls the store recorded
+    as let through, by every run, up to each decision: the second run's call would have been
+    denied, the first run's would not (its own call and later calls do not count against it)."""
+    from agentflow import Agent, App
+    from agentflow.llm import LangChainChat, ScriptedChatModel, tool
+    from agentflow.policy import parse_pack
+    from agentflow.testing import TestClock
+
+    @tool(side_effect="none")
+    def ping(site: str) -> str:
+        """Ping a site."""
+        return f"{site} answers"
+
+    clock = TestClock(start=1_767_225_600.0)
+    app = App(f"sqlite:///{tmp_path / 'rate.db'}", clock=clock)
+    for run_id, site in (("first", "CS-101"), ("second", "CS-102")):
+        clock.advance(60)
+        model = LangChainChat(
+            ScriptedChatModel(responses=[{"tool_calls": [{"name": "ping", "args": {"site": site}}]}, "ok"])
+        )
+        agent = Agent(
+            name=f"pinger-{run_id}", model=model, tools=[ping], policies=parse_pack(RATE_PACK.replace("MAX", "5"))
+        )
+        app.start_agent(agent, f"ping {site}", run_id=run_id)
+        asyncio.run(app.worker(root_id=run_id).run_until_done(run_id))
+        assert app.get_run(run_id).status == "completed"
+    strict = parse_pack(RATE_PACK.replace("MAX", "1"))
+    first, second = load(app, "first"), load(app, "second")
+    assert first.what_if(strict).empty
+    (row,) = second.what_if(strict).to_dict("records")
+    assert (row["tool"], row["was_effect"], row["would_effect"], row["would_rule"]) == (
+        "ping",
+        "allow",
+        "deny",
+        "ping-rate",
+    )
+    first.close(), second.close()
+    app.close()
