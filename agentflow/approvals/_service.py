@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from agentflow.policy import ApprovalSpec, PolicyDecision
 
 if TYPE_CHECKING:
     from agentflow.engine import App
+    from agentflow.store._backend import Conn
 
 T = TypeVar("T")
 _List = list  # `Approvals.list` shadows the builtin inside the class
@@ -63,7 +63,7 @@ class Approvals:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         principal = Principal(id=uuid.uuid4().hex, name=name, tenant=tenant, roles=sorted(set(roles)))
 
-        def body(conn: sqlite3.Connection) -> None:
+        def body(conn: Conn) -> None:
             taken = conn.execute("SELECT 1 FROM af_principals WHERE tenant = ? AND name = ?", (tenant, name))
             if taken.fetchone() is not None:
                 raise ConfigurationError(f"operator {name!r} already exists in tenant {tenant!r}")
@@ -133,12 +133,12 @@ class Approvals:
         spec = decision.approval or ApprovalSpec(roles=["*"])
         now = self._now()
 
-        def body(conn: sqlite3.Connection) -> ApprovalRequest:
+        def body(conn: Conn) -> ApprovalRequest:
             found = _load(conn, rid)
             if found is not None:
                 return found
             conn.execute(
-                f"INSERT INTO af_approvals ({_COLUMNS}) VALUES ({', '.join('?' * 17)})",
+                f"INSERT INTO af_approvals ({_COLUMNS}) VALUES ({', '.join('?' * 17)}) ON CONFLICT (id) DO NOTHING",
                 (rid, run_id, call_id, tenant, requested_by, tool, json.dumps(args), digest,
                  None if diff is None else json.dumps(diff, default=str), rule, decision.pack_hash,
                  spec.model_dump_json(), "pending", now, now + spec.expires_in, None, 1),
@@ -156,7 +156,7 @@ class Approvals:
         its rule says so, with a new expiry) or expired. Anything else is returned as it is."""
         now = self._now()
 
-        def body(conn: sqlite3.Connection) -> ApprovalRequest:
+        def body(conn: Conn) -> ApprovalRequest:
             req = _load(conn, approval_id)
             if req is None:
                 raise ApprovalRefused(f"no approval request {approval_id}", code="unknown", approval_id=approval_id)
@@ -254,7 +254,7 @@ class Approvals:
         principal = by if isinstance(by, Principal) else self.authenticate(by, approval_id=approval_id)
         now = self._now()
 
-        def body(conn: sqlite3.Connection) -> ApprovalRequest | _Refusal:
+        def body(conn: Conn) -> ApprovalRequest | _Refusal:
             req = _load(conn, approval_id)
             refusal = _check(principal, req, approval_id, now, decision, edited, seen_hash)
             if refusal is not None:
@@ -270,7 +270,7 @@ class Approvals:
         return outcome
 
     def _vote(
-        self, conn: sqlite3.Connection, req: ApprovalRequest, principal: Principal, decision: str, comment: str,
+        self, conn: Conn, req: ApprovalRequest, principal: Principal, decision: str, comment: str,
         edited: dict[str, Any] | None, now: float,
     ) -> ApprovalRequest:  # fmt: skip
         revision = req.revision
@@ -289,8 +289,10 @@ class Approvals:
                    "repeated decision: counted once")  # fmt: skip
             return req
         conn.execute(
-            "INSERT OR REPLACE INTO af_approval_votes (approval_id, principal_id, principal, decision, comment, "
-            "revision, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO af_approval_votes (approval_id, principal_id, principal, decision, comment, revision, at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (approval_id, principal_id) DO UPDATE SET "
+            "principal = excluded.principal, decision = excluded.decision, comment = excluded.comment, "
+            "revision = excluded.revision, at = excluded.at",
             (req.id, principal.id, principal.name, decision, comment, revision, now),
         )
         approvals = 1 + sum(1 for v in req.votes if v.decision == "approve" and v.revision == revision
@@ -308,7 +310,7 @@ class Approvals:
         assert loaded is not None
         return loaded
 
-    def _wake(self, conn: sqlite3.Connection, req: ApprovalRequest, status: str, now: float) -> None:
+    def _wake(self, conn: Conn, req: ApprovalRequest, status: str, now: float) -> None:
         """Deliver the wake-up signal in the decision's transaction (the run re-reads the
         request itself: the payload is only informative)."""
         alive = conn.execute(
@@ -324,10 +326,10 @@ class Approvals:
     def _now(self) -> float:
         return self.app.clock.now()
 
-    def _transact(self, body: Callable[[sqlite3.Connection], T]) -> T:
+    def _transact(self, body: Callable[[Conn], T]) -> T:
         return self.app.store.backend.transact(body, what="recording an approval")
 
-    def _read(self, body: Callable[[sqlite3.Connection], T]) -> T:
+    def _read(self, body: Callable[[Conn], T]) -> T:
         return body(self.app.store.backend.conn)
 
 
@@ -385,7 +387,7 @@ def _check(
     return None
 
 
-def _load(conn: sqlite3.Connection, approval_id: str) -> ApprovalRequest | None:
+def _load(conn: Conn, approval_id: str) -> ApprovalRequest | None:
     row = conn.execute(f"SELECT {_COLUMNS} FROM af_approvals WHERE id = ?", (approval_id,)).fetchone()
     if row is None:
         return None
@@ -404,7 +406,7 @@ def _load(conn: sqlite3.Connection, approval_id: str) -> ApprovalRequest | None:
 
 
 def _audit(
-    conn: sqlite3.Connection, at: float, tenant: str | None, actor: str, action: str, approval_id: str | None,
+    conn: Conn, at: float, tenant: str | None, actor: str, action: str, approval_id: str | None,
     run_id: str | None, outcome: str, reason: str,
 ) -> None:  # fmt: skip
     conn.execute(

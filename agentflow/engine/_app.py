@@ -20,6 +20,7 @@ from agentflow.errors import (
     RunStateError,
     UnknownRunError,
 )
+from agentflow.store._backend import check_url
 from agentflow.store._codec import decode, encode
 from agentflow.store._store import EventStore, RunRecord, StepRecord
 
@@ -124,13 +125,16 @@ class App:
     """An agentflow application: workflows, activities, and the store they record into.
 
     Args:
-        db: a SQLAlchemy URL; default `AGENTFLOW_DB`, else `sqlite:///agentflow.db` in the
-            current directory.
+        db: the store: `sqlite:///path/to/file.db` or `postgresql://user:pw@host:5432/dbname`
+            (needs `pip install 'agentflow[postgres]'`); default `AGENTFLOW_DB`, else
+            `sqlite:///agentflow.db` in the current directory.
         clock: where workflow time comes from (default: the system clock; tests and demos use
             `agentflow.testing.TestClock`).
-        synchronous: SQLite durability, "FULL" (a step survives power loss; default) or
-            "NORMAL" (survives process crashes; much cheaper per step).
-        busy_timeout: seconds a writer waits for the SQLite lock before `StoreBusyError`.
+        synchronous: durability, "FULL" (a step survives power loss; default) or "NORMAL"
+            (SQLite: survives process crashes, much cheaper per step; PostgreSQL:
+            `synchronous_commit=off`).
+        busy_timeout: seconds a writer waits for a lock before `StoreBusyError` (PostgreSQL:
+            `lock_timeout`).
         lease_ttl: seconds after which a silent worker's runs are taken over (a dead worker on
             the same host is detected at once).
         inline_wait: timers and retry backoffs shorter than this many seconds are waited in the
@@ -148,11 +152,7 @@ class App:
         inline_wait: float = 1.0,
     ) -> None:
         self.db = db or os.environ.get("AGENTFLOW_DB") or DEFAULT_DB
-        if not self.db.startswith("sqlite:///"):
-            raise ConfigurationError(
-                f"unsupported database URL {self.db!r}: this version stores runs in SQLite; use "
-                "sqlite:///path/to/file.db"
-            )
+        check_url(self.db)  # an unsupported URL, or PostgreSQL without its driver, fails here
         self.clock: Clock = clock or SystemClock()
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout

@@ -38,7 +38,7 @@ from agentflow.errors import (
 )
 from agentflow.store._codec import decode, digest, encode
 from agentflow.store._sqlite import Op
-from agentflow.store._store import RunRecord, StepRecord, upsert_step_op
+from agentflow.store._store import RunRecord, StepRecord
 
 if TYPE_CHECKING:
     from agentflow.engine._app import App
@@ -345,7 +345,7 @@ class RunExecutor:
         self.local_ops = []
 
     def _step_op(self, step: StepRecord) -> Op:
-        return upsert_step_op(self.run_id, self.epoch, step)
+        return self.store.upsert_step_op(self.run_id, self.epoch, step)
 
     def _new_step(self, seq: int, kind: str, name: str, dig: str, status: str, **kw: Any) -> StepRecord:
         return StepRecord(

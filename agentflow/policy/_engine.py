@@ -12,15 +12,17 @@ as matching for deny, limit, defer and require_approval rules, and as not matchi
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
 from agentflow.policy._cel import evaluate as evaluate_condition
 from agentflow.policy._pack import DAYS, ApprovalSpec, PolicyPack, Rule
+
+if TYPE_CHECKING:
+    from agentflow.store._backend import Conn
 
 DEFAULT_APPROVAL = ApprovalSpec(roles=["*"])
 HOUR = 3600.0
@@ -90,9 +92,9 @@ class NoUsage:
 
 class StoreUsage:
     """Usage read inside the store transaction that records the decision (so limits hold across
-    concurrent runs: writers are serialized)."""
+    concurrent runs: `Backend.transact` serializes them)."""
 
-    def __init__(self, conn: sqlite3.Connection, *, deciding: tuple[str, str] = ("", "")) -> None:
+    def __init__(self, conn: Conn, *, deciding: tuple[str, str] = ("", "")) -> None:
         self.conn = conn
         # (run id, call id) of the call being decided: a decision made again after a crash must
         # not count the call's own earlier reservation against it.

@@ -11,12 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import sqlite3
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from agentflow.approvals import Principal
 from agentflow.engine import App, SystemClock
 from agentflow.errors import ApprovalRefused, AuthenticationError
+
+if TYPE_CHECKING:
+    from agentflow.store._backend import Conn
 
 COOKIE = "af_session"
 DEFAULT_TTL = 12 * 3600.0  # one operator shift
@@ -131,7 +134,7 @@ class Sessions:
         self._write("UPDATE af_sessions SET revoked = 1 WHERE id_hash = ?", (session.id_hash,))
 
     def _write(self, sql: str, params: tuple[object, ...]) -> None:
-        def body(conn: sqlite3.Connection) -> None:
+        def body(conn: Conn) -> None:
             conn.execute(sql, params)
 
         self.app.store.backend.transact(body, what="recording a web session")

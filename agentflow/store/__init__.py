@@ -1,4 +1,4 @@
-"""The event store: SQLModel tables, the SQLite backend, the payload codec, migrations.
+"""The event store: SQLModel tables, the SQLite and PostgreSQL backends, the payload codec, migrations.
 
 The SQLModel table classes are imported lazily: the engine's hot path never needs them, and
 importing SQLModel costs ~0.4 s of start-up.

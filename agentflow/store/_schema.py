@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from agentflow.errors import SchemaVersionError, StoreError
+from agentflow.store._backend import redact_url
 from agentflow.store._constants import SCHEMA_REVISION
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -31,7 +32,7 @@ def check_revision(url: str, found: str | None) -> bool:
         return True
     if found is not None and found not in KNOWN_REVISIONS:
         raise SchemaVersionError(
-            f"the database {url} has agentflow schema revision {found!r}, which this version of "
+            f"the database {redact_url(url)} has agentflow schema revision {found!r}, which this version of "
             f"agentflow does not know (it knows up to {SCHEMA_REVISION!r}): it was written by a "
             "newer agentflow. Upgrade agentflow (pip install -U agentflow) to open it; nothing "
             "was changed."
@@ -42,8 +43,13 @@ def check_revision(url: str, found: str | None) -> bool:
 def upgrade(url: str) -> None:
     """Bring the schema to head with Alembic (creates it on an empty database)."""
     from alembic import command
-    from sqlalchemy import create_engine, event
+    from sqlalchemy import create_engine, event, text
 
+    postgres = url.startswith("postgresql")
+    if postgres:
+        from agentflow.store._postgres import sqlalchemy_url
+
+        url = sqlalchemy_url(url)
     engine = create_engine(url)
     if url.startswith("sqlite"):
         from agentflow.store._sqlite import PAGE_SIZE
@@ -56,8 +62,14 @@ def upgrade(url: str) -> None:
 
     try:
         with engine.begin() as conn:
+            if postgres:
+                from agentflow.store._postgres import MIGRATE_LOCK
+
+                # Processes opening a new database at once: one migrates, the others wait for
+                # it here, then find the schema current (DDL is transactional on PostgreSQL).
+                conn.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATE_LOCK})"))
             command.upgrade(alembic_config(url, conn), "head")
     except Exception as exc:
-        raise StoreError(f"migrating {url} to schema {SCHEMA_REVISION} failed: {exc}") from exc
+        raise StoreError(f"migrating {redact_url(url)} to schema {SCHEMA_REVISION} failed: {exc}") from exc
     finally:
         engine.dispose()

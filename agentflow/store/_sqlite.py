@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from agentflow.errors import ConfigurationError, LeaseLostError, StoreBusyError, StoreError
+from agentflow.errors import ConfigurationError, StoreBusyError, StoreError
+from agentflow.store._backend import STEP_COLUMNS, ConnectionPerThread, Op, upsert_step_sql
+
+__all__ = ["STEP_COLUMNS", "UPSERT_STEP", "Op", "SqliteStore", "sqlite_path"]
 
 T = TypeVar("T")
 
@@ -29,26 +32,12 @@ DEFAULT_BUSY_TIMEOUT = 30.0
 # them (1.37 KB per step); 8 KiB pages hold seven (measured: 1.17 KB per step).
 PAGE_SIZE = 8192
 
-Op = tuple[str, Sequence[Any], bool]
-"""One statement of a write transaction: (sql, params, fenced). A fenced statement must change
-a row, or the transaction is rolled back with LeaseLostError."""
-
-STEP_COLUMNS = (
-    "run_id, seq, kind, name, digest, status, attempt, args, result, error, started_at, finished_at, wake_at, "
-    "epoch, delivery"
-)
-# One statement records a step: inserted on first write, updated on later ones (intent, retry,
-# result), never once it is final, and only while the writer holds the run's lease epoch.
-UPSERT_STEP = (
-    f"INSERT INTO af_steps ({STEP_COLUMNS}) "
-    "SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,? "
-    "WHERE EXISTS (SELECT 1 FROM af_runs WHERE id = ? AND epoch = ?) "
-    "ON CONFLICT (run_id, seq) DO UPDATE SET status = excluded.status, "
-    "attempt = excluded.attempt, result = excluded.result, error = excluded.error, "
-    "finished_at = excluded.finished_at, wake_at = excluded.wake_at, epoch = excluded.epoch, "
-    "delivery = excluded.delivery "
-    "WHERE af_steps.status NOT IN ('completed', 'failed')"
-)
+# One statement records a step (see `upsert_step_sql`): SQLite's writers are serialized, so the
+# fence needs no row lock.
+UPSERT_STEP = upsert_step_sql()
+# Real time (seconds since the epoch) as SQLite sees it when the statement runs.
+SQL_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+_TERMINAL_SQL = "('completed', 'failed', 'cancelled')"
 
 
 def sqlite_path(url: str) -> str:
@@ -75,24 +64,25 @@ def translate_error(exc: sqlite3.Error, what: str) -> StoreError:
     return StoreError(f"{what}: {type(exc).__name__}: {text}")
 
 
-class SqliteStore:
+class SqliteStore(ConnectionPerThread[sqlite3.Connection]):
     """The SQLite backend. One DBAPI connection per thread; writes are short transactions."""
 
     dialect = "sqlite"
+    now_sql = SQL_NOW
+    upsert_step_sql = UPSERT_STEP
+    driver_error = sqlite3.Error
 
     def __init__(self, url: str, *, synchronous: str = "FULL", busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+        super().__init__()
         synchronous = synchronous.upper()
         if synchronous not in ("FULL", "NORMAL"):
             raise ConfigurationError(
                 "synchronous must be 'FULL' (survives power loss) or 'NORMAL' (survives process crashes)"
             )
         self.url = url
-        self.path = sqlite_path(url)
+        self.path = self.where = sqlite_path(url)
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             raise ConfigurationError(f"the directory of the database does not exist: {directory}")
@@ -107,68 +97,11 @@ class SqliteStore:
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         return conn
 
-    @property
-    def conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                conn = self.connect_raw()
-            except sqlite3.Error as exc:
-                raise translate_error(exc, f"opening {self.path}") from None
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
+    def translate_error(self, exc: Exception, what: str) -> StoreError:
+        assert isinstance(exc, sqlite3.Error)
+        return translate_error(exc, what)
 
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
-            self._all.clear()
-        self._local = threading.local()
-
-    # -- primitives ------------------------------------------------------------------------
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        try:
-            return self.conn.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise translate_error(exc, "reading the store") from None
-
-    def write(self, ops: Iterable[Op], *, run_id: str | None = None) -> list[int]:
-        """Run `ops` in one IMMEDIATE transaction (one durable commit); return rowcounts."""
-        counts = self._transaction(ops, run_id, None)
-        assert counts is not None
-        return counts
-
-    def write_unless(self, check: tuple[str, Sequence[Any]], ops: Iterable[Op], *, run_id: str) -> bool:
-        """Like `write`, unless `check` (run in the same transaction) returns a row: then
-        nothing is written and False is returned (a run parks unless an event already came in)."""
-        return self._transaction(ops, run_id, check) is not None
-
-    def _transaction(
-        self, ops: Iterable[Op], run_id: str | None, unless: tuple[str, Sequence[Any]] | None
-    ) -> list[int] | None:
-        def body(conn: sqlite3.Connection) -> list[int] | None:
-            if unless is not None and conn.execute(*unless).fetchone() is not None:
-                return None
-            counts: list[int] = []
-            for sql, params, fenced in ops:
-                n = conn.execute(sql, params).rowcount
-                if fenced and n == 0:
-                    raise LeaseLostError(
-                        f"run {run_id}: the write was refused: this worker's lease was taken "
-                        "over by another worker (or the step was already recorded final); it "
-                        "stops working on the run",
-                        run_id=run_id,
-                    )
-                counts.append(n)
-            return counts
-
-        return self.transact(body, what=f"writing run {run_id}" if run_id else "writing the store")
-
+    # -- transactions ----------------------------------------------------------------------
     def transact(self, body: Callable[[sqlite3.Connection], T], *, what: str = "writing the store") -> T:
         """Run `body(conn)` in one IMMEDIATE transaction: committed when it returns, rolled back
         when it raises. Writers are serialized, so a read-check-write in `body` is atomic (how
@@ -187,9 +120,35 @@ class SqliteStore:
             raise translate_error(exc, what) from None
         return result
 
-    def claim_sql(self) -> str:
-        """Candidates for a claim: runnable runs (a compare-and-set on the epoch follows)."""
-        return (
+    # -- dialect ---------------------------------------------------------------------------
+    def schema_revision(self) -> str | None:
+        from agentflow.store._schema import VERSION_TABLE
+
+        try:
+            rows = self.query(f"SELECT version_num FROM {VERSION_TABLE}")
+        except StoreError as exc:
+            if "no such table" not in str(exc):
+                raise
+            return None
+        return rows[0][0] if rows else None
+
+    def db_time(self) -> float:
+        return time.time()
+
+    def json_num(self, column: str, path: str) -> str:
+        return f"json_extract({column}, '$.{path}')"
+
+    json_text = json_num
+
+    # -- claiming runs ---------------------------------------------------------------------
+    def claim(
+        self, worker_id: str, *, now: float, lease_ttl: float, limit: int,
+        root_id: str | None = None, workflows: Sequence[str] = (),
+    ) -> list[tuple[str, int, bool]]:  # fmt: skip
+        """Claim up to `limit` runnable runs: read the candidates, then a compare-and-set on each
+        one's epoch (writers are serialized, so the set re-checks under the write lock)."""
+        stale = time.time() - lease_ttl
+        sql = (
             "SELECT r.id, r.epoch, r.status FROM af_runs r LEFT JOIN af_workers w ON w.id = r.owner "
             "WHERE (r.status = 'pending' OR (r.status = 'waiting' AND r.wake_at <= ?) "
             "OR (r.status = 'running' AND (w.id IS NULL OR w.dead = 1 OR w.heartbeat_at < "
@@ -200,3 +159,35 @@ class SqliteStore:
             # not make it abandon (and re-run) what it is executing.
             "AND (r.owner IS NULL OR r.owner != ?) "
         )
+        params: list[Any] = [now, stale, worker_id, stale + lease_ttl, lease_ttl, worker_id]
+        if root_id is not None:
+            sql += "AND r.root_id = ? "
+            params.append(root_id)
+        if workflows:
+            sql += f"AND r.workflow IN ({','.join('?' * len(workflows))}) "
+            params.extend(workflows)
+        sql += "ORDER BY r.created_at, r.id LIMIT ?"
+        params.append(limit)
+        candidates = self.query(sql, tuple(params))
+        claimed: list[tuple[str, int, bool]] = []
+        for run_id, epoch, status in candidates:
+            counts = self.write(
+                [
+                    (
+                        "UPDATE af_runs SET status = 'running', owner = ?, epoch = epoch + 1, "
+                        "updated_at = ? WHERE id = ? AND epoch = ? AND status NOT IN "
+                        f"{_TERMINAL_SQL} "
+                        # Re-checked under the write lock: the owner may have renewed its lease
+                        # since the candidates were read (a live worker's run is never taken).
+                        "AND (status != 'running' OR owner IS NULL OR owner NOT IN (SELECT id FROM "
+                        f"af_workers WHERE dead = 0 AND heartbeat_at >= min({SQL_NOW}, coalesce("
+                        f"(SELECT m.heartbeat_at FROM af_workers m WHERE m.id = ?), {SQL_NOW})) - ?))",
+                        (worker_id, now, run_id, epoch, worker_id, lease_ttl),
+                        False,
+                    )
+                ],
+                run_id=run_id,
+            )
+            if counts[0] == 1:
+                claimed.append((run_id, epoch + 1, status == "running"))
+        return claimed

@@ -1,4 +1,4 @@
-"""The event store's operations, over a backend that runs SQL (SQLite now, PostgreSQL later).
+"""The event store's operations, over a backend that runs SQL (SQLite or PostgreSQL).
 
 All writes of a run's history go through fenced statements: they apply only while the writer holds
 the run's lease epoch, so a worker that lost its lease can never append to that run's history.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +18,9 @@ from agentflow.errors import (
     RunStateError,
     UnknownRunError,
 )
+from agentflow.store._backend import Backend, Op, open_backend, redact_url
 from agentflow.store._constants import TERMINAL_STATUSES
-from agentflow.store._schema import VERSION_TABLE, check_revision, upgrade
-from agentflow.store._sqlite import UPSERT_STEP, Op, SqliteStore
+from agentflow.store._schema import check_revision, upgrade
 
 RUN_COLUMNS = (
     "id, workflow, tenant, status, input, output, error, owner, epoch, wake_at, waiting_on, "
@@ -32,8 +31,6 @@ STEP_SELECT = (
     "finished_at, wake_at, epoch, delivery FROM af_steps WHERE run_id = ? ORDER BY seq"
 )
 _TERMINAL_SQL = "('completed', 'failed', 'cancelled')"
-# Real time (seconds since the epoch) as SQLite sees it when the statement runs.
-_SQL_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
 
 @dataclass(slots=True)
@@ -113,10 +110,6 @@ def step_params(run_id: str, epoch: int, s: StepRecord) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def upsert_step_op(run_id: str, epoch: int, s: StepRecord) -> Op:
-    return (UPSERT_STEP, step_params(run_id, epoch, s), True)
-
-
 def process_start_time(pid: int) -> str:
     """The start time of a process (field 22 of /proc/PID/stat); '' when unknown."""
     try:
@@ -144,24 +137,18 @@ class EventStore:
     def __init__(
         self, url: str, *, synchronous: str = "FULL", busy_timeout: float | None = None, migrate: bool = True
     ) -> None:
-        kwargs: dict[str, Any] = {"synchronous": synchronous}
-        if busy_timeout is not None:
-            kwargs["busy_timeout"] = busy_timeout
-        self.backend = SqliteStore(url, **kwargs)
+        self.backend: Backend = open_backend(url, synchronous=synchronous, busy_timeout=busy_timeout)
         self.url = url
         if migrate:
-            self.ensure_schema()
+            try:
+                self.ensure_schema()
+            except BaseException:
+                self.backend.close()  # refused or failed: leave no connection open
+                raise
 
     # -- schema ----------------------------------------------------------------------------
     def ensure_schema(self) -> None:
-        rows: list[tuple[Any, ...]]
-        try:
-            rows = self.backend.query(f"SELECT version_num FROM {VERSION_TABLE}")
-        except Exception as exc:
-            if "no such table" not in str(exc):
-                raise
-            rows = []
-        found = rows[0][0] if rows else None
+        found = self.backend.schema_revision()
         if not check_revision(self.url, found):
             upgrade(self.url)
 
@@ -210,7 +197,7 @@ class EventStore:
         run = self.find_run(run_id)
         if run is None:
             raise UnknownRunError(
-                f"no run with id {run_id!r} in {self.url}; list runs with `agentflow runs list`",
+                f"no run with id {run_id!r} in {redact_url(self.url)}; list runs with `agentflow runs list`",
                 run_id=run_id,
             )
         return run
@@ -280,6 +267,10 @@ class EventStore:
         rows = self.backend.query(f"SELECT hash, data FROM af_blobs WHERE hash IN ({marks})", tuple(unique))
         return {r[0]: r[1] for r in rows}
 
+    def upsert_step_op(self, run_id: str, epoch: int, s: StepRecord) -> Op:
+        """Record a step (fenced: only while `epoch` is the run's lease epoch)."""
+        return (self.backend.upsert_step_sql, step_params(run_id, epoch, s), True)
+
     # -- run transitions (all fenced on the epoch) ------------------------------------------
     @staticmethod
     def park_op(run_id: str, epoch: int, wake_at: float | None, waiting_on: str, now: float) -> Op:
@@ -301,8 +292,17 @@ class EventStore:
 
     @staticmethod
     def wake_op(run_id: str) -> Op:
-        """Make a waiting run runnable now (a signal arrived, a child finished, cancel)."""
-        return ("UPDATE af_runs SET wake_at = 0 WHERE id = ? AND status = 'waiting'", (run_id,), False)
+        """Make a waiting run runnable now (a signal arrived, a child finished, cancel).
+
+        The statement matches the run's row whatever its status, so it always takes the row's
+        lock: on PostgreSQL, a wake-up that raced a park then waits for the park to commit and
+        sees the run waiting (`WHERE status = 'waiting'` would skip the row, as it was running
+        when the statement began, and the wake-up would be lost)."""
+        return (
+            "UPDATE af_runs SET wake_at = CASE WHEN status = 'waiting' THEN 0 ELSE wake_at END WHERE id = ?",
+            (run_id,),
+            False,
+        )
 
     def park_blockers_sql(
         self, run_id: str, signal_names: Sequence[str], child_ids: Sequence[str], *, check_cancel: bool = True
@@ -387,7 +387,7 @@ class EventStore:
 
     # -- workers and claims ----------------------------------------------------------------
     def register_worker(self, worker_id: str) -> None:
-        now = time.time()
+        now = self.backend.db_time()
         pid = os.getpid()
         self.backend.write(
             [
@@ -404,7 +404,8 @@ class EventStore:
         """Renew this worker's lease; return the ids of its runs that have a cancel request."""
         # The time is taken when the write commits, not before waiting for the lock: a heartbeat
         # that queued behind a long transaction must not land already stale.
-        self.backend.write([(f"UPDATE af_workers SET heartbeat_at = {_SQL_NOW} WHERE id = ?", (worker_id,), False)])
+        now = self.backend.now_sql
+        self.backend.write([(f"UPDATE af_workers SET heartbeat_at = {now} WHERE id = ?", (worker_id,), False)])
         rows = self.backend.query(
             "SELECT id FROM af_runs WHERE owner = ? AND status = 'running' AND cancel_requested = 1",
             (worker_id,),
@@ -433,41 +434,12 @@ class EventStore:
     ) -> list[tuple[str, int, bool]]:  # fmt: skip
         """Claim up to `limit` runnable runs; return (run_id, new epoch, was_running).
 
-        `was_running` marks a takeover from a dead owner (recovery)."""
-        stale = time.time() - lease_ttl
-        sql = self.backend.claim_sql()
-        params: list[Any] = [now, stale, worker_id, stale + lease_ttl, lease_ttl, worker_id]
-        if root_id is not None:
-            sql += "AND r.root_id = ? "
-            params.append(root_id)
-        if workflows:
-            sql += f"AND r.workflow IN ({','.join('?' * len(workflows))}) "
-            params.extend(workflows)
-        sql += "ORDER BY r.created_at, r.id LIMIT ?"
-        params.append(limit)
-        candidates = self.backend.query(sql, tuple(params))
-        claimed: list[tuple[str, int, bool]] = []
-        for run_id, epoch, status in candidates:
-            counts = self.backend.write(
-                [
-                    (
-                        "UPDATE af_runs SET status = 'running', owner = ?, epoch = epoch + 1, "
-                        "updated_at = ? WHERE id = ? AND epoch = ? AND status NOT IN "
-                        f"{_TERMINAL_SQL} "
-                        # Re-checked under the write lock: the owner may have renewed its lease
-                        # since the candidates were read (a live worker's run is never taken).
-                        "AND (status != 'running' OR owner IS NULL OR owner NOT IN (SELECT id FROM "
-                        f"af_workers WHERE dead = 0 AND heartbeat_at >= min({_SQL_NOW}, coalesce("
-                        f"(SELECT m.heartbeat_at FROM af_workers m WHERE m.id = ?), {_SQL_NOW})) - ?))",
-                        (worker_id, now, run_id, epoch, worker_id, lease_ttl),
-                        False,
-                    )
-                ],
-                run_id=run_id,
-            )
-            if counts[0] == 1:
-                claimed.append((run_id, epoch + 1, status == "running"))
-        return claimed
+        `was_running` marks a takeover from a dead owner (recovery). A run is runnable when it is
+        pending, waiting with a due wake-up (`now`, the workflow clock), or running under an owner
+        that is dead or whose heartbeat is older than `lease_ttl` (the database's real time)."""
+        return self.backend.claim(
+            worker_id, now=now, lease_ttl=lease_ttl, limit=limit, root_id=root_id, workflows=workflows
+        )
 
     def fail_run(self, run_id: str, epoch: int, message: str, now: float) -> None:
         """End a run as failed from outside its workflow (an engine bug), if still ours."""

@@ -8,8 +8,8 @@ current code, a what-if under another policy pack, a fork, and exports.
     t.what_if("policies/stricter.yaml", tools=TOOLS)
     trace.runs("sqlite:///agentflow.db", tool="apply_change", approved_by="alice")
 
-Needs the `trace` extra (`pip install agentflow[trace]`: pandas, matplotlib). SQLite stores only
-for now (PostgreSQL is not a backend of this version yet).
+Needs the `trace` extra (`pip install agentflow[trace]`: pandas, matplotlib). Reads SQLite and
+PostgreSQL stores alike.
 """
 
 from agentflow.trace._replay import ReplayResult

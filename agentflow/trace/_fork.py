@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 from typing import Any
 
 from agentflow.engine import App, RunHandle
 from agentflow.errors import ConfigurationError
 from agentflow.store import EventStore, StepRecord
-from agentflow.store._store import upsert_step_op
+from agentflow.store._backend import Conn
 from agentflow.trace._records import Recorded
 
 
@@ -73,9 +72,9 @@ def fork_run(
     create = EventStore.create_run_op(
         new_id, run.workflow, run.tenant, run.input, app.clock.now(), None, None, None, json.dumps(merged)
     )
-    ops = [upsert_step_op(new_id, 0, s) for s in kept]
+    ops = [app.store.upsert_step_op(new_id, 0, s) for s in kept]
 
-    def body(conn: sqlite3.Connection) -> None:
+    def body(conn: Conn) -> None:
         # One transaction: the run and its prefix appear together, or not at all. The new run's
         # epoch is 0, so the fenced step inserts apply only to the run created here.
         if conn.execute(create[0], create[1]).rowcount != 1:

@@ -8,24 +8,29 @@ from typing import Any
 import pandas as pd
 
 from agentflow.engine import App
+from agentflow.store._backend import Backend
 from agentflow.trace._records import open_app
 from agentflow.trace._tables import frame
 
 RUN_COLUMNS = ["run_id", "workflow", "tenant", "status", "created_at", "completed_at", "duration_s", "steps",
                "model_calls", "tool_calls", "tokens", "cost_usd", "requested_by", "forked_from", "error"]  # fmt: skip
-# Per-run step aggregates in one pass (SQLite's JSON functions read the recorded usage).
-_SQL = """
+
+
+def _select(backend: Backend) -> str:
+    """Per-run step aggregates in one pass (the database's JSON functions read the recorded usage)."""
+    num, text = backend.json_num, backend.json_text
+    return f"""
 SELECT r.id, r.workflow, r.tenant, r.status, r.created_at, r.completed_at,
        (SELECT count(*) FROM af_steps s WHERE s.run_id = r.id),
        (SELECT count(*) FROM af_steps s WHERE s.run_id = r.id AND s.kind = 'llm' AND s.status = 'completed'),
        (SELECT count(*) FROM af_steps s WHERE s.run_id = r.id AND s.kind = 'tool'),
-       (SELECT coalesce(sum(json_extract(s.result, '$.usage.input_tokens')
-                            + json_extract(s.result, '$.usage.output_tokens')), 0)
+       (SELECT coalesce(sum({num("s.result", "usage.input_tokens")}
+                            + {num("s.result", "usage.output_tokens")}), 0)
           FROM af_steps s WHERE s.run_id = r.id AND s.kind = 'llm' AND s.status = 'completed'),
-       (SELECT coalesce(sum(json_extract(s.result, '$.usage.cost_usd')), 0.0)
+       (SELECT coalesce(sum({num("s.result", "usage.cost_usd")}), 0.0)
           FROM af_steps s WHERE s.run_id = r.id AND s.kind = 'llm' AND s.status = 'completed'),
-       json_extract(r.meta, '$.requested_by'), json_extract(r.meta, '$.forked_from'),
-       json_extract(r.error, '$.type') || ': ' || json_extract(r.error, '$.message')
+       {text("r.meta", "requested_by")}, {text("r.meta", "forked_from")},
+       {text("r.error", "type")} || ': ' || {text("r.error", "message")}
 FROM af_runs r
 """
 
@@ -69,7 +74,7 @@ def runs(
     """The runs of a store, newest first, as a DataFrame.
 
     Args:
-        source: an App or a `sqlite:///path` URL (PostgreSQL is not a backend yet).
+        source: an App or a store URL (`sqlite:///path`, `postgresql://...`).
         tenant: only this tenant's runs.
         status: only runs in this status (pending, running, waiting, completed, failed, cancelled).
         since: only runs created at or after this time (aware datetime or epoch seconds).
@@ -85,7 +90,8 @@ def runs(
     app, owned = open_app(source)
     try:
         where, params = _where(tenant, status, _epoch(since), _epoch(until), tool, approved_by)
-        rows = app.store.backend.query(_SQL + where + " ORDER BY r.created_at DESC, r.id LIMIT ?", (*params, limit))
+        sql = _select(app.store.backend) + where + " ORDER BY r.created_at DESC, r.id LIMIT ?"
+        rows = app.store.backend.query(sql, (*params, limit))
     finally:
         if owned:
             app.close()

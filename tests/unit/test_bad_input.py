@@ -322,10 +322,30 @@ def test_locked_database_raises_retryable_store_busy_and_recovers(make_app, db_u
     assert handle.result(timeout=5) == 42
 
 
-def test_unsupported_database_url_raises_configuration_error() -> None:
-    """A PostgreSQL URL is refused (for now) with a `ConfigurationError` saying to use SQLite."""
-    with pytest.raises(ConfigurationError, match="sqlite:///"):
-        App(db="postgresql://user:pw@localhost/agentflow")
+@pytest.mark.parametrize("url", ["mysql://user:pw@localhost/agentflow", "postgres://localhost/db", "agentflow.db"])
+def test_unsupported_database_url_raises_configuration_error(url: str) -> None:
+    """A URL of another database (or no URL) is refused at once, naming the two that work, and
+    without echoing a password."""
+    with pytest.raises(ConfigurationError, match=r"sqlite:///.*postgresql://") as info:
+        App(db=url)
+    assert "pw" not in info.value.message
+
+
+def test_postgresql_url_is_accepted_without_connecting() -> None:
+    """A PostgreSQL URL is a store `App` takes (the database is opened on first use)."""
+    for url in ("postgresql://user:pw@localhost/agentflow", "postgresql+psycopg://user@localhost/agentflow"):
+        assert App(db=url).db == url
+
+
+def test_postgresql_url_without_psycopg_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the driver, a PostgreSQL URL is a `ConfigurationError` naming the extra to install."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a))
+    with pytest.raises(ConfigurationError, match=r"pip install 'agentflow\[postgres\]'") as info:
+        App(db="postgresql://user:secret@localhost/agentflow")
+    assert "secret" not in info.value.message
 
 
 def test_in_memory_database_is_refused() -> None:

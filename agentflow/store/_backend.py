@@ -1,0 +1,288 @@
+"""What the event store needs of a database: the `Backend` protocol, and opening one by URL.
+
+Two backends implement it: `SqliteStore` (`sqlite:///path`, the embedded default) and
+`PostgresStore` (`postgresql://...`, many hosts). SQL at the call sites is written once, with `?`
+placeholders, in the subset both databases run; the few expressions that differ come from the
+backend (`now_sql`, `json_num`, `json_text`), and each backend owns the statements whose
+locking differs (the fenced step write, claiming runs).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Generic, Protocol, TypeVar
+
+from agentflow.errors import ConfigurationError, LeaseLostError, StoreError
+
+T = TypeVar("T")
+
+Op = tuple[str, Sequence[Any], bool]
+"""One statement of a write transaction: (sql, params, fenced). A fenced statement must change
+a row, or the transaction is rolled back with LeaseLostError."""
+
+STEP_COLUMNS = (
+    "run_id, seq, kind, name, digest, status, attempt, args, result, error, started_at, finished_at, wake_at, "
+    "epoch, delivery"
+)
+
+
+def upsert_step_sql(fence_lock: str = "") -> str:
+    """The statement that records a step: inserted on first write, updated on later ones (intent,
+    retry, result), never once it is final, and only while the writer holds the run's lease
+    epoch. `fence_lock` locks the run row the fence reads (PostgreSQL: `FOR SHARE`), so a takeover
+    waits for a write that already passed the fence instead of overtaking it."""
+    return (
+        f"INSERT INTO af_steps ({STEP_COLUMNS}) "
+        "SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,? "
+        f"WHERE EXISTS (SELECT 1 FROM af_runs WHERE id = ? AND epoch = ?{fence_lock}) "
+        "ON CONFLICT (run_id, seq) DO UPDATE SET status = excluded.status, "
+        "attempt = excluded.attempt, result = excluded.result, error = excluded.error, "
+        "finished_at = excluded.finished_at, wake_at = excluded.wake_at, epoch = excluded.epoch, "
+        "delivery = excluded.delivery "
+        "WHERE af_steps.status NOT IN ('completed', 'failed')"
+    )
+
+
+class Cursor(Protocol):
+    """The result of `Conn.execute` (a sqlite3 or psycopg cursor)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Conn(Protocol):
+    """A connection inside `Backend.transact` (or for reads): `execute` takes `?` placeholders."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+
+
+class DriverConn(Conn, Protocol):
+    """A backend's own connection type (sqlite3's, or `PgConn`)."""
+
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=DriverConn)
+
+
+class Backend(Protocol):
+    """A database the event store runs on."""
+
+    #: "sqlite" or "postgresql".
+    dialect: str
+    url: str
+    #: The database file ("" when the store is not a file, e.g. PostgreSQL).
+    path: str
+    #: SQL for the database's real time now, in seconds since the epoch (a float).
+    now_sql: str
+    #: The fenced step write (see `upsert_step_sql`).
+    upsert_step_sql: str
+
+    @property
+    def conn(self) -> Conn:
+        """This thread's connection (reads outside a transaction see committed data)."""
+        ...
+
+    def close(self) -> None: ...
+
+    def schema_revision(self) -> str | None:
+        """The schema revision recorded in the database; None when it has no agentflow schema."""
+        ...
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def write(self, ops: Iterable[Op], *, run_id: str | None = None) -> list[int]:
+        """Run `ops` in one transaction (one durable commit); return their rowcounts."""
+        ...
+
+    def write_unless(self, check: tuple[str, Sequence[Any]], ops: Iterable[Op], *, run_id: str) -> bool:
+        """Like `write`, unless `check` returns a row: then nothing is written and False is returned.
+        The run's row is locked for the check, so an event delivered concurrently (which updates
+        that row) is either seen by the check or sees the write."""
+        ...
+
+    def transact(self, body: Callable[[Conn], T], *, what: str = "writing the store") -> T:
+        """Run `body(conn)` in one transaction, serialized with every other `transact` of the
+        database, so a read-check-write in `body` is atomic (approval quorums, policy limits)."""
+        ...
+
+    def claim(
+        self, worker_id: str, *, now: float, lease_ttl: float, limit: int,
+        root_id: str | None = None, workflows: Sequence[str] = (),
+    ) -> list[tuple[str, int, bool]]:  # fmt: skip
+        """Claim up to `limit` runnable runs; return (run_id, new epoch, was_running)."""
+        ...
+
+    def db_time(self) -> float:
+        """The database's real time (PostgreSQL: the server's clock, shared by every host)."""
+        ...
+
+    def json_num(self, column: str, path: str) -> str:
+        """SQL for the number at `path` ("a.b") in the JSON text of `column` (NULL if absent)."""
+        ...
+
+    def json_text(self, column: str, path: str) -> str:
+        """SQL for the text at `path` ("a.b") in the JSON text of `column` (NULL if absent)."""
+        ...
+
+
+class ConnectionPerThread(Generic[C]):
+    """What both backends share: one connection per thread (all closed by `close`), reads, and
+    writes of `Op`s as one transaction. A backend supplies the driver's connection, error type
+    and error translation, and `transact`."""
+
+    #: The driver's base exception (sqlite3.Error, psycopg.Error).
+    driver_error: type[Exception] = Exception
+    #: What `conn` names when it cannot connect.
+    where = ""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._all: list[C] = []
+        self._lock = threading.Lock()
+
+    def connect_raw(self) -> C:
+        raise NotImplementedError
+
+    def translate_error(self, exc: Exception, what: str) -> StoreError:
+        raise NotImplementedError
+
+    def transact(self, body: Callable[[C], T], *, what: str = "writing the store") -> T:
+        raise NotImplementedError
+
+    def usable(self, conn: C) -> bool:
+        """Whether this thread's connection can still be used (not closed by a lost server)."""
+        return True
+
+    @property
+    def conn(self) -> C:
+        conn: C | None = getattr(self._local, "conn", None)
+        if conn is None or not self.usable(conn):
+            if conn is not None:
+                self.forget(conn)
+            try:
+                conn = self.connect_raw()
+            except self.driver_error as exc:
+                raise self.translate_error(exc, f"opening {self.where}") from None
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def forget(self, conn: C) -> None:
+        """Close a connection that failed; the thread opens a new one on its next use."""
+        with self._lock:
+            if conn in self._all:
+                self._all.remove(conn)
+        try:
+            conn.close()
+        except self.driver_error:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except self.driver_error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except self.driver_error as exc:
+            raise self.translate_error(exc, "reading the store") from None
+
+    def write(self, ops: Iterable[Op], *, run_id: str | None = None) -> list[int]:
+        """Run `ops` in one transaction (one durable commit); return rowcounts."""
+        counts = self._transaction(ops, run_id, None)
+        assert counts is not None
+        return counts
+
+    def write_unless(self, check: tuple[str, Sequence[Any]], ops: Iterable[Op], *, run_id: str) -> bool:
+        """Like `write`, unless `check` (run in the same transaction) returns a row: then
+        nothing is written and False is returned (a run parks unless an event already came in)."""
+        return self._transaction(ops, run_id, check) is not None
+
+    def _transaction(
+        self, ops: Iterable[Op], run_id: str | None, unless: tuple[str, Sequence[Any]] | None
+    ) -> list[int] | None:
+        def body(conn: C) -> list[int] | None:
+            if unless is not None and self.blocked(conn, unless, run_id):
+                return None
+            counts: list[int] = []
+            for sql, params, fenced in ops:
+                n = conn.execute(sql, params).rowcount
+                if fenced and n == 0:
+                    raise LeaseLostError(
+                        f"run {run_id}: the write was refused: this worker's lease was taken "
+                        "over by another worker (or the step was already recorded final); it "
+                        "stops working on the run",
+                        run_id=run_id,
+                    )
+                counts.append(n)
+            return counts
+
+        return self.write_transaction(body, what=f"writing run {run_id}" if run_id else "writing the store")
+
+    def blocked(self, conn: C, check: tuple[str, Sequence[Any]], run_id: str | None) -> bool:
+        """Whether `check` (of `write_unless`) returns a row, inside the write's transaction."""
+        return conn.execute(*check).fetchone() is not None
+
+    def write_transaction(self, body: Callable[[C], T], *, what: str) -> T:
+        """The transaction `write` runs its ops in (default: `transact`)."""
+        return self.transact(body, what=what)
+
+
+SQLITE_PREFIX = "sqlite:///"
+POSTGRES_PREFIXES = ("postgresql://", "postgresql+psycopg://")
+POSTGRES_INSTALL = "pip install 'agentflow[postgres]'"
+
+
+def check_url(url: str) -> str:
+    """The dialect of a store URL ("sqlite" or "postgresql"), or ConfigurationError."""
+    if url.startswith(SQLITE_PREFIX):
+        return "sqlite"
+    if url.startswith(POSTGRES_PREFIXES):
+        if importlib.util.find_spec("psycopg") is None:
+            raise ConfigurationError(
+                f"the database URL {redact_url(url)} needs the PostgreSQL driver (psycopg 3): {POSTGRES_INSTALL}"
+            )
+        return "postgresql"
+    raise ConfigurationError(
+        f"unsupported database URL {redact_url(url)!r}: agentflow stores runs in SQLite "
+        "(sqlite:///path/to/file.db) or PostgreSQL (postgresql://user@host:5432/dbname)"
+    )
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password (for messages)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
+def open_backend(url: str, *, synchronous: str = "FULL", busy_timeout: float | None = None) -> Backend:
+    """The backend for a store URL."""
+    kwargs: dict[str, Any] = {"synchronous": synchronous}
+    if busy_timeout is not None:
+        kwargs["busy_timeout"] = busy_timeout
+    if check_url(url) == "postgresql":
+        from agentflow.store._postgres import PostgresStore
+
+        return PostgresStore(url, **kwargs)
+    from agentflow.store._sqlite import SqliteStore
+
+    return SqliteStore(url, **kwargs)
