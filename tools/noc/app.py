@@ -3,7 +3,8 @@
 Configuration comes from the environment, like a deployment's would:
 
 - `AGENTFLOW_DB`: the store (`agentflow serve --db` sets it).
-- `NOC_DB`: the simulated network's file (default: next to the store).
+- `NOC_DB`: the simulated network's file (default: next to a SQLite store's file; `noc.db` in the
+  current directory for a PostgreSQL store).
 - `NOC_MODEL`: `runbook` (offline, the default) or `openai:<model>` (any OpenAI-compatible
   endpoint through `OPENAI_BASE_URL` / `OPENAI_API_KEY`).
 - `NOC_INCIDENTS`: incidents to inject into the simulated network at start, e.g.
@@ -21,7 +22,7 @@ from datetime import datetime
 from agentflow import App
 from agentflow.engine import SystemClock
 from tools.noc.demo import copilot, make_model
-from tools.noc.env import ENV, configure, network
+from tools.noc.env import ENV, beside, configure, network
 
 
 def _clock() -> SystemClock:
@@ -39,7 +40,7 @@ def _clock() -> SystemClock:
 
 app = App(clock=_clock())
 if not os.environ.get(ENV):
-    configure(app.store.backend.path + ".noc.db")
+    configure(beside(app.store.backend.path))
 for spec in filter(None, os.environ.get("NOC_INCIDENTS", "").split(",")):
     site, _, scenario = spec.strip().partition(":")
     if network().incident(site) is None:

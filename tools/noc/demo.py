@@ -30,6 +30,7 @@ from agentflow.llm import ChatModel, LangChainChat, ModelResponse, OpenAIChat, R
 from agentflow.policy import load_pack
 from agentflow.testing import TestClock, configure_crash_point
 from tools.noc import NOC_TOOLS, configure, runbook
+from tools.noc.env import beside
 
 SITE = "CS-101"
 TENANT = "noc-east"
@@ -96,8 +97,7 @@ def main(
     *, db: str, crash_at: int | None, resume: bool, approve: str, model: str, quiet: bool, mode: str = "react"
 ) -> dict[str, Any]:
     app = App(db, clock=TestClock(start=1_767_225_600.0), inline_wait=0.0)
-    store_path = app.store.backend.path
-    net = configure(store_path + ".noc.db")
+    net = configure(beside(app.store.backend.path))
     started = time.perf_counter()
     if resume:
         unfinished = [r for r in app.store.list_runs(limit=50) if r.workflow == WORKFLOW and not r.terminal]

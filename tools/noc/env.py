@@ -22,6 +22,12 @@ def configure(path: str | Path, *, seed: int = DEFAULT_SEED) -> Network:
     return network(seed=seed)
 
 
+def beside(store_path: str) -> str:
+    """The network file that goes with a store: next to a SQLite store's file (`<file>.noc.db`),
+    else (a store that is not a file, like PostgreSQL) `noc.db` in the current directory."""
+    return f"{store_path}.noc.db" if store_path else "noc.db"
+
+
 def network(*, seed: int = DEFAULT_SEED) -> Network:
     """The configured network (one `Network` object per file per process)."""
     path = os.environ.get(ENV)
