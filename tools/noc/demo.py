@@ -97,30 +97,33 @@ def main(
     *, db: str, crash_at: int | None, resume: bool, approve: str, model: str, quiet: bool, mode: str = "react"
 ) -> dict[str, Any]:
     app = App(db, clock=TestClock(start=1_767_225_600.0), inline_wait=0.0)
-    net = configure(beside(app.store.backend.path))
-    started = time.perf_counter()
-    if resume:
-        unfinished = [r for r in app.store.list_runs(limit=50) if r.workflow == WORKFLOW and not r.terminal]
-        if not unfinished:
-            raise SystemExit(f"no unfinished copilot run to resume in {db}")
-        run_id = unfinished[0].id
-    else:
-        run_id = f"copilot-{os.getpid()}-{int(time.time() * 1000) % 10_000_000}"
-        if net.incident(SITE) is None:
-            net.inject(SITE, "mis_set_handover")
-    counting = CountingModel(make_model(model), net.path, run_id)
-    workflow = build(app, counting, mode)
+    try:
+        net = configure(beside(app.store.backend.path))
+        started = time.perf_counter()
+        if resume:
+            unfinished = [r for r in app.store.list_runs(limit=50) if r.workflow == WORKFLOW and not r.terminal]
+            if not unfinished:
+                raise SystemExit(f"no unfinished copilot run to resume in {db}")
+            run_id = unfinished[0].id
+        else:
+            run_id = f"copilot-{os.getpid()}-{int(time.time() * 1000) % 10_000_000}"
+            if net.incident(SITE) is None:
+                net.inject(SITE, "mis_set_handover")
+        counting = CountingModel(make_model(model), net.path, run_id)
+        workflow = build(app, counting, mode)
 
-    def say(text: str) -> None:
-        if not quiet:
-            console.print(text, no_wrap=True, overflow="ellipsis", highlight=False)
+        def say(text: str) -> None:
+            if not quiet:
+                console.print(text, no_wrap=True, overflow="ellipsis", highlight=False)
 
-    say(f"[bold]agentflow demo[/]: NOC copilot, run [cyan]{run_id}[/] on {db}" + (" (resuming)" if resume else ""))
-    if crash_at is not None:
-        configure_crash_point(f"after_result:{crash_at}")
-    app.start(workflow, TASK, run_id=run_id, tenant=TENANT, meta={"requested_by": "demo"})
-    asyncio.run(_drive(app, run_id, approve, say))
-    return _summary(app, net, run_id, counting.ledger, time.perf_counter() - started)
+        say(f"[bold]agentflow demo[/]: NOC copilot, run [cyan]{run_id}[/] on {db}" + (" (resuming)" if resume else ""))
+        if crash_at is not None:
+            configure_crash_point(f"after_result:{crash_at}")
+        app.start(workflow, TASK, run_id=run_id, tenant=TENANT, meta={"requested_by": "demo"})
+        asyncio.run(_drive(app, run_id, approve, say))
+        return _summary(app, net, run_id, counting.ledger, time.perf_counter() - started)
+    finally:
+        app.close()  # a PostgreSQL store holds connections
 
 
 async def _drive(app: App, run_id: str, approve: str, say: Any) -> None:
