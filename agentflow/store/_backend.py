@@ -45,6 +45,15 @@ def upsert_step_sql(fence_lock: str = "") -> str:
     )
 
 
+def lease_lost(run_id: str | None) -> LeaseLostError:
+    """The error of a fenced statement that changed no row."""
+    return LeaseLostError(
+        f"run {run_id}: the write was refused: this worker's lease was taken over by another "
+        "worker (or the step was already recorded final); it stops working on the run",
+        run_id=run_id,
+    )
+
+
 class Cursor(Protocol):
     """The result of `Conn.execute` (a sqlite3 or psycopg cursor)."""
 
@@ -224,12 +233,7 @@ class ConnectionPerThread(Generic[C]):
             for sql, params, fenced in ops:
                 n = conn.execute(sql, params).rowcount
                 if fenced and n == 0:
-                    raise LeaseLostError(
-                        f"run {run_id}: the write was refused: this worker's lease was taken "
-                        "over by another worker (or the step was already recorded final); it "
-                        "stops working on the run",
-                        run_id=run_id,
-                    )
+                    raise lease_lost(run_id)
                 counts.append(n)
             return counts
 
