@@ -1,5 +1,12 @@
-"""Shared fixtures: a fresh SQLite file per test, Apps on a time-skipping clock, and a worker
-driving an App on a thread of its own (so the test thread can poll with `assert_eventually`)."""
+"""Shared fixtures: a fresh database per test, Apps on a time-skipping clock, and a worker
+driving an App on a thread of its own (so the test thread can poll with `assert_eventually`).
+
+Backends: `db_url` is a SQLite file, unless the test (or its module) is marked
+`@pytest.mark.backends("sqlite", "postgresql")`: then it runs once per backend named, on a
+PostgreSQL database of its own cloned from a migrated template (see `support.pg`). The
+PostgreSQL runs are skipped only when no server answers, and never in CI (`CI=true`), where a skip
+would hide a missing feature.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.pg import PgDatabases, unavailable
 
 from agentflow import App, Worker
 from agentflow.testing import TestClock
@@ -22,10 +30,71 @@ START = 1_700_000_000
 os.environ["AGENTFLOW_ALLOW_MODEL_REQUESTS"] = "0"
 
 
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        'backends(*names): run the test once per storage backend named ("sqlite", "postgresql"); '
+        "unmarked tests run on SQLite only",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is not None and "backend" in metafunc.fixturenames:
+        unknown = set(marker.args) - set(BACKENDS)
+        assert marker.args and not unknown, f"backends({marker.args}): pick from {BACKENDS}"
+        metafunc.parametrize("backend", marker.args, indirect=True)
+
+
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    """A SQLAlchemy URL of a SQLite file that exists only for this test."""
+def backend(request: pytest.FixtureRequest) -> str:
+    """The storage backend of this test: "sqlite" unless parametrized by `backends(...)`."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
+def pg_databases() -> Iterator[PgDatabases]:
+    """The session's PostgreSQL databases, all dropped when the session ends."""
+    reason = unavailable()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL tests cannot run in CI: {reason}", pytrace=False)
+        pytest.skip(f"PostgreSQL tests skipped: {reason}")
+    databases = PgDatabases()
+    yield databases
+    databases.close()
+
+
+@pytest.fixture
+def pg_url(pg_databases: PgDatabases) -> Iterator[str]:
+    """A PostgreSQL database of this test with the current schema, dropped after it."""
+    url = pg_databases.clone()
+    yield url
+    pg_databases.drop(url)
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A SQLAlchemy URL of a database that exists only for this test: a SQLite file, or a
+    PostgreSQL database (with the schema already migrated) when `backend` is "postgresql"."""
+    if backend == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
     return f"sqlite:///{tmp_path / 'agentflow.db'}"
+
+
+@pytest.fixture
+def empty_db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """Like `db_url`, but a database with no table at all (for the migrations to build)."""
+    if backend != "postgresql":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    databases: PgDatabases = request.getfixturevalue("pg_databases")
+    url = databases.empty()
+    yield url
+    databases.drop(url)
 
 
 @pytest.fixture

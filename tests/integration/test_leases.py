@@ -1,35 +1,33 @@
 """Leases and fencing: a run has one owner at a time. A claim bumps the run's epoch, every write
 of its history is conditional on that epoch, a dead owner on this host is replaced at once and a
-silent one after the lease TTL."""
+silent one after the lease TTL. On both backends: the fencing is the store's SQL, which each
+backend must run with the same meaning."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import socket
-import sqlite3
 import time
 from typing import Any
 
 import pytest
+from support.pg import execute
 
 from agentflow import App, WorkflowContext
 from agentflow.engine._executor import RunExecutor
 from agentflow.errors import LeaseLostError
 from agentflow.store._store import process_start_time
 
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 NO_SUCH_PID = 2**22 + 7  # above any Linux pid_max: no process can have it
 
 
-def _raw(db_url: str) -> sqlite3.Connection:
-    return sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None, timeout=5)
-
-
 def _bump_epoch(db_url: str, run_id: str) -> None:
-    """What a takeover does to the run, done behind the executor's back."""
-    conn = _raw(db_url)
-    conn.execute("UPDATE af_runs SET epoch = epoch + 1 WHERE id = ?", (run_id,))
-    conn.close()
+    """What a takeover does to the run, done behind the executor's back (on a connection of its
+    own, as another process would)."""
+    execute(db_url, "UPDATE af_runs SET epoch = epoch + 1 WHERE id = ?", (run_id,))
 
 
 def _claim(app: App, run_id: str, worker_id: str = "test-worker") -> RunExecutor:
@@ -40,12 +38,11 @@ def _claim(app: App, run_id: str, worker_id: str = "test-worker") -> RunExecutor
 
 
 def _add_worker(db_url: str, worker_id: str, *, host: str, pid: int, pid_start: str, heartbeat_at: float) -> None:
-    conn = _raw(db_url)
-    conn.execute(
+    execute(
+        db_url,
         "INSERT INTO af_workers (id, host, pid, pid_start, started_at, heartbeat_at, dead) VALUES (?, ?, ?, ?, ?, ?, 0)",
         (worker_id, host, pid, pid_start, heartbeat_at, heartbeat_at),
     )
-    conn.close()
 
 
 def _worker_dead(app: App, worker_id: str) -> int:

@@ -1,5 +1,6 @@
-"""The store on a real SQLite file: the migrations build exactly the declared schema, with the
-storage settings the engine relies on, and starting a run is idempotent."""
+"""The store on both backends (a real SQLite file, a PostgreSQL database): the migrations build
+exactly the declared schema, a database from a newer agentflow is refused, starting a run is
+idempotent; and, on SQLite, the storage settings the engine relies on."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 from sqlmodel import SQLModel
+from support.pg import sqlalchemy_url
 
 from agentflow import App, WorkflowContext
-from agentflow.errors import ConfigurationError
+from agentflow.errors import ConfigurationError, SchemaVersionError
 from agentflow.store import (
     SCHEMA_REVISION,
     EventStore,
     _models,  # noqa: F401  (registers the af_ tables on SQLModel.metadata)
 )
 from agentflow.store._schema import KNOWN_REVISIONS, VERSION_TABLE, alembic_config
+
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
 
 def _agentflow_tables(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
@@ -33,11 +37,12 @@ def _raw(db_url: str) -> sqlite3.Connection:
     return sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
 
 
-def test_migrations_build_exactly_the_sqlmodel_schema(db_url) -> None:
-    """Running the migrations on an empty file yields the tables, columns, types, nullability and
-    indexes of the SQLModel models: Alembic's autogenerate finds nothing to change."""
-    EventStore(db_url).close()
-    engine = create_engine(db_url)
+def test_migrations_build_exactly_the_sqlmodel_schema(empty_db_url) -> None:
+    """Running the migrations on an empty database yields the tables, columns, types,
+    nullability and indexes of the SQLModel models: Alembic's autogenerate finds nothing to
+    change."""
+    EventStore(empty_db_url).close()
+    engine = create_engine(sqlalchemy_url(empty_db_url) if empty_db_url.startswith("postgresql") else empty_db_url)
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(
@@ -62,15 +67,18 @@ def test_known_revisions_match_alembic_heads(db_url) -> None:
     assert KNOWN_REVISIONS == tuple(reversed([s.revision for s in scripts.walk_revisions()]))
     assert KNOWN_REVISIONS[-1] == SCHEMA_REVISION
 
-    EventStore(db_url).close()
-    conn = _raw(db_url)
-    assert conn.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall() == [(SCHEMA_REVISION,)]
-    conn.close()
-
-
-def test_opening_a_current_database_again_does_not_migrate(db_url) -> None:
-    """A second open of an up-to-date database keeps its data and its single version row."""
     store = EventStore(db_url)
+    try:
+        assert store.backend.query(f"SELECT version_num FROM {VERSION_TABLE}") == [(SCHEMA_REVISION,)]
+    finally:
+        store.close()
+
+
+def test_opening_a_current_database_again_does_not_migrate(db_url, backend) -> None:
+    """A second open of an up-to-date database keeps its data and its single version row; the
+    store says which backend it runs on."""
+    store = EventStore(db_url)
+    assert store.backend.dialect == backend
     store.create_run(run_id="r", workflow="wf", tenant="t", input="[[],{}]", now=1.0)
     store.close()
     again = EventStore(db_url)
@@ -79,6 +87,26 @@ def test_opening_a_current_database_again_does_not_migrate(db_url) -> None:
     again.close()
 
 
+def test_too_new_schema_is_refused(db_url) -> None:
+    """A database whose schema revision this agentflow does not know (written by a newer one)
+    raises `SchemaVersionError` on open, saying to upgrade agentflow, and is left unchanged."""
+    store = EventStore(db_url)
+    store.create_run(run_id="r", workflow="wf", tenant="t", input="[[],{}]", now=1.0)
+    store.backend.write([(f"UPDATE {VERSION_TABLE} SET version_num = '9999'", (), False)])
+    store.close()
+    with pytest.raises(SchemaVersionError, match=r"'9999'.*[Uu]pgrade agentflow"):
+        EventStore(db_url)
+    with pytest.raises(SchemaVersionError):
+        App(db_url).get_run("any")
+    check = EventStore(db_url, migrate=False)
+    try:
+        assert check.backend.query(f"SELECT version_num FROM {VERSION_TABLE}") == [("9999",)]
+        assert [r[0] for r in check.backend.query("SELECT id FROM af_runs")] == ["r"]
+    finally:
+        check.close()
+
+
+@pytest.mark.backends("sqlite")  # page size, WAL and WITHOUT ROWID are SQLite's
 def test_storage_settings(db_url) -> None:
     """The file uses 8 KiB pages and WAL journaling, and the steps table is WITHOUT ROWID
     (clustered by (run_id, seq)) while the runs table is not."""
@@ -96,6 +124,7 @@ def test_storage_settings(db_url) -> None:
         conn.close()
 
 
+@pytest.mark.backends("sqlite")  # PRAGMA synchronous
 @pytest.mark.parametrize(("synchronous", "expected"), [(None, 2), ("FULL", 2), ("NORMAL", 1)])
 def test_synchronous_setting_reaches_the_connection(db_url, synchronous, expected) -> None:
     """The store's connections run with `PRAGMA synchronous` FULL (2) by default, so a committed
@@ -107,6 +136,7 @@ def test_synchronous_setting_reaches_the_connection(db_url, synchronous, expecte
         app.close()
 
 
+@pytest.mark.backends("sqlite")  # the setting of SQLite's fsync
 def test_bad_synchronous_setting_is_refused(db_url) -> None:
     """A `synchronous` other than FULL or NORMAL raises `ConfigurationError` explaining both."""
     with pytest.raises(ConfigurationError, match=r"FULL.*NORMAL"):
