@@ -243,8 +243,7 @@ def load(db_url_or_app: App | str, run_id: str) -> Trace:
     """Load a recorded run.
 
     Args:
-        db_url_or_app: an App, or a `sqlite:///path` URL. PostgreSQL is not a backend of this
-            version yet: a `postgresql://` URL raises `ConfigurationError`, like `App` does.
+        db_url_or_app: an App, or a store URL (`sqlite:///path`, `postgresql://...`).
         run_id: the run.
 
     Raises:

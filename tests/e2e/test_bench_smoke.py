@@ -35,3 +35,15 @@ def test_server_benchmark_runs_and_prints_json() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     figures = json.loads(out.stdout)
     assert figures["steps"] > 20 and figures["watchers_per_core"] > 0
+
+
+@pytest.mark.slow
+def test_backends_benchmark_runs_and_prints_json() -> None:
+    out = subprocess.run(
+        [sys.executable, "bench/backends.py", "--steps", "20", "--reps", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    figures = json.loads(out.stdout)
+    assert set(figures["us_per_step"]) == {"FULL", "NORMAL"}
+    assert figures["ratio_postgresql_to_sqlite"]["NORMAL"] > 0
