@@ -7,43 +7,38 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def bench(script: str, *args: str) -> dict[str, Any]:
+    """Run `bench/<script>` with small figures; return the JSON it printed."""
+    out = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    figures: dict[str, Any] = json.loads(out.stdout)
+    return figures
+
+
 @pytest.mark.slow
 def test_engine_benchmark_runs_and_prints_json(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "bench/engine.py", "--reps", "1", "--ratio-reps", "1", "--steps", "50",
-         "--resume-sizes", "100", "--dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-2000:]
-    figures = json.loads(out.stdout)
+    figures = bench("engine.py", "--reps", "1", "--ratio-reps", "1", "--steps", "50", "--resume-sizes", "100",
+                    "--dir", str(tmp_path))  # fmt: skip
     assert set(figures["pass"]) >= {"ratio_step_to_raw_commit_FULL", "cpu_us_per_step_NORMAL", "bytes_per_step_1kb"}
     assert figures["us_per_step"]["NORMAL"]["async_noop"]["cpu_us"] > 0
 
 
 @pytest.mark.slow
 def test_server_benchmark_runs_and_prints_json() -> None:
-    out = subprocess.run(
-        [sys.executable, "bench/server.py", "--reps", "3", "--extra-runs", "0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-2000:]
-    figures = json.loads(out.stdout)
+    figures = bench("server.py", "--reps", "3", "--extra-runs", "0")
     assert figures["steps"] > 20 and figures["watchers_per_core"] > 0
 
 
 @pytest.mark.slow
 def test_backends_benchmark_runs_and_prints_json() -> None:
-    out = subprocess.run(
-        [sys.executable, "bench/backends.py", "--steps", "20", "--reps", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-2000:]
-    figures = json.loads(out.stdout)
+    figures = bench("backends.py", "--steps", "20", "--reps", "1")
     assert set(figures["us_per_step"]) == {"FULL", "NORMAL"}
     assert figures["ratio_postgresql_to_sqlite"]["NORMAL"] > 0
