@@ -263,9 +263,9 @@ class App:
             ConfigurationError: another definition is already registered under the same name.
         """
         for d in definitions:
-            table: dict[str, Any] = self._workflows if isinstance(d, Workflow) else self._activities
             if not isinstance(d, Workflow | Activity):
                 raise ConfigurationError(f"include() takes workflows and activities, not {type(d).__name__}")
+            table: dict[str, Any] = self._workflows if isinstance(d, Workflow) else self._activities
             if table.get(d.name, d) is not d:
                 raise ConfigurationError(f"{d.name!r} is already registered here as another definition")
             table[d.name] = d

@@ -40,7 +40,7 @@ from agentflow.server._models import (
 from agentflow.server._sessions import COOKIE, DEFAULT_TTL, SessionInfo, Sessions
 from agentflow.server._stream import stream_run
 from agentflow.server._views import card, events, run_summary
-from agentflow.store import RunRecord
+from agentflow.store import RunRecord, StepRecord
 from agentflow.store._constants import RUN_STATUSES
 
 log = logging.getLogger("agentflow.server")
@@ -204,16 +204,14 @@ def create_app(
     def get_run(run_id: str, who: Who) -> dict[str, Any]:
         run = own_run(run_id, who)
         steps = app.store.load_steps(run.id)
-        cards = [card(app, r, who.principal, steps) for r in app.approvals.list(run_id=run.id, status=None)]
-        return {**run_summary(app, run), "events": events(app, steps), "approvals": cards}
+        return {**run_summary(app, run), "events": events(app, steps), "approvals": run_cards(app, run, who, steps)}
 
     @api.get("/api/runs/{run_id}/events", tags=["runs"])
     def run_events(run_id: str, who: Who, after: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
         run = own_run(run_id, who)
         steps = app.store.load_steps(run.id)
-        cards = [card(app, r, who.principal, steps) for r in app.approvals.list(run_id=run.id, status=None)]
-        return {"run": run_summary(app, run), "events": [e for e in events(app, steps) if e["seq"] > after],
-                "approvals": cards}  # fmt: skip
+        return {"run": run_summary(app, run), "events": events(app, [s for s in steps if s.seq > after]),
+                "approvals": run_cards(app, run, who, steps)}  # fmt: skip
 
     @api.get("/api/runs/{run_id}/stream", tags=["runs"], response_class=StreamingResponse)
     def run_stream(
@@ -304,6 +302,11 @@ def _not_confirming_other_tenants(approval_id: str) -> Iterator[None]:
         if exc.code != "wrong_tenant":
             raise
         raise ApiError(404, "unknown", f"no approval request {approval_id}", approval_id=approval_id) from None
+
+
+def run_cards(app: App, run: RunRecord, who: Actor, steps: list[StepRecord]) -> list[dict[str, Any]]:
+    """The cards of every approval request of a run, as `who` may act on them."""
+    return [card(app, r, who.principal, steps) for r in app.approvals.list(run_id=run.id, status=None)]
 
 
 def _check_csrf(request: Request, session: SessionInfo) -> None:

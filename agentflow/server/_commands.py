@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from agentflow.approvals import ApprovalRequest, Principal
 from agentflow.engine import App
 from agentflow.errors import ApprovalRefused
-from agentflow.server._views import card, run_summary
+from agentflow.server._views import card, run_summary, utc
 from agentflow.store import RunRecord, StepRecord
 
 HELP = (
@@ -31,9 +30,9 @@ def reply(app: App, run: RunRecord, viewer: Principal, text: str) -> dict[str, A
     verb, rest = found.group(1).lower().rstrip("?"), found.group(2).strip()
     if verb == "help":
         return {"reply": HELP, "kind": "help", "card": None}
-    steps = app.store.load_steps(run.id)
     if verb == "status":
         return {"reply": status_text(app, run), "kind": "status", "card": None}
+    steps = app.store.load_steps(run.id)
     if verb == "why":
         return {"reply": why_text(app, run, steps), "kind": "why", "card": None}
     req, rest = _target(app, run, rest)
@@ -72,13 +71,13 @@ def status_text(app: App, run: RunRecord) -> str:
     parts = [f"Run {run.id} is {run.status} after {summary['steps']} steps, {summary['tokens']} tokens, "
              f"${summary['cost_usd']:.4f}."]  # fmt: skip
     for req in app.approvals.list(run_id=run.id, status="pending"):
-        left = f", expires {_utc(req.expires_at)}" if req.expires_at else ""
+        left = f", expires {utc(req.expires_at)}" if req.expires_at else ""
         parts.append(
             f"Waiting for approval {req.id}: {req.tool}({_args(req.args)}) under rule {req.rule}, "
             f"{req.approvals}/{req.spec.quorum} approvals by {', '.join(req.deciding_roles)}{left}."
         )
     if run.status == "waiting" and run.wake_at and not parts[1:]:
-        parts.append(f"Sleeping until {_utc(run.wake_at)} (a maintenance window or a timer).")
+        parts.append(f"Sleeping until {utc(run.wake_at)} (a maintenance window or a timer).")
     if summary["answer"]:
         parts.append(f"Answer: {summary['answer']}")
     if summary["error"]:
@@ -101,7 +100,7 @@ def why_text(app: App, run: RunRecord, steps: list[StepRecord]) -> str:
         if decision.get("reason"):
             line += f" — {decision['reason']}"
         if decision.get("defer_until"):
-            line += f" (deferred until {_utc(decision['defer_until'])})"
+            line += f" (deferred until {utc(decision['defer_until'])})"
         if decision.get("approval_rule"):
             line += f"; approval rule {decision['approval_rule']}"
         lines.append(line + f" [pack {decision.get('pack')} {decision.get('pack_hash')}]")
@@ -114,7 +113,3 @@ def why_text(app: App, run: RunRecord, steps: list[StepRecord]) -> str:
 
 def _args(args: dict[str, Any]) -> str:
     return ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in args.items())
-
-
-def _utc(when: float) -> str:
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -81,9 +81,9 @@ def waiting_text(run: RunRecord) -> str | None:
         parts.append(f"{len(raw['children'])} child run(s)")
     timers = [t for t in raw.get("timers", []) if isinstance(t, int | float)]
     if timers and not raw.get("signals"):
-        parts.append(f"a timer until {_utc(min(timers))}")
+        parts.append(f"a timer until {utc(min(timers))}")
     elif timers:
-        parts.append(f"(expires {_utc(min(timers))})")
+        parts.append(f"(expires {utc(min(timers))})")
     return " ".join(parts) or None
 
 
@@ -184,7 +184,7 @@ def _policy(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
     until = decision.get("defer_until")
     title = f"policy {effect} ({rule}) for {call.get('tool', step.name)}"
     if until:
-        title += f", until {_utc(until)}"
+        title += f", until {utc(until)}"
     return {
         "kind": "policy",
         "title": title,
@@ -213,7 +213,7 @@ def _approval(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
 def _wait(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
     until = _json(step.args)
     when = datetime.fromisoformat(until).timestamp() if isinstance(until, str) else step.wake_at
-    return {"kind": "wait", "title": f"waited until {_utc(when)}" if when else "waited", "data": {"until": when}}
+    return {"kind": "wait", "title": f"waited until {utc(when)}" if when else "waited", "data": {"until": when}}
 
 
 def _signal(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
@@ -235,7 +235,8 @@ _BUILDERS = {"llm": _model, "tool": _tool, "policy": _policy, "approval": _appro
              "signal": _signal, "plan": _plan}  # fmt: skip
 
 
-def _utc(when: float) -> str:
+def utc(when: float) -> str:
+    """A time for people: `2026-01-01 02:00 UTC`."""
     return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 

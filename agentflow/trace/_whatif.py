@@ -7,8 +7,8 @@ pack have said to exactly these calls?", not "what would the agent have done nex
 the new pack denies would have changed the rest of the run; fork the run to find out).
 
 Rate and blast-radius limits count what the store recorded as let through, across every run, up
-to the moment of each decision (`RecordedUsage`): a limit the new pack sets lower is found. The
-counts are the recorded ones, not those the new pack would have produced in other runs.
+to the moment of each decision (`StoreUsage(as_of=...)`): a limit the new pack sets lower is
+found. The counts are the recorded ones, not those the new pack would have produced elsewhere.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from langchain_core.tools import BaseTool
 from agentflow.engine import App
 from agentflow.llm import ToolFacts, tool_facts
 from agentflow.policy import CallFacts, PolicyPack, decide, load_pack
-from agentflow.policy._engine import NoUsage
+from agentflow.policy._engine import NoUsage, StoreUsage
 from agentflow.trace._records import Recorded
 from agentflow.trace._tables import decision_rows, frame
 
@@ -54,34 +54,6 @@ def _facts(recorded: Recorded, row: dict[str, Any], declared: dict[str, ToolFact
     )  # fmt: skip
 
 
-class RecordedUsage:
-    """The `Usage` limits saw at time `as_of`, read back from the store's usage records: calls
-    let through strictly before `as_of` (the decided call's own record excluded), and runs that were
-    still open then."""
-
-    def __init__(self, app: App, as_of: float, deciding: tuple[str, str]) -> None:
-        self.query, self.as_of, self.deciding = app.store.backend.query, as_of, deciding
-
-    def calls(self, tenant: str, tool: str, since: float) -> int:
-        sql = ("SELECT count(*) FROM af_policy_usage WHERE tenant = ? AND tool = ? AND at > ? AND at < ? "
-               "AND NOT (run_id = ? AND call_id = ?)")  # fmt: skip
-        return int(self.query(sql, (tenant, tool, since, self.as_of, *self.deciding))[0][0])
-
-    def targets(self, tenant: str, region: str | None, since: float) -> set[str]:
-        sql = ("SELECT DISTINCT target FROM af_policy_usage WHERE tenant = ? AND side_effect = 1 "
-               "AND target IS NOT NULL AND at > ? AND at < ? AND NOT (run_id = ? AND call_id = ?)")  # fmt: skip
-        params: tuple[Any, ...] = (tenant, since, self.as_of, *self.deciding)
-        if region is not None:
-            sql, params = sql + " AND region = ?", (*params, region)
-        return {row[0] for row in self.query(sql, params)}
-
-    def busy(self, target: str, run_id: str) -> bool:
-        sql = ("SELECT 1 FROM af_policy_usage u JOIN af_runs r ON r.id = u.run_id WHERE u.target = ? "
-               "AND u.side_effect = 1 AND u.run_id != ? AND u.at < ? "
-               "AND (r.completed_at IS NULL OR r.completed_at > ?) LIMIT 1")  # fmt: skip
-        return bool(self.query(sql, (target, run_id, self.as_of, self.as_of)))
-
-
 def what_if_table(
     recorded: Recorded, policies: PolicyPack | str | Path, *, tools: Sequence[BaseTool] = (),
     changed_only: bool = True, app: App | None = None,
@@ -95,7 +67,8 @@ def what_if_table(
     for row in decision_rows(recorded):
         facts = _facts(recorded, row, declared, requester)
         at = float(row["at"])
-        used = NoUsage() if app is None else RecordedUsage(app, at, (recorded.run_id, facts.usage_key))
+        deciding = (recorded.run_id, facts.usage_key)
+        used = NoUsage() if app is None else StoreUsage(app.store.backend.conn, deciding=deciding, as_of=at)
         would = decide(pack, facts, at, used)
         changed = would.effect != row["effect"] or would.rule != row["rule"]
         if changed_only and not changed:

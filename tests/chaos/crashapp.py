@@ -118,4 +118,16 @@ def expected_race(n: int) -> dict[str, Any]:
     return {"base": base, "charges": [a, b], "child": child, "receipt": f"{a}+{b}+{child}"}
 
 
+# The (seq, kind, name) of the steps a `race` run records, and of its child's.
+RACE_SHAPE = [
+    (1, "activity", "reserve"),
+    (2, "activity", "lookup"),
+    (3, "activity", "charge"),
+    (4, "activity", "charge"),
+    (5, "child", "leaf"),
+    (6, "activity", "notify"),
+]
+RACE_CHILD_SHAPE = [(1, "activity", "reserve")]
+
+
 app = make_app()

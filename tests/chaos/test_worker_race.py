@@ -28,15 +28,6 @@ HERE = Path(__file__).resolve().parent
 RUNS = 30
 WORKERS = 3
 TIMEOUT = 90.0
-PARENT_SHAPE = [
-    (1, "activity", "reserve"),
-    (2, "activity", "lookup"),
-    (3, "activity", "charge"),
-    (4, "activity", "charge"),
-    (5, "child", "leaf"),
-    (6, "activity", "notify"),
-]
-CHILD_SHAPE = [(1, "activity", "reserve")]
 
 
 def test_three_workers_one_file(tmp_path: Path) -> None:
@@ -115,7 +106,7 @@ def test_three_workers_one_file(tmp_path: Path) -> None:
             by_run.setdefault(run_id, []).append((seq, kind, name))
         assert set(by_run) == set(run_ids + children)
         for run_id, shape in by_run.items():
-            assert shape == (CHILD_SHAPE if "/" in run_id else PARENT_SHAPE), run_id
+            assert shape == (crashapp.RACE_CHILD_SHAPE if "/" in run_id else crashapp.RACE_SHAPE), run_id
 
         # The ledger: exactly one execution per activity step, none for anything else.
         rows = crashapp.ledger_rows(str(ledger))

@@ -206,14 +206,6 @@ def test_both_url_forms_open_the_same_database(pg_url: str) -> None:
 # -- 2. many worker processes ------------------------------------------------------------------
 RUNS = 40
 WORKERS = 4
-RACE_SHAPE = [
-    (1, "activity", "reserve"),
-    (2, "activity", "lookup"),
-    (3, "activity", "charge"),
-    (4, "activity", "charge"),
-    (5, "child", "leaf"),
-    (6, "activity", "notify"),
-]
 
 
 @pytest.mark.slow
@@ -259,7 +251,7 @@ def test_four_worker_processes_share_forty_runs(pg_url: str, tmp_path: Path) -> 
             assert status == "completed", (run_id, seq, kind, name, status)
             by_run.setdefault(run_id, []).append((seq, kind, name))
         for run_id, shape in by_run.items():
-            assert shape == ([(1, "activity", "reserve")] if "/" in run_id else RACE_SHAPE), run_id
+            assert shape == (crashapp.RACE_CHILD_SHAPE if "/" in run_id else crashapp.RACE_SHAPE), run_id
         assert [r[0] for r in app.store.backend.query("SELECT dead FROM af_workers")] == [1] * WORKERS
 
         rows = crashapp.ledger_rows(str(ledger))
