@@ -32,9 +32,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 def _approvals(db: str | None) -> Any:
     from agentflow.engine import App
-    from agentflow.engine._app import DEFAULT_DB
 
-    return App(db or os.environ.get("AGENTFLOW_DB") or DEFAULT_DB).approvals
+    return App(db).approvals
 
 
 def _token(token: str | None) -> str | None:

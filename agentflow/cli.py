@@ -44,9 +44,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 
 def _url(db: str | None) -> str:
-    from agentflow.engine._app import DEFAULT_DB
+    from agentflow.store import resolve_url
 
-    return db or os.environ.get("AGENTFLOW_DB") or DEFAULT_DB
+    return resolve_url(db)
 
 
 def _store(db: str | None) -> Any:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -20,18 +19,15 @@ from agentflow.errors import (
     RunStateError,
     UnknownRunError,
 )
-from agentflow.store._backend import check_url
 from agentflow.store._codec import decode, encode
 from agentflow.store._store import EventStore, RunRecord, StepRecord
+from agentflow.store._urls import parse_url, resolve_url
 
 if TYPE_CHECKING:
     from agentflow.approvals import Approvals
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-DEFAULT_DB = "sqlite:///agentflow.db"
-
 
 @dataclass(frozen=True, slots=True)
 class RunInfo:
@@ -151,8 +147,11 @@ class App:
         lease_ttl: float = 10.0,
         inline_wait: float = 1.0,
     ) -> None:
-        self.db = db or os.environ.get("AGENTFLOW_DB") or DEFAULT_DB
-        check_url(self.db)  # an unsupported URL, or PostgreSQL without its driver, fails here
+        #: Whether the URL was given (not taken from `AGENTFLOW_DB` or the default): the CLI's
+        #: `--db` refuses to silently replace a database the code names.
+        self.db_given = db is not None
+        self.db = resolve_url(db)
+        parse_url(self.db)  # an unsupported URL, or PostgreSQL without its driver, fails here
         self.clock: Clock = clock or SystemClock()
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout

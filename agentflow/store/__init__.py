@@ -1,4 +1,6 @@
-"""The event store: SQLModel tables, the SQLite and PostgreSQL backends, the payload codec, migrations.
+"""The event store: the only owner of SQL. Tables, migrations, the SQLite and PostgreSQL
+backends chosen by URL, the payload codec, runs/steps/signals/workers, governance records
+(principals, approvals, audit, policy usage, sessions) and the read side's queries.
 
 The SQLModel table classes are imported lazily: the engine's hot path never needs them, and
 importing SQLModel costs ~0.4 s of start-up.
@@ -6,15 +8,24 @@ importing SQLModel costs ~0.4 s of start-up.
 
 from typing import Any
 
-from agentflow.store._constants import SCHEMA_REVISION
+from agentflow.store._backend import Backend, Conn, Op
+from agentflow.store._codec import adapter_for, decode, digest, encode, param_adapters, return_adapter
+from agentflow.store._constants import RUN_STATUSES, SCHEMA_REVISION, TERMINAL_STATUSES
 from agentflow.store._store import EventStore, RunRecord, StepRecord
+from agentflow.store._urls import DEFAULT_URL, parse_url, redact_url, resolve_url, same_database
 
 _MODELS = ("Blob", "Run", "Signal", "Step", "StepAttempt", "Worker")
 
 __all__ = [
+    "DEFAULT_URL",
+    "RUN_STATUSES",
     "SCHEMA_REVISION",
+    "TERMINAL_STATUSES",
+    "Backend",
     "Blob",
+    "Conn",
     "EventStore",
+    "Op",
     "Run",
     "RunRecord",
     "Signal",
@@ -22,6 +33,16 @@ __all__ = [
     "StepAttempt",
     "StepRecord",
     "Worker",
+    "adapter_for",
+    "decode",
+    "digest",
+    "encode",
+    "param_adapters",
+    "parse_url",
+    "redact_url",
+    "resolve_url",
+    "return_adapter",
+    "same_database",
 ]
 
 

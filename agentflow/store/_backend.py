@@ -1,7 +1,7 @@
 """What the event store needs of a database: the `Backend` protocol, and opening one by URL.
 
 Two backends implement it: `SqliteStore` (`sqlite:///path`, the embedded default) and
-`PostgresStore` (`postgresql://...`, many hosts). SQL at the call sites is written once, with `?`
+`PostgresStore` (`postgresql://...`, many hosts); `_urls.py` picks one by URL. SQL at the call sites is written once, with `?`
 placeholders, in the subset both databases run; the few expressions that differ come from the
 backend (`now_sql`, `json_num`, `json_text`), and each backend owns the statements whose
 locking differs (the fenced step write, claiming runs).
@@ -9,12 +9,11 @@ locking differs (the fenced step write, claiming runs).
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from agentflow.errors import ConfigurationError, LeaseLostError, StoreError
+from agentflow.errors import LeaseLostError, StoreError
 
 T = TypeVar("T")
 
@@ -246,47 +245,3 @@ class ConnectionPerThread(Generic[C]):
     def write_transaction(self, body: Callable[[C], T], *, what: str) -> T:
         """The transaction `write` runs its ops in (default: `transact`)."""
         return self.transact(body, what=what)
-
-
-SQLITE_PREFIX = "sqlite:///"
-POSTGRES_PREFIXES = ("postgresql://", "postgresql+psycopg://")
-POSTGRES_INSTALL = "pip install 'agentflow[postgres]'"
-
-
-def check_url(url: str) -> str:
-    """The dialect of a store URL ("sqlite" or "postgresql"), or ConfigurationError."""
-    if url.startswith(SQLITE_PREFIX):
-        return "sqlite"
-    if url.startswith(POSTGRES_PREFIXES):
-        if importlib.util.find_spec("psycopg") is None:
-            raise ConfigurationError(
-                f"the database URL {redact_url(url)} needs the PostgreSQL driver (psycopg 3): {POSTGRES_INSTALL}"
-            )
-        return "postgresql"
-    raise ConfigurationError(
-        f"unsupported database URL {redact_url(url)!r}: agentflow stores runs in SQLite "
-        "(sqlite:///path/to/file.db) or PostgreSQL (postgresql://user@host:5432/dbname)"
-    )
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password (for messages)."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return url
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
-
-
-def open_backend(url: str, *, synchronous: str = "FULL", busy_timeout: float | None = None) -> Backend:
-    """The backend for a store URL."""
-    kwargs: dict[str, Any] = {"synchronous": synchronous}
-    if busy_timeout is not None:
-        kwargs["busy_timeout"] = busy_timeout
-    if check_url(url) == "postgresql":
-        from agentflow.store._postgres import PostgresStore
-
-        return PostgresStore(url, **kwargs)
-    from agentflow.store._sqlite import SqliteStore
-
-    return SqliteStore(url, **kwargs)

@@ -33,11 +33,12 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-import psycopg  # only imported for a PostgreSQL URL, once `check_url` found it installed
+import psycopg  # only imported for a PostgreSQL URL, once `backend_entry` found it installed
 from psycopg import pq
 
 from agentflow.errors import ConfigurationError, StoreBusyError, StoreError
-from agentflow.store._backend import ConnectionPerThread, Op, lease_lost, redact_url, upsert_step_sql
+from agentflow.store._backend import ConnectionPerThread, Op, lease_lost, upsert_step_sql
+from agentflow.store._urls import redact_url
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from agentflow.errors import SchemaVersionError, StoreError
-from agentflow.store._backend import redact_url
+from agentflow.store._urls import redact_url
 from agentflow.store._constants import SCHEMA_REVISION
 
 MIGRATIONS = Path(__file__).with_name("migrations")

@@ -18,7 +18,8 @@ from agentflow.errors import (
     RunStateError,
     UnknownRunError,
 )
-from agentflow.store._backend import Backend, Op, open_backend, redact_url
+from agentflow.store._backend import Backend, Op
+from agentflow.store._urls import open_backend, redact_url
 from agentflow.store._constants import TERMINAL_STATUSES
 from agentflow.store._schema import check_revision, upgrade
 
