@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
+
 @dataclass(frozen=True, slots=True)
 class RunInfo:
     """A run as the API reports it."""

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from agentflow.errors import SchemaVersionError, StoreError
-from agentflow.store._urls import redact_url
 from agentflow.store._constants import SCHEMA_REVISION
+from agentflow.store._urls import redact_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 VERSION_TABLE = "af_alembic_version"

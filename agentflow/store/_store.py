@@ -19,9 +19,9 @@ from agentflow.errors import (
     UnknownRunError,
 )
 from agentflow.store._backend import Backend, Op
-from agentflow.store._urls import open_backend, redact_url
 from agentflow.store._constants import TERMINAL_STATUSES
 from agentflow.store._schema import check_revision, upgrade
+from agentflow.store._urls import open_backend, redact_url
 
 RUN_COLUMNS = (
     "id, workflow, tenant, status, input, output, error, owner, epoch, wake_at, waiting_on, "
