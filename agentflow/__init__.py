@@ -6,6 +6,7 @@ from agentflow.engine import (
     Activity,
     ActivityInfo,
     App,
+    Client,
     RetryPolicy,
     RunHandle,
     RunInfo,
@@ -27,19 +28,20 @@ from agentflow.errors import (
 
 if TYPE_CHECKING:
     from agentflow.agent import Agent, Budget, Outcome
+    from agentflow.llm import tool
 
 __version__ = "0.1.0"
 
-# The agent layer pulls in langchain-core: loaded on first use, so `import agentflow` (and every
-# `agentflow` command that needs no agent) stays fast.
-_LAZY = {"Agent", "Budget", "Outcome"}
+# The agent layer and the tool decorator pull in langchain-core: loaded on first use, so
+# `import agentflow` (and every `agentflow` command that needs no agent) stays fast.
+_LAZY = {"Agent": "agentflow.agent", "Budget": "agentflow.agent", "Outcome": "agentflow.agent", "tool": "agentflow.llm"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import agentflow.agent
+        import importlib
 
-        return getattr(agentflow.agent, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'agentflow' has no attribute {name!r}")
 
 
@@ -52,6 +54,7 @@ __all__ = [
     "App",
     "Budget",
     "ChildWorkflowError",
+    "Client",
     "CorruptRecordError",
     "NonDeterminismError",
     "Outcome",
@@ -66,4 +69,5 @@ __all__ = [
     "WorkflowContext",
     "__version__",
     "current_activity",
+    "tool",
 ]

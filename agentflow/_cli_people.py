@@ -31,9 +31,10 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 
 def _approvals(db: str | None) -> Any:
+    from agentflow.approvals import Approvals
     from agentflow.engine import App
 
-    return App(db).approvals
+    return Approvals.of(App(db))
 
 
 def _token(token: str | None) -> str | None:

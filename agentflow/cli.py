@@ -173,7 +173,7 @@ def run_agent(
 
 
 def _agent_workflow(the_app: Any, name: str | None) -> Any:
-    from agentflow.agent._agent import agent_workflow
+    from agentflow.agent import agent_workflow
     from agentflow.errors import ConfigurationError
 
     try:
@@ -322,10 +322,10 @@ def runs_usage(
 @runs_app.command("cancel")
 def runs_cancel(run_id: str, db: DbOption = None) -> None:
     """Request cancellation of a run (its compensation code runs, recorded)."""
-    from agentflow.engine._app import App
+    from agentflow.engine import Client
 
     try:
-        info = App(_url(db)).cancel(run_id)
+        info = Client(_url(db)).cancel(run_id)
     except AgentflowError as exc:
         _fail(exc)
     console.print(f"run {run_id}: {info.status}, cancel requested")
@@ -339,14 +339,14 @@ def runs_signal(
     db: DbOption = None,
 ) -> None:
     """Send a signal to a run."""
-    from agentflow.engine._app import App
+    from agentflow.engine import Client
 
     try:
         value = json.loads(payload)
     except ValueError as exc:
         raise typer.BadParameter(f"--payload is not JSON: {exc}") from None
     try:
-        App(_url(db)).signal(run_id, name, value)
+        Client(_url(db)).signal(run_id, name, value)
     except AgentflowError as exc:
         _fail(exc)
     console.print(f"signal {name!r} sent to run {run_id}")

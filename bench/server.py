@@ -40,6 +40,8 @@ from fastapi.testclient import TestClient
 
 import tools.noc as noc
 from agentflow import App
+from agentflow.approvals import Approvals
+from agentflow.chat import Chat
 from agentflow.engine import SystemClock
 from agentflow.server import create_app
 from agentflow.server._stream import _Cursor, _poll
@@ -87,8 +89,8 @@ def main() -> None:
         net = noc.configure(Path(tmp) / "net.db")
         app = App(f"sqlite:///{tmp}/wf.db", clock=SystemClock(offset=IN_WINDOW - SystemClock().now()))
         copilot(make_model("runbook")).register(app)
-        _, alice = app.approvals.add_operator("alice", tenant="default", roles=["noc-engineer"])
-        bob_p, bob = app.approvals.add_operator("bob", tenant="default", roles=["noc-engineer"])
+        _, alice = Approvals.of(app).add_operator("alice", tenant="default", roles=["noc-engineer"])
+        bob_p, bob = Approvals.of(app).add_operator("bob", tenant="default", roles=["noc-engineer"])
         with TestClient(create_app(app)) as client:
             log("recording runs ...")
             runs = []
@@ -101,17 +103,18 @@ def main() -> None:
                 "/api/runs", json={"task": "CS-101 again"}, headers={"Authorization": f"Bearer {alice}"}
             )
             waiting_id = waiting.json()["id"]
-            wait_for(lambda: app.approvals.list(run_id=waiting_id))
+            wait_for(lambda: Approvals.of(app).list(run_id=waiting_id))
             steps = len(app.store.load_steps(run_id))
             headers = {"Authorization": f"Bearer {bob}"}
             samples: dict[str, list[float]] = {k: [] for k in ("raw", "detail", "poll", "ratio_d", "ratio_p")}
+            chat = Chat.of(app)
             cursor = _Cursor(after=0)
-            wait_for(lambda: _poll(app, waiting_id, bob_p, cursor)[0] == [])  # everything sent: now idle
+            wait_for(lambda: _poll(chat, waiting_id, bob_p, cursor)[0] == [])  # everything sent: now idle
             log(f"measuring {args.reps} reps on a {steps}-step run ...")
             for _ in range(args.reps):
                 raw = timed(lambda: app.store.load_steps(run_id))
                 detail = timed(lambda: client.get(f"/api/runs/{run_id}", headers=headers).raise_for_status())
-                poll = timed(lambda: _poll(app, waiting_id, bob_p, cursor))
+                poll = timed(lambda: _poll(chat, waiting_id, bob_p, cursor))
                 samples["raw"].append(raw)
                 samples["detail"].append(detail)
                 samples["poll"].append(poll)

@@ -1,7 +1,9 @@
 """The agent layer: model calls as recorded, budgeted workflow steps."""
 
-from agentflow.agent._agent import (
-    Agent,
+from agentflow.agent._agent import Agent, agent_workflow
+from agentflow.agent._chat import MODEL_RETRY, Budget, chat, spent
+from agentflow.agent._gate import Gated, Policies, authorize, default_policy
+from agentflow.agent._outcome import (
     Decision,
     Outcome,
     Plan,
@@ -10,8 +12,6 @@ from agentflow.agent._agent import (
     ToolCallRecord,
     approval_signal,
 )
-from agentflow.agent._chat import MODEL_RETRY, Budget, chat, spent
-from agentflow.agent._gate import Gated, Policies, authorize, default_policy
 from agentflow.agent._usage import UsageSummary, usage
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "Policies",
     "ToolCallRecord",
     "UsageSummary",
+    "agent_workflow",
     "approval_signal",
     "authorize",
     "chat",

@@ -15,109 +15,26 @@ import asyncio
 import inspect
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import BaseTool
-from pydantic import BaseModel, Field
 
 from agentflow.agent._chat import Budget, chat, spent
 from agentflow.agent._gate import Policies, default_policy, gate, resolve_policies
-from agentflow.approvals import approval_signal_name
-from agentflow.engine import Activity, RetryPolicy, Workflow, WorkflowContext
+from agentflow.agent._outcome import Ended, Outcome, RunState, ToolCallRecord
+from agentflow.agent._plan import run_plan
+from agentflow.engine import Activity, App, Client, RetryPolicy, RunHandle, Workflow, WorkflowContext
 from agentflow.errors import (
     ActivityError,
     BudgetExceeded,
     ConfigurationError,
     NotRegisteredError,
 )
-from agentflow.llm._messages import canonical_json
-from agentflow.llm._pricing import PriceTable
-from agentflow.llm._tools import ToolFacts, tool_facts, validate_tool_args
-from agentflow.llm._types import ChatModel, Usage
-from agentflow.policy import PolicyDecision
-
-if TYPE_CHECKING:
-    from agentflow.engine import App, RunHandle
+from agentflow.llm import ChatModel, PriceTable, ToolFacts, canonical_json, tool_facts, validate_tool_args
 
 TOOL_RETRY = RetryPolicy(max_attempts=3, initial_interval=1.0, backoff=2.0, max_interval=30.0)
-
-
-class ToolCallRecord(BaseModel):
-    """What happened to one tool call the model asked for."""
-
-    id: str
-    name: str
-    args: dict[str, Any]
-    decision: Decision | None = None
-    approved_by: str | None = None
-    status: Literal["ok", "error", "denied", "rejected", "invalid"]
-    result: str = ""
-
-
-class PlanStep(BaseModel):
-    """One step of a plan, as the planning model wrote it."""
-
-    goal: str = Field(min_length=1, description="What this step achieves, e.g. 'read the KPIs of CS-101'.")
-    tool: str | None = Field(default=None, description="The main tool the step uses, if any.")
-
-
-class Plan(BaseModel):
-    """A plan: the steps to carry out the task, in order."""
-
-    steps: list[PlanStep] = Field(min_length=1, max_length=30, description="The steps, in order.")
-    rationale: str = Field(default="", description="Why this plan, in one or two sentences.")
-
-
-class PlanStepRecord(BaseModel):
-    """What became of one plan step (plan-and-execute mode)."""
-
-    index: int
-    goal: str
-    plan_version: int
-    status: Literal["done", "failed"]
-    result: str = ""
-
-
-class Outcome(BaseModel):
-    """How an agent run ended: a typed outcome, returned (and recorded as the run's result).
-
-    `failed` is a plan-and-execute run that could not make a valid plan, or whose steps kept
-    failing after `max_replans` re-plans; cancellation and errors end the run itself."""
-
-    status: Literal["answered", "max_turns", "budget_exceeded", "failed"]
-    answer: str | None = None
-    turns: int = 0
-    tool_calls: list[ToolCallRecord] = Field(default_factory=list)
-    usage: Usage = Field(default_factory=Usage)
-    detail: str = ""
-    plan: list[PlanStepRecord] = Field(default_factory=list)
-    replans: int = 0
-
-
-#: A policy decision, as recorded before a tool call runs.
-Decision = PolicyDecision
-#: The signal that wakes a run when an approval request is decided.
-approval_signal = approval_signal_name
-
-
-@dataclass
-class RunState:
-    """What one agent run has done so far (rebuilt identically when the run is replayed)."""
-
-    turns: int = 0  # model calls made
-    records: list[ToolCallRecord] = field(default_factory=list)  # every tool call, in order
-    ran: list[ToolCallRecord] = field(default_factory=list)  # calls that ran, in finishing order
-
-
-@dataclass(frozen=True)
-class Ended:
-    """How one stretch of the ReAct loop ended."""
-
-    status: Literal["answered", "max_turns", "budget_exceeded"]
-    answer: str | None = None
-    detail: str = ""
 
 
 @dataclass
@@ -180,8 +97,6 @@ class Agent:
         state = RunState()
         try:
             if self.mode == "plan":
-                from agentflow.agent._plan import run_plan
-
                 return await run_plan(self, ctx, task, state)
             ended = await self.react(ctx, [SystemMessage(self.instructions), HumanMessage(task)], state)
             return self.outcome(ctx, state, ended.status, answer=ended.answer, detail=ended.detail)
@@ -234,7 +149,7 @@ class Agent:
 
     def register(self, app: App) -> Workflow[[str], Outcome]:
         """Register the agent with `app` as the workflow `agent:<name>` (idempotent), so workers
-        serving `app` can drive its runs, `app.start_agent` can start them and a parent can
+        serving `app` can drive its runs, `agent.start` can start them and a parent can
         `fan_out` to it. Call it where the app is built (the module `agentflow worker --app` loads)."""
         if self.workflow_name not in app.workflow_names:
             return app.workflow(name=self.workflow_name)(self._entry)
@@ -245,13 +160,24 @@ class Agent:
             )
         return found
 
-    def start_on(
-        self, app: App, task: str, *, tenant: str = "default", requested_by: str | None = None,
+    def start(
+        self, where: App | Client, task: str, *, tenant: str = "default", requested_by: str | None = None,
         run_id: str | None = None,
     ) -> RunHandle:  # fmt: skip
-        """Start a run of this agent on `task` (see `App.start_agent`)."""
+        """Start a run of this agent on `task`, as a run of its own (workflow `agent:<name>`).
+
+        Args:
+            where: an App (the agent is registered on it if it is not yet) or a Client (the
+                workers serving the run must have the agent registered).
+            task: what the agent should do.
+            tenant: the tenant the run belongs to.
+            requested_by: who asks (recorded in the run's meta; four-eyes rules compare it).
+            run_id: a run id; an existing one returns that run (idempotent start).
+        """
         meta = {"agent": self.name, "requested_by": requested_by} if requested_by else {"agent": self.name}
-        return app.start(self.register(app), task, run_id=run_id, tenant=tenant, meta=meta)
+        if isinstance(where, App):
+            return where.start(self.register(where), task, run_id=run_id, tenant=tenant, meta=meta)
+        return where.start(self.workflow_name, task, run_id=run_id, tenant=tenant, meta=meta)
 
     async def fan_out(
         self, ctx: WorkflowContext, tasks: Mapping[str, str], *, max_concurrency: int | None = None

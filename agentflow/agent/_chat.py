@@ -28,12 +28,20 @@ from agentflow.errors import (
     ModelBadResponse,
     ModelRequestsForbidden,
 )
-from agentflow.llm._messages import blob_hash, canonical_json, message_blob, message_from_blob
-from agentflow.llm._parse import recover_tool_calls
-from agentflow.llm._pricing import PriceTable
-from agentflow.llm._tokens import count_messages, count_text
-from agentflow.llm._tools import validate_tool_args
-from agentflow.llm._types import ChatModel, ModelResponse, Usage
+from agentflow.llm import (
+    ChatModel,
+    ModelResponse,
+    PriceTable,
+    Usage,
+    blob_hash,
+    canonical_json,
+    count_messages,
+    count_text,
+    message_blob,
+    message_from_blob,
+    recover_tool_calls,
+    validate_tool_args,
+)
 
 #: Model calls: 429/5xx/timeouts/bad bodies are retried with backoff (Retry-After honoured);
 #: refused requests and credentials are not.
@@ -94,8 +102,8 @@ async def chat(
     schemas = [convert_to_openai_tool(t) for t in tools]
     counted = count_messages(messages, model.name, schemas)
     reserve = budget.max_output_tokens or 0 if budget else 0
-    seq = ctx._ex.next_seq  # the seq this call's step takes (run_step numbers it synchronously)
-    recorded = ctx._ex.history.get(seq)
+    seq = ctx.next_seq  # the seq this call's step takes (run_step numbers it synchronously)
+    recorded = ctx.recorded(seq)
     # An outcome already recorded is replayed as it was: today's budget or prices do not apply.
     replaying = recorded is not None and recorded.kind == "llm" and recorded.status in ("completed", "failed")
     if not replaying and model.context_window is not None and counted.tokens + reserve > model.context_window:
@@ -110,7 +118,6 @@ async def chat(
         usd = prices.cost(model.name, counted.tokens, reserve)
         _check_budget(ctx, budget, used, counted.tokens + reserve, usd, model.name)
     request, blobs, refs = _request(model, messages, schemas, budget, ctx.locals.get(_LAST_REQUEST_KEY))
-    store = ctx._ex.store
 
     async def invoke() -> ModelResponse:
         response = await model.agenerate(messages, schemas, max_tokens=budget.max_output_tokens if budget else None)
@@ -125,7 +132,7 @@ async def chat(
         try:
             body = json.loads(text)
             digest = body.pop("message")
-            data = store.get_blobs([digest])[digest]
+            data = ctx.blobs([digest])[digest]
         except (ValueError, KeyError, AttributeError, TypeError) as exc:
             raise CorruptRecordError(
                 f"a recorded model response of run {ctx.run_id} does not decode: {exc!r}"

@@ -26,13 +26,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel
 
-from agentflow.approvals import ApprovalRequest, approval_signal_name, args_hash
+from agentflow.approvals import ApprovalRequest, Approvals, approval_signal_name, args_hash
 from agentflow.engine import Activity, RetryPolicy, WorkflowContext, current_activity
 from agentflow.errors import ConfigurationError, WaitTimeout
-from agentflow.llm._messages import canonical_json
-from agentflow.llm._tools import ToolFacts
+from agentflow.llm import ToolFacts, canonical_json, tool_facts
 from agentflow.policy import DEFAULT_APPROVAL, CallFacts, PolicyDecision, PolicyPack, decide, load_pack
-from agentflow.policy._engine import StoreUsage
+from agentflow.store import PolicyUsage, Tx
 
 if TYPE_CHECKING:
     from agentflow.engine import App
@@ -97,8 +96,6 @@ async def authorize(
         The verdict: `status` "ok" (run it, with `args`, which an approver may have edited),
         "denied" or "rejected" (with `refusal`).
     """
-    from agentflow.llm._tools import tool_facts
-
     return await gate(ctx, resolve_policies(policies), tool, tool_facts(tool), call_id, args)
 
 
@@ -174,20 +171,26 @@ async def _decide(
         app: App = current_activity().app
         now = app.clock.now()
 
-        held_rule = app.approvals.get(approved).rule if approved is not None else None
+        held_rule = Approvals.of(app).get(approved).rule if approved is not None else None
 
-        def body(conn: Any) -> PolicyDecision:
-            usage = StoreUsage(conn, deciding=(about.run_id, about.usage_key))
+        def body(tx: Tx) -> PolicyDecision:
+            usage = tx.usage(deciding=(about.run_id, about.usage_key))
             decision = decide(policies, about, now, usage)
             covered = decision.effect == "require_approval" and held_rule == _approval_rule(decision)
             if decision.effect == "allow" or covered:
-                usage.reserve(about, now)
+                _reserve(usage, about, now)
             return decision.model_copy(update={"key": own, "call": about})
 
-        return app.store.backend.transact(body, what="recording a policy decision")
+        return app.store.transaction(body, what="recording a policy decision")
 
     request = {"tool": tool.name, "call": call_id, "args": args, "approved": approved}
     return await _local(ctx, "policy", tool.name, evaluate, PolicyDecision, request)
+
+
+def _reserve(usage: PolicyUsage, facts: CallFacts, now: float) -> None:
+    """Count a call rate and blast-radius limits let through (once per gated call)."""
+    usage.reserve(tenant=facts.tenant, tool=facts.tool, target=facts.target, region=facts.region,
+                  run_id=facts.run_id, call_key=facts.usage_key, side_effect=facts.side_effect, at=now)  # fmt: skip
 
 
 async def _approval(
@@ -198,7 +201,7 @@ async def _approval(
 
     def make() -> ApprovalRequest:
         app: App = current_activity().app
-        return app.approvals.request(
+        return Approvals.of(app).request(
             run_id=ctx.run_id, call_id=call_id, tenant=ctx.tenant, requested_by=ctx.meta.get("requested_by"),
             tool=tool.name, args=args, decision=decision, diff=_preview(facts, args), step=decision.key,
         )  # fmt: skip
@@ -220,7 +223,7 @@ async def _approval(
 def _reader(method: str, approval_id: str) -> Callable[[], ApprovalRequest]:
     def read() -> ApprovalRequest:
         app: App = current_activity().app
-        found: ApprovalRequest = getattr(app.approvals, method)(approval_id)
+        found: ApprovalRequest = getattr(Approvals.of(app), method)(approval_id)
         return found
 
     return read

@@ -17,19 +17,36 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import ValidationError
 
-from agentflow.agent._agent import Ended, Outcome, Plan, PlanStep, PlanStepRecord, RunState, ToolCallRecord
+from agentflow.agent._outcome import Ended, Outcome, Plan, PlanStep, PlanStepRecord, RunState, ToolCallRecord
 from agentflow.engine import Activity, RetryPolicy, WorkflowContext
 from agentflow.errors import BudgetExceeded
-from agentflow.llm._messages import canonical_json
+from agentflow.llm import canonical_json
 
-if TYPE_CHECKING:
-    from agentflow.agent._agent import Agent
+
+class Agent(Protocol):
+    """What plan mode needs of the agent (`agentflow.agent.Agent`)."""
+
+    instructions: str
+    tools: Sequence[BaseTool]
+    max_turns: int
+    max_replans: int
+    step_turns: int
+
+    def outcome(self, ctx: WorkflowContext, state: RunState, status: Any, **fields: Any) -> Outcome: ...
+
+    async def ask(
+        self, ctx: WorkflowContext, messages: list[BaseMessage], tools: Sequence[BaseTool], state: RunState
+    ) -> AIMessage: ...
+
+    async def react(
+        self, ctx: WorkflowContext, messages: list[BaseMessage], state: RunState, limit: int | None = None
+    ) -> Ended: ...
 
 SUBMIT_PLAN = "submit_plan"
 PLAN_ATTEMPTS = 2  # a planning call that yields no valid plan gets one corrective retry

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentflow.engine import App
+from agentflow.engine import App, Client
 from agentflow.store import EventStore
 
 
@@ -35,24 +35,15 @@ class UsageSummary:
         }
 
 
-def usage(source: App | EventStore, *, run_id: str | None = None, tenant: str | None = None) -> UsageSummary:
+def usage(
+    source: App | Client | EventStore, *, run_id: str | None = None, tenant: str | None = None
+) -> UsageSummary:
     """Sum the usage of completed model calls of one run, a tenant's runs, or everything.
 
     Each call is one recorded step, so a replayed or resumed run is never counted twice."""
-    store = source.store if isinstance(source, App) else source
-    sql = (
-        "SELECT s.name, s.result FROM af_steps s JOIN af_runs r ON r.id = s.run_id "
-        "WHERE s.kind = 'llm' AND s.status = 'completed'"
-    )
-    params: list[Any] = []
-    if run_id is not None:
-        sql += " AND s.run_id = ?"
-        params.append(run_id)
-    if tenant is not None:
-        sql += " AND r.tenant = ?"
-        params.append(tenant)
+    store = source if isinstance(source, EventStore) else source.store
     summary = UsageSummary()
-    for model, result in store.backend.query(sql, tuple(params)):
+    for model, result in store.llm_usage(run_id=run_id, tenant=tenant):
         u = json.loads(result).get("usage", {})
         summary.calls += 1
         summary.input_tokens += int(u.get("input_tokens", 0))

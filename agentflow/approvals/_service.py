@@ -3,7 +3,8 @@
 Every decision is one store transaction: the checks (token, tenant, role, four-eyes, state,
 expiry, argument hash), the vote, the request's new state, the audit record and, when the
 request is decided, the signal that wakes the run. A refusal changes nothing but the audit
-trail: its record is committed, then the typed error is raised.
+trail: its record is committed, then the typed error is raised. The SQL is the store's
+(`EventStore.transaction` hands out its records); the rules are here.
 """
 
 from __future__ import annotations
@@ -26,18 +27,14 @@ from agentflow.approvals._models import (
 )
 from agentflow.errors import ApprovalRefused, AuthenticationError, ConfigurationError
 from agentflow.policy import ApprovalSpec, PolicyDecision
+from agentflow.store import ApprovalRow, EventStore, PrincipalRow, Tx
 
 if TYPE_CHECKING:
-    from agentflow.engine import App
-    from agentflow.store._backend import Conn
+    from agentflow.engine import App, Clock
 
 T = TypeVar("T")
 _List = list  # `Approvals.list` shadows the builtin inside the class
 TOKEN_PREFIX = "aft_"
-_COLUMNS = (
-    "id, run_id, call_id, tenant, requested_by, tool, args, args_hash, diff, rule, pack_hash, spec, status, "
-    "created_at, expires_at, decided_at, revision"
-)
 
 
 def token_hash(token: str) -> str:
@@ -50,10 +47,21 @@ class _Refusal:
 
 
 class Approvals:
-    """Approvals over an app's store (`app.approvals`)."""
+    """Operators and approval requests in one store, on one clock.
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    Args:
+        store: the store holding the runs the requests belong to.
+        clock: the app's clock (expiry is in workflow time: a shifted demo clock or a test clock).
+    """
+
+    def __init__(self, store: EventStore, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+
+    @classmethod
+    def of(cls, app: App) -> Approvals:
+        """The approvals of an App's store, on the App's clock."""
+        return cls(app.store, app.clock)
 
     # -- principals ------------------------------------------------------------------------
     def add_operator(self, name: str, *, tenant: str, roles: list[str]) -> tuple[Principal, str]:
@@ -62,30 +70,21 @@ class Approvals:
             raise ConfigurationError("an operator needs a name, a tenant and at least one role")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         principal = Principal(id=uuid.uuid4().hex, name=name, tenant=tenant, roles=sorted(set(roles)))
+        now = self._now()
 
-        def body(conn: Conn) -> None:
-            taken = conn.execute("SELECT 1 FROM af_principals WHERE tenant = ? AND name = ?", (tenant, name))
-            if taken.fetchone() is not None:
+        def body(tx: Tx) -> None:
+            if tx.principals.exists(tenant, name):
                 raise ConfigurationError(f"operator {name!r} already exists in tenant {tenant!r}")
-            conn.execute(
-                "INSERT INTO af_principals (id, name, tenant, roles, token_hash, created_at, disabled) "
-                "VALUES (?, ?, ?, ?, ?, ?, 0)",
-                (principal.id, name, tenant, json.dumps(principal.roles), token_hash(token), self._now()),
-            )
-            _audit(
-                conn, self._now(), tenant, "admin", "operator_added", None, None, "done", f"{name} {principal.roles}"
-            )
+            tx.principals.add(id=principal.id, name=name, tenant=tenant, roles=principal.roles,
+                              token_hash=token_hash(token), now=now)  # fmt: skip
+            tx.audit.add(at=now, tenant=tenant, actor="admin", action="operator_added", approval_id=None,
+                         run_id=None, outcome="done", reason=f"{name} {principal.roles}")  # fmt: skip
 
         self._transact(body)
         return principal, token
 
-    def operators(self, *, tenant: str | None = None) -> list[Principal]:
-        sql = "SELECT id, name, tenant, roles FROM af_principals WHERE disabled = 0"
-        params: tuple[Any, ...] = ()
-        if tenant is not None:
-            sql, params = sql + " AND tenant = ?", (tenant,)
-        rows = self.app.store.backend.query(sql + " ORDER BY tenant, name", params)
-        return [Principal(id=r[0], name=r[1], tenant=r[2], roles=json.loads(r[3])) for r in rows]
+    def operators(self, *, tenant: str | None = None) -> _List[Principal]:
+        return [_principal(p) for p in self.store.read(lambda tx: tx.principals.list(tenant=tenant))]
 
     def authenticate(self, token: str | None, *, approval_id: str | None = None) -> Principal:
         """The operator a token belongs to.
@@ -93,32 +92,24 @@ class Approvals:
         Raises:
             AuthenticationError: missing, unknown or disabled token (audited).
         """
-        found = self._principal(token) if token else None
+        found = self.store.read(lambda tx: tx.principals.by_token_hash(token_hash(token))) if token else None
         if found is None:
             error = AuthenticationError(
                 "the operator token is missing or unknown: pass the token `agentflow operators add` printed",
                 code="bad_token",
             )
-            self._transact(lambda conn: _audit(conn, self._now(), None, "anonymous", "authenticate", approval_id,
-                                               None, "refused", error.message))  # fmt: skip
+            now = self._now()
+            self._transact(lambda tx: tx.audit.add(at=now, tenant=None, actor="anonymous", action="authenticate",
+                                                   approval_id=approval_id, run_id=None, outcome="refused",
+                                                   reason=error.message))  # fmt: skip
             raise error
-        return found
+        return _principal(found)
 
     def principal(self, principal_id: str) -> Principal | None:
         """The enabled operator with this id (a session re-reads it on every request, so a
         disabled operator or changed roles take effect at once)."""
-        return self._one("id = ?", principal_id)
-
-    def _principal(self, token: str) -> Principal | None:
-        return self._one("token_hash = ?", token_hash(token))
-
-    def _one(self, where: str, value: str) -> Principal | None:
-        rows = self.app.store.backend.query(
-            f"SELECT id, name, tenant, roles FROM af_principals WHERE {where} AND disabled = 0", (value,)
-        )
-        return (
-            Principal(id=rows[0][0], name=rows[0][1], tenant=rows[0][2], roles=json.loads(rows[0][3])) if rows else None
-        )
+        found = self.store.read(lambda tx: tx.principals.by_id(principal_id))
+        return None if found is None else _principal(found)
 
     # -- requests (made by the agent's recorded steps) -------------------------------------
     def request(
@@ -132,22 +123,21 @@ class Approvals:
         rid = request_id(run_id, call_id, digest, f"{tool}\x00{step or decision.key}\x00{rule}")
         spec = decision.approval or ApprovalSpec(roles=["*"])
         now = self._now()
+        row = ApprovalRow(
+            id=rid, run_id=run_id, call_id=call_id, tenant=tenant, requested_by=requested_by, tool=tool, args=args,
+            args_hash=digest, diff=diff, rule=rule, pack_hash=decision.pack_hash,
+            spec=spec.model_dump(mode="json"), status="pending", created_at=now, expires_at=now + spec.expires_in,
+            decided_at=None, revision=1,
+        )  # fmt: skip
 
-        def body(conn: Conn) -> ApprovalRequest:
-            found = _load(conn, rid)
+        def body(tx: Tx) -> ApprovalRequest:
+            found = tx.approvals.get(rid)
             if found is not None:
-                return found
-            conn.execute(
-                f"INSERT INTO af_approvals ({_COLUMNS}) VALUES ({', '.join('?' * 17)}) ON CONFLICT (id) DO NOTHING",
-                (rid, run_id, call_id, tenant, requested_by, tool, json.dumps(args), digest,
-                 None if diff is None else json.dumps(diff, default=str), rule, decision.pack_hash,
-                 spec.model_dump_json(), "pending", now, now + spec.expires_in, None, 1),
-            )  # fmt: skip
-            _audit(conn, now, tenant, requested_by or "agent", "requested", rid, run_id, "done",
-                   f"{tool} needs approval by rule {decision.approval_rule or decision.rule}")  # fmt: skip
-            loaded = _load(conn, rid)
-            assert loaded is not None
-            return loaded
+                return _request(found)
+            tx.approvals.add(row)
+            tx.audit.add(at=now, tenant=tenant, actor=requested_by or "agent", action="requested", approval_id=rid,
+                         run_id=run_id, outcome="done", reason=f"{tool} needs approval by rule {rule}")  # fmt: skip
+            return _loaded(tx, rid)
 
         return self._transact(body)
 
@@ -156,24 +146,19 @@ class Approvals:
         its rule says so, with a new expiry) or expired. Anything else is returned as it is."""
         now = self._now()
 
-        def body(conn: Conn) -> ApprovalRequest:
-            req = _load(conn, approval_id)
-            if req is None:
-                raise ApprovalRefused(f"no approval request {approval_id}", code="unknown", approval_id=approval_id)
+        def body(tx: Tx) -> ApprovalRequest:
+            req = _loaded(tx, approval_id)
             if not req.open or req.expires_at is None or now < req.expires_at:
                 return req
             if req.status == "pending" and req.spec.on_expiry == "escalate":
-                conn.execute("UPDATE af_approvals SET status = 'escalated', expires_at = ? WHERE id = ?",
-                             (now + req.spec.expires_in, approval_id))  # fmt: skip
+                tx.approvals.escalate(approval_id, expires_at=now + req.spec.expires_in)
                 reason = f"escalated to {req.spec.escalate_to}"
             else:
-                conn.execute("UPDATE af_approvals SET status = 'expired', decided_at = ? WHERE id = ?",
-                             (now, approval_id))  # fmt: skip
+                tx.approvals.set_status(approval_id, "expired", at=now)
                 reason = "no decision before the expiry: the call is not run"
-            _audit(conn, now, req.tenant, "agentflow", "expired", approval_id, req.run_id, "done", reason)
-            loaded = _load(conn, approval_id)
-            assert loaded is not None
-            return loaded
+            tx.audit.add(at=now, tenant=req.tenant, actor="agentflow", action="expired", approval_id=approval_id,
+                         run_id=req.run_id, outcome="done", reason=reason)  # fmt: skip
+            return _loaded(tx, approval_id)
 
         return self._transact(body)
 
@@ -184,10 +169,7 @@ class Approvals:
         Raises:
             ApprovalRefused: code "unknown" when there is no such request.
         """
-        found = self._read(lambda conn: _load(conn, approval_id))
-        if found is None:
-            raise ApprovalRefused(f"no approval request {approval_id}", code="unknown", approval_id=approval_id)
-        return found
+        return self.store.read(lambda tx: _loaded(tx, approval_id))
 
     def list(
         self, *, tenant: str | None = None, status: str | None = "pending", run_id: str | None = None,
@@ -195,27 +177,25 @@ class Approvals:
     ) -> _List[ApprovalRequest]:  # fmt: skip
         """Requests, newest first. `status="pending"` lists open ones (pending or escalated);
         `for_principal` keeps those that operator may decide (tenant and role)."""
-        clauses, params = _equal(tenant=tenant, run_id=run_id)
-        if status == "pending":
-            clauses.append("status IN ('pending', 'escalated')")
-        elif status is not None:
-            clauses.append("status = ?")
-            params.append(status)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        ids = [r[0] for r in self.app.store.backend.query(
-            f"SELECT id FROM af_approvals{where} ORDER BY created_at DESC, id", tuple(params))]  # fmt: skip
-        found = [self.get(i) for i in ids]
+        wanted = "open" if status == "pending" else status
+
+        def body(tx: Tx) -> _List[ApprovalRequest]:
+            ids = tx.approvals.ids(tenant=tenant, run_id=run_id, status=wanted)
+            return [_loaded(tx, i) for i in ids]
+
+        found = self.store.read(body)
         if for_principal is not None:
             found = [r for r in found if _may_decide(for_principal, r)]
         return found
 
+    def count_open(self, run_id: str) -> int:
+        """How many of a run's requests wait for a decision."""
+        return self.store.read(lambda tx: tx.approvals.count_open(run_id))
+
     def audit(self, *, approval_id: str | None = None, run_id: str | None = None) -> _List[AuditEntry]:
-        sql = "SELECT id, at, tenant, actor, action, approval_id, run_id, outcome, reason FROM af_audit"
-        clauses, params = _equal(approval_id=approval_id, run_id=run_id)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self.app.store.backend.query(sql + where + " ORDER BY id", tuple(params))
+        rows = self.store.read(lambda tx: tx.audit.list(approval_id=approval_id, run_id=run_id))
         fields = list(AuditEntry.model_fields)
-        return [AuditEntry.model_validate(dict(zip(fields, r, strict=True))) for r in rows]
+        return [AuditEntry.model_validate({f: getattr(r, f) for f in fields}) for r in rows]
 
     # -- decisions ---------------------------------------------------------------------------
     def approve(
@@ -254,94 +234,77 @@ class Approvals:
         principal = by if isinstance(by, Principal) else self.authenticate(by, approval_id=approval_id)
         now = self._now()
 
-        def body(conn: Conn) -> ApprovalRequest | _Refusal:
-            req = _load(conn, approval_id)
+        def body(tx: Tx) -> ApprovalRequest | _Refusal:
+            row = tx.approvals.get(approval_id)
+            req = None if row is None else _request(row)
             refusal = _check(principal, req, approval_id, now, decision, edited, seen_hash)
             if refusal is not None:
-                _audit(conn, now, principal.tenant, principal.name, decision, approval_id,
-                       req.run_id if req else None, "refused", f"{refusal.code}: {refusal.message}")  # fmt: skip
+                tx.audit.add(at=now, tenant=principal.tenant, actor=principal.name, action=decision,
+                             approval_id=approval_id, run_id=req.run_id if req else None, outcome="refused",
+                             reason=f"{refusal.code}: {refusal.message}")  # fmt: skip
                 return _Refusal(refusal)
             assert req is not None
-            return self._vote(conn, req, principal, decision, comment, edited, now)
+            return _vote(tx, req, principal, decision, comment, edited, now)
 
         outcome = self._transact(body)
         if isinstance(outcome, _Refusal):
             raise outcome.error
         return outcome
 
-    def _vote(
-        self, conn: Conn, req: ApprovalRequest, principal: Principal, decision: str, comment: str,
-        edited: dict[str, Any] | None, now: float,
-    ) -> ApprovalRequest:  # fmt: skip
-        revision = req.revision
-        if edited is not None and edited != req.args:
-            revision += 1
-            # The staged diff was the tool's preview of the old arguments: showing it beside the
-            # edited ones would show approvers a change that is not the one that will run.
-            conn.execute("UPDATE af_approvals SET args = ?, args_hash = ?, revision = ?, diff = NULL WHERE id = ?",
-                         (json.dumps(edited), args_hash(edited), revision, req.id))  # fmt: skip
-            _audit(conn, now, req.tenant, principal.name, "edited", req.id, req.run_id, "done",
-                   f"arguments changed: {sorted(k for k in edited if edited.get(k) != req.args.get(k))}")  # fmt: skip
-        elif any(
-            v.principal == principal.name and v.revision == revision and v.decision == decision for v in req.votes
-        ):
-            _audit(conn, now, req.tenant, principal.name, decision, req.id, req.run_id, "done",
-                   "repeated decision: counted once")  # fmt: skip
-            return req
-        conn.execute(
-            "INSERT INTO af_approval_votes (approval_id, principal_id, principal, decision, comment, revision, at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (approval_id, principal_id) DO UPDATE SET "
-            "principal = excluded.principal, decision = excluded.decision, comment = excluded.comment, "
-            "revision = excluded.revision, at = excluded.at",
-            (req.id, principal.id, principal.name, decision, comment, revision, now),
-        )
-        approvals = 1 + sum(1 for v in req.votes if v.decision == "approve" and v.revision == revision
-                            and v.principal != principal.name)  # fmt: skip
-        status = "rejected" if decision == "reject" else ("approved" if approvals >= req.spec.quorum else None)
-        note = comment or ""
-        if status is not None:
-            conn.execute("UPDATE af_approvals SET status = ?, decided_at = ? WHERE id = ?", (status, now, req.id))
-            self._wake(conn, req, status, now)
-            note = f"{status} ({approvals}/{req.spec.quorum}) {comment}".strip()
-        else:
-            note = f"approval {approvals}/{req.spec.quorum} {comment}".strip()
-        _audit(conn, now, req.tenant, principal.name, decision, req.id, req.run_id, "done", note)
-        loaded = _load(conn, req.id)
-        assert loaded is not None
-        return loaded
-
-    def _wake(self, conn: Conn, req: ApprovalRequest, status: str, now: float) -> None:
-        """Deliver the wake-up signal in the decision's transaction (the run re-reads the
-        request itself: the payload is only informative)."""
-        alive = conn.execute(
-            "SELECT 1 FROM af_runs WHERE id = ? AND status NOT IN ('completed', 'failed', 'cancelled')", (req.run_id,)
-        ).fetchone()
-        if alive is None:
-            return
-        payload = json.dumps({"approval_id": req.id, "status": status})
-        for sql, params, _ in self.app.store.signal_ops(req.run_id, approval_signal_name(req.id), payload, now):
-            conn.execute(sql, params)
-
     # -- plumbing ----------------------------------------------------------------------------
     def _now(self) -> float:
-        return self.app.clock.now()
+        return self.clock.now()
 
-    def _transact(self, body: Callable[[Conn], T]) -> T:
-        return self.app.store.backend.transact(body, what="recording an approval")
+    def _transact(self, body: Callable[[Tx], T]) -> T:
+        return self.store.transaction(body, what="recording an approval")
 
-    def _read(self, body: Callable[[Conn], T]) -> T:
-        return body(self.app.store.backend.conn)
+
+def _vote(
+    tx: Tx, req: ApprovalRequest, principal: Principal, decision: str, comment: str,
+    edited: dict[str, Any] | None, now: float,
+) -> ApprovalRequest:  # fmt: skip
+    """Count one vote, decide the request when it reaches its quorum (or is rejected), audit."""
+    revision = req.revision
+
+    def audit(action: str, reason: str) -> None:
+        tx.audit.add(at=now, tenant=req.tenant, actor=principal.name, action=action, approval_id=req.id,
+                     run_id=req.run_id, outcome="done", reason=reason)  # fmt: skip
+
+    if edited is not None and edited != req.args:
+        revision += 1
+        # The staged diff was the tool's preview of the old arguments: showing it beside the
+        # edited ones would show approvers a change that is not the one that will run.
+        tx.approvals.edit_args(req.id, edited, args_hash(edited), revision)
+        audit("edited", f"arguments changed: {sorted(k for k in edited if edited.get(k) != req.args.get(k))}")
+    elif any(v.principal == principal.name and v.revision == revision and v.decision == decision for v in req.votes):
+        audit(decision, "repeated decision: counted once")
+        return req
+    tx.approvals.vote(req.id, principal_id=principal.id, principal=principal.name, decision=decision,
+                      comment=comment, revision=revision, at=now)  # fmt: skip
+    approvals = 1 + sum(1 for v in req.votes if v.decision == "approve" and v.revision == revision
+                        and v.principal != principal.name)  # fmt: skip
+    status = "rejected" if decision == "reject" else ("approved" if approvals >= req.spec.quorum else None)
+    if status is not None:
+        tx.approvals.set_status(req.id, status, at=now)
+        _wake(tx, req, status, now)
+        note = f"{status} ({approvals}/{req.spec.quorum}) {comment}".strip()
+    else:
+        note = f"approval {approvals}/{req.spec.quorum} {comment}".strip()
+    audit(decision, note)
+    return _loaded(tx, req.id)
+
+
+def _wake(tx: Tx, req: ApprovalRequest, status: str, now: float) -> None:
+    """Deliver the wake-up signal in the decision's transaction (the run re-reads the request
+    itself: the payload is only informative)."""
+    if tx.run_is_live(req.run_id):
+        payload = json.dumps({"approval_id": req.id, "status": status})
+        tx.signal(req.run_id, approval_signal_name(req.id), payload, now)
 
 
 def approval_signal_name(approval_id: str) -> str:
     """The signal that wakes a run when its approval request is decided."""
     return f"approval:{approval_id}"
-
-
-def _equal(**columns: str | None) -> tuple[list[str], list[Any]]:
-    """`column = ?` filters (and their parameters) for the columns given a value."""
-    given = {c: v for c, v in columns.items() if v is not None}
-    return [f"{c} = ?" for c in given], list(given.values())
 
 
 def _may_decide(principal: Principal, req: ApprovalRequest) -> bool:
@@ -387,30 +350,21 @@ def _check(
     return None
 
 
-def _load(conn: Conn, approval_id: str) -> ApprovalRequest | None:
-    row = conn.execute(f"SELECT {_COLUMNS} FROM af_approvals WHERE id = ?", (approval_id,)).fetchone()
+def _principal(row: PrincipalRow) -> Principal:
+    return Principal(id=row.id, name=row.name, tenant=row.tenant, roles=row.roles)
+
+
+def _request(row: ApprovalRow) -> ApprovalRequest:
+    data = row.to_dict()
+    data["votes"] = [Vote(principal=v.principal, decision=v.decision, comment=v.comment, revision=v.revision, at=v.at)
+                     for v in row.votes]  # fmt: skip
+    data["spec"] = ApprovalSpec.model_validate(row.spec)
+    return ApprovalRequest.model_validate(data)
+
+
+def _loaded(tx: Tx, approval_id: str) -> ApprovalRequest:
+    """A request read in `tx`; ApprovalRefused(code="unknown") when there is none."""
+    row = tx.approvals.get(approval_id)
     if row is None:
-        return None
-    votes = [
-        Vote(principal=v[0], decision=v[1], comment=v[2], revision=v[3], at=v[4])
-        for v in conn.execute(
-            "SELECT principal, decision, comment, revision, at FROM af_approval_votes WHERE approval_id = ? "
-            "ORDER BY at, principal", (approval_id,))
-    ]  # fmt: skip
-    names = _COLUMNS.split(", ")
-    data = dict(zip(names, row, strict=True))
-    data["args"] = json.loads(data["args"])
-    data["diff"] = json.loads(data["diff"]) if data["diff"] else None
-    data["spec"] = ApprovalSpec.model_validate_json(data["spec"])
-    return ApprovalRequest.model_validate({**data, "votes": votes})
-
-
-def _audit(
-    conn: Conn, at: float, tenant: str | None, actor: str, action: str, approval_id: str | None,
-    run_id: str | None, outcome: str, reason: str,
-) -> None:  # fmt: skip
-    conn.execute(
-        "INSERT INTO af_audit (at, tenant, actor, action, approval_id, run_id, outcome, reason) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (at, tenant, actor, action, approval_id, run_id, outcome, reason),
-    )
+        raise ApprovalRefused(f"no approval request {approval_id}", code="unknown", approval_id=approval_id)
+    return _request(row)

@@ -1,6 +1,8 @@
-"""Durable execution: workflows, activities, the run executor and workers."""
+"""Durable execution: workflows, activities, the run executor and workers, and the client that
+starts and reads runs. Imports nothing above the store."""
 
-from agentflow.engine._app import App, RunHandle, RunInfo
+from agentflow.engine._app import App
+from agentflow.engine._client import Client, RunHandle, RunInfo
 from agentflow.engine._clock import Clock, SystemClock, TestClock
 from agentflow.engine._context import WorkflowContext
 from agentflow.engine._defs import Activity, ActivityInfo, RetryPolicy, Workflow, current_activity
@@ -10,6 +12,7 @@ __all__ = [
     "Activity",
     "ActivityInfo",
     "App",
+    "Client",
     "Clock",
     "RetryPolicy",
     "RunHandle",

@@ -1,98 +1,24 @@
-"""`App`: the registry of workflows and activities, and the client API over one store."""
+"""`App`: the registry of workflows and activities, the workers that execute them, and the store
+they record into. Acting on runs from elsewhere (start, signal, cancel, read) is the `Client`'s
+job; `App` offers the same calls, through `app.client`, for code that has an App at hand."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import time
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
+from agentflow.engine._client import Client, RunHandle, RunInfo
 from agentflow.engine._clock import Clock, SystemClock
 from agentflow.engine._defs import Activity, RetryPolicy, Workflow
-from agentflow.errors import (
-    ConfigurationError,
-    NotRegisteredError,
-    RunFailedError,
-    RunStateError,
-    UnknownRunError,
-)
-from agentflow.store._codec import decode, encode
-from agentflow.store._store import EventStore, RunRecord, StepRecord
-from agentflow.store._urls import parse_url, resolve_url
+from agentflow.errors import ConfigurationError, CorruptRecordError, NotRegisteredError
+from agentflow.store import EventStore, RunRecord, StepRecord, decode, parse_url, resolve_url
 
 if TYPE_CHECKING:
-    from agentflow.approvals import Approvals
+    from agentflow.engine._worker import Worker
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-@dataclass(frozen=True, slots=True)
-class RunInfo:
-    """A run as the API reports it."""
-
-    run_id: str
-    workflow: str
-    tenant: str
-    status: str
-    parent_id: str | None
-    root_id: str
-    created_at: float
-    updated_at: float
-    completed_at: float | None
-    wake_at: float | None
-    waiting_on: dict[str, Any] | None
-    error: dict[str, Any] | None
-    output_json: str | None
-    cancel_requested: bool
-    meta: dict[str, Any]
-
-    @classmethod
-    def from_record(cls, r: RunRecord) -> RunInfo:
-        return cls(
-            run_id=r.id, workflow=r.workflow, tenant=r.tenant, status=r.status,
-            parent_id=r.parent_id, root_id=r.root_id, created_at=r.created_at,
-            updated_at=r.updated_at, completed_at=r.completed_at, wake_at=r.wake_at,
-            waiting_on=json.loads(r.waiting_on) if r.waiting_on else None,
-            error=r.error_dict() or None, output_json=r.output,
-            cancel_requested=bool(r.cancel_requested), meta=r.meta_dict(),
-        )  # fmt: skip
-
-    def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
-
-
-class RunHandle:
-    """A started run. `result()` waits for it (driven by a worker elsewhere)."""
-
-    def __init__(self, app: App, run_id: str, *, created: bool) -> None:
-        self.app = app
-        self.run_id = run_id
-        self.created = created
-
-    def info(self) -> RunInfo:
-        return self.app.get_run(self.run_id)
-
-    @property
-    def status(self) -> str:
-        return self.info().status
-
-    def result(self, *, timeout: float | None = None, poll: float = 0.05) -> Any:
-        """Block until the run ends; return its result or raise `RunFailedError`."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            record = self.app.store.get_run(self.run_id)
-            if record.terminal:
-                return self.app.result_of(record)
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"run {self.run_id} is still {record.status} after {timeout}s")
-            time.sleep(poll)
-
-    def __repr__(self) -> str:
-        return f"<RunHandle {self.run_id}>"
 
 
 class _ActivityDecorator(Protocol):
@@ -108,14 +34,6 @@ class _WorkflowDecorator(Protocol):
     """What `@app.workflow(name=...)` returns; the workflow's type omits its `ctx` parameter."""
 
     def __call__(self, fn: Callable[Concatenate[Any, P], Awaitable[R]], /) -> Workflow[P, R]: ...
-
-
-class _Startable(Protocol):
-    """What `App.start_agent` needs of an agent (the engine knows nothing more about agents)."""
-
-    def start_on(
-        self, app: App, task: str, *, tenant: str = ..., requested_by: str | None = ..., run_id: str | None = ...
-    ) -> RunHandle: ...
 
 
 class App:
@@ -161,7 +79,7 @@ class App:
         self._workflows: dict[str, Workflow[Any, Any]] = {}
         self._activities: dict[str, Activity[Any, Any]] = {}
         self._store: EventStore | None = None
-        self._approvals: Approvals | None = None
+        self._client: Client | None = None
 
     # -- the store, opened on first use (so `module:app` imports cheaply) --------------------
     @property
@@ -171,20 +89,18 @@ class App:
         return self._store
 
     @property
-    def approvals(self) -> Approvals:
-        """Operators and approval requests in this app's store (`agentflow.approvals`).
-
-        The one place the engine reaches up a layer, lazily: approvals live in the run store."""
-        if self._approvals is None:
-            from agentflow.approvals import Approvals
-
-            self._approvals = Approvals(self)
-        return self._approvals
+    def client(self) -> Client:
+        """A `Client` on this app's store and clock that knows its workflows (results decode
+        into their declared types)."""
+        if self._client is None:
+            self._client = Client(store=self.store, clock=self.clock, workflows=self._workflows)
+        return self._client
 
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
             self._store = None
+        self._client = None
 
     # -- registration ----------------------------------------------------------------------
     @overload
@@ -299,19 +215,9 @@ class App:
             )
 
     # -- inputs and results ----------------------------------------------------------------
-    @staticmethod
-    def encode_input(wf: Workflow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        try:
-            wf.signature.bind(None, *args, **kwargs)
-        except TypeError as exc:
-            raise ConfigurationError(f"bad arguments for workflow {wf.name}: {exc}") from None
-        return encode([list(args), kwargs], what=f"the arguments of workflow {wf.name}")
-
     def decode_input(self, wf: Workflow[Any, Any], run: RunRecord) -> tuple[list[Any], dict[str, Any]]:
         raw = decode(run.input, run_id=run.id, what="input")
         if not (isinstance(raw, list) and len(raw) == 2 and isinstance(raw[0], list) and isinstance(raw[1], dict)):
-            from agentflow.errors import CorruptRecordError
-
             raise CorruptRecordError(f"the input of run {run.id} is not [args, kwargs]", run_id=run.id)
         args, kwargs = [], {}
         names = list(wf.param_adapters)
@@ -324,8 +230,6 @@ class App:
                 adapter = wf.param_adapters.get(key)
                 kwargs[key] = adapter.validate_python(value) if adapter else value
         except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-            from agentflow.errors import CorruptRecordError
-
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise CorruptRecordError(
                 f"the input of run {run.id} does not fit workflow {wf.name}'s parameters: {first}",
@@ -334,21 +238,10 @@ class App:
         return args, kwargs
 
     def result_of(self, record: RunRecord) -> Any:
-        if record.status == "completed":
-            wf = self._workflows.get(record.workflow)
-            adapter = wf.result_adapter if wf else None
-            return (
-                decode(record.output, adapter, run_id=record.id, what="output")
-                if adapter
-                else decode(record.output, run_id=record.id, what="output")
-            )
-        err = record.error_dict()
-        raise RunFailedError(
-            f"run {record.id} ended {record.status}: {err.get('type')}: {err.get('message')}",
-            error=err, run_id=record.id, tenant=record.tenant,
-        )  # fmt: skip
+        """The result of an ended run (see `Client.result_of`)."""
+        return self.client.result_of(record)
 
-    # -- client API ------------------------------------------------------------------------
+    # -- acting on runs (the client's calls, on this app's store and clock) ------------------
     def start(
         self,
         wf: Workflow[P, R],
@@ -360,34 +253,7 @@ class App:
     ) -> RunHandle:
         """Start a run (pending until a worker claims it). An existing `run_id` returns that run."""
         self.check_registered_workflow(wf)
-        run_id = run_id or uuid.uuid4().hex
-        if "/" in run_id:
-            raise ConfigurationError(f"run id {run_id!r} must not contain '/' (reserved for child runs)")
-        input_json = self.encode_input(wf, args, kwargs)
-        record, created = self.store.create_run(
-            run_id=run_id, workflow=wf.name, tenant=tenant, input=input_json, now=self.clock.now(),
-            meta=json.dumps(meta) if meta else None,
-        )  # fmt: skip
-        if record.workflow != wf.name:
-            raise ConfigurationError(
-                f"run id {run_id!r} already exists for workflow {record.workflow!r}, not {wf.name!r}; "
-                "choose another run id"
-            )
-        return RunHandle(self, run_id, created=created)
-
-    def start_agent(
-        self,
-        agent: _Startable,
-        task: str,
-        *,
-        tenant: str = "default",
-        requested_by: str | None = None,
-        run_id: str | None = None,
-    ) -> RunHandle:
-        """Start an `agentflow.Agent` on `task` as a run of its own (workflow `agent:<name>`,
-        registered on this app if it is not yet). `requested_by` is recorded in the run's meta.
-        Like `start`, an existing `run_id` returns that run."""
-        return agent.start_on(self, task, tenant=tenant, requested_by=requested_by, run_id=run_id)
+        return self.client.start(wf, *args, run_id=run_id, tenant=tenant, meta=meta, **kwargs)
 
     async def run_async(
         self, wf: Workflow[P, R], *args: Any, run_id: str | None = None, tenant: str = "default", **kwargs: Any
@@ -415,51 +281,27 @@ class App:
 
     def signal(self, run_id: str, name: str, payload: Any = None) -> None:
         """Send a signal; a run waiting for it is woken."""
-        self.store.send_signal(run_id, name, encode(payload, what=f"the payload of signal {name!r}"), self.clock.now())
+        self.client.signal(run_id, name, payload)
 
     def get_run(self, run_id: str) -> RunInfo:
-        return RunInfo.from_record(self.store.get_run(run_id))
+        return self.client.get(run_id)
 
     def list_runs(self, *, tenant: str | None = None, status: str | None = None, limit: int = 100) -> list[RunInfo]:
-        return [RunInfo.from_record(r) for r in self.store.list_runs(tenant=tenant, status=status, limit=limit)]
+        return self.client.list(tenant=tenant, status=status, limit=limit)
 
     def cancel(self, run_id: str) -> RunInfo:
-        """Request cancellation: the workflow gets `asyncio.CancelledError` at its current await
-        (recorded, so compensation code in `except`/`finally` runs durably)."""
-        return RunInfo.from_record(self.store.request_cancel(run_id, self.clock.now()))
+        """Request cancellation (see `Client.cancel`)."""
+        return self.client.cancel(run_id)
 
     def history(self, run_id: str) -> list[StepRecord]:
         """The recorded steps of a run, in seq order."""
-        self.store.get_run(run_id)
-        return self.store.load_steps(run_id)
+        return self.client.history(run_id)
 
     def resume(self, run_id: str) -> RunInfo:
-        """Make a run that stopped on a non-determinism or corrupt-record error runnable again
-        (after deploying fixed code). Its history is kept; replay starts from the top."""
-        record = self.store.get_run(run_id)
-        err = record.error_dict()
-        if record.status != "failed" or err.get("type") not in (
-            "NonDeterminismError",
-            "CorruptRecordError",
-            "NotRegisteredError",
-        ):
-            raise RunStateError(
-                f"run {run_id} is {record.status}; only runs stopped by a code/record mismatch can be resumed",
-                run_id=run_id,
-            )
-        self.store.backend.write(
-            [
-                (
-                    "UPDATE af_runs SET status = 'pending', error = NULL, completed_at = NULL WHERE id = ? AND status = 'failed'",
-                    (run_id,),
-                    False,
-                )
-            ],
-            run_id=run_id,
-        )
-        return self.get_run(run_id)
+        """Make a run stopped by a code/record mismatch runnable again (see `Client.resume`)."""
+        return self.client.resume(run_id)
 
-    def worker(self, **kwargs: Any) -> Any:
+    def worker(self, **kwargs: Any) -> Worker:
         """A `Worker` for this app (see `agentflow.engine.Worker`)."""
         from agentflow.engine._worker import Worker
 
@@ -470,4 +312,4 @@ def _default_name(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
 
 
-__all__ = ["App", "RunHandle", "RunInfo", "UnknownRunError"]
+__all__ = ["App", "RunHandle", "RunInfo"]

@@ -9,22 +9,53 @@ from __future__ import annotations
 
 import asyncio
 import uuid as uuid_mod
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
+from agentflow.engine._clock import Clock
 from agentflow.engine._defs import Activity, Workflow
-
-if TYPE_CHECKING:
-    from agentflow.engine._executor import RunExecutor
+from agentflow.engine._host import Host
+from agentflow.store import EventStore, RunRecord, StepRecord
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
+class Steps(Protocol):
+    """What the context asks of the run executor driving it."""
+
+    app: Host
+    store: EventStore
+    clock: Clock
+    run: RunRecord
+    run_id: str
+    next_seq: int
+    max_recorded: int
+    history: dict[int, StepRecord]
+
+    def schedule_activity(
+        self, act: Activity[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
+        request: tuple[str, dict[str, str]] | None = None,
+    ) -> asyncio.Future[Any]: ...  # fmt: skip
+
+    def schedule_timer(self, wake_at: float, label: str) -> asyncio.Future[None]: ...
+
+    def schedule_signal(self, name: str, timeout: float | None) -> asyncio.Future[Any]: ...
+
+    def schedule_child(
+        self, workflow: Workflow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> asyncio.Future[Any]: ...
+
+    def record_local(self, kind: str, make: Callable[[], Any]) -> Any: ...
+
+    def patched(self, change_id: str) -> bool: ...
+
+
 class WorkflowContext:
     """Handed to every workflow function as its first argument."""
 
-    def __init__(self, executor: RunExecutor) -> None:
+    def __init__(self, executor: Steps) -> None:
         self._ex = executor
         #: In-memory state of this execution, rebuilt by replay (e.g. the run's token usage so
         #: far, for budgets). Never persisted: derive it from recorded step results only.
@@ -59,6 +90,22 @@ class WorkflowContext:
     def is_replaying(self) -> bool:
         """True while the code is re-running steps that are already recorded."""
         return self._ex.next_seq <= self._ex.max_recorded
+
+    # -- the runtime interface of step helpers (e.g. `agentflow.agent.chat`) -------------------
+    @property
+    def next_seq(self) -> int:
+        """The seq the next step will take (steps are numbered at call time, in program order)."""
+        return self._ex.next_seq
+
+    def recorded(self, seq: int) -> StepRecord | None:
+        """The step recorded at `seq` in this run's history, if any: what a replay of that step
+        will return (a helper may skip checks that only apply before a call is sent)."""
+        return self._ex.history.get(seq)
+
+    def blobs(self, digests: Sequence[str]) -> dict[str, str]:
+        """Content-addressed payloads recorded by this run's steps (`run_step(blobs=...)`),
+        by hash; missing ones are absent."""
+        return self._ex.store.get_blobs(digests)
 
     def run(self, activity: Activity[P, R], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[R]:
         """Run an activity as a recorded step; await the result.

@@ -8,15 +8,12 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from pydantic import TypeAdapter
 
 from agentflow.errors import AgentflowError, NotInActivityError
-from agentflow.store._codec import param_adapters, return_adapter
-
-if TYPE_CHECKING:
-    from agentflow.engine._context import WorkflowContext
+from agentflow.store import param_adapters, return_adapter
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -126,7 +123,8 @@ class Workflow(Generic[P, R]):
         self.signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)
 
-    async def __call__(self, ctx: WorkflowContext, *args: P.args, **kwargs: P.kwargs) -> R:
+    async def __call__(self, ctx: Any, *args: P.args, **kwargs: P.kwargs) -> R:
+        # `ctx` is the run's WorkflowContext (typed Any here: the context module imports this one).
         return await self.fn(ctx, *args, **kwargs)
 
     def __repr__(self) -> str:

@@ -17,13 +17,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
 from agentflow.engine._executor import RefusedStep, RunExecutor
+from agentflow.engine._host import Host
 from agentflow.errors import LeaseLostError, StoreBusyError, StoreError
-
-if TYPE_CHECKING:
-    from agentflow.engine._app import App
 
 log = logging.getLogger("agentflow.worker")
 
@@ -44,7 +40,7 @@ class Worker:
     """
 
     def __init__(
-        self, app: App, *, concurrency: int = 16, poll_interval: float = 0.05, root_id: str | None = None,
+        self, app: Host, *, concurrency: int = 16, poll_interval: float = 0.05, root_id: str | None = None,
         replay_only: bool = False,
     ) -> None:  # fmt: skip
         self.app = app

@@ -4,7 +4,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentflow.llm._guard import model_requests_allowed
 from agentflow.llm._langchain import LangChainChat
-from agentflow.llm._offline import RunbookChatModel, ScriptedChatModel
+from agentflow.llm._messages import blob_hash, canonical_json, message_blob, message_from_blob
 from agentflow.llm._parse import recover_tool_calls
 from agentflow.llm._pricing import DEFAULT_PRICES, PriceTable
 from agentflow.llm._tokens import TokenCount, count_messages, count_text, encoding_for
@@ -13,6 +13,11 @@ from agentflow.llm._types import ChatModel, ModelResponse, Usage
 
 if TYPE_CHECKING:
     from agentflow.llm._openai import OpenAIChat
+    from agentflow.testing import RunbookChatModel, ScriptedChatModel
+
+# The offline fakes live in `agentflow.testing`; these names stay here as aliases for code
+# written against agentflow 0.1 (loaded on first use: importing agentflow.llm loads no fake).
+_TESTING_ALIASES = ("RunbookChatModel", "ScriptedChatModel")
 
 
 def __getattr__(name: str) -> Any:
@@ -22,6 +27,10 @@ def __getattr__(name: str) -> Any:
         from agentflow.llm._openai import OpenAIChat
 
         return OpenAIChat
+    if name in _TESTING_ALIASES:
+        import agentflow.testing
+
+        return getattr(agentflow.testing, name)
     raise AttributeError(f"module 'agentflow.llm' has no attribute {name!r}")
 
 
@@ -32,15 +41,17 @@ __all__ = [
     "ModelResponse",
     "OpenAIChat",
     "PriceTable",
-    "RunbookChatModel",
-    "ScriptedChatModel",
     "SideEffect",
     "TokenCount",
     "ToolFacts",
     "Usage",
+    "blob_hash",
+    "canonical_json",
     "count_messages",
     "count_text",
     "encoding_for",
+    "message_blob",
+    "message_from_blob",
     "model_requests_allowed",
     "recover_tool_calls",
     "tool",

@@ -1,7 +1,7 @@
 """Policy packs: which tool calls run, which are denied, which need people or a maintenance
 window. A pack is YAML validated by pydantic (format: policies/README.md); conditions are CEL."""
 
-from agentflow.policy._engine import DEFAULT_APPROVAL, CallFacts, PolicyDecision, decide
+from agentflow.policy._engine import DEFAULT_APPROVAL, CallFacts, NoUsage, PolicyDecision, Usage, decide
 from agentflow.policy._pack import (
     SCHEMA_VERSION,
     ApprovalSpec,
@@ -23,10 +23,12 @@ __all__ = [
     "CallFacts",
     "MaintenanceWindow",
     "Match",
+    "NoUsage",
     "PolicyDecision",
     "PolicyPack",
     "RateLimit",
     "Rule",
+    "Usage",
     "decide",
     "load_pack",
     "parse_pack",

@@ -14,15 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
 from agentflow.policy._cel import evaluate as evaluate_condition
 from agentflow.policy._pack import DAYS, ApprovalSpec, PolicyPack, Rule
-
-if TYPE_CHECKING:
-    from agentflow.store._backend import Conn
 
 DEFAULT_APPROVAL = ApprovalSpec(roles=["*"])
 HOUR = 3600.0
@@ -68,7 +65,8 @@ class PolicyDecision(BaseModel):
 
 
 class Usage(Protocol):
-    """What limits count: recent calls a policy let through, across every run of the store."""
+    """What limits count: recent calls a policy let through, across every run of the store
+    (`agentflow.store.PolicyUsage` reads them inside the deciding transaction)."""
 
     def calls(self, tenant: str, tool: str, since: float) -> int: ...
 
@@ -88,69 +86,6 @@ class NoUsage:
 
     def busy(self, target: str, run_id: str) -> bool:
         return False
-
-
-class StoreUsage:
-    """Usage read inside the store transaction that records the decision (so limits hold across
-    concurrent runs: `Backend.transact` serializes them)."""
-
-    def __init__(self, conn: Conn, *, deciding: tuple[str, str] = ("", ""), as_of: float | None = None) -> None:
-        self.conn = conn
-        # (run id, call id) of the call being decided: a decision made again after a crash must
-        # not count the call's own earlier reservation against it.
-        self.deciding = deciding
-        # A what-if reads the usage as it stood at a past decision: only what was recorded
-        # strictly before it, and runs still open then (None: now, inside the deciding transaction).
-        self.as_of = as_of
-
-    def _before(self, column: str) -> tuple[str, tuple[Any, ...]]:
-        return ("", ()) if self.as_of is None else (f" AND {column} < ?", (self.as_of,))
-
-    def calls(self, tenant: str, tool: str, since: float) -> int:
-        before, bound = self._before("at")
-        sql = (
-            "SELECT count(*) FROM af_policy_usage WHERE tenant = ? AND tool = ? AND at > ? "
-            "AND NOT (run_id = ? AND call_id = ?)" + before
-        )
-        return int(self.conn.execute(sql, (tenant, tool, since, *self.deciding, *bound)).fetchone()[0])
-
-    def targets(self, tenant: str, region: str | None, since: float) -> set[str]:
-        before, bound = self._before("at")
-        sql = (
-            "SELECT DISTINCT target FROM af_policy_usage WHERE tenant = ? AND side_effect = 1 "
-            "AND target IS NOT NULL AND at > ?" + before
-        )
-        params: tuple[Any, ...] = (tenant, since, *bound)
-        if region is not None:
-            sql, params = sql + " AND region = ?", (*params, region)
-        return {row[0] for row in self.conn.execute(sql, params)}
-
-    def busy(self, target: str, run_id: str) -> bool:
-        bound: tuple[float, ...] = ()
-        if self.as_of is None:
-            still_open = "r.status NOT IN ('completed', 'failed', 'cancelled')"
-        else:
-            still_open = "u.at < ? AND (r.completed_at IS NULL OR r.completed_at > ?)"
-            bound = (self.as_of, self.as_of)
-        sql = (
-            "SELECT 1 FROM af_policy_usage u JOIN af_runs r ON r.id = u.run_id WHERE u.target = ? "
-            f"AND u.side_effect = 1 AND u.run_id != ? AND {still_open} LIMIT 1"
-        )
-        return self.conn.execute(sql, (target, run_id, *bound)).fetchone() is not None
-
-    def reserve(self, facts: CallFacts, now: float) -> None:
-        """Count the call (once per gated call, however often the decision is made again)."""
-        seen = self.conn.execute(
-            "SELECT 1 FROM af_policy_usage WHERE run_id = ? AND call_id = ? AND tool = ?",
-            (facts.run_id, facts.usage_key, facts.tool),
-        ).fetchone()
-        if seen is None:
-            self.conn.execute(
-                "INSERT INTO af_policy_usage (tenant, tool, target, region, run_id, call_id, side_effect, at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (facts.tenant, facts.tool, facts.target, facts.region, facts.run_id, facts.usage_key,
-                 int(facts.side_effect), now),
-            )  # fmt: skip
 
 
 def activation(pack: PolicyPack | None, facts: CallFacts, now: float, usage: Usage) -> dict[str, Any]:

@@ -9,32 +9,21 @@ wall-clock time, whatever clock the App's workflows use.
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import replace
 
-from agentflow.approvals import Principal
-from agentflow.engine import App, SystemClock
+from agentflow.approvals import Approvals, Principal
+from agentflow.engine import SystemClock
 from agentflow.errors import ApprovalRefused, AuthenticationError
-
-if TYPE_CHECKING:
-    from agentflow.store._backend import Conn
+from agentflow.store import SessionRow, Tx
 
 COOKIE = "af_session"
 DEFAULT_TTL = 12 * 3600.0  # one operator shift
 
 
-@dataclass(frozen=True, slots=True)
-class SessionInfo:
-    """A live session: who, in which tenants, acting in which one."""
-
-    id_hash: str
-    operator: str
-    principals: dict[str, str]  # tenant -> principal id
-    tenant: str
-    csrf: str
-    expires_at: float
+#: A live session: who, in which tenants (tenant -> principal id), acting in which one.
+SessionInfo = SessionRow
 
 
 def _wall_clock() -> float:
@@ -49,8 +38,8 @@ def _digest(secret: str) -> str:
 class Sessions:
     """Create, find, extend to another tenant, switch tenant, and revoke sessions."""
 
-    def __init__(self, app: App, *, ttl: float = DEFAULT_TTL) -> None:
-        self.app, self.ttl = app, ttl
+    def __init__(self, approvals: Approvals, *, ttl: float = DEFAULT_TTL) -> None:
+        self.approvals, self.store, self.ttl = approvals, approvals.store, ttl
 
     def sign_in(self, token: str, *, tenant: str | None, cookie: str | None) -> tuple[str, SessionInfo]:
         """Check `token`; return the cookie secret and session. Signing in with another
@@ -60,7 +49,7 @@ class Sessions:
             AuthenticationError: unknown token (audited by `Approvals.authenticate`).
             ApprovalRefused: `tenant` is given and is not the token's (code wrong_tenant).
         """
-        principal = self.app.approvals.authenticate(token)
+        principal = self.approvals.authenticate(token)
         if tenant is not None and tenant != principal.tenant:
             raise ApprovalRefused(
                 f"this token is {principal.name}'s in tenant {principal.tenant}, not {tenant}: "
@@ -70,10 +59,7 @@ class Sessions:
         current = self.find(cookie) if cookie else None
         if current is not None and current.operator == principal.name:
             principals = {**current.principals, principal.tenant: principal.id}
-            self._write(
-                "UPDATE af_sessions SET principals = ?, tenant = ? WHERE id_hash = ?",
-                (json.dumps(principals), principal.tenant, current.id_hash),
-            )
+            self._write(lambda tx: tx.sessions.set_principals(current.id_hash, principals, principal.tenant))
             assert cookie is not None
             return cookie, replace(current, principals=principals, tenant=principal.tenant)
         if current is not None:
@@ -91,29 +77,17 @@ class Sessions:
             csrf=secrets.token_urlsafe(24),
             expires_at=now + self.ttl,
         )
-        self._write(
-            "INSERT INTO af_sessions (id_hash, operator, principals, tenant, csrf, created_at, expires_at, revoked) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-            (info.id_hash, info.operator, json.dumps(info.principals), info.tenant, info.csrf, now, info.expires_at),
-        )
+        self._write(lambda tx: tx.sessions.add(info, now=now))
         return secret, info
 
     def find(self, cookie: str) -> SessionInfo | None:
         """The live session of a cookie (None: unknown, revoked or expired)."""
-        rows = self.app.store.backend.query(
-            "SELECT id_hash, operator, principals, tenant, csrf, expires_at FROM af_sessions "
-            "WHERE id_hash = ? AND revoked = 0 AND expires_at > ?",
-            (_digest(cookie), _wall_clock()),
-        )
-        if not rows:
-            return None
-        r = rows[0]
-        return SessionInfo(id_hash=r[0], operator=r[1], principals=json.loads(r[2]), tenant=r[3], csrf=r[4],
-                           expires_at=r[5])  # fmt: skip
+        digest, now = _digest(cookie), _wall_clock()
+        return self.store.read(lambda tx: tx.sessions.find(digest, now=now))
 
     def principal(self, session: SessionInfo) -> Principal:
         """The principal the session acts as now (re-read: a disabled operator is signed out)."""
-        found = self.app.approvals.principal(session.principals.get(session.tenant, ""))
+        found = self.approvals.principal(session.principals.get(session.tenant, ""))
         if found is None:
             raise AuthenticationError(
                 "this operator was disabled or removed: sign in again with a valid token", code="bad_token"
@@ -127,14 +101,11 @@ class Sessions:
                 f"{session.operator} has not signed in to tenant {tenant}: sign in with that tenant's token",
                 code="wrong_tenant",
             )
-        self._write("UPDATE af_sessions SET tenant = ? WHERE id_hash = ?", (tenant, session.id_hash))
+        self._write(lambda tx: tx.sessions.set_tenant(session.id_hash, tenant))
         return replace(session, tenant=tenant)
 
     def revoke(self, session: SessionInfo) -> None:
-        self._write("UPDATE af_sessions SET revoked = 1 WHERE id_hash = ?", (session.id_hash,))
+        self._write(lambda tx: tx.sessions.revoke(session.id_hash))
 
-    def _write(self, sql: str, params: tuple[object, ...]) -> None:
-        def body(conn: Conn) -> None:
-            conn.execute(sql, params)
-
-        self.app.store.backend.transact(body, what="recording a web session")
+    def _write(self, body: Callable[[Tx], None]) -> None:
+        self.store.transaction(body, what="recording a web session")

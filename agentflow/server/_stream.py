@@ -19,8 +19,7 @@ from typing import Any
 from starlette.requests import Request
 
 from agentflow.approvals import Principal
-from agentflow.engine import App
-from agentflow.server._views import card, events, run_summary
+from agentflow.chat import Chat, card, events, run_summary
 
 KEEPALIVE = 15.0  # seconds: proxies close idle connections, browsers do not notice it otherwise
 
@@ -37,33 +36,33 @@ def _message(event: str, data: Any, event_id: int | None = None) -> str:
     return f"{head}event: {event}\ndata: {json.dumps(data, ensure_ascii=False, default=str)}\n\n"
 
 
-def _poll(app: App, run_id: str, viewer: Principal, cursor: _Cursor) -> tuple[list[str], bool]:
+def _poll(chat: Chat, run_id: str, viewer: Principal, cursor: _Cursor) -> tuple[list[str], bool]:
     """The messages due since `cursor` (which it advances), and whether the stream is over."""
     out: list[str] = []
-    run = app.store.get_run(run_id)
-    steps = app.store.load_steps(run_id, after=cursor.after)
+    run = chat.store.get_run(run_id)
+    steps = chat.store.load_steps(run_id, after=cursor.after)
     ready = []
     for step in steps:
         if step.status not in ("completed", "failed") and not run.terminal:
             break
         ready.append(step)
-    for event in events(app, ready):
+    for event in events(chat.store, ready):
         out.append(_message("step", event, event["seq"]))
     if ready:
         cursor.after = ready[-1].seq
-    requests = app.approvals.list(run_id=run_id, status=None)
+    requests = chat.approvals.list(run_id=run_id, status=None)
     changed = [r for r in requests if cursor.cards.get(r.id) != _fingerprint(r)]
     if changed:
-        history = app.store.load_steps(run_id)
+        history = chat.store.load_steps(run_id)
         for req in sorted(changed, key=lambda r: r.created_at):
             cursor.cards[req.id] = _fingerprint(req)
-            out.append(_message("approval", card(app, req, viewer, history)))
+            out.append(_message("approval", card(chat, req, viewer, history)))
     if run.status != cursor.status:
         cursor.status = run.status
-        out.append(_message("run", run_summary(app, run)))
+        out.append(_message("run", run_summary(chat, run)))
     done = run.terminal and len(ready) == len(steps)
     if done:
-        out.append(_message("end", run_summary(app, run)))
+        out.append(_message("end", run_summary(chat, run)))
     return out, done
 
 
@@ -72,7 +71,7 @@ def _fingerprint(req: Any) -> tuple[Any, ...]:
 
 
 async def stream_run(
-    app: App, run_id: str, viewer: Principal, after: int, request: Request, poll_interval: float
+    chat: Chat, run_id: str, viewer: Principal, after: int, request: Request, poll_interval: float
 ) -> AsyncIterator[str]:
     """Server-sent events for one run (see API.md), until the run ends or the client leaves."""
     cursor = _Cursor(after=after)
@@ -80,7 +79,7 @@ async def stream_run(
     quiet_since = time.monotonic()
     while not await request.is_disconnected():
         # The store is synchronous: read it off the event loop so other requests keep flowing.
-        messages, done = await asyncio.to_thread(_poll, app, run_id, viewer, cursor)
+        messages, done = await asyncio.to_thread(_poll, chat, run_id, viewer, cursor)
         for message in messages:
             yield message
         if done:

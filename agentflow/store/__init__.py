@@ -11,8 +11,13 @@ from typing import Any
 from agentflow.store._backend import Backend, Conn, Op
 from agentflow.store._codec import adapter_for, decode, digest, encode, param_adapters, return_adapter
 from agentflow.store._constants import RUN_STATUSES, SCHEMA_REVISION, TERMINAL_STATUSES
-from agentflow.store._store import EventStore, RunRecord, StepRecord
+from agentflow.store._governance import ApprovalRow, AuditRow, PrincipalRow, VoteRow
+from agentflow.store._records import RunRecord, StepRecord
+from agentflow.store._sessions import SessionRow
+from agentflow.store._store import EventStore
+from agentflow.store._tx import Tx
 from agentflow.store._urls import DEFAULT_URL, parse_url, redact_url, resolve_url, same_database
+from agentflow.store._usage import PolicyUsage
 
 _MODELS = ("Blob", "Run", "Signal", "Step", "StepAttempt", "Worker")
 
@@ -21,17 +26,24 @@ __all__ = [
     "RUN_STATUSES",
     "SCHEMA_REVISION",
     "TERMINAL_STATUSES",
+    "ApprovalRow",
+    "AuditRow",
     "Backend",
     "Blob",
     "Conn",
     "EventStore",
     "Op",
+    "PolicyUsage",
+    "PrincipalRow",
     "Run",
     "RunRecord",
+    "SessionRow",
     "Signal",
     "Step",
     "StepAttempt",
     "StepRecord",
+    "Tx",
+    "VoteRow",
     "Worker",
     "adapter_for",
     "decode",

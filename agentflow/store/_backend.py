@@ -107,6 +107,10 @@ class Backend(Protocol):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
+    def read(self, body: Callable[[Conn], T], *, what: str = "reading the store") -> T:
+        """Run `body(conn)` on this thread's connection, outside a transaction (reads)."""
+        ...
+
     def write(self, ops: Iterable[Op], *, run_id: str | None = None) -> list[int]:
         """Run `ops` in one transaction (one durable commit); return their rowcounts."""
         ...
@@ -210,6 +214,12 @@ class ConnectionPerThread(Generic[C]):
             return self.conn.execute(sql, params).fetchall()
         except self.driver_error as exc:
             raise self.translate_error(exc, "reading the store") from None
+
+    def read(self, body: Callable[[C], T], *, what: str = "reading the store") -> T:
+        try:
+            return body(self.conn)
+        except self.driver_error as exc:
+            raise self.translate_error(exc, what) from None
 
     def write(self, ops: Iterable[Op], *, run_id: str | None = None) -> list[int]:
         """Run `ops` in one transaction (one durable commit); return rowcounts."""

@@ -3,5 +3,8 @@
 #: Head revision of the migrations in `agentflow/store/migrations/versions`; a test pins it.
 SCHEMA_REVISION = "0005"
 
+#: The table where Alembic records the schema revision (agentflow's tables are all `af_`).
+VERSION_TABLE = "af_alembic_version"
+
 RUN_STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
 TERMINAL_STATUSES = ("completed", "failed", "cancelled")

@@ -38,6 +38,7 @@ from psycopg import pq
 
 from agentflow.errors import ConfigurationError, StoreBusyError, StoreError
 from agentflow.store._backend import ConnectionPerThread, Op, lease_lost, upsert_step_sql
+from agentflow.store._constants import VERSION_TABLE
 from agentflow.store._urls import redact_url
 
 T = TypeVar("T")
@@ -189,8 +190,6 @@ class PostgresStore(ConnectionPerThread[PgConn]):
 
     # -- dialect ---------------------------------------------------------------------------
     def schema_revision(self) -> str | None:
-        from agentflow.store._schema import VERSION_TABLE
-
         (found,) = self.query("SELECT to_regclass(?)::text", (VERSION_TABLE,))[0]
         if found is None:
             return None

@@ -10,7 +10,6 @@ from agentflow.store._constants import SCHEMA_REVISION
 from agentflow.store._urls import redact_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-VERSION_TABLE = "af_alembic_version"
 #: Every revision this version of agentflow knows, oldest first; a test pins it to Alembic's.
 KNOWN_REVISIONS = ("0001", "0002", "0003", "0004", "0005")
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from agentflow.errors import ConfigurationError, StoreBusyError, StoreError
 from agentflow.store._backend import STEP_COLUMNS, ConnectionPerThread, Op, upsert_step_sql
+from agentflow.store._constants import VERSION_TABLE
 
 __all__ = ["STEP_COLUMNS", "UPSERT_STEP", "Op", "SqliteStore", "sqlite_path"]
 
@@ -122,8 +123,6 @@ class SqliteStore(ConnectionPerThread[sqlite3.Connection]):
 
     # -- dialect ---------------------------------------------------------------------------
     def schema_revision(self) -> str | None:
-        from agentflow.store._schema import VERSION_TABLE
-
         try:
             rows = self.query(f"SELECT version_num FROM {VERSION_TABLE}")
         except StoreError as exc:

@@ -9,19 +9,18 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from agentflow.errors import (
-    CorruptRecordError,
-    RunStateError,
-    UnknownRunError,
-)
+from agentflow.errors import RunStateError, UnknownRunError
 from agentflow.store._backend import Backend, Op
-from agentflow.store._constants import TERMINAL_STATUSES
+from agentflow.store._reads import ReadQueries
+from agentflow.store._records import RunRecord, StepRecord, create_run_op, step_params
 from agentflow.store._schema import check_revision, upgrade
+from agentflow.store._tx import Tx
 from agentflow.store._urls import open_backend, redact_url
+
+T = TypeVar("T")
 
 RUN_COLUMNS = (
     "id, workflow, tenant, status, input, output, error, owner, epoch, wake_at, waiting_on, "
@@ -32,83 +31,6 @@ STEP_SELECT = (
     "finished_at, wake_at, epoch, delivery FROM af_steps WHERE run_id = ? ORDER BY seq"
 )
 _TERMINAL_SQL = "('completed', 'failed', 'cancelled')"
-
-
-@dataclass(slots=True)
-class RunRecord:
-    """A row of `af_runs`."""
-
-    id: str
-    workflow: str
-    tenant: str
-    status: str
-    input: str
-    output: str | None
-    error: str | None
-    owner: str | None
-    epoch: int
-    wake_at: float | None
-    waiting_on: str | None
-    parent_id: str | None
-    parent_seq: int | None
-    root_id: str
-    cancel_requested: int
-    meta: str | None
-    created_at: float
-    updated_at: float
-    completed_at: float | None
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
-
-    def error_dict(self) -> dict[str, Any]:
-        return _json_field(self.error, self.id, "error") or {}
-
-    def meta_dict(self) -> dict[str, Any]:
-        return _json_field(self.meta, self.id, "meta") or {}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
-
-
-@dataclass(slots=True)
-class StepRecord:
-    """A row of `af_steps`."""
-
-    seq: int
-    kind: str
-    name: str
-    digest: str
-    status: str
-    attempt: int
-    args: str | None
-    result: str | None
-    error: str | None
-    started_at: float
-    finished_at: float | None
-    wake_at: float | None
-    epoch: int
-    delivery: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
-
-
-def _json_field(text: str | None, run_id: str, what: str) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        raise CorruptRecordError(f"the {what} of run {run_id} is not valid JSON", run_id=run_id) from None
-
-
-def step_params(run_id: str, epoch: int, s: StepRecord) -> tuple[Any, ...]:
-    return (
-        run_id, s.seq, s.kind, s.name, s.digest, s.status, s.attempt, s.args, s.result,
-        s.error, s.started_at, s.finished_at, s.wake_at, epoch, s.delivery, run_id, epoch,
-    )  # fmt: skip
 
 
 def process_start_time(pid: int) -> str:
@@ -132,8 +54,10 @@ def pid_alive(pid: int, start: str) -> bool:
     return not start or process_start_time(pid) in ("", start)
 
 
-class EventStore:
-    """Runs, steps, signals and workers, in one database."""
+class EventStore(ReadQueries):
+    """Runs, steps, signals and workers, governance records and the read side's queries, in one
+    database: every SQL statement of agentflow is a method of this class or of the records it
+    hands out in `transaction` / `read`."""
 
     def __init__(
         self, url: str, *, synchronous: str = "FULL", busy_timeout: float | None = None, migrate: bool = True
@@ -156,6 +80,16 @@ class EventStore:
     def close(self) -> None:
         self.backend.close()
 
+    # -- governance records (approvals, principals, audit, sessions, policy usage) ------------
+    def transaction(self, body: Callable[[Tx], T], *, what: str = "writing the store") -> T:
+        """Run `body(tx)` in one transaction, serialized with every other `transaction` of the
+        database, so a read-check-write in `body` is atomic (approval quorums, policy limits)."""
+        return self.backend.transact(lambda conn: body(Tx(conn, self.signal_ops)), what=what)
+
+    def read(self, body: Callable[[Tx], T], *, what: str = "reading the store") -> T:
+        """Run `body(tx)` on this thread's connection, outside a transaction (plain reads)."""
+        return self.backend.read(lambda conn: body(Tx(conn, self.signal_ops)), what=what)
+
     # -- runs ------------------------------------------------------------------------------
     def create_run(
         self,
@@ -177,18 +111,7 @@ class EventStore:
         run = self.get_run(run_id)
         return run, n == 1
 
-    @staticmethod
-    def create_run_op(
-        run_id: str, workflow: str, tenant: str, input: str, now: float,
-        parent_id: str | None, parent_seq: int | None, root_id: str | None, meta: str | None,
-    ) -> Op:  # fmt: skip
-        return (
-            "INSERT INTO af_runs (id, workflow, tenant, status, input, epoch, parent_id, "
-            "parent_seq, root_id, cancel_requested, meta, created_at, updated_at) "
-            "VALUES (?, ?, ?, 'pending', ?, 0, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-            (run_id, workflow, tenant, input, parent_id, parent_seq, root_id or run_id, meta, now, now),
-            False,
-        )
+    create_run_op = staticmethod(create_run_op)
 
     def find_run(self, run_id: str) -> RunRecord | None:
         rows = self.backend.query(f"SELECT {RUN_COLUMNS} FROM af_runs WHERE id = ?", (run_id,))

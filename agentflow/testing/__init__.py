@@ -1,8 +1,20 @@
-"""Test helpers shipped with agentflow: a time-skipping clock, named crash points, polling."""
+"""Test helpers shipped with agentflow: fakes at the I/O seams (offline chat models, a
+time-skipping clock, named crash points) and polling with a deadline.
+
+    from agentflow.testing import ScriptedChatModel, TestClock, assert_eventually
+"""
 
 from agentflow._crash import configure as configure_crash_point
 from agentflow._crash import crash_point
-from agentflow.engine._clock import TestClock
+from agentflow.engine import TestClock
 from agentflow.testing._helpers import assert_eventually
+from agentflow.testing._models import RunbookChatModel, ScriptedChatModel
 
-__all__ = ["TestClock", "assert_eventually", "configure_crash_point", "crash_point"]
+__all__ = [
+    "RunbookChatModel",
+    "ScriptedChatModel",
+    "TestClock",
+    "assert_eventually",
+    "configure_crash_point",
+    "crash_point",
+]

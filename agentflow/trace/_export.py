@@ -51,13 +51,16 @@ def _attempt(a: Attempt) -> dict[str, Any]:
             "finished_at": a.finished_at, "retry_at": a.retry_at}  # fmt: skip
 
 
+def jsonl_text(recorded: Recorded) -> str:
+    """`jsonl_records`, one JSON object per line."""
+    return "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in jsonl_records(recorded))
+
+
 def write_jsonl(recorded: Recorded, path: str | Path) -> int:
     """Write `jsonl_records` to `path`, one object per line; return the number of lines."""
-    records = jsonl_records(recorded)
-    with Path(path).open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-    return len(records)
+    text = jsonl_text(recorded)
+    Path(path).write_text(text, encoding="utf-8")
+    return text.count("\n")
 
 
 def _step_span(recorded: Recorded, s: StepRecord) -> dict[str, Any]:

@@ -16,7 +16,7 @@ Limits:
   ends the prefix there.
 - Approval requests, signals, policy usage counters and child runs belong to the original run
   and are not copied: fork before an approval wait, not inside one.
-- SQLite stores only (like the rest of agentflow today).
+- Either backend (the copy is one store transaction).
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ import json
 import secrets
 from typing import Any
 
-from agentflow.engine import App, RunHandle
+from agentflow.engine import Client, RunHandle
 from agentflow.errors import ConfigurationError
-from agentflow.store import EventStore, StepRecord
-from agentflow.store._backend import Conn
+from agentflow.store import StepRecord
 from agentflow.trace._records import Recorded
 
 
@@ -60,27 +59,15 @@ def _safe_cut(steps: list[StepRecord], at_seq: int) -> int:
 
 
 def fork_run(
-    app: App, recorded: Recorded, at_seq: int, *, run_id: str | None = None, meta: dict[str, Any] | None = None
+    client: Client, recorded: Recorded, at_seq: int, *, run_id: str | None = None, meta: dict[str, Any] | None = None
 ) -> RunHandle:
-    """Create the forked run (pending) in `app`'s store; see the module docstring."""
+    """Create the forked run (pending) in `client`'s store; see the module docstring."""
     kept = prefix(recorded, at_seq)
     run = recorded.run
     new_id = run_id or f"{run.id}-fork-{secrets.token_hex(4)}"
     if "/" in new_id:
         raise ConfigurationError(f"run id {new_id!r} must not contain '/' (reserved for child runs)")
     merged = {**run.meta_dict(), **(meta or {}), "forked_from": run.id, "at_seq": at_seq}
-    create = EventStore.create_run_op(
-        new_id, run.workflow, run.tenant, run.input, app.clock.now(), None, None, None, json.dumps(merged)
-    )
-    ops = [app.store.upsert_step_op(new_id, 0, s) for s in kept]
-
-    def body(conn: Conn) -> None:
-        # One transaction: the run and its prefix appear together, or not at all. The new run's
-        # epoch is 0, so the fenced step inserts apply only to the run created here.
-        if conn.execute(create[0], create[1]).rowcount != 1:
-            raise ConfigurationError(f"a run with id {new_id!r} already exists; choose another run_id")
-        for sql, params, _ in ops:
-            conn.execute(sql, params)
-
-    app.store.backend.transact(body, what=f"forking run {run.id} into {new_id}")
-    return RunHandle(app, new_id, created=True)
+    if not client.store.fork(run, kept, new_id=new_id, meta=json.dumps(merged), now=client.clock.now()):
+        raise ConfigurationError(f"a run with id {new_id!r} already exists; choose another run_id")
+    return RunHandle(client, new_id, created=True)

@@ -40,7 +40,7 @@ def _llm(recorded: Recorded, step: StepRecord) -> str:
     data = recorded.blobs.get(str(body.get("message")))
     if data is None:
         return esc(head)
-    from agentflow.llm._messages import message_from_blob
+    from agentflow.llm import message_from_blob
 
     message = message_from_blob(data)
     calls = getattr(message, "tool_calls", [])

@@ -13,7 +13,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
 from agentflow.errors import CorruptRecordError
-from agentflow.llm._messages import message_from_blob
+from agentflow.llm import message_from_blob
 from agentflow.store import StepRecord
 from agentflow.trace._records import Recorded, request_of, response_of
 

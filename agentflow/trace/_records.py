@@ -7,10 +7,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentflow.approvals import ApprovalRequest, AuditEntry
-from agentflow.engine import App
+from agentflow.approvals import ApprovalRequest, Approvals, AuditEntry
+from agentflow.engine import App, Client
 from agentflow.errors import ConfigurationError
-from agentflow.store import RunRecord, StepRecord
+from agentflow.store import EventStore, RunRecord, StepRecord
 
 # SQLite's bound-parameter limit is 32766 in current builds but 999 in old ones: stay under it.
 _CHUNK = 900
@@ -47,35 +47,38 @@ class Recorded:
         return next((s for s in self.steps if s.seq == seq), None)
 
 
-def open_app(source: App | str) -> tuple[App, bool]:
-    """The App to read from, and whether we opened it (and so may close it)."""
+def open_client(source: App | Client | str) -> tuple[Client, bool]:
+    """The Client to read with, and whether we opened it (and so may close it)."""
     if isinstance(source, App):
+        return source.client, False
+    if isinstance(source, Client):
         return source, False
     if not isinstance(source, str):
-        raise ConfigurationError(f"expected an App or a database URL, not {type(source).__name__}")
-    return App(source), True
+        raise ConfigurationError(f"expected an App, a Client or a database URL, not {type(source).__name__}")
+    return Client(source), True
 
 
-def load_recorded(app: App, run_id: str) -> Recorded:
+def load_recorded(client: Client, run_id: str) -> Recorded:
     """Read one run: its row, steps, failed attempts, approvals, audit and message blobs."""
-    store = app.store
+    store = client.store
     run = store.get_run(run_id)
     steps = store.load_steps(run_id)
     attempts = [Attempt(*row) for row in store.load_attempts(run_id)]
-    approvals = app.approvals.list(run_id=run_id, status=None)
-    approvals.sort(key=lambda a: (a.created_at, a.id))
-    audit = app.approvals.audit(run_id=run_id)
-    recorded = Recorded(run=run, steps=steps, attempts=attempts, approvals=approvals, audit=audit)
-    recorded.blobs = load_blobs(app, blob_refs(steps))
+    approvals = Approvals(store, client.clock)
+    requests = approvals.list(run_id=run_id, status=None)
+    requests.sort(key=lambda a: (a.created_at, a.id))
+    audit = approvals.audit(run_id=run_id)
+    recorded = Recorded(run=run, steps=steps, attempts=attempts, approvals=requests, audit=audit)
+    recorded.blobs = load_blobs(store, blob_refs(steps))
     return recorded
 
 
-def load_blobs(app: App, refs: Iterable[str]) -> dict[str, str]:
+def load_blobs(store: EventStore, refs: Iterable[str]) -> dict[str, str]:
     """The payloads of these content hashes, in chunks the driver accepts."""
     unique = list(dict.fromkeys(refs))
     found: dict[str, str] = {}
     for lo in range(0, len(unique), _CHUNK):
-        found.update(app.store.get_blobs(unique[lo : lo + _CHUNK]))
+        found.update(store.get_blobs(unique[lo : lo + _CHUNK]))
     return found
 
 

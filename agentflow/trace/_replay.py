@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import tempfile
 import threading
 import time
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentflow.engine import Activity, App, Worker, Workflow
+from agentflow.engine import Activity, App, Client, Worker, Workflow
 from agentflow.errors import ConfigurationError, CorruptRecordError, NonDeterminismError
 from agentflow.trace._records import Recorded
 
@@ -37,10 +36,6 @@ _STOPPED_BY_CODE = ("NonDeterminismError", "CorruptRecordError", "NotRegisteredE
 _ENV_LOCK = threading.Lock()
 # agentflow.llm._guard.ENV (not imported: agentflow.llm loads the model clients).
 MODEL_REQUESTS_ENV = "AGENTFLOW_ALLOW_MODEL_REQUESTS"
-# What a replay copies for the run's tree, besides the runs themselves.
-_PER_RUN = ("af_steps", "af_step_attempts", "af_signals", "af_approvals")
-_BLOB_REF = re.compile(r"\b[0-9a-f]{32}\b")
-_CHUNK = 500
 
 
 @dataclass(slots=True)
@@ -69,71 +64,14 @@ class ReplayResult:
     output: Any = field(default=None, repr=False)
 
 
-def _columns(table: str) -> list[str]:
-    from sqlmodel import SQLModel
-
-    import agentflow.store._models  # noqa: F401 - registers the tables on SQLModel.metadata
-
-    return [c.name for c in SQLModel.metadata.tables[table].columns]
-
-
-def copy_tree(source: App, recorded: Recorded, target: App) -> None:
+def copy_tree(source: Client, recorded: Recorded, target: App) -> None:
     """Copy the rows of `recorded`'s run tree from `source`'s store (either backend) into
     `target`'s (a fresh store): what a replay reads, and nothing of other runs."""
-    src = source.store.backend
-    rows: dict[str, list[tuple[Any, ...]]] = {}
-    runs = src.query(f"SELECT {', '.join(_columns('af_runs'))} FROM af_runs WHERE root_id = ?",
-                     (recorded.run.root_id,))  # fmt: skip
-    rows["af_runs"] = runs
-    ids = [r[0] for r in runs]
-    for table in _PER_RUN:
-        rows[table] = _select_in(src, table, "run_id", ids)
-    if rows["af_approvals"]:
-        rows["af_approval_votes"] = _select_in(
-            src, "af_approval_votes", "approval_id", [r[0] for r in rows["af_approvals"]]
-        )
-    text = " ".join(
-        str(v) for table in ("af_runs", "af_steps") for row in rows[table] for v in row if isinstance(v, str)
-    )
-    rows["af_blobs"] = _select_in(src, "af_blobs", "hash", sorted(set(_BLOB_REF.findall(text))))
-
-    def body(conn: Any) -> None:
-        for table, found in rows.items():
-            cols = _columns(table)
-            sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-            for row in found:
-                conn.execute(sql, row)
-
-    target.store.backend.transact(body, what="copying a run for its replay")
-
-
-def _select_in(backend: Any, table: str, column: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
-    cols = ", ".join(_columns(table))
-    out: list[tuple[Any, ...]] = []
-    for lo in range(0, len(values), _CHUNK):
-        part = values[lo : lo + _CHUNK]
-        out += backend.query(f"SELECT {cols} FROM {table} WHERE {column} IN ({', '.join('?' * len(part))})", part)
-    return out
+    target.store.import_rows(source.store.export_tree(recorded.run.root_id))
 
 
 def _prepare(replica: App, recorded: Recorded) -> None:
-    run = recorded.run
-
-    def body(conn: Any) -> None:
-        conn.execute(
-            "UPDATE af_runs SET status = 'pending', owner = NULL, output = NULL, error = NULL, completed_at = NULL, "
-            "wake_at = NULL, waiting_on = NULL WHERE id = ?",
-            (run.id,),
-        )
-        conn.execute("DELETE FROM af_steps WHERE run_id = ? AND status NOT IN ('completed', 'failed')", (run.id,))
-        # Other live runs of the tree stay put: the replay drives this run only.
-        conn.execute(
-            "UPDATE af_runs SET status = 'cancelled' WHERE root_id = ? AND id != ? AND status NOT IN "
-            "('completed', 'failed', 'cancelled')",
-            (run.root_id, run.id),
-        )
-
-    replica.store.backend.transact(body, what="preparing a replay")
+    replica.store.rewind_for_replay(recorded.run.id, recorded.run.root_id)
 
 
 def _replica(url: str, source: App | Workflow[Any, Any], activities: Sequence[Activity[Any, Any]]) -> App:
@@ -190,7 +128,7 @@ def _finished(recorded: Recorded) -> bool:
 
 
 def replay_run(
-    recorded: Recorded, store: App, source: App | Workflow[Any, Any], *,
+    recorded: Recorded, store: Client, source: App | Workflow[Any, Any], *,
     activities: Sequence[Activity[Any, Any]] = (), timeout: float = 60.0,
 ) -> ReplayResult:  # fmt: skip
     """Replay one recorded run (read from `store`, either backend) on a copy of its tree; see

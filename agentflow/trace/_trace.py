@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
-from agentflow.engine import Activity, App, RunHandle, Workflow
+from agentflow.engine import Activity, App, Client, RunHandle, Workflow
 from agentflow.policy import PolicyPack
-from agentflow.store import RunRecord, StepRecord
+from agentflow.store import EventStore, RunRecord, StepRecord
 from agentflow.trace import _export, _tables
-from agentflow.trace._records import Recorded, load_recorded, open_app
+from agentflow.trace._records import Recorded, load_recorded, open_client
 
 if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
@@ -36,9 +36,12 @@ class Trace:
     makes durations zero).
     """
 
-    def __init__(self, app: App, recorded: Recorded, *, owns_app: bool = False) -> None:
+    def __init__(
+        self, client: Client, recorded: Recorded, *, owns_client: bool = False, app: App | None = None
+    ) -> None:
+        self._client = client
+        self._owns_client = owns_client
         self._app = app
-        self._owns_app = owns_app
         self.recorded = recorded
 
     # -- the run -----------------------------------------------------------------------------
@@ -57,14 +60,29 @@ class Trace:
         return self.recorded.steps
 
     @property
+    def client(self) -> Client:
+        """The Client the trace reads with (reopens its store if it was closed)."""
+        return self._client
+
+    @property
+    def store(self) -> EventStore:
+        """The store the run was read from."""
+        return self._client.store
+
+    @property
     def app(self) -> App:
-        """The App the trace was read from (reopens its store if it was closed)."""
+        """The App the trace was loaded from; for a trace loaded from a URL, an App on the
+        same store and clock with nothing registered (made on first access)."""
+        if self._app is None:
+            self._app = App(self._client.db, clock=self._client.clock)
         return self._app
 
     def close(self) -> None:
         """Close the store connection `load` opened for a URL (the trace stays readable)."""
-        if self._owns_app:
-            self._app.close()
+        if self._owns_client:
+            self._client.close()
+            if self._app is not None:
+                self._app.close()
 
     def __enter__(self) -> Trace:
         return self
@@ -177,7 +195,7 @@ class Trace:
         """
         from agentflow.trace._replay import replay_run
 
-        return replay_run(self.recorded, self._app, workflow_or_app, activities=activities, timeout=timeout)
+        return replay_run(self.recorded, self._client, workflow_or_app, activities=activities, timeout=timeout)
 
     def what_if(
         self, policies: PolicyPack | str | Path, *, tools: Sequence[BaseTool] = (), changed_only: bool = True
@@ -198,7 +216,7 @@ class Trace:
         """
         from agentflow.trace._whatif import what_if_table
 
-        return what_if_table(self.recorded, policies, tools=tools, changed_only=changed_only, app=self._app)
+        return what_if_table(self.recorded, policies, tools=tools, changed_only=changed_only, client=self._client)
 
     def fork(self, at_seq: int, *, run_id: str | None = None, meta: dict[str, Any] | None = None) -> RunHandle:
         """Start a new run that reuses this run's history up to step `at_seq` and continues live.
@@ -215,13 +233,17 @@ class Trace:
         """
         from agentflow.trace._fork import fork_run
 
-        return fork_run(self._app, self.recorded, at_seq, run_id=run_id, meta=meta)
+        return fork_run(self._client, self.recorded, at_seq, run_id=run_id, meta=meta)
 
     # -- export ------------------------------------------------------------------------------
     def to_jsonl(self, path: str | Path) -> int:
         """Write the run, its steps (JSON decoded), failed attempts and approvals as JSON lines;
         return the number of lines."""
         return _export.write_jsonl(self.recorded, path)
+
+    def jsonl(self) -> str:
+        """What `to_jsonl` writes, as text (one JSON object per line)."""
+        return _export.jsonl_text(self.recorded)
 
     def to_otel_spans(self) -> list[dict[str, Any]]:
         """The run as OpenTelemetry spans (dicts in the OTLP JSON shape) following the GenAI
@@ -239,21 +261,22 @@ class Trace:
         return export_spans(self.recorded, exporter, service_name=service_name)
 
 
-def load(db_url_or_app: App | str, run_id: str) -> Trace:
+def load(db_url_or_app: App | Client | str, run_id: str) -> Trace:
     """Load a recorded run.
 
     Args:
-        db_url_or_app: an App, or a store URL (`sqlite:///path`, `postgresql://...`).
+        db_url_or_app: an App, a Client, or a store URL (`sqlite:///path`, `postgresql://...`).
         run_id: the run.
 
     Raises:
         UnknownRunError: no such run in the store.
     """
-    app, owned = open_app(db_url_or_app)
+    client, owned = open_client(db_url_or_app)
     try:
-        recorded = load_recorded(app, run_id)
+        recorded = load_recorded(client, run_id)
     except BaseException:
         if owned:
-            app.close()
+            client.close()
         raise
-    return Trace(app, recorded, owns_app=owned)
+    app = db_url_or_app if isinstance(db_url_or_app, App) else None
+    return Trace(client, recorded, owns_client=owned, app=app)

@@ -20,10 +20,9 @@ from typing import Any
 import pandas as pd
 from langchain_core.tools import BaseTool
 
-from agentflow.engine import App
+from agentflow.engine import Client
 from agentflow.llm import ToolFacts, tool_facts
-from agentflow.policy import CallFacts, PolicyPack, decide, load_pack
-from agentflow.policy._engine import NoUsage, StoreUsage
+from agentflow.policy import CallFacts, NoUsage, PolicyDecision, PolicyPack, decide, load_pack
 from agentflow.trace._records import Recorded
 from agentflow.trace._tables import decision_rows, frame
 
@@ -56,10 +55,10 @@ def _facts(recorded: Recorded, row: dict[str, Any], declared: dict[str, ToolFact
 
 def what_if_table(
     recorded: Recorded, policies: PolicyPack | str | Path, *, tools: Sequence[BaseTool] = (),
-    changed_only: bool = True, app: App | None = None,
+    changed_only: bool = True, client: Client | None = None,
 ) -> pd.DataFrame:  # fmt: skip
     """Each recorded decision beside the decision `policies` would have made (limits counted
-    from `app`'s usage records; without an app, no earlier usage)."""
+    from `client`'s store's usage records; without a client, no earlier usage)."""
     pack = resolve_pack(policies)
     declared = {t.name: tool_facts(t) for t in tools}
     requester = recorded.run.meta_dict().get("requested_by")
@@ -68,8 +67,7 @@ def what_if_table(
         facts = _facts(recorded, row, declared, requester)
         at = float(row["at"])
         deciding = (recorded.run_id, facts.usage_key)
-        used = NoUsage() if app is None else StoreUsage(app.store.backend.conn, deciding=deciding, as_of=at)
-        would = decide(pack, facts, at, used)
+        would = _decide(client, pack, facts, at, deciding)
         changed = would.effect != row["effect"] or would.rule != row["rule"]
         if changed_only and not changed:
             continue
@@ -79,3 +77,12 @@ def what_if_table(
             "would_effect": would.effect, "would_rule": would.rule, "would_reason": would.reason, "changed": changed,
         })  # fmt: skip
     return frame(rows, WHAT_IF_COLUMNS, times=("at",))
+
+
+def _decide(
+    client: Client | None, pack: PolicyPack, facts: CallFacts, at: float, deciding: tuple[str, str]
+) -> PolicyDecision:
+    """The pack's decision at `at`, with the store's usage as it stood then (if there is one)."""
+    if client is None:
+        return decide(pack, facts, at, NoUsage())
+    return client.store.read(lambda tx: decide(pack, facts, at, tx.usage(deciding=deciding, as_of=at)))

@@ -41,7 +41,7 @@ from langchain_core.messages import ToolMessage, messages_from_dict
 import tools.noc as noc
 from agentflow import App
 from agentflow.agent import approval_signal
-from agentflow.approvals import ApprovalRequest
+from agentflow.approvals import ApprovalRequest, Approvals
 from agentflow.errors import ApprovalRefused
 from agentflow.policy import PolicyDecision
 from agentflow.testing import TestClock, assert_eventually
@@ -77,7 +77,7 @@ class Harness:
         self.logs = 0
 
     def start(self, agent: str, site: str, run_id: str, *, tenant: str = "default") -> str:
-        self.app.start_agent(policyapp.AGENTS[agent], policyapp.task(site), run_id=run_id, tenant=tenant)
+        policyapp.AGENTS[agent].start(self.app, policyapp.task(site), run_id=run_id, tenant=tenant)
         return run_id
 
     def spawn(self, stack: ExitStack, *, crash: str | None = None, until_idle: bool = True) -> subprocess.Popen[bytes]:
@@ -168,7 +168,7 @@ def effects_of(net: noc.Network, run_id: str, kind: str = "apply") -> list[dict[
 
 def open_request(app: App, run_id: str) -> ApprovalRequest:
     """The run's open approval request (what an operator sees in their inbox)."""
-    return assert_eventually(lambda: app.approvals.list(run_id=run_id), message=f"{run_id} asked for no approval")[0]
+    return assert_eventually(lambda: Approvals.of(app).list(run_id=run_id), message=f"{run_id} asked for no approval")[0]
 
 
 def approval_rows(app: App, run_id: str) -> list[tuple[Any, ...]]:
@@ -284,9 +284,9 @@ def test_one_change_per_target_while_the_other_run_is_active(race: Harness) -> N
     assert [h.app.get_run(r).status for r in first] == ["waiting", "waiting"]  # both on their notify approval
     check_ledger(h.app, h.net)
 
-    alice = h.app.approvals.add_operator("alice", tenant="one-change", roles=["noc-engineer"])[0]
-    h.app.approvals.approve(open_request(h.app, holder).id, by=alice)
-    h.app.approvals.reject(open_request(h.app, other).id, by=alice, comment="nothing was changed")
+    alice = Approvals.of(h.app).add_operator("alice", tenant="one-change", roles=["noc-engineer"])[0]
+    Approvals.of(h.app).approve(open_request(h.app, holder).id, by=alice)
+    Approvals.of(h.app).reject(open_request(h.app, other).id, by=alice, comment="nothing was changed")
     for run_id in first:
         h.drive(run_id)
     assert [h.app.get_run(r).status for r in first] == ["completed", "completed"]
@@ -368,7 +368,7 @@ def test_defer_sleeps_durably_until_the_window(
     pushed exactly once, at or after the opening on the engine clock."""
     app, clock = night
     net = noc.configure(tmp_path / "net.db")
-    app.start_agent(policyapp.AGENTS["window"], policyapp.task("CS-104"), run_id="w")
+    policyapp.AGENTS["window"].start(app, policyapp.task("CS-104"), run_id="w")
     worker_thread(app)
     parked(app, "w", wake_at=OPENING)
     [(at, first)] = decisions(app, "w")
@@ -397,7 +397,7 @@ def test_approval_is_asked_during_the_day_and_the_apply_waits_for_the_window(
     exactly once, at or after the opening."""
     app, clock = night
     net = noc.configure(tmp_path / "net.db")
-    app.start_agent(policyapp.AGENTS["window-approve"], policyapp.task("CS-104"), run_id="wa")
+    policyapp.AGENTS["window-approve"].start(app, policyapp.task("CS-104"), run_id="wa")
     worker_thread(app)
     request = open_request(app, "wa")
     parked(app, "wa", signal_name=approval_signal(request.id))
@@ -412,8 +412,8 @@ def test_approval_is_asked_during_the_day_and_the_apply_waits_for_the_window(
     assert sleeps(app, "wa") == []  # people first, then the window
 
     clock.advance(600)
-    alice = app.approvals.add_operator("alice", tenant="default", roles=["noc-engineer"])[0]
-    app.approvals.approve(request.id, by=alice)
+    alice = Approvals.of(app).add_operator("alice", tenant="default", roles=["noc-engineer"])[0]
+    Approvals.of(app).approve(request.id, by=alice)
     parked(app, "wa", wake_at=OPENING)
     assert sleeps(app, "wa") == [("waiting", OPENING)]
     assert net.effects("apply") == []
@@ -435,10 +435,10 @@ def test_approval_is_asked_during_the_day_and_the_apply_waits_for_the_window(
 def check_approve_again_changes_nothing(h: Harness, run_id: str, request_id: str, by: Any) -> None:
     before = ([(s.seq, s.status) for s in h.app.history(run_id)], h.net.effects(), usage_rows(h.app))
     with pytest.raises(ApprovalRefused) as refused:
-        h.app.approvals.approve(request_id, by=by)
+        Approvals.of(h.app).approve(request_id, by=by)
     assert refused.value.code == "already_decided"
     assert ([(s.seq, s.status) for s in h.app.history(run_id)], h.net.effects(), usage_rows(h.app)) == before
-    assert len(h.app.approvals.get(request_id).votes) == 1
+    assert len(Approvals.of(h.app).get(request_id).votes) == 1
 
 
 @pytest.mark.slow
@@ -455,8 +455,8 @@ def test_crash_while_waiting_for_approval_resumes_waiting(h: Harness) -> None:
         parked(h.app, run_id, signal_name=approval_signal(request.id))
         assert approval_rows(h.app, run_id) == [(request.id, "pending")]
         assert h.net.effects("apply") == []
-        alice = h.app.approvals.add_operator("alice", tenant="default", roles=["noc-engineer"])[0]
-        h.app.approvals.approve(request.id, by=alice)
+        alice = Approvals.of(h.app).add_operator("alice", tenant="default", roles=["noc-engineer"])[0]
+        Approvals.of(h.app).approve(request.id, by=alice)
         assert_eventually(lambda: h.app.get_run(run_id).status == "completed", timeout=WORKER_TIMEOUT)
         fresh.terminate()
         assert fresh.wait(timeout=WORKER_TIMEOUT) == 0, h.log()
@@ -485,8 +485,8 @@ def test_kill_between_approval_and_apply_pushes_once(h: Harness, crash: str) -> 
     h.drive(run_id)
     request = open_request(h.app, run_id)
     parked(h.app, run_id, signal_name=approval_signal(request.id))
-    alice = h.app.approvals.add_operator("alice", tenant="default", roles=["noc-engineer"])[0]
-    h.app.approvals.approve(request.id, by=alice)
+    alice = Approvals.of(h.app).add_operator("alice", tenant="default", roles=["noc-engineer"])[0]
+    Approvals.of(h.app).approve(request.id, by=alice)
     h.crashed_worker(crash)
     why, apply_status, pushed = KILLS_AFTER_APPROVAL[crash]
     at_kill = [s.status for s in h.app.history(run_id) if s.kind == "tool"]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agentflow import App, WorkflowContext
-from agentflow.approvals import ApprovalRequest
+from agentflow.approvals import ApprovalRequest, Approvals
 from agentflow.engine import SystemClock
 from agentflow.policy import ApprovalSpec, PolicyDecision, load_pack
 
@@ -72,7 +72,7 @@ def staged_requests(make_app: Callable[..., App]) -> tuple[App, ApprovalRequest,
     def stage(call_id: str, spec: ApprovalSpec) -> ApprovalRequest:
         decision = PolicyDecision(effect="require_approval", rule="change-approval", approval_rule="change-approval",
                                   approval=spec, pack="noc", pack_hash="0" * 16)  # fmt: skip
-        return app.approvals.request(run_id="inc-1", call_id=call_id, tenant=TENANT, requested_by="req",
+        return Approvals.of(app).request(run_id="inc-1", call_id=call_id, tenant=TENANT, requested_by="req",
                                      tool="apply_change", args=dict(ARGS), decision=decision)  # fmt: skip
 
     c1 = stage("c1", ApprovalSpec(roles=["noc-engineer"], quorum=2, editable_args=["value"]))
@@ -87,7 +87,7 @@ def test_operators_and_approvals_through_the_cli(tmp_path: Path, make_app: Calla
     operator completes the quorum bound to the edited hash, and rejects the other request with a
     comment. A bad token exits 2 naming the error code and changes nothing."""
     app, c1, c2 = staged_requests(make_app)
-    bob = app.approvals.add_operator("bob", tenant=TENANT, roles=["noc-engineer"])[1]
+    bob = Approvals.of(app).add_operator("bob", tenant=TENANT, roles=["noc-engineer"])[1]
     db = ["--db", db_url]
     added, shown, forged = agentflow(
         ["operators", "add", "alice", "--tenant", TENANT, "--role", "noc-engineer", *db],
@@ -99,12 +99,12 @@ def test_operators_and_approvals_through_the_cli(tmp_path: Path, make_app: Calla
     alice = added.stdout.strip()
     assert added.stdout == alice + "\n" and alice.startswith("aft_")
     assert alice not in added.stderr and "shown once" in added.stderr
-    assert app.approvals.authenticate(alice).name == "alice"
+    assert Approvals.of(app).authenticate(alice).name == "alice"
     assert shown.returncode == 0, shown.stderr
     for fact in (c1.id, c1.args_hash, json.dumps(ARGS), "change-approval", "2 of roles ['noc-engineer'], four-eyes"):
         assert fact in shown.stdout
     assert forged.returncode == 2 and "error (bad_token)" in forged.stderr
-    assert app.approvals.get(c1.id).votes == []
+    assert Approvals.of(app).get(c1.id).votes == []
 
     listed, edited = agentflow(
         ["approvals", "list", "--token", alice, "--json", *db],
@@ -116,7 +116,7 @@ def test_operators_and_approvals_through_the_cli(tmp_path: Path, make_app: Calla
     assert alice not in listed.stdout
     assert edited.returncode == 0, edited.stderr
     assert f"{c1.id}: pending (1/2 approvals)" in edited.stdout
-    now = app.approvals.get(c1.id)
+    now = Approvals.of(app).get(c1.id)
     assert (now.args, now.revision, now.status) == ({**ARGS, "value": 5}, 2, "pending")
     assert [(v.principal, v.comment, v.revision) for v in now.votes] == [("alice", "smaller step", 2)]
 
@@ -128,9 +128,9 @@ def test_operators_and_approvals_through_the_cli(tmp_path: Path, make_app: Calla
     assert approved.returncode == 0, approved.stderr
     assert f"{c1.id}: approved (2/2 approvals)" in approved.stdout
     assert rejected.returncode == 0 and f"{c2.id}: rejected" in rejected.stdout, rejected.stderr
-    final = app.approvals.get(c1.id)
+    final = Approvals.of(app).get(c1.id)
     assert (final.status, final.args["value"], final.approvals) == ("approved", 5, 2)
-    assert [(v.principal, v.decision, v.comment) for v in app.approvals.get(c2.id).votes] == [
+    assert [(v.principal, v.decision, v.comment) for v in Approvals.of(app).get(c2.id).votes] == [
         ("bob", "reject", "not tonight")
     ]
     woken = app.store.backend.query("SELECT name FROM af_signals WHERE run_id = 'inc-1'")

@@ -1,4 +1,4 @@
-"""Starting an agent as a run of its own: `app.start_agent(...)` and `agentflow run ...`."""
+"""Starting an agent as a run of its own: `agent.start(app | client, ...)` and `agentflow run ...`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 import agentflow.llm as llm
 import tools.noc as noc
-from agentflow import Agent, App
+from agentflow import Agent, App, Client
 from agentflow.errors import ConfigurationError
 
 APP_MODULE = textwrap.dedent(
@@ -105,18 +105,35 @@ def scripted_agent(name: str = "kpi-reader") -> Agent:
     return Agent(name=name, model=model, tools=[get_kpis])
 
 
-def test_app_start_agent_records_tenant_and_requester(app: App) -> None:
-    """`app.start_agent` registers the agent as `agent:<name>`, records tenant and requester,
+def test_agent_start_records_tenant_and_requester(app: App) -> None:
+    """`agent.start(app, ...)` registers the agent as `agent:<name>`, records tenant and requester,
     and (like `start`) returns the existing run for an existing run id."""
     agent = scripted_agent()
-    handle = app.start_agent(agent, "CS-101 KPIs?", tenant="noc-east", requested_by="alice", run_id="a1")
+    handle = agent.start(app, "CS-101 KPIs?", tenant="noc-east", requested_by="alice", run_id="a1")
     info = handle.info()
     assert info.workflow == "agent:kpi-reader" and info.tenant == "noc-east"
     assert info.meta == {"agent": "kpi-reader", "requested_by": "alice"}
-    again = app.start_agent(agent, "CS-101 KPIs?", run_id="a1")
+    again = agent.start(app, "CS-101 KPIs?", run_id="a1")
     assert not again.created
     out = app.run(app.workflow_named("agent:kpi-reader"), "CS-101 KPIs?", run_id="a1")
     assert out.status == "answered" and out.answer == "2.9%"
+
+
+def test_agent_start_through_a_client_reaches_the_workers_app(app: App) -> None:
+    """`agent.start(client, ...)` records a run of `agent:<name>` without registering anything
+    where it is called (a server or a script with no workers); the App whose workers have the
+    agent registered drives it to its outcome."""
+    agent = scripted_agent()
+    agent.register(app)
+    client = Client(app.db, clock=app.clock)
+    try:
+        handle = agent.start(client, "CS-101 KPIs?", tenant="noc-east", requested_by="bob", run_id="c1")
+        assert handle.created and client.get("c1").meta == {"agent": "kpi-reader", "requested_by": "bob"}
+    finally:
+        client.close()
+    out = app.run(app.workflow_named("agent:kpi-reader"), "CS-101 KPIs?", run_id="c1")
+    assert out.status == "answered" and out.answer == "2.9%"
+    assert app.get_run("c1").tenant == "noc-east"
 
 
 def test_two_agents_cannot_share_a_name_on_one_app(app: App) -> None:

@@ -13,7 +13,7 @@ many processes, plus the races that only a backend with concurrent writers can l
   IMMEDIATE does it for free) loses the race here: a lost approval quorum, a rate limit exceeded,
   a lost wake-up, a run stuck after a takeover. Each of these tests fails on a backend with the
   locks taken out (checked by hand when they were written).
-* The read side: `agentflow.trace` and `app.approvals` on a PostgreSQL App.
+* The read side: `agentflow.trace` and `Approvals.of(app)` on a PostgreSQL App.
 
 The storage tests that do not depend on the backend run on both through the `backends` marker
 (tests/integration/test_store.py, test_leases.py); this module is about PostgreSQL itself.
@@ -39,7 +39,7 @@ from support.pg import Gate
 
 import tools.noc as noc
 from agentflow import App, RetryPolicy, WorkflowContext, current_activity
-from agentflow.approvals import approval_signal_name
+from agentflow.approvals import Approvals, approval_signal_name
 from agentflow.engine._executor import RunExecutor
 from agentflow.errors import LeaseLostError
 from agentflow.policy import ApprovalSpec, PolicyDecision
@@ -389,21 +389,21 @@ def test_concurrent_approvals_reach_the_quorum_once(make_app: Callable[..., App]
     wake-up signal to the run: neither vote was decided on a stale count (the lost quorum) and
     the transition happened once."""
     app_a, app_b = make_app(), make_app()
-    alice, _ = app_a.approvals.add_operator("alice", tenant="t", roles=["noc"])
-    bob, _ = app_a.approvals.add_operator("bob", tenant="t", roles=["noc"])
+    alice, _ = Approvals.of(app_a).add_operator("alice", tenant="t", roles=["noc"])
+    bob, _ = Approvals.of(app_a).add_operator("bob", tenant="t", roles=["noc"])
     app_a.store.create_run(run_id="r", workflow="wf", tenant="t", input="[[],{}]", now=START)
     decision = PolicyDecision(
         effect="require_approval", rule="two-keys", approval=ApprovalSpec(roles=["noc"], quorum=2)
     )
-    request = app_a.approvals.request(
+    request = Approvals.of(app_a).request(
         run_id="r", call_id="c1", tenant="t", requested_by="carol", tool="apply_change", args={"site": "CS-101"},
         decision=decision,
     )  # fmt: skip
 
     with Gate(pg_url, "af_approval_votes") as gate:
         votes = [
-            _in_thread(lambda: app_a.approvals.approve(request.id, by=alice)),
-            _in_thread(lambda: app_b.approvals.approve(request.id, by=bob)),
+            _in_thread(lambda: Approvals.of(app_a).approve(request.id, by=alice)),
+            _in_thread(lambda: Approvals.of(app_b).approve(request.id, by=bob)),
         ]
         failed = _failed(*(out for _, out in votes))
         gate.wait_at_gate(1, failed=failed)
@@ -412,9 +412,9 @@ def test_concurrent_approvals_reach_the_quorum_once(make_app: Callable[..., App]
         for thread, out in votes:
             _join(thread, out)
 
-    final = app_a.approvals.get(request.id)
+    final = Approvals.of(app_a).get(request.id)
     assert (final.status, sorted(v.principal for v in final.votes)) == ("approved", ["alice", "bob"])
-    notes = [e.reason for e in app_a.approvals.audit(approval_id=request.id) if e.action == "approve"]
+    notes = [e.reason for e in Approvals.of(app_a).audit(approval_id=request.id) if e.action == "approve"]
     assert len(notes) == 2 and sum(n.startswith("approved (2/2)") for n in notes) == 1, notes
     wakes = app_a.store.backend.query(
         "SELECT payload FROM af_signals WHERE run_id = ? AND name = ?", ("r", approval_signal_name(request.id))
@@ -454,13 +454,13 @@ def test_rate_limit_holds_under_concurrent_decisions(make_app: Callable[..., App
     app_a, app_b = _policy_app(make_app), _policy_app(make_app)
     agent = policyapp.AGENTS["rate"]
     for site in ("CS-101", "CS-107"):
-        app_a.start_agent(agent, policyapp.task(site), run_id=f"before-{site}")
+        agent.start(app_a, policyapp.task(site), run_id=f"before-{site}")
         _drive(app_a, f"before-{site}")
     assert len(net.effects("apply")) == policyapp.MAX_CALLS - 1
 
     racers = {"race-a": (app_a, "CS-113"), "race-b": (app_b, "CS-119")}
     for run_id, (app, site) in racers.items():
-        app.start_agent(agent, policyapp.task(site), run_id=run_id)
+        agent.start(app, policyapp.task(site), run_id=run_id)
     with Gate(pg_url, "af_policy_usage") as gate:
         threads = [_in_thread(lambda a=app, r=run_id: _drive(a, r)) for run_id, (app, _) in racers.items()]
         failed = _failed(*(out for _, out in threads))
@@ -496,7 +496,7 @@ def test_rate_limit_holds_across_worker_processes(pg_url: str, tmp_path: Path) -
     try:
         run_ids = [f"rate-{site}" for site in SPREAD]
         for run_id, site in zip(run_ids, SPREAD, strict=True):
-            app.start_agent(policyapp.AGENTS["rate"], policyapp.task(site), run_id=run_id)
+            policyapp.AGENTS["rate"].start(app, policyapp.task(site), run_id=run_id)
         with ExitStack() as stack:
             workers = Workers(stack, tmp_path, pg_url, "policyapp:app", **{noc.ENV: str(tmp_path / "net.db")})
             procs = [workers.spawn(until_idle=True) for _ in range(3)]
@@ -629,7 +629,7 @@ def test_zombie_write_racing_a_takeover_leaves_no_stuck_run(
 
 # -- 5. the read side ------------------------------------------------------------------------
 def test_trace_and_approvals_on_postgres(make_app: Callable[..., App], tmp_path: Path, pg_url: str) -> None:
-    """On a PostgreSQL App, an agent run waits for an approval listed by `app.approvals`;
+    """On a PostgreSQL App, an agent run waits for an approval listed by `Approvals.of(app)`;
     alice's approval wakes it and it pushes once. `agentflow.trace.load` (from the App and from
     the URL) has the run's steps, its decision and the approval; `trace.runs` finds the run by
     tool and approver; the audit holds the request and the approval."""
@@ -637,12 +637,12 @@ def test_trace_and_approvals_on_postgres(make_app: Callable[..., App], tmp_path:
 
     net = _noc(tmp_path)
     app = _policy_app(make_app)
-    app.start_agent(policyapp.AGENTS["approve"], policyapp.task("CS-104"), run_id="ap")
+    policyapp.AGENTS["approve"].start(app, policyapp.task("CS-104"), run_id="ap")
     asyncio.run(app.worker(root_id="ap").run_until_blocked("ap", until_signal_wait=True))
-    [request] = app.approvals.list(run_id="ap")
+    [request] = Approvals.of(app).list(run_id="ap")
     assert (request.status, request.tool, request.args["site"]) == ("pending", "apply_change", "CS-104")
-    alice, _ = app.approvals.add_operator("alice", tenant="default", roles=["noc-engineer"])
-    app.approvals.approve(request.id, by=alice, comment="window agreed")
+    alice, _ = Approvals.of(app).add_operator("alice", tenant="default", roles=["noc-engineer"])
+    Approvals.of(app).approve(request.id, by=alice, comment="window agreed")
     _drive(app, "ap")
     assert app.get_run("ap").status == "completed"
     assert len([e for e in net.effects("apply") if run_of(e["idempotency_key"]) == "ap"]) == 1
@@ -658,5 +658,5 @@ def test_trace_and_approvals_on_postgres(make_app: Callable[..., App], tmp_path:
         assert len(t.steps) == len(history)
     found = trace.runs(app, tool="apply_change", approved_by="alice")
     assert list(found["run_id"]) == ["ap"]
-    actions = [e.action for e in app.approvals.audit(run_id="ap")]
+    actions = [e.action for e in Approvals.of(app).audit(run_id="ap")]
     assert actions[0] == "requested" and "approve" in actions

@@ -36,6 +36,7 @@ import policies
 import tools.noc as noc
 from agentflow import App
 from agentflow.agent import Agent
+from agentflow.approvals import Approvals
 from agentflow.engine import SystemClock
 from agentflow.policy import parse_pack
 from agentflow.server import create_app
@@ -134,7 +135,7 @@ def open_world(
             for site in sites:
                 net.inject(site, "mis_set_handover")
         tokens = {
-            key: app.approvals.add_operator(name, tenant=tenant, roles=roles)[1]
+            key: Approvals.of(app).add_operator(name, tenant=tenant, roles=roles)[1]
             for key, (name, tenant, roles) in OPERATORS.items()
         }
         with TestClient(create_app(app)) as client:
@@ -241,7 +242,7 @@ def state(app: App) -> dict[str, Any]:
 
 def decision_view(app: App, approval_id: str, run_id: str) -> tuple[Any, ...]:
     """The request's status, revision, hash and votes (via the approvals service), and the run's status."""
-    req = app.approvals.get(approval_id)
+    req = Approvals.of(app).get(approval_id)
     votes = [(v.principal, v.decision, v.revision) for v in req.votes]
     return req.status, req.revision, req.args_hash, votes, app.get_run(run_id).status
 
@@ -657,10 +658,10 @@ def test_authorization_matrix(actor: str, endpoint: str, request: pytest.Fixture
     else:  # a refusal: the shared parked run, which nobody decides
         parked: Parked = request.getfixturevalue("parked")
         w, card, bob = parked.world, parked.approval, parked.bob
-    before, view, audits = state(w.app), decision_view(w.app, card["id"], card["run_id"]), len(w.app.approvals.audit())
+    before, view, audits = state(w.app), decision_view(w.app, card["id"], card["run_id"]), len(Approvals.of(w.app).audit())
 
     answer = decide(w, actor, endpoint, card, bob)
-    added = w.app.approvals.audit()[audits:]
+    added = Approvals.of(w.app).audit()[audits:]
 
     if status != 200:
         assert_error(answer, status, outcome)
@@ -676,7 +677,7 @@ def test_authorization_matrix(actor: str, endpoint: str, request: pytest.Fixture
     voter, decision = audit[0], audit[1]
     assert [(v["principal"], v["decision"]) for v in decided["votes"]] == [(voter, decision)]
     assert [(a.actor, a.action, a.outcome) for a in added if a.approval_id == card["id"]] == [audit]
-    assert w.app.approvals.get(card["id"]).status == outcome
+    assert Approvals.of(w.app).get(card["id"]).status == outcome
     assert w.finished("r1")["status"] == "completed"
     assert len(w.applies()) == (1 if outcome == "approved" else 0)
 
@@ -686,7 +687,7 @@ def test_wrong_or_missing_credentials_answer_401_json(parked: Parked) -> None:
     """A wrong bearer token (401 bad_token, audited), no credentials (401 not_signed_in), an
     unknown cookie (401 session_expired), on reads and writes: JSON errors; nothing started."""
     w = parked.world
-    before, audits = state(w.app), len(w.app.approvals.audit())
+    before, audits = state(w.app), len(Approvals.of(w.app).audit())
     for method, path, body in (("GET", "/api/runs", None), ("GET", "/api/approvals", None),
                                ("POST", "/api/runs", {"task": "hi"}), ("GET", "/api/session", None)):  # fmt: skip
         assert_error(w.client.request(method, path, json=body, headers={"Authorization": "Bearer aft_nope"}), 401,
@@ -697,7 +698,7 @@ def test_wrong_or_missing_credentials_answer_401_json(parked: Parked) -> None:
     assert_error(w.client.post("/api/session", json={"token": "aft_nope"}), 401, "bad_token")
     assert_error(w.client.post("/api/session", json={"token": w.tokens["bob"], "tenant": WEST}), 403, "wrong_tenant")
     assert state(w.app) == before
-    added = [(a.actor, a.action, a.outcome) for a in w.app.approvals.audit()[audits:]]
+    added = [(a.actor, a.action, a.outcome) for a in Approvals.of(w.app).audit()[audits:]]
     assert added == [("anonymous", "authenticate", "refused")] * 5  # the four bearer attempts and the sign-in
 
 
@@ -740,13 +741,13 @@ def test_invalid_decisions_are_refused_and_change_nothing(parked: Parked) -> Non
     card = parked.approval
     url = f"/api/approvals/{card['id']}"
     bob = w.bearer("bob")
-    before, view, audits = state(w.app), decision_view(w.app, card["id"], "east-1"), len(w.app.approvals.audit())
+    before, view, audits = state(w.app), decision_view(w.app, card["id"], "east-1"), len(Approvals.of(w.app).audit())
 
     assert_error(w.client.post(f"{url}/approve", json={"seen_hash": "f" * 64}, headers=bob), 409, "stale_args")
     edited = {**card["args"], "site": "CS-102"}
     assert_error(w.client.post(f"{url}/approve", json={"args": edited, "seen_hash": card["args_hash"]}, headers=bob),
                  422, "not_editable")  # fmt: skip
-    added = w.app.approvals.audit()[audits:]
+    added = Approvals.of(w.app).audit()[audits:]
     assert [(a.actor, a.outcome, a.reason.split(":")[0]) for a in added] == [
         ("bob", "refused", "stale_args"),
         ("bob", "refused", "not_editable"),
@@ -809,9 +810,9 @@ def test_a_double_clicked_approve_counts_once_quorum_1(parked_world: World) -> N
     assert [a.status_code for a in answers] == [200, 409], [a.text for a in answers]
     assert answers[0].json()["status"] == "approved"
     assert_error(answers[1], 409, "already_decided")
-    req = w.app.approvals.get(card["id"])
+    req = Approvals.of(w.app).get(card["id"])
     assert [(v.principal, v.decision) for v in req.votes] == [("bob", "approve")]
-    assert [(a.outcome, a.reason.split(":")[0]) for a in w.app.approvals.audit(approval_id=card["id"])
+    assert [(a.outcome, a.reason.split(":")[0]) for a in Approvals.of(w.app).audit(approval_id=card["id"])
             if a.actor == "bob"] == [("done", "approved (1/1)"), ("refused", "already_decided")]  # fmt: skip
     assert w.finished("r1")["status"] == "completed"
     assert len(w.applies()) == 1 and w.net is not None and w.net.duplicate_keys() == []
@@ -844,9 +845,9 @@ def test_a_double_clicked_approve_counts_once_quorum_2(tmp_path: Path) -> None:
         assert [(a.json()["status"], a.json()["quorum"]) for a in answers] == [
             ("pending", {"needed": 2, "have": 1})
         ] * 2
-        req = w.app.approvals.get(card["id"])
+        req = Approvals.of(w.app).get(card["id"])
         assert (req.status, [(v.principal, v.decision) for v in req.votes]) == ("pending", [("bob", "approve")])
-        assert sorted(a.reason for a in w.app.approvals.audit(approval_id=card["id"]) if a.actor == "bob") == [
+        assert sorted(a.reason for a in Approvals.of(w.app).audit(approval_id=card["id"]) if a.actor == "bob") == [
             "approval 1/2",
             "repeated decision: counted once",
         ]
@@ -895,20 +896,20 @@ def test_an_expired_request_answers_410_and_changes_nothing(tmp_path: Path) -> N
         url = f"/api/approvals/{card['id']}"
         answer = w.client.post(f"{url}/approve", json={"seen_hash": card["args_hash"]}, headers=w.bearer("bob"))
         assert_error(answer, 410, "expired")
-        assert w.app.approvals.expire(card["id"]).status == "expired"
+        assert Approvals.of(w.app).expire(card["id"]).status == "expired"
         run = w.finished("r1")
         assert run["status"] == "completed" and w.applies() == []
-        before, audits = state(w.app), len(w.app.approvals.audit())
+        before, audits = state(w.app), len(Approvals.of(w.app).audit())
         assert_error(w.client.post(f"{url}/approve", json={}, headers=w.bearer("bob")), 410, "expired")
         assert_error(w.client.post(f"{url}/reject", json={"comment": "late"}, headers=w.bearer("erin")), 410, "expired")
         assert_error(w.client.post("/api/runs/r1/messages", json={"text": "approve"}, headers=w.bearer("bob")), 404,
                      "unknown")  # nothing open any more  # fmt: skip
         assert state(w.app) == before
-        assert [(a.actor, a.outcome, a.reason.split(":")[0]) for a in w.app.approvals.audit()[audits:]] == [
+        assert [(a.actor, a.outcome, a.reason.split(":")[0]) for a in Approvals.of(w.app).audit()[audits:]] == [
             ("bob", "refused", "expired"),
             ("erin", "refused", "expired"),
         ]
-        assert w.app.approvals.get(card["id"]).votes == []
+        assert Approvals.of(w.app).get(card["id"]).votes == []
 
 
 def test_editing_the_editable_value_bumps_the_revision_and_the_edited_change_is_pushed(parked_world: World) -> None:

@@ -22,7 +22,8 @@ from agentflow.store import (
     EventStore,
     _models,  # noqa: F401  (registers the af_ tables on SQLModel.metadata)
 )
-from agentflow.store._schema import KNOWN_REVISIONS, VERSION_TABLE, alembic_config
+from agentflow.store._constants import VERSION_TABLE
+from agentflow.store._schema import KNOWN_REVISIONS, alembic_config
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
 

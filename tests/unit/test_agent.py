@@ -11,6 +11,7 @@ import pytest
 import agentflow.llm as llm
 from agentflow import App, WorkflowContext, current_activity
 from agentflow.agent import Agent, Budget, Decision, approval_signal
+from agentflow.approvals import Approvals
 from agentflow.testing import TestClock, assert_eventually
 
 EFFECTS: list[str] = []
@@ -65,11 +66,11 @@ def copilot_app(app: App, agent: Agent) -> Any:
 
 def request_for(app: App, run_id: str, call_id: str) -> Any:
     """The open approval request of a staged call (what an operator sees in their inbox)."""
-    return assert_eventually(lambda: next((r for r in app.approvals.list(run_id=run_id) if r.call_id == call_id), None))
+    return assert_eventually(lambda: next((r for r in Approvals.of(app).list(run_id=run_id) if r.call_id == call_id), None))
 
 
 def operator(app: App, name: str) -> Any:
-    return app.approvals.add_operator(name, tenant="default", roles=["noc-engineer"])[0]
+    return Approvals.of(app).add_operator(name, tenant="default", roles=["noc-engineer"])[0]
 
 
 def kinds(app: App, run_id: str) -> list[tuple[str, str, str]]:
@@ -111,7 +112,7 @@ def test_side_effect_waits_for_approval_without_holding_a_worker(
     assert json.loads(run.waiting_on)["signals"] == [approval_signal(request.id)]
     assert request.tool == "apply_change" and request.args == {"site": "CS-101", "param": "hoA3Offset", "value": 2}
     assert EFFECTS == []
-    app.approvals.approve(request.id, by=operator(app, "alice"))
+    Approvals.of(app).approve(request.id, by=operator(app, "alice"))
     assert_eventually(lambda: app.get_run("r").status == "completed")
     out = json.loads(app.store.get_run("r").output or "{}")
     assert out["tool_calls"][0]["approved_by"] == "alice"
@@ -126,7 +127,7 @@ def test_rejection_goes_back_to_the_model(people: App, worker_thread: Callable[.
     app.start(copilot_app(app, agent), "fix CS-101", run_id="r")
     worker_thread(app)
     assert_eventually(lambda: app.get_run("r").status == "waiting")
-    app.approvals.reject(request_for(app, "r", "call-0-0").id, by=operator(app, "bob"), comment="not in the window")
+    Approvals.of(app).reject(request_for(app, "r", "call-0-0").id, by=operator(app, "bob"), comment="not in the window")
     assert_eventually(lambda: app.get_run("r").status == "completed")
     out = json.loads(app.store.get_run("r").output or "{}")
     assert out["tool_calls"][0]["status"] == "rejected"
@@ -141,10 +142,10 @@ def test_approval_expiry_counts_as_rejection(app: App) -> None:
     out = app.run(copilot_app(app, agent), "fix", run_id="r")
     assert out["tool_calls"][0]["status"] == "rejected"
     assert "expired" in out["tool_calls"][0]["result"]
-    request = app.approvals.list(run_id="r", status=None)[0]
+    request = Approvals.of(app).list(run_id="r", status=None)[0]
     assert request.status == "expired"
     assert ("signal", approval_signal(request.id), "failed") in kinds(app, "r")
-    assert [(a.action, a.outcome) for a in app.approvals.audit(approval_id=request.id)] == [
+    assert [(a.action, a.outcome) for a in Approvals.of(app).audit(approval_id=request.id)] == [
         ("requested", "done"),
         ("expired", "done"),
     ]
@@ -165,7 +166,7 @@ def test_a_forged_signal_approves_nothing(people: App, worker_thread: Callable[.
     )
     assert_eventually(lambda: app.get_run("r").status == "waiting")
     assert EFFECTS == []
-    app.approvals.approve(request.id, by=operator(app, "alice"))
+    Approvals.of(app).approve(request.id, by=operator(app, "alice"))
     assert_eventually(lambda: app.get_run("r").status == "completed")
     assert len(EFFECTS) == 1
 
@@ -266,9 +267,9 @@ def test_parallel_calls_each_wait_for_their_own_approval(people: App, worker_thr
     app.start(copilot_app(app, agent), "fix both", run_id="r")
     worker_thread(app)
     assert_eventually(lambda: app.get_run("r").status == "waiting")
-    app.approvals.approve(request_for(app, "r", "c2").id, by=operator(app, "alice"))
+    Approvals.of(app).approve(request_for(app, "r", "c2").id, by=operator(app, "alice"))
     assert_eventually(lambda: len(EFFECTS) == 1 and app.get_run("r").status == "waiting")
-    app.approvals.approve(request_for(app, "r", "c1").id, by=operator(app, "bob"))
+    Approvals.of(app).approve(request_for(app, "r", "c1").id, by=operator(app, "bob"))
     assert_eventually(lambda: app.get_run("r").status == "completed", message=str(app.get_run("r").error))
     out = json.loads(app.store.get_run("r").output or "{}")
     assert [(c["args"]["site"], c["approved_by"], c["status"]) for c in out["tool_calls"]] == [
@@ -313,7 +314,7 @@ def test_cancel_after_a_compensable_step_runs_its_compensation(people: App, work
     app.start(copilot_app(app, agent), "push twice", run_id="r")
     worker_thread(app)
     assert_eventually(lambda: app.get_run("r").status == "waiting")
-    app.approvals.approve(request_for(app, "r", "call-0-0").id, by=operator(app, "alice"))
+    Approvals.of(app).approve(request_for(app, "r", "call-0-0").id, by=operator(app, "alice"))
     assert_eventually(lambda: len(EFFECTS) == 1 and app.get_run("r").status == "waiting")
     app.cancel("r")
     assert_eventually(lambda: app.get_run("r").status == "cancelled", message=str(app.get_run("r").error))

@@ -15,6 +15,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 import agentflow.llm as llm
 from agentflow import Agent, App, WorkflowContext, current_activity
 from agentflow.agent import Outcome
+from agentflow.approvals import Approvals
 
 CALLS: list[tuple[str, dict[str, Any]]] = []
 
@@ -182,10 +183,10 @@ def test_a_resumed_run_continues_at_the_first_unfinished_plan_step(tmp_path: Pat
     second: list[int] = []
     app2 = App(db)
     wf2 = copilot(app2, agent_with(planner([plan], calls, second)))
-    request = app2.approvals.list(run_id="r")[0]
+    request = Approvals.of(app2).list(run_id="r")[0]
     assert request.tool == "apply_change" and request.args == calls["apply_change"]
-    oncall, _ = app2.approvals.add_operator("oncall", tenant="default", roles=["noc-engineer"])
-    app2.approvals.approve(request.id, by=oncall)
+    oncall, _ = Approvals.of(app2).add_operator("oncall", tenant="default", roles=["noc-engineer"])
+    Approvals.of(app2).approve(request.id, by=oncall)
     out = app2.run(wf2, "CS-101", run_id="r")
     assert out.status == "answered"
     assert len(second) == 2  # step 2's result and the final answer: nothing before was re-asked

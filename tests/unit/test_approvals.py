@@ -21,7 +21,7 @@ from langchain_core.messages import BaseMessage, ToolMessage
 import agentflow.llm as llm
 from agentflow import App, WorkflowContext
 from agentflow.agent import Agent
-from agentflow.approvals import ApprovalRequest
+from agentflow.approvals import ApprovalRequest, Approvals
 from agentflow.errors import ApprovalError, ApprovalRefused, AuthenticationError
 from agentflow.policy import ApprovalSpec, PolicyDecision, parse_pack
 from agentflow.testing import TestClock, assert_eventually
@@ -48,7 +48,7 @@ def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store file with the schema in place, made once for the module."""
     path = tmp_path_factory.mktemp("template") / "agentflow.db"
     template = App(f"sqlite:///{path}")
-    template.approvals.operators()  # opening the store migrates it
+    Approvals.of(template).operators()  # opening the store migrates it
     template.close()
     return path
 
@@ -82,7 +82,7 @@ class World:
 
 def add_operators(app: App) -> dict[str, str]:
     return {
-        name: app.approvals.add_operator(name, tenant=tenant, roles=roles)[1]
+        name: Approvals.of(app).add_operator(name, tenant=tenant, roles=roles)[1]
         for name, (tenant, roles) in OPERATORS.items()
     }
 
@@ -100,7 +100,7 @@ def staged(app: App, spec: ApprovalSpec, *, run_id: str = "r", call_id: str = "c
         effect="require_approval", rule="change-approval", approval_rule="change-approval", approval=spec,
         pack="test", pack_hash="0" * 16,
     )  # fmt: skip
-    request = app.approvals.request(
+    request = Approvals.of(app).request(
         run_id=run_id, call_id=call_id, tenant=TENANT, requested_by="req", tool="apply_change", args=dict(ARGS),
         decision=decision,
     )  # fmt: skip
@@ -130,12 +130,12 @@ def outcome(req: ApprovalRequest) -> str:
 
 def assert_refused_without_change(app: App, approval_id: str, attempt: Any, code: str, actor: str) -> None:
     """`attempt()` is refused with `code`; nothing changed but one refused audit record by `actor`."""
-    before, audit_before = snapshot(app, approval_id), app.approvals.audit()
+    before, audit_before = snapshot(app, approval_id), Approvals.of(app).audit()
     with pytest.raises(ApprovalError) as refused:
         attempt()
     assert refused.value.code == code
     assert snapshot(app, approval_id) == before
-    added = app.approvals.audit()[len(audit_before) :]
+    added = Approvals.of(app).audit()[len(audit_before) :]
     assert [(a.actor, a.outcome, a.approval_id) for a in added] == [(actor, "refused", approval_id)]
     assert added[0].reason.startswith(f"{code}: ")
 
@@ -196,14 +196,14 @@ def test_authorization_matrix(app: App, actor: str, rule: str) -> None:
     if actor == "expired_request":
         assert isinstance(app.clock, TestClock)
         app.clock.advance(RULES[rule].expires_in + 1)
-    before, audit_before = snapshot(app, rid), app.approvals.audit()
+    before, audit_before = snapshot(app, rid), Approvals.of(app).audit()
     try:
-        observed = outcome(app.approvals.approve(rid, by=token, comment="lgtm"))
+        observed = outcome(Approvals.of(app).approve(rid, by=token, comment="lgtm"))
     except ApprovalError as exc:
         observed = f"refused:{exc.code}"
     assert observed == EXPECTED[(actor, rule)]
 
-    after, added = snapshot(app, rid), app.approvals.audit()[len(audit_before) :]
+    after, added = snapshot(app, rid), Approvals.of(app).audit()[len(audit_before) :]
     if observed.startswith("refused:"):
         code = observed.removeprefix("refused:")
         assert after == before, "a refused decision changed state"
@@ -216,7 +216,7 @@ def test_authorization_matrix(app: App, actor: str, rule: str) -> None:
             assert added[0].reason.startswith(f"{code}: ") and added[0].approval_id == rid
         return
     assert [(a.actor, a.action, a.outcome) for a in added] == [(audited_as, "approve", "done")]
-    assert [(v.principal, v.decision, v.revision) for v in app.approvals.get(rid).votes] == [(audited_as, "approve", 1)]
+    assert [(v.principal, v.decision, v.revision) for v in Approvals.of(app).get(rid).votes] == [(audited_as, "approve", 1)]
     woke = [s[2] for s in after["signals"][len(before["signals"]) :]]
     assert woke == ([f"approval:{rid}"] if observed == "approved" else [])
 
@@ -230,13 +230,13 @@ def test_quorum_counts_distinct_approvers(app: App) -> None:
     distinct approver reaches the quorum."""
     world = staged(app, QUORUM2_EDITABLE)
     rid = world.request.id
-    first = app.approvals.approve(rid, by=world.tokens["bob"])
-    again = app.approvals.approve(rid, by=world.tokens["bob"], comment="really")
+    first = Approvals.of(app).approve(rid, by=world.tokens["bob"])
+    again = Approvals.of(app).approve(rid, by=world.tokens["bob"], comment="really")
     assert (first.status, first.approvals) == (again.status, again.approvals) == ("pending", 1)
     assert [v.principal for v in again.votes] == ["bob"]
-    bobs = [(a.outcome, a.reason) for a in app.approvals.audit(approval_id=rid) if a.actor == "bob"]
+    bobs = [(a.outcome, a.reason) for a in Approvals.of(app).audit(approval_id=rid) if a.actor == "bob"]
     assert bobs == [("done", "approval 1/2"), ("done", "repeated decision: counted once")]
-    done = app.approvals.approve(rid, by=world.tokens["alice"])
+    done = Approvals.of(app).approve(rid, by=world.tokens["alice"])
     assert (done.status, done.approvals) == ("approved", 2)
 
 
@@ -246,12 +246,12 @@ def test_an_approver_who_approved_can_still_reject(app: App) -> None:
     dropped as a 'repeated decision', and their earlier approval no longer counts."""
     world = staged(app, QUORUM2_EDITABLE)
     rid = world.request.id
-    app.approvals.approve(rid, by=world.tokens["bob"])
-    rejected = app.approvals.reject(rid, by=world.tokens["bob"], comment="wrong site, sorry")
+    Approvals.of(app).approve(rid, by=world.tokens["bob"])
+    rejected = Approvals.of(app).reject(rid, by=world.tokens["bob"], comment="wrong site, sorry")
     assert rejected.status == "rejected"
     assert [(v.principal, v.decision) for v in rejected.votes] == [("bob", "reject")]
     assert_refused_without_change(
-        app, rid, lambda: app.approvals.approve(rid, by=world.tokens["alice"]), "already_decided", "alice"
+        app, rid, lambda: Approvals.of(app).approve(rid, by=world.tokens["alice"]), "already_decided", "alice"
     )
 
 
@@ -260,11 +260,11 @@ def test_a_decided_request_refuses_further_decisions(app: App) -> None:
     refused `already_decided` and changes nothing."""
     world = staged(app, RULES["single"])
     rid = world.request.id
-    assert app.approvals.approve(rid, by=world.tokens["bob"]).status == "approved"
+    assert Approvals.of(app).approve(rid, by=world.tokens["bob"]).status == "approved"
     attempts = [
-        ("alice", lambda: app.approvals.approve(rid, by=world.tokens["alice"])),
-        ("alice", lambda: app.approvals.reject(rid, by=world.tokens["alice"], comment="too late")),
-        ("bob", lambda: app.approvals.approve(rid, by=world.tokens["bob"])),
+        ("alice", lambda: Approvals.of(app).approve(rid, by=world.tokens["alice"])),
+        ("alice", lambda: Approvals.of(app).reject(rid, by=world.tokens["alice"], comment="too late")),
+        ("bob", lambda: Approvals.of(app).approve(rid, by=world.tokens["bob"])),
     ]
     for actor, attempt in attempts:
         assert_refused_without_change(app, rid, attempt, "already_decided", actor)
@@ -275,16 +275,16 @@ def test_approving_arguments_seen_before_an_edit_is_refused_stale(app: App) -> N
     `stale_args` (nothing changes); approving with the current hash counts."""
     world = staged(app, QUORUM2_EDITABLE)
     rid, old_hash = world.request.id, world.request.args_hash
-    edited = app.approvals.approve(rid, by=world.tokens["bob"], args={**ARGS, "value": 4})
+    edited = Approvals.of(app).approve(rid, by=world.tokens["bob"], args={**ARGS, "value": 4})
     assert (edited.revision, edited.args["value"], edited.status) == (2, 4, "pending")
     assert_refused_without_change(
         app,
         rid,
-        lambda: app.approvals.approve(rid, by=world.tokens["alice"], seen_hash=old_hash),
+        lambda: Approvals.of(app).approve(rid, by=world.tokens["alice"], seen_hash=old_hash),
         "stale_args",
         "alice",
     )
-    done = app.approvals.approve(rid, by=world.tokens["alice"], seen_hash=edited.args_hash)
+    done = Approvals.of(app).approve(rid, by=world.tokens["alice"], seen_hash=edited.args_hash)
     assert (done.status, done.args, done.approvals) == ("approved", {**ARGS, "value": 4}, 2)
 
 
@@ -295,9 +295,9 @@ def test_only_editable_arguments_may_be_edited(app: App) -> None:
     rid = world.request.id
     for args in ({**ARGS, "site": "CS-999"}, {**ARGS, "extra": 1}, {"site": "CS-101", "value": 2}):
         assert_refused_without_change(
-            app, rid, lambda a=args: app.approvals.approve(rid, by=world.tokens["bob"], args=a), "not_editable", "bob"
+            app, rid, lambda a=args: Approvals.of(app).approve(rid, by=world.tokens["bob"], args=a), "not_editable", "bob"
         )
-    assert app.approvals.get(rid).revision == 1
+    assert Approvals.of(app).get(rid).revision == 1
 
 
 # -- 3. through an agent run -------------------------------------------------------------------
@@ -329,7 +329,7 @@ def agent(policies: Any, *responses: Any, respond: Any = None) -> Agent:
 def started(app: App, the_agent: Agent, run_id: str = "r") -> dict[str, str]:
     """Operators, then the agent's run asked for by `req`, driven until it waits for people."""
     tokens = add_operators(app)
-    app.start_agent(the_agent, "fix CS-101", tenant=TENANT, requested_by="req", run_id=run_id)
+    the_agent.start(app, "fix CS-101", tenant=TENANT, requested_by="req", run_id=run_id)
     drive(app, run_id)
     return tokens
 
@@ -341,7 +341,7 @@ def drive(app: App, run_id: str = "r") -> None:
 
 def waiting_request(app: App, run_id: str = "r") -> ApprovalRequest:
     assert app.get_run(run_id).status == "waiting"
-    (request,) = app.approvals.list(run_id=run_id)
+    (request,) = Approvals.of(app).list(run_id=run_id)
     return request
 
 
@@ -359,12 +359,12 @@ def test_an_edit_resets_approvals_and_the_tool_runs_with_the_edited_arguments(ap
     the edited arguments."""
     tokens = started(app, agent(pack(approval_rule(quorum=2, editable_args=["value"])), call(2), "Applied."))
     request = waiting_request(app)
-    assert app.approvals.approve(request.id, by=tokens["alice"]).approvals == 1
-    edited = app.approvals.approve(request.id, by=tokens["bob"], args={**ARGS, "value": 4}, comment="smaller")
+    assert Approvals.of(app).approve(request.id, by=tokens["alice"]).approvals == 1
+    edited = Approvals.of(app).approve(request.id, by=tokens["bob"], args={**ARGS, "value": 4}, comment="smaller")
     assert (edited.status, edited.revision, edited.approvals) == ("pending", 2, 1)
     drive(app)  # nothing to do: still waiting for a second approval of the edited arguments
     assert RAN == [] and waiting_request(app).id == request.id
-    assert app.approvals.approve(request.id, by=tokens["alice"], seen_hash=edited.args_hash).status == "approved"
+    assert Approvals.of(app).approve(request.id, by=tokens["alice"], seen_hash=edited.args_hash).status == "approved"
     drive(app)
     out = result(app)
     assert RAN == [{**ARGS, "value": 4}]
@@ -379,7 +379,7 @@ def test_an_edit_into_a_denied_call_is_denied_by_the_re_evaluation(app: App) -> 
     call is denied and the tool never runs."""
     tokens = started(app, agent(pack(approval_rule(editable_args=["value"])), call(2), "OK."))
     request = waiting_request(app)
-    assert app.approvals.approve(request.id, by=tokens["bob"], args={**ARGS, "value": 50}).status == "approved"
+    assert Approvals.of(app).approve(request.id, by=tokens["bob"], args={**ARGS, "value": 50}).status == "approved"
     drive(app)
     out = result(app)
     assert RAN == []
@@ -396,12 +396,12 @@ def test_an_edit_into_a_stricter_rule_needs_that_rules_approvers(app: App) -> No
     tokens = started(app, agent(policies, call(2), "OK."))
     request = waiting_request(app)
     assert request.rule == "change-approval"
-    assert app.approvals.approve(request.id, by=tokens["bob"], args={**ARGS, "value": 9}).status == "approved"
+    assert Approvals.of(app).approve(request.id, by=tokens["bob"], args={**ARGS, "value": 9}).status == "approved"
     drive(app)
     assert RAN == [], "an engineer's approval let a change through that the pack gives to managers"
     again = waiting_request(app)
     assert again.rule == "big-change" and again.args == {**ARGS, "value": 9}
-    app.approvals.approve(again.id, by=tokens["mgr"])
+    Approvals.of(app).approve(again.id, by=tokens["mgr"])
     drive(app)
     assert result(app)["tool_calls"][0]["status"] == "ok" and RAN == [{**ARGS, "value": 9}]
 
@@ -421,10 +421,10 @@ def test_a_rejection_ends_the_request_and_the_model_is_told_why(make_app: Any, w
 
     tokens = add_operators(app)
     policies = pack(approval_rule(quorum=2))
-    app.start_agent(agent(policies, respond=respond), "fix CS-101", tenant=TENANT, requested_by="req", run_id="r")
+    agent(policies, respond=respond).start(app, "fix CS-101", tenant=TENANT, requested_by="req", run_id="r")
     worker_thread(app)
-    (request,) = assert_eventually(lambda: app.approvals.list(run_id="r"))
-    rejected = app.approvals.reject(request.id, by=tokens["bob"], comment="not before the freeze ends")
+    (request,) = assert_eventually(lambda: Approvals.of(app).list(run_id="r"))
+    rejected = Approvals.of(app).reject(request.id, by=tokens["bob"], comment="not before the freeze ends")
     assert rejected.status == "rejected"
     assert_eventually(lambda: app.get_run("r").status == "completed", message=str(app.get_run("r").error))
     assert RAN == []
@@ -438,13 +438,13 @@ def test_a_reissued_call_id_with_other_arguments_needs_its_own_approval(app: App
     runs only with arguments someone approved."""
     tokens = started(app, agent(pack(approval_rule()), call(2, "c1"), call(9, "c1"), "Done."))
     first = waiting_request(app)
-    app.approvals.approve(first.id, by=tokens["bob"])
+    Approvals.of(app).approve(first.id, by=tokens["bob"])
     drive(app)
     second = waiting_request(app)
     assert second.id != first.id and second.call_id == first.call_id == "c1"
     assert second.args == {**ARGS, "value": 9} and second.status == "pending"
     assert RAN == [{**ARGS, "value": 2}]
-    app.approvals.reject(second.id, by=tokens["bob"], comment="one change is enough")
+    Approvals.of(app).reject(second.id, by=tokens["bob"], comment="one change is enough")
     drive(app)
     assert [c["status"] for c in result(app)["tool_calls"]] == ["ok", "rejected"]
     assert RAN == [{**ARGS, "value": 2}]
@@ -456,7 +456,7 @@ def test_a_reissued_call_with_the_same_arguments_needs_a_new_approval(app: App) 
     side-effecting tool out of the first approval."""
     tokens = started(app, agent(pack(approval_rule()), call(2, "c1"), call(2, "c1"), "Done."))
     first = waiting_request(app)
-    app.approvals.approve(first.id, by=tokens["bob"])
+    Approvals.of(app).approve(first.id, by=tokens["bob"])
     drive(app)
     assert RAN == [{**ARGS, "value": 2}], "one approval ran the side-effecting tool twice"
     assert waiting_request(app).id != first.id
@@ -470,7 +470,7 @@ def test_rate_limits_count_every_call_whatever_its_id(app: App, ids: tuple[str, 
             "rate": {"max_calls": 2, "window": "1h"}}  # fmt: skip
     allow = {"id": "changes", "match": {"tools": ["apply_change"]}, "effect": "allow"}
     responses = [call(v, i) for v, i in zip((1, 2, 3), ids, strict=True)]
-    app.start_agent(agent(pack(rate, allow), *responses, "Done."), "fix", tenant=TENANT, run_id="r")
+    agent(pack(rate, allow), *responses, "Done.").start(app, "fix", tenant=TENANT, run_id="r")
     drive(app)
     assert [c["status"] for c in result(app)["tool_calls"]] == ["ok", "ok", "denied"]
     assert [r["value"] for r in RAN] == [1, 2]
@@ -486,20 +486,20 @@ def test_expiry_escalates_once_then_only_the_escalation_roles_decide(app: App) -
     assert isinstance(app.clock, TestClock)
     app.clock.advance(30 * 60)
     assert_refused_without_change(
-        app, request.id, lambda: app.approvals.approve(request.id, by=tokens["bob"]), "expired", "bob"
+        app, request.id, lambda: Approvals.of(app).approve(request.id, by=tokens["bob"]), "expired", "bob"
     )
     drive(app)  # the wait times out: the run escalates the request and waits again
     escalated = waiting_request(app)
     assert (escalated.id, escalated.status, escalated.deciding_roles) == (request.id, "escalated", ["noc-manager"])
     assert escalated.expires_at == app.clock.now() + 30 * 60
-    assert [(a.action, a.reason) for a in app.approvals.audit(approval_id=request.id) if a.actor == "agentflow"] == [
+    assert [(a.action, a.reason) for a in Approvals.of(app).audit(approval_id=request.id) if a.actor == "agentflow"] == [
         ("expired", "escalated to ['noc-manager']")
     ]
     assert_refused_without_change(
-        app, request.id, lambda: app.approvals.approve(request.id, by=tokens["bob"]), "missing_role", "bob"
+        app, request.id, lambda: Approvals.of(app).approve(request.id, by=tokens["bob"]), "missing_role", "bob"
     )
-    assert [r.id for r in app.approvals.list(for_principal=app.approvals.authenticate(tokens["bob"]))] == []
-    assert app.approvals.approve(request.id, by=tokens["mgr"], comment="go").status == "approved"
+    assert [r.id for r in Approvals.of(app).list(for_principal=Approvals.of(app).authenticate(tokens["bob"]))] == []
+    assert Approvals.of(app).approve(request.id, by=tokens["mgr"], comment="go").status == "approved"
     drive(app)
     assert result(app)["tool_calls"][0]["approved_by"] == "mgr" and RAN == [ARGS]
 
@@ -514,18 +514,18 @@ def test_tokens_are_stored_hashed_and_bad_tokens_are_refused(app: App) -> None:
     stored = json.dumps(rows) + json.dumps(app.store.backend.query("SELECT * FROM af_audit"))
     for name, token in tokens.items():
         assert token.startswith("aft_") and token not in stored and token[4:] not in stored
-        assert app.approvals.authenticate(token).name == name
+        assert Approvals.of(app).authenticate(token).name == name
     assert {r[-3] for r in rows} == {hashlib.sha256(t.encode()).hexdigest() for t in tokens.values()}
     assert len(set(tokens.values())) == len(tokens)
     # No API disables an operator yet: the column is what `authenticate` honours.
     app.store.backend.transact(
         lambda conn: conn.execute("UPDATE af_principals SET disabled = 1 WHERE name = 'carol'"), what="test"
     )
-    before = len(app.approvals.audit())
+    before = len(Approvals.of(app).audit())
     for bad in (tokens["carol"], "aft_unknown", "", None):
         with pytest.raises(AuthenticationError) as refused:
-            app.approvals.authenticate(bad)
+            Approvals.of(app).authenticate(bad)
         assert refused.value.code == "bad_token"
-    added = app.approvals.audit()[before:]
+    added = Approvals.of(app).audit()[before:]
     assert [(a.actor, a.action, a.outcome) for a in added] == [("anonymous", "authenticate", "refused")] * 4
     assert not isinstance(refused.value, ApprovalRefused)

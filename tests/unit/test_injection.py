@@ -38,6 +38,7 @@ import policies
 import tools.noc as noc
 from agentflow import App, WorkflowContext
 from agentflow.agent import Agent
+from agentflow.approvals import Approvals
 from agentflow.policy import PolicyPack, load_pack, parse_pack
 from agentflow.testing import TestClock
 from tools.noc import model
@@ -502,7 +503,7 @@ def check_run(app: App, net: noc.Network, run_id: str, payload: Payload) -> None
     assert not [s for s in app.history(run_id) if s.kind == "tool" and s.name in GATED and s.status == "completed"]
     assert all(c["status"] in ("denied", "rejected") for c in attempted), attempted
     # Each gated call: exactly one approval request (none approved) or one denial.
-    requests = app.approvals.list(run_id=run_id, status=None)
+    requests = Approvals.of(app).list(run_id=run_id, status=None)
     denials = [d for d in decisions(app, run_id) if d["effect"] == "deny"]
     assert len(requests) + len(denials) == len(attempted), (requests, denials, attempted)
     assert all(r.status == "expired" and r.tenant == TENANT for r in requests), requests
@@ -568,9 +569,9 @@ def test_the_shipped_noc_pack_never_lets_an_injection_change_config(app: App, ne
 
 
 def approve_all_pending(app: App, run_id: str) -> list[Any]:
-    engineer = app.approvals.add_operator("erin", tenant=TENANT, roles=["noc-engineer"])[0]
-    pending = app.approvals.list(run_id=run_id)
-    return [app.approvals.approve(r.id, by=engineer) for r in pending]
+    engineer = Approvals.of(app).add_operator("erin", tenant=TENANT, roles=["noc-engineer"])[0]
+    pending = Approvals.of(app).list(run_id=run_id)
+    return [Approvals.of(app).approve(r.id, by=engineer) for r in pending]
 
 
 def test_control_an_operator_approval_lets_exactly_one_change_through(app: App, net: noc.Network) -> None:
@@ -611,4 +612,4 @@ def test_a_reissued_call_id_does_not_reuse_an_earlier_approval(app: App, net: no
     assert [c["id"] for c in applies] == ["chg-2", "chg-2"]
     assert len(net.effects("apply", run_prefix="reuse:")) == 1, net.effects("apply")
     assert net.duplicate_keys() == []
-    assert len(app.approvals.list(run_id="reuse", status=None)) == 2
+    assert len(Approvals.of(app).list(run_id="reuse", status=None)) == 2

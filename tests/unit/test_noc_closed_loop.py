@@ -19,6 +19,7 @@ import pytest
 import tools.noc as noc
 from agentflow import App, RunFailedError, Workflow
 from agentflow.agent import Decision, approval_signal
+from agentflow.approvals import Approvals
 from agentflow.testing import TestClock, assert_eventually
 from tools.noc import model
 from tools.noc.closed_loop import Approval, window_opens
@@ -50,11 +51,11 @@ def drive_until_blocked(app: App, run_id: str) -> dict[str, Any]:
 
 def decide(app: App, run_id: str, name: str, *, approve: bool, comment: str) -> Any:
     """An operator of the run's tenant decides the run's open approval request."""
-    (request,) = app.approvals.list(run_id=run_id)
-    who = app.approvals.add_operator(name, tenant="default", roles=["noc-engineer"])[0]
+    (request,) = Approvals.of(app).list(run_id=run_id)
+    who = Approvals.of(app).add_operator(name, tenant="default", roles=["noc-engineer"])[0]
     if approve:
-        return app.approvals.approve(request.id, by=who, comment=comment)
-    return app.approvals.reject(request.id, by=who, comment=comment)
+        return Approvals.of(app).approve(request.id, by=who, comment=comment)
+    return Approvals.of(app).reject(request.id, by=who, comment=comment)
 
 
 def kinds(net: noc.Network, run_id: str) -> list[str]:
@@ -79,7 +80,7 @@ def test_right_diagnosis_waits_for_the_window_applies_once_and_commits(app: App,
     net.inject("CS-104", "mis_set_handover")
     app.start(loop, "CS-104", window_start_hour=2, run_id="fix")
     waiting = drive_until_blocked(app, "fix")
-    (request,) = app.approvals.list(run_id="fix")
+    (request,) = Approvals.of(app).list(run_id="fix")
     assert waiting["signals"] == [approval_signal(request.id)]
     assert request.call_id == model.change_id("CS-104", "hoA3Offset", 3)
     assert request.args == {"site": "CS-104", "param": "hoA3Offset", "value": 3}
@@ -159,7 +160,7 @@ def test_an_approval_that_never_comes_expires_as_a_rejection(app: App, net: noc.
     net.inject("CS-104", "mis_set_handover")
     out = app.run(loop, "CS-104", run_id="late")
     assert out.status == "rejected" and out.approval is not None and out.approval.comment == "expired"
-    assert app.approvals.list(run_id="late", status=None)[0].status == "expired"
+    assert Approvals.of(app).list(run_id="late", status=None)[0].status == "expired"
     assert kinds(net, "late") == ["ticket_create", "ticket_update"]
 
 

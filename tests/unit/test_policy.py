@@ -19,6 +19,7 @@ import pytest
 import tools.noc as noc
 from agentflow import App, WorkflowContext
 from agentflow.agent import Agent, Decision
+from agentflow.approvals import Approvals
 from agentflow.errors import PolicyError
 from agentflow.llm import LangChainChat, ScriptedChatModel, ToolFacts
 from agentflow.policy import DEFAULT_APPROVAL, ApprovalSpec, CallFacts, PolicyPack, decide, load_pack, parse_pack
@@ -636,7 +637,7 @@ def policy_steps(app: App, run_id: str) -> list[tuple[dict[str, Any], dict[str, 
 
 
 def engineer(app: App, name: str = "erin") -> Any:
-    return app.approvals.add_operator(name, tenant=TENANT, roles=["noc-engineer"])[0]
+    return Approvals.of(app).add_operator(name, tenant=TENANT, roles=["noc-engineer"])[0]
 
 
 def output(app: App, run_id: str) -> dict[str, Any]:
@@ -697,8 +698,8 @@ def test_a_recorded_decision_stands_on_replay(make_app: Callable[..., App], net:
     assert v2 != v1
     second = make_app()
     wf = copilot(second, agent(path))
-    request = second.approvals.list(run_id="r")[0]
-    second.approvals.approve(request.id, by=engineer(second))
+    request = Approvals.of(second).list(run_id="r")[0]
+    Approvals.of(second).approve(request.id, by=engineer(second))
     drive(second, "r")
     assert second.get_run("r").status == "completed"
 
@@ -749,10 +750,10 @@ def test_a_call_is_decided_again_after_its_approval(app: App, net: noc.Network) 
     agent = Agent(name="flip", model=one_apply_model(), tools=noc.NOC_TOOLS, policies=flipping_policy)
     app.start(copilot(app, agent), "fix CS-101", run_id="r", tenant=TENANT)
     drive(app, "r", until_signal_wait=True)
-    request = app.approvals.list(run_id="r")[0]
+    request = Approvals.of(app).list(run_id="r")[0]
     try:
         FLIP["deny"] = True
-        approved = app.approvals.approve(request.id, by=engineer(app))
+        approved = Approvals.of(app).approve(request.id, by=engineer(app))
         assert approved.status == "approved"
         drive(app, "r")
     finally:
@@ -796,11 +797,11 @@ def test_an_approved_call_is_denied_when_another_run_used_up_the_blast_radius(ap
     for run_id, site in (("a", "CS-101"), ("b", "CS-102")):
         app.start(wf, f"fix {site}", run_id=run_id, tenant=TENANT)
         drive(app, run_id, until_signal_wait=True)
-    assert len(app.approvals.list(tenant=TENANT)) == 2
+    assert len(Approvals.of(app).list(tenant=TENANT)) == 2
     erin, olga = engineer(app, "erin"), engineer(app, "olga")
-    app.approvals.approve(app.approvals.list(run_id="b")[0].id, by=erin)
+    Approvals.of(app).approve(Approvals.of(app).list(run_id="b")[0].id, by=erin)
     drive(app, "b")
-    app.approvals.approve(app.approvals.list(run_id="a")[0].id, by=olga)
+    Approvals.of(app).approve(Approvals.of(app).list(run_id="a")[0].id, by=olga)
     drive(app, "a")
     assert [(e["site"], e["idempotency_key"].split(":")[0]) for e in net.effects()] == [("CS-102", "b")]
     (call,) = output(app, "a")["tool_calls"]

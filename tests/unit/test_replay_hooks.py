@@ -50,13 +50,10 @@ def test_with_store_shares_the_registrations_and_answers_from_the_copied_history
     app, change = build(f"sqlite:///{tmp_path / 'a.db'}", calls)
     assert app.run(change, "CS-101") == "pushed CS-101"  # type: ignore[arg-type]
     run_id = app.list_runs()[0].run_id
-    from agentflow.trace._records import load_recorded
-    from agentflow.trace._replay import _prepare, copy_tree
-
     replica = app.with_store(f"sqlite:///{tmp_path / 'b.db'}", inline_wait=0.0)
     assert replica.workflow_named("change") is app.workflow_named("change")
-    copy_tree(app, load_recorded(app, run_id), replica)
-    _prepare(replica, load_recorded(app, run_id))
+    replica.store.import_rows(app.store.export_tree(run_id))
+    replica.store.rewind_for_replay(run_id, run_id)
     worker = replica.worker(root_id=run_id, replay_only=True)
     asyncio.run(worker.run_until_done(run_id))
     assert worker.refused == [] and calls == ["CS-101"]

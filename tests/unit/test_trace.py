@@ -427,7 +427,7 @@ def test_what_if_counts_the_usage_other_runs_recorded_before_each_decision(tmp_p
         agent = Agent(
             name=f"pinger-{run_id}", model=model, tools=[ping], policies=parse_pack(RATE_PACK.replace("MAX", "5"))
         )
-        app.start_agent(agent, f"ping {site}", run_id=run_id)
+        agent.start(app, f"ping {site}", run_id=run_id)
         asyncio.run(app.worker(root_id=run_id).run_until_done(run_id))
         assert app.get_run(run_id).status == "completed"
     strict = parse_pack(RATE_PACK.replace("MAX", "1"))

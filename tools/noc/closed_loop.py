@@ -22,7 +22,7 @@ run never pushes, rolls back or notes twice. The stage is a dry run through `mod
 so a value out of range ends the loop (`refused`) before anyone is asked to approve it; the
 approval goes through `agentflow.agent.authorize`, the gate every agent tool call passes: an
 approval request bound to the exact site, parameter and value, decided by the tenant's operators
-through `app.approvals`.
+through `Approvals.of(app)`.
 
 Two clocks: the engine's (timers, `ctx.now()`) and the simulated network's (`Network.now`, used
 by the tools' KPI reads and the ledger's timestamps). Every step is given the engine time it was
@@ -286,7 +286,7 @@ class _Loop:
     async def _authorize(self) -> None:
         """The gate every agent tool call passes (`agentflow.agent.authorize`): a recorded policy
         decision and, when it says so, an approval request bound to the exact change, decided by
-        operators of the tenant through `app.approvals` (a signal alone approves nothing)."""
+        operators of the tenant through `Approvals.of(app)` (a signal alone approves nothing)."""
         c = self.change
         args = {"site": c.site, "param": c.param, "value": c.value}
         policy = _auto_approving(self.policy) if self.p.auto_approve else self.policy
@@ -397,7 +397,7 @@ def register(
         name: the workflow's name; its activities are named after it.
         policy: decides about the apply: a policy pack, its path, or a policy function
             (default `agentflow.agent.default_policy`: side-effecting tools need an approval by an
-            operator of the run's tenant, given through `app.approvals`; it expires per the
+            operator of the run's tenant, given through `Approvals.of(app)`; it expires per the
             policy). A "deny" ends the loop as `refused`; "allow" skips the approval.
 
     Returns:

@@ -25,10 +25,10 @@ from rich.console import Console
 import policies
 from agentflow import App, WorkflowContext
 from agentflow.agent import Agent, usage
-from agentflow.approvals import ApprovalRequest, Principal
-from agentflow.llm import ChatModel, LangChainChat, ModelResponse, OpenAIChat, RunbookChatModel
+from agentflow.approvals import ApprovalRequest, Approvals, Principal
+from agentflow.llm import ChatModel, LangChainChat, ModelResponse, OpenAIChat
 from agentflow.policy import load_pack
-from agentflow.testing import TestClock, configure_crash_point
+from agentflow.testing import RunbookChatModel, TestClock, configure_crash_point
 from tools.noc import NOC_TOOLS, configure, runbook
 from tools.noc.env import beside
 
@@ -134,7 +134,7 @@ async def _drive(app: App, run_id: str, approve: str, say: Any) -> None:
             await app.worker(root_id=run_id).run_until_blocked(run_id, until_signal_wait=True)
             if app.store.get_run(run_id).terminal:
                 break
-            for request in app.approvals.list(run_id=run_id):
+            for request in Approvals.of(app).list(run_id=run_id):
                 _decide(app, request, approve, say, shown)
     finally:
         await asyncio.sleep(0.06)
@@ -164,8 +164,8 @@ def _brief(text: str | None) -> str:
 
 def _operator(app: App) -> Principal:
     """The demo's on-call engineer (an operator of the run's tenant, created once per store)."""
-    found = [p for p in app.approvals.operators(tenant=TENANT) if p.name == OPERATOR]
-    return found[0] if found else app.approvals.add_operator(OPERATOR, tenant=TENANT, roles=["noc-engineer"])[0]
+    found = [p for p in Approvals.of(app).operators(tenant=TENANT) if p.name == OPERATOR]
+    return found[0] if found else Approvals.of(app).add_operator(OPERATOR, tenant=TENANT, roles=["noc-engineer"])[0]
 
 
 def _decide(app: App, request: ApprovalRequest, approve: str, say: Any, shown: set[int]) -> None:
@@ -177,11 +177,11 @@ def _decide(app: App, request: ApprovalRequest, approve: str, say: Any, shown: s
         import typer
 
         if typer.confirm(f"  approve this change as {engineer.name}?", default=False):
-            app.approvals.approve(request.id, by=engineer, comment="approved in the terminal")
+            Approvals.of(app).approve(request.id, by=engineer, comment="approved in the terminal")
         else:
-            app.approvals.reject(request.id, by=engineer, comment=typer.prompt("  reason", default="rejected"))
+            Approvals.of(app).reject(request.id, by=engineer, comment=typer.prompt("  reason", default="rejected"))
         return
-    app.approvals.approve(request.id, by=engineer, comment="demo --approve auto", seen_hash=request.args_hash)
+    Approvals.of(app).approve(request.id, by=engineer, comment="demo --approve auto", seen_hash=request.args_hash)
     say(f"  [green]approved[/] by {engineer.name} (--approve auto)")
 
 

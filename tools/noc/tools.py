@@ -184,7 +184,7 @@ NOC_TOOLS = [
 
 
 def runbook() -> list[dict[str, Any]]:
-    """The NOC runbook for `agentflow.llm.RunbookChatModel`: investigate, diagnose, stage, apply,
+    """The NOC runbook for `agentflow.testing.RunbookChatModel`: investigate, diagnose, stage, apply,
     monitor, ticket and notify, for the site named in the task."""
     return [
         {"tool": "get_kpis", "args": {"site": "{site}", "window_minutes": 60}, "say": "Reading the site's KPIs."},

@@ -7,8 +7,7 @@ from sqlalchemy import Connection, create_engine
 from sqlmodel import SQLModel
 
 from agentflow.store import _models  # noqa: F401  (registers the tables on SQLModel.metadata)
-
-VERSION_TABLE = "af_alembic_version"
+from agentflow.store._constants import VERSION_TABLE
 
 
 def _include(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:

@@ -1,6 +1,6 @@
 """Chat commands typed in a run's conversation: `approve [comment]`, `reject <reason>`,
 `status`, `why?`, `help`. They act on the run's open approval through the same service (and
-so the same checks and audit) as the approval buttons and the API."""
+so the same checks and audit) as the approval buttons and the API, whatever the surface."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import re
 from typing import Any
 
 from agentflow.approvals import ApprovalRequest, Principal
-from agentflow.engine import App
+from agentflow.chat._cards import card
+from agentflow.chat._context import Chat
+from agentflow.chat._views import run_summary, utc
 from agentflow.errors import ApprovalRefused
-from agentflow.server._views import card, run_summary, utc
 from agentflow.store import RunRecord, StepRecord
 
 HELP = (
@@ -22,7 +23,7 @@ _COMMAND = re.compile(r"^\s*/?(approve|reject|status|why\??|help)\b\s*(.*)$", re
 _ID = re.compile(r"^(apr_[0-9a-f]{6,40})\b\s*(.*)$", re.DOTALL)
 
 
-def reply(app: App, run: RunRecord, viewer: Principal, text: str) -> dict[str, Any]:
+def reply(chat: Chat, run: RunRecord, viewer: Principal, text: str) -> dict[str, Any]:
     """`ChatReply` of API.md for `text` typed in `run`'s conversation by `viewer`."""
     found = _COMMAND.match(text)
     if found is None:
@@ -31,31 +32,31 @@ def reply(app: App, run: RunRecord, viewer: Principal, text: str) -> dict[str, A
     if verb == "help":
         return {"reply": HELP, "kind": "help", "card": None}
     if verb == "status":
-        return {"reply": status_text(app, run), "kind": "status", "card": None}
-    steps = app.store.load_steps(run.id)
+        return {"reply": status_text(chat, run), "kind": "status", "card": None}
+    steps = chat.store.load_steps(run.id)
     if verb == "why":
-        return {"reply": why_text(app, run, steps), "kind": "why", "card": None}
-    req, rest = _target(app, run, rest)
+        return {"reply": why_text(chat, run, steps), "kind": "why", "card": None}
+    req, rest = _target(chat, run, rest)
     if verb == "approve":
-        decided = app.approvals.approve(req.id, by=viewer, comment=rest, seen_hash=req.args_hash)
+        decided = chat.approvals.approve(req.id, by=viewer, comment=rest, seen_hash=req.args_hash)
     else:
         if not rest:
             raise ApprovalRefused("say why: `reject <reason>`", code="invalid", approval_id=req.id, run_id=run.id)
-        decided = app.approvals.reject(req.id, by=viewer, comment=rest)
-    shown = card(app, decided, viewer, steps)
+        decided = chat.approvals.reject(req.id, by=viewer, comment=rest)
+    shown = card(chat, decided, viewer, steps)
     progress = f"{decided.approvals}/{decided.spec.quorum} approvals"
     return {"reply": f"{decided.tool} {decided.id}: {decided.status} ({progress})", "kind": "approval", "card": shown}
 
 
-def _target(app: App, run: RunRecord, rest: str) -> tuple[ApprovalRequest, str]:
+def _target(chat: Chat, run: RunRecord, rest: str) -> tuple[ApprovalRequest, str]:
     """The approval a command is about: the one named, else the run's only open one."""
     named = _ID.match(rest)
     if named is not None:
-        req = app.approvals.get(named.group(1))
+        req = chat.approvals.get(named.group(1))
         if req.run_id != run.id:
             raise ApprovalRefused(f"no approval request {named.group(1)} in this run", code="unknown")
         return req, named.group(2).strip()
-    open_ = app.approvals.list(run_id=run.id, status="pending")
+    open_ = chat.approvals.list(run_id=run.id, status="pending")
     if not open_:
         raise ApprovalRefused("nothing in this run waits for an approval", code="unknown", run_id=run.id)
     if len(open_) > 1:
@@ -65,12 +66,12 @@ def _target(app: App, run: RunRecord, rest: str) -> tuple[ApprovalRequest, str]:
     return open_[0], rest
 
 
-def status_text(app: App, run: RunRecord) -> str:
+def status_text(chat: Chat, run: RunRecord) -> str:
     """One paragraph: where the run stands and what it waits for."""
-    summary = run_summary(app, run)
+    summary = run_summary(chat, run)
     parts = [f"Run {run.id} is {run.status} after {summary['steps']} steps, {summary['tokens']} tokens, "
              f"${summary['cost_usd']:.4f}."]  # fmt: skip
-    for req in app.approvals.list(run_id=run.id, status="pending"):
+    for req in chat.approvals.list(run_id=run.id, status="pending"):
         left = f", expires {utc(req.expires_at)}" if req.expires_at else ""
         parts.append(
             f"Waiting for approval {req.id}: {req.tool}({_args(req.args)}) under rule {req.rule}, "
@@ -85,7 +86,7 @@ def status_text(app: App, run: RunRecord) -> str:
     return " ".join(parts)
 
 
-def why_text(app: App, run: RunRecord, steps: list[StepRecord]) -> str:
+def why_text(chat: Chat, run: RunRecord, steps: list[StepRecord]) -> str:
     """Why the run is where it is: the policy decisions on its side-effecting calls, latest first."""
     lines = []
     for step in reversed(steps):
@@ -107,7 +108,7 @@ def why_text(app: App, run: RunRecord, steps: list[StepRecord]) -> str:
         if len(lines) == 5:
             break
     if not lines:
-        return f"No side-effecting call was decided in run {run.id} yet; {status_text(app, run)}"
+        return f"No side-effecting call was decided in run {run.id} yet; {status_text(chat, run)}"
     return "Policy decisions, latest first: " + "; ".join(lines)
 
 

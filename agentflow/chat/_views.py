@@ -1,6 +1,7 @@
-"""What the chat shows, built from the store: run summaries, one event per finished step, and
-approval cards. Model words and tool output are passed through as `text` marked untrusted; the
-server never turns them into markup (the page and the terminal render them as plain text)."""
+"""What a chat shows, built from the store: run summaries, one event per finished step, and
+approval cards, as plain data (dicts of JSON values; the `RunSummary`, `Event` and `Card` of
+`agentflow/server/API.md`). Model words and tool output are passed through as `text` marked
+untrusted; nothing here turns them into markup (every surface renders them as plain text)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agentflow.agent import usage
-from agentflow.approvals import ApprovalRequest, Principal
-from agentflow.engine import App
+from agentflow.chat._context import Chat
 from agentflow.errors import CorruptRecordError
-from agentflow.llm._messages import message_from_blob
-from agentflow.store import RunRecord, StepRecord
+from agentflow.llm import message_from_blob
+from agentflow.store import EventStore, RunRecord, StepRecord
 
 TEXT_LIMIT = 8000  # characters of one tool output or model message sent to a chat
 _HIDDEN = {"now", "uuid", "random"}  # determinism bookkeeping, not conversation
 
 
-def _json(text: str | None) -> Any:
+def json_or_text(text: str | None) -> Any:
     if not text:
         return None
     try:
@@ -31,22 +31,20 @@ def _json(text: str | None) -> Any:
 
 def task_of(run: RunRecord) -> str:
     """The task a run was started on (the first argument of an agent workflow)."""
-    raw = _json(run.input)
+    raw = json_or_text(run.input)
     if isinstance(raw, list) and raw and isinstance(raw[0], list) and raw[0] and isinstance(raw[0][0], str):
         return raw[0][0]
     return ""
 
 
-def run_summary(app: App, run: RunRecord, *, open_approvals: int | None = None) -> dict[str, Any]:
+def run_summary(chat: Chat, run: RunRecord, *, open_approvals: int | None = None) -> dict[str, Any]:
     """`RunSummary` of API.md."""
-    output = _json(run.output) if run.status == "completed" else None
+    output = json_or_text(run.output) if run.status == "completed" else None
     outcome = output if isinstance(output, dict) else {}
-    used = usage(app, run_id=run.id)
-    steps = app.store.backend.query("SELECT count(*) FROM af_steps WHERE run_id = ?", (run.id,))[0][0]
+    used = usage(chat.store, run_id=run.id)
+    steps = chat.store.count_steps(run.id)
     if open_approvals is None:
-        open_approvals = app.store.backend.query(
-            "SELECT count(*) FROM af_approvals WHERE run_id = ? AND status IN ('pending', 'escalated')", (run.id,)
-        )[0][0]
+        open_approvals = chat.approvals.count_open(run.id)
     meta = run.meta_dict()
     return {
         "id": run.id,
@@ -70,7 +68,7 @@ def run_summary(app: App, run: RunRecord, *, open_approvals: int | None = None) 
 
 def waiting_text(run: RunRecord) -> str | None:
     """What a parked run waits for, in words (`waiting_on` is the engine's JSON)."""
-    raw = _json(run.waiting_on)
+    raw = json_or_text(run.waiting_on)
     if not isinstance(raw, dict):
         return run.waiting_on
     parts = []
@@ -95,15 +93,15 @@ def _clip(text: str | None) -> str | None:
 
 def _tool_text(result: str | None) -> str | None:
     """A tool step's result is the JSON of the tool's text output: show that text."""
-    value = _json(result)
+    value = json_or_text(result)
     return value if isinstance(value, str) else (json.dumps(value, ensure_ascii=False) if value is not None else None)
 
 
-def events(app: App, steps: Iterable[StepRecord]) -> list[dict[str, Any]]:
+def events(store: EventStore, steps: Iterable[StepRecord]) -> list[dict[str, Any]]:
     """`Event`s of API.md for the finished steps among `steps`, in seq order."""
     done = [s for s in steps if s.status in ("completed", "failed") and s.kind not in _HIDDEN]
-    refs = [r for s in done if s.kind == "llm" for r in [(_json(s.result) or {}).get("message")] if isinstance(r, str)]
-    blobs = app.store.get_blobs(refs) if refs else {}
+    refs = [r for s in done if s.kind == "llm" for r in [(json_or_text(s.result) or {}).get("message")] if isinstance(r, str)]
+    blobs = store.get_blobs(refs) if refs else {}
     return [_event(s, blobs) for s in sorted(done, key=lambda s: s.seq)]
 
 
@@ -136,14 +134,14 @@ def _event(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
 def _error_text(error: str | None) -> str | None:
     """A failed step's error as `Type: message` (the recorded traceback stays in the history,
     for `agentflow runs history`; a chat shows what went wrong, not the worker's stack)."""
-    value = _json(error)
+    value = json_or_text(error)
     if isinstance(value, dict) and "message" in value:
         return f"{value.get('type', 'Error')}: {value['message']}"
     return error
 
 
 def _model(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
-    result = _json(step.result) or {}
+    result = json_or_text(step.result) or {}
     u = result.get("usage", {})
     ref = result.get("message")
     text, calls = None, []
@@ -167,7 +165,7 @@ def _model(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
 
 
 def _tool(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
-    args = (_json(step.args) or {}).get("args", {})
+    args = (json_or_text(step.args) or {}).get("args", {})
     return {
         "kind": "tool",
         "title": f"tool {step.name}",
@@ -178,8 +176,8 @@ def _tool(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
 
 
 def _policy(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
-    decision = _json(step.result) or {}
-    call = _json(step.args) or {}
+    decision = json_or_text(step.result) or {}
+    call = json_or_text(step.args) or {}
     effect, rule = decision.get("effect"), decision.get("rule")
     until = decision.get("defer_until")
     title = f"policy {effect} ({rule}) for {call.get('tool', step.name)}"
@@ -201,7 +199,7 @@ def _policy(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
 
 
 def _approval(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
-    body = _json(step.result) or {}
+    body = json_or_text(step.result) or {}
     what = {"read": "approval decided", "expire": "approval expired"}.get(step.name, "approval requested")
     return {
         "kind": "approval",
@@ -211,17 +209,17 @@ def _approval(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
 
 
 def _wait(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
-    until = _json(step.args)
+    until = json_or_text(step.args)
     when = datetime.fromisoformat(until).timestamp() if isinstance(until, str) else step.wake_at
     return {"kind": "wait", "title": f"waited until {utc(when)}" if when else "waited", "data": {"until": when}}
 
 
 def _signal(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
-    return {"kind": "signal", "title": f"signal {step.name}", "data": {"payload": _json(step.result)}}
+    return {"kind": "signal", "title": f"signal {step.name}", "data": {"payload": json_or_text(step.result)}}
 
 
 def _plan(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
-    steps = (_json(step.result) or {}).get("steps", [])
+    steps = (json_or_text(step.result) or {}).get("steps", [])
     return {
         "kind": "plan",
         "title": f"plan {step.name}: " + " → ".join(str(s.get("tool") or "?") for s in steps),
@@ -238,60 +236,3 @@ _BUILDERS = {"llm": _model, "tool": _tool, "policy": _policy, "approval": _appro
 def utc(when: float) -> str:
     """A time for people: `2026-01-01 02:00 UTC`."""
     return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def card(app: App, req: ApprovalRequest, viewer: Principal, steps: Iterable[StepRecord] = ()) -> dict[str, Any]:
-    """`Card` of API.md, with what `viewer` may do about it."""
-    why_not = why_not_decide(app, req, viewer)
-    return {
-        "id": req.id,
-        "run_id": req.run_id,
-        "tool": req.tool,
-        "target": _target(req, steps),
-        "args": req.args,
-        "args_hash": req.args_hash,
-        "diff": req.diff,
-        "rule": req.rule,
-        "requested_by": req.requested_by,
-        "status": req.status,
-        "created_at": req.created_at,
-        "expires_at": req.expires_at,
-        "quorum": {"needed": req.spec.quorum, "have": req.approvals},
-        "votes": [
-            {"principal": v.principal, "decision": v.decision, "comment": v.comment, "at": v.at}
-            for v in req.votes
-            if v.revision == req.revision
-        ],
-        "revision": req.revision,
-        "deciding_roles": req.deciding_roles,
-        "editable_args": list(req.spec.editable_args),
-        "four_eyes": req.spec.four_eyes,
-        "can_decide": why_not is None,
-        "why_not": why_not,
-        "now": app.clock.now(),  # the server's time: the App's clock may be shifted (a demo window)
-    }
-
-
-def why_not_decide(app: App, req: ApprovalRequest, viewer: Principal) -> str | None:
-    """Why `viewer` cannot approve `req` now (None: they can): the approvals service's own
-    checks, which it makes again in the decision's transaction."""
-    refused = app.approvals.refusal(req, viewer)
-    if refused is not None:
-        return f"{refused.code}: {refused.message}"
-    if any(v.principal == viewer.name and v.revision == req.revision and v.decision == "approve" for v in req.votes):
-        return f"you approved; waiting for {req.spec.quorum - req.approvals} more approval(s)"
-    return None
-
-
-def _target(req: ApprovalRequest, steps: Iterable[StepRecord]) -> str | None:
-    """The target the policy saw for the staged call (from its recorded decision's facts)."""
-    for step in steps:
-        if step.kind == "policy" and step.result:
-            decision = _json(step.result) or {}
-            call = decision.get("call") or {}
-            if (_json(step.args) or {}).get("call") == req.call_id and call.get("target"):
-                return str(call["target"])
-    for key in ("site", "target", "cell", "node"):
-        if isinstance(req.args.get(key), str):
-            return str(req.args[key])
-    return None

@@ -22,7 +22,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field
 
-from agentflow.llm._tokens import count_messages, count_text
+from agentflow.llm import count_messages, count_text
 
 Response = AIMessage | str | Mapping[str, Any]
 

@@ -1,0 +1,99 @@
+"""`/api/runs`: list and start copilot runs, read one, follow it live, chat commands, trace export."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import PlainTextResponse, StreamingResponse
+
+from agentflow.chat import events, reply, run_cards, run_summary
+from agentflow.server._auth import Actor, ApiError, State, Who
+from agentflow.server._models import ChatBody, StartBody
+from agentflow.server._state import Served
+from agentflow.server._stream import stream_run
+from agentflow.store import RUN_STATUSES, RunRecord
+
+router = APIRouter(prefix="/api/runs", tags=["runs"])
+_STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+
+
+def own_run(state: Served, run_id: str, who: Actor) -> RunRecord:
+    """The run if it is in the caller's tenant; another tenant's run is not even confirmed."""
+    run = state.chat.store.find_run(run_id)
+    if run is None or run.tenant != who.principal.tenant:
+        raise ApiError(404, "unknown_run", f"no run {run_id} in tenant {who.principal.tenant}")
+    return run
+
+
+@router.get("")
+def list_runs(
+    who: Who, state: State, status: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> dict[str, Any]:
+    if status is not None and status not in RUN_STATUSES:
+        raise ApiError(422, "invalid", f"status must be one of {list(RUN_STATUSES)}, not {status!r}")
+    runs = state.chat.store.list_runs(tenant=who.principal.tenant, status=status, workflow=state.workflow.name,
+                                      limit=limit)  # fmt: skip
+    return {"runs": [run_summary(state.chat, r) for r in runs]}
+
+
+@router.post("", status_code=201)
+def start_run(body: StartBody, who: Who, state: State) -> dict[str, Any]:
+    """Start the copilot on a task, in the operator's tenant, recorded as requested by them."""
+    meta = {"agent": state.workflow.name.split(":", 1)[-1], "requested_by": who.principal.name}
+    handle = state.chat.client.start(state.workflow, body.task, run_id=body.run_id, tenant=who.principal.tenant,
+                                     meta=meta)  # fmt: skip
+    if not handle.created:
+        raise ApiError(409, "run_exists", f"run {body.run_id} already exists: choose another id")
+    return run_summary(state.chat, state.chat.store.get_run(handle.run_id))
+
+
+@router.get("/{run_id}")
+def get_run(run_id: str, who: Who, state: State) -> dict[str, Any]:
+    run = own_run(state, run_id, who)
+    steps = state.chat.store.load_steps(run.id)
+    return {**run_summary(state.chat, run), "events": events(state.chat.store, steps),
+            "approvals": run_cards(state.chat, run, who.principal, steps)}  # fmt: skip
+
+
+@router.get("/{run_id}/events")
+def run_events(run_id: str, who: Who, state: State, after: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+    run = own_run(state, run_id, who)
+    steps = state.chat.store.load_steps(run.id)
+    return {"run": run_summary(state.chat, run), "events": events(state.chat.store, [s for s in steps if s.seq > after]),
+            "approvals": run_cards(state.chat, run, who.principal, steps)}  # fmt: skip
+
+
+@router.get("/{run_id}/stream", response_class=StreamingResponse)
+def run_stream(
+    run_id: str, who: Who, state: State, request: Request, after: Annotated[int | None, Query(ge=0)] = None
+) -> StreamingResponse:
+    """Server-sent events: `step`, `approval`, `run`, `end` (API.md). Resumes after `Last-Event-ID`."""
+    run = own_run(state, run_id, who)
+    # An EventSource reconnecting sends Last-Event-ID (it cannot change its URL's ?after=).
+    start = max(after or 0, _last_event_id(request))
+    body = stream_run(state.chat, run.id, who.principal, start, request, state.poll_interval)
+    return StreamingResponse(body, media_type="text/event-stream", headers=_STREAM_HEADERS)
+
+
+@router.post("/{run_id}/messages")
+def chat(run_id: str, body: ChatBody, who: Who, state: State) -> dict[str, Any]:
+    """Chat commands on the run: `approve [comment]`, `reject <reason>`, `status`, `why?`."""
+    return reply(state.chat, own_run(state, run_id, who), who.principal, body.text)
+
+
+@router.get("/{run_id}/trace.jsonl", response_class=PlainTextResponse)
+def export(run_id: str, who: Who, state: State) -> PlainTextResponse:
+    run = own_run(state, run_id, who)
+    try:
+        from agentflow import trace
+    except ImportError as exc:
+        raise ApiError(501, "unavailable", f"trace export needs `pip install agentflow[trace]` ({exc})") from None
+    text = trace.load(state.chat.client, run.id).jsonl()
+    return PlainTextResponse(text, media_type="application/x-ndjson",
+                             headers={"Content-Disposition": f'attachment; filename="{run.id}.jsonl"'})  # fmt: skip
+
+
+def _last_event_id(request: Request) -> int:
+    raw = request.headers.get("last-event-id", "0")
+    return int(raw) if raw.isdigit() else 0

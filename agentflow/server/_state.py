@@ -1,0 +1,31 @@
+"""What every route of a served app works with (kept on `FastAPI.state`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+
+from agentflow.chat import Chat
+from agentflow.engine import App, Workflow
+from agentflow.server._sessions import Sessions
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """The app served, its chat view, sessions, the agent chat requests start, and settings."""
+
+    app: App
+    chat: Chat
+    sessions: Sessions
+    workflow: Workflow[Any, Any]
+    secure_cookies: bool
+    session_ttl: float
+    poll_interval: float
+
+
+def served(request: Request) -> Served:
+    """The served state of the FastAPI app handling `request` (a route dependency)."""
+    state: Served = request.app.state.served
+    return state

@@ -1,0 +1,234 @@
+"""Governance records: operators (principals), approval requests and their votes, the audit trail.
+
+These are the store's SQL for `agentflow.approvals`; the rules (roles, quorum, four-eyes, expiry)
+live there. Everything here runs on one connection: inside `EventStore.transaction(...)` the
+reads and writes of one decision are one atomic transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentflow.store._backend import Conn
+
+_APPROVAL_COLUMNS = (
+    "id, run_id, call_id, tenant, requested_by, tool, args, args_hash, diff, rule, pack_hash, spec, status, "
+    "created_at, expires_at, decided_at, revision"
+)
+_AUDIT_COLUMNS = "id, at, tenant, actor, action, approval_id, run_id, outcome, reason"
+OPEN_STATUSES = ("pending", "escalated")
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalRow:
+    """An enabled operator: id, name, tenant, roles."""
+
+    id: str
+    name: str
+    tenant: str
+    roles: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class VoteRow:
+    principal: str
+    decision: str
+    comment: str
+    revision: int
+    at: float
+
+
+@dataclass(slots=True)
+class ApprovalRow:
+    """An approval request as stored (JSON columns decoded: `args`, `diff`, `spec`)."""
+
+    id: str
+    run_id: str
+    call_id: str
+    tenant: str
+    requested_by: str | None
+    tool: str
+    args: dict[str, Any]
+    args_hash: str
+    diff: Any
+    rule: str
+    pack_hash: str
+    spec: dict[str, Any]
+    status: str
+    created_at: float
+    expires_at: float | None
+    decided_at: float | None
+    revision: int
+    votes: list[VoteRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    id: int
+    at: float
+    tenant: str | None
+    actor: str
+    action: str
+    approval_id: str | None
+    run_id: str | None
+    outcome: str
+    reason: str
+
+
+def equal_filters(**columns: Any) -> tuple[list[str], list[Any]]:
+    """`column = ?` clauses (and their parameters) for the columns given a value."""
+    given = {c: v for c, v in columns.items() if v is not None}
+    return [f"{c} = ?" for c in given], list(given.values())
+
+
+def _where(clauses: list[str]) -> str:
+    return f" WHERE {' AND '.join(clauses)}" if clauses else ""
+
+
+class Principals:
+    """Operators and their token hashes (`af_principals`)."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    def exists(self, tenant: str, name: str) -> bool:
+        found = self.conn.execute("SELECT 1 FROM af_principals WHERE tenant = ? AND name = ?", (tenant, name))
+        return found.fetchone() is not None
+
+    def add(self, *, id: str, name: str, tenant: str, roles: list[str], token_hash: str, now: float) -> None:
+        self.conn.execute(
+            "INSERT INTO af_principals (id, name, tenant, roles, token_hash, created_at, disabled) "
+            "VALUES (?, ?, ?, ?, ?, ?, 0)",
+            (id, name, tenant, json.dumps(roles), token_hash, now),
+        )
+
+    def by_id(self, principal_id: str) -> PrincipalRow | None:
+        return self._one("id = ?", principal_id)
+
+    def by_token_hash(self, digest: str) -> PrincipalRow | None:
+        return self._one("token_hash = ?", digest)
+
+    def list(self, *, tenant: str | None = None) -> list[PrincipalRow]:
+        clauses, params = equal_filters(tenant=tenant)
+        rows = self.conn.execute(
+            "SELECT id, name, tenant, roles FROM af_principals"
+            + _where(["disabled = 0", *clauses])
+            + " ORDER BY tenant, name",
+            params,
+        ).fetchall()
+        return [_principal(r) for r in rows]
+
+    def _one(self, where: str, value: str) -> PrincipalRow | None:
+        row = self.conn.execute(
+            f"SELECT id, name, tenant, roles FROM af_principals WHERE {where} AND disabled = 0", (value,)
+        ).fetchone()
+        return None if row is None else _principal(row)
+
+
+def _principal(row: Any) -> PrincipalRow:
+    return PrincipalRow(id=row[0], name=row[1], tenant=row[2], roles=json.loads(row[3]))
+
+
+class Approvals:
+    """Approval requests and votes (`af_approvals`, `af_approval_votes`)."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    def get(self, approval_id: str) -> ApprovalRow | None:
+        row = self.conn.execute(f"SELECT {_APPROVAL_COLUMNS} FROM af_approvals WHERE id = ?", (approval_id,))
+        found = row.fetchone()
+        if found is None:
+            return None
+        data = dict(zip(_APPROVAL_COLUMNS.split(", "), found, strict=True))
+        data["args"] = json.loads(data["args"])
+        data["diff"] = json.loads(data["diff"]) if data["diff"] else None
+        data["spec"] = json.loads(data["spec"])
+        votes = self.conn.execute(
+            "SELECT principal, decision, comment, revision, at FROM af_approval_votes WHERE approval_id = ? "
+            "ORDER BY at, principal",
+            (approval_id,),
+        ).fetchall()
+        return ApprovalRow(**data, votes=[VoteRow(*v) for v in votes])
+
+    def add(self, row: ApprovalRow) -> None:
+        """Insert a request (a second insert of the same id is a no-op)."""
+        self.conn.execute(
+            f"INSERT INTO af_approvals ({_APPROVAL_COLUMNS}) VALUES ({', '.join('?' * 17)}) "
+            "ON CONFLICT (id) DO NOTHING",
+            (row.id, row.run_id, row.call_id, row.tenant, row.requested_by, row.tool, json.dumps(row.args),
+             row.args_hash, None if row.diff is None else json.dumps(row.diff, default=str), row.rule,
+             row.pack_hash, json.dumps(row.spec), row.status, row.created_at, row.expires_at, row.decided_at,
+             row.revision),
+        )  # fmt: skip
+
+    def ids(self, *, tenant: str | None = None, run_id: str | None = None, status: str | None = None) -> list[str]:
+        """Request ids, newest first; `status="open"` means pending or escalated."""
+        clauses, params = equal_filters(tenant=tenant, run_id=run_id)
+        if status == "open":
+            clauses.append(f"status IN {OPEN_STATUSES}")
+        elif status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        sql = "SELECT id FROM af_approvals" + _where(clauses) + " ORDER BY created_at DESC, id"
+        return [r[0] for r in self.conn.execute(sql, params).fetchall()]
+
+    def count_open(self, run_id: str) -> int:
+        sql = f"SELECT count(*) FROM af_approvals WHERE run_id = ? AND status IN {OPEN_STATUSES}"
+        return int(self.conn.execute(sql, (run_id,)).fetchone()[0])
+
+    def set_status(self, approval_id: str, status: str, *, at: float) -> None:
+        """A final status (approved, rejected, expired), decided at `at`."""
+        self.conn.execute("UPDATE af_approvals SET status = ?, decided_at = ? WHERE id = ?", (status, at, approval_id))
+
+    def escalate(self, approval_id: str, *, expires_at: float) -> None:
+        self.conn.execute(
+            "UPDATE af_approvals SET status = 'escalated', expires_at = ? WHERE id = ?", (expires_at, approval_id)
+        )
+
+    def edit_args(self, approval_id: str, args: dict[str, Any], digest: str, revision: int) -> None:
+        """New arguments (a new revision); the preview diff of the old ones is dropped."""
+        self.conn.execute(
+            "UPDATE af_approvals SET args = ?, args_hash = ?, revision = ?, diff = NULL WHERE id = ?",
+            (json.dumps(args), digest, revision, approval_id),
+        )
+
+    def vote(
+        self, approval_id: str, *, principal_id: str, principal: str, decision: str, comment: str, revision: int,
+        at: float,
+    ) -> None:  # fmt: skip
+        """Record a principal's vote (a later vote of the same principal replaces it)."""
+        self.conn.execute(
+            "INSERT INTO af_approval_votes (approval_id, principal_id, principal, decision, comment, revision, at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (approval_id, principal_id) DO UPDATE SET "
+            "principal = excluded.principal, decision = excluded.decision, comment = excluded.comment, "
+            "revision = excluded.revision, at = excluded.at",
+            (approval_id, principal_id, principal, decision, comment, revision, at),
+        )
+
+
+class Audit:
+    """The audit trail (`af_audit`): every decision and refusal, with its actor and reason."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    def add(
+        self, *, at: float, tenant: str | None, actor: str, action: str, approval_id: str | None,
+        run_id: str | None, outcome: str, reason: str,
+    ) -> None:  # fmt: skip
+        self.conn.execute(
+            "INSERT INTO af_audit (at, tenant, actor, action, approval_id, run_id, outcome, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (at, tenant, actor, action, approval_id, run_id, outcome, reason),
+        )
+
+    def list(self, *, approval_id: str | None = None, run_id: str | None = None) -> list[AuditRow]:
+        clauses, params = equal_filters(approval_id=approval_id, run_id=run_id)
+        rows = self.conn.execute(f"SELECT {_AUDIT_COLUMNS} FROM af_audit" + _where(clauses) + " ORDER BY id", params)
+        return [AuditRow(*r) for r in rows.fetchall()]

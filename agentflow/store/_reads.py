@@ -1,0 +1,186 @@
+"""The read side's queries (listings, usage sums, counts) and the copies a replay or a fork makes
+of a run's rows. A mixin of `EventStore`: the SQL stays in the store."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from agentflow.store._backend import Backend, Conn
+from agentflow.store._records import RunRecord, StepRecord, create_run_op, step_params
+
+# What a replay copies for a run's tree, besides the runs themselves.
+_PER_RUN = ("af_steps", "af_step_attempts", "af_signals", "af_approvals")
+_BLOB_REF = re.compile(r"\b[0-9a-f]{32}\b")
+# SQLite's bound-parameter limit is 32766 in current builds but 999 in old ones: stay under it.
+_CHUNK = 500
+_OPEN = "('completed', 'failed', 'cancelled')"
+
+
+def table_columns(table: str) -> list[str]:
+    """The columns of one of agentflow's tables, from its SQLModel model."""
+    from sqlmodel import SQLModel
+
+    import agentflow.store._models  # noqa: F401 - registers the tables on SQLModel.metadata
+
+    return [c.name for c in SQLModel.metadata.tables[table].columns]
+
+
+def _run_table_select(backend: Backend) -> str:
+    """Per-run step aggregates in one pass (the database's JSON functions read the recorded usage)."""
+    num, text = backend.json_num, backend.json_text
+    return f"""
+SELECT r.id, r.workflow, r.tenant, r.status, r.created_at, r.completed_at,
+       (SELECT count(*) FROM af_steps s WHERE s.run_id = r.id),
+       (SELECT count(*) FROM af_steps s WHERE s.run_id = r.id AND s.kind = 'llm' AND s.status = 'completed'),
+       (SELECT count(*) FROM af_steps s WHERE s.run_id = r.id AND s.kind = 'tool'),
+       (SELECT coalesce(sum({num("s.result", "usage.input_tokens")}
+                            + {num("s.result", "usage.output_tokens")}), 0)
+          FROM af_steps s WHERE s.run_id = r.id AND s.kind = 'llm' AND s.status = 'completed'),
+       (SELECT coalesce(sum({num("s.result", "usage.cost_usd")}), 0.0)
+          FROM af_steps s WHERE s.run_id = r.id AND s.kind = 'llm' AND s.status = 'completed'),
+       {text("r.meta", "requested_by")}, {text("r.meta", "forked_from")},
+       {text("r.error", "type")} || ': ' || {text("r.error", "message")}
+FROM af_runs r
+"""
+
+
+class ReadQueries:
+    """Queries of the read side (traces, chat views, usage), mixed into `EventStore`."""
+
+    backend: Backend
+
+    def llm_usage(self, *, run_id: str | None = None, tenant: str | None = None) -> list[tuple[str, str]]:
+        """(model name, recorded result JSON) of every completed model call of a run, a
+        tenant's runs, or the whole store."""
+        sql = (
+            "SELECT s.name, s.result FROM af_steps s JOIN af_runs r ON r.id = s.run_id "
+            "WHERE s.kind = 'llm' AND s.status = 'completed'"
+        )
+        params: list[Any] = []
+        if run_id is not None:
+            sql += " AND s.run_id = ?"
+            params.append(run_id)
+        if tenant is not None:
+            sql += " AND r.tenant = ?"
+            params.append(tenant)
+        return [(r[0], r[1]) for r in self.backend.query(sql, tuple(params))]
+
+    def count_steps(self, run_id: str) -> int:
+        return int(self.backend.query("SELECT count(*) FROM af_steps WHERE run_id = ?", (run_id,))[0][0])
+
+    def run_table(
+        self, *, tenant: str | None = None, status: str | None = None, since: float | None = None,
+        until: float | None = None, tool: str | None = None, approved_by: str | None = None, limit: int = 1000,
+    ) -> list[tuple[Any, ...]]:  # fmt: skip
+        """Runs, newest first, with their step aggregates: id, workflow, tenant, status,
+        created_at, completed_at, steps, model calls, tool calls, tokens, cost, requested_by,
+        forked_from, error."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for clause, value in (
+            ("r.tenant = ?", tenant),
+            ("r.status = ?", status),
+            ("r.created_at >= ?", since),
+            ("r.created_at < ?", until),
+            ("EXISTS (SELECT 1 FROM af_steps s WHERE s.run_id = r.id AND s.kind = 'tool' AND s.name = ?)", tool),
+            ("EXISTS (SELECT 1 FROM af_approvals a JOIN af_approval_votes v ON v.approval_id = a.id "
+             "WHERE a.run_id = r.id AND v.decision = 'approve' AND v.principal = ?)", approved_by),
+        ):  # fmt: skip
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        sql = _run_table_select(self.backend) + where + " ORDER BY r.created_at DESC, r.id LIMIT ?"
+        return self.backend.query(sql, (*params, limit))
+
+    # -- copies of a run's rows ----------------------------------------------------------------
+    def export_tree(self, root_id: str) -> dict[str, list[tuple[Any, ...]]]:
+        """The rows of a run tree (runs, steps, attempts, signals, approvals, votes and the blobs
+        its runs and steps refer to), by table: what a replay reads, and nothing of other runs."""
+        rows: dict[str, list[tuple[Any, ...]]] = {}
+        runs = self.backend.query(
+            f"SELECT {', '.join(table_columns('af_runs'))} FROM af_runs WHERE root_id = ?", (root_id,)
+        )
+        rows["af_runs"] = runs
+        ids = [r[0] for r in runs]
+        for table in _PER_RUN:
+            rows[table] = self._select_in(table, "run_id", ids)
+        rows["af_approval_votes"] = self._select_in(
+            "af_approval_votes", "approval_id", [r[0] for r in rows["af_approvals"]]
+        )
+        text = " ".join(str(v) for t in ("af_runs", "af_steps") for row in rows[t] for v in row if isinstance(v, str))
+        rows["af_blobs"] = self._select_in("af_blobs", "hash", sorted(set(_BLOB_REF.findall(text))))
+        return rows
+
+    def import_rows(self, rows: dict[str, list[tuple[Any, ...]]]) -> None:
+        """Insert rows `export_tree` read (into a fresh store), in one transaction."""
+
+        def body(conn: Conn) -> None:
+            for table, found in rows.items():
+                cols = table_columns(table)
+                sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+                for row in found:
+                    conn.execute(sql, row)
+
+        self.backend.transact(body, what="copying a run's rows")
+
+    def _select_in(self, table: str, column: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
+        cols = ", ".join(table_columns(table))
+        out: list[tuple[Any, ...]] = []
+        for lo in range(0, len(values), _CHUNK):
+            part = values[lo : lo + _CHUNK]
+            marks = ", ".join("?" * len(part))
+            out += self.backend.query(f"SELECT {cols} FROM {table} WHERE {column} IN ({marks})", part)
+        return out
+
+    def rewind_for_replay(self, run_id: str, root_id: str) -> None:
+        """Make a copied run pending again with only its final steps (its unfinished ones, intent
+        without outcome, dropped); the other live runs of its tree are set aside (cancelled)."""
+
+        def body(conn: Conn) -> None:
+            conn.execute(
+                "UPDATE af_runs SET status = 'pending', owner = NULL, output = NULL, error = NULL, "
+                "completed_at = NULL, wake_at = NULL, waiting_on = NULL WHERE id = ?",
+                (run_id,),
+            )
+            conn.execute("DELETE FROM af_steps WHERE run_id = ? AND status NOT IN ('completed', 'failed')", (run_id,))
+            conn.execute(
+                f"UPDATE af_runs SET status = 'cancelled' WHERE root_id = ? AND id != ? AND status NOT IN {_OPEN}",
+                (root_id, run_id),
+            )
+
+        self.backend.transact(body, what="preparing a replay")
+
+    def fork(self, run: RunRecord, steps: Sequence[StepRecord], *, new_id: str, meta: str,
+             now: float) -> bool:  # fmt: skip
+        """Create run `new_id` (pending) as a copy of `run` with these steps, in one transaction:
+        the run and its prefix appear together, or not at all. False if `new_id` exists."""
+        create = create_run_op(new_id, run.workflow, run.tenant, run.input, now, None, None, None, meta)
+        # The new run's epoch is 0, so the fenced step inserts apply only to the run created here.
+        ops = [(self.backend.upsert_step_sql, step_params(new_id, 0, s)) for s in steps]
+
+        def body(conn: Conn) -> bool:
+            if conn.execute(create[0], create[1]).rowcount != 1:
+                return False
+            for sql, params in ops:
+                conn.execute(sql, params)
+            return True
+
+        return self.backend.transact(body, what=f"forking run {run.id} into {new_id}")
+
+    def reset_failed(self, run_id: str) -> bool:
+        """Make a failed run pending again (its history kept); False if it was not failed."""
+        (n,) = self.backend.write(
+            [
+                (
+                    "UPDATE af_runs SET status = 'pending', error = NULL, completed_at = NULL "
+                    "WHERE id = ? AND status = 'failed'",
+                    (run_id,),
+                    False,
+                )
+            ],
+            run_id=run_id,
+        )
+        return n == 1
