@@ -9,6 +9,7 @@ trail: its record is committed, then the typed error is raised. The SQL is the s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -356,8 +357,7 @@ def _principal(row: PrincipalRow) -> Principal:
 
 def _request(row: ApprovalRow) -> ApprovalRequest:
     data = row.to_dict()
-    data["votes"] = [Vote(principal=v.principal, decision=v.decision, comment=v.comment, revision=v.revision, at=v.at)
-                     for v in row.votes]  # fmt: skip
+    data["votes"] = [Vote.model_validate(dataclasses.asdict(v)) for v in row.votes]
     data["spec"] = ApprovalSpec.model_validate(row.spec)
     return ApprovalRequest.model_validate(data)
 

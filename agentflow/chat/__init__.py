@@ -4,29 +4,72 @@ plain data, for every surface (the web page and JSON API, the terminal chat, Sla
     chat = Chat.of(app)                         # or Chat(client, approvals)
     run_summary(chat, run); events(chat.store, steps); card(chat, request, viewer, steps)
     reply(chat, run, viewer, "approve looks right")    # `approve`, `reject <why>`, `status`, `why?`
+    card_rows(card); safe_text(tool_output)             # plain text, for surfaces that show text
 
 A surface adds only its transport and rendering; decisions go through `agentflow.approvals`, with
 the same checks and audit wherever they are typed.
 """
 
-from agentflow.chat._cards import card, run_cards, why_not_decide
-from agentflow.chat._commands import HELP, reply, status_text, why_text
-from agentflow.chat._context import Chat
-from agentflow.chat._views import TEXT_LIMIT, events, run_summary, task_of, utc, waiting_text
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from agentflow.chat._text import (
+    card_rows,
+    compact,
+    diff_text,
+    quorum_text,
+    safe_text,
+    time_left,
+    truncate,
+    utc,
+    waiting_words,
+    when,
+)
+
+if TYPE_CHECKING:
+    from agentflow.chat._cards import card, run_cards, why_not_decide
+    from agentflow.chat._commands import HELP, reply, status_text, why_text
+    from agentflow.chat._context import Chat
+    from agentflow.chat._views import TEXT_LIMIT, events, run_summary, task_of, waiting_text
+
+# What reads the store loads the engine, approvals and policies: loaded on first use, so a surface
+# that only renders text (the terminal chat, a client of the JSON API) starts fast.
+_LAZY = {
+    "card": "_cards", "run_cards": "_cards", "why_not_decide": "_cards",
+    "HELP": "_commands", "reply": "_commands", "status_text": "_commands", "why_text": "_commands",
+    "Chat": "_context",
+    "TEXT_LIMIT": "_views", "events": "_views", "run_summary": "_views", "task_of": "_views", "waiting_text": "_views",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"agentflow.chat.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'agentflow.chat' has no attribute {name!r}")
+
 
 __all__ = [
     "HELP",
     "TEXT_LIMIT",
     "Chat",
     "card",
+    "card_rows",
+    "compact",
+    "diff_text",
     "events",
+    "quorum_text",
     "reply",
     "run_cards",
     "run_summary",
+    "safe_text",
     "status_text",
     "task_of",
+    "time_left",
+    "truncate",
     "utc",
     "waiting_text",
+    "waiting_words",
+    "when",
     "why_not_decide",
     "why_text",
 ]

@@ -11,7 +11,8 @@ from typing import Any
 from agentflow.approvals import ApprovalRequest, Principal
 from agentflow.chat._cards import card
 from agentflow.chat._context import Chat
-from agentflow.chat._views import run_summary, utc
+from agentflow.chat._text import utc
+from agentflow.chat._views import run_summary
 from agentflow.errors import ApprovalRefused
 from agentflow.store import RunRecord, StepRecord
 

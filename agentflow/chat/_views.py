@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from agentflow.agent import usage
 from agentflow.chat._context import Chat
+from agentflow.chat._text import utc
 from agentflow.errors import CorruptRecordError
-from agentflow.llm import message_from_blob
 from agentflow.store import EventStore, RunRecord, StepRecord
 
 TEXT_LIMIT = 8000  # characters of one tool output or model message sent to a chat
@@ -41,6 +40,10 @@ def run_summary(chat: Chat, run: RunRecord, *, open_approvals: int | None = None
     """`RunSummary` of API.md."""
     output = json_or_text(run.output) if run.status == "completed" else None
     outcome = output if isinstance(output, dict) else {}
+    # The agent layer loads langchain-core: only when a summary is built, so surfaces that only
+    # render (the terminal chat) start fast.
+    from agentflow.agent import usage
+
     used = usage(chat.store, run_id=run.id)
     steps = chat.store.count_steps(run.id)
     if open_approvals is None:
@@ -100,7 +103,13 @@ def _tool_text(result: str | None) -> str | None:
 def events(store: EventStore, steps: Iterable[StepRecord]) -> list[dict[str, Any]]:
     """`Event`s of API.md for the finished steps among `steps`, in seq order."""
     done = [s for s in steps if s.status in ("completed", "failed") and s.kind not in _HIDDEN]
-    refs = [r for s in done if s.kind == "llm" for r in [(json_or_text(s.result) or {}).get("message")] if isinstance(r, str)]
+    refs = [
+        r
+        for s in done
+        if s.kind == "llm"
+        for r in [(json_or_text(s.result) or {}).get("message")]
+        if isinstance(r, str)
+    ]
     blobs = store.get_blobs(refs) if refs else {}
     return [_event(s, blobs) for s in sorted(done, key=lambda s: s.seq)]
 
@@ -146,6 +155,8 @@ def _model(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
     ref = result.get("message")
     text, calls = None, []
     if isinstance(ref, str) and ref in blobs:
+        from agentflow.llm import message_from_blob  # langchain-core: loaded when a model step is shown
+
         message = message_from_blob(blobs[ref])
         content = message.content
         text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
@@ -231,8 +242,3 @@ def _plan(step: StepRecord, blobs: dict[str, str]) -> dict[str, Any]:
 
 _BUILDERS = {"llm": _model, "tool": _tool, "policy": _policy, "approval": _approval, "sleep": _wait,
              "signal": _signal, "plan": _plan}  # fmt: skip
-
-
-def utc(when: float) -> str:
-    """A time for people: `2026-01-01 02:00 UTC`."""
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M UTC")
