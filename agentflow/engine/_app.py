@@ -19,9 +19,7 @@ from agentflow.errors import (
     RunStateError,
     UnknownRunError,
 )
-from agentflow.store._codec import decode, encode
-from agentflow.store._store import EventStore, RunRecord, StepRecord
-from agentflow.store._urls import parse_url, resolve_url
+from agentflow.store import EventStore, RunRecord, StepRecord, decode, encode, parse_url, resolve_url
 
 if TYPE_CHECKING:
     from agentflow.approvals import Approvals

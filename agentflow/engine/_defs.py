@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from pydantic import TypeAdapter
 
 from agentflow.errors import AgentflowError, NotInActivityError
-from agentflow.store._codec import param_adapters, return_adapter
+from agentflow.store import param_adapters, return_adapter
 
 if TYPE_CHECKING:
     from agentflow.engine._context import WorkflowContext

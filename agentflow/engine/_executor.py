@@ -36,9 +36,7 @@ from agentflow.errors import (
     WaitTimeout,
     WorkflowError,
 )
-from agentflow.store._codec import decode, digest, encode
-from agentflow.store._sqlite import Op
-from agentflow.store._store import RunRecord, StepRecord
+from agentflow.store import Op, RunRecord, StepRecord, adapter_for, decode, digest, encode
 
 if TYPE_CHECKING:
     from agentflow.engine._app import App
@@ -1038,8 +1036,6 @@ def _short(text: str | None, limit: int = 120) -> str:
         return "-"
     return text if len(text) <= limit else text[:limit] + "…"
 
-
-from agentflow.store._codec import adapter_for  # noqa: E402
 
 _ANY = adapter_for(Any)
 
