@@ -31,6 +31,7 @@ from agentflow.errors import (
     LeaseLostError,
     NonDeterminismError,
     PayloadError,
+    ReplayRefused,
     StoreBusyError,
     StoreError,
     WaitTimeout,
@@ -98,12 +99,6 @@ class RefusedStep:
     seq: int
     kind: str
     name: str
-
-
-class ReplayRefused(WorkflowError):
-    """Recorded as the outcome of a step a replay-only worker refused to execute."""
-
-    retryable = False
 
 
 class RunExecutor:
