@@ -69,9 +69,6 @@ class RetryPolicy:
         return True
 
 
-NO_RETRY = RetryPolicy(max_attempts=1)
-
-
 class Activity(Generic[P, R]):
     """A registered activity: a function whose every call from a workflow is a recorded step.
 

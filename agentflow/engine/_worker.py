@@ -61,7 +61,6 @@ class Worker:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = threading.Event()
         self._last_reap = 0.0
-        self.completed = 0
         # Runs to hand back (store was busy): retried on every loop until done, so a run is
         # never left `running` under a live worker that no longer drives it.
         self._to_release: dict[str, int] = {}
@@ -178,9 +177,7 @@ class Worker:
             refused = self.refused if self.replay_only else None
             executor = RunExecutor(self.app, run, epoch, recovering=recovering, refuse=refused)
             self.executors[run_id] = executor
-            status = await executor.execute()
-            if status in ("completed", "failed", "cancelled"):
-                self.completed += 1
+            await executor.execute()
         except LeaseLostError:
             log.warning("run %s: lease lost to another worker; stopped working on it", run_id)
         except StoreBusyError as exc:
