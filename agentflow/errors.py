@@ -44,7 +44,7 @@ apply) and ``retryable``: whether trying the same thing again later can help.
 Control flow is not in this tree. A run that parks to wait raises nothing: the executor records
 the park and returns. To unwind workflow code it must stop (a fatal record error, a lost lease, a
 parked run's abandoned coroutine), the executor raises a private ``BaseException`` subclass,
-``_Stop`` (``agentflow.engine._executor``), which ``except Exception`` in workflow code cannot
+``_Stop`` (``agentflow.engine._executor_base``), which ``except Exception`` in workflow code cannot
 swallow, like DBOS and Temporal do.
 """
 
