@@ -90,12 +90,12 @@ class RunExecutor(ActivitySteps, WaitSteps):
                 return self._finish_failed(self.fatal)
             if main.done():
                 return self._finish(main)
-            due = self.history.take_due()
-            if due is not None:
-                self._run_delivery(due)
-                continue
-            if self.history.behind():
-                self.fatal = self.history.stuck()
+            if self.history.behind():  # (every held outcome's turn is <= max_delivery)
+                due = self.history.take_due()
+                if due is None:
+                    self.fatal = self.history.stuck()
+                else:
+                    self._run_delivery(due)
                 continue
             if self.deliveries:
                 self._run_delivery(self.deliveries.popleft())
