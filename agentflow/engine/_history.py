@@ -18,8 +18,8 @@ from pydantic import TypeAdapter
 from agentflow.errors import CorruptRecordError, NonDeterminismError
 from agentflow.store import RunRecord, StepRecord, decode
 
-# Local records a workflow may stop asking for without changing what it did: a run that returns
-# before reaching one of them still replays the same path.
+# Local records (ctx.now(), ctx.uuid(), ctx.random()) recorded after the step where the workflow
+# now returns do not fail the run: only a step with an effect the code no longer makes does.
 _LOCAL_KINDS = ("now", "uuid", "random")
 
 
