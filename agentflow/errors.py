@@ -19,7 +19,9 @@ apply) and ``retryable``: whether trying the same thing again later can help.
     │   ├── ChildWorkflowError      a child run failed or was cancelled
     │   ├── WaitTimeout             ctx.wait_signal(..., timeout=) expired
     │   ├── BudgetExceeded          a model call would exceed the run's token/USD budget (not sent)
-    │   └── ContextWindowExceeded   the request does not fit the model's context window (not sent)
+    │   ├── ContextWindowExceeded   the request does not fit the model's context window (not sent)
+    │   └── ReplayRefused           a replay-only worker refused to execute a step the history
+    │                               does not answer (recorded as the step's outcome)
     ├── ModelError                  a model provider call failed (recorded; retried when retryable)
     │   ├── ModelRateLimited        HTTP 429 (retryable, honours Retry-After)
     │   ├── ModelServerError        HTTP 5xx (retryable)
@@ -34,14 +36,16 @@ apply) and ``retryable``: whether trying the same thing again later can help.
     │   ├── LeaseLostError          this worker no longer owns the run (fenced write refused)
     │   ├── CorruptRecordError      a stored row does not decode
     │   └── SchemaVersionError      the database schema is newer than this agentflow
-    ├── ApprovalError               an approval decision that was not taken (audited)
-    │   ├── AuthenticationError     a missing, unknown or disabled operator token
-    │   └── ApprovalRefused         the operator may not decide this (role, tenant, four-eyes,
-    │                               expired, already decided, edited since); `code` says which
-    └── (control flow, not an error) SuspendRun derives from BaseException
+    └── ApprovalError               an approval decision that was not taken (audited)
+        ├── AuthenticationError     a missing, unknown or disabled operator token
+        └── ApprovalRefused         the operator may not decide this (role, tenant, four-eyes,
+                                    expired, already decided, edited since); `code` says which
 
-Control flow that user code must not swallow derives from ``BaseException`` (see
-``agentflow.engine._executor``), like DBOS and Temporal do.
+Control flow is not in this tree. A run that parks to wait raises nothing: the executor records
+the park and returns. To unwind workflow code it must stop (a fatal record error, a lost lease, a
+parked run's abandoned coroutine), the executor raises a private ``BaseException`` subclass,
+``_Stop`` (``agentflow.engine._executor_base``), which ``except Exception`` in workflow code cannot
+swallow, like DBOS and Temporal do.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ __all__ = [
     "NotRegisteredError",
     "PayloadError",
     "PolicyError",
+    "ReplayRefused",
     "RunError",
     "RunFailedError",
     "RunStateError",
@@ -221,6 +226,13 @@ class ChildWorkflowError(WorkflowError):
 
 class WaitTimeout(WorkflowError):
     """`ctx.wait_signal(name, timeout=...)` expired before the signal arrived."""
+
+
+class ReplayRefused(WorkflowError):
+    """A replay-only worker (`Worker(replay_only=True)`, used by `agentflow.trace` replays) reached
+    a step the history does not answer and refused to execute it; recorded as the step's outcome."""
+
+    retryable = False
 
 
 class StoreError(AgentflowError):

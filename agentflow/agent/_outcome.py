@@ -88,5 +88,3 @@ class Ended:
     status: Literal["answered", "max_turns", "budget_exceeded"]
     answer: str | None = None
     detail: str = ""
-
-

@@ -48,6 +48,7 @@ class Agent(Protocol):
         self, ctx: WorkflowContext, messages: list[BaseMessage], state: RunState, limit: int | None = None
     ) -> Ended: ...
 
+
 SUBMIT_PLAN = "submit_plan"
 PLAN_ATTEMPTS = 2  # a planning call that yields no valid plan gets one corrective retry
 _FAILED = ("error", "denied", "rejected")

@@ -35,9 +35,7 @@ class UsageSummary:
         }
 
 
-def usage(
-    source: App | Client | EventStore, *, run_id: str | None = None, tenant: str | None = None
-) -> UsageSummary:
+def usage(source: App | Client | EventStore, *, run_id: str | None = None, tenant: str | None = None) -> UsageSummary:
     """Sum the usage of completed model calls of one run, a tenant's runs, or everything.
 
     Each call is one recorded step, so a replayed or resumed run is never counted twice."""

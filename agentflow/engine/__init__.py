@@ -5,6 +5,8 @@ from agentflow.engine._app import App
 from agentflow.engine._client import Client, RunHandle, RunInfo
 from agentflow.engine._clock import Clock, SystemClock, TestClock
 from agentflow.engine._context import WorkflowContext
+from agentflow.engine._crash import configure as configure_crash_point
+from agentflow.engine._crash import crash_point
 from agentflow.engine._defs import Activity, ActivityInfo, RetryPolicy, Workflow, current_activity
 from agentflow.engine._worker import Worker
 
@@ -22,5 +24,7 @@ __all__ = [
     "Worker",
     "Workflow",
     "WorkflowContext",
+    "configure_crash_point",
+    "crash_point",
     "current_activity",
 ]

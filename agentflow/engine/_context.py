@@ -15,6 +15,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 from agentflow.engine._clock import Clock
 from agentflow.engine._defs import Activity, Workflow
+from agentflow.engine._history import History
 from agentflow.engine._host import Host
 from agentflow.store import EventStore, RunRecord, StepRecord
 
@@ -31,8 +32,10 @@ class Steps(Protocol):
     run: RunRecord
     run_id: str
     next_seq: int
-    max_recorded: int
-    history: dict[int, StepRecord]
+    history: History
+
+    @property
+    def max_recorded(self) -> int: ...
 
     def schedule_activity(
         self, act: Activity[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,

@@ -46,9 +46,6 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):
         finally:
             events._set_running_loop(previous)
 
-    def has_ready(self) -> bool:
-        return bool(self._ready)
-
     # -- the parts of AbstractEventLoop that futures and tasks use ---------------------------
     def call_soon(  # type: ignore[override]
         self,

@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+
 from agentflow.engine._executor import RefusedStep, RunExecutor
 from agentflow.engine._host import Host
 from agentflow.errors import LeaseLostError, StoreBusyError, StoreError
@@ -57,7 +58,6 @@ class Worker:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = threading.Event()
         self._last_reap = 0.0
-        self.completed = 0
         # Runs to hand back (store was busy): retried on every loop until done, so a run is
         # never left `running` under a live worker that no longer drives it.
         self._to_release: dict[str, int] = {}
@@ -174,9 +174,7 @@ class Worker:
             refused = self.refused if self.replay_only else None
             executor = RunExecutor(self.app, run, epoch, recovering=recovering, refuse=refused)
             self.executors[run_id] = executor
-            status = await executor.execute()
-            if status in ("completed", "failed", "cancelled"):
-                self.completed += 1
+            await executor.execute()
         except LeaseLostError:
             log.warning("run %s: lease lost to another worker; stopped working on it", run_id)
         except StoreBusyError as exc:

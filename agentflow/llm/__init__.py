@@ -13,7 +13,8 @@ from agentflow.llm._types import ChatModel, ModelResponse, Usage
 
 if TYPE_CHECKING:
     from agentflow.llm._openai import OpenAIChat
-    from agentflow.testing import RunbookChatModel, ScriptedChatModel
+    from agentflow.testing import RunbookChatModel as RunbookChatModel
+    from agentflow.testing import ScriptedChatModel as ScriptedChatModel
 
 # The offline fakes live in `agentflow.testing`; these names stay here as aliases for code
 # written against agentflow 0.1 (loaded on first use: importing agentflow.llm loads no fake).

@@ -4,9 +4,7 @@ time-skipping clock, named crash points) and polling with a deadline.
     from agentflow.testing import ScriptedChatModel, TestClock, assert_eventually
 """
 
-from agentflow._crash import configure as configure_crash_point
-from agentflow._crash import crash_point
-from agentflow.engine import TestClock
+from agentflow.engine import TestClock, configure_crash_point, crash_point
 from agentflow.testing._helpers import assert_eventually
 from agentflow.testing._models import RunbookChatModel, ScriptedChatModel
 

@@ -1,0 +1,249 @@
+"""The state one run execution shares between its parts, and the primitives they all use.
+
+`RunExecutor` (`_executor.py`) is assembled from `ExecutorBase` and two mixins: `ActivitySteps`
+(`_activities.py`) and `WaitSteps` (`_waits.py`). This module holds what they share: taking the
+next seq, matching a call against the `History`, recording steps (one fenced commit per write),
+handing outcomes to the workflow in a recorded order, delivering a cancel at a step boundary, and
+stopping the execution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import traceback
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from agentflow.engine._history import History
+from agentflow.engine._host import Host
+from agentflow.engine._loop import WorkflowEventLoop
+from agentflow.errors import AgentflowError, CorruptRecordError, StoreError
+from agentflow.store import Op, RunRecord, StepRecord, adapter_for
+
+_ANY = adapter_for(Any)
+
+
+class _Stop(BaseException):
+    """Unwinds workflow code when the executor must stop it (fatal record error, shutdown).
+
+    A BaseException, so `except Exception` in workflow code cannot swallow it."""
+
+
+@dataclass(slots=True)
+class _Wait:
+    seq: int
+    kind: str  # timer | signal | child | retry
+    fut: asyncio.Future[Any]
+    wake_at: float | None = None
+    name: str = ""  # signal name, or child run id
+    step_name: str = ""
+    digest: str = ""
+    adapter: Any = None
+    resume: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedStep:
+    """A step a replay-only worker would have had to execute (the history did not answer it)."""
+
+    run_id: str
+    seq: int
+    kind: str
+    name: str
+
+
+def error_dict(exc: BaseException, *, retryable: bool | None = None) -> dict[str, Any]:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=8))
+    out: dict[str, Any] = {
+        "type": type(exc).__name__,
+        "module": type(exc).__module__,
+        "message": str(exc)[:4000],
+        "traceback": tb[-4000:],
+    }
+    if isinstance(exc, AgentflowError):
+        out.update({k: v for k, v in exc.to_dict().items() if k not in ("type", "message") and v is not None})
+    if retryable is not None:  # the engine's decision (policy, attempts left), not the type's default
+        out["retryable"] = retryable
+    return out
+
+
+def _settle(fut: asyncio.Future[Any], value: Any = None, *, exc: BaseException | None = None) -> None:
+    """Resolve a workflow future unless the workflow cancelled it meanwhile."""
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(value)
+
+
+class ExecutorBase:
+    """One run under one lease epoch: the shared state and primitives of `RunExecutor`."""
+
+    def __init__(
+        self, app: Host, run: RunRecord, epoch: int, *, recovering: bool = False,
+        refuse: list[RefusedStep] | None = None,
+    ) -> None:  # fmt: skip
+        self.app = app
+        self.refuse = refuse
+        self.store = app.store
+        self.clock = app.clock
+        self.run = run
+        self.run_id = run.id
+        self.epoch = epoch
+        self.recovering = recovering
+        self.history = History(run, [])  # loaded by execute()
+        self.next_seq = 1
+        self.local_ops: list[Op] = []
+        self.inflight: set[asyncio.Task[Any]] = set()
+        # Step coroutines not started yet; the driver awaits a lone one inline (no Task, no
+        # extra loop turns: ~15 µs per step) and wraps several (a gather) in Tasks.
+        self.queued: list[Coroutine[Any, Any, None]] = []
+        # Outcomes reach the workflow one at a time, in an order recorded with each step
+        # (`delivery`); a replay delivers recorded outcomes in that same order (the history
+        # keeps them until their turn), so concurrent branches interleave exactly as they did
+        # (results are never handed over at scheduling).
+        self.deliveries: collections.deque[Callable[[], None]] = collections.deque()
+        self.next_delivery = 1
+        self.waits: dict[int, _Wait] = {}
+        self.fatal: AgentflowError | None = None
+        self.cancel_requested = bool(run.cancel_requested)
+        self.cancel_delivered = False
+        self.closing = False  # set while an abandoned workflow coroutine is unwound
+        # I/O methods of AbstractEventLoop stay abstract on purpose: workflow code has no I/O.
+        self.loop = WorkflowEventLoop()  # type: ignore[abstract]
+        self.main: asyncio.Task[Any] | None = None
+        self._progress: asyncio.Event | None = None
+        self._real_loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def max_recorded(self) -> int:
+        """The highest seq the history records (0 before `execute()` loads it)."""
+        return self.history.max_recorded
+
+    # -- seqs and stopping -----------------------------------------------------------------
+    def _take_seq(self) -> int:
+        if self.closing:
+            raise _Stop()
+        seq = self.next_seq
+        self.next_seq += 1
+        return seq
+
+    def _stop(self, err: AgentflowError) -> _Stop:
+        if self.fatal is None:
+            self.fatal = err
+        return _Stop()
+
+    # -- the replay check --------------------------------------------------------------------
+    def _recorded(self, seq: int, kind: str, name: str, dig: str) -> StepRecord | None:
+        """The step recorded at `seq` if any; stops the run when it is not this call."""
+        mismatch = self.history.mismatch(seq, kind, name, dig)
+        if mismatch is not None:
+            raise self._stop(mismatch)
+        return self.history.get(seq)
+
+    def _decode(self, rec: StepRecord, adapter: Any, what: str = "result") -> Any:
+        try:
+            return self.history.decode(rec, adapter, what)
+        except CorruptRecordError as exc:
+            raise self._stop(exc) from None
+
+    def _recorded_error(self, rec: StepRecord) -> dict[str, Any]:
+        err = self.history.error_of(rec)
+        if isinstance(err, CorruptRecordError):
+            raise self._stop(err) from None
+        return err
+
+    def _started(self, seq: int) -> float:
+        rec = self.history.get(seq)
+        return rec.started_at if rec is not None else self.clock.now()
+
+    # -- writes ------------------------------------------------------------------------------
+    def _write(self, ops: list[Op]) -> None:
+        """One durable commit: buffered local records first, then `ops`, fenced on the epoch."""
+        if self.local_ops:
+            ops = self.local_ops + ops
+        try:
+            self.store.backend.write(ops, run_id=self.run_id)
+        except StoreError as exc:
+            # Lost lease or store busy: stop this execution; user code must not catch it.
+            raise self._stop(exc) from None
+        self.local_ops = []
+
+    def _step_op(self, step: StepRecord) -> Op:
+        return self.store.upsert_step_op(self.run_id, self.epoch, step)
+
+    def _new_step(self, seq: int, kind: str, name: str, dig: str, status: str, **kw: Any) -> StepRecord:
+        return StepRecord(
+            seq=seq, kind=kind, name=name, digest=dig, status=status, attempt=kw.get("attempt", 1),
+            args=kw.get("args"), result=kw.get("result"), error=kw.get("error"),
+            started_at=kw.get("started_at", self.clock.now()), finished_at=kw.get("finished_at"),
+            wake_at=kw.get("wake_at"), epoch=self.epoch, delivery=kw.get("delivery"),
+        )  # fmt: skip
+
+    # -- handing outcomes over ---------------------------------------------------------------
+    def _take_delivery(self) -> int:
+        number = self.next_delivery
+        self.next_delivery += 1
+        return number
+
+    def _deliver(self, action: Callable[[], None]) -> None:
+        """Queue an outcome that was just recorded (with its delivery number)."""
+        self.deliveries.append(action)
+        if self._progress is not None:
+            self._progress.set()
+
+    def _resolve_recorded(self, rec: StepRecord, action: Callable[[], None]) -> None:
+        """Hand a recorded outcome over at its recorded turn (at once for legacy rows)."""
+        if rec.delivery is None:
+            action()
+        else:
+            self.history.hold(rec.delivery, action)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.queued.append(coro)
+        if self._progress is not None:
+            self._progress.set()  # the driver may be waiting on in-flight steps
+
+    # -- cancellation ------------------------------------------------------------------------
+    def _cancel_at(self, seq: int, fut: asyncio.Future[Any]) -> bool:
+        """Deliver a cancel request at the step boundary `seq` the workflow just reached.
+
+        Recorded as a `cancel` marker at `seq`, so a replay delivers it at the same step; this is
+        how a workflow that goes from activity to activity (never blocked on a wait) is cancelled.
+        """
+        if self.cancel_delivered:
+            return False
+        rec = self.history.get(seq)
+        if rec is None:
+            # Only with nothing in flight: a result landing after the marker would let a replay
+            # run further before reaching it.
+            if not self.cancel_requested or self.inflight or self.queued:
+                return False
+            self.local_ops.append(self._cancel_marker(seq))
+        elif rec.kind != "cancel" or rec.delivery is not None:
+            return False
+        # Workflow code is running: cancel this step (its await raises CancelledError) and the
+        # waits, not the main task, which would also cancel the compensation that follows.
+        self._cancel_workflow(cancel_main=False)
+        fut.cancel()
+        return True
+
+    def _cancel_marker(self, seq: int, *, delivery: int | None = None) -> Op:
+        return self._step_op(
+            self._new_step(seq, "cancel", "cancel", "", "completed", finished_at=self.clock.now(), delivery=delivery)
+        )
+
+    def _cancel_workflow(self, *, cancel_main: bool = True) -> None:
+        self.cancel_delivered = True
+        for w in list(self.waits.values()):
+            w.fut.cancel()
+            if w.kind == "child":
+                # A cancelled parent cancels the child runs it was waiting for.
+                self.store.request_cancel(w.name, self.clock.now())
+        self.waits.clear()
+        if cancel_main:
+            assert self.main is not None
+            self.main.cancel()
