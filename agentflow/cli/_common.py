@@ -1,0 +1,88 @@
+"""What every command group shares: the consoles, the `--db` and `--json` options, the error
+exit, and `load_app` (the one place `--db` meets an App built by the user's code)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from agentflow.errors import AgentflowError, ApprovalError
+
+if TYPE_CHECKING:
+    from agentflow.engine import App
+    from agentflow.store import EventStore
+
+console = Console()
+err_console = Console(stderr=True)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="SQLAlchemy URL of the store (default: $AGENTFLOW_DB, else sqlite:///agentflow.db)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def fail(exc: AgentflowError) -> NoReturn:
+    """Print an error raised by the engine or the store as `error: Type: message`; exit 2."""
+    err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}")
+    raise typer.Exit(code=2)
+
+
+def fail_decision(exc: AgentflowError) -> NoReturn:
+    """Print an error of operators, approvals or policy packs as `error (code): message`; exit 2.
+
+    An approval error's code (`self_approval`, `stale_args`, ...) is what scripts match on."""
+    code = f" ({exc.code})" if isinstance(exc, ApprovalError) else ""
+    err_console.print(f"[bold red]error{code}:[/] {exc}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def store(db: str | None) -> EventStore:
+    """The event store `--db` names (the one rule: `agentflow.store.resolve_url`)."""
+    from agentflow.store import EventStore, resolve_url
+
+    return EventStore(resolve_url(db))
+
+
+def open_app(db: str | None) -> App:
+    """An App with nothing registered on the store `--db` names: for signals, cancels, approvals."""
+    from agentflow.engine import App
+    from agentflow.store import resolve_url
+
+    return App(resolve_url(db))
+
+
+def load_app(ref: str, db: str | None) -> App:
+    """Import `module:attribute` and return the App it names.
+
+    `--db` is exported as `AGENTFLOW_DB` before the import, so an `App()` without a URL, and
+    module-level code that opens the store, follow it.
+
+    Raises:
+        typer.BadParameter: `ref` is malformed, its module does not import, or it is no App.
+    """
+    if db:
+        os.environ["AGENTFLOW_DB"] = db
+    return _import_app(ref)
+
+
+def _import_app(ref: str) -> App:
+    from agentflow.engine import App
+
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise typer.BadParameter(f"--app must look like module:attribute, got {ref!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise typer.BadParameter(f"cannot import {module_name!r}: {exc}") from None
+    obj = getattr(module, attr, None)
+    if not isinstance(obj, App):
+        raise typer.BadParameter(f"{ref!r} is not an agentflow.App (got {type(obj).__name__})")
+    return obj
