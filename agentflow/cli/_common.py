@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from agentflow.errors import AgentflowError, ApprovalError
 
@@ -58,17 +59,23 @@ def open_app(db: str | None) -> App:
 
 
 def load_app(ref: str, db: str | None) -> App:
-    """Import `module:attribute` and return the App it names.
+    """Import `module:attribute` and return the App it names, on the store `--db` names.
 
-    `--db` is exported as `AGENTFLOW_DB` before the import, so an `App()` without a URL, and
-    module-level code that opens the store, follow it.
+    The flag wins over the environment. It is exported as `AGENTFLOW_DB` before the import, so
+    an `App()` without a URL, and module-level code that opens the store, follow it. An App
+    whose code names another database is refused (exit 2) rather than served: `--db` would
+    be silently ignored, and runs would land where the operator did not look.
 
     Raises:
         typer.BadParameter: `ref` is malformed, its module does not import, or it is no App.
+        typer.Exit: `--db` was given and the App opens another database.
     """
     if db:
         os.environ["AGENTFLOW_DB"] = db
-    return _import_app(ref)
+    the_app = _import_app(ref)
+    if db:
+        _require_same_database(ref, the_app, db)
+    return the_app
 
 
 def _import_app(ref: str) -> App:
@@ -86,3 +93,18 @@ def _import_app(ref: str) -> App:
     if not isinstance(obj, App):
         raise typer.BadParameter(f"{ref!r} is not an agentflow.App (got {type(obj).__name__})")
     return obj
+
+
+def _require_same_database(ref: str, the_app: App, db: str) -> None:
+    from agentflow.store import redact_url, same_database
+
+    if same_database(the_app.db, db):
+        return
+    message = (
+        f"--db is {redact_url(db)}, but the App {ref} opens {redact_url(the_app.db)} (a URL its code passes "
+        f"to App(...)), so --db would be ignored. Drop the URL from App(...) so the app follows --db and "
+        f"$AGENTFLOW_DB, or pass that same URL as --db."
+    )
+    # soft_wrap: a URL is never broken across lines (it is meant to be copied).
+    err_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+    raise typer.Exit(code=2)
