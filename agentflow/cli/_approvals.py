@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from agentflow.cli._common import DbOption, JsonOption, console, fail_decision, open_app
+from agentflow.cli._common import DbOption, JsonOption, approvals_of, console, fail_decision
 from agentflow.errors import AgentflowError
-
-if TYPE_CHECKING:
-    from agentflow.approvals import Approvals
 
 approvals_app = typer.Typer(help="Approval requests: list, show, approve, reject.", no_args_is_help=True)
 
 TokenOption = Annotated[
     str | None, typer.Option("--token", help="Your operator token (default: $AGENTFLOW_TOKEN).", show_default=False)
 ]
-
-
-def _approvals(db: str | None) -> Approvals:
-    return open_app(db).approvals
 
 
 def _token(token: str | None) -> str | None:
@@ -39,7 +32,7 @@ def approvals_list(
     as_json: JsonOption = False,
 ) -> None:
     """List approval requests; with --token, those you may decide."""
-    approvals = _approvals(db)
+    approvals = approvals_of(db)
     try:
         who = approvals.authenticate(_token(token)) if _token(token) else None
         found = approvals.list(tenant=tenant, status=None if status == "all" else status, for_principal=who)
@@ -58,7 +51,7 @@ def approvals_list(
 @approvals_app.command("show")
 def approvals_show(approval_id: str, db: DbOption = None, as_json: JsonOption = False) -> None:
     """Show one request: the exact arguments and their hash, the diff, the rule, votes, audit."""
-    approvals = _approvals(db)
+    approvals = approvals_of(db)
     try:
         req = approvals.get(approval_id)
     except AgentflowError as exc:
@@ -98,7 +91,7 @@ def approvals_approve(
     db: DbOption = None,
 ) -> None:
     """Approve a request (counts toward its quorum)."""
-    approvals = _approvals(db)
+    approvals = approvals_of(db)
     try:
         edited = _edited(approvals.get(approval_id).args, set_arg) if set_arg else None
         req = approvals.approve(approval_id, by=_token(token) or "", comment=comment, args=edited, seen_hash=seen_hash)
@@ -116,7 +109,7 @@ def approvals_reject(
 ) -> None:
     """Reject a request: the call does not run; the agent is told why."""
     try:
-        req = _approvals(db).reject(approval_id, by=_token(token) or "", comment=comment)
+        req = approvals_of(db).reject(approval_id, by=_token(token) or "", comment=comment)
     except AgentflowError as exc:
         fail_decision(exc)
     console.print(f"{req.id}: {req.status}", highlight=False)

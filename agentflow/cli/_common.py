@@ -15,6 +15,7 @@ from rich.text import Text
 from agentflow.errors import AgentflowError, ApprovalError
 
 if TYPE_CHECKING:
+    from agentflow.approvals import Approvals
     from agentflow.engine import App
     from agentflow.store import EventStore
 
@@ -56,6 +57,11 @@ def open_app(db: str | None) -> App:
     from agentflow.store import resolve_url
 
     return App(resolve_url(db))
+
+
+def approvals_of(db: str | None) -> Approvals:
+    """Operators and approval requests in the store `--db` names."""
+    return open_app(db).approvals
 
 
 def load_app(ref: str, db: str | None) -> App:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from agentflow.cli._common import DbOption, console, err_console, fail_decision, open_app
+from agentflow.cli._common import DbOption, approvals_of, console, err_console, fail_decision
 from agentflow.errors import AgentflowError
 
 operators_app = typer.Typer(help="Operators who approve staged actions, with roles per tenant.", no_args_is_help=True)
@@ -22,7 +22,7 @@ def operators_add(
 ) -> None:
     """Create an operator and print their API token (once: only its hash is stored)."""
     try:
-        principal, token = open_app(db).approvals.add_operator(name, tenant=tenant, roles=role)
+        principal, token = approvals_of(db).add_operator(name, tenant=tenant, roles=role)
     except AgentflowError as exc:
         fail_decision(exc)
     err_console.print(f"operator {principal.name} ({tenant}, roles {', '.join(principal.roles)}); token, shown once:")
@@ -35,6 +35,6 @@ def operators_list(
 ) -> None:
     """List operators and their roles."""
     table = Table("name", "tenant", "roles")
-    for p in open_app(db).approvals.operators(tenant=tenant):
+    for p in approvals_of(db).operators(tenant=tenant):
         table.add_row(p.name, p.tenant, ", ".join(p.roles))
     console.print(table)
