@@ -27,6 +27,19 @@ SUBCOMMANDS = [
     ["runs", "signal"],
     ["db"],
     ["db", "upgrade"],
+    ["run"],
+    ["serve"],
+    ["chat"],
+    ["operators"],
+    ["operators", "add"],
+    ["operators", "list"],
+    ["approvals"],
+    ["approvals", "list"],
+    ["approvals", "show"],
+    ["approvals", "approve"],
+    ["approvals", "reject"],
+    ["policy"],
+    ["policy", "check"],
 ]
 
 

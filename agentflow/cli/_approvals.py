@@ -1,81 +1,28 @@
-"""`agentflow operators ...`, `agentflow approvals ...` and `agentflow policy check`."""
+"""`agentflow approvals ...`: list, show, approve and reject approval requests."""
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from agentflow.errors import AgentflowError, ApprovalError
+from agentflow.cli._common import DbOption, JsonOption, approvals_of, console, fail_decision
+from agentflow.errors import AgentflowError
 
-operators_app = typer.Typer(help="Operators who approve staged actions, with roles per tenant.", no_args_is_help=True)
 approvals_app = typer.Typer(help="Approval requests: list, show, approve, reject.", no_args_is_help=True)
-policy_app = typer.Typer(help="Policy packs.", no_args_is_help=True)
 
-console = Console()
-err_console = Console(stderr=True)
-
-DbOption = Annotated[
-    str | None,
-    typer.Option("--db", help="SQLAlchemy URL of the store (default: $AGENTFLOW_DB, else sqlite:///agentflow.db)."),
-]
 TokenOption = Annotated[
     str | None, typer.Option("--token", help="Your operator token (default: $AGENTFLOW_TOKEN).", show_default=False)
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def _approvals(db: str | None) -> Any:
-    from agentflow.approvals import Approvals
-    from agentflow.engine import App
-
-    return Approvals.of(App(db))
 
 
 def _token(token: str | None) -> str | None:
     return token or os.environ.get("AGENTFLOW_TOKEN")
 
 
-def _fail(exc: AgentflowError) -> None:
-    code = f" ({exc.code})" if isinstance(exc, ApprovalError) else ""
-    err_console.print(f"[bold red]error{code}:[/] {exc}", highlight=False)
-    raise typer.Exit(code=2)
-
-
-# -- operators ----------------------------------------------------------------------------------
-@operators_app.command("add")
-def operators_add(
-    name: str,
-    tenant: Annotated[str, typer.Option(help="The tenant whose runs the operator may decide on.")],
-    role: Annotated[list[str], typer.Option("--role", help="A role (repeat for several), e.g. noc-engineer.")],
-    db: DbOption = None,
-) -> None:
-    """Create an operator and print their API token (once: only its hash is stored)."""
-    try:
-        principal, token = _approvals(db).add_operator(name, tenant=tenant, roles=role)
-    except AgentflowError as exc:
-        _fail(exc)
-    err_console.print(f"operator {principal.name} ({tenant}, roles {', '.join(principal.roles)}); token, shown once:")
-    print(token)
-
-
-@operators_app.command("list")
-def operators_list(
-    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None, db: DbOption = None
-) -> None:
-    """List operators and their roles."""
-    table = Table("name", "tenant", "roles")
-    for p in _approvals(db).operators(tenant=tenant):
-        table.add_row(p.name, p.tenant, ", ".join(p.roles))
-    console.print(table)
-
-
-# -- approvals ----------------------------------------------------------------------------------
 @approvals_app.command("list")
 def approvals_list(
     token: TokenOption = None,
@@ -85,12 +32,12 @@ def approvals_list(
     as_json: JsonOption = False,
 ) -> None:
     """List approval requests; with --token, those you may decide."""
-    approvals = _approvals(db)
+    approvals = approvals_of(db)
     try:
         who = approvals.authenticate(_token(token)) if _token(token) else None
         found = approvals.list(tenant=tenant, status=None if status == "all" else status, for_principal=who)
     except AgentflowError as exc:
-        _fail(exc)
+        fail_decision(exc)
     if as_json:
         print(json.dumps([r.model_dump(mode="json") for r in found], indent=1))
         return
@@ -104,11 +51,11 @@ def approvals_list(
 @approvals_app.command("show")
 def approvals_show(approval_id: str, db: DbOption = None, as_json: JsonOption = False) -> None:
     """Show one request: the exact arguments and their hash, the diff, the rule, votes, audit."""
-    approvals = _approvals(db)
+    approvals = approvals_of(db)
     try:
         req = approvals.get(approval_id)
     except AgentflowError as exc:
-        _fail(exc)
+        fail_decision(exc)
     audit = approvals.audit(approval_id=approval_id)
     if as_json:
         print(json.dumps(req.model_dump(mode="json") | {"audit": [a.model_dump() for a in audit]}, indent=1))
@@ -144,12 +91,12 @@ def approvals_approve(
     db: DbOption = None,
 ) -> None:
     """Approve a request (counts toward its quorum)."""
-    approvals = _approvals(db)
+    approvals = approvals_of(db)
     try:
         edited = _edited(approvals.get(approval_id).args, set_arg) if set_arg else None
         req = approvals.approve(approval_id, by=_token(token) or "", comment=comment, args=edited, seen_hash=seen_hash)
     except AgentflowError as exc:
-        _fail(exc)
+        fail_decision(exc)
     console.print(f"{req.id}: {req.status} ({req.approvals}/{req.spec.quorum} approvals)", highlight=False)
 
 
@@ -162,13 +109,14 @@ def approvals_reject(
 ) -> None:
     """Reject a request: the call does not run; the agent is told why."""
     try:
-        req = _approvals(db).reject(approval_id, by=_token(token) or "", comment=comment)
+        req = approvals_of(db).reject(approval_id, by=_token(token) or "", comment=comment)
     except AgentflowError as exc:
-        _fail(exc)
+        fail_decision(exc)
     console.print(f"{req.id}: {req.status}", highlight=False)
 
 
 def _edited(args: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """The request's arguments with each `--set NAME=JSON` applied (a bare word is a string)."""
     out = dict(args)
     for item in sets:
         name, sep, raw = item.partition("=")
@@ -179,21 +127,3 @@ def _edited(args: dict[str, Any], sets: list[str]) -> dict[str, Any]:
         except ValueError:
             out[name] = raw  # a bare string
     return out
-
-
-# -- policy -------------------------------------------------------------------------------------
-@policy_app.command("check")
-def policy_check(path: Path) -> None:
-    """Validate a policy pack and print its rules and version hash."""
-    from agentflow.policy import load_pack
-
-    try:
-        pack = load_pack(path)
-    except AgentflowError as exc:
-        _fail(exc)
-    console.print(f"{path}: pack {pack.name!r}, version {pack.version_hash}, {len(pack.rules)} rules", highlight=False)
-    table = Table("#", "rule", "effect", "matches", "when")
-    for i, rule in enumerate(pack.rules, 1):
-        what = ", ".join([*rule.match.tools, *(f"#{t}" for t in rule.match.tags)]) or "every call"
-        table.add_row(str(i), rule.id, rule.effect, what, rule.when or "-")
-    console.print(table, highlight=False, markup=False)

@@ -1,0 +1,117 @@
+"""What every command group shares: the consoles, the `--db` and `--json` options, the error
+exit, and `load_app` (the one place `--db` meets an App built by the user's code)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from agentflow.errors import AgentflowError, ApprovalError
+
+if TYPE_CHECKING:
+    from agentflow.approvals import Approvals
+    from agentflow.engine import App, Client
+    from agentflow.store import EventStore
+
+console = Console()
+err_console = Console(stderr=True)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="SQLAlchemy URL of the store (default: $AGENTFLOW_DB, else sqlite:///agentflow.db)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def fail(exc: AgentflowError) -> NoReturn:
+    """Print an error raised by the engine or the store as `error: Type: message`; exit 2."""
+    err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}")
+    raise typer.Exit(code=2)
+
+
+def fail_decision(exc: AgentflowError) -> NoReturn:
+    """Print an error of operators, approvals or policy packs as `error (code): message`; exit 2.
+
+    An approval error's code (`self_approval`, `stale_args`, ...) is what scripts match on."""
+    code = f" ({exc.code})" if isinstance(exc, ApprovalError) else ""
+    err_console.print(f"[bold red]error{code}:[/] {exc}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def client(db: str | None) -> Client:
+    """A Client on the store `--db` names (the one rule: `agentflow.store.resolve_url`): reads,
+    signals and cancels need no App (nothing is registered, nothing runs here)."""
+    from agentflow.engine import Client
+
+    return Client(db)
+
+
+def store(db: str | None) -> EventStore:
+    """The event store `--db` names."""
+    return client(db).store
+
+
+def approvals_of(db: str | None) -> Approvals:
+    """Operators and approval requests in the store `--db` names."""
+    from agentflow.approvals import Approvals
+
+    found = client(db)
+    return Approvals(found.store, found.clock)
+
+
+def load_app(ref: str, db: str | None) -> App:
+    """Import `module:attribute` and return the App it names, on the store `--db` names.
+
+    The flag wins over the environment. It is exported as `AGENTFLOW_DB` before the import, so
+    an `App()` without a URL, and module-level code that opens the store, follow it. An App
+    whose code names another database is refused (exit 2) rather than served: `--db` would
+    be silently ignored, and runs would land where the operator did not look.
+
+    Raises:
+        typer.BadParameter: `ref` is malformed, its module does not import, or it is no App.
+        typer.Exit: `--db` was given and the App opens another database.
+    """
+    if db:
+        os.environ["AGENTFLOW_DB"] = db
+    the_app = _import_app(ref)
+    if db:
+        _require_same_database(ref, the_app, db)
+    return the_app
+
+
+def _import_app(ref: str) -> App:
+    from agentflow.engine import App
+
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise typer.BadParameter(f"--app must look like module:attribute, got {ref!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise typer.BadParameter(f"cannot import {module_name!r}: {exc}") from None
+    obj = getattr(module, attr, None)
+    if not isinstance(obj, App):
+        raise typer.BadParameter(f"{ref!r} is not an agentflow.App (got {type(obj).__name__})")
+    return obj
+
+
+def _require_same_database(ref: str, the_app: App, db: str) -> None:
+    from agentflow.store import redact_url, same_database
+
+    if same_database(the_app.db, db):
+        return
+    message = (
+        f"--db is {redact_url(db)}, but the App {ref} opens {redact_url(the_app.db)} (a URL its code passes "
+        f"to App(...)), so --db would be ignored. Drop the URL from App(...) so the app follows --db and "
+        f"$AGENTFLOW_DB, or pass that same URL as --db."
+    )
+    # soft_wrap: a URL is never broken across lines (it is meant to be copied).
+    err_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+    raise typer.Exit(code=2)

@@ -1,0 +1,64 @@
+"""`agentflow demo`: the NOC copilot on an incident, end to end, crash-safe."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from agentflow.cli._common import DbOption, JsonOption, console, err_console, fail
+from agentflow.errors import AgentflowError
+
+
+def demo(
+    db: DbOption = None,
+    crash_at: Annotated[
+        int | None, typer.Option("--crash-at", help="Kill this process with SIGKILL after the N-th recorded step.")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Finish the last unfinished demo run.")] = False,
+    approve: Annotated[
+        str, typer.Option(help="How staged changes are approved: auto, or prompt (asks in the terminal).")
+    ] = "auto",
+    model: Annotated[
+        str, typer.Option(help="runbook (offline, default) or openai:<model> (OPENAI_API_KEY / OPENAI_BASE_URL).")
+    ] = "runbook",
+    mode: Annotated[
+        str, typer.Option(help="react (one tool loop, default) or plan (plan-and-execute: a recorded plan).")
+    ] = "react",
+    as_json: JsonOption = False,
+) -> None:
+    """Run the NOC copilot on an incident end to end (investigate, diagnose, stage, approve,
+    apply, monitor, ticket), crash-safe, on the embedded SQLite store."""
+    from agentflow.store import resolve_url
+
+    if approve not in ("auto", "prompt"):
+        raise typer.BadParameter("--approve must be auto or prompt")
+    if mode not in ("react", "plan"):
+        raise typer.BadParameter("--mode must be react or plan")
+    run_demo = _noc_demo()
+    try:
+        summary = run_demo(
+            db=resolve_url(db), crash_at=crash_at, resume=resume, approve=approve, model=model, quiet=as_json, mode=mode
+        )
+    except AgentflowError as exc:
+        fail(exc)
+    if as_json:
+        print(json.dumps(summary))
+        return
+    table = Table(show_header=False, title="summary")
+    for key, value in summary.items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+def _noc_demo() -> Any:
+    # The demo is content (tools/noc), found through an entry point: agentflow never imports it.
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group="agentflow.demos") if ep.name == "noc"]
+    if not found:
+        err_console.print("[bold red]error:[/] the NOC demo is not installed (pip install -e . from the repository)")
+        raise typer.Exit(code=2)
+    return found[0].load()

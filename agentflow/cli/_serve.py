@@ -1,0 +1,45 @@
+"""`agentflow serve`: the web chat and JSON API over an App (needs the `server` extra)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from agentflow.cli._common import DbOption, err_console, fail, load_app
+from agentflow.errors import AgentflowError
+
+
+def serve(
+    app_ref: Annotated[str, typer.Option("--app", help="The App to serve, as module:attribute.")],
+    agent: Annotated[
+        str | None, typer.Option("--agent", help="The agent chat requests start (default: the app's only agent).")
+    ] = None,
+    db: DbOption = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Also drive runs in this process.")] = True,
+    secure_cookies: Annotated[
+        bool, typer.Option("--secure-cookies", help="Mark the session cookie Secure (behind HTTPS).")
+    ] = False,
+) -> None:
+    """Serve the web chat and JSON API: operators start runs, watch them live, approve staged actions."""
+    try:
+        import uvicorn
+
+        from agentflow.server import create_app
+    except ImportError as exc:
+        err_console.print(
+            f"[bold red]error:[/] agentflow serve needs the server extra: pip install 'agentflow[server]' ({exc})"
+        )
+        raise typer.Exit(code=2) from None
+    the_app = load_app(app_ref, db)
+    try:
+        api = create_app(the_app, agent=agent, run_worker=worker, secure_cookies=secure_cookies)
+    except AgentflowError as exc:
+        fail(exc)
+    err_console.print(
+        f"agentflow serve: http://{host}:{port}/ (store {the_app.store.url}, worker {'on' if worker else 'off'})"
+    )
+    # A short grace period: live streams would otherwise hold a shutdown until they end.
+    uvicorn.run(api, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)

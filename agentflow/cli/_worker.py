@@ -1,0 +1,59 @@
+"""`agentflow worker`: drive an App's runs until stopped (or, with `--until-idle`, until none is left)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from agentflow.cli._common import DbOption, fail, load_app
+from agentflow.errors import AgentflowError
+
+if TYPE_CHECKING:
+    from agentflow.engine import App, Worker
+
+
+def worker(
+    app_ref: Annotated[str, typer.Option("--app", help="The App to serve, as module:attribute.")],
+    db: DbOption = None,
+    concurrency: Annotated[int, typer.Option(help="Runs driven at once.")] = 16,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between looks for work when idle.")] = 0.05,
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Exit once no run is pending, running or due.")
+    ] = False,
+) -> None:
+    """Run a worker: claim runnable runs, recover runs whose owner died, wake due timers."""
+    the_app = load_app(app_ref, db)
+    from agentflow.engine import Worker
+
+    w = Worker(the_app, concurrency=concurrency, poll_interval=poll_interval)
+    try:
+        asyncio.run(_serve(the_app, w, until_idle=until_idle, poll_interval=poll_interval))
+    except AgentflowError as exc:
+        fail(exc)
+
+
+async def _serve(the_app: App, w: Worker, *, until_idle: bool, poll_interval: float) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if not until_idle:
+        await w.run_forever(stop)
+        return
+    task = asyncio.create_task(w.run_forever(stop))
+    while not stop.is_set():
+        await asyncio.sleep(poll_interval * 4)
+        if _idle(the_app, w):
+            stop.set()
+    await task
+
+
+def _idle(the_app: App, w: Worker) -> bool:
+    """No run is pending or running, none is being driven here, and no timer is due."""
+    if the_app.store.any_active(workflows=the_app.workflow_names) or w.executors:
+        return False
+    wake = the_app.store.next_wake_at(workflows=the_app.workflow_names)
+    return wake is None or wake > the_app.clock.now()
