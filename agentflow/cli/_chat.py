@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from agentflow.chat import compact, safe_text, waiting_words
 from agentflow.cli._chat_api import (
     DEFAULT_SERVER,
     RECONNECT_DEADLINE,
@@ -37,14 +38,11 @@ from agentflow.cli._chat_input import LineReader, Quit, as_utf8, parse_answer, p
 from agentflow.cli._chat_render import (
     approvals_table,
     card_line,
-    clean,
-    compact,
     render_card,
     render_event,
     render_outcome,
     runs_table,
     untrusted,
-    waiting_on,
 )
 
 OPEN = ("pending", "escalated")  # the approval statuses a vote can still change
@@ -86,12 +84,12 @@ class Chat:
     def start(self) -> dict[str, Any]:
         session: dict[str, Any] = self.api.call("GET", "/api/session")
         self.operator = str(session.get("operator", "?"))
-        line = Text.assemble("signed in to ", (self.api.server, "cyan"), " as ", (clean(self.operator), "bold"),
-                             " · tenant ", (clean(session.get("tenant", "?")), "bold"),
-                             " · roles ", clean(", ".join(map(str, session.get("roles") or [])) or "none"))  # fmt: skip
+        line = Text.assemble("signed in to ", (self.api.server, "cyan"), " as ", (safe_text(self.operator), "bold"),
+                             " · tenant ", (safe_text(session.get("tenant", "?")), "bold"),
+                             " · roles ", safe_text(", ".join(map(str, session.get("roles") or [])) or "none"))  # fmt: skip
         others = [t for t in session.get("tenants") or [] if t != session.get("tenant")]
         if others:
-            line.append(f" (also {clean(', '.join(map(str, others)))})", style="dim")
+            line.append(f" (also {safe_text(', '.join(map(str, others)))})", style="dim")
         self.console.print(line)
         self.console.print(Text("Type a task for the copilot, or /help.", style="dim"))
         return session
@@ -124,7 +122,7 @@ class Chat:
         command = parse_command(line)
         if command is None:
             run = self.api.call("POST", "/api/runs", {"task": line.strip()})
-            self.console.print(Text.assemble("run ", (clean(run.get("id", "?")), "cyan"), " started"))
+            self.console.print(Text.assemble("run ", (safe_text(run.get("id", "?")), "cyan"), " started"))
             self.follow(str(run["id"]))
             return
         name, args = command
@@ -145,7 +143,7 @@ class Chat:
             self.error("unknown_command", f"/{name} (try /help)")
 
     def error(self, code: str, message: str) -> None:
-        self.err.print(Text.assemble(("error: ", "bold red"), (f"{clean(code)}: {clean(message)}", "red")))
+        self.err.print(Text.assemble(("error: ", "bold red"), (f"{safe_text(code)}: {safe_text(message)}", "red")))
 
     # approvals
     def approvals(self) -> None:
@@ -159,13 +157,15 @@ class Chat:
                 self.console.print(render_card(card))
                 decided = self.decide(card)
                 if decided is not None:
-                    self.console.print(Text(f"/watch {clean(card.get('run_id', '?'))} to follow its run", style="dim"))
+                    self.console.print(
+                        Text(f"/watch {safe_text(card.get('run_id', '?'))} to follow its run", style="dim")
+                    )
 
     def decide(self, card: dict[str, Any]) -> dict[str, Any] | None:
         """Ask about one card the operator may decide; the card the server answered, or None (skipped)."""
         while True:
-            prompt = Text.assemble("approve ", (clean(card.get("id", "?")), "bold yellow"), " as ",
-                                   (clean(self.operator), "bold"), "? [y/n/s] ")  # fmt: skip
+            prompt = Text.assemble("approve ", (safe_text(card.get("id", "?")), "bold yellow"), " as ",
+                                   (safe_text(self.operator), "bold"), "? [y/n/s] ")  # fmt: skip
             line = self.read(prompt)
             if line is None:
                 return None
@@ -174,7 +174,7 @@ class Chat:
                 self.console.print(Text("y [comment] approves, n [reason] rejects, s skips", style="dim"))
                 continue
             if answer == "s":
-                self.console.print(Text(f"skipped {clean(card.get('id', '?'))}", style="dim"))
+                self.console.print(Text(f"skipped {safe_text(card.get('id', '?'))}", style="dim"))
                 return None
             if answer == "n":
                 while not comment:
@@ -231,7 +231,7 @@ class Chat:
                 now = time.monotonic()
                 if lost_at is None:
                     lost_at = now
-                    self.console.print(Text(f"connection lost ({clean(reason)}); reconnecting…", style="dim"))
+                    self.console.print(Text(f"connection lost ({safe_text(reason)}); reconnecting…", style="dim"))
                 elif now - lost_at > self.reconnect_deadline:
                     raise Unreachable(f"lost the stream of run {run_id} for {self.reconnect_deadline:.0f}s: {reason}")
                 self.sleep(backoff)
@@ -263,10 +263,10 @@ class Chat:
             status = data.get("status")
             if status != state.status:
                 state.status = str(status)
-                line = Text.assemble(("run ", "dim"), (clean(data.get("id", state.run_id)), "cyan"), (": ", "dim"),
-                                     (clean(status), "bold"))  # fmt: skip
+                line = Text.assemble(("run ", "dim"), (safe_text(data.get("id", state.run_id)), "cyan"), (": ", "dim"),
+                                     (safe_text(status), "bold"))  # fmt: skip
                 if status == "waiting" and data.get("waiting_on"):
-                    line.append_text(Text(f" on {waiting_on(data['waiting_on'])}", style="dim"))
+                    line.append_text(Text(f" on {waiting_words(data['waiting_on'])}", style="dim"))
                 self.console.print(line)
         elif msg.event == "end":
             return data
@@ -291,7 +291,7 @@ class Chat:
             return
         if not card.get("can_decide"):
             why = card.get("why_not") or "you may not decide it"
-            self.console.print(Text.assemble(("you cannot decide ", "dim"), (clean(cid), "yellow"), ": ",
+            self.console.print(Text.assemble(("you cannot decide ", "dim"), (safe_text(cid), "yellow"), ": ",
                                              untrusted(why, "italic"), (" (waiting for someone who can)", "dim")))  # fmt: skip
             return
         key = (cid, card.get("args_hash"), card.get("status"))
@@ -326,7 +326,7 @@ def chat(
                                 "(an operator's token, from `agentflow operators add`)"))  # fmt: skip
         raise typer.Exit(code=2)
     if not url.startswith(("http://", "https://")):
-        err.print(Text.assemble(("error: ", "bold red"), f"--server must be an http(s) URL, got {clean(url)!r}"))
+        err.print(Text.assemble(("error: ", "bold red"), f"--server must be an http(s) URL, got {safe_text(url)!r}"))
         raise typer.Exit(code=2)
     api = Api(url, secret)
     the_chat = Chat(api, console=console, err=err, read=LineReader(console, as_utf8(sys.stdin)))

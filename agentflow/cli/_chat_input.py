@@ -10,7 +10,7 @@ from typing import Any, Literal
 from rich.console import Console
 from rich.text import Text
 
-from agentflow.cli._chat_render import clean
+from agentflow.chat import safe_text
 
 Answer = Literal["y", "n", "s"]
 
@@ -71,7 +71,7 @@ class LineReader:
             self.eof = True
             return None
         text = str(line).rstrip("\r\n")
-        self.console.print(Text(clean(text)))  # not a terminal: nothing echoed it; keep the transcript readable
+        self.console.print(Text(safe_text(text)))  # not a terminal: nothing echoed it; keep the transcript readable
         return text
 
 

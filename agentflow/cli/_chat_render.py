@@ -12,10 +12,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from agentflow.chat import card_rows as card_rows
-
 # The text of every surface comes from agentflow.chat: escaping, cutting, times, cards in rows.
-from agentflow.chat import compact, quorum_text, truncate, when
+from agentflow.chat import card_rows, compact, quorum_text, truncate, when
 from agentflow.chat import safe_text as clean
 
 

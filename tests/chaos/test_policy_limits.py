@@ -168,7 +168,9 @@ def effects_of(net: noc.Network, run_id: str, kind: str = "apply") -> list[dict[
 
 def open_request(app: App, run_id: str) -> ApprovalRequest:
     """The run's open approval request (what an operator sees in their inbox)."""
-    return assert_eventually(lambda: Approvals.of(app).list(run_id=run_id), message=f"{run_id} asked for no approval")[0]
+    return assert_eventually(lambda: Approvals.of(app).list(run_id=run_id), message=f"{run_id} asked for no approval")[
+        0
+    ]
 
 
 def approval_rows(app: App, run_id: str) -> list[tuple[Any, ...]]:

@@ -28,10 +28,13 @@ from rich.console import Console
 from rich.text import Text
 from support.served import ROOT, Served, env, free_port
 
+from agentflow.chat import time_left as until
+from agentflow.chat import truncate
+from agentflow.chat import waiting_words as waiting_on
 from agentflow.cli._chat import Chat
 from agentflow.cli._chat_api import Api, ApiError, Unreachable, parse_sse
 from agentflow.cli._chat_input import parse_answer, parse_command
-from agentflow.cli._chat_render import render_card, render_event, render_outcome, truncate, until, waiting_on
+from agentflow.cli._chat_render import render_card, render_event, render_outcome
 
 CHAT = [sys.executable, "-m", "agentflow.cli", "chat"]
 HOSTILE = "[red]x[/red] [link=http://evil]y[/link] [bold]\x1b[2J\x1b]8;;http://evil\x07z"

@@ -658,7 +658,11 @@ def test_authorization_matrix(actor: str, endpoint: str, request: pytest.Fixture
     else:  # a refusal: the shared parked run, which nobody decides
         parked: Parked = request.getfixturevalue("parked")
         w, card, bob = parked.world, parked.approval, parked.bob
-    before, view, audits = state(w.app), decision_view(w.app, card["id"], card["run_id"]), len(Approvals.of(w.app).audit())
+    before, view, audits = (
+        state(w.app),
+        decision_view(w.app, card["id"], card["run_id"]),
+        len(Approvals.of(w.app).audit()),
+    )
 
     answer = decide(w, actor, endpoint, card, bob)
     added = Approvals.of(w.app).audit()[audits:]

@@ -66,7 +66,9 @@ def copilot_app(app: App, agent: Agent) -> Any:
 
 def request_for(app: App, run_id: str, call_id: str) -> Any:
     """The open approval request of a staged call (what an operator sees in their inbox)."""
-    return assert_eventually(lambda: next((r for r in Approvals.of(app).list(run_id=run_id) if r.call_id == call_id), None))
+    return assert_eventually(
+        lambda: next((r for r in Approvals.of(app).list(run_id=run_id) if r.call_id == call_id), None)
+    )
 
 
 def operator(app: App, name: str) -> Any:

@@ -216,7 +216,9 @@ def test_authorization_matrix(app: App, actor: str, rule: str) -> None:
             assert added[0].reason.startswith(f"{code}: ") and added[0].approval_id == rid
         return
     assert [(a.actor, a.action, a.outcome) for a in added] == [(audited_as, "approve", "done")]
-    assert [(v.principal, v.decision, v.revision) for v in Approvals.of(app).get(rid).votes] == [(audited_as, "approve", 1)]
+    assert [(v.principal, v.decision, v.revision) for v in Approvals.of(app).get(rid).votes] == [
+        (audited_as, "approve", 1)
+    ]
     woke = [s[2] for s in after["signals"][len(before["signals"]) :]]
     assert woke == ([f"approval:{rid}"] if observed == "approved" else [])
 
@@ -295,7 +297,11 @@ def test_only_editable_arguments_may_be_edited(app: App) -> None:
     rid = world.request.id
     for args in ({**ARGS, "site": "CS-999"}, {**ARGS, "extra": 1}, {"site": "CS-101", "value": 2}):
         assert_refused_without_change(
-            app, rid, lambda a=args: Approvals.of(app).approve(rid, by=world.tokens["bob"], args=a), "not_editable", "bob"
+            app,
+            rid,
+            lambda a=args: Approvals.of(app).approve(rid, by=world.tokens["bob"], args=a),
+            "not_editable",
+            "bob",
         )
     assert Approvals.of(app).get(rid).revision == 1
 
@@ -492,9 +498,9 @@ def test_expiry_escalates_once_then_only_the_escalation_roles_decide(app: App) -
     escalated = waiting_request(app)
     assert (escalated.id, escalated.status, escalated.deciding_roles) == (request.id, "escalated", ["noc-manager"])
     assert escalated.expires_at == app.clock.now() + 30 * 60
-    assert [(a.action, a.reason) for a in Approvals.of(app).audit(approval_id=request.id) if a.actor == "agentflow"] == [
-        ("expired", "escalated to ['noc-manager']")
-    ]
+    assert [
+        (a.action, a.reason) for a in Approvals.of(app).audit(approval_id=request.id) if a.actor == "agentflow"
+    ] == [("expired", "escalated to ['noc-manager']")]
     assert_refused_without_change(
         app, request.id, lambda: Approvals.of(app).approve(request.id, by=tokens["bob"]), "missing_role", "bob"
     )
