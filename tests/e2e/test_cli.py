@@ -92,7 +92,7 @@ DEMO_RESULTS = [step for step in DEMO_PLAN if step[0] in RESULT_KINDS]
 DEMO_STEP_RESULTS = len(DEMO_RESULTS)  # 32: --crash-at 1..32 is every step result of the run
 DEMO_MODEL_CALLS = sum(1 for kind, _ in DEMO_PLAN if kind == "llm")
 DEMO_TOOL_CALLS = sum(1 for kind, _ in DEMO_PLAN if kind == "tool")
-# The tools declared side-effecting (tools/noc/tools.py), in plan order: `after_intent:k` is the k-th.
+# The tools declared side-effecting (tools/noc/agentflow_noc/tools.py), in plan order: `after_intent:k` is the k-th.
 SIDE_EFFECT_TOOLS = ["apply_change", "create_ticket", "notify"]
 
 
