@@ -157,6 +157,33 @@ def test_demo_records_the_plan(tmp_path: Path) -> None:
     assert sum(1 for kind, _ in recorded if kind in RESULT_KINDS) == DEMO_STEP_RESULTS
 
 
+@pytest.mark.parametrize("how", ["python -m", "console script"])
+def test_demo_runs_in_a_project_with_its_own_tools_package(tmp_path: Path, how: str) -> None:
+    """`agentflow demo` completes from a project that has its own `tools` package, first on
+    sys.path, whose `tools.noc` fails if imported: the NOC pack is `agentflow_noc`, and agentflow
+    installs no top-level package a project's own could shadow (the wheel used to ship `tools`)."""
+    (tmp_path / "tools" / "noc").mkdir(parents=True)
+    (tmp_path / "tools" / "__init__.py").write_text('"""The project\'s own tools."""\n')
+    (tmp_path / "tools" / "noc" / "__init__.py").write_text('raise ImportError("the project\'s tools.noc")\n')
+    # Negative control: from this directory, `tools.noc` is the project's, and importing it fails.
+    shadowed = subprocess.run(
+        [sys.executable, "-c", "import tools.noc"], cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+    assert shadowed.returncode != 0 and "the project's tools.noc" in shadowed.stderr
+    args = ("demo", "--db", f"sqlite:///{tmp_path}/d.db", "--json")
+    if how == "python -m":  # the current directory is sys.path[0]
+        out = agentflow(*args, cwd=tmp_path)
+    else:  # the installed command, in a project that is importable (installed, or on PYTHONPATH)
+        script = Path(sys.executable).with_name("agentflow")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFLOW_")}
+        out = subprocess.run(
+            [str(script), *args], cwd=tmp_path, env={**env, "PYTHONPATH": str(tmp_path)},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    summary = _summary(out)
+    _assert_resolved_once(summary, tmp_path / "d.db")
+
+
 def _crash_and_resume_once(db: str, tmp_path: Path, crash_at: int) -> dict[str, Any]:
     crashed = agentflow("demo", "--db", db, "--crash-at", str(crash_at), cwd=tmp_path)
     assert crashed.returncode == -9, crashed.stdout + crashed.stderr
