@@ -38,14 +38,14 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-import tools.noc as noc
+import agentflow_noc as noc
 from agentflow import App
 from agentflow.approvals import Approvals
 from agentflow.chat import Chat
 from agentflow.engine import SystemClock
 from agentflow.server import create_app
 from agentflow.server._stream import _Cursor, _poll
-from tools.noc.demo import copilot, make_model
+from agentflow_noc.demo import copilot, make_model
 
 IN_WINDOW = 1_767_234_600.0  # 2026-01-01 02:30 UTC: inside the NOC pack's maintenance window
 

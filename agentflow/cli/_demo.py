@@ -54,11 +54,14 @@ def demo(
 
 
 def _noc_demo() -> Any:
-    # The demo is content (tools/noc), found through an entry point: agentflow never imports it.
+    # The demo is content (agentflow_noc, in tools/noc), found through an entry point: agentflow never imports it.
     from importlib.metadata import entry_points
 
     found = [ep for ep in entry_points(group="agentflow.demos") if ep.name == "noc"]
     if not found:
-        err_console.print("[bold red]error:[/] the NOC demo is not installed (pip install -e . from the repository)")
+        err_console.print(
+            "[bold red]error:[/] the NOC demo is not installed: it ships in the agentflow-noc pack "
+            "(from the repository: pip install -e ./tools/noc)"
+        )
         raise typer.Exit(code=2)
     return found[0].load()

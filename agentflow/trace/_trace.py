@@ -153,7 +153,7 @@ class Trace:
 
         Args:
             ledger: any object whose `effects()` returns dicts with an `idempotency_key` (the
-                key the engine hands to activities: `<run_id>:<seq>`), e.g. `tools.noc.Network`.
+                key the engine hands to activities: `<run_id>:<seq>`), e.g. `agentflow_noc.Network`.
         """
         return _tables.effects_table(self.recorded, ledger.effects())
 

@@ -15,7 +15,7 @@ from langchain_core.tools import BaseTool
 from agentflow import Agent, App, WorkflowContext
 from agentflow.agent import Decision, default_policy
 from agentflow.llm import LangChainChat, RunbookChatModel, ToolFacts
-from tools.noc import create_ticket, detect_anomalies, get_kpis
+from agentflow_noc import create_ticket, detect_anomalies, get_kpis
 
 SITES = [f"CS-{101 + i}" for i in range(20)]
 RUNBOOK = [

@@ -25,7 +25,7 @@ from agentflow import Agent, App
 from agentflow.engine import Clock
 from agentflow.llm import LangChainChat, RunbookChatModel
 from agentflow.policy import PolicyPack, parse_pack
-from tools.noc import apply_change, notify
+from agentflow_noc import apply_change, notify
 
 PARAM, VALUE = "prbCap", 80.0
 APPLY = {"tool": "apply_change", "args": {"site": "{site}", "param": PARAM, "value": VALUE}}

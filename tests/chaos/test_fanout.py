@@ -11,7 +11,7 @@ from pathlib import Path
 import fanoutapp
 import pytest
 
-import tools.noc as noc
+import agentflow_noc as noc
 from agentflow import App
 
 HERE = Path(__file__).resolve().parent

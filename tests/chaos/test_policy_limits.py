@@ -2,7 +2,7 @@
 processes and SIGKILL.
 
 The agents (see `policyapp`) push one configuration change each to a site of the simulated NOC
-network; the network's ledger (`tools.noc.Network.effects()`) is the ground truth of what was
+network; the network's ledger (`agentflow_noc.Network.effects()`) is the ground truth of what was
 applied, the workflow store (`policy` steps, `af_policy_usage`, `af_approvals`) is what the engine
 believed. Concurrency tests start several `agentflow worker --until-idle` subprocesses on one
 SQLite file, so the decisions race for the store's write lock for real; crash tests run a worker
@@ -38,21 +38,21 @@ import policyapp
 import pytest
 from langchain_core.messages import ToolMessage, messages_from_dict
 
-import tools.noc as noc
+import agentflow_noc as noc
 from agentflow import App
 from agentflow.agent import approval_signal
 from agentflow.approvals import ApprovalRequest, Approvals
 from agentflow.errors import ApprovalRefused
 from agentflow.policy import PolicyDecision
 from agentflow.testing import TestClock, assert_eventually
-from tools.noc.network import run_of
+from agentflow_noc.network import run_of
 
 HERE = Path(__file__).resolve().parent
 WORKER_TIMEOUT = 60.0
 # Racing worker processes. Two are enough for the decisions to contend for the store's write lock;
 # each more costs seconds of interpreter start-up (langchain, openai) on a small CI machine.
 WORKERS = 2
-NORTH = [f"CS-{n}" for n in range(101, 107)]  # tools.noc.region_of: CS-101..CS-106 are north
+NORTH = [f"CS-{n}" for n in range(101, 107)]  # agentflow_noc.region_of: CS-101..CS-106 are north
 SOUTH = ["CS-107", "CS-108"]
 # One site per region and then another: no blast-radius interplay in the rate-limit test.
 SPREAD = ["CS-101", "CS-107", "CS-113", "CS-119", "CS-102", "CS-108", "CS-114", "CS-120"]

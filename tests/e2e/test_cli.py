@@ -105,7 +105,7 @@ DEMO_RESULTS = [step for step in DEMO_PLAN if step[0] in RESULT_KINDS]
 DEMO_STEP_RESULTS = len(DEMO_RESULTS)  # 32: --crash-at 1..32 is every step result of the run
 DEMO_MODEL_CALLS = sum(1 for kind, _ in DEMO_PLAN if kind == "llm")
 DEMO_TOOL_CALLS = sum(1 for kind, _ in DEMO_PLAN if kind == "tool")
-# The tools declared side-effecting (tools/noc/tools.py), in plan order: `after_intent:k` is the k-th.
+# The tools declared side-effecting (tools/noc/agentflow_noc/tools.py), in plan order: `after_intent:k` is the k-th.
 SIDE_EFFECT_TOOLS = ["apply_change", "create_ticket", "notify"]
 
 
@@ -168,6 +168,33 @@ def test_demo_records_the_plan(tmp_path: Path) -> None:
     recorded = _recorded(db, tmp_path)
     assert recorded == DEMO_PLAN, "the demo's plan changed: update DEMO_PLAN (and what derives from it) here"
     assert sum(1 for kind, _ in recorded if kind in RESULT_KINDS) == DEMO_STEP_RESULTS
+
+
+@pytest.mark.parametrize("how", ["python -m", "console script"])
+def test_demo_runs_in_a_project_with_its_own_tools_package(tmp_path: Path, how: str) -> None:
+    """`agentflow demo` completes from a project that has its own `tools` package, first on
+    sys.path, whose `tools.noc` fails if imported: the NOC pack is `agentflow_noc`, and agentflow
+    installs no top-level package a project's own could shadow (the wheel used to ship `tools`)."""
+    (tmp_path / "tools" / "noc").mkdir(parents=True)
+    (tmp_path / "tools" / "__init__.py").write_text('"""The project\'s own tools."""\n')
+    (tmp_path / "tools" / "noc" / "__init__.py").write_text('raise ImportError("the project\'s tools.noc")\n')
+    # Negative control: from this directory, `tools.noc` is the project's, and importing it fails.
+    shadowed = subprocess.run(
+        [sys.executable, "-c", "import tools.noc"], cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+    assert shadowed.returncode != 0 and "the project's tools.noc" in shadowed.stderr
+    args = ("demo", "--db", f"sqlite:///{tmp_path}/d.db", "--json")
+    if how == "python -m":  # the current directory is sys.path[0]
+        out = agentflow(*args, cwd=tmp_path)
+    else:  # the installed command, in a project that is importable (installed, or on PYTHONPATH)
+        script = Path(sys.executable).with_name("agentflow")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFLOW_")}
+        out = subprocess.run(
+            [str(script), *args], cwd=tmp_path, env={**env, "PYTHONPATH": str(tmp_path)},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    summary = _summary(out)
+    _assert_resolved_once(summary, tmp_path / "d.db")
 
 
 def _crash_and_resume_once(db: str, tmp_path: Path, crash_at: int) -> dict[str, Any]:

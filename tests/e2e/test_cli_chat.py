@@ -1,6 +1,6 @@
 """`agentflow chat`, the terminal chat of `agentflow serve`.
 
-The end-to-end tests start a real server (`agentflow serve --app tools.noc.app:app` on a fresh
+The end-to-end tests start a real server (`agentflow serve --app agentflow_noc.app:app` on a fresh
 SQLite file and a free port) and drive chat subprocesses through pipes, the way an operator
 types: read stdout until a prompt shows, write a line. The pieces (the SSE parser, rendering of
 untrusted text, cards, the follow loop with its reconnect) are tested in-process against

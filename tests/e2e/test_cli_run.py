@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import agentflow.llm as llm
-import tools.noc as noc
+import agentflow_noc as noc
 from agentflow import Agent, App, Client
 from agentflow.errors import ConfigurationError
 
@@ -20,7 +20,7 @@ APP_MODULE = textwrap.dedent(
     """
     from agentflow import Agent, App
     from agentflow.llm import LangChainChat, RunbookChatModel
-    import tools.noc as noc
+    import agentflow_noc as noc
 
     app = App()  # the store: AGENTFLOW_DB, set by --db
     copilot = Agent(

@@ -1,6 +1,6 @@
 """The web chat of `agentflow serve` in a real browser (Debian's Chromium, driven by Playwright).
 
-Each test starts a real server (`agentflow serve --app tools.noc.app:app` on a fresh SQLite
+Each test starts a real server (`agentflow serve --app agentflow_noc.app:app` on a fresh SQLite
 file and a free port, CS-101 in trouble, the clock inside the maintenance window so an approved
 change applies at once) and operators made with `agentflow operators add`; then people sign in
 with their tokens in browser contexts of their own and use the page the way an operator would.

@@ -37,14 +37,14 @@ from typing import Any
 import pytest
 from support.pg import Gate
 
-import tools.noc as noc
+import agentflow_noc as noc
 from agentflow import App, RetryPolicy, WorkflowContext, current_activity
 from agentflow.approvals import Approvals, approval_signal_name
 from agentflow.engine._executor import RunExecutor
 from agentflow.errors import LeaseLostError
 from agentflow.policy import ApprovalSpec, PolicyDecision
 from agentflow.testing import TestClock, assert_eventually
-from tools.noc.network import run_of
+from agentflow_noc.network import run_of
 
 CHAOS = Path(__file__).resolve().parents[1] / "chaos"
 if str(CHAOS) not in sys.path:

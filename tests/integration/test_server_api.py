@@ -32,8 +32,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 import agentflow.llm as llm
-import policies
-import tools.noc as noc
+import agentflow_noc as noc
 from agentflow import App
 from agentflow.agent import Agent
 from agentflow.approvals import Approvals
@@ -41,7 +40,7 @@ from agentflow.engine import SystemClock
 from agentflow.policy import parse_pack
 from agentflow.server import create_app
 from agentflow.testing import TestClock, assert_eventually
-from tools.noc.demo import copilot, make_model
+from agentflow_noc.demo import copilot, make_model
 
 WINDOW_START = datetime(2026, 1, 1, 2, 30, tzinfo=UTC).timestamp()  # inside 02:00-06:00 UTC
 EAST, WEST = "noc-east", "noc-west"
@@ -824,7 +823,7 @@ def test_a_double_clicked_approve_counts_once_quorum_1(parked_world: World) -> N
 
 def quorum_2_copilot() -> Agent:
     """The NOC copilot under the NOC pack, with the change approval needing two engineers."""
-    raw = yaml.safe_load(Path(policies.path("noc")).read_text())
+    raw = yaml.safe_load(noc.policy_path().read_text())
     (rule,) = [r for r in raw["rules"] if r["id"] == "config-change-approval"]
     rule["approval"]["quorum"] = 2
     return dataclasses.replace(copilot(make_model("runbook")), policies=parse_pack(json.dumps(raw)))

@@ -19,12 +19,12 @@ from typing import Any
 
 import httpx
 
-import tools.noc as noc
+import agentflow_noc as noc
 from agentflow.testing import assert_eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "agentflow.cli"]
-NOC_APP = "tools.noc.app:app"
+NOC_APP = "agentflow_noc.app:app"
 INCIDENTS = "CS-101:mis_set_handover"
 # Inside the NOC pack's 02:00-06:00 UTC maintenance window: an approved change applies at once.
 IN_WINDOW = "2026-01-01T02:30:00+00:00"

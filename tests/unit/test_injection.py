@@ -34,14 +34,13 @@ import yaml
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
 import agentflow.llm as llm
-import policies
-import tools.noc as noc
+import agentflow_noc as noc
 from agentflow import App, WorkflowContext
 from agentflow.agent import Agent
 from agentflow.approvals import Approvals
 from agentflow.policy import PolicyPack, load_pack, parse_pack
 from agentflow.testing import TestClock
-from tools.noc import model
+from agentflow_noc import model
 
 TENANT = "noc-east"
 START = 1_700_000_000  # 2023-11-14 22:13:20Z, conftest's: outside the 02:00-06:00 UTC window
@@ -432,7 +431,7 @@ def obeying_model() -> llm.LangChainChat:
 def strict_noc_pack() -> PolicyPack:
     """The shipped NOC pack, except that tickets and notifications need an approval too (the
     shipped pack allows them: see `test_the_shipped_noc_pack_never_lets_an_injection_change_config`)."""
-    data = yaml.safe_load(policies.path("noc").read_text())
+    data = yaml.safe_load(noc.policy_path().read_text())
     data["name"] = "noc-strict"
     for rule in data["rules"]:
         if rule["id"] == "tickets-and-notifications":
@@ -556,7 +555,7 @@ def test_the_shipped_noc_pack_never_lets_an_injection_change_config(app: App, ne
     """With the shipped NOC pack (which lets tickets and notifications through without an
     approval, by design), no injected payload changes a cell site's configuration: no apply or
     rollback in the ledger, and no config tool step ran."""
-    wf = agent_workflow(app, load_pack(policies.path("noc")))
+    wf = agent_workflow(app, load_pack(noc.policy_path()))
     for payload in PAYLOADS:
         run_id = f"noc-{payload.id}"
         app.start(wf, task(payload.id), run_id=run_id, tenant=TENANT)

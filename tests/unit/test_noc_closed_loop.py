@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-import tools.noc as noc
+import agentflow_noc as noc
 from agentflow import App, RunFailedError, Workflow
 from agentflow.agent import Decision, approval_signal
 from agentflow.approvals import Approvals
 from agentflow.testing import TestClock, assert_eventually
-from tools.noc import model
-from tools.noc.closed_loop import Approval, window_opens
+from agentflow_noc import model
+from agentflow_noc.closed_loop import Approval, window_opens
 
 Loop = Workflow[..., noc.ClosedLoopResult]
 START = datetime.fromtimestamp(1_700_000_000, UTC)  # conftest's TestClock start: 2023-11-14 22:13:20Z
@@ -278,7 +278,7 @@ def test_cancel_while_monitoring_rolls_the_change_back(
 def test_readme_example_runs(tmp_path: Path) -> None:
     """tools/README.md's closed-loop example runs as written and prints what it says it prints."""
     text = (Path(__file__).resolve().parents[2] / "tools" / "README.md").read_text()
-    section = text.split("## `tools/noc/closed_loop.py`", 1)[1]
+    section = text.split("## `tools/noc/agentflow_noc/closed_loop.py`", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     env = {k: v for k, v in os.environ.items() if k not in (noc.ENV, "AGENTFLOW_DB")}
     out = subprocess.run(

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage
 
-import tools.noc as noc
+import agentflow_noc as noc
 from agentflow import App, RetryPolicy, WorkflowContext, current_activity
 from agentflow.agent import chat
 from agentflow.errors import NotInActivityError
 from agentflow.llm import LangChainChat, RunbookChatModel, tool_facts
-from tools.noc import model
+from agentflow_noc import model
 
 BY_NAME = {t.name: t for t in noc.NOC_TOOLS}
 # A change that does not fix each scenario (and may make it worse).

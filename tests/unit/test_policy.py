@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-import tools.noc as noc
+import agentflow_noc as noc
 from agentflow import App, WorkflowContext
 from agentflow.agent import Agent, Decision
 from agentflow.approvals import Approvals
 from agentflow.errors import PolicyError
 from agentflow.llm import LangChainChat, ScriptedChatModel, ToolFacts
 from agentflow.policy import DEFAULT_APPROVAL, ApprovalSpec, CallFacts, PolicyPack, decide, load_pack, parse_pack
-from tools.noc import model
+from agentflow_noc import model
 
 MARK = "# <-"  # the line a load error must name
 
@@ -135,10 +135,8 @@ def test_an_unreadable_pack_names_the_file(tmp_path: Path) -> None:
 
 
 def test_the_shipped_noc_pack_loads() -> None:
-    import policies
-
-    pack = load_pack(policies.path("noc"))
-    assert pack.name == "noc" and pack.source == str(policies.path("noc"))
+    pack = load_pack(noc.policy_path())
+    assert pack.name == "noc" and pack.source == str(noc.policy_path())
     assert len(pack.version_hash) == 16
 
 

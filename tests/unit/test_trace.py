@@ -16,7 +16,7 @@ from agentflow import App, NonDeterminismError, WorkflowContext
 from agentflow.agent import usage
 from agentflow.errors import ConfigurationError
 from agentflow.trace import Trace, load, runs
-from tools.noc import NOC_TOOLS, Network
+from agentflow_noc import NOC_TOOLS, Network
 
 ROOT = Path(__file__).resolve().parents[2]
 NOC_PACK = ROOT / "policies" / "noc.yaml"
@@ -201,8 +201,8 @@ def test_fork_refuses_a_cut_through_concurrent_steps(make_app: Callable[..., App
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """The NOC copilot demo run once (runbook model, auto-approved), as (db url, run id)."""
-    from tools.noc import ENV
-    from tools.noc.demo import main
+    from agentflow_noc import ENV
+    from agentflow_noc.demo import main
 
     db = f"sqlite:///{tmp_path_factory.mktemp('demo') / 'demo.db'}"
     before = os.environ.get(ENV)
@@ -347,7 +347,7 @@ def test_what_if_needs_no_tools_the_decisions_recorded_their_facts(demo_trace: T
 def test_replay_of_the_demo_run(demo_trace: Trace) -> None:
     """The copilot's recorded run replays against the current agent code with no model and no
     tool called."""
-    from tools.noc.demo import build, make_model
+    from agentflow_noc.demo import build, make_model
 
     app = App(demo_trace.app.db)
     try:

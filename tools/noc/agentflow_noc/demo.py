@@ -22,15 +22,14 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 from rich.console import Console
 
-import policies
 from agentflow import App, WorkflowContext
 from agentflow.agent import Agent, usage
 from agentflow.approvals import ApprovalRequest, Approvals, Principal
 from agentflow.llm import ChatModel, LangChainChat, ModelResponse, OpenAIChat
 from agentflow.policy import load_pack
 from agentflow.testing import RunbookChatModel, TestClock, configure_crash_point
-from tools.noc import NOC_TOOLS, configure, runbook
-from tools.noc.env import beside
+from agentflow_noc import NOC_TOOLS, configure, policy_path, runbook
+from agentflow_noc.env import beside
 
 SITE = "CS-101"
 TENANT = "noc-east"
@@ -77,7 +76,7 @@ def copilot(model: ChatModel, mode: str = "react") -> Agent:
             "cause, propose and stage one change, apply it (it needs an operator's approval), "
             "monitor the KPIs, then open a ticket and notify the on-call channel. Be brief."
         ),
-        policies=load_pack(policies.path("noc")),
+        policies=load_pack(policy_path()),
         max_turns=16 if mode == "react" else 32,
         mode="plan" if mode == "plan" else "react",
     )

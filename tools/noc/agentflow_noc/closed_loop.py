@@ -6,7 +6,7 @@
     the KPIs (durable sleeps between reads) -> commit, or roll back (the incident stays open)
     -> a note on the ticket
 
-    import tools.noc as noc
+    import agentflow_noc as noc
     from agentflow import App
     from agentflow.testing import TestClock
 
@@ -16,7 +16,7 @@
     loop = noc.register_closed_loop(app)
     result = app.run(loop, "CS-104", window_start_hour=2, auto_approve=True, run_id="loop-cs104")
 
-Each step calls the NOC tool it is named after (`tools.noc.tools`) as an activity of its own,
+Each step calls the NOC tool it is named after (`agentflow_noc.tools`) as an activity of its own,
 `noc.closed_loop.<tool>`; effect tools take their idempotency key from the engine, so a resumed
 run never pushes, rolls back or notes twice. The stage is a dry run through `model.normalize`,
 so a value out of range ends the loop (`refused`) before anyone is asked to approve it; the
@@ -47,9 +47,9 @@ from pydantic import BaseModel, Field
 from agentflow import Activity, ActivityError, App, RetryPolicy, Workflow, WorkflowContext
 from agentflow.agent import Decision, Policies, authorize, default_policy
 from agentflow.llm import ToolFacts, tool_facts
-from tools.noc import model
-from tools.noc.env import network
-from tools.noc.tools import NOC_TOOLS, apply_change
+from agentflow_noc import model
+from agentflow_noc.env import network
+from agentflow_noc.tools import NOC_TOOLS, apply_change
 
 CLOSED_LOOP = "noc.closed_loop"
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from agentflow import current_activity
 from agentflow.llm import tool
-from tools.noc import model
-from tools.noc.env import network
+from agentflow_noc import model
+from agentflow_noc.env import network
 
 Value = str | int | float | bool
 

@@ -1,4 +1,4 @@
-"""The NOC copilot as an app to serve: `agentflow serve --app tools.noc.app:app`.
+"""The NOC copilot as an app to serve: `agentflow serve --app agentflow_noc.app:app`.
 
 Configuration comes from the environment, like a deployment's would:
 
@@ -21,8 +21,8 @@ from datetime import datetime
 
 from agentflow import App
 from agentflow.engine import SystemClock
-from tools.noc.demo import copilot, make_model
-from tools.noc.env import ENV, beside, configure, network
+from agentflow_noc.demo import copilot, make_model
+from agentflow_noc.env import ENV, beside, configure, network
 
 
 def _clock() -> SystemClock:

@@ -19,7 +19,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
-from tools.noc import model
+from agentflow_noc import model
 
 DEFAULT_SEED = 5
 START = 1_767_225_600.0  # 2026-01-01T00:00Z: the network clock until someone sets it

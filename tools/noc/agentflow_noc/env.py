@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tools.noc.network import DEFAULT_SEED, Network
+from agentflow_noc.network import DEFAULT_SEED, Network
 
 ENV = "NOC_DB"
 _networks: dict[str, Network] = {}
@@ -32,7 +32,7 @@ def network(*, seed: int = DEFAULT_SEED) -> Network:
     """The configured network (one `Network` object per file per process)."""
     path = os.environ.get(ENV)
     if not path:
-        raise RuntimeError(f"the NOC tools have no network: call tools.noc.configure(path) or set {ENV}")
+        raise RuntimeError(f"the NOC tools have no network: call agentflow_noc.configure(path) or set {ENV}")
     found = _networks.get(path)
     if found is None:
         found = _networks[path] = Network(path, seed=seed)
