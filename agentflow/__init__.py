@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from agentflow.agent import Agent, Budget, Outcome
     from agentflow.llm import tool
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # The agent layer and the tool decorator pull in langchain-core: loaded on first use, so
 # `import agentflow` (and every `agentflow` command that needs no agent) stays fast.

@@ -90,7 +90,7 @@ def test_the_noc_wheel_ships_the_pack_its_policy_and_the_demo(noc_wheel: zipfile
     assert noc_wheel.read(info) == (ROOT / "policies" / "noc.yaml").read_bytes()
     assert _entry_points(noc_wheel)["agentflow.demos"]["noc"] == "agentflow_noc.demo:main"
     (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
-    assert "Requires-Dist: agentflow\n" in noc_wheel.read(metadata).decode()
+    assert "Requires-Dist: agentflow<0.3,>=0.2\n" in noc_wheel.read(metadata).decode()
 
 
 def test_policies_noc_yaml_links_to_the_package_data() -> None:

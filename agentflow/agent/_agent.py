@@ -179,6 +179,9 @@ class Agent:
             return where.start(self.register(where), task, run_id=run_id, tenant=tenant, meta=meta)
         return where.start(self.workflow_name, task, run_id=run_id, tenant=tenant, meta=meta)
 
+    #: The 0.1 name of `start`.
+    start_on = start
+
     async def fan_out(
         self, ctx: WorkflowContext, tasks: Mapping[str, str], *, max_concurrency: int | None = None
     ) -> dict[str, Outcome]:

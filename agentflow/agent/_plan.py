@@ -29,7 +29,7 @@ from agentflow.errors import BudgetExceeded
 from agentflow.llm import canonical_json
 
 
-class Agent(Protocol):
+class PlanningAgent(Protocol):
     """What plan mode needs of the agent (`agentflow.agent.Agent`)."""
 
     instructions: str
@@ -79,7 +79,7 @@ def plan_tool() -> BaseTool:
     )
 
 
-async def run_plan(agent: Agent, ctx: WorkflowContext, task: str, state: RunState) -> Outcome:
+async def run_plan(agent: PlanningAgent, ctx: WorkflowContext, task: str, state: RunState) -> Outcome:
     """Plan, execute step by step, re-plan on failure; return the run's typed outcome.
 
     One conversation carries the whole run (task, plan, each step's calls and results), so every
@@ -117,7 +117,13 @@ async def run_plan(agent: Agent, ctx: WorkflowContext, task: str, state: RunStat
 
 
 async def _make_plan(
-    agent: Agent, ctx: WorkflowContext, messages: list[BaseMessage], state: RunState, request: str, *, version: int
+    agent: PlanningAgent,
+    ctx: WorkflowContext,
+    messages: list[BaseMessage],
+    state: RunState,
+    request: str,
+    *,
+    version: int,
 ) -> Plan | None:
     """One planning (or re-planning) call, retried once with the reason when it gives no valid
     plan; the plan is then recorded as a `plan` step. None when no valid plan came."""
@@ -168,7 +174,7 @@ async def _record_plan(ctx: WorkflowContext, plan: Plan, version: int) -> Plan:
 
 
 async def _execute(
-    agent: Agent,
+    agent: PlanningAgent,
     ctx: WorkflowContext,
     messages: list[BaseMessage],
     state: RunState,
@@ -221,7 +227,9 @@ def _replan_request(failure: PlanStepRecord) -> str:
     )
 
 
-async def _final_answer(agent: Agent, ctx: WorkflowContext, messages: list[BaseMessage], state: RunState) -> str:
+async def _final_answer(
+    agent: PlanningAgent, ctx: WorkflowContext, messages: list[BaseMessage], state: RunState
+) -> str:
     messages.append(HumanMessage(FINAL_REQUEST))
     message = await agent.ask(ctx, messages, [], state)
     content = message.content

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agentflow.approvals._models import (
+    OPEN,
     ApprovalRequest,
     AuditEntry,
     Principal,
@@ -178,10 +179,10 @@ class Approvals:
     ) -> _List[ApprovalRequest]:  # fmt: skip
         """Requests, newest first. `status="pending"` lists open ones (pending or escalated);
         `for_principal` keeps those that operator may decide (tenant and role)."""
-        wanted = "open" if status == "pending" else status
+        wanted = OPEN if status == "pending" else None if status is None else (status,)
 
         def body(tx: Tx) -> _List[ApprovalRequest]:
-            ids = tx.approvals.ids(tenant=tenant, run_id=run_id, status=wanted)
+            ids = tx.approvals.ids(tenant=tenant, run_id=run_id, statuses=wanted)
             return [_loaded(tx, i) for i in ids]
 
         found = self.store.read(body)

@@ -1,8 +1,8 @@
 """Surface-neutral chat: what a run, an event, an approval card and a chat command look like, as
 plain data, for every surface (the web page and JSON API, the terminal chat, Slack, Matrix).
 
-    chat = Chat.of(app)                         # or Chat(client, approvals)
-    run_summary(chat, run); events(chat.store, steps); card(chat, request, viewer, steps)
+    chat = Chat.of(app)                         # or Chat(client)
+    run_summary(chat, run); events(chat, steps); card(chat, request, viewer, steps)
     reply(chat, run, viewer, "approve looks right")    # `approve`, `reject <why>`, `status`, `why?`
     card_rows(card); safe_text(tool_output)             # plain text, for surfaces that show text
 

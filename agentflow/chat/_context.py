@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import cached_property
 
 from agentflow.approvals import Approvals
 from agentflow.engine import App, Client, Clock
 from agentflow.store import EventStore
 
 
-@dataclass(frozen=True, slots=True)
 class Chat:
     """One store as chat surfaces see it: its runs (through a `Client`) and its approvals, on the
-    app's clock (a shifted demo clock shows the same times on every surface).
+    client's clock (a shifted demo clock shows the same times on every surface). Nothing is
+    opened until first used.
 
     Args:
-        client: reads and starts runs.
-        approvals: decides and lists approval requests (same store, same clock).
+        client: reads and starts runs; the approvals service is made on the same store and clock.
     """
 
-    client: Client
-    approvals: Approvals
+    def __init__(self, client: Client) -> None:
+        self.client = client
 
     @classmethod
     def of(cls, app: App) -> Chat:
         """The chat view of an App's store, on the App's clock."""
-        return cls(app.client, Approvals.of(app))
+        return cls(app.client)
 
     @property
     def store(self) -> EventStore:
@@ -33,4 +32,9 @@ class Chat:
 
     @property
     def clock(self) -> Clock:
-        return self.approvals.clock
+        return self.client.clock
+
+    @cached_property
+    def approvals(self) -> Approvals:
+        """Decisions and listings of approval requests, on the same store and clock."""
+        return Approvals(self.client.store, self.client.clock)

@@ -13,7 +13,7 @@ from typing import Any
 from agentflow.chat._context import Chat
 from agentflow.chat._text import utc
 from agentflow.errors import CorruptRecordError
-from agentflow.store import EventStore, RunRecord, StepRecord
+from agentflow.store import RunRecord, StepRecord
 
 TEXT_LIMIT = 8000  # characters of one tool output or model message sent to a chat
 _HIDDEN = {"now", "uuid", "random"}  # determinism bookkeeping, not conversation
@@ -100,7 +100,7 @@ def _tool_text(result: str | None) -> str | None:
     return value if isinstance(value, str) else (json.dumps(value, ensure_ascii=False) if value is not None else None)
 
 
-def events(store: EventStore, steps: Iterable[StepRecord]) -> list[dict[str, Any]]:
+def events(chat: Chat, steps: Iterable[StepRecord]) -> list[dict[str, Any]]:
     """`Event`s of API.md for the finished steps among `steps`, in seq order."""
     done = [s for s in steps if s.status in ("completed", "failed") and s.kind not in _HIDDEN]
     refs = [
@@ -110,7 +110,7 @@ def events(store: EventStore, steps: Iterable[StepRecord]) -> list[dict[str, Any
         for r in [(json_or_text(s.result) or {}).get("message")]
         if isinstance(r, str)
     ]
-    blobs = store.get_blobs(refs) if refs else {}
+    blobs = chat.store.get_blobs(refs) if refs else {}
     return [_event(s, blobs) for s in sorted(done, key=lambda s: s.seq)]
 
 

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from agentflow.errors import AgentflowError, ApprovalError
+from agentflow.errors import AgentflowError, ApprovalError, ConfigurationError
 
 if TYPE_CHECKING:
     from agentflow.approvals import Approvals
@@ -77,11 +77,17 @@ def load_app(ref: str, db: str | None) -> App:
         typer.BadParameter: `ref` is malformed, its module does not import, or it is no App.
         typer.Exit: `--db` was given and the App opens another database.
     """
-    if db:
-        os.environ["AGENTFLOW_DB"] = db
-    the_app = _import_app(ref)
-    if db:
-        _require_same_database(ref, the_app, db)
+    if not db:
+        return _import_app(ref)
+    from agentflow.store import pinned_url
+
+    try:
+        with pinned_url(db):  # an App(...) naming another database fails as it is built
+            the_app = _import_app(ref)
+    except ConfigurationError as exc:
+        _refuse(ref, exc.message)
+    # An App built before the import (a module imported earlier) is checked here.
+    _require_same_database(ref, the_app, db)
     return the_app
 
 
@@ -105,13 +111,13 @@ def _import_app(ref: str) -> App:
 def _require_same_database(ref: str, the_app: App, db: str) -> None:
     from agentflow.store import redact_url, same_database
 
-    if same_database(the_app.db, db):
-        return
-    message = (
-        f"--db is {redact_url(db)}, but the App {ref} opens {redact_url(the_app.db)} (a URL its code passes "
-        f"to App(...)), so --db would be ignored. Drop the URL from App(...) so the app follows --db and "
-        f"$AGENTFLOW_DB, or pass that same URL as --db."
-    )
+    if not same_database(the_app.db, db):
+        _refuse(ref, f"--db is {redact_url(db)}, but the App {ref} opens {redact_url(the_app.db)} (a URL its code "
+                     f"passes to App(...)), so --db would be ignored. Drop the URL from App(...) so the app follows "
+                     f"--db and $AGENTFLOW_DB, or pass that same URL as --db.")  # fmt: skip
+
+
+def _refuse(ref: str, message: str) -> NoReturn:
     # soft_wrap: a URL is never broken across lines (it is meant to be copied).
-    err_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+    err_console.print(Text.assemble(("error: ", "bold red"), f"{ref}: {message}"), soft_wrap=True)
     raise typer.Exit(code=2)

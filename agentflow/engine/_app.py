@@ -12,7 +12,7 @@ from agentflow.engine._client import Client, RunHandle, RunInfo
 from agentflow.engine._clock import Clock, SystemClock
 from agentflow.engine._defs import Activity, RetryPolicy, Workflow
 from agentflow.errors import ConfigurationError, CorruptRecordError, NotRegisteredError
-from agentflow.store import EventStore, RunRecord, StepRecord, decode, parse_url, resolve_url
+from agentflow.store import EventStore, RunRecord, StepRecord, decode
 
 if TYPE_CHECKING:
     from agentflow.engine._worker import Worker
@@ -66,11 +66,6 @@ class App:
         lease_ttl: float = 10.0,
         inline_wait: float = 1.0,
     ) -> None:
-        #: Whether the URL was given (not taken from `AGENTFLOW_DB` or the default): the CLI's
-        #: `--db` refuses to silently replace a database the code names.
-        self.db_given = db is not None
-        self.db = resolve_url(db)
-        parse_url(self.db)  # an unsupported URL, or PostgreSQL without its driver, fails here
         self.clock: Clock = clock or SystemClock()
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
@@ -78,29 +73,27 @@ class App:
         self.inline_wait = inline_wait
         self._workflows: dict[str, Workflow[Any, Any]] = {}
         self._activities: dict[str, Activity[Any, Any]] = {}
-        self._store: EventStore | None = None
-        self._client: Client | None = None
+        # The app acts on runs through its own Client: one place opens the store (on first use,
+        # so `module:app` imports cheaply), and a closed app reconnects where it is used again.
+        self._client = Client(db, clock=self.clock, synchronous=synchronous, busy_timeout=busy_timeout,
+                              workflows=self._workflows)  # fmt: skip
+        self.db = self._client.db
 
-    # -- the store, opened on first use (so `module:app` imports cheaply) --------------------
     @property
     def store(self) -> EventStore:
-        if self._store is None:
-            self._store = EventStore(self.db, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
-        return self._store
+        """The store, opened (and migrated) on first use."""
+        return self._client.store
 
     @property
     def client(self) -> Client:
-        """A `Client` on this app's store and clock that knows its workflows (results decode
-        into their declared types)."""
-        if self._client is None:
-            self._client = Client(store=self.store, clock=self.clock, workflows=self._workflows)
+        """The `Client` on this app's store and clock; it knows the app's workflows (results
+        decode into their declared types)."""
         return self._client
 
     def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
-        self._client = None
+        """Close the store's connections. Objects holding the store (handles, approvals, chat
+        views) stay valid: used again, the store reconnects, and `close()` closes it again."""
+        self._client.close()
 
     # -- registration ----------------------------------------------------------------------
     @overload
@@ -253,7 +246,9 @@ class App:
     ) -> RunHandle:
         """Start a run (pending until a worker claims it). An existing `run_id` returns that run."""
         self.check_registered_workflow(wf)
-        return self.client.start(wf, *args, run_id=run_id, tenant=tenant, meta=meta, **kwargs)
+        handle = self.client.start(wf, *args, run_id=run_id, tenant=tenant, meta=meta, **kwargs)
+        handle.app = self
+        return handle
 
     async def run_async(
         self, wf: Workflow[P, R], *args: Any, run_id: str | None = None, tenant: str = "default", **kwargs: Any

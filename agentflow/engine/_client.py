@@ -65,10 +65,12 @@ class RunInfo:
 class RunHandle:
     """A started run. `result()` waits for it (driven by a worker elsewhere)."""
 
-    def __init__(self, client: Client, run_id: str, *, created: bool) -> None:
+    def __init__(self, client: Client, run_id: str, *, created: bool, app: Any = None) -> None:
         self.client = client
         self.run_id = run_id
         self.created = created
+        #: The App that started the run, when an App did (None from a bare Client).
+        self.app = app
 
     def info(self) -> RunInfo:
         return self.client.get(self.run_id)
@@ -116,6 +118,8 @@ class Client:
         busy_timeout: float | None = None,
         workflows: Mapping[str, Workflow[Any, Any]] | None = None,
     ) -> None:
+        if store is not None and db is not None:
+            raise ConfigurationError("pass the store's URL (db=...) or an open store (store=...), not both")
         self.db = store.url if store is not None else resolve_url(db)
         parse_url(self.db)  # an unsupported URL, or PostgreSQL without its driver, fails here
         self.clock: Clock = clock or SystemClock()
@@ -126,16 +130,16 @@ class Client:
 
     @property
     def store(self) -> EventStore:
-        """The store, opened on first use."""
+        """The store, opened (and migrated) on first use."""
         if self._store is None:
             self._store = EventStore(self.db, **self._options)
         return self._store
 
     def close(self) -> None:
-        """Close the store this client opened (a store passed in is left open)."""
+        """Close the connections of the store this client opened (a store passed in is left
+        open). Used again, the store reconnects; `close()` closes it again."""
         if self._owns_store and self._store is not None:
             self._store.close()
-            self._store = None
 
     def __enter__(self) -> Client:
         return self

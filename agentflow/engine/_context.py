@@ -106,8 +106,9 @@ class WorkflowContext:
         return self._ex.history.get(seq)
 
     def blobs(self, digests: Sequence[str]) -> dict[str, str]:
-        """Content-addressed payloads recorded by this run's steps (`run_step(blobs=...)`),
-        by hash; missing ones are absent."""
+        """Content-addressed payloads recorded by steps (`run_step(blobs=...)`), by hash; missing
+        ones are absent. For step helpers decoding their own recorded results (what `chat()`
+        does); workflow code reads step results through the steps themselves."""
         return self._ex.store.get_blobs(digests)
 
     def run(self, activity: Activity[P, R], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[R]:

@@ -5,6 +5,11 @@
 next seq, matching a call against the `History`, recording steps (one fenced commit per write),
 handing outcomes to the workflow in a recorded order, delivering a cancel at a step boundary, and
 stopping the execution.
+
+How the parts meet: every wait the workflow is blocked on is a `_Wait` in `self.waits`, keyed by
+seq. `WaitSteps` resolves them (a timer due, a signal in, a child ended) and parks the run when
+none can be; `ActivitySteps` adds one `_Wait(kind="retry")` per activity whose next attempt is
+too far off to hold the run, with a `resume` callback that `WaitSteps._fire` calls when it is due.
 """
 
 from __future__ import annotations

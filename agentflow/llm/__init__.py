@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from agentflow.testing import RunbookChatModel as RunbookChatModel
     from agentflow.testing import ScriptedChatModel as ScriptedChatModel
 
-# The offline fakes live in `agentflow.testing`; these names stay here as aliases for code
-# written against agentflow 0.1 (loaded on first use: importing agentflow.llm loads no fake).
+# The offline fakes live in `agentflow.testing`; these names stay here (and in `__all__`) as
+# aliases for code written against agentflow 0.1, loaded on first use.
 _TESTING_ALIASES = ("RunbookChatModel", "ScriptedChatModel")
 
 
@@ -42,6 +42,8 @@ __all__ = [
     "ModelResponse",
     "OpenAIChat",
     "PriceTable",
+    "RunbookChatModel",
+    "ScriptedChatModel",
     "SideEffect",
     "TokenCount",
     "ToolFacts",

@@ -58,9 +58,11 @@ def create_app(
         session_ttl: seconds a browser session lasts.
         poll_interval: seconds between looks at the store for live updates.
     """
+    # Nothing here opens the store: a module that builds the ASGI app at import time opens no
+    # connection before a server forks its workers.
     chat = Chat.of(app)
     state = Served(
-        app=app, chat=chat, sessions=Sessions(chat.approvals, ttl=session_ttl), workflow=agent_workflow(app, agent),
+        chat=chat, sessions=Sessions(chat, ttl=session_ttl), workflow=agent_workflow(app, agent),
         secure_cookies=secure_cookies, session_ttl=session_ttl, poll_interval=poll_interval,
     )  # fmt: skip
 

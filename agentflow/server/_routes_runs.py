@@ -52,7 +52,7 @@ def start_run(body: StartBody, who: Who, state: State) -> dict[str, Any]:
 def get_run(run_id: str, who: Who, state: State) -> dict[str, Any]:
     run = own_run(state, run_id, who)
     steps = state.chat.store.load_steps(run.id)
-    return {**run_summary(state.chat, run), "events": events(state.chat.store, steps),
+    return {**run_summary(state.chat, run), "events": events(state.chat, steps),
             "approvals": run_cards(state.chat, run, who.principal, steps)}  # fmt: skip
 
 
@@ -60,7 +60,7 @@ def get_run(run_id: str, who: Who, state: State) -> dict[str, Any]:
 def run_events(run_id: str, who: Who, state: State, after: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
     run = own_run(state, run_id, who)
     steps = state.chat.store.load_steps(run.id)
-    return {"run": run_summary(state.chat, run), "events": events(state.chat.store, [s for s in steps if s.seq > after]),
+    return {"run": run_summary(state.chat, run), "events": events(state.chat, [s for s in steps if s.seq > after]),
             "approvals": run_cards(state.chat, run, who.principal, steps)}  # fmt: skip
 
 

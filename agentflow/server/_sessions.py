@@ -14,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from agentflow.approvals import Approvals, Principal
+from agentflow.chat import Chat
 from agentflow.engine import SystemClock
 from agentflow.errors import ApprovalRefused, AuthenticationError
-from agentflow.store import SessionRow, Tx
+from agentflow.store import EventStore, SessionRow, Tx
 
 COOKIE = "af_session"
 DEFAULT_TTL = 12 * 3600.0  # one operator shift
@@ -38,8 +39,16 @@ def _digest(secret: str) -> str:
 class Sessions:
     """Create, find, extend to another tenant, switch tenant, and revoke sessions."""
 
-    def __init__(self, approvals: Approvals, *, ttl: float = DEFAULT_TTL) -> None:
-        self.approvals, self.store, self.ttl = approvals, approvals.store, ttl
+    def __init__(self, chat: Chat, *, ttl: float = DEFAULT_TTL) -> None:
+        self.chat, self.ttl = chat, ttl
+
+    @property
+    def approvals(self) -> Approvals:
+        return self.chat.approvals
+
+    @property
+    def store(self) -> EventStore:
+        return self.chat.store
 
     def sign_in(self, token: str, *, tenant: str | None, cookie: str | None) -> tuple[str, SessionInfo]:
         """Check `token`; return the cookie secret and session. Signing in with another
@@ -56,29 +65,27 @@ class Sessions:
                 "sign in with the token of that tenant",
                 code="wrong_tenant",
             )
-        current = self.find(cookie) if cookie else None
-        if current is not None and current.operator == principal.name:
-            principals = {**current.principals, principal.tenant: principal.id}
-            self._write(lambda tx: tx.sessions.set_principals(current.id_hash, principals, principal.tenant))
-            assert cookie is not None
-            return cookie, replace(current, principals=principals, tenant=principal.tenant)
-        if current is not None:
-            self.revoke(current)  # another operator signs in on this browser: the old session ends
-        return self._create(principal)
-
-    def _create(self, principal: Principal) -> tuple[str, SessionInfo]:
-        secret = secrets.token_urlsafe(32)
+        secret, fresh = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
         now = _wall_clock()
-        info = SessionInfo(
-            id_hash=_digest(secret),
-            operator=principal.name,
-            principals={principal.tenant: principal.id},
-            tenant=principal.tenant,
-            csrf=secrets.token_urlsafe(24),
-            expires_at=now + self.ttl,
-        )
-        self._write(lambda tx: tx.sessions.add(info, now=now))
-        return secret, info
+
+        def body(tx: Tx) -> tuple[str, SessionInfo]:
+            # One transaction: a sign-in racing another sign-in or a sign-out on this browser
+            # sees the session as it is, and never revives a revoked one.
+            current = tx.sessions.find(_digest(cookie), now=now) if cookie else None
+            if current is not None and current.operator == principal.name:
+                principals = {**current.principals, principal.tenant: principal.id}
+                tx.sessions.set_principals(current.id_hash, principals, principal.tenant)
+                assert cookie is not None
+                return cookie, replace(current, principals=principals, tenant=principal.tenant)
+            if current is not None:
+                tx.sessions.revoke(current.id_hash)  # another operator signs in here: the old session ends
+            info = SessionInfo(id_hash=_digest(secret), operator=principal.name,
+                               principals={principal.tenant: principal.id}, tenant=principal.tenant, csrf=fresh,
+                               expires_at=now + self.ttl)  # fmt: skip
+            tx.sessions.add(info, now=now)
+            return secret, info
+
+        return self.store.transaction(body, what="recording a web session")
 
     def find(self, cookie: str) -> SessionInfo | None:
         """The live session of a cookie (None: unknown, revoked or expired)."""

@@ -8,15 +8,14 @@ from typing import Any
 from fastapi import Request
 
 from agentflow.chat import Chat
-from agentflow.engine import App, Workflow
+from agentflow.engine import Workflow
 from agentflow.server._sessions import Sessions
 
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    """The app served, its chat view, sessions, the agent chat requests start, and settings."""
+    """The chat view of the app served, sessions, the agent chat requests start, and settings."""
 
-    app: App
     chat: Chat
     sessions: Sessions
     workflow: Workflow[Any, Any]

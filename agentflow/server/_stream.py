@@ -46,7 +46,7 @@ def _poll(chat: Chat, run_id: str, viewer: Principal, cursor: _Cursor) -> tuple[
         if step.status not in ("completed", "failed") and not run.terminal:
             break
         ready.append(step)
-    for event in events(chat.store, ready):
+    for event in events(chat, ready):
         out.append(_message("step", event, event["seq"]))
     if ready:
         cursor.after = ready[-1].seq

@@ -16,7 +16,7 @@ from agentflow.store._records import RunRecord, StepRecord
 from agentflow.store._sessions import SessionRow
 from agentflow.store._store import EventStore
 from agentflow.store._tx import Tx
-from agentflow.store._urls import DEFAULT_URL, parse_url, redact_url, resolve_url, same_database
+from agentflow.store._urls import DEFAULT_URL, parse_url, pinned_url, redact_url, resolve_url, same_database
 from agentflow.store._usage import PolicyUsage
 
 _MODELS = ("Blob", "Run", "Signal", "Step", "StepAttempt", "Worker")
@@ -51,6 +51,7 @@ __all__ = [
     "encode",
     "param_adapters",
     "parse_url",
+    "pinned_url",
     "redact_url",
     "resolve_url",
     "return_adapter",

@@ -1,8 +1,9 @@
-"""What the event store needs of a database: the `Backend` protocol, and opening one by URL.
+"""What the event store needs of a database: the `Backend` protocol, what both backends share
+(`ConnectionPerThread`), and `Records`, the base of the store's per-area statements.
 
 Two backends implement it: `SqliteStore` (`sqlite:///path`, the embedded default) and
-`PostgresStore` (`postgresql://...`, many hosts); `_urls.py` picks one by URL. SQL at the call sites is written once, with `?`
-placeholders, in the subset both databases run; the few expressions that differ come from the
+`PostgresStore` (`postgresql://...`, many hosts); `_urls.py` picks one by URL. SQL at the call
+sites is written once, with `?` placeholders, in the subset both databases run; the few expressions that differ come from the
 backend (`now_sql`, `json_num`, `json_text`), and each backend owns the statements whose
 locking differs (the fenced step write, claiming runs).
 """
@@ -255,3 +256,21 @@ class ConnectionPerThread(Generic[C]):
     def write_transaction(self, body: Callable[[C], T], *, what: str) -> T:
         """The transaction `write` runs its ops in (default: `transact`)."""
         return self.transact(body, what=what)
+
+
+class Records:
+    """The statements of one kind of record over one connection. Reads run anywhere; writes only
+    inside `EventStore.transaction` (`writable`), so a read-check-write cannot be split by
+    mistake across autocommitted statements."""
+
+    def __init__(self, conn: Conn, *, writable: bool = True) -> None:
+        self.conn = conn
+        self.writable = writable
+
+    def _write(self, sql: str, params: Sequence[Any]) -> None:
+        if not self.writable:
+            raise StoreError(
+                f"{type(self).__name__}: a write inside store.read(...), which is not a transaction; "
+                "write inside store.transaction(...)"
+            )
+        self.conn.execute(sql, params)

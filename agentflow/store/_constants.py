@@ -8,3 +8,5 @@ VERSION_TABLE = "af_alembic_version"
 
 RUN_STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
 TERMINAL_STATUSES = ("completed", "failed", "cancelled")
+#: `TERMINAL_STATUSES` as an SQL list, for `status IN ...` / `NOT IN ...`.
+TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in TERMINAL_STATUSES) + ")"

@@ -8,16 +8,18 @@ reads and writes of one decision are one atomic transaction.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentflow.store._backend import Conn
+from agentflow.store._backend import Records
 
 _APPROVAL_COLUMNS = (
     "id, run_id, call_id, tenant, requested_by, tool, args, args_hash, diff, rule, pack_hash, spec, status, "
     "created_at, expires_at, decided_at, revision"
 )
 _AUDIT_COLUMNS = "id, at, tenant, actor, action, approval_id, run_id, outcome, reason"
+#: Requests that still wait for a decision.
 OPEN_STATUSES = ("pending", "escalated")
 
 
@@ -90,18 +92,15 @@ def _where(clauses: list[str]) -> str:
     return f" WHERE {' AND '.join(clauses)}" if clauses else ""
 
 
-class Principals:
+class PrincipalRecords(Records):
     """Operators and their token hashes (`af_principals`)."""
-
-    def __init__(self, conn: Conn) -> None:
-        self.conn = conn
 
     def exists(self, tenant: str, name: str) -> bool:
         found = self.conn.execute("SELECT 1 FROM af_principals WHERE tenant = ? AND name = ?", (tenant, name))
         return found.fetchone() is not None
 
     def add(self, *, id: str, name: str, tenant: str, roles: list[str], token_hash: str, now: float) -> None:
-        self.conn.execute(
+        self._write(
             "INSERT INTO af_principals (id, name, tenant, roles, token_hash, created_at, disabled) "
             "VALUES (?, ?, ?, ?, ?, ?, 0)",
             (id, name, tenant, json.dumps(roles), token_hash, now),
@@ -134,11 +133,8 @@ def _principal(row: Any) -> PrincipalRow:
     return PrincipalRow(id=row[0], name=row[1], tenant=row[2], roles=json.loads(row[3]))
 
 
-class Approvals:
+class ApprovalRecords(Records):
     """Approval requests and votes (`af_approvals`, `af_approval_votes`)."""
-
-    def __init__(self, conn: Conn) -> None:
-        self.conn = conn
 
     def get(self, approval_id: str) -> ApprovalRow | None:
         row = self.conn.execute(f"SELECT {_APPROVAL_COLUMNS} FROM af_approvals WHERE id = ?", (approval_id,))
@@ -158,7 +154,7 @@ class Approvals:
 
     def add(self, row: ApprovalRow) -> None:
         """Insert a request (a second insert of the same id is a no-op)."""
-        self.conn.execute(
+        self._write(
             f"INSERT INTO af_approvals ({_APPROVAL_COLUMNS}) VALUES ({', '.join('?' * 17)}) "
             "ON CONFLICT (id) DO NOTHING",
             (row.id, row.run_id, row.call_id, row.tenant, row.requested_by, row.tool, json.dumps(row.args),
@@ -167,33 +163,35 @@ class Approvals:
              row.revision),
         )  # fmt: skip
 
-    def ids(self, *, tenant: str | None = None, run_id: str | None = None, status: str | None = None) -> list[str]:
-        """Request ids, newest first; `status="open"` means pending or escalated."""
+    def ids(
+        self, *, tenant: str | None = None, run_id: str | None = None, statuses: Sequence[str] | None = None
+    ) -> list[str]:
+        """Request ids, newest first (of any status when `statuses` is None)."""
         clauses, params = equal_filters(tenant=tenant, run_id=run_id)
-        if status == "open":
-            clauses.append(f"status IN {OPEN_STATUSES}")
-        elif status is not None:
-            clauses.append("status = ?")
-            params.append(status)
+        if statuses is not None:
+            clauses.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params.extend(statuses)
         sql = "SELECT id FROM af_approvals" + _where(clauses) + " ORDER BY created_at DESC, id"
         return [r[0] for r in self.conn.execute(sql, params).fetchall()]
 
     def count_open(self, run_id: str) -> int:
-        sql = f"SELECT count(*) FROM af_approvals WHERE run_id = ? AND status IN {OPEN_STATUSES}"
-        return int(self.conn.execute(sql, (run_id,)).fetchone()[0])
+        sql = (
+            f"SELECT count(*) FROM af_approvals WHERE run_id = ? AND status IN ({', '.join('?' * len(OPEN_STATUSES))})"
+        )
+        return int(self.conn.execute(sql, (run_id, *OPEN_STATUSES)).fetchone()[0])
 
     def set_status(self, approval_id: str, status: str, *, at: float) -> None:
         """A final status (approved, rejected, expired), decided at `at`."""
-        self.conn.execute("UPDATE af_approvals SET status = ?, decided_at = ? WHERE id = ?", (status, at, approval_id))
+        self._write("UPDATE af_approvals SET status = ?, decided_at = ? WHERE id = ?", (status, at, approval_id))
 
     def escalate(self, approval_id: str, *, expires_at: float) -> None:
-        self.conn.execute(
+        self._write(
             "UPDATE af_approvals SET status = 'escalated', expires_at = ? WHERE id = ?", (expires_at, approval_id)
         )
 
     def edit_args(self, approval_id: str, args: dict[str, Any], digest: str, revision: int) -> None:
         """New arguments (a new revision); the preview diff of the old ones is dropped."""
-        self.conn.execute(
+        self._write(
             "UPDATE af_approvals SET args = ?, args_hash = ?, revision = ?, diff = NULL WHERE id = ?",
             (json.dumps(args), digest, revision, approval_id),
         )
@@ -203,7 +201,7 @@ class Approvals:
         at: float,
     ) -> None:  # fmt: skip
         """Record a principal's vote (a later vote of the same principal replaces it)."""
-        self.conn.execute(
+        self._write(
             "INSERT INTO af_approval_votes (approval_id, principal_id, principal, decision, comment, revision, at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (approval_id, principal_id) DO UPDATE SET "
             "principal = excluded.principal, decision = excluded.decision, comment = excluded.comment, "
@@ -212,17 +210,14 @@ class Approvals:
         )
 
 
-class Audit:
+class AuditRecords(Records):
     """The audit trail (`af_audit`): every decision and refusal, with its actor and reason."""
-
-    def __init__(self, conn: Conn) -> None:
-        self.conn = conn
 
     def add(
         self, *, at: float, tenant: str | None, actor: str, action: str, approval_id: str | None,
         run_id: str | None, outcome: str, reason: str,
     ) -> None:  # fmt: skip
-        self.conn.execute(
+        self._write(
             "INSERT INTO af_audit (at, tenant, actor, action, approval_id, run_id, outcome, reason) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (at, tenant, actor, action, approval_id, run_id, outcome, reason),

@@ -38,7 +38,7 @@ from psycopg import pq
 
 from agentflow.errors import ConfigurationError, StoreBusyError, StoreError
 from agentflow.store._backend import ConnectionPerThread, Op, lease_lost, upsert_step_sql
-from agentflow.store._constants import VERSION_TABLE
+from agentflow.store._constants import TERMINAL_SQL, VERSION_TABLE
 from agentflow.store._urls import redact_url
 
 T = TypeVar("T")
@@ -49,7 +49,6 @@ TRANSACT_LOCK = 0x6166_0001
 MIGRATE_LOCK = 0x6166_0002
 # Real time (seconds since the epoch) on the server when the expression is evaluated.
 SQL_NOW = "(extract(epoch from clock_timestamp())::float8)"
-_TERMINAL_SQL = "('completed', 'failed', 'cancelled')"
 
 
 @functools.lru_cache(maxsize=2048)
@@ -233,7 +232,7 @@ class PostgresStore(ConnectionPerThread[PgConn]):
             f"AND (r.owner IS NULL OR r.owner != ?) {scope}"
             "ORDER BY r.created_at, r.id LIMIT ? FOR UPDATE OF r SKIP LOCKED) "
             "UPDATE af_runs SET status = 'running', owner = ?, epoch = af_runs.epoch + 1, updated_at = ? "
-            f"FROM c WHERE af_runs.id = c.id AND af_runs.status NOT IN {_TERMINAL_SQL} "
+            f"FROM c WHERE af_runs.id = c.id AND af_runs.status NOT IN {TERMINAL_SQL} "
             "RETURNING af_runs.id, af_runs.epoch, c.status = 'running', c.created_at"
         )
         try:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agentflow.store._backend import Backend, Conn
+from agentflow.store._constants import TERMINAL_SQL
 from agentflow.store._records import RunRecord, StepRecord, create_run_op, step_params
 
 # What a replay copies for a run's tree, besides the runs themselves.
@@ -15,7 +16,6 @@ _PER_RUN = ("af_steps", "af_step_attempts", "af_signals", "af_approvals")
 _BLOB_REF = re.compile(r"\b[0-9a-f]{32}\b")
 # SQLite's bound-parameter limit is 32766 in current builds but 999 in old ones: stay under it.
 _CHUNK = 500
-_OPEN = "('completed', 'failed', 'cancelled')"
 
 
 def table_columns(table: str) -> list[str]:
@@ -147,7 +147,7 @@ class ReadQueries:
             )
             conn.execute("DELETE FROM af_steps WHERE run_id = ? AND status NOT IN ('completed', 'failed')", (run_id,))
             conn.execute(
-                f"UPDATE af_runs SET status = 'cancelled' WHERE root_id = ? AND id != ? AND status NOT IN {_OPEN}",
+                f"UPDATE af_runs SET status = 'cancelled' WHERE root_id = ? AND id != ? AND status NOT IN {TERMINAL_SQL}",
                 (root_id, run_id),
             )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from agentflow.store._backend import Conn
+from agentflow.store._backend import Records
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,12 +20,11 @@ class SessionRow:
     expires_at: float
 
 
-class Sessions:
-    def __init__(self, conn: Conn) -> None:
-        self.conn = conn
+class SessionRecords(Records):
+    """Browser sessions (`af_sessions`)."""
 
     def add(self, row: SessionRow, *, now: float) -> None:
-        self.conn.execute(
+        self._write(
             "INSERT INTO af_sessions (id_hash, operator, principals, tenant, csrf, created_at, expires_at, revoked) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
             (row.id_hash, row.operator, json.dumps(row.principals), row.tenant, row.csrf, now, row.expires_at),
@@ -43,13 +42,13 @@ class Sessions:
         return SessionRow(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5])
 
     def set_principals(self, id_hash: str, principals: dict[str, str], tenant: str) -> None:
-        self.conn.execute(
+        self._write(
             "UPDATE af_sessions SET principals = ?, tenant = ? WHERE id_hash = ?",
             (json.dumps(principals), tenant, id_hash),
         )
 
     def set_tenant(self, id_hash: str, tenant: str) -> None:
-        self.conn.execute("UPDATE af_sessions SET tenant = ? WHERE id_hash = ?", (tenant, id_hash))
+        self._write("UPDATE af_sessions SET tenant = ? WHERE id_hash = ?", (tenant, id_hash))
 
     def revoke(self, id_hash: str) -> None:
-        self.conn.execute("UPDATE af_sessions SET revoked = 1 WHERE id_hash = ?", (id_hash,))
+        self._write("UPDATE af_sessions SET revoked = 1 WHERE id_hash = ?", (id_hash,))

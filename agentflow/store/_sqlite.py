@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from agentflow.errors import ConfigurationError, StoreBusyError, StoreError
 from agentflow.store._backend import STEP_COLUMNS, ConnectionPerThread, Op, upsert_step_sql
-from agentflow.store._constants import VERSION_TABLE
+from agentflow.store._constants import TERMINAL_SQL, VERSION_TABLE
 
 __all__ = ["STEP_COLUMNS", "UPSERT_STEP", "Op", "SqliteStore", "sqlite_path"]
 
@@ -38,7 +38,6 @@ PAGE_SIZE = 8192
 UPSERT_STEP = upsert_step_sql()
 # Real time (seconds since the epoch) as SQLite sees it when the statement runs.
 SQL_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
-_TERMINAL_SQL = "('completed', 'failed', 'cancelled')"
 
 
 def sqlite_path(url: str) -> str:
@@ -175,7 +174,7 @@ class SqliteStore(ConnectionPerThread[sqlite3.Connection]):
                     (
                         "UPDATE af_runs SET status = 'running', owner = ?, epoch = epoch + 1, "
                         "updated_at = ? WHERE id = ? AND epoch = ? AND status NOT IN "
-                        f"{_TERMINAL_SQL} "
+                        f"{TERMINAL_SQL} "
                         # Re-checked under the write lock: the owner may have renewed its lease
                         # since the candidates were read (a live worker's run is never taken).
                         "AND (status != 'running' OR owner IS NULL OR owner NOT IN (SELECT id FROM "

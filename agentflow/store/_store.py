@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from agentflow.errors import RunStateError, UnknownRunError
 from agentflow.store._backend import Backend, Op
+from agentflow.store._constants import TERMINAL_SQL
 from agentflow.store._reads import ReadQueries
 from agentflow.store._records import RunRecord, StepRecord, create_run_op, step_params
 from agentflow.store._schema import check_revision, upgrade
@@ -30,7 +31,6 @@ STEP_SELECT = (
     "SELECT seq, kind, name, digest, status, attempt, args, result, error, started_at, "
     "finished_at, wake_at, epoch, delivery FROM af_steps WHERE run_id = ? ORDER BY seq"
 )
-_TERMINAL_SQL = "('completed', 'failed', 'cancelled')"
 
 
 def process_start_time(pid: int) -> str:
@@ -87,8 +87,9 @@ class EventStore(ReadQueries):
         return self.backend.transact(lambda conn: body(Tx(conn, self.signal_ops)), what=what)
 
     def read(self, body: Callable[[Tx], T], *, what: str = "reading the store") -> T:
-        """Run `body(tx)` on this thread's connection, outside a transaction (plain reads)."""
-        return self.backend.read(lambda conn: body(Tx(conn, self.signal_ops)), what=what)
+        """Run `body(tx)` on this thread's connection, outside a transaction: reads only (a write
+        through `tx` raises StoreError)."""
+        return self.backend.read(lambda conn: body(Tx(conn, self.signal_ops, writable=False)), what=what)
 
     # -- runs ------------------------------------------------------------------------------
     def create_run(
@@ -243,7 +244,7 @@ class EventStore(ReadQueries):
             params += [run_id, *signal_names]
         if child_ids:
             marks = ",".join("?" * len(child_ids))
-            parts.append(f"SELECT 1 FROM af_runs WHERE id IN ({marks}) AND status IN {_TERMINAL_SQL}")
+            parts.append(f"SELECT 1 FROM af_runs WHERE id IN ({marks}) AND status IN {TERMINAL_SQL}")
             params += list(child_ids)
         return " UNION ALL ".join(parts), tuple(params)
 

@@ -11,35 +11,42 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from agentflow.errors import StoreError
 from agentflow.store._backend import Conn, Op
-from agentflow.store._governance import Approvals, Audit, Principals
-from agentflow.store._sessions import Sessions
+from agentflow.store._constants import TERMINAL_SQL
+from agentflow.store._governance import ApprovalRecords, AuditRecords, PrincipalRecords
+from agentflow.store._sessions import SessionRecords
 from agentflow.store._usage import PolicyUsage
 
 
 class Tx:
     """Principals, approvals, audit, sessions and policy usage on one connection."""
 
-    def __init__(self, conn: Conn, signal_ops: Callable[[str, str, str, float], list[Op]]) -> None:
+    def __init__(
+        self, conn: Conn, signal_ops: Callable[[str, str, str, float], list[Op]], *, writable: bool = True
+    ) -> None:
         self.conn = conn
+        self.writable = writable  # False in `store.read`: writes are refused (not a transaction)
         self._signal_ops = signal_ops
-        self.principals = Principals(conn)
-        self.approvals = Approvals(conn)
-        self.audit = Audit(conn)
-        self.sessions = Sessions(conn)
+        self.principals = PrincipalRecords(conn, writable=writable)
+        self.approvals = ApprovalRecords(conn, writable=writable)
+        self.audit = AuditRecords(conn, writable=writable)
+        self.sessions = SessionRecords(conn, writable=writable)
 
     def usage(self, *, deciding: tuple[str, str] = ("", ""), as_of: float | None = None) -> PolicyUsage:
         """Policy usage counts (see `PolicyUsage`)."""
-        return PolicyUsage(self.conn, deciding=deciding, as_of=as_of)
+        return PolicyUsage(self.conn, deciding=deciding, as_of=as_of, writable=self.writable)
 
     def run_is_live(self, run_id: str) -> bool:
         """Whether the run exists and has not ended."""
         row = self.conn.execute(
-            "SELECT 1 FROM af_runs WHERE id = ? AND status NOT IN ('completed', 'failed', 'cancelled')", (run_id,)
+            f"SELECT 1 FROM af_runs WHERE id = ? AND status NOT IN {TERMINAL_SQL}", (run_id,)
         ).fetchone()
         return row is not None
 
     def signal(self, run_id: str, name: str, payload: str, now: float) -> None:
         """Deliver a signal in this transaction (it wakes the run when it commits)."""
+        if not self.writable:
+            raise StoreError("a signal sent inside store.read(...), which is not a transaction: use store.transaction")
         for sql, params, _ in self._signal_ops(run_id, name, payload, now):
             self.conn.execute(sql, params)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,11 +52,40 @@ BACKENDS: tuple[BackendEntry, ...] = (
 )  # fmt: skip
 
 
+# The database a command line named (`--db`) while it loads the user's code (see `pinned_url`).
+_PINNED: ContextVar[str | None] = ContextVar("agentflow_pinned_db", default=None)
+
+
 def resolve_url(db: str | None = None) -> str:
     """The database to use: `db` when given, else `$AGENTFLOW_DB`, else `sqlite:///agentflow.db`.
 
-    This is the one rule every surface follows (App, Client, the CLI's `--db`)."""
+    This is the one rule every surface follows (App, Client, the CLI's `--db`).
+
+    Raises:
+        ConfigurationError: inside `pinned_url(pin)`, `db` names another database than `pin`.
+    """
+    pin = _PINNED.get()
+    if db is not None and pin is not None and not same_database(db, pin):
+        raise ConfigurationError(
+            f"--db is {redact_url(pin)}, but the code passes {redact_url(db)} to App(...) (or Client(...)), "
+            "so --db would be ignored. Drop the URL from App(...) so the app follows --db and "
+            "$AGENTFLOW_DB, or pass that same URL as --db."
+        )
     return db or os.environ.get(ENV) or DEFAULT_URL
+
+
+@contextmanager
+def pinned_url(url: str) -> Iterator[None]:
+    """What the CLI's `--db` does while it imports the user's module: `$AGENTFLOW_DB` becomes `url`
+    (and stays so: `App()` and processes started later follow it), and while the block runs (in
+    this thread or task) `resolve_url` refuses a URL naming another database, so an
+    `App("sqlite:///other.db")` fails where it is built, before the module's code touches it."""
+    os.environ[ENV] = url
+    token = _PINNED.set(url)
+    try:
+        yield
+    finally:
+        _PINNED.reset(token)
 
 
 def redact_url(url: str) -> str:
@@ -100,10 +131,16 @@ def open_backend(url: str, *, synchronous: str = "FULL", busy_timeout: float | N
 
 
 def same_database(a: str, b: str) -> bool:
-    """Whether two URLs name the same database (a SQLite file by its absolute path)."""
+    """Whether two URLs name the same database: a SQLite file by its absolute path, PostgreSQL
+    whichever driver suffix names it (`postgresql+psycopg://` is `postgresql://`)."""
+    a, b = _canonical(a), _canonical(b)
     if a == b:
         return True
     prefix = "sqlite:///"
     if a.startswith(prefix) and b.startswith(prefix):
         return os.path.abspath(a[len(prefix) :]) == os.path.abspath(b[len(prefix) :])
     return False
+
+
+def _canonical(url: str) -> str:
+    return "postgresql://" + url[len("postgresql+psycopg://") :] if url.startswith("postgresql+psycopg://") else url

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentflow.store._backend import Conn
+from agentflow.store._backend import Conn, Records
+from agentflow.store._constants import TERMINAL_SQL
 
-_STILL_OPEN = "r.status NOT IN ('completed', 'failed', 'cancelled')"
 
-
-class PolicyUsage:
+class PolicyUsage(Records):
     """Usage as it stands now (inside a deciding transaction), or as it stood at `as_of`.
 
     Args:
@@ -26,8 +25,10 @@ class PolicyUsage:
             before it, and runs still open then (None: now).
     """
 
-    def __init__(self, conn: Conn, *, deciding: tuple[str, str] = ("", ""), as_of: float | None = None) -> None:
-        self.conn = conn
+    def __init__(
+        self, conn: Conn, *, deciding: tuple[str, str] = ("", ""), as_of: float | None = None, writable: bool = True
+    ) -> None:
+        super().__init__(conn, writable=writable)
         self.deciding = deciding
         self.as_of = as_of
 
@@ -58,7 +59,7 @@ class PolicyUsage:
     def busy(self, target: str, run_id: str) -> bool:
         """Whether another run still open holds a change on `target`."""
         bound: tuple[float, ...] = ()
-        still_open = _STILL_OPEN
+        still_open = f"r.status NOT IN {TERMINAL_SQL}"
         if self.as_of is not None:
             still_open = "u.at < ? AND (r.completed_at IS NULL OR r.completed_at > ?)"
             bound = (self.as_of, self.as_of)
@@ -77,7 +78,7 @@ class PolicyUsage:
             "SELECT 1 FROM af_policy_usage WHERE run_id = ? AND call_id = ? AND tool = ?", (run_id, call_key, tool)
         ).fetchone()
         if seen is None:
-            self.conn.execute(
+            self._write(
                 "INSERT INTO af_policy_usage (tenant, tool, target, region, run_id, call_id, side_effect, at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (tenant, tool, target, region, run_id, call_key, int(side_effect), at),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +52,25 @@ def _attempt(a: Attempt) -> dict[str, Any]:
             "finished_at": a.finished_at, "retry_at": a.retry_at}  # fmt: skip
 
 
+def jsonl_lines(recorded: Recorded) -> Iterator[str]:
+    """`jsonl_records`, one JSON object per line (with its newline)."""
+    for record in jsonl_records(recorded):
+        yield json.dumps(record, ensure_ascii=False, default=str) + "\n"
+
+
 def jsonl_text(recorded: Recorded) -> str:
-    """`jsonl_records`, one JSON object per line."""
-    return "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in jsonl_records(recorded))
+    return "".join(jsonl_lines(recorded))
 
 
 def write_jsonl(recorded: Recorded, path: str | Path) -> int:
-    """Write `jsonl_records` to `path`, one object per line; return the number of lines."""
-    text = jsonl_text(recorded)
-    Path(path).write_text(text, encoding="utf-8")
-    return text.count("\n")
+    """Write `jsonl_records` to `path`, one object per line, as they are made; return the number
+    of lines."""
+    count = 0
+    with Path(path).open("w", encoding="utf-8") as f:
+        for line in jsonl_lines(recorded):
+            f.write(line)
+            count += 1
+    return count
 
 
 def _step_span(recorded: Recorded, s: StepRecord) -> dict[str, Any]:

@@ -128,16 +128,16 @@ def _finished(recorded: Recorded) -> bool:
 
 
 def replay_run(
-    recorded: Recorded, store: Client, source: App | Workflow[Any, Any], *,
+    recorded: Recorded, client: Client, source: App | Workflow[Any, Any], *,
     activities: Sequence[Activity[Any, Any]] = (), timeout: float = 60.0,
 ) -> ReplayResult:  # fmt: skip
-    """Replay one recorded run (read from `store`, either backend) on a copy of its tree; see
+    """Replay one recorded run (read through `client`, either backend) on a copy of its tree; see
     the module docstring."""
     with tempfile.TemporaryDirectory(prefix="agentflow-replay-") as tmp:
         replica = _replica(f"sqlite:///{Path(tmp) / 'replay.db'}", source, activities)
         try:
             replica.workflow_named(recorded.run.workflow)  # NotRegisteredError names what is registered
-            copy_tree(store, recorded, replica)
+            copy_tree(client, recorded, replica)
             _prepare(replica, recorded)
             with _ENV_LOCK:
                 before = os.environ.get(MODEL_REQUESTS_ENV)

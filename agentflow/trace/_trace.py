@@ -42,6 +42,7 @@ class Trace:
         self._client = client
         self._owns_client = owns_client
         self._app = app
+        self._app_made = False  # whether `app` made the App (and so closes it)
         self.recorded = recorded
 
     # -- the run -----------------------------------------------------------------------------
@@ -75,14 +76,16 @@ class Trace:
         same store and clock with nothing registered (made on first access)."""
         if self._app is None:
             self._app = App(self._client.db, clock=self._client.clock)
+            self._app_made = True
         return self._app
 
     def close(self) -> None:
-        """Close the store connection `load` opened for a URL (the trace stays readable)."""
+        """Close the store connection `load` opened for a URL, and the App `app` made (the
+        trace stays readable)."""
         if self._owns_client:
             self._client.close()
-            if self._app is not None:
-                self._app.close()
+        if self._app is not None and self._app_made:
+            self._app.close()
 
     def __enter__(self) -> Trace:
         return self

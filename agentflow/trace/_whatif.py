@@ -7,7 +7,7 @@ pack have said to exactly these calls?", not "what would the agent have done nex
 the new pack denies would have changed the rest of the run; fork the run to find out).
 
 Rate and blast-radius limits count what the store recorded as let through, across every run, up
-to the moment of each decision (`StoreUsage(as_of=...)`): a limit the new pack sets lower is
+to the moment of each decision (the store's policy usage read `as_of` that moment): a limit the new pack sets lower is
 found. The counts are the recorded ones, not those the new pack would have produced elsewhere.
 """
 

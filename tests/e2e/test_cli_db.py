@@ -17,9 +17,11 @@ from agentflow.store import EventStore
 # {db} is the App's argument: nothing (follow --db / AGENTFLOW_DB) or a URL written in the code.
 APP_MODULE = """
 from agentflow import Agent, App
-from agentflow.llm import LangChainChat, ScriptedChatModel
+from agentflow.llm import LangChainChat
+from agentflow.testing import ScriptedChatModel
 
 app = App({db})
+app.store  # module-level code that opens the store, as a real app's set-up often does
 Agent(name="echo", model=LangChainChat(ScriptedChatModel(responses=["done"])), tools=[]).register(app)
 """
 
@@ -59,16 +61,17 @@ def one_line(text: str) -> str:
     ids=lambda c: c[0],
 )
 def test_db_flag_against_a_url_in_the_code_is_refused(tmp_path: Path, command: list[str]) -> None:
-    """An App built with an explicit URL and a different `--db`: exit 2 before anything runs,
-    naming both databases and the fix; nothing is written to either."""
+    """An App built with an explicit URL and a different `--db`: exit 2 where the App is built,
+    before the module's next line opens its store, naming both databases and the fix; nothing
+    is written to either."""
     ref = write_app(tmp_path, db=f'"sqlite:///{tmp_path / "code.db"}"')
     flag = f"sqlite:///{tmp_path / 'flag.db'}"
     out = cli(*command, "--app", ref, "--db", flag, cwd=tmp_path)
     assert out.returncode == 2, out.stdout + out.stderr
     message = one_line(out.stderr)
     assert (
-        f"error: --db is {flag}, but the App echo_app:app opens sqlite:///{tmp_path / 'code.db'} "
-        "(a URL its code passes to App(...)), so --db would be ignored. Drop the URL from App(...) so the app "
+        f"error: echo_app:app: --db is {flag}, but the code passes sqlite:///{tmp_path / 'code.db'} "
+        "to App(...) (or Client(...)), so --db would be ignored. Drop the URL from App(...) so the app "
         "follows --db and $AGENTFLOW_DB, or pass that same URL as --db." in message
     ), message
     assert "Traceback" not in out.stderr
@@ -82,7 +85,7 @@ def test_the_refusal_redacts_passwords(tmp_path: Path) -> None:
     assert out.returncode == 2, out.stdout + out.stderr
     message = one_line(out.stderr)
     assert "--db is postgresql://noc:***@other.example/runs" in message
-    assert "opens postgresql://noc:***@db.example:5432/runs" in message
+    assert "passes postgresql://noc:***@db.example:5432/runs to App(...)" in message
     assert "s3cret" not in out.stderr and "hunter2" not in out.stderr
 
 
@@ -118,3 +121,11 @@ def test_the_db_flag_wins_over_the_environment(tmp_path: Path) -> None:
     unflagged = cli("run", "hi", "--app", ref, "--run-id", "r2", cwd=tmp_path, env=env)
     assert unflagged.returncode == 0, unflagged.stderr
     assert run_ids(tmp_path / "env.db") == ["r2"] and run_ids(tmp_path / "flag.db") == ["r1"]
+
+
+def test_the_same_postgresql_database_through_either_driver_name_is_accepted() -> None:
+    """`postgresql+psycopg://` and `postgresql://` name the same database: not a mismatch."""
+    from agentflow.store import same_database
+
+    assert same_database("postgresql+psycopg://noc@db:5432/runs", "postgresql://noc@db:5432/runs")
+    assert not same_database("postgresql://noc@db:5432/runs", "postgresql://noc@db:5432/other")

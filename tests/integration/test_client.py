@@ -133,10 +133,16 @@ def test_a_client_resumes_a_run_stopped_by_a_code_change(make_app: Any, client: 
 
 
 def test_app_calls_are_the_clients(app: App) -> None:
-    """`app.start/get_run/list_runs/signal/cancel/history` act through `app.client` (one code path)."""
+    """`app.start/get_run/...` act through `app.client`, on the app's one store: a separate
+    Client on the same database sees what they did; a closed App reconnects where it is used."""
     wfs = workflows(app)
-    app.start(wfs["greet"], "ann", run_id="g")
-    assert app.client.get("g") == app.get_run("g")
-    assert app.client.store is app.store
+    handle = app.start(wfs["greet"], "ann", run_id="g", tenant="t1")
+    assert handle.app is app and app.client.store is app.store
+    with Client(app.db) as other:
+        assert other.get("g") == app.get_run("g") and other.get("g").tenant == "t1"
+    held = app.client
+    app.close()
+    assert app.client is held and app.get_run("g").status == "pending"  # reconnected
+    app.close()
     with pytest.raises(ConfigurationError, match="bad arguments for workflow greet"):
         app.start(wfs["greet"], "ann", "too many")

@@ -295,6 +295,21 @@ SUMMARY_KEYS = {"id", "status", "task", "agent", "requested_by", "tenant", "crea
 EVENT_KEYS = {"seq", "kind", "name", "status", "at", "title", "text", "untrusted", "data"}
 
 
+def test_building_the_api_opens_no_database(tmp_path: Path) -> None:
+    """`create_app` touches no store: a module that builds the ASGI app at import time opens no
+    connection before a server forks its workers; the first request opens (and migrates) it."""
+    db = tmp_path / "lazy.db"
+    app = App(f"sqlite:///{db}")
+    noc.configure(tmp_path / "noc.db")
+    copilot(make_model("runbook")).register(app)
+    api = create_app(app, run_worker=False)
+    assert not db.exists()
+    with TestClient(api) as client:
+        assert client.post("/api/session", json={"token": "aft_wrong"}).status_code == 401
+    assert db.exists()  # the refused sign-in was audited: the store was opened by the request
+    app.close()
+
+
 def test_sign_in_sets_an_httponly_strict_cookie_and_session_round_trips(parked: Parked) -> None:
     """POST /api/session sets `af_session` HttpOnly, SameSite=Strict, Path=/ (not Secure over
     plain HTTP) and answers the Session with a CSRF value; GET /api/session answers the same

@@ -189,3 +189,33 @@ def test_start_with_existing_id_of_another_workflow_is_refused(app) -> None:
         app.start(second, run_id="r")
     run = app.get_run("r")
     assert (run.workflow, run.status) == ("first", "pending")
+
+
+def test_writes_through_a_read_are_refused(app) -> None:
+    """`store.read` is not a transaction: a write through its records raises (so a read-check-
+    write cannot be split across autocommitted statements by mistake); `store.transaction`
+    writes, and a refusal there leaves nothing behind."""
+    from agentflow.errors import StoreError
+
+    store = app.store
+
+    def audit(tx: Any) -> None:
+        tx.audit.add(
+            at=1.0, tenant="t", actor="a", action="x", approval_id=None, run_id=None, outcome="done", reason=""
+        )
+
+    with pytest.raises(StoreError, match=r"store\.transaction"):
+        store.read(audit)
+    with pytest.raises(StoreError, match=r"store\.transaction"):
+        store.read(lambda tx: tx.signal("r", "go", "null", 1.0))
+    assert store.read(lambda tx: tx.audit.list()) == []
+    store.transaction(audit)
+    assert [a.actor for a in store.read(lambda tx: tx.audit.list())] == ["a"]
+
+    def audit_then_fail(tx: Any) -> None:
+        audit(tx)
+        raise RuntimeError("refused half-way")
+
+    with pytest.raises(RuntimeError):
+        store.transaction(audit_then_fail)
+    assert len(store.read(lambda tx: tx.audit.list())) == 1  # rolled back
