@@ -103,8 +103,17 @@ def render_card(card: dict[str, Any]) -> Table:
                                       (f" ({clean(status)})", style)))  # fmt: skip
     table.add_column(style="dim", no_wrap=True)
     table.add_column()
+    votes = iter(v for v in card.get("votes") or [] if isinstance(v, dict))
     for label, text in card_rows(card):
-        cell = render_diff(card.get("diff")) if label == "diff" else Text(text, style=_ROW_STYLE.get(label, ""))
+        if label == "diff":
+            cell = render_diff(card.get("diff"))
+        elif label == "vote":
+            vote = next(votes)
+            cell = Text.assemble(untrusted(vote.get("principal", "?"), "bold", limit=False), " ",
+                                 clean(vote.get("decision", "?")), " ",
+                                 untrusted(vote.get("comment") or "", "italic"))  # fmt: skip
+        else:
+            cell = Text(text, style=_ROW_STYLE.get(label, ""))
         table.add_row(label, cell)
     return table
 
