@@ -30,8 +30,8 @@ from agentflow.approvals import ApprovalRequest, Approvals, approval_signal_name
 from agentflow.engine import Activity, RetryPolicy, WorkflowContext, current_activity
 from agentflow.errors import ConfigurationError, WaitTimeout
 from agentflow.llm import ToolFacts, canonical_json, tool_facts
-from agentflow.policy import DEFAULT_APPROVAL, CallFacts, PolicyDecision, PolicyPack, decide, load_pack
-from agentflow.store import PolicyUsage, Tx
+from agentflow.policy import DEFAULT_APPROVAL, CallFacts, PolicyDecision, PolicyPack, decide, invalid_call, load_pack
+from agentflow.store import PolicyUsage, Tx, unrepresentable
 
 if TYPE_CHECKING:
     from agentflow.engine import App
@@ -146,7 +146,10 @@ def _why_not(req: ApprovalRequest) -> str:
 
 
 def call_facts(ctx: WorkflowContext, tool: BaseTool, facts: ToolFacts, call_id: str, args: dict[str, Any]) -> CallFacts:
-    target, region = facts.target_of(args), facts.region_of(args)
+    # Arguments holding an unrepresentable number are denied (`invalid_call`) before anything
+    # reads them: not even the target is derived from them.
+    judged = unrepresentable(args) is None
+    target, region = (facts.target_of(args), facts.region_of(args)) if judged else (None, None)
     return CallFacts(
         tool=tool.name, args=args, tags=list(facts.tags), side_effect=not facts.read_only,
         target=None if target is None else str(target), region=None if region is None else str(region),
@@ -166,6 +169,9 @@ async def _decide(
     def evaluate() -> PolicyDecision:
         own = key or current_activity().idempotency_key
         about = call_facts(ctx, tool, facts, call_id, args).model_copy(update={"key": own})
+        refused = invalid_call(about)
+        if refused is not None:  # before any policy function or pack: nothing judges a NaN
+            return refused.model_copy(update={"key": own, "call": about})
         if not isinstance(policies, PolicyPack):
             return policies(ctx, tool, facts, args).model_copy(update={"key": own, "call": about})
         app: App = current_activity().app

@@ -15,6 +15,7 @@ from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, ValidationError
 
 from agentflow.errors import ConfigurationError
+from agentflow.store import unrepresentable
 
 SideEffect = Literal["none", "idempotent", "non_idempotent"]
 _KEY = "agentflow"
@@ -192,18 +193,22 @@ def validate_tool_args(t: BaseTool, args: Any) -> str | None:
     tool, and the message goes back to the model."""
     if not isinstance(args, dict):
         return f"arguments of {t.name} must be a JSON object, got {type(args).__name__}"
+    problem = unrepresentable(args)
+    if problem is not None:
+        return f"invalid arguments for {t.name}: {problem}; send plain finite numbers"
     schema = t.tool_call_schema
     if isinstance(schema, type) and issubclass(schema, BaseModel):
         try:
-            schema.model_validate(args)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5]
-            )
-            return f"invalid arguments for {t.name}: {problems}"
+            parsed = schema.model_validate(args)
+        except (ValidationError, OverflowError) as exc:
+            return f"invalid arguments for {t.name}: {_problems(exc)}"
         extra = set(args) - set(schema.model_fields)
         if extra:
             return f"invalid arguments for {t.name}: unexpected {sorted(extra)}"
+        # The schema may turn text into numbers ("NaN" into a float NaN): check what it made too.
+        problem = unrepresentable(parsed.model_dump())
+        if problem is not None:
+            return f"invalid arguments for {t.name}: {problem}; send plain finite numbers"
         return None
     if isinstance(schema, dict):
         required = schema.get("required", [])
@@ -211,3 +216,9 @@ def validate_tool_args(t: BaseTool, args: Any) -> str | None:
         if missing:
             return f"invalid arguments for {t.name}: missing {missing}"
     return None
+
+
+def _problems(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5])
+    return f"a number is out of range ({exc})"

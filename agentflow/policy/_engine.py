@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from agentflow.policy._cel import evaluate as evaluate_condition
 from agentflow.policy._pack import DAYS, ApprovalSpec, PolicyPack, Rule
+from agentflow.store import unrepresentable
 
 DEFAULT_APPROVAL = ApprovalSpec(roles=["*"])
 HOUR = 3600.0
@@ -117,6 +118,9 @@ def decide(pack: PolicyPack | None, facts: CallFacts, now: float, usage: Usage |
     """The pack's decision on one call at time `now` (see the module docstring for the order)."""
     usage = usage or NoUsage()
     name, digest = (pack.name, pack.version_hash) if pack else ("default", "")
+    refused = invalid_call(facts, name, digest)
+    if refused is not None:
+        return refused
     env = activation(pack, facts, now, usage)
     found: dict[str, tuple[Rule, str]] = {}
     matched: list[str] = []
@@ -138,6 +142,17 @@ def decide(pack: PolicyPack | None, facts: CallFacts, now: float, usage: Usage |
             continue  # inside the window: nothing to defer
         found.setdefault(rule.effect, (rule, note))
     return _strictest(found, facts, pack, now, name, digest, matched)
+
+
+def invalid_call(facts: CallFacts, pack: str = "", pack_hash: str = "") -> PolicyDecision | None:
+    """A deny for a call whose arguments hold a number no condition can judge (NaN, an infinity,
+    an integer beyond 64 bits: `NaN > 43.0` is false), or None. Decided before any rule, so no
+    pack and no policy function ever sees such a call."""
+    problem = unrepresentable(facts.args, "args")
+    if problem is None:
+        return None
+    return PolicyDecision(effect="deny", rule="invalid-arguments", pack=pack, pack_hash=pack_hash,
+                          reason=f"{facts.tool} cannot be decided: {problem}")  # fmt: skip
 
 
 def _strictest(

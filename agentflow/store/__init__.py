@@ -9,7 +9,15 @@ importing SQLModel costs ~0.4 s of start-up.
 from typing import Any
 
 from agentflow.store._backend import Backend, Conn, Op
-from agentflow.store._codec import adapter_for, decode, digest, encode, param_adapters, return_adapter
+from agentflow.store._codec import (
+    adapter_for,
+    decode,
+    digest,
+    encode,
+    param_adapters,
+    return_adapter,
+    unrepresentable,
+)
 from agentflow.store._constants import RUN_STATUSES, SCHEMA_REVISION, TERMINAL_STATUSES
 from agentflow.store._governance import ApprovalRow, AuditRow, PrincipalRow, VoteRow
 from agentflow.store._records import RunRecord, StepRecord
@@ -56,6 +64,7 @@ __all__ = [
     "resolve_url",
     "return_adapter",
     "same_database",
+    "unrepresentable",
 ]
 
 

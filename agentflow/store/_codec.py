@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, get_type_hints
@@ -89,3 +90,33 @@ def param_adapters(fn: Callable[..., Any], *, skip_first: bool) -> dict[str, Typ
     if skip_first:
         params = params[1:]
     return {p.name: adapter_for(hints.get(p.name, Any)) for p in params}
+
+
+#: Integers beyond 64 bits are refused: CEL's int is 64-bit, and a double cannot hold them exactly.
+INT_LIMIT = 2**63
+
+
+def unrepresentable(value: Any, where: str = "") -> str | None:
+    """Where `value` holds a number that JSON, a policy condition or an approver would not see as
+    it is (NaN, an infinity, an integer beyond 64 bits), in words; None when there is none.
+
+    JSON has no NaN or infinity (they would be stored as `null` or as invalid JSON), comparisons
+    with NaN are all false (`value > 43.0` lets NaN through), and a huge integer overflows the
+    double a condition compares: such values must be refused before they reach a decision."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{where or 'value'} is {value!r}, not a finite number"
+    if isinstance(value, int) and not -INT_LIMIT <= value < INT_LIMIT:
+        return f"{where or 'value'} is an integer of {len(str(abs(value)))} digits, beyond the 64-bit range"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = unrepresentable(item, f"{where}.{key}" if where else str(key))
+            if found:
+                return found
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = unrepresentable(item, f"{where}[{i}]")
+            if found:
+                return found
+    return None

@@ -188,6 +188,7 @@ EXPORTS = {
         "Rule",
         "Usage",
         "decide",
+        "invalid_call",
         "load_pack",
         "parse_pack",
     ],
@@ -229,6 +230,7 @@ EXPORTS = {
         "resolve_url",
         "return_adapter",
         "same_database",
+        "unrepresentable",
     ],
     "agentflow.testing": [
         "RunbookChatModel",
