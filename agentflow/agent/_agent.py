@@ -208,29 +208,43 @@ class Agent:
 
     async def _compensate(self, ctx: WorkflowContext, records: list[ToolCallRecord]) -> None:
         """Undo the compensable calls that ran, newest first. The compensating tool's arguments
-        are taken by name from the original call's arguments and result."""
-        for record in reversed(records):
-            facts = tool_facts(self._by_name[record.name]) if record.name in self._by_name else None
-            if record.status != "ok" or facts is None or not facts.compensate:
-                continue
-            undo = self._by_name.get(facts.compensate)
-            if undo is None:
-                continue
+        are taken by name from the original call's arguments and result. A compensation is a
+        side-effecting call like any other: it passes the gate (policy decision, approval when
+        the pack says so, maintenance window), and a denied or rejected one does not run."""
+        undos = [found for record in reversed(records) if (found := self._undo_of(record)) is not None]
+        if not undos:
+            return
+        # Runs recorded before compensations were gated replay their ungated path.
+        gated = ctx.patched("agentflow.gated-compensation")
+        for record, undo, args in undos:
+            call_id = f"compensate:{record.id}"
+            if gated:
+                verdict = await gate(ctx, self._policies, undo, tool_facts(undo), call_id, args)
+                if verdict.status != "ok":
+                    continue  # denied or rejected: recorded in the history, not run
+                args = verdict.args  # an approver may have edited them
             try:
-                result = json.loads(record.result)
-            except ValueError:
-                result = {}
-            known = {**record.args, **(result if isinstance(result, dict) else {})}
-            wanted = (
-                set(undo.tool_call_schema.model_fields) if hasattr(undo.tool_call_schema, "model_fields") else set()
-            )
-            args = {k: v for k, v in known.items() if k in wanted}
-            if validate_tool_args(undo, args) is not None:
-                continue  # cannot be derived: nothing is run with arguments that fail the schema
-            try:
-                await self._execute(ctx, undo, tool_facts(undo), f"compensate:{record.id}", args)
+                await self._execute(ctx, undo, tool_facts(undo), call_id, args)
             except ActivityError:
                 continue  # recorded as failed; the other compensations still run
+
+    def _undo_of(self, record: ToolCallRecord) -> tuple[ToolCallRecord, BaseTool, dict[str, Any]] | None:
+        """The compensating tool of a call that ran, with its arguments; None when there is none
+        or its arguments cannot be derived (nothing runs with arguments failing its schema)."""
+        facts = tool_facts(self._by_name[record.name]) if record.name in self._by_name else None
+        if record.status != "ok" or facts is None or not facts.compensate:
+            return None
+        undo = self._by_name.get(facts.compensate)
+        if undo is None:
+            return None
+        try:
+            result = json.loads(record.result)
+        except ValueError:
+            result = {}
+        known = {**record.args, **(result if isinstance(result, dict) else {})}
+        wanted = set(undo.tool_call_schema.model_fields) if hasattr(undo.tool_call_schema, "model_fields") else set()
+        args = {k: v for k, v in known.items() if k in wanted}
+        return None if validate_tool_args(undo, args) is not None else (record, undo, args)
 
     # -- one tool call ---------------------------------------------------------------------
     def _invalid(self, call: Any) -> tuple[ToolCallRecord, BaseMessage]:

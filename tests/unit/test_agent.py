@@ -300,8 +300,9 @@ def rollback(site: str, change_id: str) -> dict[str, Any]:
 
 def test_cancel_after_a_compensable_step_runs_its_compensation(people: App, worker_thread: Callable[..., Any]) -> None:
     """A run cancelled while waiting for its next approval undoes the change it already pushed:
-    the compensating tool runs once, recorded, with arguments taken from the push's arguments
-    and result; the run ends cancelled."""
+    the compensating tool passes the gate like any side-effecting call (the default policy asks
+    an operator), then runs once, recorded, with arguments taken from the push's arguments and
+    result; the run ends cancelled."""
     app = people
     ROLLED_BACK.clear()
     agent = Agent(
@@ -319,6 +320,9 @@ def test_cancel_after_a_compensable_step_runs_its_compensation(people: App, work
     Approvals.of(app).approve(request_for(app, "r", "call-0-0").id, by=operator(app, "alice"))
     assert_eventually(lambda: len(EFFECTS) == 1 and app.get_run("r").status == "waiting")
     app.cancel("r")
+    undo = request_for(app, "r", "compensate:call-0-0")
+    assert undo.tool == "rollback" and undo.args == {"site": "CS-7", "change_id": "chg-CS-7-3"} and ROLLED_BACK == []
+    Approvals.of(app).approve(undo.id, by=operator(app, "bob"))
     assert_eventually(lambda: app.get_run("r").status == "cancelled", message=str(app.get_run("r").error))
     assert ROLLED_BACK == [("CS-7", "chg-CS-7-3")]
     assert len(EFFECTS) == 1  # the second push never ran

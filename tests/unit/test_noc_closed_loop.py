@@ -136,6 +136,38 @@ def test_wrong_diagnosis_is_rolled_back_and_the_incident_stays_open(
     assert note.startswith("rolled_back:") and "rolled back" in note and "the incident stays open" in note
 
 
+def test_a_rollback_passes_the_gate_like_the_change_did(app: App, net: noc.Network, loop: Loop) -> None:
+    """Issue 13 hole 1, the closed loop's side: the rollback of a change people approved is a
+    change too. Under the default policy it waits for an operator (no rollback in the ledger
+    meanwhile); approved, it runs once; rejected, the change stays and the ticket says why."""
+    for run_id, approve in (("kept", False), ("undone", True)):
+        net.inject("CS-110" if approve else "CS-111", "backhaul_fault")
+        site = "CS-110" if approve else "CS-111"
+        app.start(loop, site, cause="congestion", run_id=run_id)  # a wrong diagnosis: KPIs stay bad
+        drive_until_blocked(app, run_id)
+        decide(app, run_id, f"alice-{run_id}", approve=True, comment="apply it")  # the change itself
+        waiting = drive_until_blocked(app, run_id)
+        (rollback,) = [r for r in Approvals.of(app).list(run_id=run_id) if r.tool == "rollback_change"]
+        assert waiting["signals"] == [approval_signal(rollback.id)] and kinds(net, run_id) == ["ticket_create", "apply"]
+        bob = Approvals.of(app).add_operator(f"bob-{run_id}", tenant="default", roles=["noc-engineer"])[0]
+        if approve:
+            Approvals.of(app).approve(rollback.id, by=bob, comment="roll it back")
+        else:
+            Approvals.of(app).reject(rollback.id, by=bob, comment="leave it, I am on site")
+        asyncio.run(app.worker(root_id=run_id).run_until_done(run_id))
+        out = app.result_of(app.store.get_run(run_id))
+        assert out.rolled_back is approve
+        expected = (
+            ["ticket_create", "apply", "rollback", "ticket_update"]
+            if approve
+            else ["ticket_create", "apply", "ticket_update"]
+        )
+        assert kinds(net, run_id) == expected
+        if not approve:
+            (note,) = net.ticket(out.ticket_id)["notes"]
+            assert "not rolled back" in note and "leave it, I am on site" in note
+
+
 def test_rejection_applies_nothing(app: App, net: noc.Network, loop: Loop) -> None:
     """An approver's rejection ends the run as `rejected`: no apply, no window wait, the
     config untouched, the ticket notes who rejected it and why."""

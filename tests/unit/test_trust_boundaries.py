@@ -13,8 +13,9 @@ import agentflow.llm as llm
 from agentflow import App, WorkflowContext
 from agentflow.agent import Agent, authorize
 from agentflow.approvals import Approvals
+from agentflow.errors import ApprovalRefused
 from agentflow.policy import CallFacts, decide, parse_pack
-from agentflow.testing import ScriptedChatModel
+from agentflow.testing import ScriptedChatModel, TestClock, assert_eventually
 
 APPLIED: list[Any] = []
 
@@ -132,3 +133,105 @@ def test_workflow_code_authorizing_such_a_call_gets_a_recorded_denial(app: App) 
     out = app.run(wf, run_id="w")
     assert out.startswith("denied: denied by policy (invalid-arguments)") and "not a finite number" in out
     assert APPLIED == []
+
+
+# -- hole 1: compensations pass the guard rails -------------------------------------------------------
+ROLLED_BACK: list[dict[str, Any]] = []
+
+
+@llm.tool(side_effect="idempotent", target="site", compensate="rollback_change", tags=["config"])
+def push_change(site: str, value: int) -> dict[str, Any]:
+    """Push a configuration value; returns the change id."""
+    APPLIED.append((site, value))
+    return {"change_id": f"chg-{site}-{value}"}
+
+
+@llm.tool(side_effect="idempotent", target="site", tags=["config"])
+def rollback_change(site: str, change_id: str) -> str:
+    """Undo a pushed change."""
+    ROLLED_BACK.append({"site": site, "change_id": change_id})
+    return f"rolled back {change_id}"
+
+
+def rollback_pack(rollback_rule: str) -> Any:
+    return parse_pack(
+        f"""
+schema_version: 1
+name: rollbacks
+rules:
+  - id: pushes
+    match: {{tools: [push_change]}}
+    effect: require_approval
+    approval: {{roles: [noc-engineer]}}
+{rollback_rule}
+"""
+    )
+
+
+ROLLBACK_NEEDS_A_MANAGER = """
+  - id: rollback-approval
+    match: {tools: [rollback_change]}
+    effect: require_approval
+    approval: {roles: [noc-manager]}
+"""
+ROLLBACK_FORBIDDEN = """
+  - id: no-rollback-of-cs-101
+    match: {tools: [rollback_change]}
+    when: 'target == "CS-101"'
+    effect: deny
+    reason: CS-101 is rolled back by hand only
+"""
+
+
+def cancelled_after_a_push(app: App, worker_thread: Any, pack: Any) -> Approvals:
+    """A run that pushed a change (approved), then waits for its second push's approval, and is
+    cancelled there: what its compensation then does is the question."""
+    ROLLED_BACK.clear()
+    agent = Agent(name="comp", tools=[push_change, rollback_change], policies=pack,
+                  model=llm.LangChainChat(ScriptedChatModel(responses=[call("push_change", site="CS-101", value=3),
+                                                                       call("push_change", site="CS-102", value=3),
+                                                                       "done"])))  # fmt: skip
+    agent.start(app, "push twice", run_id="r", requested_by="alice")
+    worker_thread(app)
+    approvals = Approvals.of(app)
+    bob = approvals.add_operator("bob", tenant="default", roles=["noc-engineer"])[0]
+    first = assert_eventually(lambda: next(iter(approvals.list(run_id="r")), None))
+    approvals.approve(first.id, by=bob)
+    assert_eventually(lambda: len(APPLIED) == 1 and len(approvals.list(run_id="r")) == 1)
+    app.cancel("r")
+    return approvals
+
+
+@pytest.fixture
+def people(make_app: Any) -> App:
+    return make_app(clock=TestClock(start=1_700_000_000, skip=False))  # approvals wait for people
+
+
+def test_a_compensation_waits_for_the_approval_its_rule_asks_for(people: App, worker_thread: Any) -> None:
+    """After a cancel, the rollback of an approved push is a staged call under the pack's
+    rollback rule: it waits for a manager (an engineer may not decide it), then runs once."""
+    approvals = cancelled_after_a_push(people, worker_thread, rollback_pack(ROLLBACK_NEEDS_A_MANAGER))
+    undo = assert_eventually(lambda: next((r for r in approvals.list(run_id="r") if r.tool == "rollback_change"), None))
+    assert (undo.rule, undo.args) == ("rollback-approval", {"site": "CS-101", "change_id": "chg-CS-101-3"})
+    assert ROLLED_BACK == [] and people.get_run("r").status == "waiting"
+    bob = approvals.authenticate(approvals.add_operator("carol", tenant="default", roles=["noc-engineer"])[1])
+    with pytest.raises(ApprovalRefused) as refused:
+        approvals.approve(undo.id, by=bob)
+    assert refused.value.code == "missing_role"
+    manager = approvals.add_operator("dave", tenant="default", roles=["noc-manager"])[0]
+    approvals.approve(undo.id, by=manager)
+    assert_eventually(lambda: people.get_run("r").status == "cancelled")
+    assert ROLLED_BACK == [{"site": "CS-101", "change_id": "chg-CS-101-3"}]
+    decisions = [s.name for s in people.history("r") if s.kind == "policy"]
+    assert decisions.count("rollback_change") >= 1
+
+
+def test_a_compensation_the_pack_denies_does_not_run(people: App, worker_thread: Any) -> None:
+    """A deny rule on the compensating tool holds after a cancel too: the rollback is decided,
+    denied (recorded), and never runs; the run still ends cancelled."""
+    cancelled_after_a_push(people, worker_thread, rollback_pack(ROLLBACK_FORBIDDEN))
+    assert_eventually(lambda: people.get_run("r").status == "cancelled")
+    assert ROLLED_BACK == []
+    denied = [s for s in people.history("r") if s.kind == "policy" and s.name == "rollback_change"]
+    assert len(denied) == 1 and '"effect":"deny"' in (denied[0].result or "").replace(" ", "")
+    assert [s.name for s in people.history("r") if s.kind == "tool"] == ["push_change"]

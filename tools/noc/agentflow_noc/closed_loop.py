@@ -49,7 +49,7 @@ from agentflow.agent import Decision, Policies, authorize, default_policy
 from agentflow.llm import ToolFacts, tool_facts
 from agentflow_noc import model
 from agentflow_noc.env import network
-from agentflow_noc.tools import NOC_TOOLS, apply_change
+from agentflow_noc.tools import NOC_TOOLS, apply_change, rollback_change
 
 CLOSED_LOOP = "noc.closed_loop"
 
@@ -354,8 +354,18 @@ class _Loop:
         return "rolled_back", f"{monitor.summary}; {outcome}; the incident stays open"
 
     async def _undo(self) -> str:
+        """Roll the change back, through the gate like any change: the pack's rollback rule
+        decides (and may ask people); a denied or rejected rollback leaves the change, said so."""
         c = self.change
-        undone = await self._call("rollback_change", site=c.site, change_id=c.change_id)
+        args = {"site": c.site, "change_id": c.change_id}
+        # Runs recorded before rollbacks were gated replay their ungated path.
+        if self.ctx.patched("agentflow_noc.gated-rollback"):
+            policy = _auto_approving(self.policy) if self.p.auto_approve else self.policy
+            gated = await authorize(self.ctx, rollback_change, args, call_id=f"rollback:{c.change_id}",
+                                    policies=policy)  # fmt: skip
+            if gated.status != "ok":
+                return f"{c.change_id} not rolled back: {gated.refusal}"
+        undone = await self._call("rollback_change", **args)
         self.out.rolled_back = bool(undone["rolled_back"])
         if self.out.rolled_back:
             return f"{c.change_id} rolled back ({c.param} back to {undone['value']})"
