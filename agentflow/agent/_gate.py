@@ -148,12 +148,18 @@ def _why_not(req: ApprovalRequest) -> str:
 def call_facts(ctx: WorkflowContext, tool: BaseTool, facts: ToolFacts, call_id: str, args: dict[str, Any]) -> CallFacts:
     # Arguments holding an unrepresentable number are denied (`invalid_call`) before anything
     # reads them: not even the target is derived from them.
-    judged = unrepresentable(args) is None
-    target, region = (facts.target_of(args), facts.region_of(args)) if judged else (None, None)
+    target = region = None
+    problem = ""
+    if unrepresentable(args) is None:
+        try:
+            target, region = facts.target_of(args), facts.region_of(args)
+        except Exception as exc:  # noqa: BLE001 - the tool's own naming failed: denied, said why
+            problem = f"{type(exc).__name__}: {exc}"[:300]
     return CallFacts(
         tool=tool.name, args=args, tags=list(facts.tags), side_effect=not facts.read_only,
         target=None if target is None else str(target), region=None if region is None else str(region),
         tenant=ctx.tenant, requester=ctx.meta.get("requested_by"), run_id=ctx.run_id, call_id=call_id,
+        target_error=problem,
     )  # fmt: skip
 
 

@@ -32,6 +32,10 @@ class ToolFacts:
         declared: whether the tool was declared with `agentflow.tool`.
         target: the argument naming what the tool touches (e.g. "site"), or a function of the
             arguments returning it; used by blast-radius policies.
+        canonical: how the system the tool acts on names a target: `canonical(value)` is the one
+            form of it (e.g. `str.upper` when "cs-101" and "CS-101" are the same site). Limits,
+            approval cards and policy conditions see targets in this form, so a spelling
+            variant is the same target to them as it is to the tool.
         region: the same, for the region.
         reconcile: `reconcile(idempotency_key)` returns the outcome of an effect that may have
             happened before a crash, or None.
@@ -45,6 +49,7 @@ class ToolFacts:
     side_effect: SideEffect = "non_idempotent"
     declared: bool = False
     target: str | Callable[[Mapping[str, Any]], Any] | None = None
+    canonical: Callable[[Any], Any] | None = None
     region: str | Callable[[Mapping[str, Any]], Any] | None = None
     reconcile: Callable[[str], Any] | None = None
     timeout: float | None = None
@@ -57,7 +62,9 @@ class ToolFacts:
         return self.side_effect == "none"
 
     def target_of(self, args: Mapping[str, Any]) -> Any:
-        return _pick(self.target, args)
+        """The call's target, in its canonical form (None when the tool declares none)."""
+        found = _pick(self.target, args)
+        return self.canonical(found) if found is not None and self.canonical is not None else found
 
     def region_of(self, args: Mapping[str, Any]) -> Any:
         return _pick(self.region, args)
@@ -93,6 +100,7 @@ def tool(
     *,
     side_effect: SideEffect,
     target: Target = None,
+    canonical: Callable[[Any], Any] | None = None,
     region: Target = None,
     reconcile: Callable[[str], Any] | None = None,
     timeout: float | None = None,
@@ -110,6 +118,7 @@ def tool(
     *,
     side_effect: SideEffect,
     target: Target = None,
+    canonical: Callable[[Any], Any] | None = None,
     region: Target = None,
     reconcile: Callable[[str], Any] | None = None,
     timeout: float | None = None,
@@ -128,6 +137,7 @@ def tool(
     *,
     side_effect: SideEffect,
     target: str | Callable[[Mapping[str, Any]], Any] | None = None,
+    canonical: Callable[[Any], Any] | None = None,
     region: str | Callable[[Mapping[str, Any]], Any] | None = None,
     reconcile: Callable[[str], Any] | None = None,
     timeout: float | None = None,
@@ -147,14 +157,17 @@ def tool(
         ...     return {}
         >>> search = tool(some_langchain_tool, side_effect="none")
 
+    Declare `canonical=` when the system the tool acts on names a target several ways (case,
+    spaces): limits then count "cs-101" and "CS-101" as the one site they are.
+
     Side-effecting tools get the step's idempotency key from
     `agentflow.current_activity().idempotency_key`; it never appears in the schema the model sees.
     """
     if side_effect not in _SIDE_EFFECTS:
         raise ConfigurationError(f"side_effect must be one of {_SIDE_EFFECTS}, not {side_effect!r}")
     facts = ToolFacts(
-        side_effect=side_effect, declared=True, target=target, region=region, reconcile=reconcile,
-        timeout=timeout, compensate=compensate, tags=tuple(tags), preview=preview,
+        side_effect=side_effect, declared=True, target=target, canonical=canonical, region=region,
+        reconcile=reconcile, timeout=timeout, compensate=compensate, tags=tuple(tags), preview=preview,
     )  # fmt: skip
 
     def wrap(f: Callable[..., Any] | BaseTool) -> BaseTool:

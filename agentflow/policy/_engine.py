@@ -42,6 +42,9 @@ class CallFacts(BaseModel):
     #: The gated call's own key (the idempotency key of its first decision step): limits count
     #: each gated call once by it, whatever call id the model gave (ids can be re-used).
     key: str = ""
+    #: Why the tool could not name the call's target (its `canonical` or target function
+    #: raised): such a call is denied, since no limit could be checked for it.
+    target_error: str = ""
 
     @property
     def usage_key(self) -> str:
@@ -149,10 +152,14 @@ def invalid_call(facts: CallFacts, pack: str = "", pack_hash: str = "") -> Polic
     an integer beyond 64 bits: `NaN > 43.0` is false), or None. Decided before any rule, so no
     pack and no policy function ever sees such a call."""
     problem = unrepresentable(facts.args, "args")
-    if problem is None:
-        return None
-    return PolicyDecision(effect="deny", rule="invalid-arguments", pack=pack, pack_hash=pack_hash,
-                          reason=f"{facts.tool} cannot be decided: {problem}")  # fmt: skip
+    if problem is not None:
+        return PolicyDecision(effect="deny", rule="invalid-arguments", pack=pack, pack_hash=pack_hash,
+                              reason=f"{facts.tool} cannot be decided: {problem}")  # fmt: skip
+    if facts.target_error:
+        return PolicyDecision(effect="deny", rule="invalid-target", pack=pack, pack_hash=pack_hash,
+                              reason=f"the target of {facts.tool} cannot be determined ({facts.target_error}): "
+                              "no limit can be checked for it")  # fmt: skip
+    return None
 
 
 def _strictest(

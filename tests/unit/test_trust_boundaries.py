@@ -3,6 +3,8 @@ model, a hostile chat user or an unlucky operator did to the guard rails, and wh
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 from typing import Any
 
@@ -10,6 +12,7 @@ import pytest
 from langchain_core.tools import BaseTool
 
 import agentflow.llm as llm
+import agentflow_noc as noc
 from agentflow import App, WorkflowContext
 from agentflow.agent import Agent, authorize
 from agentflow.approvals import Approvals
@@ -235,3 +238,80 @@ def test_a_compensation_the_pack_denies_does_not_run(people: App, worker_thread:
     denied = [s for s in people.history("r") if s.kind == "policy" and s.name == "rollback_change"]
     assert len(denied) == 1 and '"effect":"deny"' in (denied[0].result or "").replace(" ", "")
     assert [s.name for s in people.history("r") if s.kind == "tool"] == ["push_change"]
+
+
+# -- hole 3: limits compare targets as the tool names them --------------------------------------------
+LIMITS = parse_pack(
+    """
+schema_version: 1
+name: limits
+rules:
+  - id: one-change-per-site
+    match: {tags: [config]}
+    effect: limit
+    one_change_per_target: true
+  - id: tenant-blast-radius
+    match: {tools: [apply_change]}
+    effect: limit
+    blast_radius: {max_targets: 2, window: 1h, per: tenant}
+  - id: changes
+    match: {tags: [config]}
+    effect: allow
+"""
+)
+
+
+def gate_apply(app: App, run_id: str, site: str, *, hold: bool) -> str:
+    """A run asks the gate for the NOC pack's apply_change on `site` and, with `hold`, stays open
+    afterwards (so it holds the change); returns its recorded decision: effect, rule, target."""
+
+    @app.workflow(name=f"gate-{run_id}")
+    async def wf(ctx: WorkflowContext) -> None:
+        await authorize(ctx, noc.apply_change, {"site": site, "param": "hoA3Offset", "value": 3}, call_id="c",
+                        policies=LIMITS)  # fmt: skip
+        if hold:
+            await ctx.wait_signal("done")
+
+    app.start(wf, run_id=run_id)
+    asyncio.run(app.worker(root_id=run_id).run_until_blocked(run_id))
+    assert app.get_run(run_id).status == ("waiting" if hold else "completed")
+    (step,) = [s for s in app.history(run_id) if s.kind == "policy"]
+    decision = json.loads(step.result or "{}")
+    return f"{decision['effect']} {decision['rule']} target={decision['call']['target']}"
+
+
+def test_a_spelling_variant_of_a_site_is_the_same_site_to_the_limits(app: App) -> None:
+    """`site="cs-101"` while another open run holds a change on CS-101: denied by the one-change
+    rule (before the fix it was approved and applied: two changes on one site at once)."""
+    assert gate_apply(app, "a", "CS-101", hold=True) == "allow changes target=CS-101"
+    assert gate_apply(app, "b", "cs-101", hold=False) == "deny one-change-per-site target=CS-101"
+    assert gate_apply(app, "c", " Cs-101 ", hold=False) == "deny one-change-per-site target=CS-101"
+
+
+def test_blast_radius_counts_a_site_once_however_it_is_spelled(app: App) -> None:
+    """Blast radius (2 sites per tenant and hour): CS-101 then "cs-101" is one site, so CS-102
+    is still allowed and "cs-103" is the one over the limit."""
+    verdicts = [gate_apply(app, rid, site, hold=False) for rid, site in (("a", "CS-101"), ("b", "cs-101"),
+                                                                          ("c", "CS-102"), ("d", "cs-103"))]  # fmt: skip
+    assert verdicts == ["allow changes target=CS-101", "allow changes target=CS-101", "allow changes target=CS-102",
+                        "deny tenant-blast-radius target=CS-103"]  # fmt: skip
+
+
+def test_a_target_the_tool_cannot_name_is_denied_not_failed(app: App) -> None:
+    """A `canonical` that raises on the model's value denies the call (no limit could be checked)
+    instead of failing the run."""
+
+    def strict(value: Any) -> str:
+        if not str(value).startswith("CS-"):
+            raise ValueError(f"{value!r} is not a site id")
+        return str(value)
+
+    odd = llm.tool(apply_change, side_effect="idempotent", target="site", canonical=strict, tags=["config"])
+
+    @app.workflow(name="odd")
+    async def wf(ctx: WorkflowContext) -> str:
+        verdict = await authorize(ctx, odd, {"site": "XX", "param": "p", "value": 1.0}, call_id="c", policies=LIMITS)
+        return f"{verdict.status}: {verdict.refusal}"
+
+    out = app.run(wf, run_id="odd")
+    assert out.startswith("denied: denied by policy (invalid-target)") and "'XX' is not a site id" in out

@@ -20,8 +20,13 @@ from agentflow_noc.env import network
 Value = str | int | float | bool
 
 
+def _site(value: Any) -> str:
+    """A site id as the network names it ("cs-101 " is CS-101): limits and cards compare these."""
+    return str(value).strip().upper()
+
+
 def _region(args: Mapping[str, Any]) -> str | None:
-    return model.region_of(str(args.get("site", "")).upper())
+    return model.region_of(_site(args.get("site", "")))
 
 
 def _reconcile(key: str) -> dict[str, Any] | None:
@@ -30,7 +35,7 @@ def _reconcile(key: str) -> dict[str, Any] | None:
 
 
 # -- investigate and diagnose ---------------------------------------------------------------
-@tool(side_effect="none", target="site", region=_region, tags=["read"])
+@tool(side_effect="none", target="site", canonical=_site, region=_region, tags=["read"])
 def get_kpis(site: str, window_minutes: int = 60) -> dict[str, Any]:
     """Read a cell site's KPIs: drop_rate_pct, throughput_mbps, prb_util_pct,
     handover_success_pct and latency_ms, as a 5-minute series over the last `window_minutes`
@@ -38,7 +43,7 @@ def get_kpis(site: str, window_minutes: int = 60) -> dict[str, Any]:
     return network().kpis(site, window_minutes=window_minutes)
 
 
-@tool(side_effect="none", target="site", region=_region, tags=["read"])
+@tool(side_effect="none", target="site", canonical=_site, region=_region, tags=["read"])
 def detect_anomalies(site: str) -> dict[str, Any]:
     """List the KPIs of a cell site whose last-hour mean crosses its threshold (high drop rate,
     low handover success, PRB utilisation above 85%, high latency, throughput far below the
@@ -50,7 +55,7 @@ def detect_anomalies(site: str) -> dict[str, Any]:
             "healthy": not found}  # fmt: skip
 
 
-@tool(side_effect="none", target="site", region=_region, tags=["read"])
+@tool(side_effect="none", target="site", canonical=_site, region=_region, tags=["read"])
 def rank_root_causes(site: str) -> dict[str, Any]:
     """Rank the likely root causes of a cell site's anomalies (mis_set_handover, congestion,
     backhaul_fault) from its KPIs and configuration, each with a confidence and its evidence.
@@ -64,7 +69,7 @@ def rank_root_causes(site: str) -> dict[str, Any]:
     return {"site": site, "top_cause": causes[0]["cause"], "confidence": causes[0]["confidence"], "causes": causes}
 
 
-@tool(side_effect="none", target="site", region=_region, tags=["read"])
+@tool(side_effect="none", target="site", canonical=_site, region=_region, tags=["read"])
 def propose_change(site: str, cause: str) -> dict[str, Any]:
     """Propose the configuration change that fixes `cause` (a cause from rank_root_causes) on a
     cell site: the parameter, its current value (`from`), the new value (`to`), a change_id and
@@ -79,7 +84,7 @@ def propose_change(site: str, cause: str) -> dict[str, Any]:
             "change_id": model.change_id(site, param, to), "rationale": why}  # fmt: skip
 
 
-@tool(side_effect="none", target="site", region=_region, tags=["read"])
+@tool(side_effect="none", target="site", canonical=_site, region=_region, tags=["read"])
 def stage_change(site: str, param: str, value: Value) -> dict[str, Any]:
     """Dry-run a configuration change on a cell site: validate `param` and `value` and return the
     diff (`from`, `to`) and its change_id without touching the network. Stage before applying."""
@@ -90,7 +95,7 @@ def stage_change(site: str, param: str, value: Value) -> dict[str, Any]:
             "change_id": model.change_id(site, param, to), "dry_run": True}  # fmt: skip
 
 
-@tool(side_effect="none", target="site", region=_region, tags=["read"])
+@tool(side_effect="none", target="site", canonical=_site, region=_region, tags=["read"])
 def monitor_kpis(site: str, minutes: int = 30) -> dict[str, Any]:
     """Watch a cell site's KPIs for `minutes` after its latest configuration change and compare
     them with what the previous configuration gives over the same window. `improved` is true
@@ -121,7 +126,7 @@ def _diff(args: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # -- act ------------------------------------------------------------------------------------
-@tool(side_effect="idempotent", target="site", region=_region, reconcile=_reconcile,
+@tool(side_effect="idempotent", target="site", canonical=_site, region=_region, reconcile=_reconcile,
       compensate="rollback_change", tags=["config"], preview=_diff)  # fmt: skip
 def apply_change(site: str, param: str, value: Value) -> dict[str, Any]:
     """Push a configuration change to a live cell site (e.g. hoA3Offset, prbCap, loadBalancing,
@@ -130,14 +135,14 @@ def apply_change(site: str, param: str, value: Value) -> dict[str, Any]:
     return network().apply(site, param, value, key=current_activity().idempotency_key)
 
 
-@tool(side_effect="idempotent", target="site", region=_region, reconcile=_reconcile, tags=["config"])
+@tool(side_effect="idempotent", target="site", canonical=_site, region=_region, reconcile=_reconcile, tags=["config"])
 def rollback_change(site: str, change_id: str) -> dict[str, Any]:
     """Undo an applied configuration change (by the change_id apply_change returned): restore the
     value it replaced. Use it when monitor_kpis shows the change did not help."""
     return network().rollback(site, change_id, key=current_activity().idempotency_key)
 
 
-@tool(side_effect="idempotent", target="site", region=_region, reconcile=_reconcile, tags=["ticket"])
+@tool(side_effect="idempotent", target="site", canonical=_site, region=_region, reconcile=_reconcile, tags=["ticket"])
 def create_ticket(site: str, summary: str, severity: str, ticket_type: str = "incident") -> dict[str, Any]:
     """Open a trouble ticket for a cell site with a one-line summary and a severity (critical,
     major, minor, warning or info). A run opens one ticket per ticket_type: asking again returns
