@@ -51,8 +51,11 @@ class Sessions:
         return self.chat.store
 
     def sign_in(self, token: str, *, tenant: str | None, cookie: str | None) -> tuple[str, SessionInfo]:
-        """Check `token`; return the cookie secret and session. Signing in with another
-        tenant's token of the operator already signed in adds that tenant to the session.
+        """Check `token`; return the cookie secret and session. Every sign-in makes a fresh
+        session id (and CSRF value) and revokes the one the browser sent: a cookie planted in a
+        browser before its user signs in is worth nothing afterwards. Signing in with another
+        tenant's token of the operator already signed in carries that operator's tenants over;
+        each of them joined with its own token.
 
         Raises:
             AuthenticationError: unknown token (audited by `Approvals.authenticate`).
@@ -72,16 +75,13 @@ class Sessions:
             # One transaction: a sign-in racing another sign-in or a sign-out on this browser
             # sees the session as it is, and never revives a revoked one.
             current = tx.sessions.find(_digest(cookie), now=now) if cookie else None
-            if current is not None and current.operator == principal.name:
-                principals = {**current.principals, principal.tenant: principal.id}
-                tx.sessions.set_principals(current.id_hash, principals, principal.tenant)
-                assert cookie is not None
-                return cookie, replace(current, principals=principals, tenant=principal.tenant)
+            principals = {principal.tenant: principal.id}
             if current is not None:
-                tx.sessions.revoke(current.id_hash)  # another operator signs in here: the old session ends
-            info = SessionInfo(id_hash=_digest(secret), operator=principal.name,
-                               principals={principal.tenant: principal.id}, tenant=principal.tenant, csrf=fresh,
-                               expires_at=now + self.ttl)  # fmt: skip
+                tx.sessions.revoke(current.id_hash)  # rotated: the old id never works again
+                if current.operator == principal.name:
+                    principals = {**current.principals, **principals}
+            info = SessionInfo(id_hash=_digest(secret), operator=principal.name, principals=principals,
+                               tenant=principal.tenant, csrf=fresh, expires_at=now + self.ttl)  # fmt: skip
             tx.sessions.add(info, now=now)
             return secret, info
 

@@ -41,12 +41,6 @@ class SessionRecords(Records):
             return None
         return SessionRow(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5])
 
-    def set_principals(self, id_hash: str, principals: dict[str, str], tenant: str) -> None:
-        self._write(
-            "UPDATE af_sessions SET principals = ?, tenant = ? WHERE id_hash = ?",
-            (json.dumps(principals), tenant, id_hash),
-        )
-
     def set_tenant(self, id_hash: str, tenant: str) -> None:
         self._write("UPDATE af_sessions SET tenant = ? WHERE id_hash = ?", (tenant, id_hash))
 

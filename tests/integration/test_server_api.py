@@ -1001,7 +1001,11 @@ def test_the_tenant_picker(parked: Parked) -> None:
     with browser(w) as client:
         east = client.post("/api/session", json={"token": w.tokens["zoe@east"]}).json()
         assert (east["tenant"], east["tenants"], east["roles"]) == (EAST, [EAST], ["noc-engineer"])
+        first = client.cookies["af_session"]
         both = client.post("/api/session", json={"token": w.tokens["zoe@west"], "tenant": WEST}).json()
+        # Issue 13 hole 4: the sign-in made a new session; the cookie of the first one is dead.
+        assert client.cookies["af_session"] != first and both["csrf"] != east["csrf"]
+        assert_error(client.get("/api/session", headers={"Cookie": f"af_session={first}"}), 401, "session_expired")
         assert (both["operator"], both["tenant"], both["tenants"], both["roles"]) == ("zoe", WEST, [EAST, WEST],
                                                                                       ["viewer"])  # fmt: skip
         csrf = {"X-CSRF-Token": both["csrf"]}
@@ -1031,6 +1035,28 @@ def test_the_tenant_picker(parked: Parked) -> None:
         assert_error(client.get("/api/session", headers={"Cookie": f"af_session={zoes}"}), 401, "session_expired")
         assert_error(client.put("/api/session/tenant", json={"tenant": WEST}, headers={"X-CSRF-Token": other["csrf"]}),
                      403, "wrong_tenant")  # fmt: skip
+
+
+def test_a_planted_cookie_gains_nothing_when_its_victim_signs_in(parked: Parked) -> None:
+    """Issue 13 hole 4 (session fixation): an attacker plants the cookie of a session they hold
+    (zoe@west) in a browser; the victim signs in there as zoe@east. The attacker's cookie is
+    revoked by that sign-in and never reaches the east tenant; the victim's new cookie does."""
+    w = parked.world
+    with browser(w) as attacker:
+        planted = sign_in(attacker, w.tokens["zoe@west"])
+    with browser(w) as victim:
+        signed = victim.post("/api/session", json={"token": w.tokens["zoe@east"]},
+                             headers={"Cookie": f"af_session={planted.cookie}"})  # fmt: skip
+        assert signed.status_code == 200 and signed.json()["tenant"] == EAST
+        fresh = Session(signed.cookies["af_session"], signed.json()["csrf"])
+        assert fresh.cookie != planted.cookie and fresh.csrf != planted.csrf
+        victim.cookies.clear()
+        assert [r["id"] for r in victim.get("/api/runs", headers=fresh.headers()).json()["runs"]] == ["east-done",
+                                                                                                       "east-1"]  # fmt: skip
+    with browser(w) as attacker:
+        assert_error(attacker.get("/api/runs", headers=planted.headers()), 401, "session_expired")
+        assert_error(attacker.put("/api/session/tenant", json={"tenant": EAST}, headers=planted.headers()), 401,
+                     "session_expired")  # fmt: skip
 
 
 # == 6. injection: the API marks, it does not sanitise ================================================
