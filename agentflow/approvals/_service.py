@@ -88,11 +88,17 @@ class Approvals:
     def operators(self, *, tenant: str | None = None) -> _List[Principal]:
         return [_principal(p) for p in self.store.read(lambda tx: tx.principals.list(tenant=tenant))]
 
-    def authenticate(self, token: str | None, *, approval_id: str | None = None) -> Principal:
+    def authenticate(self, token: str | None, *, approval_id: str | None = None, audit: bool = True) -> Principal:
         """The operator a token belongs to.
 
+        Args:
+            token: the operator's token.
+            approval_id: the request the caller was about to decide (recorded with a refusal).
+            audit: record a refusal in the audit trail (a server throttling guessers passes False
+                past its audit budget and records a summary instead: `audit_refusals`).
+
         Raises:
-            AuthenticationError: missing, unknown or disabled token (audited).
+            AuthenticationError: missing, unknown or disabled token (audited unless `audit=False`).
         """
         found = self.store.read(lambda tx: tx.principals.by_token_hash(token_hash(token))) if token else None
         if found is None:
@@ -100,12 +106,18 @@ class Approvals:
                 "the operator token is missing or unknown: pass the token `agentflow operators add` printed",
                 code="bad_token",
             )
-            now = self._now()
-            self._transact(lambda tx: tx.audit.add(at=now, tenant=None, actor="anonymous", action="authenticate",
-                                                   approval_id=approval_id, run_id=None, outcome="refused",
-                                                   reason=error.message))  # fmt: skip
+            if audit:
+                self.audit_refusals(1, error.message, approval_id=approval_id)
             raise error
         return _principal(found)
+
+    def audit_refusals(self, count: int, reason: str, *, approval_id: str | None = None) -> None:
+        """Record refused authentications (one row, `count` of them when several are summed up)."""
+        now = self._now()
+        why = reason if count == 1 else f"{count} refused: {reason}"
+        self._transact(lambda tx: tx.audit.add(at=now, tenant=None, actor="anonymous", action="authenticate",
+                                               approval_id=approval_id, run_id=None, outcome="refused",
+                                               reason=why))  # fmt: skip
 
     def principal(self, principal_id: str) -> Principal | None:
         """The enabled operator with this id (a session re-reads it on every request, so a

@@ -25,6 +25,7 @@ from agentflow.chat import Chat
 from agentflow.engine import App, Worker
 from agentflow.server import _routes_approvals, _routes_runs, _routes_session
 from agentflow.server._errors import install_error_handlers
+from agentflow.server._limits import DEFAULT_MAX_BODY, AuthThrottle, BodyLimit
 from agentflow.server._sessions import DEFAULT_TTL, Sessions
 from agentflow.server._state import Served
 
@@ -47,6 +48,8 @@ def create_app(
     secure_cookies: bool = False,
     session_ttl: float = DEFAULT_TTL,
     poll_interval: float = 0.25,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
+    throttle: AuthThrottle | None = None,
 ) -> FastAPI:
     """The web chat and JSON API over `app`.
 
@@ -57,12 +60,16 @@ def create_app(
         secure_cookies: mark the session cookie Secure (serve behind HTTPS).
         session_ttl: seconds a browser session lasts.
         poll_interval: seconds between looks at the store for live updates.
+        max_body_bytes: request bodies over this are refused (413) before they are read.
+        throttle: failed-authentication limits per client and the audit budget (default:
+            10 failures per client a minute, 60 audited failures a minute in all).
     """
     # Nothing here opens the store: a module that builds the ASGI app at import time opens no
     # connection before a server forks its workers.
     chat = Chat.of(app)
     state = Served(
-        chat=chat, sessions=Sessions(chat, ttl=session_ttl), workflow=agent_workflow(app, agent),
+        chat=chat, sessions=Sessions(chat, ttl=session_ttl), throttle=throttle or AuthThrottle(),
+        workflow=agent_workflow(app, agent),
         secure_cookies=secure_cookies, session_ttl=session_ttl, poll_interval=poll_interval,
     )  # fmt: skip
 
@@ -84,6 +91,7 @@ def create_app(
         lifespan=lifespan,
     )
     api.state.served = state
+    api.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     install_error_handlers(api)
 
     @api.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from agentflow.approvals import Principal
+from agentflow.errors import AuthenticationError
 from agentflow.server._sessions import COOKIE, SessionInfo
 from agentflow.server._state import Served, served
 
@@ -16,11 +17,13 @@ _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 class ApiError(Exception):
-    """An error answered as `{"error": {...}}` with `status`."""
+    """An error answered as `{"error": {...}}` with `status` (and `headers`, e.g. Retry-After)."""
 
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
+                 **extra: Any) -> None:  # fmt: skip
         super().__init__(message)
         self.status, self.code, self.message, self.extra = status, code, message, extra
+        self.headers = headers or {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +39,7 @@ def actor(request: Request, state: Annotated[Served, Depends(served)]) -> Actor:
     carry the session's CSRF value)."""
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
-        return Actor(state.chat.approvals.authenticate(header[7:].strip()), None)
+        return Actor(authenticate(state, request, header[7:].strip()), None)
     cookie = request.cookies.get(COOKIE)
     session = state.sessions.find(cookie) if cookie else None
     if session is None:
@@ -45,6 +48,26 @@ def actor(request: Request, state: Annotated[Served, Depends(served)]) -> Actor:
     if request.method in _UNSAFE:
         _check_csrf(request, session)
     return Actor(state.sessions.principal(session), session)
+
+
+def authenticate(state: Served, request: Request, token: str) -> Principal:
+    """The operator of `token`, unless the client failed too often lately (429, nothing looked
+    up). Failures are audited one by one up to the server's audit budget, then summed up."""
+    client = request.client.host if request.client else "unknown"
+    wait = state.throttle.retry_after(client)
+    if wait is not None:
+        raise ApiError(429, "too_many_attempts", f"too many failed sign-ins from {client}: try again in {wait:.0f} s",
+                       headers={"Retry-After": str(int(wait))})  # fmt: skip
+    approvals = state.chat.approvals
+    try:
+        return approvals.authenticate(token, audit=False)
+    except AuthenticationError as exc:
+        if state.throttle.failed(client):
+            skipped = state.throttle.unaudited()
+            if skipped:
+                approvals.audit_refusals(skipped, "failed sign-ins over the audit budget, summed up")
+            approvals.audit_refusals(1, f"{exc.message} (from {client})")
+        raise
 
 
 Who = Annotated[Actor, Depends(actor)]

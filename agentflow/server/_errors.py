@@ -28,7 +28,9 @@ def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
 def install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, **exc.extra)
+        answer = _error(exc.status, exc.code, exc.message, **exc.extra)
+        answer.headers.update(exc.headers)
+        return answer
 
     @api.exception_handler(ApprovalError)
     async def approval_error(_: Request, exc: ApprovalError) -> JSONResponse:

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from agentflow.server._auth import Actor, ApiError, State, Who
+from agentflow.server._auth import Actor, ApiError, State, Who, authenticate
 from agentflow.server._models import SessionBody, TenantBody
 from agentflow.server._sessions import COOKIE
 from agentflow.server._state import Served
@@ -24,7 +24,8 @@ def session_body(state: Served, who: Actor) -> dict[str, Any]:
 @router.post("")
 def sign_in(body: SessionBody, request: Request, response: Response, state: State) -> dict[str, Any]:
     """Sign in with an operator token: sets the session cookie; the body carries the CSRF value."""
-    secret, info = state.sessions.sign_in(body.token, tenant=body.tenant, cookie=request.cookies.get(COOKIE))
+    principal = authenticate(state, request, body.token)
+    secret, info = state.sessions.sign_in(principal, tenant=body.tenant, cookie=request.cookies.get(COOKIE))
     response.set_cookie(COOKIE, secret, max_age=int(state.session_ttl), httponly=True, samesite="strict",
                         secure=state.secure_cookies, path="/")  # fmt: skip
     return session_body(state, Actor(state.sessions.principal(info), info))

@@ -50,18 +50,16 @@ class Sessions:
     def store(self) -> EventStore:
         return self.chat.store
 
-    def sign_in(self, token: str, *, tenant: str | None, cookie: str | None) -> tuple[str, SessionInfo]:
-        """Check `token`; return the cookie secret and session. Every sign-in makes a fresh
+    def sign_in(self, principal: Principal, *, tenant: str | None, cookie: str | None) -> tuple[str, SessionInfo]:
+        """Sign `principal` in (its token was checked); return the cookie secret and session. Every sign-in makes a fresh
         session id (and CSRF value) and revokes the one the browser sent: a cookie planted in a
         browser before its user signs in is worth nothing afterwards. Signing in with another
         tenant's token of the operator already signed in carries that operator's tenants over;
         each of them joined with its own token.
 
         Raises:
-            AuthenticationError: unknown token (audited by `Approvals.authenticate`).
             ApprovalRefused: `tenant` is given and is not the token's (code wrong_tenant).
         """
-        principal = self.approvals.authenticate(token)
         if tenant is not None and tenant != principal.tenant:
             raise ApprovalRefused(
                 f"this token is {principal.name}'s in tenant {principal.tenant}, not {tenant}: "

@@ -9,6 +9,7 @@ from fastapi import Request
 
 from agentflow.chat import Chat
 from agentflow.engine import Workflow
+from agentflow.server._limits import AuthThrottle
 from agentflow.server._sessions import Sessions
 
 
@@ -18,6 +19,7 @@ class Served:
 
     chat: Chat
     sessions: Sessions
+    throttle: AuthThrottle
     workflow: Workflow[Any, Any]
     secure_cookies: bool
     session_ttl: float
