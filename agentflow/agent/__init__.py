@@ -5,6 +5,7 @@ from agentflow.agent._chat import MODEL_RETRY, Budget, chat, spent
 from agentflow.agent._gate import Gated, Policies, authorize, default_policy
 from agentflow.agent._outcome import (
     Decision,
+    Limits,
     Outcome,
     Plan,
     PlanStep,
@@ -20,6 +21,7 @@ __all__ = [
     "Budget",
     "Decision",
     "Gated",
+    "Limits",
     "Outcome",
     "Plan",
     "PlanStep",

@@ -15,7 +15,7 @@ import asyncio
 import inspect
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
@@ -23,7 +23,7 @@ from langchain_core.tools import BaseTool
 
 from agentflow.agent._chat import Budget, chat, spent
 from agentflow.agent._gate import Policies, default_policy, gate, resolve_policies
-from agentflow.agent._outcome import Ended, Outcome, RunState, ToolCallRecord
+from agentflow.agent._outcome import Ended, Limits, Outcome, RunState, ToolCallRecord
 from agentflow.agent._plan import run_plan
 from agentflow.engine import Activity, App, Client, RetryPolicy, RunHandle, Workflow, WorkflowContext
 from agentflow.errors import (
@@ -56,6 +56,7 @@ class Agent:
             structured plan, each step carried out and recorded, a recorded re-plan on failure).
         max_replans: plan mode: re-plans allowed before the run ends `failed`.
         step_turns: plan mode: model calls allowed for one plan step.
+        limits: bounds on answer size, tool calls per answer, tool output size and run time.
     """
 
     name: str
@@ -69,6 +70,7 @@ class Agent:
     mode: Literal["react", "plan"] = "react"
     max_replans: int = 2
     step_turns: int = 4
+    limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tools]
@@ -95,6 +97,8 @@ class Agent:
         (`agentflow.llm.tool(..., compensate="rollback_change")`), the compensations run in
         reverse order, each a recorded tool step, before the cancellation or error goes on."""
         state = RunState()
+        if self.limits.max_run_seconds is not None:
+            state.started = ctx.now().timestamp()
         try:
             if self.mode == "plan":
                 return await run_plan(self, ctx, task, state)
@@ -112,7 +116,9 @@ class Agent:
         self, ctx: WorkflowContext, messages: list[BaseMessage], tools: Sequence[BaseTool], state: RunState
     ) -> AIMessage:
         """One recorded, budgeted model call (raises `BudgetExceeded` before spending)."""
-        response = await chat(ctx, self.model, messages, list(tools), budget=self.budget, prices=self.prices)
+        response = await chat(ctx, self.model, messages, list(tools), budget=self.budget, prices=self.prices,
+                              max_response_chars=self.limits.max_response_chars,
+                              max_tool_calls=self.limits.max_tool_calls_per_turn)  # fmt: skip
         state.turns += 1
         return response.message
 
@@ -124,6 +130,9 @@ class Agent:
         for _ in range(limit or self.max_turns):
             if state.turns >= self.max_turns:
                 break
+            late = self._out_of_time(ctx, state)
+            if late:
+                return Ended("time_limit", detail=late)
             try:
                 message = await self.ask(ctx, messages, self.tools, state)
             except BudgetExceeded as exc:
@@ -140,6 +149,15 @@ class Agent:
             state.records.extend(r for r, _ in done)
             messages.extend(m for _, m in [*done, *feedback])
         return Ended("max_turns", detail=f"no answer after {min(state.turns, limit or self.max_turns)} model calls")
+
+    def _out_of_time(self, ctx: WorkflowContext, state: RunState) -> str:
+        """Why the run may not make another model call ('' when it may): its time is up."""
+        if state.started is None or self.limits.max_run_seconds is None:
+            return ""
+        spent_s = ctx.now().timestamp() - state.started
+        if spent_s <= self.limits.max_run_seconds:
+            return ""
+        return f"the run took {spent_s:.0f} s, over its limit of {self.limits.max_run_seconds:g} s"
 
     # -- runs of their own -----------------------------------------------------------------
     @property
@@ -281,8 +299,10 @@ class Agent:
     async def _execute(
         self, ctx: WorkflowContext, tool: BaseTool, facts: ToolFacts, call_id: str, args: dict[str, Any]
     ) -> str:
+        limit = self.limits.max_tool_output_chars
+
         async def invoke() -> str:
-            return _as_text(await tool.ainvoke(args))
+            return _cut(_as_text(await tool.ainvoke(args)), limit)
 
         async def reconcile(key: str) -> str | None:
             # The tool's reconcile answers with the tool's output: recorded as text, like invoke's.
@@ -296,6 +316,13 @@ class Agent:
             reconcile=reconcile if facts.reconcile is not None else None, kind="tool",
         )  # fmt: skip
         return await ctx.run_step(step, request=canonical_json({"tool": tool.name, "call": call_id, "args": args}))
+
+
+def _cut(text: str, limit: int | None) -> str:
+    """A tool output cut at `limit` characters before it is recorded (said in the text)."""
+    if limit is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}\n[agentflow: the output was cut at {limit} of {len(text)} characters]"
 
 
 def _as_text(out: Any) -> str:

@@ -52,6 +52,10 @@ MODEL_RETRY = RetryPolicy(
     max_interval=30.0,
     non_retryable=(ModelBadRequest, ModelAuthError, ModelRequestsForbidden),
 )
+#: Characters of one model answer kept (a 10 MB answer would be stored and re-sent whole).
+MAX_RESPONSE_CHARS = 100_000
+#: Tool calls run from one model answer (a runaway model asked for 2,000 at once).
+MAX_TOOL_CALLS = 20
 _USAGE_KEY = "agentflow.usage"
 _LAST_REQUEST_KEY = "agentflow.last_request"
 
@@ -87,12 +91,18 @@ async def chat(
     prices: PriceTable | None = None,
     retry: RetryPolicy = MODEL_RETRY,
     recover: Literal["strict", "lenient", "off"] = "strict",
+    max_response_chars: int | None = MAX_RESPONSE_CHARS,
+    max_tool_calls: int | None = MAX_TOOL_CALLS,
 ) -> ModelResponse:
     """Call `model` once as a recorded step of the workflow `ctx` belongs to.
 
     `recover` says when tool calls written as fenced JSON in the text become tool calls:
     "strict" (default) only when the text is nothing but such blocks (a model quoting a block
     while explaining it is not calling it), "lenient" whenever a block names an offered tool.
+
+    A runaway answer is bounded before it is recorded: text past `max_response_chars` is cut
+    (`truncated_chars` says how much), and tool calls past `max_tool_calls` in one answer become
+    invalid calls (not run; the model is told why). None lifts a limit.
 
     Raises:
         ContextWindowExceeded / BudgetExceeded: before anything is sent.
@@ -121,7 +131,9 @@ async def chat(
 
     async def invoke() -> ModelResponse:
         response = await model.agenerate(messages, schemas, max_tokens=budget.max_output_tokens if budget else None)
-        return _finish(response, tools, counted.tokens, counted.approximate, prices, model.name, recover, seq)
+        bounded = _bounded(response, max_response_chars)
+        finished = _finish(bounded, tools, counted.tokens, counted.approximate, prices, model.name, recover, seq)
+        return _at_most(finished, max_tool_calls)
 
     def encode(response: ModelResponse) -> tuple[str, dict[str, str]]:
         digest, data = message_blob(response.message)
@@ -311,3 +323,29 @@ def _finish(
             "count_approximate": approximate,
         }
     )
+
+
+def _bounded(response: ModelResponse, limit: int | None) -> ModelResponse:
+    """The answer with its text cut at `limit` characters (said in the text and recorded)."""
+    content = response.message.content
+    if limit is None or not isinstance(content, str) or len(content) <= limit:
+        return response
+    cut = f"{content[:limit]}\n[agentflow: the answer was cut at {limit} of {len(content)} characters]"
+    message = response.message.model_copy(update={"content": cut})
+    return response.model_copy(update={"message": message, "truncated_chars": len(content) - limit})
+
+
+def _at_most(response: ModelResponse, limit: int | None) -> ModelResponse:
+    """At most `limit` tool calls run from one answer; the others become invalid calls."""
+    calls = response.message.tool_calls
+    if limit is None or len(calls) <= limit:
+        return response
+    why = f"not run: at most {limit} tool calls are run from one answer; call again for what is left"
+    refused = [
+        InvalidToolCall(name=c["name"], args=json.dumps(c["args"]), id=c.get("id"), type="invalid_tool_call", error=why)
+        for c in calls[limit:]
+    ]
+    message = response.message.model_copy(
+        update={"tool_calls": calls[:limit], "invalid_tool_calls": [*response.message.invalid_tool_calls, *refused]}
+    )
+    return response.model_copy(update={"message": message})

@@ -52,13 +52,34 @@ class PlanStepRecord(BaseModel):
     result: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one agent run may produce, so a runaway or hostile model cannot fill the
+    store or hold a worker. Hitting one is recorded and told to the model, or ends the run with
+    its own outcome; None lifts a limit.
+
+    Args:
+        max_response_chars: characters of one model answer kept (the rest cut, said so).
+        max_tool_calls_per_turn: tool calls run from one answer (the rest refused as invalid).
+        max_tool_output_chars: characters of one tool output recorded and shown to the model.
+        max_run_seconds: engine-clock seconds the run may take, checked before each model call
+            (the outcome is `time_limit`); off by default: a run that waits hours for a
+            maintenance window or an approval is not a runaway.
+    """
+
+    max_response_chars: int | None = 100_000
+    max_tool_calls_per_turn: int | None = 20
+    max_tool_output_chars: int | None = 50_000
+    max_run_seconds: float | None = None
+
+
 class Outcome(BaseModel):
     """How an agent run ended: a typed outcome, returned (and recorded as the run's result).
 
     `failed` is a plan-and-execute run that could not make a valid plan, or whose steps kept
     failing after `max_replans` re-plans; cancellation and errors end the run itself."""
 
-    status: Literal["answered", "max_turns", "budget_exceeded", "failed"]
+    status: Literal["answered", "max_turns", "budget_exceeded", "time_limit", "failed"]
     answer: str | None = None
     turns: int = 0
     tool_calls: list[ToolCallRecord] = Field(default_factory=list)
@@ -79,12 +100,13 @@ class RunState:
     turns: int = 0  # model calls made
     records: list[ToolCallRecord] = field(default_factory=list)  # every tool call, in order
     ran: list[ToolCallRecord] = field(default_factory=list)  # calls that ran, in finishing order
+    started: float | None = None  # the run's start on the engine clock (recorded), when timed
 
 
 @dataclass(frozen=True)
 class Ended:
     """How one stretch of the ReAct loop ended."""
 
-    status: Literal["answered", "max_turns", "budget_exceeded"]
+    status: Literal["answered", "max_turns", "budget_exceeded", "time_limit"]
     answer: str | None = None
     detail: str = ""

@@ -189,7 +189,9 @@ async def _execute(
         first = len(state.records)
         messages.append(HumanMessage(_step_request(number, version, step)))
         ended = await agent.react(ctx, messages, state, limit=agent.step_turns)
-        if ended.status == "budget_exceeded" or (ended.status == "max_turns" and state.turns >= agent.max_turns):
+        if ended.status in ("budget_exceeded", "time_limit") or (
+            ended.status == "max_turns" and state.turns >= agent.max_turns
+        ):
             return ended
         problem = _step_problem(ended, state.records[first:])
         record = PlanStepRecord(

@@ -34,6 +34,8 @@ class ModelResponse(BaseModel):
     finish_reason: str | None = None
     #: The response was cut at the output limit (finish_reason "length").
     truncated: bool = False
+    #: Characters of the answer's text cut before it was recorded (the caller's size limit).
+    truncated_chars: int = 0
     #: The model declined to answer (OpenAI's `refusal` field).
     refusal: str | None = None
     #: Tool calls recovered from fenced JSON in the text (small local models do that).

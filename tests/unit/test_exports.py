@@ -43,6 +43,7 @@ EXPORTS = {
         "Budget",
         "Decision",
         "Gated",
+        "Limits",
         "Outcome",
         "Plan",
         "PlanStep",

@@ -14,7 +14,7 @@ from langchain_core.tools import BaseTool
 import agentflow.llm as llm
 import agentflow_noc as noc
 from agentflow import App, WorkflowContext
-from agentflow.agent import Agent, authorize
+from agentflow.agent import Agent, Limits, authorize
 from agentflow.approvals import Approvals
 from agentflow.errors import ApprovalRefused
 from agentflow.policy import CallFacts, decide, parse_pack
@@ -315,3 +315,84 @@ def test_a_target_the_tool_cannot_name_is_denied_not_failed(app: App) -> None:
 
     out = app.run(wf, run_id="odd")
     assert out.startswith("denied: denied by policy (invalid-target)") and "'XX' is not a site id" in out
+
+
+# -- hole 8: runaway outputs are bounded, and hitting a bound is a recorded outcome -----------------
+@llm.tool(side_effect="none", target="site")
+def dump(site: str) -> str:
+    """Return a huge blob of text."""
+    return "z" * 1_000_000
+
+
+def bounded_agent(*responses: Any, **limits: Any) -> Agent:
+    return Agent(name="runaway", model=llm.LangChainChat(ScriptedChatModel(responses=list(responses))),
+                 tools=[get_kpis, dump], limits=Limits(**limits))  # fmt: skip
+
+
+def run_bounded(app: App, agent: Agent) -> dict[str, Any]:
+    @app.workflow(name="bounded")
+    async def wf(ctx: WorkflowContext, task: str) -> dict[str, Any]:
+        return (await agent.run(ctx, task)).model_dump()
+
+    return app.run(wf, "go", run_id="b")
+
+
+def stored_bytes(app: App) -> int:
+    return sum(len(s.result or "") + len(s.args or "") for s in app.history("b")) + sum(
+        len(v) for v in app.store.get_blobs([h for s in app.history("b") for h in _refs(s)]).values()
+    )
+
+
+def _refs(step: Any) -> list[str]:
+    body = json.loads(step.result or "{}") if step.kind == "llm" and step.status == "completed" else {}
+    return [body["message"]] if isinstance(body.get("message"), str) else []
+
+
+def test_a_ten_megabyte_answer_is_cut_before_it_is_recorded(app: App) -> None:
+    """The answer is kept to the limit (said so in its text and in `truncated_chars`); the store
+    holds about the limit, not the 10 MB (before: stored whole)."""
+    out = run_bounded(app, bounded_agent("A" * 10_000_000, max_response_chars=5_000))
+    assert out["status"] == "answered" and out["answer"].startswith("A" * 5_000)
+    assert out["answer"].endswith("[agentflow: the answer was cut at 5000 of 10000000 characters]")
+    (llm_step,) = [s for s in app.history("b") if s.kind == "llm"]
+    assert json.loads(llm_step.result or "{}")["truncated_chars"] == 10_000_000 - 5_000
+    assert stored_bytes(app) < 20_000
+
+
+def test_two_thousand_calls_in_one_answer_run_at_most_the_limit(app: App) -> None:
+    """2,000 tool calls in one answer: 20 run, the other 1,980 go back to the model as invalid
+    (before: all ran, 4,000 steps)."""
+    calls = {"tool_calls": [{"name": "get_kpis", "args": {"site": f"CS-{100 + i % 20}"}} for i in range(2_000)]}
+    out = run_bounded(app, bounded_agent(calls, "done"))
+    statuses = [c["status"] for c in out["tool_calls"]]
+    assert statuses.count("ok") == 20 and statuses.count("invalid") == 1_980 and out["status"] == "answered"
+    assert sum(1 for s in app.history("b") if s.kind == "tool") == 20
+    refused = [c["result"] for c in out["tool_calls"] if c["status"] == "invalid"]
+    assert all("at most 20 tool calls are run from one answer" in r for r in refused)
+
+
+def test_a_huge_tool_output_is_cut_before_it_is_recorded(app: App) -> None:
+    out = run_bounded(app, bounded_agent(call("dump", site="CS-101"), "done", max_tool_output_chars=1_000))
+    result = out["tool_calls"][0]["result"]
+    assert result.startswith("z" * 1_000) and result.endswith("cut at 1000 of 1000000 characters]")
+    (tool_step,) = [s for s in app.history("b") if s.kind == "tool"]
+    assert len(tool_step.result or "") < 1_200
+
+
+def test_a_run_over_its_time_ends_with_its_own_outcome(make_app: Any) -> None:
+    """With `max_run_seconds`, a run whose engine clock passed the limit makes no further model
+    call: its outcome is `time_limit`, recorded like any outcome."""
+    clock = TestClock(start=1_700_000_000, skip=False)
+    app = make_app(clock=clock)
+
+    @llm.tool(side_effect="none", target="site")
+    def slow_read(site: str) -> str:
+        """A read that takes ten minutes of engine time."""
+        clock.advance(600)
+        return "read"
+
+    agent = Agent(name="slow", model=llm.LangChainChat(ScriptedChatModel(responses=[
+        call("slow_read", site="CS-101"), call("slow_read", site="CS-102"), "done"])),
+        tools=[slow_read], limits=Limits(max_run_seconds=300))  # fmt: skip
+    out = run_bounded(app, agent)
+    assert (out["status"], out["turns"]) == ("time_limit", 1) and "over its limit of 300 s" in out["detail"]
