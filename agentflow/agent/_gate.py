@@ -30,7 +30,16 @@ from agentflow.approvals import ApprovalRequest, Approvals, approval_signal_name
 from agentflow.engine import Activity, RetryPolicy, WorkflowContext, current_activity
 from agentflow.errors import ConfigurationError, WaitTimeout
 from agentflow.llm import ToolFacts, canonical_json, tool_facts
-from agentflow.policy import DEFAULT_APPROVAL, CallFacts, PolicyDecision, PolicyPack, decide, invalid_call, load_pack
+from agentflow.policy import (
+    DEFAULT_APPROVAL,
+    CallFacts,
+    Conditions,
+    PolicyDecision,
+    PolicyPack,
+    decide,
+    invalid_call,
+    load_pack,
+)
 from agentflow.store import PolicyUsage, Tx, unrepresentable
 
 if TYPE_CHECKING:
@@ -184,10 +193,17 @@ async def _decide(
         now = app.clock.now()
 
         held_rule = Approvals.of(app).get(approved).rule if approved is not None else None
+        deciding = (about.run_id, about.usage_key)
+        # Conditions are evaluated here, outside the write transaction (CEL may take up to its
+        # budget); inside it, the usage counts are read again and an unchanged activation reuses
+        # these results: the store's write lock is never held while CEL runs, unless a concurrent
+        # run changed the counts in between.
+        conditions: Conditions = {}
+        app.store.read(lambda tx: decide(policies, about, now, tx.usage(deciding=deciding), conditions))
 
         def body(tx: Tx) -> PolicyDecision:
-            usage = tx.usage(deciding=(about.run_id, about.usage_key))
-            decision = decide(policies, about, now, usage)
+            usage = tx.usage(deciding=deciding)
+            decision = decide(policies, about, now, usage, conditions)
             covered = decision.effect == "require_approval" and held_rule == _approval_rule(decision)
             if decision.effect == "allow" or covered:
                 _reserve(usage, about, now)

@@ -1,7 +1,16 @@
 """Policy packs: which tool calls run, which are denied, which need people or a maintenance
 window. A pack is YAML validated by pydantic (format: policies/README.md); conditions are CEL."""
 
-from agentflow.policy._engine import DEFAULT_APPROVAL, CallFacts, NoUsage, PolicyDecision, Usage, decide, invalid_call
+from agentflow.policy._engine import (
+    DEFAULT_APPROVAL,
+    CallFacts,
+    Conditions,
+    NoUsage,
+    PolicyDecision,
+    Usage,
+    decide,
+    invalid_call,
+)
 from agentflow.policy._pack import (
     SCHEMA_VERSION,
     ApprovalSpec,
@@ -21,6 +30,7 @@ __all__ = [
     "ApprovalSpec",
     "BlastRadius",
     "CallFacts",
+    "Conditions",
     "MaintenanceWindow",
     "Match",
     "NoUsage",

@@ -12,6 +12,7 @@ as matching for deny, limit, defer and require_approval rules, and as not matchi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -117,18 +118,31 @@ def activation(pack: PolicyPack | None, facts: CallFacts, now: float, usage: Usa
     }
 
 
-def decide(pack: PolicyPack | None, facts: CallFacts, now: float, usage: Usage | None = None) -> PolicyDecision:
-    """The pack's decision on one call at time `now` (see the module docstring for the order)."""
+#: Condition results by (rule id, the activation they saw): see `decide(conditions=...)`.
+Conditions = dict[tuple[str, str], tuple[bool, str]]
+
+
+def decide(
+    pack: PolicyPack | None, facts: CallFacts, now: float, usage: Usage | None = None,
+    conditions: Conditions | None = None,
+) -> PolicyDecision:  # fmt: skip
+    """The pack's decision on one call at time `now` (see the module docstring for the order).
+
+    `conditions` keeps each condition's result with the activation it saw: a second decision of
+    the same call (inside the store transaction that records it) reuses them when the activation
+    is unchanged, so conditions are evaluated outside that transaction, not while it holds the
+    store's write lock."""
     usage = usage or NoUsage()
     name, digest = (pack.name, pack.version_hash) if pack else ("default", "")
     refused = invalid_call(facts, name, digest)
     if refused is not None:
         return refused
     env = activation(pack, facts, now, usage)
+    seen = json.dumps(env, sort_keys=True, default=str) if conditions is not None else ""
     found: dict[str, tuple[Rule, str]] = {}
     matched: list[str] = []
     for rule in pack.rules if pack else []:
-        hit, note = _matches(rule, facts, env)
+        hit, note = _matches(rule, facts, env, conditions, seen)
         if not hit:
             continue
         matched.append(rule.id)
@@ -191,12 +205,23 @@ def _strictest(
                           reason=f"{facts.tool} has side effects", **base)  # fmt: skip
 
 
-def _matches(rule: Rule, facts: CallFacts, env: dict[str, Any]) -> tuple[bool, str]:
+def _matches(
+    rule: Rule, facts: CallFacts, env: dict[str, Any], conditions: Conditions | None = None, seen: str = ""
+) -> tuple[bool, str]:
     if not rule.match.matches(facts.tool, set(_tags(facts))):
         return False, ""
     if rule.when is None:
         return True, ""
+    key = (rule.id, seen)
+    if conditions is not None and key in conditions:
+        return conditions[key]
     value, problem = evaluate_condition(rule.when, env)
+    if conditions is not None:
+        conditions[key] = _judged(rule, value, problem)
+    return _judged(rule, value, problem)
+
+
+def _judged(rule: Rule, value: bool | None, problem: str) -> tuple[bool, str]:
     if value is None:  # fail closed: only an allow is dropped
         return rule.effect != "allow", f"({rule.id}: {problem})"
     return value, ""

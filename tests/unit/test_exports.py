@@ -180,6 +180,7 @@ EXPORTS = {
         "ApprovalSpec",
         "BlastRadius",
         "CallFacts",
+        "Conditions",
         "MaintenanceWindow",
         "Match",
         "NoUsage",

@@ -396,3 +396,85 @@ def test_a_run_over_its_time_ends_with_its_own_outcome(make_app: Any) -> None:
         tools=[slow_read], limits=Limits(max_run_seconds=300))  # fmt: skip
     out = run_bounded(app, agent)
     assert (out["status"], out["turns"]) == ("time_limit", 1) and "over its limit of 300 s" in out["detail"]
+
+
+# -- hole 7: conditions have a cost bound, and are not evaluated under the write lock --------------
+SEVEN = "[1, 2, 3, 4, 5, 6, 7]"
+COSTLY = (f"{SEVEN}.map(a, {SEVEN}.map(b, {SEVEN}.map(c, {SEVEN}.map(d, {SEVEN}.map(e, a + b + c + d + e)"
+          ".size()).size()).size()).size()).size() > 0")  # fmt: skip
+
+
+def test_a_pack_whose_condition_is_over_the_budget_is_refused_where_it_is_written() -> None:
+    """16,807 elements passed `policy check` and then held the write lock for 12 s; now the pack
+    is refused at load, naming the line and why."""
+    from agentflow.errors import PolicyError
+
+    text = f"""schema_version: 1
+name: costly
+rules:
+  - id: slow
+    match: {{tools: [apply_change]}}
+    when: '{COSTLY}'
+    effect: deny
+    reason: slow
+"""
+    with pytest.raises(PolicyError, match="too costly") as refused:
+        parse_pack(text, source="costly.yaml")
+    assert refused.value.line == 6 and "costly.yaml:6" in str(refused.value)
+
+
+def test_a_condition_costly_on_its_data_fails_closed_within_the_budget() -> None:
+    """Cheap on an empty call, costly on the model's arguments: evaluation stops at the budget
+    (well under a second), a deny rule then applies and an allow rule does not."""
+    import time
+
+    cond = "args.items.map(a, args.items.map(b, args.items.map(c, a + b + c).size()).size()).size() > 0"
+    pack = parse_pack(f"""schema_version: 1
+name: data
+rules:
+  - {{id: guard, match: {{tools: [apply_change]}}, when: '{cond}', effect: deny, reason: too many items}}
+  - {{id: ok, match: {{tools: [get_kpis]}}, when: '{cond}', effect: allow}}
+""")  # fmt: skip
+    items = list(range(200))
+    started = time.monotonic()
+    denied = decide(pack, CallFacts(tool="apply_change", args={"items": items}), 1.0)
+    reads = decide(pack, CallFacts(tool="get_kpis", args={"items": items}, side_effect=False), 1.0)
+    assert time.monotonic() - started < 2.0
+    assert (denied.effect, denied.rule) == ("deny", "guard") and "too costly" in denied.reason
+    assert reads.rule == "default:read-only"  # the allow rule did not match: it failed closed
+
+
+def test_conditions_are_not_evaluated_inside_the_write_transaction(app: App, monkeypatch: Any) -> None:
+    """The gate evaluates conditions before the decision's transaction; inside it, only usage is
+    read again and the results are reused (before, CEL ran with the store's write lock held)."""
+    import agentflow.policy._engine as engine
+
+    inside = {"now": False, "evaluated_inside": 0, "evaluated": 0}
+    real_eval, real_tx = engine.evaluate_condition, type(app.store).transaction
+
+    def spy_eval(source: str, env: Any) -> Any:
+        inside["evaluated"] += 1
+        inside["evaluated_inside"] += inside["now"]
+        return real_eval(source, env)
+
+    def spy_tx(store: Any, body: Any, **kw: Any) -> Any:
+        def wrapped(tx: Any) -> Any:
+            inside["now"] = True
+            try:
+                return body(tx)
+            finally:
+                inside["now"] = False
+
+        return real_tx(store, wrapped, **kw)
+
+    monkeypatch.setattr(engine, "evaluate_condition", spy_eval)
+    monkeypatch.setattr(type(app.store), "transaction", spy_tx)
+
+    @app.workflow(name="tx")
+    async def wf(ctx: WorkflowContext) -> str:
+        verdict = await authorize(ctx, apply_change, {"site": "CS-101", "param": "txPower", "value": 40.0},
+                                  call_id="c", policies=PACK)  # fmt: skip
+        return verdict.decision.rule
+
+    assert app.run(wf, run_id="tx") == "changes"
+    assert inside["evaluated"] >= 1 and inside["evaluated_inside"] == 0
