@@ -100,8 +100,9 @@ class Client:
     Args:
         db: the store's URL (default `AGENTFLOW_DB`, else `sqlite:///agentflow.db`).
         store: an open store to use instead of `db` (not closed by `close()`).
-        clock: the clock run times are taken from (default: the system clock); use the App's
-            when the App runs on a shifted or time-skipping clock.
+        clock: the clock run times are taken from. Default: the clock the store's workers run
+            on (a worker records its App's `SystemClock` offset in the store), else the system
+            clock: every surface on a store agrees on what time it is.
         synchronous: durability of the store opened from `db` (see `App`).
         busy_timeout: seconds a writer waits for a lock (see `App`).
         workflows: registered workflows by name (an App's), so results decode into the
@@ -122,7 +123,7 @@ class Client:
             raise ConfigurationError("pass the store's URL (db=...) or an open store (store=...), not both")
         self.db = store.url if store is not None else resolve_url(db)
         parse_url(self.db)  # an unsupported URL, or PostgreSQL without its driver, fails here
-        self.clock: Clock = clock or SystemClock()
+        self._clock = clock
         self._store = store
         self._owns_store = store is None
         self._options: dict[str, Any] = {"synchronous": synchronous, "busy_timeout": busy_timeout}
@@ -134,6 +135,13 @@ class Client:
         if self._store is None:
             self._store = EventStore(self.db, **self._options)
         return self._store
+
+    @property
+    def clock(self) -> Clock:
+        """The clock given, else the one the store's application declared (read on first use)."""
+        if self._clock is None:
+            self._clock = SystemClock(offset=declared_offset(self.store))
+        return self._clock
 
     def close(self) -> None:
         """Close the connections of the store this client opened (a store passed in is left
@@ -231,6 +239,28 @@ class Client:
             f"run {record.id} ended {record.status}: {err.get('type')}: {err.get('message')}",
             error=err, run_id=record.id, tenant=record.tenant,
         )  # fmt: skip
+
+
+#: The setting a worker records its App's `SystemClock` offset under (see `declare_clock`).
+CLOCK_OFFSET = "clock_offset"
+
+
+def declared_offset(store: EventStore) -> float:
+    """The clock offset the store's workers declared (0 when none did, or it is unreadable)."""
+    try:
+        return float(store.setting(CLOCK_OFFSET) or 0.0)
+    except ValueError:
+        return 0.0
+
+
+def declare_clock(store: EventStore, clock: Clock) -> None:
+    """Record a worker's clock for the surfaces on its store (the CLI, a chat adapter, a server
+    without workers): the workers drive the runs, so their time (approval expiries, maintenance
+    windows) is the store's. A test clock is its process's own and is not recorded."""
+    if isinstance(clock, SystemClock):
+        offset = repr(float(clock.offset))
+        if store.setting(CLOCK_OFFSET) != offset:
+            store.set_setting(CLOCK_OFFSET, offset, clock.now())
 
 
 def encode_input(wf: Workflow[Any, Any] | None, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from agentflow.engine._client import declare_clock
 from agentflow.engine._executor import RefusedStep, RunExecutor
 from agentflow.engine._host import Host
 from agentflow.errors import LeaseLostError, StoreBusyError, StoreError
@@ -99,6 +100,8 @@ class Worker:
     async def _loop(self, done: Callable[[], bool]) -> None:
         loop = asyncio.get_running_loop()
         self.store.register_worker(self.worker_id)
+        if not self.replay_only:
+            declare_clock(self.store, self.app.clock)
         beat = threading.Thread(target=self._heartbeat, args=(loop,), name="agentflow-heartbeat", daemon=True)
         beat.start()
         try:

@@ -26,6 +26,8 @@ __all__ = [
     "PolicyUsage",
     "Principal",
     "Run",
+    "Session",
+    "Setting",
     "Signal",
     "Step",
     "StepAttempt",
@@ -268,3 +270,13 @@ class Session(SQLModel, table=True):
     created_at: float
     expires_at: float
     revoked: int = Field(default=0)
+
+
+class Setting(SQLModel, table=True):
+    """A setting of the application on this store, shared by every process and surface."""
+
+    __tablename__ = "af_settings"
+
+    key: str = Field(primary_key=True)
+    value: str = Field(sa_column=Column(Text, nullable=False))
+    updated_at: float

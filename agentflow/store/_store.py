@@ -80,6 +80,24 @@ class EventStore(ReadQueries):
     def close(self) -> None:
         self.backend.close()
 
+    # -- settings shared by every process on the store ------------------------------------------
+    def setting(self, key: str) -> str | None:
+        """A setting of the application on this store (None when it was never set)."""
+        rows = self.backend.query("SELECT value FROM af_settings WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def set_setting(self, key: str, value: str, now: float) -> None:
+        self.backend.write(
+            [
+                (
+                    "INSERT INTO af_settings (key, value, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    (key, value, now),
+                    False,
+                )
+            ]
+        )
+
     # -- governance records (approvals, principals, audit, sessions, policy usage) ------------
     def transaction(self, body: Callable[[Tx], T], *, what: str = "writing the store") -> T:
         """Run `body(tx)` in one transaction, serialized with every other `transaction` of the

@@ -135,3 +135,36 @@ def test_operators_and_approvals_through_the_cli(tmp_path: Path, make_app: Calla
     ]
     woken = app.store.backend.query("SELECT name FROM af_signals WHERE run_id = 'inc-1'")
     assert sorted(woken) == sorted([(f"approval:{c1.id}",), (f"approval:{c2.id}",)])
+
+
+def test_the_cli_decides_on_the_clock_of_the_stores_workers(tmp_path: Path) -> None:
+    """Issue 13 hole 5: a served app whose clock is shifted (a demo inside tonight's maintenance
+    window, 30 days back) has its workers record that clock in the store; `agentflow approvals
+    approve` (no App, only --db) then decides on the same time. Before, the CLI used the system
+    clock and answered `expired` for a request the API approved a second later."""
+    import asyncio
+
+    from agentflow import Client
+
+    db = f"sqlite:///{tmp_path / 'wf.db'}"
+    shifted = SystemClock(offset=-30 * 86400)
+    app = App(db, clock=shifted)
+
+    @app.workflow(name="waits")
+    async def waits(ctx: WorkflowContext) -> str:
+        return str(await ctx.wait_signal("never"))
+
+    app.start(waits, run_id="r", tenant=TENANT)
+    asyncio.run(app.worker(root_id="r").run_until_blocked("r"))  # a worker ran: its clock is recorded
+    approvals = Approvals.of(app)
+    _, token = approvals.add_operator("bob", tenant=TENANT, roles=["noc-engineer"])
+    decision = PolicyDecision(effect="require_approval", rule="r", approval=ApprovalSpec(roles=["noc-engineer"],
+                              expires_in=3600), approval_rule="r")  # fmt: skip
+    req = approvals.request(run_id="r", call_id="c", tenant=TENANT, requested_by="alice", tool="apply_change",
+                            args=ARGS, decision=decision)  # fmt: skip
+    app.close()
+    with Client(db) as client:
+        assert abs(client.clock.now() - shifted.now()) < 5  # the recorded clock, not the system's
+    (approved,) = agentflow(["approvals", "approve", req.id, "--token", token, "--db", db], cwd=tmp_path)
+    assert approved.returncode == 0, approved.stderr
+    assert f"{req.id}: approved" in approved.stdout
