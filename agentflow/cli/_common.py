@@ -102,6 +102,10 @@ def _import_app(ref: str) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise typer.BadParameter(f"cannot import {module_name!r}: {exc}") from None
+    except ConfigurationError:
+        raise  # the --db pin (load_app says which databases)
+    except AgentflowError as exc:
+        fail(exc)  # e.g. the module opens its store and the database is unreachable: no traceback
     obj = getattr(module, attr, None)
     if not isinstance(obj, App):
         raise typer.BadParameter(f"{ref!r} is not an agentflow.App (got {type(obj).__name__})")

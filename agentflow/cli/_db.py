@@ -17,6 +17,6 @@ def db_upgrade(db: DbOption = None) -> None:
         the_store = store(db)  # opening the store migrates it
     except AgentflowError as exc:
         fail(exc)
-    from agentflow.store import SCHEMA_REVISION
+    from agentflow.store import SCHEMA_REVISION, redact_url
 
-    console.print(f"{the_store.url}: schema at revision {SCHEMA_REVISION}")
+    console.print(f"{redact_url(the_store.url)}: schema at revision {SCHEMA_REVISION}", highlight=False)

@@ -8,6 +8,7 @@ import typer
 
 from agentflow.cli._common import DbOption, err_console, fail, load_app
 from agentflow.errors import AgentflowError
+from agentflow.store import redact_url
 
 
 def serve(
@@ -36,10 +37,11 @@ def serve(
     the_app = load_app(app_ref, db)
     try:
         api = create_app(the_app, agent=agent, run_worker=worker, secure_cookies=secure_cookies)
+        _ = the_app.store  # an unreachable or too-new database is said here, not as a traceback at start-up
     except AgentflowError as exc:
         fail(exc)
     err_console.print(
-        f"agentflow serve: http://{host}:{port}/ (store {the_app.store.url}, worker {'on' if worker else 'off'})"
+        f"agentflow serve: http://{host}:{port}/ (store {redact_url(the_app.db)}, worker {'on' if worker else 'off'})"
     )
     # A short grace period: live streams would otherwise hold a shutdown until they end.
     uvicorn.run(api, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)

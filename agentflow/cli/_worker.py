@@ -28,8 +28,9 @@ def worker(
     the_app = load_app(app_ref, db)
     from agentflow.engine import Worker
 
-    w = Worker(the_app, concurrency=concurrency, poll_interval=poll_interval)
     try:
+        # Opens the store: an unreachable or too-new database is said here, not as a traceback.
+        w = Worker(the_app, concurrency=concurrency, poll_interval=poll_interval)
         asyncio.run(_serve(the_app, w, until_idle=until_idle, poll_interval=poll_interval))
     except AgentflowError as exc:
         fail(exc)

@@ -129,3 +129,30 @@ def test_the_same_postgresql_database_through_either_driver_name_is_accepted() -
 
     assert same_database("postgresql+psycopg://noc@db:5432/runs", "postgresql://noc@db:5432/runs")
     assert not same_database("postgresql://noc@db:5432/runs", "postgresql://noc@db:5432/other")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["worker", "--app", "echo_app:app", "--until-idle"], ["serve", "--app", "echo_app:app", "--port", "9"],
+     ["run", "hi", "--app", "echo_app:app"], ["runs", "list"], ["db", "upgrade"]],
+    ids=lambda c: c[0] if c[0] != "runs" else "runs-list",
+)  # fmt: skip
+def test_an_unreachable_database_is_one_clear_line_without_its_password(tmp_path: Path, command: list[str]) -> None:
+    """Issue 13 hole 9: a database that does not answer at start is `error: ...unreachable...`
+    and exit 2, not a traceback; the URL's password never appears (nor in any other output)."""
+    write_app(tmp_path)
+    out = cli(*command, "--db", "postgresql://noc:s3cret-pw@127.0.0.1:1/runs", cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr + out.stdout and "s3cret-pw" not in out.stderr + out.stdout
+    assert "unreachable" in one_line(out.stderr) and "postgresql://noc:***@127.0.0.1:1/runs" in one_line(out.stderr)
+
+
+@pytest.mark.backends("postgresql")
+def test_db_upgrade_shows_the_database_without_its_password(pg_url: str, tmp_path: Path) -> None:
+    """`db upgrade` names the database it migrated with the password masked."""
+    scheme, rest = pg_url.split("://", 1)
+    user, at_host = rest.split("@", 1)
+    with_password = f"{scheme}://{user.split(':')[0]}:hunter2@{at_host}"  # trust auth: the password is not checked
+    out = cli("db", "upgrade", "--db", with_password, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "hunter2" not in out.stdout + out.stderr and ":***@" in out.stdout

@@ -27,6 +27,7 @@ from agentflow.agent import Agent, usage
 from agentflow.approvals import ApprovalRequest, Approvals, Principal
 from agentflow.llm import ChatModel, LangChainChat, ModelResponse, OpenAIChat
 from agentflow.policy import load_pack
+from agentflow.store import redact_url
 from agentflow.testing import RunbookChatModel, TestClock, configure_crash_point
 from agentflow_noc import NOC_TOOLS, configure, policy_path, runbook
 from agentflow_noc.env import beside
@@ -102,7 +103,7 @@ def main(
         if resume:
             unfinished = [r for r in app.store.list_runs(limit=50) if r.workflow == WORKFLOW and not r.terminal]
             if not unfinished:
-                raise SystemExit(f"no unfinished copilot run to resume in {db}")
+                raise SystemExit(f"no unfinished copilot run to resume in {redact_url(db)}")
             run_id = unfinished[0].id
         else:
             run_id = f"copilot-{os.getpid()}-{int(time.time() * 1000) % 10_000_000}"
@@ -115,7 +116,10 @@ def main(
             if not quiet:
                 console.print(text, no_wrap=True, overflow="ellipsis", highlight=False)
 
-        say(f"[bold]agentflow demo[/]: NOC copilot, run [cyan]{run_id}[/] on {db}" + (" (resuming)" if resume else ""))
+        say(
+            f"[bold]agentflow demo[/]: NOC copilot, run [cyan]{run_id}[/] on {redact_url(db)}"
+            + (" (resuming)" if resume else "")
+        )
         if crash_at is not None:
             configure_crash_point(f"after_result:{crash_at}")
         app.start(workflow, TASK, run_id=run_id, tenant=TENANT, meta={"requested_by": "demo"})
