@@ -39,7 +39,7 @@ apply) and ``retryable``: whether trying the same thing again later can help.
     └── ApprovalError               an approval decision that was not taken (audited)
         ├── AuthenticationError     a missing, unknown or disabled operator token
         └── ApprovalRefused         the operator may not decide this (role, tenant, four-eyes,
-                                    expired, already decided, edited since); `code` says which
+                                    expired, already decided, run ended, edited since); `code` says which
 
 Control flow is not in this tree. A run that parks to wait raises nothing: the executor records
 the park and returns. To unwind workflow code it must stop (a fatal record error, a lost lease, a
@@ -364,4 +364,5 @@ class AuthenticationError(ApprovalError):
 
 class ApprovalRefused(ApprovalError):
     """An authenticated operator may not take this decision; `code` is one of wrong_tenant,
-    missing_role, self_approval, expired, already_decided, stale_args, not_editable, unknown."""
+    missing_role, self_approval, expired, already_decided, run_ended, stale_args, not_editable,
+    unknown."""

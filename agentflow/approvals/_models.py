@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 
 from agentflow.policy import ApprovalSpec
 
-Status = Literal["pending", "escalated", "approved", "rejected", "expired"]
+#: `withdrawn`: the run ended (cancelled, failed, finished) before anyone decided.
+Status = Literal["pending", "escalated", "approved", "rejected", "expired", "withdrawn"]
 OPEN = ("pending", "escalated")
 
 

@@ -235,7 +235,8 @@ class Approvals:
     def refusal(self, req: ApprovalRequest, by: Principal, decision: str = "approve") -> ApprovalRefused | None:
         """Why `by` could not take `decision` on `req` now, or None: the checks a decision makes,
         without recording anything (for showing an approve button only to those who may)."""
-        return _check(by, req, req.id, self._now(), decision, None, None)
+        live = self.store.read(lambda tx: tx.run_is_live(req.run_id))
+        return _check(by, req, req.id, self._now(), decision, None, None, run_live=live)
 
     def reject(self, approval_id: str, *, by: Principal | str, comment: str = "") -> ApprovalRequest:
         """Reject as `by`: one rejection by an operator who may decide ends the request."""
@@ -251,7 +252,8 @@ class Approvals:
         def body(tx: Tx) -> ApprovalRequest | _Refusal:
             row = tx.approvals.get(approval_id)
             req = None if row is None else _request(row)
-            refusal = _check(principal, req, approval_id, now, decision, edited, seen_hash)
+            live = req is None or tx.run_is_live(req.run_id)  # a request made before withdrawals existed
+            refusal = _check(principal, req, approval_id, now, decision, edited, seen_hash, run_live=live)
             if refusal is not None:
                 tx.audit.add(at=now, tenant=principal.tenant, actor=principal.name, action=decision,
                              approval_id=approval_id, run_id=req.run_id if req else None, outcome="refused",
@@ -328,7 +330,7 @@ def _may_decide(principal: Principal, req: ApprovalRequest) -> bool:
 
 def _check(
     principal: Principal, req: ApprovalRequest | None, approval_id: str, now: float, decision: str,
-    edited: dict[str, Any] | None, seen_hash: str | None,
+    edited: dict[str, Any] | None, seen_hash: str | None, *, run_live: bool = True,
 ) -> ApprovalRefused | None:  # fmt: skip
     """Why `principal` may not take this decision now, or None. The order matters: a request of
     another tenant is not described to its operators beyond that."""
@@ -346,6 +348,8 @@ def _check(
         return refuse(
             "missing_role", f"{principal.name} has roles {principal.roles}; deciding needs one of {req.deciding_roles}"
         )
+    if req.status == "withdrawn" or (req.open and not run_live):
+        return refuse("run_ended", f"run {req.run_id} ended before a decision: nothing waits for this request")
     if not req.open:
         return refuse(
             "expired" if req.status == "expired" else "already_decided", f"the request is already {req.status}"

@@ -290,11 +290,9 @@ class RunExecutor(ActivitySteps, WaitSteps):
         return self._finish_status("failed", None, error_dict(exc))
 
     def _finish_status(self, status: str, output: str | None, err: dict[str, Any] | None) -> str:
-        ops = [
-            self.store.finish_op(
-                self.run_id, self.epoch, status, output, json.dumps(err) if err else None, self.clock.now()
-            )
-        ]
+        ops = self.store.finish_ops(
+            self.run_id, self.epoch, status, output, json.dumps(err) if err else None, self.clock.now()
+        )
         if self.run.parent_id:
             ops.append(self.store.wake_op(self.run.parent_id))
         self._write(ops)

@@ -215,9 +215,17 @@ def load_pack(path: str | Path) -> PolicyPack:
     """
     source = Path(path)
     try:
-        text = source.read_text(encoding="utf-8")
+        data = source.read_bytes()
     except OSError as exc:
         raise PolicyError(f"cannot read policy pack {source}: {exc.strerror}", file=str(source)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise PolicyError(
+            _where(str(source), line, f"not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}): "
+                   "save the pack as UTF-8"), file=str(source), line=line,
+        ) from None  # fmt: skip
     return parse_pack(text, source=str(source))
 
 

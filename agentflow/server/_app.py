@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from agentflow.agent import agent_workflow
@@ -25,6 +26,7 @@ from agentflow.chat import Chat
 from agentflow.engine import App, Worker
 from agentflow.server import _routes_approvals, _routes_runs, _routes_session
 from agentflow.server._errors import install_error_handlers
+from agentflow.server._headers import SecurityHeaders
 from agentflow.server._limits import DEFAULT_MAX_BODY, AuthThrottle, BodyLimit
 from agentflow.server._sessions import DEFAULT_TTL, Sessions
 from agentflow.server._state import Served
@@ -38,6 +40,26 @@ _PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+
+
+_DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+             "img-src 'self' data:; frame-ancestors 'none'")  # fmt: skip
+
+
+def _mount_docs(api: FastAPI) -> None:
+    """/docs: the API's Swagger UI from the `swagger-ui-bundle` package's files, not a CDN."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    api.mount("/static/docs", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @api.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        page = get_swagger_ui_html(
+            openapi_url="/openapi.json", title="agentflow API", swagger_js_url="/static/docs/swagger-ui-bundle.js",
+            swagger_css_url="/static/docs/swagger-ui.css", swagger_favicon_url="/static/docs/favicon-32x32.png",
+        )  # fmt: skip
+        page.headers["Content-Security-Policy"] = _DOCS_CSP
+        return page
 
 
 def create_app(
@@ -89,15 +111,19 @@ def create_app(
         summary="Start copilot runs, watch them live, and decide their staged actions.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # served below from local files: an air-gapped NOC reaches no CDN
+        redoc_url=None,
     )
     api.state.served = state
     api.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    api.add_middleware(SecurityHeaders)
     install_error_handlers(api)
 
     @api.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers=_PAGE_HEADERS)
 
+    _mount_docs(api)
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
     for module in (_routes_session, _routes_runs, _routes_approvals):
         api.include_router(module.router)

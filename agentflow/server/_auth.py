@@ -46,7 +46,7 @@ def actor(request: Request, state: Annotated[Served, Depends(served)]) -> Actor:
         code = "session_expired" if cookie else "not_signed_in"
         raise ApiError(401, code, "sign in with your operator token (POST /api/session) or send a bearer token")
     if request.method in _UNSAFE:
-        _check_csrf(request, session)
+        _check_csrf(request, session, secure=state.secure_cookies)
     return Actor(state.sessions.principal(session), session)
 
 
@@ -74,10 +74,14 @@ Who = Annotated[Actor, Depends(actor)]
 State = Annotated[Served, Depends(served)]
 
 
-def _check_csrf(request: Request, session: SessionInfo) -> None:
+def _check_csrf(request: Request, session: SessionInfo, *, secure: bool) -> None:
     sent = request.headers.get("x-csrf-token", "")
     if not secrets.compare_digest(sent.encode(), session.csrf.encode()):
         raise ApiError(403, "csrf", "missing or wrong X-CSRF-Token header: reload the page and try again")
     origin = request.headers.get("origin")
-    if origin and origin.split("://", 1)[-1] != request.headers.get("host"):
+    # Scheme and host: http://host is another origin than https://host (a downgraded page).
+    # Behind a proxy that terminates TLS (`--secure-cookies`) the page's scheme is https.
+    host = request.headers.get("host")
+    allowed = {f"{request.url.scheme}://{host}"} | ({f"https://{host}"} if secure else set())
+    if origin and origin not in allowed:
         raise ApiError(403, "csrf", f"a request from {origin} may not act on this server")

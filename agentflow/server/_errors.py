@@ -16,7 +16,7 @@ from agentflow.server._auth import ApiError
 log = logging.getLogger("agentflow.server")
 _STATUS = {  # ApprovalError.code -> HTTP status
     "bad_token": 401, "not_signed_in": 401, "session_expired": 401, "csrf": 403, "wrong_tenant": 403,
-    "missing_role": 403, "self_approval": 403, "unknown": 404, "unknown_run": 404, "already_decided": 409,
+    "missing_role": 403, "self_approval": 403, "unknown": 404, "unknown_run": 404, "already_decided": 409, "run_ended": 409,
     "stale_args": 409, "run_exists": 409, "expired": 410, "not_editable": 422, "invalid": 422, "ambiguous": 400,
 }  # fmt: skip
 

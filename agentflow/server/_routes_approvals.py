@@ -16,7 +16,7 @@ from agentflow.server._models import ApproveBody, RejectBody
 from agentflow.server._state import Served
 
 router = APIRouter(prefix="/api/approvals", tags=["approvals"])
-_INBOX = {"pending", "approved", "rejected", "expired", "escalated", "all"}
+_INBOX = {"pending", "approved", "rejected", "expired", "escalated", "withdrawn", "all"}
 
 
 @router.get("")

@@ -195,7 +195,8 @@ class ApprovalRequest(SQLModel, table=True):
     rule: str
     pack_hash: str
     spec: str = Field(sa_column=Column(Text, nullable=False))  # JSON ApprovalSpec
-    # pending | approved | rejected | expired | escalated (pending again, wider roles)
+    # pending | approved | rejected | expired | escalated (pending again, wider roles) | withdrawn
+    # (the run ended before a decision)
     status: str
     created_at: float
     expires_at: float | None = Field(default=None)

@@ -33,6 +33,28 @@ STEP_SELECT = (
 )
 
 
+_OPEN_REQUESTS = "status IN ('pending', 'escalated')"
+
+
+def withdraw_ops(run_id: str, now: float, why: str) -> list[Op]:
+    """An approval request outlives no run: the open requests of an ended run are withdrawn
+    (audited), so nothing shows them as waiting and nobody can approve them any more."""
+    return [
+        (
+            "INSERT INTO af_audit (at, tenant, actor, action, approval_id, run_id, outcome, reason) "
+            f"SELECT ?, tenant, 'agentflow', 'withdrawn', id, run_id, 'done', ? FROM af_approvals "
+            f"WHERE run_id = ? AND {_OPEN_REQUESTS}",
+            (now, why, run_id),
+            False,
+        ),
+        (
+            f"UPDATE af_approvals SET status = 'withdrawn', decided_at = ? WHERE run_id = ? AND {_OPEN_REQUESTS}",
+            (now, run_id),
+            False,
+        ),
+    ]
+
+
 def process_start_time(pid: int) -> str:
     """The start time of a process (field 22 of /proc/PID/stat); '' when unknown."""
     try:
@@ -225,13 +247,15 @@ class EventStore(ReadQueries):
         )
 
     @staticmethod
-    def finish_op(run_id: str, epoch: int, status: str, output: str | None, error: str | None, now: float) -> Op:
-        return (
+    def finish_ops(run_id: str, epoch: int, status: str, output: str | None, error: str | None, now: float) -> list[Op]:
+        """End a run (fenced), and withdraw what waited on it in the same commit."""
+        finish = (
             "UPDATE af_runs SET status = ?, output = ?, error = ?, owner = NULL, wake_at = NULL, "
             "waiting_on = NULL, completed_at = ?, updated_at = ? WHERE id = ? AND epoch = ?",
             (status, output, error, now, now, run_id, epoch),
             True,
         )
+        return [finish, *withdraw_ops(run_id, now, f"the run ended {status} before a decision")]
 
     @staticmethod
     def wake_op(run_id: str) -> Op:
@@ -394,7 +418,8 @@ class EventStore(ReadQueries):
                     "updated_at = ? WHERE id = ? AND epoch = ? AND status = 'running'",
                     (error, now, now, run_id, epoch),
                     False,
-                )
+                ),
+                *withdraw_ops(run_id, now, "the run failed (internal error) before a decision"),
             ],
             run_id=run_id,
         )

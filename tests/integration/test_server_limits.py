@@ -108,3 +108,36 @@ def test_the_throttle_forgets_quiet_addresses() -> None:
     throttle.failed("192.0.2.1")
     throttle.retry_after("192.0.2.1")
     assert len(throttle._failures) < 10_500
+
+
+def test_every_answer_carries_the_security_headers(served: tuple[App, TestClient, FakeClock]) -> None:
+    """Not only the page: JSON answers, errors, static files and the OpenAPI schema are not
+    sniffed, framed or sent a referrer, and load nothing."""
+    _, client, _ = served
+    for path in ("/api/session", "/openapi.json", "/static/app.js", "/api/nope"):
+        got = client.get(path)
+        assert got.headers["x-content-type-options"] == "nosniff", path
+        assert got.headers["x-frame-options"] == "DENY" and got.headers["referrer-policy"] == "no-referrer", path
+        assert "frame-ancestors 'none'" in got.headers["content-security-policy"], path
+    assert "default-src 'self'" in client.get("/").headers["content-security-policy"]  # the page keeps its own
+
+
+def test_the_api_docs_load_nothing_from_a_cdn(served: tuple[App, TestClient, FakeClock]) -> None:
+    """/docs is served with its Swagger UI from local files (an air-gapped NOC reaches no CDN)."""
+    _, client, _ = served
+    page = client.get("/docs")
+    assert page.status_code == 200 and "/static/docs/swagger-ui-bundle.js" in page.text
+    assert "cdn." not in page.text and "https://" not in page.text.split("<body>", 1)[-1]
+    assert client.get("/static/docs/swagger-ui-bundle.js").status_code == 200
+    assert client.get("/static/docs/swagger-ui.css").status_code == 200
+
+
+def test_the_origin_check_compares_the_scheme_too(served: tuple[App, TestClient, FakeClock]) -> None:
+    """A state change from https://host to a server reached at http://host is another origin."""
+    app, client, _ = served
+    _, token = Approvals.of(app).add_operator("alice", tenant="noc-east", roles=["noc-engineer"])
+    csrf = client.post("/api/session", json={"token": token}).json()["csrf"]
+    for origin, status in (("https://testserver", 403), ("http://evil.example", 403), ("http://testserver", 200)):
+        got = client.put("/api/session/tenant", json={"tenant": "noc-east"},
+                         headers={"X-CSRF-Token": csrf, "Origin": origin})  # fmt: skip
+        assert got.status_code == status, (origin, got.text)

@@ -478,3 +478,41 @@ def test_conditions_are_not_evaluated_inside_the_write_transaction(app: App, mon
 
     assert app.run(wf, run_id="tx") == "changes"
     assert inside["evaluated"] >= 1 and inside["evaluated_inside"] == 0
+
+
+# -- hole 9: a request outlives no run ----------------------------------------------------------------
+def test_a_cancelled_runs_pending_approval_is_withdrawn_and_cannot_be_approved(people: App, worker_thread: Any) -> None:
+    """Cancelled while its push waits for approval: the request leaves the inbox as `withdrawn`
+    (audited) in the cancel's commit, and approving it is refused with `run_ended` (before, it
+    stayed pending and could still be approved)."""
+    agent = Agent(name="w", tools=[push_change, rollback_change], policies=rollback_pack(ROLLBACK_FORBIDDEN),
+                  model=llm.LangChainChat(ScriptedChatModel(responses=[call("push_change", site="CS-9", value=1),
+                                                                       "done"])))  # fmt: skip
+    agent.start(people, "push", run_id="r", requested_by="alice")
+    worker_thread(people)
+    approvals = Approvals.of(people)
+    req = assert_eventually(lambda: next(iter(approvals.list(run_id="r")), None))
+    people.cancel("r")
+    assert_eventually(lambda: people.get_run("r").status == "cancelled")
+    assert approvals.list(run_id="r") == [] and approvals.get(req.id).status == "withdrawn"
+    bob = approvals.add_operator("bob", tenant="default", roles=["noc-engineer"])[0]
+    with pytest.raises(ApprovalRefused) as refused:
+        approvals.approve(req.id, by=bob)
+    assert refused.value.code == "run_ended"
+    assert [(a.action, a.outcome) for a in approvals.audit(approval_id=req.id)][-2:] == [
+        ("withdrawn", "done"), ("approve", "refused")]  # fmt: skip
+    assert APPLIED == []
+
+
+def test_a_pack_that_is_not_utf8_names_its_file_and_line(tmp_path: Any) -> None:
+    """Hole 9: a Latin-1 pack gave a traceback; now a PolicyError with file:line and the fix."""
+    from agentflow.errors import PolicyError
+    from agentflow.policy import load_pack
+
+    pack = tmp_path / "latin1.yaml"
+    pack.write_bytes("schema_version: 1\nname: noc\ndescription: Réseau\n".encode("latin-1"))
+    with pytest.raises(PolicyError, match="not UTF-8 text") as refused:
+        load_pack(pack)
+    assert (
+        refused.value.line == 3 and f"{pack}:3" in str(refused.value) and "save the pack as UTF-8" in str(refused.value)
+    )
