@@ -26,10 +26,10 @@ from agentflow.engine._history import History
 from agentflow.engine._waits import WaitSteps
 from agentflow.errors import (
     AgentflowError,
-    LeaseLostError,
+    CorruptRecordError,
     NonDeterminismError,
     PayloadError,
-    StoreBusyError,
+    StoreError,
     WorkflowError,
 )
 from agentflow.store import StepRecord
@@ -85,8 +85,8 @@ class RunExecutor(ActivitySteps, WaitSteps):
         while True:
             self.loop.drain()
             if self.fatal is not None:
-                if isinstance(self.fatal, (LeaseLostError, StoreBusyError)):
-                    raise self.fatal
+                if _environmental(self.fatal):
+                    raise self.fatal  # the store, not the run: the worker stops and gives it back
                 return self._finish_failed(self.fatal)
             if main.done():
                 return self._finish(main)
@@ -297,3 +297,9 @@ class RunExecutor(ActivitySteps, WaitSteps):
             ops.append(self.store.wake_op(self.run.parent_id))
         self._write(ops)
         return status
+
+
+def _environmental(exc: AgentflowError) -> bool:
+    """A store failure that says nothing about the run (lease lost, busy, disk full, I/O error):
+    the run is not failed for it; a record that does not decode is the run's own problem."""
+    return isinstance(exc, StoreError) and not isinstance(exc, CorruptRecordError)

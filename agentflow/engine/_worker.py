@@ -59,6 +59,8 @@ class Worker:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = threading.Event()
         self._last_reap = 0.0
+        # A store error that stops this worker (see `_drive`), raised from its loop.
+        self._broken: StoreError | None = None
         # Runs to hand back (store was busy): retried on every loop until done, so a run is
         # never left `running` under a live worker that no longer drives it.
         self._to_release: dict[str, int] = {}
@@ -106,6 +108,8 @@ class Worker:
         beat.start()
         try:
             while not done():
+                if self._broken is not None:
+                    raise self._broken
                 claimed = self._claim()
                 if self._tasks:
                     await asyncio.wait(
@@ -123,6 +127,7 @@ class Worker:
                 task.cancel()
             if self._tasks:
                 await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            self._release_pending()
             try:
                 self.store.stop_worker(self.worker_id)
             except StoreError:
@@ -185,6 +190,13 @@ class Worker:
             log.warning("run %s: %s", run_id, exc)
             await asyncio.sleep(self.poll_interval)
             self._to_release[run_id] = epoch
+        except StoreError as exc:
+            # The store refuses writes (disk full, read-only, I/O error): not the run's fault, and
+            # retrying at once would spin. The run is given back untouched and the worker stops,
+            # saying why; started again once the store is fixed, it resumes where it stopped.
+            log.error("run %s: %s", run_id, exc)
+            self._to_release[run_id] = epoch
+            self._broken = self._broken or exc
         except Exception as exc:
             # Re-running would hit the same bug forever: fail the run, visibly, history kept.
             log.exception("run %s: internal error in the executor", run_id)

@@ -61,6 +61,11 @@ def translate_error(exc: sqlite3.Error, what: str) -> StoreError:
             "holds a long write transaction; nothing was lost, retry later (the run resumes where "
             "it stopped)."
         )
+    if "disk is full" in text or "disk I/O error" in text:
+        return StoreError(
+            f"{what}: the database's disk is full or failing ({text}). Nothing recorded was lost: free "
+            "space (or fix the disk) and start again; runs resume where they stopped."
+        )
     return StoreError(f"{what}: {type(exc).__name__}: {text}")
 
 

@@ -6,7 +6,10 @@ import asyncio
 import json
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from agentflow import ActivityError, App, RetryPolicy, WorkflowContext
 from agentflow.engine._executor import RunExecutor
@@ -167,3 +170,46 @@ def test_blocked_on_nothing_fails_with_a_clear_error(app: App) -> None:
     record = app.store.get_run("r")
     assert record.status == "failed"
     assert json.loads(record.error or "{}")["type"] == "WorkflowError"
+
+
+def test_a_full_disk_stops_the_worker_with_a_clear_error_and_fails_no_run(tmp_path: Path) -> None:
+    """Issue 13 hole 9: a store that refuses writes (SQLite's "database or disk is full", made
+    here with max_page_count) used to be taken for an engine bug: the run was retried forever and
+    the worker logged tracebacks. Now the worker gives the run back untouched and stops with the
+    store's error (saying what to do); started again with room, the run resumes and completes."""
+    from agentflow import App, current_activity
+    from agentflow.errors import StoreError
+    from agentflow.testing import TestClock
+
+    url = f"sqlite:///{tmp_path / 'full.db'}"
+    room = {"full": True}
+
+    def build() -> App:
+        app = App(url, clock=TestClock(start=1_700_000_000))
+
+        @app.activity(side_effect=False)
+        async def fill(i: int) -> str:
+            if i == 2 and room["full"]:  # the disk fills up while the run is under way
+                conn = current_activity().app.store.backend.conn
+                conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
+            return "x" * 50_000
+
+        @app.workflow(name="wf")
+        async def wf(ctx: WorkflowContext) -> int:
+            for i in range(5):
+                await ctx.run(fill, i)
+            return 5
+
+        return app
+
+    first = build()
+    with pytest.raises(StoreError, match=r"disk is full or failing.*free space"):
+        first.run(first.workflow_named("wf"), run_id="r")
+    assert first.get_run("r").status == "pending"  # given back, not failed
+    assert [s.status for s in first.history("r")] == ["completed", "completed"]
+    first.close()
+    room["full"] = False
+    again = build()  # a new process: its connections have room again
+    assert again.run(again.workflow_named("wf"), run_id="r") == 5
+    assert len(again.history("r")) == 5
+    again.close()
