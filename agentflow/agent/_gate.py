@@ -40,7 +40,7 @@ from agentflow.policy import (
     invalid_call,
     load_pack,
 )
-from agentflow.store import PolicyUsage, Tx, unrepresentable
+from agentflow.store import MASK, PolicyUsage, Tx, unrepresentable
 
 if TYPE_CHECKING:
     from agentflow.engine import App
@@ -124,7 +124,9 @@ async def gate(
         held = verdict.approval
         # An approval covers these exact arguments under the rule that asked for it: an edit that
         # moves the call under a stricter rule needs that rule's approvers too.
-        unapproved = held is None or held.args_hash != args_hash(verdict.args) or held.rule != _approval_rule(decision)
+        # Bound to the arguments as approvers saw them (secrets masked: see `Approvals.request`).
+        shown = ctx.redaction.data(verdict.args)
+        unapproved = held is None or held.args_hash != args_hash(shown) or held.rule != _approval_rule(decision)
         # People first, then the window: an approval given during the day is applied at night.
         needs_people = decision.effect == "require_approval" or (decision.effect == "defer" and decision.approval)
         if needs_people and unapproved:
@@ -132,7 +134,7 @@ async def gate(
             if held.status != "approved":
                 verdict.status, verdict.refusal = "rejected", _why_not(held)
                 return verdict
-            verdict.args = held.args  # an approver may have edited them (where the rule allows)
+            verdict.args = _as_approved(verdict.args, held)
         elif decision.effect == "defer" and decision.defer_until is not None:
             await ctx.sleep_until(datetime.fromtimestamp(decision.defer_until, UTC))
         else:
@@ -141,6 +143,13 @@ async def gate(
         verdict.decision = await _decide(ctx, policies, tool, facts, call_id, verdict.args, approved, key)
     verdict.status, verdict.refusal = "denied", f"no decision after {MAX_GATES} policy evaluations"
     return verdict
+
+
+def _as_approved(args: dict[str, Any], held: ApprovalRequest) -> dict[str, Any]:
+    """The call's arguments with the edits approvers made to the fields their rule lets them
+    edit. Everything else is the call's own: the request shows secrets masked, never to run."""
+    edits = {k: held.args[k] for k in held.spec.editable_args if k in held.args and held.args[k] != MASK}
+    return {**args, **edits}
 
 
 def _approval_rule(decision: PolicyDecision) -> str:

@@ -132,6 +132,9 @@ class Approvals:
     ) -> ApprovalRequest:  # fmt: skip
         """Create the approval request for a staged call (idempotent: the same run, gated call
         (`step`, the gate's key for it), tool and arguments give the same request)."""
+        # Approvers see the arguments with their secrets masked, and the approval is bound to
+        # what they saw (the gate compares the masked form of the call it is about to run).
+        args, diff = self.store.redaction.data(args), self.store.redaction.data(diff)
         digest = args_hash(args)
         rule = decision.approval_rule or decision.rule
         rid = request_id(run_id, call_id, digest, f"{tool}\x00{step or decision.key}\x00{rule}")
@@ -248,6 +251,9 @@ class Approvals:
     ) -> ApprovalRequest:  # fmt: skip
         principal = by if isinstance(by, Principal) else self.authenticate(by, approval_id=approval_id)
         now = self._now()
+        # Edits are recorded like everything else, secrets masked (a masked value edits nothing:
+        # a tool gets its secrets from its own configuration, never through a run).
+        edited = None if edited is None else self.store.redaction.data(edited)
 
         def body(tx: Tx) -> ApprovalRequest | _Refusal:
             row = tx.approvals.get(approval_id)

@@ -31,7 +31,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 def fail(exc: AgentflowError) -> NoReturn:
     """Print an error raised by the engine or the store as `error: Type: message`; exit 2."""
-    err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}")
+    err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {_shown(exc)}")
     raise typer.Exit(code=2)
 
 
@@ -40,8 +40,18 @@ def fail_decision(exc: AgentflowError) -> NoReturn:
 
     An approval error's code (`self_approval`, `stale_args`, ...) is what scripts match on."""
     code = f" ({exc.code})" if isinstance(exc, ApprovalError) else ""
-    err_console.print(f"[bold red]error{code}:[/] {exc}", highlight=False)
+    err_console.print(f"[bold red]error{code}:[/] {_shown(exc)}", highlight=False)
     raise typer.Exit(code=2)
+
+
+def _shown(exc: Exception) -> str:
+    """An error's message as printed: secrets masked (it may quote input or a store's answer), and
+    literal (a `[...]` in it is text, not rich markup)."""
+    from rich.markup import escape
+
+    from agentflow.store import Redaction
+
+    return escape(Redaction.current().text(str(exc)))  # `[redacted]` is not a style
 
 
 def client(db: str | None) -> Client:

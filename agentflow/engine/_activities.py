@@ -218,8 +218,10 @@ class ActivitySteps(ExecutorBase):
         )  # fmt: skip
         self._write(self._call_ops(call, step, blobs))
         crash_point("after_result")
-        # Live and replayed runs see the same value: both are decoded from the recorded JSON.
-        self._deliver(lambda: _settle(call.fut, self._decode_result(call.act, result_json, call.seq)))
+        # Live and replayed runs see the same value: both are decoded from the recorded JSON
+        # (secrets masked by `_new_step`).
+        recorded = step.result if step.result is not None else result_json
+        self._deliver(lambda: _settle(call.fut, self._decode_result(call.act, recorded, call.seq)))
 
     def _record_failure(
         self, call: _Call, attempt: int, first: float, started: float, exc: BaseException

@@ -12,7 +12,7 @@ from agentflow.engine._client import Client, RunHandle, RunInfo
 from agentflow.engine._clock import Clock, SystemClock
 from agentflow.engine._defs import Activity, RetryPolicy, Workflow
 from agentflow.errors import ConfigurationError, CorruptRecordError, NotRegisteredError
-from agentflow.store import EventStore, RunRecord, StepRecord, decode
+from agentflow.store import EventStore, Redaction, RunRecord, StepRecord, decode
 
 if TYPE_CHECKING:
     from agentflow.engine._worker import Worker
@@ -54,6 +54,8 @@ class App:
             the same host is detected at once).
         inline_wait: timers and retry backoffs shorter than this many seconds are waited in the
             worker; longer ones park the run in the store.
+        redaction: what is masked before anything is recorded (default: standard secret fields
+            and shapes, and this process's configuration secrets; `agentflow.store.Redaction`).
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class App:
         busy_timeout: float | None = None,
         lease_ttl: float = 10.0,
         inline_wait: float = 1.0,
+        redaction: Redaction | None = None,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
         self.synchronous = synchronous
@@ -76,7 +79,7 @@ class App:
         # The app acts on runs through its own Client: one place opens the store (on first use,
         # so `module:app` imports cheaply), and a closed app reconnects where it is used again.
         self._client = Client(db, clock=self.clock, synchronous=synchronous, busy_timeout=busy_timeout,
-                              workflows=self._workflows)  # fmt: skip
+                              workflows=self._workflows, redaction=redaction)  # fmt: skip
         self.db = self._client.db
 
     @property

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from agentflow.engine._clock import Clock, SystemClock
 from agentflow.engine._defs import Workflow
 from agentflow.errors import ConfigurationError, RunFailedError, RunStateError
-from agentflow.store import EventStore, RunRecord, StepRecord, decode, encode, parse_url, resolve_url
+from agentflow.store import EventStore, Redaction, RunRecord, StepRecord, decode, encode, parse_url, resolve_url
 
 _List = list  # `Client.list` shadows the builtin inside the class
 # Failures a deploy of fixed code can get past: the only ones `resume` accepts.
@@ -107,6 +107,8 @@ class Client:
         busy_timeout: seconds a writer waits for a lock (see `App`).
         workflows: registered workflows by name (an App's), so results decode into the
             workflow's declared type and arguments are checked; without them results are JSON.
+        redaction: what is masked before anything is recorded (default: the standard secret
+            fields and shapes, and this process's configuration secrets; see `Redaction`).
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class Client:
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         busy_timeout: float | None = None,
         workflows: Mapping[str, Workflow[Any, Any]] | None = None,
+        redaction: Redaction | None = None,
     ) -> None:
         if store is not None and db is not None:
             raise ConfigurationError("pass the store's URL (db=...) or an open store (store=...), not both")
@@ -126,7 +129,8 @@ class Client:
         self._clock = clock
         self._store = store
         self._owns_store = store is None
-        self._options: dict[str, Any] = {"synchronous": synchronous, "busy_timeout": busy_timeout}
+        self._options: dict[str, Any] = {"synchronous": synchronous, "busy_timeout": busy_timeout,
+                                         "redaction": redaction}  # fmt: skip
         self._workflows: Mapping[str, Workflow[Any, Any]] = workflows if workflows is not None else {}
 
     @property

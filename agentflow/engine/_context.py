@@ -17,7 +17,7 @@ from agentflow.engine._clock import Clock
 from agentflow.engine._defs import Activity, Workflow
 from agentflow.engine._history import History
 from agentflow.engine._host import Host
-from agentflow.store import EventStore, RunRecord, StepRecord
+from agentflow.store import EventStore, Redaction, RunRecord, StepRecord
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -104,6 +104,12 @@ class WorkflowContext:
         """The step recorded at `seq` in this run's history, if any: what a replay of that step
         will return (a helper may skip checks that only apply before a call is sent)."""
         return self._ex.history.get(seq)
+
+    @property
+    def redaction(self) -> Redaction:
+        """What the store masks before recording (a step helper binding people to what they are
+        shown, like an approval, compares the masked form)."""
+        return self._ex.store.redaction
 
     def blobs(self, digests: Sequence[str]) -> dict[str, str]:
         """Content-addressed payloads recorded by steps (`run_step(blobs=...)`), by hash; missing

@@ -181,9 +181,13 @@ class ExecutorBase:
         return self.store.upsert_step_op(self.run_id, self.epoch, step)
 
     def _new_step(self, seq: int, kind: str, name: str, dig: str, status: str, **kw: Any) -> StepRecord:
+        """A step record, its secrets masked (`agentflow.store.Redaction`). Outcomes reach the
+        workflow decoded from this record, live as on replay: a secret never travels through a
+        run, and a resumed run sees what the live one saw."""
+        clean = self.store.redaction.json
         return StepRecord(
             seq=seq, kind=kind, name=name, digest=dig, status=status, attempt=kw.get("attempt", 1),
-            args=kw.get("args"), result=kw.get("result"), error=kw.get("error"),
+            args=clean(kw.get("args")), result=clean(kw.get("result")), error=clean(kw.get("error")),
             started_at=kw.get("started_at", self.clock.now()), finished_at=kw.get("finished_at"),
             wake_at=kw.get("wake_at"), epoch=self.epoch, delivery=kw.get("delivery"),
         )  # fmt: skip

@@ -22,8 +22,10 @@ from agentflow.engine._client import declare_clock
 from agentflow.engine._executor import RefusedStep, RunExecutor
 from agentflow.engine._host import Host
 from agentflow.errors import LeaseLostError, StoreBusyError, StoreError
+from agentflow.store import RedactingFilter
 
 log = logging.getLogger("agentflow.worker")
+log.addFilter(RedactingFilter())  # a failing step's message may quote a secret
 
 REAP_INTERVAL = 0.5
 

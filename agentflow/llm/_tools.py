@@ -180,6 +180,7 @@ def tool(
                 f"tool {getattr(f, '__name__', f)!r} needs a description (a docstring or description=...): "
                 "the model chooses tools by it"
             )
+        _check_parameter_names(f)
         made = StructuredTool.from_function(
             f if not _is_async(f) else None,
             coroutine=f if _is_async(f) else None,
@@ -191,6 +192,25 @@ def tool(
         return _declare(made, facts)
 
     return wrap(fn) if fn is not None else wrap
+
+
+# Parameter names langchain keeps for itself when it calls a tool: `config` is shown to the model
+# yet never passed (the call fails: "missing 1 required positional argument"), the others are
+# dropped from the schema. A NOC tool that pushes a `config` would break at its first call.
+_RESERVED = ("config", "callbacks", "run_manager")
+
+
+def _check_parameter_names(f: Callable[..., Any]) -> None:
+    import inspect
+
+    from langchain_core.runnables import RunnableConfig
+
+    for param in inspect.signature(f).parameters.values():
+        if param.name in _RESERVED and param.annotation not in (RunnableConfig, "RunnableConfig"):
+            raise ConfigurationError(
+                f"tool {getattr(f, '__name__', f)!r}: the parameter name {param.name!r} is reserved by langchain "
+                f"(it would never reach the tool); rename it (e.g. {param.name}_)"
+            )
 
 
 def _is_async(f: Callable[..., Any]) -> bool:

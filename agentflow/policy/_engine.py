@@ -13,7 +13,7 @@ as matching for deny, limit, defer and require_approval rules, and as not matchi
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from agentflow.policy._cel import evaluate as evaluate_condition
 from agentflow.policy._pack import DAYS, ApprovalSpec, PolicyPack, Rule
-from agentflow.store import unrepresentable
+from agentflow.store import MASK, unrepresentable
 
 DEFAULT_APPROVAL = ApprovalSpec(roles=["*"])
 HOUR = 3600.0
@@ -169,10 +169,35 @@ def invalid_call(facts: CallFacts, pack: str = "", pack_hash: str = "") -> Polic
     if problem is not None:
         return PolicyDecision(effect="deny", rule="invalid-arguments", pack=pack, pack_hash=pack_hash,
                               reason=f"{facts.tool} cannot be decided: {problem}")  # fmt: skip
+    masked = _masked_secret(facts.args, "args", strict=facts.side_effect)
+    if masked is not None:
+        return PolicyDecision(effect="deny", rule="secret-in-arguments", pack=pack, pack_hash=pack_hash,
+                              reason=f"{masked} of {facts.tool} held a secret, which is never recorded (the run "
+                              f"has it as {MASK}): a tool reads its secrets from its own configuration; "
+                              "call it without one")  # fmt: skip
     if facts.target_error:
         return PolicyDecision(effect="deny", rule="invalid-target", pack=pack, pack_hash=pack_hash,
                               reason=f"the target of {facts.tool} cannot be determined ({facts.target_error}): "
                               "no limit can be checked for it")  # fmt: skip
+    return None
+
+
+def _masked_secret(value: Any, path: str, *, strict: bool) -> str | None:
+    """Where a masked secret stands in for an argument: a value that is the mask itself, or (for
+    a side-effecting call, `strict`) any text containing it: such a call would act with the
+    mask, not the secret (push `[redacted]` as a device's SNMP community)."""
+    if isinstance(value, str):
+        return path if value == MASK or (strict and MASK in value) else None
+    if isinstance(value, dict):
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _masked_secret(item, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}", strict=strict)
+        if found is not None:
+            return found
     return None
 
 

@@ -12,8 +12,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agentflow.errors import AgentflowError, ApprovalError, ConfigurationError, UnknownRunError
 from agentflow.server._auth import ApiError
+from agentflow.store import RedactingFilter, Redaction
 
 log = logging.getLogger("agentflow.server")
+log.addFilter(RedactingFilter())
 _STATUS = {  # ApprovalError.code -> HTTP status
     "bad_token": 401, "not_signed_in": 401, "session_expired": 401, "csrf": 403, "wrong_tenant": 403,
     "missing_role": 403, "self_approval": 403, "unknown": 404, "unknown_run": 404, "already_decided": 409, "run_ended": 409,
@@ -22,7 +24,10 @@ _STATUS = {  # ApprovalError.code -> HTTP status
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+    # An error message may quote what a caller sent or a store said: secrets are masked in it.
+    return JSONResponse(
+        {"error": {"code": code, "message": Redaction.current().text(message), **extra}}, status_code=status
+    )
 
 
 def install_error_handlers(api: FastAPI) -> None:

@@ -21,6 +21,7 @@ from agentflow.store._codec import (
 from agentflow.store._constants import RUN_STATUSES, SCHEMA_REVISION, TERMINAL_STATUSES
 from agentflow.store._governance import ApprovalRow, AuditRow, PrincipalRow, VoteRow
 from agentflow.store._records import RunRecord, StepRecord
+from agentflow.store._redact import MASK, RedactingFilter, Redaction
 from agentflow.store._sessions import SessionRow
 from agentflow.store._store import EventStore
 from agentflow.store._tx import Tx
@@ -31,6 +32,7 @@ _MODELS = ("Blob", "Run", "Signal", "Step", "StepAttempt", "Worker")
 
 __all__ = [
     "DEFAULT_URL",
+    "MASK",
     "RUN_STATUSES",
     "SCHEMA_REVISION",
     "TERMINAL_STATUSES",
@@ -43,6 +45,8 @@ __all__ = [
     "Op",
     "PolicyUsage",
     "PrincipalRow",
+    "RedactingFilter",
+    "Redaction",
     "Run",
     "RunRecord",
     "SessionRow",

@@ -263,9 +263,11 @@ class Records:
     inside `EventStore.transaction` (`writable`), so a read-check-write cannot be split by
     mistake across autocommitted statements."""
 
-    def __init__(self, conn: Conn, *, writable: bool = True) -> None:
+    def __init__(self, conn: Conn, *, writable: bool = True, clean: Callable[[str], str] = str) -> None:
         self.conn = conn
         self.writable = writable
+        #: Masks secrets in free text written (comments, reasons): the store's redaction.
+        self.clean = clean
 
     def _write(self, sql: str, params: Sequence[Any]) -> None:
         if not self.writable:

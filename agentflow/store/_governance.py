@@ -206,7 +206,7 @@ class ApprovalRecords(Records):
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (approval_id, principal_id) DO UPDATE SET "
             "principal = excluded.principal, decision = excluded.decision, comment = excluded.comment, "
             "revision = excluded.revision, at = excluded.at",
-            (approval_id, principal_id, principal, decision, comment, revision, at),
+            (approval_id, principal_id, principal, decision, self.clean(comment), revision, at),
         )
 
 
@@ -220,7 +220,7 @@ class AuditRecords(Records):
         self._write(
             "INSERT INTO af_audit (at, tenant, actor, action, approval_id, run_id, outcome, reason) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (at, tenant, actor, action, approval_id, run_id, outcome, reason),
+            (at, tenant, actor, action, approval_id, run_id, outcome, self.clean(reason)),
         )
 
     def list(self, *, approval_id: str | None = None, run_id: str | None = None) -> list[AuditRow]:

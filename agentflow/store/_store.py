@@ -17,6 +17,7 @@ from agentflow.store._backend import Backend, Op
 from agentflow.store._constants import TERMINAL_SQL
 from agentflow.store._reads import ReadQueries
 from agentflow.store._records import RunRecord, StepRecord, create_run_op, step_params
+from agentflow.store._redact import Redaction
 from agentflow.store._schema import check_revision, upgrade
 from agentflow.store._tx import Tx
 from agentflow.store._urls import open_backend, redact_url
@@ -82,10 +83,13 @@ class EventStore(ReadQueries):
     hands out in `transaction` / `read`."""
 
     def __init__(
-        self, url: str, *, synchronous: str = "FULL", busy_timeout: float | None = None, migrate: bool = True
-    ) -> None:
+        self, url: str, *, synchronous: str = "FULL", busy_timeout: float | None = None, migrate: bool = True,
+        redaction: Redaction | None = None,
+    ) -> None:  # fmt: skip
         self.backend: Backend = open_backend(url, synchronous=synchronous, busy_timeout=busy_timeout)
         self.url = url
+        #: What is masked before anything is written (see `agentflow.store.Redaction`).
+        self.redaction = redaction if redaction is not None else Redaction.current()
         if migrate:
             try:
                 self.ensure_schema()
@@ -124,7 +128,7 @@ class EventStore(ReadQueries):
     def transaction(self, body: Callable[[Tx], T], *, what: str = "writing the store") -> T:
         """Run `body(tx)` in one transaction, serialized with every other `transaction` of the
         database, so a read-check-write in `body` is atomic (approval quorums, policy limits)."""
-        return self.backend.transact(lambda conn: body(Tx(conn, self.signal_ops)), what=what)
+        return self.backend.transact(lambda conn: body(Tx(conn, self.signal_ops, clean=self.redaction.text)), what=what)
 
     def read(self, body: Callable[[Tx], T], *, what: str = "reading the store") -> T:
         """Run `body(tx)` on this thread's connection, outside a transaction: reads only (a write
@@ -152,7 +156,13 @@ class EventStore(ReadQueries):
         run = self.get_run(run_id)
         return run, n == 1
 
-    create_run_op = staticmethod(create_run_op)
+    def create_run_op(
+        self, run_id: str, workflow: str, tenant: str, input: str, now: float,
+        parent_id: str | None, parent_seq: int | None, root_id: str | None, meta: str | None,
+    ) -> Op:  # fmt: skip
+        """Insert a pending run unless one with this id exists (input and meta redacted)."""
+        r = self.redaction.json
+        return create_run_op(run_id, workflow, tenant, r(input) or input, now, parent_id, parent_seq, root_id, r(meta))
 
     def find_run(self, run_id: str) -> RunRecord | None:
         rows = self.backend.query(f"SELECT {RUN_COLUMNS} FROM af_runs WHERE id = ?", (run_id,))
@@ -209,14 +219,15 @@ class EventStore(ReadQueries):
         return (
             "INSERT INTO af_step_attempts (run_id, seq, attempt, error, started_at, finished_at, "
             "retry_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (run_id, seq, attempt, error, started, finished, retry_at),
+            (run_id, seq, attempt, self.redaction.json(error), started, finished, retry_at),
             False,
         )
 
     # -- blobs -----------------------------------------------------------------------------
-    @staticmethod
-    def blob_op(digest: str, data: str, now: float) -> Op:
-        """Store a content-addressed payload once (a second insert of the same hash is a no-op)."""
+    def blob_op(self, digest: str, data: str, now: float) -> Op:
+        """Store a content-addressed payload once (a second insert of the same hash is a no-op).
+        Its secrets are masked: the hash names the payload as it was sent, the row holds it masked."""
+        data = self.redaction.json(data) or data
         return (
             "INSERT INTO af_blobs (hash, data, size, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (digest, data, len(data.encode()), now),
@@ -233,7 +244,8 @@ class EventStore(ReadQueries):
         return {r[0]: r[1] for r in rows}
 
     def upsert_step_op(self, run_id: str, epoch: int, s: StepRecord) -> Op:
-        """Record a step (fenced: only while `epoch` is the run's lease epoch)."""
+        """Record a step (fenced: only while `epoch` is the run's lease epoch). The executor masks
+        a step's secrets when it makes the record (it hands the workflow what is recorded)."""
         return (self.backend.upsert_step_sql, step_params(run_id, epoch, s), True)
 
     # -- run transitions (all fenced on the epoch) ------------------------------------------
@@ -246,13 +258,16 @@ class EventStore(ReadQueries):
             True,
         )
 
-    @staticmethod
-    def finish_ops(run_id: str, epoch: int, status: str, output: str | None, error: str | None, now: float) -> list[Op]:
-        """End a run (fenced), and withdraw what waited on it in the same commit."""
+    def finish_ops(
+        self, run_id: str, epoch: int, status: str, output: str | None, error: str | None, now: float
+    ) -> list[Op]:
+        """End a run (fenced; its output and error redacted), and withdraw what waited on it in
+        the same commit."""
+        r = self.redaction.json
         finish = (
             "UPDATE af_runs SET status = ?, output = ?, error = ?, owner = NULL, wake_at = NULL, "
             "waiting_on = NULL, completed_at = ?, updated_at = ? WHERE id = ? AND epoch = ?",
-            (status, output, error, now, now, run_id, epoch),
+            (status, r(output), r(error), now, now, run_id, epoch),
             True,
         )
         return [finish, *withdraw_ops(run_id, now, f"the run ended {status} before a decision")]
@@ -304,7 +319,8 @@ class EventStore(ReadQueries):
     def signal_ops(self, run_id: str, name: str, payload: str, now: float) -> list[Op]:
         """The writes that deliver a signal (to add to another transaction, e.g. an approval's)."""
         insert = "INSERT INTO af_signals (run_id, name, payload, created_at) VALUES (?, ?, ?, ?)"
-        return [(insert, (run_id, name, payload, now), False), self.wake_op(run_id)]
+        clean = self.redaction.json(payload) or payload
+        return [(insert, (run_id, name, clean, now), False), self.wake_op(run_id)]
 
     def next_signal(self, run_id: str, name: str) -> tuple[int, str] | None:
         rows = self.backend.query(
@@ -410,7 +426,7 @@ class EventStore(ReadQueries):
 
     def fail_run(self, run_id: str, epoch: int, message: str, now: float) -> None:
         """End a run as failed from outside its workflow (an engine bug), if still ours."""
-        error = json.dumps({"type": "InternalError", "message": message})
+        error = json.dumps({"type": "InternalError", "message": self.redaction.text(message)})
         self.backend.write(
             [
                 (

@@ -23,14 +23,15 @@ class Tx:
     """Principals, approvals, audit, sessions and policy usage on one connection."""
 
     def __init__(
-        self, conn: Conn, signal_ops: Callable[[str, str, str, float], list[Op]], *, writable: bool = True
-    ) -> None:
+        self, conn: Conn, signal_ops: Callable[[str, str, str, float], list[Op]], *, writable: bool = True,
+        clean: Callable[[str], str] = str,
+    ) -> None:  # fmt: skip
         self.conn = conn
         self.writable = writable  # False in `store.read`: writes are refused (not a transaction)
         self._signal_ops = signal_ops
         self.principals = PrincipalRecords(conn, writable=writable)
-        self.approvals = ApprovalRecords(conn, writable=writable)
-        self.audit = AuditRecords(conn, writable=writable)
+        self.approvals = ApprovalRecords(conn, writable=writable, clean=clean)
+        self.audit = AuditRecords(conn, writable=writable, clean=clean)
         self.sessions = SessionRecords(conn, writable=writable)
 
     def usage(self, *, deciding: tuple[str, str] = ("", ""), as_of: float | None = None) -> PolicyUsage:

@@ -199,6 +199,7 @@ EXPORTS = {
     ],
     "agentflow.store": [
         "DEFAULT_URL",
+        "MASK",
         "RUN_STATUSES",
         "SCHEMA_REVISION",
         "TERMINAL_STATUSES",
@@ -211,6 +212,8 @@ EXPORTS = {
         "Op",
         "PolicyUsage",
         "PrincipalRow",
+        "RedactingFilter",
+        "Redaction",
         "Run",
         "RunRecord",
         "SessionRow",

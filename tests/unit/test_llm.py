@@ -596,3 +596,27 @@ def test_guard_in_a_workflow_is_not_retried(app: App) -> None:
     assert app.run(guarded, run_id="guarded") == "ModelRequestsForbidden:1"
     [step] = app.history("guarded")
     assert (step.kind, step.status) == ("llm", "failed")
+
+
+def _push_config(site: str, config: dict[str, Any]) -> str:
+    """Push a fragment."""
+    return site
+
+
+def _push_callbacks(site: str, callbacks: list[str]) -> str:
+    """Push a fragment."""
+    return site
+
+
+def _push_run_manager(site: str, run_manager: str) -> str:
+    """Push a fragment."""
+    return site
+
+
+@pytest.mark.parametrize("fn", [_push_config, _push_callbacks, _push_run_manager])
+def test_a_parameter_langchain_keeps_for_itself_is_refused_when_the_tool_is_declared(fn: Any) -> None:
+    """langchain shows `config` to the model but never passes it (the call fails at run time
+    with a missing argument) and drops the others: refused at declaration, saying what to do."""
+    name = fn.__name__.removeprefix("_push_")
+    with pytest.raises(ConfigurationError, match=rf"parameter name '{name}' is reserved.*rename it"):
+        tool(fn, side_effect="idempotent")
