@@ -35,7 +35,9 @@ apply) and ``retryable``: whether trying the same thing again later can help.
     │   ├── StoreBusyError          database locked past the busy timeout (retryable)
     │   ├── LeaseLostError          this worker no longer owns the run (fenced write refused)
     │   ├── CorruptRecordError      a stored row does not decode
-    │   └── SchemaVersionError      the database schema is newer than this agentflow
+    │   ├── SchemaVersionError      the database schema is newer than this agentflow
+    │   └── StoreKeyError           a sealed payload whose key is missing or wrong (encryption
+    │                               at rest); names the key id, never the key
     └── ApprovalError               an approval decision that was not taken (audited)
         ├── AuthenticationError     a missing, unknown or disabled operator token
         └── ApprovalRefused         the operator may not decide this (role, tenant, four-eyes,
@@ -85,6 +87,7 @@ __all__ = [
     "SchemaVersionError",
     "StoreBusyError",
     "StoreError",
+    "StoreKeyError",
     "UnknownRunError",
     "WaitTimeout",
     "WorkflowError",
@@ -257,6 +260,21 @@ class CorruptRecordError(StoreError):
 
 class SchemaVersionError(StoreError):
     """The database was written by a newer agentflow schema than this version knows."""
+
+
+class StoreKeyError(StoreError):
+    """A sealed payload (encryption at rest, `agentflow.store.Sealing`) cannot be opened: the key
+    it names is not configured, or the configured key under that id is not the one it was sealed
+    with (or the value was moved from another row). Nothing is changed; a worker gives the run
+    back untouched. The message names the key id and how to configure it, never a key.
+
+    Attributes:
+        key_id: the id of the key the payload was sealed under ("" when not known).
+    """
+
+    def __init__(self, message: str, *, key_id: str = "", **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.key_id = key_id
 
 
 class BudgetExceeded(WorkflowError):

@@ -29,7 +29,7 @@ from agentflow.approvals._models import (
 )
 from agentflow.errors import ApprovalRefused, AuthenticationError, ConfigurationError
 from agentflow.policy import ApprovalSpec, PolicyDecision
-from agentflow.store import ApprovalRow, EventStore, PrincipalRow, Tx
+from agentflow.store import ApprovalRow, EventStore, PrincipalRow, Tx, check_tenant
 
 if TYPE_CHECKING:
     from agentflow.engine import App, Clock
@@ -70,6 +70,7 @@ class Approvals:
         """Create an operator; return it and its API token (shown once: only its hash is kept)."""
         if not name or not tenant or not roles:
             raise ConfigurationError("an operator needs a name, a tenant and at least one role")
+        check_tenant(tenant)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         principal = Principal(id=uuid.uuid4().hex, name=name, tenant=tenant, roles=sorted(set(roles)))
         now = self._now()
@@ -148,13 +149,13 @@ class Approvals:
         )  # fmt: skip
 
         def body(tx: Tx) -> ApprovalRequest:
-            found = tx.approvals.get(rid)
+            found = tx.approvals.get(rid, tenant=tenant)
             if found is not None:
                 return _request(found)
             tx.approvals.add(row)
             tx.audit.add(at=now, tenant=tenant, actor=requested_by or "agent", action="requested", approval_id=rid,
                          run_id=run_id, outcome="done", reason=f"{tool} needs approval by rule {rule}")  # fmt: skip
-            return _loaded(tx, rid)
+            return _loaded(tx, rid, tenant)
 
         return self._transact(body)
 
@@ -168,25 +169,25 @@ class Approvals:
             if not req.open or req.expires_at is None or now < req.expires_at:
                 return req
             if req.status == "pending" and req.spec.on_expiry == "escalate":
-                tx.approvals.escalate(approval_id, expires_at=now + req.spec.expires_in)
+                tx.approvals.escalate(approval_id, tenant=req.tenant, expires_at=now + req.spec.expires_in)
                 reason = f"escalated to {req.spec.escalate_to}"
             else:
-                tx.approvals.set_status(approval_id, "expired", at=now)
+                tx.approvals.set_status(approval_id, "expired", tenant=req.tenant, at=now)
                 reason = "no decision before the expiry: the call is not run"
             tx.audit.add(at=now, tenant=req.tenant, actor="agentflow", action="expired", approval_id=approval_id,
                          run_id=req.run_id, outcome="done", reason=reason)  # fmt: skip
-            return _loaded(tx, approval_id)
+            return _loaded(tx, approval_id, req.tenant)
 
         return self._transact(body)
 
     # -- reading -----------------------------------------------------------------------------
-    def get(self, approval_id: str) -> ApprovalRequest:
-        """One request with its votes.
+    def get(self, approval_id: str, *, tenant: str | None = None) -> ApprovalRequest:
+        """One request with its votes (with `tenant`: only one of that tenant's).
 
         Raises:
-            ApprovalRefused: code "unknown" when there is no such request.
+            ApprovalRefused: code "unknown" when there is no such request (in `tenant`).
         """
-        return self.store.read(lambda tx: _loaded(tx, approval_id))
+        return self.store.read(lambda tx: _loaded(tx, approval_id, tenant))
 
     def list(
         self, *, tenant: str | None = None, status: str | None = "pending", run_id: str | None = None,
@@ -198,7 +199,7 @@ class Approvals:
 
         def body(tx: Tx) -> _List[ApprovalRequest]:
             ids = tx.approvals.ids(tenant=tenant, run_id=run_id, statuses=wanted)
-            return [_loaded(tx, i) for i in ids]
+            return [_loaded(tx, i, tenant) for i in ids]
 
         found = self.store.read(body)
         if for_principal is not None:
@@ -256,7 +257,8 @@ class Approvals:
         edited = None if edited is None else self.store.redaction.data(edited)
 
         def body(tx: Tx) -> ApprovalRequest | _Refusal:
-            row = tx.approvals.get(approval_id)
+            # Read in the decider's tenant: another tenant's request is "unknown", like none.
+            row = tx.approvals.get(approval_id, tenant=principal.tenant)
             req = None if row is None else _request(row)
             live = req is None or tx.run_is_live(req.run_id)  # a request made before withdrawals existed
             refusal = _check(principal, req, approval_id, now, decision, edited, seen_hash, run_live=live)
@@ -296,24 +298,24 @@ def _vote(
         revision += 1
         # The staged diff was the tool's preview of the old arguments: showing it beside the
         # edited ones would show approvers a change that is not the one that will run.
-        tx.approvals.edit_args(req.id, edited, args_hash(edited), revision)
+        tx.approvals.edit_args(req.id, edited, args_hash(edited), revision, tenant=req.tenant)
         audit("edited", f"arguments changed: {sorted(k for k in edited if edited.get(k) != req.args.get(k))}")
     elif any(v.principal == principal.name and v.revision == revision and v.decision == decision for v in req.votes):
         audit(decision, "repeated decision: counted once")
         return req
-    tx.approvals.vote(req.id, principal_id=principal.id, principal=principal.name, decision=decision,
-                      comment=comment, revision=revision, at=now)  # fmt: skip
+    tx.approvals.vote(req.id, tenant=req.tenant, principal_id=principal.id, principal=principal.name,
+                      decision=decision, comment=comment, revision=revision, at=now)  # fmt: skip
     approvals = 1 + sum(1 for v in req.votes if v.decision == "approve" and v.revision == revision
                         and v.principal != principal.name)  # fmt: skip
     status = "rejected" if decision == "reject" else ("approved" if approvals >= req.spec.quorum else None)
     if status is not None:
-        tx.approvals.set_status(req.id, status, at=now)
+        tx.approvals.set_status(req.id, status, tenant=req.tenant, at=now)
         _wake(tx, req, status, now)
         note = f"{status} ({approvals}/{req.spec.quorum}) {comment}".strip()
     else:
         note = f"approval {approvals}/{req.spec.quorum} {comment}".strip()
     audit(decision, note)
-    return _loaded(tx, req.id)
+    return _loaded(tx, req.id, req.tenant)
 
 
 def _wake(tx: Tx, req: ApprovalRequest, status: str, now: float) -> None:
@@ -385,9 +387,9 @@ def _request(row: ApprovalRow) -> ApprovalRequest:
     return ApprovalRequest.model_validate(data)
 
 
-def _loaded(tx: Tx, approval_id: str) -> ApprovalRequest:
-    """A request read in `tx`; ApprovalRefused(code="unknown") when there is none."""
-    row = tx.approvals.get(approval_id)
+def _loaded(tx: Tx, approval_id: str, tenant: str | None = None) -> ApprovalRequest:
+    """A request read in `tx`; ApprovalRefused(code="unknown") when there is none (in `tenant`)."""
+    row = tx.approvals.get(approval_id, tenant=tenant)
     if row is None:
         raise ApprovalRefused(f"no approval request {approval_id}", code="unknown", approval_id=approval_id)
     return _request(row)

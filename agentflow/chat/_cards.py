@@ -8,7 +8,7 @@ from typing import Any
 from agentflow.approvals import ApprovalRequest, Principal
 from agentflow.chat._context import Chat
 from agentflow.chat._views import json_or_text
-from agentflow.store import RunRecord, StepRecord
+from agentflow.store import RunRecord, StepRecord, local_id
 
 
 def card(chat: Chat, req: ApprovalRequest, viewer: Principal, steps: Iterable[StepRecord] = ()) -> dict[str, Any]:
@@ -16,7 +16,7 @@ def card(chat: Chat, req: ApprovalRequest, viewer: Principal, steps: Iterable[St
     why_not = why_not_decide(chat, req, viewer)
     return {
         "id": req.id,
-        "run_id": req.run_id,
+        "run_id": local_id(req.run_id, req.tenant),
         "tool": req.tool,
         "target": _target(req, steps),
         "args": req.args,
@@ -45,7 +45,7 @@ def card(chat: Chat, req: ApprovalRequest, viewer: Principal, steps: Iterable[St
 
 def run_cards(chat: Chat, run: RunRecord, viewer: Principal, steps: list[StepRecord]) -> list[dict[str, Any]]:
     """The cards of every approval request of a run, as `viewer` may act on them."""
-    return [card(chat, r, viewer, steps) for r in chat.approvals.list(run_id=run.id, status=None)]
+    return [card(chat, r, viewer, steps) for r in chat.approvals.list(tenant=run.tenant, run_id=run.id, status=None)]
 
 
 def why_not_decide(chat: Chat, req: ApprovalRequest, viewer: Principal) -> str | None:

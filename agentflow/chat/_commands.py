@@ -13,7 +13,7 @@ from agentflow.chat._cards import card
 from agentflow.chat._context import Chat
 from agentflow.chat._text import utc
 from agentflow.chat._views import run_summary
-from agentflow.errors import ApprovalRefused
+from agentflow.errors import ApprovalRefused, UnknownRunError
 from agentflow.store import RunRecord, StepRecord
 
 HELP = (
@@ -25,7 +25,13 @@ _ID = re.compile(r"^(apr_[0-9a-f]{6,40})\b\s*(.*)$", re.DOTALL)
 
 
 def reply(chat: Chat, run: RunRecord, viewer: Principal, text: str) -> dict[str, Any]:
-    """`ChatReply` of API.md for `text` typed in `run`'s conversation by `viewer`."""
+    """`ChatReply` of API.md for `text` typed in `run`'s conversation by `viewer`.
+
+    Raises:
+        UnknownRunError: `run` is another tenant's (it is not described, as for no run).
+    """
+    if viewer.tenant != run.tenant:
+        raise UnknownRunError(f"no run {run.local_id} in tenant {viewer.tenant}", run_id=run.local_id)
     found = _COMMAND.match(text)
     if found is None:
         return {"reply": HELP, "kind": "help", "card": None}
@@ -53,11 +59,11 @@ def _target(chat: Chat, run: RunRecord, rest: str) -> tuple[ApprovalRequest, str
     """The approval a command is about: the one named, else the run's only open one."""
     named = _ID.match(rest)
     if named is not None:
-        req = chat.approvals.get(named.group(1))
+        req = chat.approvals.get(named.group(1), tenant=run.tenant)
         if req.run_id != run.id:
             raise ApprovalRefused(f"no approval request {named.group(1)} in this run", code="unknown")
         return req, named.group(2).strip()
-    open_ = chat.approvals.list(run_id=run.id, status="pending")
+    open_ = chat.approvals.list(tenant=run.tenant, run_id=run.id, status="pending")
     if not open_:
         raise ApprovalRefused("nothing in this run waits for an approval", code="unknown", run_id=run.id)
     if len(open_) > 1:
@@ -70,9 +76,9 @@ def _target(chat: Chat, run: RunRecord, rest: str) -> tuple[ApprovalRequest, str
 def status_text(chat: Chat, run: RunRecord) -> str:
     """One paragraph: where the run stands and what it waits for."""
     summary = run_summary(chat, run)
-    parts = [f"Run {run.id} is {run.status} after {summary['steps']} steps, {summary['tokens']} tokens, "
+    parts = [f"Run {run.local_id} is {run.status} after {summary['steps']} steps, {summary['tokens']} tokens, "
              f"${summary['cost_usd']:.4f}."]  # fmt: skip
-    for req in chat.approvals.list(run_id=run.id, status="pending"):
+    for req in chat.approvals.list(tenant=run.tenant, run_id=run.id, status="pending"):
         left = f", expires {utc(req.expires_at)}" if req.expires_at else ""
         parts.append(
             f"Waiting for approval {req.id}: {req.tool}({_args(req.args)}) under rule {req.rule}, "
@@ -109,7 +115,7 @@ def why_text(chat: Chat, run: RunRecord, steps: list[StepRecord]) -> str:
         if len(lines) == 5:
             break
     if not lines:
-        return f"No side-effecting call was decided in run {run.id} yet; {status_text(chat, run)}"
+        return f"No side-effecting call was decided in run {run.local_id} yet; {status_text(chat, run)}"
     return "Policy decisions, latest first: " + "; ".join(lines)
 
 

@@ -50,7 +50,7 @@ def run_summary(chat: Chat, run: RunRecord, *, open_approvals: int | None = None
         open_approvals = chat.approvals.count_open(run.id)
     meta = run.meta_dict()
     return {
-        "id": run.id,
+        "id": run.local_id,  # what the run's tenant calls it (ids are per tenant)
         "status": run.status,
         "task": task_of(run),
         "agent": meta.get("agent"),

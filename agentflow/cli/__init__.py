@@ -2,7 +2,8 @@
 
     agentflow worker | run | demo | serve | chat          _worker, _run, _demo, _serve, _chat
     agentflow runs list | show | history | usage | cancel | signal                   _runs
-    agentflow db upgrade                                                             _db
+    agentflow db upgrade | rotate-key                                                _db
+    agentflow doctor                                                                 _doctor
     agentflow operators add | list                                                   _operators
     agentflow approvals list | show | approve | reject                               _approvals
     agentflow policy check                                                           _policy
@@ -18,6 +19,7 @@ from agentflow.cli._approvals import approvals_app
 from agentflow.cli._chat import chat
 from agentflow.cli._db import db_app
 from agentflow.cli._demo import demo
+from agentflow.cli._doctor import doctor
 from agentflow.cli._operators import operators_app
 from agentflow.cli._policy import policy_app
 from agentflow.cli._run import run_agent
@@ -38,6 +40,7 @@ app.command()(worker)
 app.command("run")(run_agent)
 app.command()(demo)
 app.command()(serve)
+app.command()(doctor)
 app.add_typer(runs_app, name="runs")
 app.add_typer(db_app, name="db")
 app.add_typer(operators_app, name="operators")

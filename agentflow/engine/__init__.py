@@ -8,6 +8,7 @@ from agentflow.engine._context import WorkflowContext
 from agentflow.engine._crash import configure as configure_crash_point
 from agentflow.engine._crash import crash_point
 from agentflow.engine._defs import Activity, ActivityInfo, RetryPolicy, Workflow, current_activity
+from agentflow.engine._doctor import Diagnosis, Finding, diagnose
 from agentflow.engine._worker import Worker
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "App",
     "Client",
     "Clock",
+    "Diagnosis",
+    "Finding",
     "RetryPolicy",
     "RunHandle",
     "RunInfo",
@@ -27,4 +30,5 @@ __all__ = [
     "configure_crash_point",
     "crash_point",
     "current_activity",
+    "diagnose",
 ]

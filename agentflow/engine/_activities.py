@@ -110,7 +110,7 @@ class ActivitySteps(ExecutorBase):
         ops = [self._step_op(step)]
         now = step.started_at
         for pending in (call.blobs, blobs or {}):
-            ops.extend(self.store.blob_op(h, data, now) for h, data in pending.items())
+            ops.extend(self.store.blob_op(h, data, now, tenant=self.run.tenant) for h, data in pending.items())
         call.blobs = {}
         return ops
 

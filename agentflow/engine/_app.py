@@ -12,7 +12,7 @@ from agentflow.engine._client import Client, RunHandle, RunInfo
 from agentflow.engine._clock import Clock, SystemClock
 from agentflow.engine._defs import Activity, RetryPolicy, Workflow
 from agentflow.errors import ConfigurationError, CorruptRecordError, NotRegisteredError
-from agentflow.store import EventStore, Redaction, RunRecord, StepRecord, decode
+from agentflow.store import EventStore, Redaction, RunRecord, Sealing, StepRecord, decode
 
 if TYPE_CHECKING:
     from agentflow.engine._worker import Worker
@@ -56,6 +56,8 @@ class App:
             worker; longer ones park the run in the store.
         redaction: what is masked before anything is recorded (default: standard secret fields
             and shapes, and this process's configuration secrets; `agentflow.store.Redaction`).
+        sealing: encryption at rest of the recorded payloads (`agentflow.store.Sealing`; default
+            `Sealing.from_env()`: keys from `AGENTFLOW_ENCRYPTION_KEYS`, else stored in clear).
     """
 
     def __init__(
@@ -68,18 +70,20 @@ class App:
         lease_ttl: float = 10.0,
         inline_wait: float = 1.0,
         redaction: Redaction | None = None,
+        sealing: Sealing | None = None,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
         self.lease_ttl = lease_ttl
         self.inline_wait = inline_wait
+        self._sealing = sealing
         self._workflows: dict[str, Workflow[Any, Any]] = {}
         self._activities: dict[str, Activity[Any, Any]] = {}
         # The app acts on runs through its own Client: one place opens the store (on first use,
         # so `module:app` imports cheaply), and a closed app reconnects where it is used again.
         self._client = Client(db, clock=self.clock, synchronous=synchronous, busy_timeout=busy_timeout,
-                              workflows=self._workflows, redaction=redaction)  # fmt: skip
+                              workflows=self._workflows, redaction=redaction, sealing=sealing)  # fmt: skip
         self.db = self._client.db
 
     @property
@@ -184,7 +188,9 @@ class App:
 
     def with_store(self, db: str, **options: Any) -> App:
         """A new App on another store with this App's registrations (e.g. a replay on a copy
-        of the history); `options` are App's keyword arguments."""
+        of the history); `options` are App's keyword arguments. The copy seals what this App
+        seals (a replay's temporary store holds no payload in clear that the original sealed)."""
+        options.setdefault("sealing", self._sealing)
         other = App(db, **options)
         other.include(*self._workflows.values(), *self._activities.values())
         return other

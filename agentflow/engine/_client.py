@@ -20,7 +20,21 @@ from typing import Any, Literal
 from agentflow.engine._clock import Clock, SystemClock
 from agentflow.engine._defs import Workflow
 from agentflow.errors import ConfigurationError, RunFailedError, RunStateError
-from agentflow.store import EventStore, Redaction, RunRecord, StepRecord, decode, encode, parse_url, resolve_url
+from agentflow.store import (
+    DEFAULT_TENANT,
+    EventStore,
+    Redaction,
+    RunRecord,
+    Sealing,
+    StepRecord,
+    check_run_id,
+    check_tenant,
+    decode,
+    encode,
+    parse_url,
+    resolve_url,
+    run_key,
+)
 
 _List = list  # `Client.list` shadows the builtin inside the class
 # Failures a deploy of fixed code can get past: the only ones `resume` accepts.
@@ -109,6 +123,7 @@ class Client:
             workflow's declared type and arguments are checked; without them results are JSON.
         redaction: what is masked before anything is recorded (default: the standard secret
             fields and shapes, and this process's configuration secrets; see `Redaction`).
+        sealing: encryption at rest (see `App`; default `Sealing.from_env()`).
     """
 
     def __init__(
@@ -121,6 +136,7 @@ class Client:
         busy_timeout: float | None = None,
         workflows: Mapping[str, Workflow[Any, Any]] | None = None,
         redaction: Redaction | None = None,
+        sealing: Sealing | None = None,
     ) -> None:
         if store is not None and db is not None:
             raise ConfigurationError("pass the store's URL (db=...) or an open store (store=...), not both")
@@ -130,7 +146,7 @@ class Client:
         self._store = store
         self._owns_store = store is None
         self._options: dict[str, Any] = {"synchronous": synchronous, "busy_timeout": busy_timeout,
-                                         "redaction": redaction}  # fmt: skip
+                                         "redaction": redaction, "sealing": sealing}  # fmt: skip
         self._workflows: Mapping[str, Workflow[Any, Any]] = workflows if workflows is not None else {}
 
     @property
@@ -165,31 +181,38 @@ class Client:
         workflow: Workflow[Any, Any] | str,
         *args: Any,
         run_id: str | None = None,
-        tenant: str = "default",
+        tenant: str = DEFAULT_TENANT,
         meta: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> RunHandle:
         """Start a run of `workflow` (a Workflow, or the name workers know it by); it is
-        pending until a worker claims it. An existing `run_id` returns that run.
+        pending until a worker claims it. An existing `run_id` of the same tenant returns that
+        run. Run ids are the tenant's own: the handle's `run_id` is the store's key of the run
+        (`<tenant>:<run id>` outside the default tenant), what the other methods take.
 
         Raises:
-            ConfigurationError: bad arguments, a bad run id, or `run_id` taken by another workflow.
+            ConfigurationError: bad arguments, a bad run id or tenant name, or `run_id` taken
+                by another workflow in this tenant.
         """
         name = workflow if isinstance(workflow, str) else workflow.name
         wf = workflow if isinstance(workflow, Workflow) else self._workflows.get(name)
-        run_id = run_id or uuid.uuid4().hex
-        if "/" in run_id:
-            raise ConfigurationError(f"run id {run_id!r} must not contain '/' (reserved for child runs)")
+        key = run_key(check_tenant(tenant), check_run_id(run_id) if run_id is not None else uuid.uuid4().hex)
         input_json = encode_input(wf, name, args, kwargs)
-        record, created = self.store.create_run(
-            run_id=run_id, workflow=name, tenant=tenant, input=input_json, now=self.clock.now(),
-            meta=json.dumps(meta) if meta else None,
-        )  # fmt: skip
+        existing = self.store.find_run(key, tenant=tenant) if run_id is not None else None
+        if existing is not None:  # started before (perhaps under a 0.1 key: its bare id)
+            record, created = existing, False
+        else:
+            record, created = self.store.create_run(
+                run_id=key, workflow=name, tenant=tenant, input=input_json, now=self.clock.now(),
+                meta=json.dumps(meta) if meta else None,
+            )  # fmt: skip
+        if record.tenant != tenant:  # a 0.1 run of another tenant holds this bare id
+            raise ConfigurationError(f"run id {run_id!r} is taken in this store; choose another run id")
         if record.workflow != name:
             raise ConfigurationError(
                 f"run id {run_id!r} already exists for workflow {record.workflow!r}, not {name!r}; choose another run id"
             )
-        return RunHandle(self, run_id, created=created)
+        return RunHandle(self, record.id, created=created)
 
     # -- steering --------------------------------------------------------------------------
     def signal(self, run_id: str, name: str, payload: Any = None) -> None:

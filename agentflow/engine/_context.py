@@ -17,6 +17,7 @@ from agentflow.engine._clock import Clock
 from agentflow.engine._defs import Activity, Workflow
 from agentflow.engine._history import History
 from agentflow.engine._host import Host
+from agentflow.errors import AgentflowError, StoreError
 from agentflow.store import EventStore, Redaction, RunRecord, StepRecord
 
 P = ParamSpec("P")
@@ -53,6 +54,8 @@ class Steps(Protocol):
     def record_local(self, kind: str, make: Callable[[], Any]) -> Any: ...
 
     def patched(self, change_id: str) -> bool: ...
+
+    def _stop(self, err: AgentflowError) -> BaseException: ...
 
 
 class WorkflowContext:
@@ -115,7 +118,12 @@ class WorkflowContext:
         """Content-addressed payloads recorded by steps (`run_step(blobs=...)`), by hash; missing
         ones are absent. For step helpers decoding their own recorded results (what `chat()`
         does); workflow code reads step results through the steps themselves."""
-        return self._ex.store.get_blobs(digests)
+        try:
+            return self._ex.store.get_blobs(digests)
+        except StoreError as exc:
+            # A key that is missing (encryption at rest) or a store that fails: not the run's
+            # fault. The run stops and is given back untouched, never failed for it.
+            raise self._ex._stop(exc) from None
 
     def run(self, activity: Activity[P, R], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[R]:
         """Run an activity as a recorded step; await the result.

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import hashlib
 import inspect
+import types
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar
@@ -127,8 +129,39 @@ class Workflow(Generic[P, R]):
         # `ctx` is the run's WorkflowContext (typed Any here: the context module imports this one).
         return await self.fn(ctx, *args, **kwargs)
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A digest of the workflow function's compiled code (comments, formatting and line
+        numbers aside): workers whose fingerprints of one workflow differ run different code, and
+        a run moving between them may replay against code that did not record it."""
+        fn = inspect.unwrap(self.fn)
+        code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+        digest = hashlib.sha256(getattr(fn, "__qualname__", repr(fn)).encode())
+        if isinstance(code, types.CodeType):
+            _digest_code(code, digest)
+        return digest.hexdigest()[:16]
+
     def __repr__(self) -> str:
         return f"<Workflow {self.name}>"
+
+
+def _digest_code(code: types.CodeType, digest: Any) -> None:
+    digest.update(code.co_code)
+    digest.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _digest_code(const, digest)  # nested functions, lambdas, comprehensions
+        else:
+            digest.update(_stable_repr(const).encode())
+
+
+def _stable_repr(value: Any) -> str:
+    """A constant's repr that does not depend on the process (a frozenset's order does)."""
+    if isinstance(value, frozenset):
+        return "frozenset(" + repr(sorted(_stable_repr(v) for v in value)) + ")"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_stable_repr(v) for v in value) + ")"
+    return repr(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,7 +103,8 @@ class Worker:
     # -- the loop --------------------------------------------------------------------------
     async def _loop(self, done: Callable[[], bool]) -> None:
         loop = asyncio.get_running_loop()
-        self.store.register_worker(self.worker_id)
+        served = {name: self.app.workflow_named(name).fingerprint for name in self.app.workflow_names}
+        self.store.register_worker(self.worker_id, workflows=served, lease_ttl=self.app.lease_ttl)
         if not self.replay_only:
             declare_clock(self.store, self.app.clock)
         beat = threading.Thread(target=self._heartbeat, args=(loop,), name="agentflow-heartbeat", daemon=True)

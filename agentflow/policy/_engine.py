@@ -36,7 +36,8 @@ class CallFacts(BaseModel):
     side_effect: bool = True
     target: str | None = None
     region: str | None = None
-    tenant: str = "default"
+    #: Whose call it is: limits are counted per tenant, so there is no default to fall into.
+    tenant: str
     requester: str | None = None
     run_id: str = ""
     call_id: str = ""

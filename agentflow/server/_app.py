@@ -5,8 +5,8 @@ cookie is HttpOnly and SameSite=Strict and whose state changes carry the session
 All reads are scoped to the operator's current tenant (other tenants' runs answer 404, so their
 ids are not even confirmed), and every decision goes through the approvals service, which checks
 again and audits in one transaction. What runs, events and cards look like is `agentflow.chat`'s;
-routes live per area (`_routes_session`, `_routes_runs`, `_routes_approvals`). Errors are JSON
-with a 4xx code (API.md's table).
+routes live per area (`_routes_session`, `_routes_runs`, `_routes_approvals`,
+`_routes_doctor`). Errors are JSON with a 4xx code (API.md's table).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from agentflow.agent import agent_workflow
 from agentflow.chat import Chat
 from agentflow.engine import App, Worker
-from agentflow.server import _routes_approvals, _routes_runs, _routes_session
+from agentflow.server import _routes_approvals, _routes_doctor, _routes_runs, _routes_session
 from agentflow.server._errors import install_error_handlers
 from agentflow.server._headers import SecurityHeaders
 from agentflow.server._limits import DEFAULT_MAX_BODY, AuthThrottle, BodyLimit
@@ -125,6 +125,6 @@ def create_app(
 
     _mount_docs(api)
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for module in (_routes_session, _routes_runs, _routes_approvals):
+    for module in (_routes_session, _routes_runs, _routes_approvals, _routes_doctor):
         api.include_router(module.router)
     return api

@@ -22,7 +22,10 @@ class TenantBody(_Body):
 
 class StartBody(_Body):
     task: str = Field(min_length=1, max_length=4000, description="What the copilot should do.")
-    run_id: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")
+    run_id: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$",
+        description="An id of your choosing, unique in your tenant (another tenant may use the same).",
+    )  # fmt: skip
 
 
 class ChatBody(_Body):

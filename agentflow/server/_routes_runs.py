@@ -19,9 +19,10 @@ _STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
 def own_run(state: Served, run_id: str, who: Actor) -> RunRecord:
-    """The run if it is in the caller's tenant; another tenant's run is not even confirmed."""
-    run = state.chat.store.find_run(run_id)
-    if run is None or run.tenant != who.principal.tenant:
+    """The run if it is in the caller's tenant (the tenant is part of the query and of the run's
+    key); another tenant's run is not even confirmed."""
+    run = state.chat.store.find_run(run_id, tenant=who.principal.tenant)
+    if run is None:
         raise ApiError(404, "unknown_run", f"no run {run_id} in tenant {who.principal.tenant}")
     return run
 
@@ -44,7 +45,7 @@ def start_run(body: StartBody, who: Who, state: State) -> dict[str, Any]:
     handle = state.chat.client.start(state.workflow, body.task, run_id=body.run_id, tenant=who.principal.tenant,
                                      meta=meta)  # fmt: skip
     if not handle.created:
-        raise ApiError(409, "run_exists", f"run {body.run_id} already exists: choose another id")
+        raise ApiError(409, "run_exists", f"run {body.run_id} already exists in your tenant: choose another id")
     return run_summary(state.chat, state.chat.store.get_run(handle.run_id))
 
 
@@ -91,7 +92,7 @@ def export(run_id: str, who: Who, state: State) -> PlainTextResponse:
         raise ApiError(501, "unavailable", f"trace export needs `pip install agentflow[trace]` ({exc})") from None
     text = trace.load(state.chat.client, run.id).jsonl()
     return PlainTextResponse(text, media_type="application/x-ndjson",
-                             headers={"Content-Disposition": f'attachment; filename="{run.id}.jsonl"'})  # fmt: skip
+                             headers={"Content-Disposition": f'attachment; filename="{run.local_id}.jsonl"'})  # fmt: skip
 
 
 def _last_event_id(request: Request) -> int:

@@ -20,6 +20,7 @@ from starlette.requests import Request
 
 from agentflow.approvals import Principal
 from agentflow.chat import Chat, card, events, run_summary
+from agentflow.errors import UnknownRunError
 
 KEEPALIVE = 15.0  # seconds: proxies close idle connections, browsers do not notice it otherwise
 
@@ -39,7 +40,9 @@ def _message(event: str, data: Any, event_id: int | None = None) -> str:
 def _poll(chat: Chat, run_id: str, viewer: Principal, cursor: _Cursor) -> tuple[list[str], bool]:
     """The messages due since `cursor` (which it advances), and whether the stream is over."""
     out: list[str] = []
-    run = chat.store.get_run(run_id)
+    run = chat.store.find_run(run_id, tenant=viewer.tenant)
+    if run is None:  # own_run checked it before the stream began; a run is never deleted
+        raise UnknownRunError(f"no run {run_id} in tenant {viewer.tenant}", run_id=run_id)
     steps = chat.store.load_steps(run_id, after=cursor.after)
     ready = []
     for step in steps:
@@ -50,7 +53,7 @@ def _poll(chat: Chat, run_id: str, viewer: Principal, cursor: _Cursor) -> tuple[
         out.append(_message("step", event, event["seq"]))
     if ready:
         cursor.after = ready[-1].seq
-    requests = chat.approvals.list(run_id=run_id, status=None)
+    requests = chat.approvals.list(tenant=viewer.tenant, run_id=run_id, status=None)
     changed = [r for r in requests if cursor.cards.get(r.id) != _fingerprint(r)]
     if changed:
         history = chat.store.load_steps(run_id)

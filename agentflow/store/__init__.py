@@ -1,6 +1,7 @@
 """The event store: the only owner of SQL. Tables, migrations, the SQLite and PostgreSQL
-backends chosen by URL, the payload codec, runs/steps/signals/workers, governance records
-(principals, approvals, audit, policy usage, sessions) and the read side's queries.
+backends chosen by URL, the payload codec, encryption at rest (`Sealing`), runs/steps/signals/
+workers, governance records (principals, approvals, audit, policy usage, sessions) and the read
+side's queries.
 
 The SQLModel table classes are imported lazily: the engine's hot path never needs them, and
 importing SQLModel costs ~0.4 s of start-up.
@@ -20,10 +21,13 @@ from agentflow.store._codec import (
 )
 from agentflow.store._constants import RUN_STATUSES, SCHEMA_REVISION, TERMINAL_STATUSES
 from agentflow.store._governance import ApprovalRow, AuditRow, PrincipalRow, VoteRow
+from agentflow.store._health import Checkup, ExpiredApprovalRow, OpenRunRow, SchemaState, WorkerRow
 from agentflow.store._records import RunRecord, StepRecord
 from agentflow.store._redact import MASK, RedactingFilter, Redaction
+from agentflow.store._seal import Sealing
 from agentflow.store._sessions import SessionRow
 from agentflow.store._store import EventStore
+from agentflow.store._tenants import DEFAULT_TENANT, check_run_id, check_tenant, local_id, run_key, scoped_key
 from agentflow.store._tx import Tx
 from agentflow.store._urls import DEFAULT_URL, parse_url, pinned_url, redact_url, resolve_url, same_database
 from agentflow.store._usage import PolicyUsage
@@ -31,6 +35,7 @@ from agentflow.store._usage import PolicyUsage
 _MODELS = ("Blob", "Run", "Signal", "Step", "StepAttempt", "Worker")
 
 __all__ = [
+    "DEFAULT_TENANT",
     "DEFAULT_URL",
     "MASK",
     "RUN_STATUSES",
@@ -40,15 +45,20 @@ __all__ = [
     "AuditRow",
     "Backend",
     "Blob",
+    "Checkup",
     "Conn",
     "EventStore",
+    "ExpiredApprovalRow",
     "Op",
+    "OpenRunRow",
     "PolicyUsage",
     "PrincipalRow",
     "RedactingFilter",
     "Redaction",
     "Run",
     "RunRecord",
+    "SchemaState",
+    "Sealing",
     "SessionRow",
     "Signal",
     "Step",
@@ -57,17 +67,23 @@ __all__ = [
     "Tx",
     "VoteRow",
     "Worker",
+    "WorkerRow",
     "adapter_for",
+    "check_run_id",
+    "check_tenant",
     "decode",
     "digest",
     "encode",
+    "local_id",
     "param_adapters",
     "parse_url",
     "pinned_url",
     "redact_url",
     "resolve_url",
     "return_adapter",
+    "run_key",
     "same_database",
+    "scoped_key",
     "unrepresentable",
 ]
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from agentflow.errors import LeaseLostError, StoreError
+from agentflow.store._seal import Sealer
 
 T = TypeVar("T")
 
@@ -263,11 +264,15 @@ class Records:
     inside `EventStore.transaction` (`writable`), so a read-check-write cannot be split by
     mistake across autocommitted statements."""
 
-    def __init__(self, conn: Conn, *, writable: bool = True, clean: Callable[[str], str] = str) -> None:
+    def __init__(
+        self, conn: Conn, *, writable: bool = True, clean: Callable[[str], str] = str, seals: Sealer | None = None
+    ) -> None:
         self.conn = conn
         self.writable = writable
         #: Masks secrets in free text written (comments, reasons): the store's redaction.
         self.clean = clean
+        #: Seals the payloads written and opens those read (the store's encryption at rest).
+        self.seals = seals if seals is not None else Sealer(None)
 
     def _write(self, sql: str, params: Sequence[Any]) -> None:
         if not self.writable:

@@ -136,29 +136,39 @@ def _principal(row: Any) -> PrincipalRow:
 class ApprovalRecords(Records):
     """Approval requests and votes (`af_approvals`, `af_approval_votes`)."""
 
-    def get(self, approval_id: str) -> ApprovalRow | None:
-        row = self.conn.execute(f"SELECT {_APPROVAL_COLUMNS} FROM af_approvals WHERE id = ?", (approval_id,))
+    def get(self, approval_id: str, *, tenant: str | None = None) -> ApprovalRow | None:
+        """The request with its votes; with `tenant`, only if it is that tenant's (in the query)."""
+        clauses, params = equal_filters(id=approval_id, tenant=tenant)
+        row = self.conn.execute(f"SELECT {_APPROVAL_COLUMNS} FROM af_approvals" + _where(clauses), params)
         found = row.fetchone()
         if found is None:
             return None
         data = dict(zip(_APPROVAL_COLUMNS.split(", "), found, strict=True))
-        data["args"] = json.loads(data["args"])
-        data["diff"] = json.loads(data["diff"]) if data["diff"] else None
+        opened, tenant, rid = self.seals.open, data["tenant"], data["id"]
+        data["args"] = json.loads(opened(data["args"], tenant, "af_approvals.args", rid) or "null")
+        diff = opened(data["diff"], tenant, "af_approvals.diff", rid)
+        data["diff"] = json.loads(diff) if diff else None
         data["spec"] = json.loads(data["spec"])
-        votes = self.conn.execute(
-            "SELECT principal, decision, comment, revision, at FROM af_approval_votes WHERE approval_id = ? "
-            "ORDER BY at, principal",
-            (approval_id,),
+        votes = self.conn.execute(  # joined to name the request's tenant: every read carries one
+            "SELECT v.principal, v.decision, v.comment, v.revision, v.at, v.principal_id FROM af_approval_votes v "
+            "JOIN af_approvals a ON a.id = v.approval_id WHERE v.approval_id = ? AND a.tenant = ? "
+            "ORDER BY v.at, v.principal",
+            (rid, tenant),
         ).fetchall()
-        return ApprovalRow(**data, votes=[VoteRow(*v) for v in votes])
+        return ApprovalRow(**data, votes=[
+            VoteRow(v[0], v[1], opened(v[2], tenant, "af_approval_votes.comment", rid, v[5]) or "", v[3], v[4])
+            for v in votes
+        ])  # fmt: skip
 
     def add(self, row: ApprovalRow) -> None:
         """Insert a request (a second insert of the same id is a no-op)."""
         self._write(
             f"INSERT INTO af_approvals ({_APPROVAL_COLUMNS}) VALUES ({', '.join('?' * 17)}) "
             "ON CONFLICT (id) DO NOTHING",
-            (row.id, row.run_id, row.call_id, row.tenant, row.requested_by, row.tool, json.dumps(row.args),
-             row.args_hash, None if row.diff is None else json.dumps(row.diff, default=str), row.rule,
+            (row.id, row.run_id, row.call_id, row.tenant, row.requested_by, row.tool,
+             self.seals.seal(json.dumps(row.args), row.tenant, "af_approvals.args", row.id), row.args_hash,
+             self.seals.seal(None if row.diff is None else json.dumps(row.diff, default=str), row.tenant,
+                             "af_approvals.diff", row.id), row.rule,
              row.pack_hash, json.dumps(row.spec), row.status, row.created_at, row.expires_at, row.decided_at,
              row.revision),
         )  # fmt: skip
@@ -180,33 +190,42 @@ class ApprovalRecords(Records):
         )
         return int(self.conn.execute(sql, (run_id, *OPEN_STATUSES)).fetchone()[0])
 
-    def set_status(self, approval_id: str, status: str, *, at: float) -> None:
+    def set_status(self, approval_id: str, status: str, *, tenant: str, at: float) -> None:
         """A final status (approved, rejected, expired), decided at `at`."""
-        self._write("UPDATE af_approvals SET status = ?, decided_at = ? WHERE id = ?", (status, at, approval_id))
-
-    def escalate(self, approval_id: str, *, expires_at: float) -> None:
         self._write(
-            "UPDATE af_approvals SET status = 'escalated', expires_at = ? WHERE id = ?", (expires_at, approval_id)
+            "UPDATE af_approvals SET status = ?, decided_at = ? WHERE id = ? AND tenant = ?",
+            (status, at, approval_id, tenant),
         )
 
-    def edit_args(self, approval_id: str, args: dict[str, Any], digest: str, revision: int) -> None:
-        """New arguments (a new revision); the preview diff of the old ones is dropped."""
+    def escalate(self, approval_id: str, *, tenant: str, expires_at: float) -> None:
         self._write(
-            "UPDATE af_approvals SET args = ?, args_hash = ?, revision = ?, diff = NULL WHERE id = ?",
-            (json.dumps(args), digest, revision, approval_id),
+            "UPDATE af_approvals SET status = 'escalated', expires_at = ? WHERE id = ? AND tenant = ?",
+            (expires_at, approval_id, tenant),
+        )
+
+    def edit_args(self, approval_id: str, args: dict[str, Any], digest: str, revision: int, *, tenant: str) -> None:
+        """New arguments (a new revision); the preview diff of the old ones is dropped."""
+        sealed = self.seals.seal(json.dumps(args), tenant, "af_approvals.args", approval_id)
+        self._write(
+            "UPDATE af_approvals SET args = ?, args_hash = ?, revision = ?, diff = NULL WHERE id = ? AND tenant = ?",
+            (sealed, digest, revision, approval_id, tenant),
         )
 
     def vote(
-        self, approval_id: str, *, principal_id: str, principal: str, decision: str, comment: str, revision: int,
-        at: float,
+        self, approval_id: str, *, tenant: str, principal_id: str, principal: str, decision: str, comment: str,
+        revision: int, at: float,
     ) -> None:  # fmt: skip
-        """Record a principal's vote (a later vote of the same principal replaces it)."""
+        """Record a principal's vote (a later vote of the same principal replaces it); only on a
+        request of `tenant` (the insert selects the request with its tenant)."""
+        where = ("af_approval_votes.comment", approval_id, principal_id)
+        comment = self.seals.seal(self.clean(comment), tenant, *where) or ""
         self._write(
             "INSERT INTO af_approval_votes (approval_id, principal_id, principal, decision, comment, revision, at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (approval_id, principal_id) DO UPDATE SET "
+            "SELECT id, ?, ?, ?, ?, ?, ? FROM af_approvals WHERE id = ? AND tenant = ? "
+            "ON CONFLICT (approval_id, principal_id) DO UPDATE SET "
             "principal = excluded.principal, decision = excluded.decision, comment = excluded.comment, "
             "revision = excluded.revision, at = excluded.at",
-            (approval_id, principal_id, principal, decision, self.clean(comment), revision, at),
+            (principal_id, principal, decision, comment, revision, at, approval_id, tenant),
         )
 
 
@@ -220,10 +239,12 @@ class AuditRecords(Records):
         self._write(
             "INSERT INTO af_audit (at, tenant, actor, action, approval_id, run_id, outcome, reason) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (at, tenant, actor, action, approval_id, run_id, outcome, self.clean(reason)),
-        )
+            (at, tenant, actor, action, approval_id, run_id, outcome,
+             self.seals.seal(self.clean(reason), tenant, "af_audit.reason", approval_id, run_id)),
+        )  # fmt: skip
 
     def list(self, *, approval_id: str | None = None, run_id: str | None = None) -> list[AuditRow]:
         clauses, params = equal_filters(approval_id=approval_id, run_id=run_id)
         rows = self.conn.execute(f"SELECT {_AUDIT_COLUMNS} FROM af_audit" + _where(clauses) + " ORDER BY id", params)
-        return [AuditRow(*r) for r in rows.fetchall()]
+        opened = self.seals.open
+        return [AuditRow(*(*r[:8], opened(r[8], r[2], "af_audit.reason", r[5], r[6]) or "")) for r in rows.fetchall()]

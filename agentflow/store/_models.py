@@ -140,6 +140,10 @@ class Worker(SQLModel, table=True):
     started_at: float
     heartbeat_at: float
     dead: int = Field(default=0)
+    # What it serves (JSON {workflow name: code fingerprint}, names sorted) and its lease TTL in
+    # seconds, for `agentflow doctor`; NULL on rows of workers older than schema 0007.
+    workflows: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    lease_ttl: float | None = Field(default=None)
 
 
 class Blob(SQLModel, table=True):

@@ -3,13 +3,15 @@ of a run's rows. A mixin of `EventStore`: the SQL stays in the store."""
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from agentflow.store._backend import Backend, Conn
+from agentflow.store._backend import Backend, Conn, Op
 from agentflow.store._constants import TERMINAL_SQL
-from agentflow.store._records import RunRecord, StepRecord, create_run_op, step_params
+from agentflow.store._records import RunRecord, StepRecord
+from agentflow.store._seal import PREFIX, Sealer
 
 # What a replay copies for a run's tree, besides the runs themselves.
 _PER_RUN = ("af_steps", "af_step_attempts", "af_signals", "af_approvals")
@@ -28,8 +30,15 @@ def table_columns(table: str) -> list[str]:
 
 
 def _run_table_select(backend: Backend) -> str:
-    """Per-run step aggregates in one pass (the database's JSON functions read the recorded usage)."""
-    num, text = backend.json_num, backend.json_text
+    """Per-run step aggregates in one pass (the database's JSON functions read the recorded usage;
+    a sealed value reads as NULL, and the last column says the run has sealed payloads)."""
+
+    def num(column: str, path: str) -> str:
+        return f"CASE WHEN {column} LIKE '{PREFIX}%' THEN NULL ELSE {backend.json_num(column, path)} END"
+
+    def text(column: str, path: str) -> str:
+        return f"CASE WHEN {column} LIKE '{PREFIX}%' THEN NULL ELSE {backend.json_text(column, path)} END"
+
     return f"""
 SELECT r.id, r.workflow, r.tenant, r.status, r.created_at, r.completed_at,
        (SELECT count(*) FROM af_steps s WHERE s.run_id = r.id),
@@ -41,7 +50,8 @@ SELECT r.id, r.workflow, r.tenant, r.status, r.created_at, r.completed_at,
        (SELECT coalesce(sum({num("s.result", "usage.cost_usd")}), 0.0)
           FROM af_steps s WHERE s.run_id = r.id AND s.kind = 'llm' AND s.status = 'completed'),
        {text("r.meta", "requested_by")}, {text("r.meta", "forked_from")},
-       {text("r.error", "type")} || ': ' || {text("r.error", "message")}
+       {text("r.error", "type")} || ': ' || {text("r.error", "message")},
+       CASE WHEN r.input LIKE '{PREFIX}%' THEN 1 ELSE 0 END
 FROM af_runs r
 """
 
@@ -50,12 +60,26 @@ class ReadQueries:
     """Queries of the read side (traces, chat views, usage), mixed into `EventStore`."""
 
     backend: Backend
+    seals: Sealer
+
+    if TYPE_CHECKING:  # provided by `EventStore` and its `SealedRows`
+        Rows = dict[str, list[tuple[Any, ...]]]
+
+        def get_run(self, run_id: str) -> RunRecord: ...
+        def create_run_op(
+            self, run_id: str, workflow: str, tenant: str, input: str, now: float,
+            parent_id: str | None, parent_seq: int | None, root_id: str | None, meta: str | None,
+        ) -> Op: ...  # fmt: skip
+        def open_rows(self, rows: Rows, columns: Callable[[str], list[str]]) -> Rows: ...
+        def seal_rows(self, rows: Rows, columns: Callable[[str], list[str]]) -> Rows: ...
+        def blob_rows(self, digests: Sequence[str]) -> dict[str, tuple[Any, ...]]: ...
+        def sealed_step_params(self, run_id: str, epoch: int, tenant: str, s: StepRecord) -> tuple[Any, ...]: ...
 
     def llm_usage(self, *, run_id: str | None = None, tenant: str | None = None) -> list[tuple[str, str]]:
         """(model name, recorded result JSON) of every completed model call of a run, a
         tenant's runs, or the whole store."""
         sql = (
-            "SELECT s.name, s.result FROM af_steps s JOIN af_runs r ON r.id = s.run_id "
+            "SELECT s.name, s.result, r.tenant, s.run_id, s.seq FROM af_steps s JOIN af_runs r ON r.id = s.run_id "
             "WHERE s.kind = 'llm' AND s.status = 'completed'"
         )
         params: list[Any] = []
@@ -65,7 +89,9 @@ class ReadQueries:
         if tenant is not None:
             sql += " AND r.tenant = ?"
             params.append(tenant)
-        return [(r[0], r[1]) for r in self.backend.query(sql, tuple(params))]
+        opened = self.seals.open
+        rows = self.backend.query(sql, tuple(params))
+        return [(r[0], opened(r[1], r[2], "af_steps.result", r[3], r[4]) or "null") for r in rows]
 
     def count_steps(self, run_id: str) -> int:
         return int(self.backend.query("SELECT count(*) FROM af_steps WHERE run_id = ?", (run_id,))[0][0])
@@ -93,7 +119,21 @@ class ReadQueries:
                 params.append(value)
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         sql = _run_table_select(self.backend) + where + " ORDER BY r.created_at DESC, r.id LIMIT ?"
-        return self.backend.query(sql, (*params, limit))
+        rows = self.backend.query(sql, (*params, limit))
+        return [self._unsealed_row(r[:-1]) if r[-1] or self.seals.on(r[2]) else r[:-1] for r in rows]
+
+    def _unsealed_row(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A `run_table` row of a sealed run: what the database could not read in its payloads
+        (tokens, cost, who asked, where it was forked from, the error) read here, opened."""
+        run = self.get_run(row[0])
+        tokens, cost = 0.0, 0.0
+        for _, result in self.llm_usage(run_id=run.id):
+            usage = (json.loads(result) or {}).get("usage") or {}
+            tokens += float(usage.get("input_tokens") or 0) + float(usage.get("output_tokens") or 0)
+            cost += float(usage.get("cost_usd") or 0)
+        meta, error = run.meta_dict(), run.error_dict()
+        failed = f"{error.get('type')}: {error.get('message')}" if error else None
+        return (*row[:9], tokens, cost, meta.get("requested_by"), meta.get("forked_from"), failed)
 
     # -- copies of a run's rows ----------------------------------------------------------------
     def export_tree(self, root_id: str) -> dict[str, list[tuple[Any, ...]]]:
@@ -110,12 +150,15 @@ class ReadQueries:
         rows["af_approval_votes"] = self._select_in(
             "af_approval_votes", "approval_id", [r[0] for r in rows["af_approvals"]]
         )
+        # Copied opened: the target store seals them as it seals (`import_rows`).
+        rows = self.open_rows(rows, table_columns)
         text = " ".join(str(v) for t in ("af_runs", "af_steps") for row in rows[t] for v in row if isinstance(v, str))
-        rows["af_blobs"] = self._select_in("af_blobs", "hash", sorted(set(_BLOB_REF.findall(text))))
+        rows["af_blobs"] = list(self.blob_rows(sorted(set(_BLOB_REF.findall(text)))).values())
         return rows
 
     def import_rows(self, rows: dict[str, list[tuple[Any, ...]]]) -> None:
         """Insert rows `export_tree` read (into a fresh store), in one transaction."""
+        rows = self.seal_rows(rows, table_columns)
 
         def body(conn: Conn) -> None:
             for table, found in rows.items():
@@ -157,9 +200,10 @@ class ReadQueries:
              now: float) -> bool:  # fmt: skip
         """Create run `new_id` (pending) as a copy of `run` with these steps, in one transaction:
         the run and its prefix appear together, or not at all. False if `new_id` exists."""
-        create = create_run_op(new_id, run.workflow, run.tenant, run.input, now, None, None, None, meta)
+        create = self.create_run_op(new_id, run.workflow, run.tenant, run.input, now, None, None, None, meta)
         # The new run's epoch is 0, so the fenced step inserts apply only to the run created here.
-        ops = [(self.backend.upsert_step_sql, step_params(new_id, 0, s)) for s in steps]
+        # Its payloads are sealed anew: sealed ones are bound to the run they were sealed for.
+        ops = [(self.backend.upsert_step_sql, self.sealed_step_params(new_id, 0, run.tenant, s)) for s in steps]
 
         def body(conn: Conn) -> bool:
             if conn.execute(create[0], create[1]).rowcount != 1:

@@ -9,6 +9,7 @@ from typing import Any
 from agentflow.errors import CorruptRecordError
 from agentflow.store._backend import Op
 from agentflow.store._constants import TERMINAL_STATUSES
+from agentflow.store._tenants import local_id
 
 
 @dataclass(slots=True)
@@ -38,6 +39,11 @@ class RunRecord:
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def local_id(self) -> str:
+        """The run id its tenant's operators know it by (the key without the tenant)."""
+        return local_id(self.id, self.tenant)
 
     def error_dict(self) -> dict[str, Any]:
         return _json_field(self.error, self.id, "error") or {}

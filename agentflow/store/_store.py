@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from agentflow.errors import RunStateError, UnknownRunError
@@ -19,6 +19,9 @@ from agentflow.store._reads import ReadQueries
 from agentflow.store._records import RunRecord, StepRecord, create_run_op, step_params
 from agentflow.store._redact import Redaction
 from agentflow.store._schema import check_revision, upgrade
+from agentflow.store._seal import Sealer, Sealing
+from agentflow.store._sealed import SealedRows
+from agentflow.store._tenants import SEPARATOR, local_id, scoped_key
 from agentflow.store._tx import Tx
 from agentflow.store._urls import open_backend, redact_url
 
@@ -35,6 +38,7 @@ STEP_SELECT = (
 
 
 _OPEN_REQUESTS = "status IN ('pending', 'escalated')"
+_NEVER_STARTED = json.dumps({"type": "Cancelled", "message": "cancelled before it started"})
 
 
 def withdraw_ops(run_id: str, now: float, why: str) -> list[Op]:
@@ -77,15 +81,19 @@ def pid_alive(pid: int, start: str) -> bool:
     return not start or process_start_time(pid) in ("", start)
 
 
-class EventStore(ReadQueries):
+class EventStore(SealedRows, ReadQueries):
     """Runs, steps, signals and workers, governance records and the read side's queries, in one
     database: every SQL statement of agentflow is a method of this class or of the records it
     hands out in `transaction` / `read`."""
 
     def __init__(
         self, url: str, *, synchronous: str = "FULL", busy_timeout: float | None = None, migrate: bool = True,
-        redaction: Redaction | None = None,
+        redaction: Redaction | None = None, sealing: Sealing | None = None,
     ) -> None:  # fmt: skip
+        #: Encryption at rest (`agentflow.store.Sealing`; default `Sealing.from_env()`, None: clear).
+        self.sealing = sealing if sealing is not None else Sealing.from_env()
+        self.seals = Sealer(self.sealing)
+        self._tenants: dict[str, str] = {}
         self.backend: Backend = open_backend(url, synchronous=synchronous, busy_timeout=busy_timeout)
         self.url = url
         #: What is masked before anything is written (see `agentflow.store.Redaction`).
@@ -128,12 +136,16 @@ class EventStore(ReadQueries):
     def transaction(self, body: Callable[[Tx], T], *, what: str = "writing the store") -> T:
         """Run `body(tx)` in one transaction, serialized with every other `transaction` of the
         database, so a read-check-write in `body` is atomic (approval quorums, policy limits)."""
-        return self.backend.transact(lambda conn: body(Tx(conn, self.signal_ops, clean=self.redaction.text)), what=what)
+        return self.backend.transact(
+            lambda conn: body(Tx(conn, self.signal_ops, clean=self.redaction.text, seals=self.seals)), what=what
+        )
 
     def read(self, body: Callable[[Tx], T], *, what: str = "reading the store") -> T:
         """Run `body(tx)` on this thread's connection, outside a transaction: reads only (a write
         through `tx` raises StoreError)."""
-        return self.backend.read(lambda conn: body(Tx(conn, self.signal_ops, writable=False)), what=what)
+        return self.backend.read(
+            lambda conn: body(Tx(conn, self.signal_ops, writable=False, seals=self.seals)), what=what
+        )
 
     # -- runs ------------------------------------------------------------------------------
     def create_run(
@@ -160,19 +172,48 @@ class EventStore(ReadQueries):
         self, run_id: str, workflow: str, tenant: str, input: str, now: float,
         parent_id: str | None, parent_seq: int | None, root_id: str | None, meta: str | None,
     ) -> Op:  # fmt: skip
-        """Insert a pending run unless one with this id exists (input and meta redacted)."""
-        r = self.redaction.json
-        return create_run_op(run_id, workflow, tenant, r(input) or input, now, parent_id, parent_seq, root_id, r(meta))
+        """Insert a pending run unless one with this id exists (input and meta redacted, then
+        sealed when its tenant is)."""
+        r, seal = self.redaction.json, self.seals.seal
+        self.remember_tenant(run_id, tenant)
+        input = seal(r(input) or input, tenant, "af_runs.input", run_id) or input
+        meta = seal(r(meta), tenant, "af_runs.meta", run_id)
+        return create_run_op(run_id, workflow, tenant, input, now, parent_id, parent_seq, root_id, meta)
 
-    def find_run(self, run_id: str) -> RunRecord | None:
-        rows = self.backend.query(f"SELECT {RUN_COLUMNS} FROM af_runs WHERE id = ?", (run_id,))
-        return RunRecord(*rows[0]) if rows else None
+    def find_run(self, run_id: str, *, tenant: str | None = None) -> RunRecord | None:
+        """The run keyed `run_id` (with `tenant`: a run id or key as that tenant's caller gave
+        it, read with the tenant in the query: another tenant's run is None, like no run)."""
+        if tenant is None:
+            rows = self.backend.query(f"SELECT {RUN_COLUMNS} FROM af_runs WHERE id = ?", (run_id,))
+        else:
+            key = scoped_key(tenant, run_id)
+            if key is None:
+                return None
+            # A run started before run ids were per tenant (0.1) is keyed by its bare id.
+            sql = f"SELECT {RUN_COLUMNS} FROM af_runs WHERE tenant = ? AND id IN (?, ?) ORDER BY length(id) DESC"
+            rows = self.backend.query(sql, (tenant, key, local_id(key, tenant)))
+        return self._opened(rows[0]) if rows else None
+
+    def _opened(self, row: Sequence[Any]) -> RunRecord:
+        """A run as read, its payloads opened (and its tenant remembered for its step writes)."""
+        run = RunRecord(*row)
+        self.remember_tenant(run.id, run.tenant)
+        return self.open_run(run)
 
     def get_run(self, run_id: str) -> RunRecord:
         run = self.find_run(run_id)
         if run is None:
+            # Run ids are per tenant: a tenant's run "r1" is keyed "<tenant>:r1" in the store.
+            pattern = "%" + SEPARATOR + run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            rows = self.backend.query(
+                "SELECT id FROM af_runs WHERE id LIKE ? ESCAPE '\\' ORDER BY id LIMIT 3", (pattern,)
+            )
+            hint = (
+                f" (did you mean {', '.join(repr(r[0]) for r in rows)}? runs of a tenant are keyed <tenant>:<run id>)"
+            )
             raise UnknownRunError(
-                f"no run with id {run_id!r} in {redact_url(self.url)}; list runs with `agentflow runs list`",
+                f"no run with id {run_id!r} in {redact_url(self.url)}{hint if rows else ''}; "
+                "list runs with `agentflow runs list`",
                 run_id=run_id,
             )
         return run
@@ -189,64 +230,56 @@ class EventStore(ReadQueries):
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id LIMIT ?"
-        return [RunRecord(*r) for r in self.backend.query(sql, (*params, limit))]
+        return [self._opened(r) for r in self.backend.query(sql, (*params, limit))]
 
     def runs_status(self, ids: Sequence[str]) -> dict[str, RunRecord]:
         if not ids:
             return {}
         marks = ",".join("?" * len(ids))
         rows = self.backend.query(f"SELECT {RUN_COLUMNS} FROM af_runs WHERE id IN ({marks})", tuple(ids))
-        return {r[0]: RunRecord(*r) for r in rows}
+        return {r[0]: self._opened(r) for r in rows}
 
     # -- history ---------------------------------------------------------------------------
     def load_steps(self, run_id: str, *, after: int = 0) -> list[StepRecord]:
-        """The history of a run (the steps after seq `after`), in one query."""
+        """The history of a run (the steps after seq `after`), in one query, payloads opened."""
         if after <= 0:
-            return [StepRecord(*r) for r in self.backend.query(STEP_SELECT, (run_id,))]
-        sql = STEP_SELECT.replace("WHERE run_id = ?", "WHERE run_id = ? AND seq > ?")
-        return [StepRecord(*r) for r in self.backend.query(sql, (run_id, after))]
+            rows = self.backend.query(STEP_SELECT, (run_id,))
+        else:
+            sql = STEP_SELECT.replace("WHERE run_id = ?", "WHERE run_id = ? AND seq > ?")
+            rows = self.backend.query(sql, (run_id, after))
+        steps = [StepRecord(*r) for r in rows]
+        tenant = self.tenant_of(run_id) if steps else None
+        return [self.open_step(run_id, tenant or "", s) for s in steps]
 
     def load_attempts(self, run_id: str) -> list[tuple[Any, ...]]:
-        return self.backend.query(
+        rows = self.backend.query(
             "SELECT seq, attempt, error, started_at, finished_at, retry_at FROM af_step_attempts "
             "WHERE run_id = ? ORDER BY seq, attempt",
             (run_id,),
         )
+        tenant = self.tenant_of(run_id) if rows else None
+        opened = self.seals.open
+        return [(r[0], r[1], opened(r[2], tenant, "af_step_attempts.error", run_id, r[0], r[1]), *r[3:]) for r in rows]
 
     def attempt_op(
         self, run_id: str, seq: int, attempt: int, error: str, started: float, finished: float, retry_at: float | None
     ) -> Op:
+        where = ("af_step_attempts.error", run_id, seq, attempt)
+        sealed = self.seals.seal(self.redaction.json(error), self.tenant_of(run_id), *where)
         return (
             "INSERT INTO af_step_attempts (run_id, seq, attempt, error, started_at, finished_at, "
             "retry_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (run_id, seq, attempt, self.redaction.json(error), started, finished, retry_at),
+            (run_id, seq, attempt, sealed, started, finished, retry_at),
             False,
         )
-
-    # -- blobs -----------------------------------------------------------------------------
-    def blob_op(self, digest: str, data: str, now: float) -> Op:
-        """Store a content-addressed payload once (a second insert of the same hash is a no-op).
-        Its secrets are masked: the hash names the payload as it was sent, the row holds it masked."""
-        data = self.redaction.json(data) or data
-        return (
-            "INSERT INTO af_blobs (hash, data, size, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (digest, data, len(data.encode()), now),
-            False,
-        )
-
-    def get_blobs(self, digests: Sequence[str]) -> dict[str, str]:
-        """The payloads of these hashes (missing ones are absent from the result)."""
-        if not digests:
-            return {}
-        unique = list(dict.fromkeys(digests))
-        marks = ",".join("?" * len(unique))
-        rows = self.backend.query(f"SELECT hash, data FROM af_blobs WHERE hash IN ({marks})", tuple(unique))
-        return {r[0]: r[1] for r in rows}
 
     def upsert_step_op(self, run_id: str, epoch: int, s: StepRecord) -> Op:
         """Record a step (fenced: only while `epoch` is the run's lease epoch). The executor masks
         a step's secrets when it makes the record (it hands the workflow what is recorded)."""
-        return (self.backend.upsert_step_sql, step_params(run_id, epoch, s), True)
+        if self.sealing is None:
+            return (self.backend.upsert_step_sql, step_params(run_id, epoch, s), True)
+        params = self.sealed_step_params(run_id, epoch, self.tenant_of(run_id) or "", s)
+        return (self.backend.upsert_step_sql, params, True)
 
     # -- run transitions (all fenced on the epoch) ------------------------------------------
     @staticmethod
@@ -263,11 +296,13 @@ class EventStore(ReadQueries):
     ) -> list[Op]:
         """End a run (fenced; its output and error redacted), and withdraw what waited on it in
         the same commit."""
-        r = self.redaction.json
+        r, seal, tenant = self.redaction.json, self.seals.seal, self.tenant_of(run_id)
+        output = seal(r(output), tenant, "af_runs.output", run_id)
+        error = seal(r(error), tenant, "af_runs.error", run_id)
         finish = (
             "UPDATE af_runs SET status = ?, output = ?, error = ?, owner = NULL, wake_at = NULL, "
             "waiting_on = NULL, completed_at = ?, updated_at = ? WHERE id = ? AND epoch = ?",
-            (status, r(output), r(error), now, now, run_id, epoch),
+            (status, output, error, now, now, run_id, epoch),
             True,
         )
         return [finish, *withdraw_ops(run_id, now, f"the run ended {status} before a decision")]
@@ -320,6 +355,7 @@ class EventStore(ReadQueries):
         """The writes that deliver a signal (to add to another transaction, e.g. an approval's)."""
         insert = "INSERT INTO af_signals (run_id, name, payload, created_at) VALUES (?, ?, ?, ?)"
         clean = self.redaction.json(payload) or payload
+        clean = self.seals.seal(clean, self.tenant_of(run_id), "af_signals.payload", run_id, name) or clean
         return [(insert, (run_id, name, clean, now), False), self.wake_op(run_id)]
 
     def next_signal(self, run_id: str, name: str) -> tuple[int, str] | None:
@@ -328,7 +364,9 @@ class EventStore(ReadQueries):
             "ORDER BY id LIMIT 1",
             (run_id, name),
         )
-        return (rows[0][0], rows[0][1]) if rows else None
+        if not rows:
+            return None
+        return rows[0][0], self.seals.open(rows[0][1], self.tenant_of(run_id), "af_signals.payload", run_id, name) or ""
 
     @staticmethod
     def consume_signal_op(signal_id: int, seq: int) -> Op:
@@ -351,7 +389,7 @@ class EventStore(ReadQueries):
                     (
                         "UPDATE af_runs SET status = 'cancelled', cancel_requested = 1, completed_at = ?, "
                         "updated_at = ?, error = ? WHERE id = ? AND status = 'pending'",
-                        (now, now, json.dumps({"type": "Cancelled", "message": "cancelled before it started"}), run_id),
+                        (now, now, self.seals.seal(_NEVER_STARTED, run.tenant, "af_runs.error", run_id), run_id),
                         False,
                     ),
                     # A parent waiting for this child must learn it ended (no lost wake-up).
@@ -369,15 +407,20 @@ class EventStore(ReadQueries):
         return self.get_run(run_id)
 
     # -- workers and claims ----------------------------------------------------------------
-    def register_worker(self, worker_id: str) -> None:
+    def register_worker(
+        self, worker_id: str, *, workflows: Mapping[str, str] | None = None, lease_ttl: float | None = None
+    ) -> None:
+        """Record a starting worker, the workflows it serves (name -> code fingerprint) and its
+        lease TTL: what `agentflow doctor` judges its runs and its heartbeat by."""
         now = self.backend.db_time()
         pid = os.getpid()
+        served = json.dumps(dict(workflows), sort_keys=True) if workflows is not None else None
         self.backend.write(
             [
                 (
-                    "INSERT INTO af_workers (id, host, pid, pid_start, started_at, heartbeat_at, dead) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 0)",
-                    (worker_id, socket.gethostname(), pid, process_start_time(pid), now, now),
+                    "INSERT INTO af_workers (id, host, pid, pid_start, started_at, heartbeat_at, dead, workflows, "
+                    "lease_ttl) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                    (worker_id, socket.gethostname(), pid, process_start_time(pid), now, now, served, lease_ttl),
                     False,
                 )
             ]
@@ -427,6 +470,7 @@ class EventStore(ReadQueries):
     def fail_run(self, run_id: str, epoch: int, message: str, now: float) -> None:
         """End a run as failed from outside its workflow (an engine bug), if still ours."""
         error = json.dumps({"type": "InternalError", "message": self.redaction.text(message)})
+        error = self.seals.seal(error, self.tenant_of(run_id), "af_runs.error", run_id) or error
         self.backend.write(
             [
                 (

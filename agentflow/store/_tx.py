@@ -15,6 +15,7 @@ from agentflow.errors import StoreError
 from agentflow.store._backend import Conn, Op
 from agentflow.store._constants import TERMINAL_SQL
 from agentflow.store._governance import ApprovalRecords, AuditRecords, PrincipalRecords
+from agentflow.store._seal import Sealer
 from agentflow.store._sessions import SessionRecords
 from agentflow.store._usage import PolicyUsage
 
@@ -24,14 +25,14 @@ class Tx:
 
     def __init__(
         self, conn: Conn, signal_ops: Callable[[str, str, str, float], list[Op]], *, writable: bool = True,
-        clean: Callable[[str], str] = str,
+        clean: Callable[[str], str] = str, seals: Sealer | None = None,
     ) -> None:  # fmt: skip
         self.conn = conn
         self.writable = writable  # False in `store.read`: writes are refused (not a transaction)
         self._signal_ops = signal_ops
         self.principals = PrincipalRecords(conn, writable=writable)
-        self.approvals = ApprovalRecords(conn, writable=writable, clean=clean)
-        self.audit = AuditRecords(conn, writable=writable, clean=clean)
+        self.approvals = ApprovalRecords(conn, writable=writable, clean=clean, seals=seals)
+        self.audit = AuditRecords(conn, writable=writable, clean=clean, seals=seals)
         self.sessions = SessionRecords(conn, writable=writable)
 
     def usage(self, *, deciding: tuple[str, str] = ("", ""), as_of: float | None = None) -> PolicyUsage:

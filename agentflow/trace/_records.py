@@ -65,7 +65,7 @@ def load_recorded(client: Client, run_id: str) -> Recorded:
     steps = store.load_steps(run_id)
     attempts = [Attempt(*row) for row in store.load_attempts(run_id)]
     approvals = Approvals(store, client.clock)
-    requests = approvals.list(run_id=run_id, status=None)
+    requests = approvals.list(tenant=run.tenant, run_id=run_id, status=None)
     requests.sort(key=lambda a: (a.created_at, a.id))
     audit = approvals.audit(run_id=run_id)
     recorded = Recorded(run=run, steps=steps, attempts=attempts, approvals=requests, audit=audit)

@@ -77,8 +77,7 @@ class Harness:
         self.logs = 0
 
     def start(self, agent: str, site: str, run_id: str, *, tenant: str = "default") -> str:
-        policyapp.AGENTS[agent].start(self.app, policyapp.task(site), run_id=run_id, tenant=tenant)
-        return run_id
+        return policyapp.AGENTS[agent].start(self.app, policyapp.task(site), run_id=run_id, tenant=tenant).run_id
 
     def spawn(self, stack: ExitStack, *, crash: str | None = None, until_idle: bool = True) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if k != "AGENTFLOW_CRASH_AT"}
@@ -219,10 +218,11 @@ def check_limited(h: Harness, run_ids: list[str], rule: str, most: int) -> list[
 # no other scenario touches), all runs started before one set of racing worker processes: a
 # worker process costs seconds of interpreter start-up, so the three scenarios share it.
 SAME_SITE = "CS-110"
+# Keyed by the store's key of each run: `<tenant>:<run id>` (run ids are per tenant).
 RACED: dict[str, tuple[str, str]] = {
-    **{f"blast-{site}": ("blast", site) for site in NORTH + SOUTH},
-    **{f"rate-{site}": ("rate", site) for site in SPREAD},
-    **{f"same-{i}": ("one-change", SAME_SITE) for i in (1, 2)},
+    **{f"blast:blast-{site}": ("blast", site) for site in NORTH + SOUTH},
+    **{f"rate:rate-{site}": ("rate", site) for site in SPREAD},
+    **{f"one-change:same-{i}": ("one-change", SAME_SITE) for i in (1, 2)},
 }
 
 
@@ -234,8 +234,8 @@ def scenario(agent: str) -> list[str]:
 def raced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     """Every run of RACED started (tenant = agent), then WORKERS worker processes until idle."""
     harness = Harness(tmp_path_factory.mktemp("raced"))
-    for run_id, (agent, site) in RACED.items():
-        harness.start(agent, site, run_id, tenant=agent)
+    for key, (agent, site) in RACED.items():
+        assert harness.start(agent, site, key.split(":", 1)[1], tenant=agent) == key
     harness.plain_workers(WORKERS)
     yield harness
     harness.app.close()

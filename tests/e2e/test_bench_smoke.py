@@ -42,3 +42,10 @@ def test_backends_benchmark_runs_and_prints_json() -> None:
     figures = bench("backends.py", "--steps", "20", "--reps", "1")
     assert set(figures["us_per_step"]) == {"FULL", "NORMAL"}
     assert figures["ratio_postgresql_to_sqlite"]["NORMAL"] > 0
+
+
+@pytest.mark.slow
+def test_encryption_benchmark_runs_and_prints_json(tmp_path: Path) -> None:
+    figures = bench("encryption.py", "--reps", "1", "--steps", "20", "--resume-steps", "20", "--dir", str(tmp_path))
+    assert set(figures["pass"]) == {"extra_cpu_us_NORMAL_noop", "wall_ratio_FULL_noop", "resume_ratio"}
+    assert figures["us_per_step"]["NORMAL"]["noop"]["on"]["cpu_us"] > 0 and "resume_20" in figures

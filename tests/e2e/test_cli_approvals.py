@@ -72,7 +72,7 @@ def staged_requests(make_app: Callable[..., App]) -> tuple[App, ApprovalRequest,
     def stage(call_id: str, spec: ApprovalSpec) -> ApprovalRequest:
         decision = PolicyDecision(effect="require_approval", rule="change-approval", approval_rule="change-approval",
                                   approval=spec, pack="noc", pack_hash="0" * 16)  # fmt: skip
-        return Approvals.of(app).request(run_id="inc-1", call_id=call_id, tenant=TENANT, requested_by="req",
+        return Approvals.of(app).request(run_id=f"{TENANT}:inc-1", call_id=call_id, tenant=TENANT, requested_by="req",
                                      tool="apply_change", args=dict(ARGS), decision=decision)  # fmt: skip
 
     c1 = stage("c1", ApprovalSpec(roles=["noc-engineer"], quorum=2, editable_args=["value"]))
@@ -133,7 +133,7 @@ def test_operators_and_approvals_through_the_cli(tmp_path: Path, make_app: Calla
     assert [(v.principal, v.decision, v.comment) for v in Approvals.of(app).get(c2.id).votes] == [
         ("bob", "reject", "not tonight")
     ]
-    woken = app.store.backend.query("SELECT name FROM af_signals WHERE run_id = 'inc-1'")
+    woken = app.store.backend.query("SELECT name FROM af_signals WHERE run_id = 'noc-east:inc-1'")
     assert sorted(woken) == sorted([(f"approval:{c1.id}",), (f"approval:{c2.id}",)])
 
 
@@ -155,12 +155,13 @@ def test_the_cli_decides_on_the_clock_of_the_stores_workers(tmp_path: Path) -> N
         return str(await ctx.wait_signal("never"))
 
     app.start(waits, run_id="r", tenant=TENANT)
-    asyncio.run(app.worker(root_id="r").run_until_blocked("r"))  # a worker ran: its clock is recorded
+    key = f"{TENANT}:r"  # the store's key of run "r" of TENANT
+    asyncio.run(app.worker(root_id=key).run_until_blocked(key))  # a worker ran: its clock is recorded
     approvals = Approvals.of(app)
     _, token = approvals.add_operator("bob", tenant=TENANT, roles=["noc-engineer"])
     decision = PolicyDecision(effect="require_approval", rule="r", approval=ApprovalSpec(roles=["noc-engineer"],
                               expires_in=3600), approval_rule="r")  # fmt: skip
-    req = approvals.request(run_id="r", call_id="c", tenant=TENANT, requested_by="alice", tool="apply_change",
+    req = approvals.request(run_id=key, call_id="c", tenant=TENANT, requested_by="alice", tool="apply_change",
                             args=ARGS, decision=decision)  # fmt: skip
     app.close()
     with Client(db) as client:

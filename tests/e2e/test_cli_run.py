@@ -113,9 +113,11 @@ def test_agent_start_records_tenant_and_requester(app: App) -> None:
     info = handle.info()
     assert info.workflow == "agent:kpi-reader" and info.tenant == "noc-east"
     assert info.meta == {"agent": "kpi-reader", "requested_by": "alice"}
-    again = agent.start(app, "CS-101 KPIs?", run_id="a1")
-    assert not again.created
-    out = app.run(app.workflow_named("agent:kpi-reader"), "CS-101 KPIs?", run_id="a1")
+    again = agent.start(app, "CS-101 KPIs?", run_id="a1", tenant="noc-east")
+    assert not again.created and again.run_id == handle.run_id == "noc-east:a1"
+    other = agent.start(app, "CS-101 KPIs?", run_id="a1")  # the same id in another tenant: another run
+    assert other.created and other.run_id == "a1"
+    out = app.run(app.workflow_named("agent:kpi-reader"), "CS-101 KPIs?", run_id="a1", tenant="noc-east")
     assert out.status == "answered" and out.answer == "2.9%"
 
 
@@ -128,12 +130,12 @@ def test_agent_start_through_a_client_reaches_the_workers_app(app: App) -> None:
     client = Client(app.db, clock=app.clock)
     try:
         handle = agent.start(client, "CS-101 KPIs?", tenant="noc-east", requested_by="bob", run_id="c1")
-        assert handle.created and client.get("c1").meta == {"agent": "kpi-reader", "requested_by": "bob"}
+        assert handle.created and client.get(handle.run_id).meta == {"agent": "kpi-reader", "requested_by": "bob"}
     finally:
         client.close()
-    out = app.run(app.workflow_named("agent:kpi-reader"), "CS-101 KPIs?", run_id="c1")
+    out = app.run(app.workflow_named("agent:kpi-reader"), "CS-101 KPIs?", run_id="c1", tenant="noc-east")
     assert out.status == "answered" and out.answer == "2.9%"
-    assert app.get_run("c1").tenant == "noc-east"
+    assert app.get_run("noc-east:c1").tenant == "noc-east"
 
 
 def test_two_agents_cannot_share_a_name_on_one_app(app: App) -> None:

@@ -50,20 +50,26 @@ def test_a_client_starts_signals_and_reads_a_run_the_app_drives(app: App, client
     worker drives it to its wait, the client's signal wakes it, and the client reads it back."""
     workflows(app)
     handle = client.start("greet", "bob", loud=True, run_id="g1", tenant="noc-east", meta={"requested_by": "ann"})
-    assert handle.created and client.get("g1").status == "pending"
-    drive(app, "g1")
-    assert client.get("g1").waiting_on == {"timers": [], "signals": ["answer"], "children": []}
-    client.signal("g1", "answer", "done")
-    drive(app, "g1")
-    info = client.get("g1")
+    # Run ids are per tenant: the store keys this run by both, and the handle carries that key.
+    assert handle.run_id == "noc-east:g1"
+    assert handle.created and client.get(handle.run_id).status == "pending"
+    drive(app, handle.run_id)
+    assert client.get(handle.run_id).waiting_on == {"timers": [], "signals": ["answer"], "children": []}
+    client.signal(handle.run_id, "answer", "done")
+    drive(app, handle.run_id)
+    info = client.get(handle.run_id)
     assert (info.status, info.tenant, info.meta) == ("completed", "noc-east", {"requested_by": "ann"})
     # Without the workflow's type the client decodes plain JSON; the App decodes the declared type.
     assert handle.result(timeout=5) == {"text": "HELLO BOB: DONE"}
-    assert [s.kind for s in client.history("g1")] == ["signal"]
-    assert [r.run_id for r in client.list(tenant="noc-east")] == ["g1"]
+    assert [s.kind for s in client.history(handle.run_id)] == ["signal"]
+    assert [r.run_id for r in client.list(tenant="noc-east")] == ["noc-east:g1"] == [handle.run_id]
     assert client.list(tenant="noc-west") == []
-    again = client.start("greet", "bob", loud=True, run_id="g1")
+    again = client.start("greet", "bob", loud=True, run_id="g1", tenant="noc-east")
     assert not again.created  # idempotent start
+    other = client.start("greet", "eve", run_id="g1", tenant="noc-west")  # the same id, another tenant
+    assert other.created and other.run_id == "noc-west:g1" and client.get("noc-west:g1").tenant == "noc-west"
+    with pytest.raises(UnknownRunError, match="did you mean 'noc-east:g1', 'noc-west:g1'"):
+        client.get("g1")
 
 
 def test_a_client_cancel_reaches_the_running_workflow(app: App, client: Client) -> None:
@@ -91,8 +97,11 @@ def test_client_errors_are_typed_and_say_what_to_do(app: App, client: Client) ->
     client.start("idle", run_id="s2")
     with pytest.raises(ConfigurationError, match="already exists for workflow 'idle'"):
         client.start("greet", "x", run_id="s2")
-    with pytest.raises(ConfigurationError, match="must not contain '/'"):
-        client.start("greet", "x", run_id="a/b")
+    for bad in ("a/b", "t:x", "", "x y"):
+        with pytest.raises(ConfigurationError, match="is not allowed: use 1-200 letters"):
+            client.start("greet", "x", run_id=bad)
+    with pytest.raises(ConfigurationError, match="is not a valid tenant name"):
+        client.start("greet", "x", tenant="a:b")
     with pytest.raises(RunStateError, match="only runs stopped by a code/record mismatch"):
         client.resume("s2")
     app.cancel("s2")
@@ -136,10 +145,10 @@ def test_app_calls_are_the_clients(app: App) -> None:
     """`app.start/get_run/...` act through `app.client`, on the app's one store: a separate
     Client on the same database sees what they did; a closed App reconnects where it is used."""
     wfs = workflows(app)
-    handle = app.start(wfs["greet"], "ann", run_id="g", tenant="t1")
+    handle = app.start(wfs["greet"], "ann", run_id="g")
     assert handle.app is app and app.client.store is app.store
     with Client(app.db) as other:
-        assert other.get("g") == app.get_run("g") and other.get("g").tenant == "t1"
+        assert other.get("g") == app.get_run("g") and other.get("g").tenant == "default"
     held = app.client
     app.close()
     assert app.client is held and app.get_run("g").status == "pending"  # reconnected

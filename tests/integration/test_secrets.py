@@ -2,11 +2,13 @@
 tool's arguments and output, a tool's error, the model's answers and the process's configuration
 appear nowhere a person or a file could read them (the database file and its WAL, the logs, the
 chat events, the trace tables and exports, the approval inbox, errors), while the tool that needs
-a secret still gets it."""
+a secret still gets it. The canary test runs with encryption at rest off and on: redaction comes
+first either way, and sealing hides the rest of the run too."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import logging
@@ -14,8 +16,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pytest
 from fastapi.testclient import TestClient
+from nbclient import NotebookClient
 
 import agentflow.llm as llm
 from agentflow import App, WorkflowContext, trace
@@ -90,11 +94,16 @@ def planted(monkeypatch: pytest.MonkeyPatch) -> None:
     RECEIVED.clear()
 
 
-@pytest.mark.backends("sqlite", "postgresql")
-def test_canaries_reach_the_tools_and_nothing_else(
-    planted: None, backend: str, db_url: str, caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
-    caplog.set_level(logging.DEBUG)
+#: Words of the run that are no secret: in the store in clear without encryption, sealed with it.
+PLAIN = ("rotate CS-101", "SNMP auth failed", "trapHost")
+
+
+SEALED_ENV = ("AGENTFLOW_ENCRYPTION_KEYS", "k1:" + base64.b64encode(bytes(range(32))).decode())
+
+
+def _canary_run(db_url: str) -> App:
+    """The run `r1` in `db_url`, driven to its end: the model puts the canaries everywhere it
+    can, and an operator's approval comment quotes the configuration secret."""
     app = App(db_url, clock=TestClock(start=1_700_000_000))  # retries take no real time
     agent = Agent(name="noc", model=_model(), tools=[open_session, read_snmp, push_config])
     agent.register(app)  # what the server serves (the run below is started by its own workflow)
@@ -103,16 +112,28 @@ def test_canaries_reach_the_tools_and_nothing_else(
     async def copilot(ctx: WorkflowContext, task: dict[str, Any]) -> dict[str, Any]:
         return (await agent.run(ctx, task["ask"])).model_dump()
 
-    try:
-        # The input carries a secret field and the configuration secret in free text.
-        app.start(copilot, {"ask": f"rotate CS-101 (vault token {CONFIG})", "password": FIELD}, run_id="r1")
-        asyncio.run(app.worker().run_until_blocked("r1", until_signal_wait=True))
-        request = Approvals.of(app).list(run_id="r1")[0]
-        assert request.args == {"site": "CS-101", "fragment": {"trapHost": "10.0.0.9"}, "reason": "move the trap host"}
-        alice = Approvals.of(app).add_operator("alice", tenant="default", roles=["noc-engineer"])[0]
-        Approvals.of(app).approve(request.id, by=alice, comment=f"ok, I checked with token {CONFIG}")
-        asyncio.run(app.worker().run_until_done("r1"))
+    # The input carries a secret field and the configuration secret in free text.
+    app.start(copilot, {"ask": f"rotate CS-101 (vault token {CONFIG})", "password": FIELD}, run_id="r1")
+    asyncio.run(app.worker().run_until_blocked("r1", until_signal_wait=True))
+    request = Approvals.of(app).list(run_id="r1")[0]
+    assert request.args == {"site": "CS-101", "fragment": {"trapHost": "10.0.0.9"}, "reason": "move the trap host"}
+    alice = Approvals.of(app).add_operator("alice", tenant="default", roles=["noc-engineer"])[0]
+    Approvals.of(app).approve(request.id, by=alice, comment=f"ok, I checked with token {CONFIG}")
+    asyncio.run(app.worker().run_until_done("r1"))
+    return app
 
+
+@pytest.mark.backends("sqlite", "postgresql")
+@pytest.mark.parametrize("sealed", [False, True], ids=["clear", "sealed"])
+def test_canaries_reach_the_tools_and_nothing_else(
+    planted: None, backend: str, db_url: str, caplog: pytest.LogCaptureFixture, sealed: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    if sealed:  # every surface below (the App, trace.load's own Client, the server) reads it
+        monkeypatch.setenv(*SEALED_ENV)
+    app = _canary_run(db_url)
+    try:
         # A call that carried a secret never ran: the run only has it masked, and a tool acting
         # on the mask (logging in with it, pushing it as a community) would do harm. The tool
         # that needs one reads it from its configuration.
@@ -160,8 +181,13 @@ def test_canaries_reach_the_tools_and_nothing_else(
         files = [p for p in db.parent.iterdir() if p.name.startswith(db.name)]
         raw = b"".join(p.read_bytes() for p in files)
         assert [c for c in CANARIES if c.encode() in raw] == [], [p.name for p in files]
+        stored = raw.decode("latin-1")
     else:
-        assert _postgres_leaks(db_url) == []
+        assert _postgres_leaks(db_url, CANARIES) == []
+        stored = " ".join(f"{t}:{c}" for t, c in _postgres_leaks(db_url, (*PLAIN, "af:enc:1:k1:")))
+    # Sealed, the rest of the run is not in the store in clear either; in clear, it is.
+    assert [w for w in PLAIN if w in stored] == ([] if sealed else list(PLAIN))
+    assert ("af:enc:1:k1:" in stored) is sealed
 
 
 def _server(app: App) -> Any:
@@ -174,8 +200,8 @@ def _token(app: App) -> str:
     return Approvals.of(app).add_operator("viewer", tenant="default", roles=["viewer"])[1]
 
 
-def _postgres_leaks(url: str) -> list[tuple[str, str]]:
-    """Every canary found in any column of any agentflow table (as text)."""
+def _postgres_leaks(url: str, words: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Every word found in any column of any agentflow table (as text)."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(url)
@@ -187,7 +213,7 @@ def _postgres_leaks(url: str) -> list[tuple[str, str]]:
             found = []
             for table in tables:
                 rows = conn.execute(sa.text(f"SELECT t::text FROM {table} t")).scalars().all()
-                found += [(table, c) for c in CANARIES for row in rows if c in row]
+                found += [(table, c) for c in words for row in rows if c in row]
             return found
     finally:
         engine.dispose()
@@ -208,3 +234,39 @@ def test_redaction_masks_fields_shapes_and_configured_values() -> None:
     assert r.json('{"a": 1}') == '{"a": 1}'  # nothing secret: the very same text, not re-encoded
     assert r.json('{"psk": "x"}') == json.dumps({"psk": MASK}, separators=(",", ":"))
     assert Redaction(enabled=False).data({"password": "p"}) == {"password": "p"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("sealed", [False, True], ids=["clear", "sealed"])
+def test_a_notebook_shows_the_run_without_its_canaries(
+    planted: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sealed: bool
+) -> None:
+    """The canary run opened in a notebook on a real Jupyter kernel, as an SRE reviewing it
+    would: the trace's HTML view, its tables, usage, JSON lines and a plot. Every output of
+    every cell is free of the canaries, and the run's own words are there (the notebook shows
+    the run, sealed or not)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFLOW_")}
+    if sealed:
+        monkeypatch.setenv(*SEALED_ENV)
+        env[SEALED_ENV[0]] = SEALED_ENV[1]
+    db_url = f"sqlite:///{tmp_path / 'canary.db'}"
+    _canary_run(db_url).close()
+    cells = [
+        f"from agentflow import trace\nt = trace.load({db_url!r}, 'r1')\nt",
+        "t.steps", "t.messages", "t.tool_calls", "t.decisions", "t.approvals", "t.audit", "t.usage",
+        "print(t.jsonl())", "t.plot()", "print(t.history)",
+    ]  # fmt: skip
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}}).execute(
+        env=env
+    )
+    outputs = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            assert output.get("output_type") != "error", output
+            outputs.append(output.get("text", ""))
+            outputs.extend(v for k, v in output.get("data", {}).items() if k.startswith("text/"))
+    shown = "\n".join(outputs)
+    assert "rotate CS-101" in shown and "SNMP auth failed" in shown and MASK in shown
+    assert _leaks(shown) == []

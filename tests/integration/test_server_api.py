@@ -243,7 +243,7 @@ def decision_view(app: App, approval_id: str, run_id: str) -> tuple[Any, ...]:
     """The request's status, revision, hash and votes (via the approvals service), and the run's status."""
     req = Approvals.of(app).get(approval_id)
     votes = [(v.principal, v.decision, v.revision) for v in req.votes]
-    return req.status, req.revision, req.args_hash, votes, app.get_run(run_id).status
+    return req.status, req.revision, req.args_hash, votes, app.get_run(f"{req.tenant}:{run_id}").status
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -495,8 +495,10 @@ def test_trace_export_is_the_runs_json_lines(parked: Parked) -> None:
     assert got.headers["content-type"].startswith("application/x-ndjson")
     assert got.headers["content-disposition"] == 'attachment; filename="east-done.jsonl"'
     records = [json.loads(line) for line in got.text.splitlines()]
-    assert records[0]["type"] == "run" and records[0]["run_id"] == "east-done" and records[0]["status"] == "completed"
-    assert all(r["run_id"] == "east-done" for r in records)
+    # The export is the store's record: the run under its key, qualified by its tenant (run ids are per tenant).
+    assert records[0]["type"] == "run" and records[0]["run_id"] == "noc-east:east-done"
+    assert records[0]["status"] == "completed"
+    assert all(r["run_id"] == "noc-east:east-done" for r in records)
     step_seqs = {r["seq"] for r in records if r["type"] == "step"}
     assert {e["seq"] for e in w.run("east-done")["events"]} <= step_seqs
     assert [r["status"] for r in records if r["type"] == "approval"] == ["approved"]

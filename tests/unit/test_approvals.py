@@ -24,9 +24,11 @@ from agentflow.agent import Agent
 from agentflow.approvals import ApprovalRequest, Approvals
 from agentflow.errors import ApprovalError, ApprovalRefused, AuthenticationError
 from agentflow.policy import ApprovalSpec, PolicyDecision, parse_pack
+from agentflow.store import local_id
 from agentflow.testing import TestClock, assert_eventually
 
 TENANT = "noc-east"
+R = "noc-east:r"  # the store's key of run "r" of TENANT (run ids are per tenant)
 ARGS = {"site": "CS-101", "param": "hoA3Offset", "value": 2}
 RAN: list[dict[str, Any]] = []
 
@@ -87,14 +89,14 @@ def add_operators(app: App) -> dict[str, str]:
     }
 
 
-def staged(app: App, spec: ApprovalSpec, *, run_id: str = "r", call_id: str = "c1") -> World:
+def staged(app: App, spec: ApprovalSpec, *, run_id: str = R, call_id: str = "c1") -> World:
     """A started (never driven) run asked for by `req`, with one request for `spec`."""
 
     @app.workflow(name="parked")
     async def parked(ctx: WorkflowContext) -> None:
         await ctx.wait_signal("never")
 
-    app.start(parked, run_id=run_id, tenant=TENANT, meta={"requested_by": "req"})
+    app.start(parked, run_id=local_id(run_id, TENANT), tenant=TENANT, meta={"requested_by": "req"})
     tokens = add_operators(app)
     decision = PolicyDecision(
         effect="require_approval", rule="change-approval", approval_rule="change-approval", approval=spec,
@@ -165,9 +167,10 @@ EXPECTED = {
     ("approver_without_role", "single"): "refused:missing_role",
     ("approver_without_role", "quorum2"): "refused:missing_role",
     ("approver_without_role", "four_eyes_off"): "refused:missing_role",
-    ("other_tenant_approver", "single"): "refused:wrong_tenant",
-    ("other_tenant_approver", "quorum2"): "refused:wrong_tenant",
-    ("other_tenant_approver", "four_eyes_off"): "refused:wrong_tenant",
+    # Another tenant's request is read with the decider's tenant in the query: unknown, like no request.
+    ("other_tenant_approver", "single"): "refused:unknown",
+    ("other_tenant_approver", "quorum2"): "refused:unknown",
+    ("other_tenant_approver", "four_eyes_off"): "refused:unknown",
     ("bad_token", "single"): "refused:bad_token",
     ("bad_token", "quorum2"): "refused:bad_token",
     ("bad_token", "four_eyes_off"): "refused:bad_token",
@@ -332,26 +335,26 @@ def agent(policies: Any, *responses: Any, respond: Any = None) -> Agent:
     return Agent(name="noc", model=llm.LangChainChat(model), tools=[apply_change], policies=policies)
 
 
-def started(app: App, the_agent: Agent, run_id: str = "r") -> dict[str, str]:
+def started(app: App, the_agent: Agent, run_id: str = R) -> dict[str, str]:
     """Operators, then the agent's run asked for by `req`, driven until it waits for people."""
     tokens = add_operators(app)
-    the_agent.start(app, "fix CS-101", tenant=TENANT, requested_by="req", run_id=run_id)
+    the_agent.start(app, "fix CS-101", tenant=TENANT, requested_by="req", run_id=local_id(run_id, TENANT))
     drive(app, run_id)
     return tokens
 
 
-def drive(app: App, run_id: str = "r") -> None:
+def drive(app: App, run_id: str = R) -> None:
     """Run until the run ends or waits on an approval whose expiry is still ahead."""
     asyncio.run(app.worker(root_id=run_id).run_until_blocked(run_id, until_signal_wait=True))
 
 
-def waiting_request(app: App, run_id: str = "r") -> ApprovalRequest:
+def waiting_request(app: App, run_id: str = R) -> ApprovalRequest:
     assert app.get_run(run_id).status == "waiting"
     (request,) = Approvals.of(app).list(run_id=run_id)
     return request
 
 
-def result(app: App, run_id: str = "r") -> dict[str, Any]:
+def result(app: App, run_id: str = R) -> dict[str, Any]:
     run = app.store.get_run(run_id)
     assert run.status == "completed", run.error
     out: dict[str, Any] = json.loads(run.output or "{}")
@@ -376,7 +379,7 @@ def test_an_edit_resets_approvals_and_the_tool_runs_with_the_edited_arguments(ap
     assert RAN == [{**ARGS, "value": 4}]
     assert out["tool_calls"][0]["args"] == {**ARGS, "value": 4}
     assert out["tool_calls"][0]["approved_by"] in ("alice, bob", "bob, alice")
-    decided = [json.loads(s.args or "{}") for s in app.history("r") if s.kind == "policy"]
+    decided = [json.loads(s.args or "{}") for s in app.history(R) if s.kind == "policy"]
     assert [(d["args"]["value"], d["approved"]) for d in decided] == [(2, None), (4, request.id)]
 
 
@@ -429,10 +432,10 @@ def test_a_rejection_ends_the_request_and_the_model_is_told_why(make_app: Any, w
     policies = pack(approval_rule(quorum=2))
     agent(policies, respond=respond).start(app, "fix CS-101", tenant=TENANT, requested_by="req", run_id="r")
     worker_thread(app)
-    (request,) = assert_eventually(lambda: Approvals.of(app).list(run_id="r"))
+    (request,) = assert_eventually(lambda: Approvals.of(app).list(run_id=R))
     rejected = Approvals.of(app).reject(request.id, by=tokens["bob"], comment="not before the freeze ends")
     assert rejected.status == "rejected"
-    assert_eventually(lambda: app.get_run("r").status == "completed", message=str(app.get_run("r").error))
+    assert_eventually(lambda: app.get_run(R).status == "completed", message=str(app.get_run(R).error))
     assert RAN == []
     assert len(told) == 1 and "bob" in told[0] and "not before the freeze ends" in told[0]
     assert result(app)["tool_calls"][0]["status"] == "rejected"

@@ -11,7 +11,7 @@ import pytest
 from agentflow import App, WorkflowContext
 from agentflow.approvals import Approvals
 from agentflow.chat import Chat, card, card_rows, reply, run_summary, safe_text, time_left, truncate, waiting_words
-from agentflow.errors import ApprovalRefused
+from agentflow.errors import ApprovalRefused, UnknownRunError
 from agentflow.policy import ApprovalSpec, PolicyDecision
 
 HOSTILE = "ok\x1b[2J\x1b]0;pwned\x07\r\u202eevil\u2066x\u2069 [bold]y[/bold] <b>z</b>"
@@ -68,7 +68,7 @@ def staged(app: App) -> tuple[Chat, str, Any]:
     approvals = Approvals.of(app)
     decision = PolicyDecision(effect="require_approval", rule="r", approval=ApprovalSpec(roles=["noc-engineer"]),
                               approval_rule="r")  # fmt: skip
-    req = approvals.request(run_id="r1", call_id="c1", tenant="noc-east", requested_by="alice",
+    req = approvals.request(run_id="noc-east:r1", call_id="c1", tenant="noc-east", requested_by="alice",
                             tool="apply_change", args={"site": "CS-101", "value": 2}, decision=decision)  # fmt: skip
     return Chat.of(app), req.id, approvals
 
@@ -79,13 +79,17 @@ def test_commands_on_any_surface_use_the_approvals_service(staged: tuple[Chat, s
     chat, approval_id, approvals = staged
     bob, _ = approvals.add_operator("bob", tenant="noc-east", roles=["noc-engineer"])
     mallory, _ = approvals.add_operator("mallory", tenant="noc-west", roles=["noc-engineer"])
-    run = chat.store.get_run("r1")
+    run = chat.store.get_run("noc-east:r1")  # run ids are per tenant: the store keys it by both
     assert "Waiting for approval" in reply(chat, run, bob, "status")["reply"]
+    for text in ("approve", f"approve {approval_id}", "status", "why?"):
+        with pytest.raises(UnknownRunError, match="no run r1 in tenant noc-west"):
+            reply(chat, run, mallory, text)  # another tenant's run is not described, nor decided
     with pytest.raises(ApprovalRefused) as refused:
-        reply(chat, run, mallory, "approve")
-    assert refused.value.code == "wrong_tenant"
+        approvals.approve(approval_id, by=mallory)
+    assert refused.value.code == "unknown"  # read in mallory's tenant: like no request at all
     answer = reply(chat, run, bob, "approve looks right")
     assert answer["kind"] == "approval" and answer["card"]["status"] == "approved"
+    assert answer["card"]["run_id"] == "r1"  # shown as its tenant knows it
     actions = [(a.actor, a.action, a.outcome) for a in approvals.audit(approval_id=approval_id)]
     assert ("mallory", "approve", "refused") in actions and ("bob", "approve", "done") in actions
     summary = run_summary(chat, run)

@@ -545,9 +545,9 @@ def test_injected_instructions_change_nothing_without_an_approval(
     (one approval request, or one denial), and with nobody approving nothing reaches the
     network; homoglyph tool names are unknown tools."""
     app, net, wf = shared
-    app.start(wf, task(payload.id), run_id=f"inj-{payload.id}", tenant=TENANT)
-    drive(app, f"inj-{payload.id}")
-    check_run(app, net, f"inj-{payload.id}", payload)
+    run_id = app.start(wf, task(payload.id), run_id=f"inj-{payload.id}", tenant=TENANT).run_id  # noc-east:inj-...
+    drive(app, run_id)
+    check_run(app, net, run_id, payload)
     assert net.effects() == [] and net.duplicate_keys() == []
 
 
@@ -557,8 +557,7 @@ def test_the_shipped_noc_pack_never_lets_an_injection_change_config(app: App, ne
     rollback in the ledger, and no config tool step ran."""
     wf = agent_workflow(app, load_pack(noc.policy_path()))
     for payload in PAYLOADS:
-        run_id = f"noc-{payload.id}"
-        app.start(wf, task(payload.id), run_id=run_id, tenant=TENANT)
+        run_id = app.start(wf, task(payload.id), run_id=f"noc-{payload.id}", tenant=TENANT).run_id
         drive(app, run_id)
         assert app.get_run(run_id).status == "completed"
         assert not [e for e in net.effects(run_prefix=f"{run_id}:") if e["kind"] in ("apply", "rollback")]
@@ -579,17 +578,17 @@ def test_control_an_operator_approval_lets_exactly_one_change_through(app: App, 
     window, with the step's idempotency key: one apply in the ledger."""
     payload = next(p for p in PAYLOADS if p.id == "approval-granted")
     wf = agent_workflow(app, strict_noc_pack())
-    app.start(wf, task(payload.id), run_id="ctl", tenant=TENANT)
-    drive(app, "ctl", until_signal_wait=True)
+    ctl = app.start(wf, task(payload.id), run_id="ctl", tenant=TENANT).run_id  # the store's key: noc-east:ctl
+    drive(app, ctl, until_signal_wait=True)
     assert net.effects() == []
-    (approved,) = approve_all_pending(app, "ctl")
+    (approved,) = approve_all_pending(app, ctl)
     assert approved.status == "approved" and approved.args == DEFAULT_CALL["args"]
-    drive(app, "ctl")
-    assert app.get_run("ctl").status == "completed"
-    effects = net.effects(run_prefix="ctl:")
+    drive(app, ctl)
+    assert app.get_run(ctl).status == "completed"
+    effects = net.effects(run_prefix=f"{ctl}:")
     assert [(e["kind"], e["detail"]["param"], e["detail"]["value"]) for e in effects] == [("apply", "hoA3Offset", 3)]
-    tool_step = next(s for s in app.history("ctl") if s.kind == "tool" and s.name == "apply_change")
-    assert effects[0]["idempotency_key"] == f"ctl:{tool_step.seq}"
+    tool_step = next(s for s in app.history(ctl) if s.kind == "tool" and s.name == "apply_change")
+    assert effects[0]["idempotency_key"] == f"{ctl}:{tool_step.seq}"
     assert model.change_id(SITE, "hoA3Offset", 3) == effects[0]["detail"]["change_id"]
     assert net.duplicate_keys() == []
 
@@ -600,15 +599,15 @@ def test_a_reissued_call_id_does_not_reuse_an_earlier_approval(app: App, net: no
     needs its own approval (nobody gives it), so the network sees exactly one apply."""
     payload = next(p for p in PAYLOADS if p.id == "reissue-same-args")
     wf = agent_workflow(app, strict_noc_pack())
-    app.start(wf, task(payload.id), run_id="reuse", tenant=TENANT)
-    drive(app, "reuse", until_signal_wait=True)
-    (approved,) = approve_all_pending(app, "reuse")
+    reuse = app.start(wf, task(payload.id), run_id="reuse", tenant=TENANT).run_id
+    drive(app, reuse, until_signal_wait=True)
+    (approved,) = approve_all_pending(app, reuse)
     assert approved.call_id == "chg-2"
-    drive(app, "reuse")
-    assert app.get_run("reuse").status == "completed"
-    out = json.loads(app.store.get_run("reuse").output or "{}")
+    drive(app, reuse)
+    assert app.get_run(reuse).status == "completed"
+    out = json.loads(app.store.get_run(reuse).output or "{}")
     applies = [c for c in out["tool_calls"] if c["name"] == "apply_change"]
     assert [c["id"] for c in applies] == ["chg-2", "chg-2"]
-    assert len(net.effects("apply", run_prefix="reuse:")) == 1, net.effects("apply")
+    assert len(net.effects("apply", run_prefix=f"{reuse}:")) == 1, net.effects("apply")
     assert net.duplicate_keys() == []
-    assert len(Approvals.of(app).list(run_id="reuse", status=None)) == 2
+    assert len(Approvals.of(app).list(run_id=reuse, status=None)) == 2

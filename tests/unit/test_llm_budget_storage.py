@@ -180,23 +180,24 @@ def rolled(summary: Any) -> tuple[int, int, int, float]:
 
 def test_usage_roll_up_per_run_and_tenant_never_double_counts(app: App) -> None:
     calls: list[int] = []
+    A, B = "acme:a", "globex:b"  # the store's keys of run "a" of acme and "b" of globex
     wf = register(app, counting_model(calls, name="gpt-4o-mini"))
     out_a = app.run(wf, 3, park=True, run_id="a", tenant="acme")
     out_b = app.run(wf, 5, park=True, run_id="b", tenant="globex")
     assert len(calls) == 8, "the parked runs replayed their model calls without sending them"
 
-    steps_a, steps_b = llm_steps(app, "a"), llm_steps(app, "b")
+    steps_a, steps_b = llm_steps(app, A), llm_steps(app, B)
     assert summed(steps_a)[0] == 3 and summed(steps_b)[0] == 5
-    assert rolled(usage(app, run_id="a")) == summed(steps_a)
-    assert rolled(usage(app, run_id="b")) == summed(steps_b)
+    assert rolled(usage(app, run_id=A)) == summed(steps_a)
+    assert rolled(usage(app, run_id=B)) == summed(steps_b)
     assert rolled(usage(app, tenant="acme")) == summed(steps_a)
     assert rolled(usage(app, tenant="globex")) == summed(steps_b)
     assert rolled(usage(app, tenant="nobody")) == (0, 0, 0, 0.0)
     everything = usage(app)
     assert rolled(everything) == summed([*steps_a, *steps_b])
     assert everything.by_model["gpt-4o-mini"]["calls"] == 8
-    assert usage(app.store, tenant="acme").total_tokens == usage(app, run_id="a").total_tokens
-    assert usage(app, run_id="a").to_dict()["total_tokens"] == summed(steps_a)[1] + summed(steps_a)[2]
+    assert usage(app.store, tenant="acme").total_tokens == usage(app, run_id=A).total_tokens
+    assert usage(app, run_id=A).to_dict()["total_tokens"] == summed(steps_a)[1] + summed(steps_a)[2]
 
     # What the workflow saw (spent(), rebuilt by the replay after the park) is the same sum.
     assert (out_a["input"], out_a["output"]) == summed(steps_a)[1:3]
@@ -204,10 +205,10 @@ def test_usage_roll_up_per_run_and_tenant_never_double_counts(app: App) -> None:
     assert (out_b["input"], out_b["output"]) == summed(steps_b)[1:3]
 
     # Running the finished runs again (same run ids) changes nothing and sends nothing.
-    before = [rolled(usage(app, run_id="a")), rolled(usage(app, tenant="globex")), rolled(usage(app))]
+    before = [rolled(usage(app, run_id=A)), rolled(usage(app, tenant="globex")), rolled(usage(app))]
     assert app.run(wf, 3, park=True, run_id="a", tenant="acme") == out_a
     assert app.run(wf, 5, park=True, run_id="b", tenant="globex") == out_b
-    assert [rolled(usage(app, run_id="a")), rolled(usage(app, tenant="globex")), rolled(usage(app))] == before
+    assert [rolled(usage(app, run_id=A)), rolled(usage(app, tenant="globex")), rolled(usage(app))] == before
     assert len(calls) == 8
 
 

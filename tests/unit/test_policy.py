@@ -193,7 +193,7 @@ def test_precedence(rules: tuple[str, ...], now: float, effect: str, rule: str) 
     """Deny anywhere wins; otherwise defer (outside the window) > require_approval > allow, the
     first rule of that effect naming it; with no rule, a side effect needs an approval."""
     pack = pack_of(*rules)
-    decision = decide(pack, CallFacts(tool="x", args={}), now)
+    decision = decide(pack, CallFacts(tenant="t", tool="x", args={}), now)
     assert (decision.effect, decision.rule) == (effect, rule)
     assert (decision.pack, decision.pack_hash) == ("t", pack.version_hash)
 
@@ -201,18 +201,18 @@ def test_precedence(rules: tuple[str, ...], now: float, effect: str, rule: str) 
 def test_a_deferred_call_carries_its_approval_and_the_next_opening() -> None:
     """Defer with an approval rule matching too: the decision says when (the next opening) and
     who must approve (the approval rule's spec), so people approve during the day."""
-    decision = decide(pack_of("allow", "approve", "defer"), CallFacts(tool="x", args={}), NOON)
+    decision = decide(pack_of("allow", "approve", "defer"), CallFacts(tenant="t", tool="x", args={}), NOON)
     assert decision.defer_until == NEXT_WINDOW
     assert decision.approval_rule == "approve-x"
     assert decision.approval is not None and decision.approval.quorum == 2
     assert decision.reason == "nights only"
     assert decision.matched == ["allow-x", "approve-x", "defer-x"]
-    assert decide(pack_of("defer"), CallFacts(tool="x", args={}), NOON).approval is None
+    assert decide(pack_of("defer"), CallFacts(tenant="t", tool="x", args={}), NOON).approval is None
 
 
 def test_defer_without_any_window_is_a_denial() -> None:
     """A pack that defers to a maintenance window it does not define never runs the call."""
-    decision = decide(pack_of("defer-always", windows=False), CallFacts(tool="x", args={}), NOON)
+    decision = decide(pack_of("defer-always", windows=False), CallFacts(tenant="t", tool="x", args={}), NOON)
     assert (decision.effect, decision.rule) == ("deny", "defer-always")
     assert "defines none" in decision.reason
 
@@ -222,8 +222,8 @@ def test_defaults_without_a_matching_rule(pack: str | None) -> None:
     """No matching rule: a read-only tool runs (default:read-only); a side-effecting (or
     undeclared) one needs an approval by any operator (default:side-effect)."""
     chosen = parse_pack(HEAD + "rules: []\n") if pack else None
-    read = decide(chosen, CallFacts(tool="get_kpis", args={}, side_effect=False), NOON)
-    write = decide(chosen, CallFacts(tool="apply_change", args={}), NOON)
+    read = decide(chosen, CallFacts(tenant="t", tool="get_kpis", args={}, side_effect=False), NOON)
+    write = decide(chosen, CallFacts(tenant="t", tool="apply_change", args={}), NOON)
     assert (read.effect, read.rule) == ("allow", "default:read-only")
     assert (write.effect, write.rule, write.approval_rule) == (
         "require_approval",
@@ -236,7 +236,7 @@ def test_defaults_without_a_matching_rule(pack: str | None) -> None:
 
 def test_the_decision_records_the_pack_name_hash_and_rule() -> None:
     pack = load_noc_like()
-    decision = decide(pack, CallFacts(tool="apply_change", args={"param": "txPower", "value": 46}), NOON)
+    decision = decide(pack, CallFacts(tenant="t", tool="apply_change", args={"param": "txPower", "value": 46}), NOON)
     assert (decision.pack, decision.pack_hash, decision.rule) == ("noc-like", pack.version_hash, "tx")
     assert decision.matched == ["tx"]
     dumped = json.loads(decision.model_dump_json())
@@ -293,7 +293,9 @@ def test_a_condition_that_cannot_be_evaluated_fails_closed(
         f"rules:\n  - id: r\n    match: {{tools: [x]}}\n    when: '{when}'\n    effect: {effect}\n{reason}"
         + (APPROVAL if effect == "require_approval" else "")
     )
-    decision = decide(pack, CallFacts(tool="x", args={"site": "CS-101", "value": 2}, side_effect=not read_only), NOON)
+    decision = decide(
+        pack, CallFacts(tenant="t", tool="x", args={"site": "CS-101", "value": 2}, side_effect=not read_only), NOON
+    )
     assert (decision.effect, decision.rule) == (decided, rule)
     if rule == "r":
         assert "(r: the condition" in decision.reason, decision.reason
@@ -320,7 +322,7 @@ def test_numbers_in_arguments_compare_as_doubles(when: str, args: dict[str, Any]
     compare int with double: without the conversion the deny would fail closed on everything).
     Booleans stay booleans."""
     pack = one_rule("deny", when, "    reason: too much\n")
-    decision = decide(pack, CallFacts(tool="x", args=args), NOON)
+    decision = decide(pack, CallFacts(tenant="t", tool="x", args=args), NOON)
     assert (decision.effect == "deny") is hit
     assert "could not be evaluated" not in decision.reason
 
@@ -368,7 +370,7 @@ def test_match_by_glob_and_tag(match: str, tool: str, tags: list[str], side_effe
     """A rule applies to a call whose tool name matches one of its globs (case-sensitive,
     anchored) or whose tags (its own, plus side_effect/read_only) meet one of its tags."""
     pack = parse_pack(HEAD + f"rules:\n  - id: m\n    match: {match}\n    effect: deny\n    reason: matched\n")
-    decision = decide(pack, CallFacts(tool=tool, args={}, tags=tags, side_effect=side_effect), NOON)
+    decision = decide(pack, CallFacts(tenant="t", tool=tool, args={}, tags=tags, side_effect=side_effect), NOON)
     assert (decision.rule == "m") is hit
 
 
@@ -534,7 +536,7 @@ def test_a_limit_rule_reason_replaces_the_computed_one() -> None:
 def test_recent_usage_is_visible_to_conditions() -> None:
     pack = one_rule("deny", "recent.calls_1h >= 2 || recent.changes_region_1h >= 3", "    reason: busy hour\n")
     calm, busy = FakeUsage(counts={"x": 1}), FakeUsage(counts={"x": 2})
-    facts = CallFacts(tool="x", args={}, target="CS-101", region="north")
+    facts = CallFacts(tenant="t", tool="x", args={}, target="CS-101", region="north")
     assert decide(pack, facts, NOON, calm).effect == "require_approval"
     assert decide(pack, facts, NOON, busy).effect == "deny"
     wide = FakeUsage(changed={"north": {"CS-101", "CS-102", "CS-103"}})
@@ -603,6 +605,7 @@ def test_the_version_hash_changes_with_any_rule_change(change: str) -> None:
 # the agent: recorded decisions on replay, a fresh decision after an approval
 # ------------------------------------------------------------------------------------------
 TENANT = "noc-east"
+R = f"{TENANT}:r"  # the store's key of run "r" of TENANT (run ids are per tenant)
 CHANGE = {"site": "CS-101", "param": "hoA3Offset", "value": 3}
 
 
@@ -684,9 +687,9 @@ def test_a_recorded_decision_stands_on_replay(make_app: Callable[..., App], net:
 
     first = make_app()
     first.start(copilot(first, agent(path)), "fix CS-101", run_id="r", tenant=TENANT)
-    drive(first, "r", until_signal_wait=True)
+    drive(first, R, until_signal_wait=True)
     assert [e["kind"] for e in net.effects()] == ["apply"]
-    assert [(d["rule"], d["pack_hash"]) for _, d in policy_steps(first, "r")] == [
+    assert [(d["rule"], d["pack_hash"]) for _, d in policy_steps(first, R)] == [
         ("apply-ok", v1),
         ("rollback-approval", v1),
     ]
@@ -696,25 +699,25 @@ def test_a_recorded_decision_stands_on_replay(make_app: Callable[..., App], net:
     assert v2 != v1
     second = make_app()
     wf = copilot(second, agent(path))
-    request = Approvals.of(second).list(run_id="r")[0]
+    request = Approvals.of(second).list(run_id=R)[0]
     Approvals.of(second).approve(request.id, by=engineer(second))
-    drive(second, "r")
-    assert second.get_run("r").status == "completed"
+    drive(second, R)
+    assert second.get_run(R).status == "completed"
 
-    steps = policy_steps(second, "r")
+    steps = policy_steps(second, R)
     assert [(r["tool"], d["effect"], d["rule"], d["pack"], d["pack_hash"]) for r, d in steps] == [
         ("apply_change", "allow", "apply-ok", "replayed", v1),  # recorded: not re-evaluated
         ("rollback_change", "require_approval", "rollback-approval", "replayed", v1),
         ("rollback_change", "require_approval", "rollback-approval", "replayed", v2),  # after the approval
     ]
     assert steps[2][0]["approved"] == request.id
-    out = output(second, "r")
+    out = output(second, R)
     assert [(c["name"], c["status"], c["decision"]["pack_hash"]) for c in out["tool_calls"]] == [
         ("apply_change", "ok", v1),
         ("rollback_change", "ok", v2),
     ]
     assert [e["kind"] for e in net.effects()] == ["apply", "rollback"] and net.duplicate_keys() == []
-    assert second.run(wf, "fix CS-101", run_id="r") == out  # a finished run is not decided again
+    assert second.run(wf, "fix CS-101", run_id="r", tenant=TENANT) == out  # a finished run is not decided again
 
 
 FLIP = {"deny": False}
@@ -747,24 +750,24 @@ def test_a_call_is_decided_again_after_its_approval(app: App, net: noc.Network) 
     FLIP["deny"] = False
     agent = Agent(name="flip", model=one_apply_model(), tools=noc.NOC_TOOLS, policies=flipping_policy)
     app.start(copilot(app, agent), "fix CS-101", run_id="r", tenant=TENANT)
-    drive(app, "r", until_signal_wait=True)
-    request = Approvals.of(app).list(run_id="r")[0]
+    drive(app, R, until_signal_wait=True)
+    request = Approvals.of(app).list(run_id=R)[0]
     try:
         FLIP["deny"] = True
         approved = Approvals.of(app).approve(request.id, by=engineer(app))
         assert approved.status == "approved"
-        drive(app, "r")
+        drive(app, R)
     finally:
         FLIP["deny"] = False
-    assert app.get_run("r").status == "completed"
-    steps = policy_steps(app, "r")
+    assert app.get_run(R).status == "completed"
+    steps = policy_steps(app, R)
     assert [(d["effect"], d["rule"], r["approved"]) for r, d in steps] == [
         ("require_approval", "engineer", None),
         ("deny", "freeze", request.id),
     ]
-    (call,) = output(app, "r")["tool_calls"]
+    (call,) = output(app, R)["tool_calls"]
     assert call["status"] == "denied" and "change freeze since the approval" in call["result"]
-    assert not [s for s in app.history("r") if s.kind == "tool"]
+    assert not [s for s in app.history(R) if s.kind == "tool"]
     assert net.effects() == []
 
 
@@ -794,15 +797,15 @@ def test_an_approved_call_is_denied_when_another_run_used_up_the_blast_radius(ap
     wf = copilot(app, agent)
     for run_id, site in (("a", "CS-101"), ("b", "CS-102")):
         app.start(wf, f"fix {site}", run_id=run_id, tenant=TENANT)
-        drive(app, run_id, until_signal_wait=True)
+        drive(app, f"{TENANT}:{run_id}", until_signal_wait=True)
     assert len(Approvals.of(app).list(tenant=TENANT)) == 2
     erin, olga = engineer(app, "erin"), engineer(app, "olga")
-    Approvals.of(app).approve(Approvals.of(app).list(run_id="b")[0].id, by=erin)
-    drive(app, "b")
-    Approvals.of(app).approve(Approvals.of(app).list(run_id="a")[0].id, by=olga)
-    drive(app, "a")
-    assert [(e["site"], e["idempotency_key"].split(":")[0]) for e in net.effects()] == [("CS-102", "b")]
-    (call,) = output(app, "a")["tool_calls"]
+    Approvals.of(app).approve(Approvals.of(app).list(run_id=f"{TENANT}:b")[0].id, by=erin)
+    drive(app, f"{TENANT}:b")
+    Approvals.of(app).approve(Approvals.of(app).list(run_id=f"{TENANT}:a")[0].id, by=olga)
+    drive(app, f"{TENANT}:a")
+    assert [(e["site"], e["idempotency_key"].rsplit(":", 1)[0]) for e in net.effects()] == [("CS-102", f"{TENANT}:b")]
+    (call,) = output(app, f"{TENANT}:a")["tool_calls"]
     assert call["status"] == "denied" and "blast radius" in call["result"]
-    assert [d["rule"] for _, d in policy_steps(app, "a")] == ["engineer", "one-site-per-hour"]
-    assert output(app, "b")["tool_calls"][0]["status"] == "ok"
+    assert [d["rule"] for _, d in policy_steps(app, f"{TENANT}:a")] == ["engineer", "one-site-per-hour"]
+    assert output(app, f"{TENANT}:b")["tool_calls"][0]["status"] == "ok"

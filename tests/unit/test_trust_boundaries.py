@@ -116,11 +116,13 @@ def test_the_policy_engine_denies_what_it_cannot_judge() -> None:
     """`decide` never raises on such numbers (it raised OverflowError) and never lets NaN slip
     past a comparison (`NaN > 43.0` is false): it denies, naming the argument."""
     for value in (math.nan, math.inf, 10**400):
-        facts = CallFacts(tool="apply_change", args={"param": "txPower", "value": value}, target="CS-101")
+        facts = CallFacts(tenant="t", tool="apply_change", args={"param": "txPower", "value": value}, target="CS-101")
         decision = decide(PACK, facts, 1_700_000_000.0)
         assert (decision.effect, decision.rule) == ("deny", "invalid-arguments")
         assert "args.value" in decision.reason
-    ok = decide(PACK, CallFacts(tool="apply_change", args={"param": "txPower", "value": 46.0}), 1_700_000_000.0)
+    ok = decide(
+        PACK, CallFacts(tenant="t", tool="apply_change", args={"param": "txPower", "value": 46.0}), 1_700_000_000.0
+    )
     assert (ok.effect, ok.rule) == ("deny", "tx-power-envelope")
 
 
@@ -437,8 +439,8 @@ rules:
 """)  # fmt: skip
     items = list(range(200))
     started = time.monotonic()
-    denied = decide(pack, CallFacts(tool="apply_change", args={"items": items}), 1.0)
-    reads = decide(pack, CallFacts(tool="get_kpis", args={"items": items}, side_effect=False), 1.0)
+    denied = decide(pack, CallFacts(tenant="t", tool="apply_change", args={"items": items}), 1.0)
+    reads = decide(pack, CallFacts(tenant="t", tool="get_kpis", args={"items": items}, side_effect=False), 1.0)
     assert time.monotonic() - started < 2.0
     assert (denied.effect, denied.rule) == ("deny", "guard") and "too costly" in denied.reason
     assert reads.rule == "default:read-only"  # the allow rule did not match: it failed closed

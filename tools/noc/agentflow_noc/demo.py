@@ -27,7 +27,7 @@ from agentflow.agent import Agent, usage
 from agentflow.approvals import ApprovalRequest, Approvals, Principal
 from agentflow.llm import ChatModel, LangChainChat, ModelResponse, OpenAIChat
 from agentflow.policy import load_pack
-from agentflow.store import redact_url
+from agentflow.store import local_id, redact_url, run_key
 from agentflow.testing import RunbookChatModel, TestClock, configure_crash_point
 from agentflow_noc import NOC_TOOLS, configure, policy_path, runbook
 from agentflow_noc.env import beside
@@ -104,9 +104,9 @@ def main(
             unfinished = [r for r in app.store.list_runs(limit=50) if r.workflow == WORKFLOW and not r.terminal]
             if not unfinished:
                 raise SystemExit(f"no unfinished copilot run to resume in {redact_url(db)}")
-            run_id = unfinished[0].id
+            run_id = unfinished[0].id  # the store's key: `noc-east:copilot-...` (run ids are per tenant)
         else:
-            run_id = f"copilot-{os.getpid()}-{int(time.time() * 1000) % 10_000_000}"
+            run_id = run_key(TENANT, f"copilot-{os.getpid()}-{int(time.time() * 1000) % 10_000_000}")
             if net.incident(SITE) is None:
                 net.inject(SITE, "mis_set_handover")
         counting = CountingModel(make_model(model), net.path, run_id)
@@ -122,7 +122,7 @@ def main(
         )
         if crash_at is not None:
             configure_crash_point(f"after_result:{crash_at}")
-        app.start(workflow, TASK, run_id=run_id, tenant=TENANT, meta={"requested_by": "demo"})
+        app.start(workflow, TASK, run_id=local_id(run_id, TENANT), tenant=TENANT, meta={"requested_by": "demo"})
         asyncio.run(_drive(app, run_id, approve, say))
         return _summary(app, net, run_id, counting.ledger, time.perf_counter() - started)
     finally:
