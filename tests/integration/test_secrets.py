@@ -167,7 +167,14 @@ def test_canaries_reach_the_tools_and_nothing_else(
             t.close()
         # An error that quotes a secret shows it masked.
         with TestClient(_server(app)) as http:
-            answer = http.get(f"/api/runs/{SHAPE}", headers={"Authorization": f"Bearer {_token(app)}"})
+            bearer = {"Authorization": f"Bearer {_token(app)}"}
+            answer = http.get(f"/api/runs/{SHAPE}", headers=bearer)
+            # What a browser gets: the run page, its live stream (the run is over: it ends) and the inbox.
+            for url in ("/api/runs/r1", "/api/runs/r1/stream", "/api/approvals?status=all", "/api/runs/r1/trace.jsonl"):
+                got = http.get(url, headers=bearer)
+                assert got.status_code == 200, (url, got.text)
+                seen[f"GET {url}"] = got.text
+        assert "event: end" in seen["GET /api/runs/r1/stream"]
         assert answer.status_code == 404 and SHAPE not in answer.text and MASK in answer.text, answer.text
         assert {k: _leaks(v) for k, v in seen.items() if _leaks(v)} == {}
         # The step records and messages still say what happened, with the secret masked.
