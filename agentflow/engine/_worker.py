@@ -21,6 +21,7 @@ from collections.abc import Callable
 from agentflow.engine._client import declare_clock
 from agentflow.engine._executor import RefusedStep, RunExecutor
 from agentflow.engine._host import Host
+from agentflow.engine._threads import tool_threads
 from agentflow.errors import LeaseLostError, StoreBusyError, StoreError
 from agentflow.store import RedactingFilter
 
@@ -28,6 +29,8 @@ log = logging.getLogger("agentflow.worker")
 log.addFilter(RedactingFilter())  # a failing step's message may quote a secret
 
 REAP_INTERVAL = 0.5
+#: The longest wait between claims while the store does not answer (it doubles up to this).
+MAX_BACKOFF = 5.0
 
 
 class Worker:
@@ -61,6 +64,8 @@ class Worker:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = threading.Event()
         self._last_reap = 0.0
+        # Seconds to wait before the next claim while the store does not answer (0: it answers).
+        self._backoff = 0.0
         # A store error that stops this worker (see `_drive`), raised from its loop.
         self._broken: StoreError | None = None
         # Runs to hand back (store was busy): retried on every loop until done, so a run is
@@ -107,6 +112,9 @@ class Worker:
         self.store.register_worker(self.worker_id, workflows=served, lease_ttl=self.app.lease_ttl)
         if not self.replay_only:
             declare_clock(self.store, self.app.clock)
+        # Blocking tools (sync activities, sync langchain tools through their ainvoke) run on an
+        # elastic pool: a call that never returns holds one thread, never the others' turn.
+        loop.set_default_executor(tool_threads())
         beat = threading.Thread(target=self._heartbeat, args=(loop,), name="agentflow-heartbeat", daemon=True)
         beat.start()
         try:
@@ -114,6 +122,13 @@ class Worker:
                 if self._broken is not None:
                     raise self._broken
                 claimed = self._claim()
+                if self._backoff:  # the store did not answer: wait, longer each time, then retry
+                    pending = list(self._tasks.values())
+                    if pending:
+                        await asyncio.wait(pending, timeout=self._backoff, return_when=asyncio.FIRST_COMPLETED)
+                    else:
+                        await asyncio.sleep(self._backoff)
+                    continue
                 if self._tasks:
                     await asyncio.wait(
                         list(self._tasks.values()), timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
@@ -126,6 +141,11 @@ class Worker:
                 await asyncio.sleep(self.poll_interval)
         finally:
             self._stop.set()
+            # Joined before anything may close the store: the heartbeat writes on its own
+            # connection, and closing a connection under a thread that is using it crashes the
+            # interpreter (SIGSEGV in sqlite3). It wakes at once from its wait; a write in
+            # flight ends within the store's busy timeout.
+            await asyncio.to_thread(beat.join)
             for task in self._tasks.values():
                 task.cancel()
             if self._tasks:
@@ -149,6 +169,7 @@ class Worker:
         now_real = time.monotonic()
         if now_real - self._last_reap > REAP_INTERVAL:
             self._last_reap = now_real
+            tool_threads().stuck()  # logs a blocking call that has not returned for a minute
             try:
                 self.store.reap_dead_workers(self.worker_id)
             except StoreError as exc:
@@ -162,8 +183,12 @@ class Worker:
                 root_id=self.root_id, workflows=self.app.workflow_names,
             )  # fmt: skip
         except StoreBusyError as exc:
-            log.warning("claiming runs: %s", exc)
+            self._backoff = min(max(self._backoff * 2, self.poll_interval, 0.1), MAX_BACKOFF)
+            log.warning("claiming runs: %s (next try in %.1f s)", exc, self._backoff)
             return 0
+        if self._backoff:
+            log.warning("the store answers again: claiming runs")
+            self._backoff = 0.0
         for run_id, epoch, recovering in claimed:
             self._tasks[run_id] = asyncio.get_running_loop().create_task(self._drive(run_id, epoch, recovering))
         return len(claimed)

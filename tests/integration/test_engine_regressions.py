@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -213,3 +217,140 @@ def test_a_full_disk_stops_the_worker_with_a_clear_error_and_fails_no_run(tmp_pa
     assert again.run(again.workflow_named("wf"), run_id="r") == 5
     assert len(again.history("r")) == 5
     again.close()
+
+
+_RUN_AND_CLOSE = """
+import sys
+import threading
+from agentflow import App, WorkflowContext
+
+app = App(f"sqlite:///{sys.argv[1]}", lease_ttl=0.06)  # a heartbeat every 50 ms
+
+
+@app.workflow(name="w")
+async def w(ctx: WorkflowContext, i: int) -> int:
+    await ctx.sleep(0.05)  # a heartbeat is often on its way when the run ends
+    return i
+
+
+for i in range(int(sys.argv[2])):
+    assert app.run(w, i, run_id=f"r{i}") == i
+    app.close()
+print("CLOSED-CLEANLY")
+"""
+
+
+@pytest.mark.slow
+def test_closing_the_app_right_after_a_run_never_crashes_the_interpreter(tmp_path: Path) -> None:
+    """Issue 14: `app.run` then `app.close()`, 150 times, with a 60 ms lease (a heartbeat every
+    50 ms). The worker's loop used to end without joining its heartbeat thread, and close()
+    closed that thread's connection under a write in flight: SIGSEGV within ~50 iterations.
+    Run in a child process, so a crash is a failed test and not a dead test session."""
+    script = tmp_path / "run_and_close.py"
+    script.write_text(_RUN_AND_CLOSE)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "wf.db"), "150"], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0 and "CLOSED-CLEANLY" in done.stdout, (done.returncode, done.stderr[-2000:])
+
+
+def test_a_worker_backs_off_while_the_store_does_not_answer(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 14: while another process holds the store's write lock for 3 s, an idle worker
+    whose parked run comes due retries its claim with a growing wait (a handful of warnings, not
+    one every poll: ~30 at the 50 ms poll), says when the store answers again, and finishes the run."""
+    app = App(f"sqlite:///{tmp_path / 'wf.db'}", busy_timeout=0.05, inline_wait=0.1)  # the timer parks the run
+
+    @app.workflow(name="napper")
+    async def napper(ctx: WorkflowContext) -> int:
+        await ctx.sleep(1.0)
+        return 1
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        worker = asyncio.create_task(app.worker().run_forever(stop))
+        try:
+            app.start(napper, run_id="r")
+            await asyncio.sleep(0.4)  # claimed, parked on its timer (due in 0.6 s)
+            assert app.get_run("r").status == "waiting"
+            holder = sqlite3.connect(sqlite_path(app.db), isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            await asyncio.sleep(3.0)
+            holder.execute("ROLLBACK")
+            holder.close()
+            for _ in range(100):
+                if app.get_run("r").status == "completed":
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await worker
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="agentflow"):
+            asyncio.run(scenario())
+        assert app.get_run("r").status == "completed"
+    finally:
+        app.close()
+    retries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("claiming runs")]
+    assert 2 <= len(retries) <= 8, retries
+    assert "next try in" in retries[-1]
+    assert any("the store answers again" in r.getMessage() for r in caplog.records)
+
+
+def test_hung_blocking_tools_do_not_starve_other_runs(tmp_path: Path) -> None:
+    """Issue 14: eight runs of a blocking tool that never returns (timeout 0.3 s, 2 attempts)
+    beside a run of quick blocking steps. asyncio's default pool has 6 threads here: the hung
+    calls took them all and the quick run waited for them. Each hung call now holds one thread
+    of an elastic pool: the quick run finishes at once, the hung runs fail at their timeouts,
+    and the hung threads are listed as stuck."""
+    from agentflow.engine._threads import tool_threads
+
+    release = threading.Event()
+    app = App(f"sqlite:///{tmp_path / 'wf.db'}", synchronous="NORMAL")
+
+    @app.activity(timeout=0.3, retry=RetryPolicy(max_attempts=2, initial_interval=0.01))
+    def hang() -> None:
+        release.wait(60)
+
+    @app.activity
+    def quick(i: int) -> int:
+        return i
+
+    @app.workflow(name="hung")
+    async def hung(ctx: WorkflowContext) -> None:
+        await ctx.run(hang)
+
+    @app.workflow(name="busy")
+    async def busy(ctx: WorkflowContext) -> int:
+        return sum([await ctx.run(quick, i) for i in range(5)])
+
+    async def scenario() -> float:
+        stop = asyncio.Event()
+        worker = asyncio.create_task(app.worker(concurrency=32).run_forever(stop))
+        try:
+            for i in range(8):
+                app.start(hung, run_id=f"h{i}")
+            await asyncio.sleep(0.2)  # every hung call is in its thread
+            started = time.monotonic()
+            app.start(busy, run_id="b")
+            while app.get_run("b").status != "completed":
+                assert time.monotonic() - started < 5, "the quick run waited behind the hung tools"
+                await asyncio.sleep(0.02)
+            took = time.monotonic() - started
+            while any(app.get_run(f"h{i}").status not in ("completed", "failed") for i in range(8)):
+                await asyncio.sleep(0.05)
+            return took
+        finally:
+            stop.set()
+            await worker
+
+    pool = tool_threads()
+    pool.stuck_after = 0.2
+    try:
+        took = asyncio.run(scenario())
+        assert took < 1.0, took
+        assert {app.get_run(f"h{i}").status for i in range(8)} == {"failed"}
+        assert len([b for b in pool.stuck() if b.call.endswith("hang")]) == 16  # 8 runs x 2 attempts
+    finally:
+        pool.stuck_after = 60.0
+        release.set()
+        app.close()
