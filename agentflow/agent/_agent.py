@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
-from langchain_core.tools import BaseTool
+from langchain_core.tools import BaseTool, StructuredTool
 
 from agentflow.agent._chat import Budget, chat, spent
 from agentflow.agent._gate import Policies, default_policy, gate, resolve_policies
 from agentflow.agent._outcome import Ended, Limits, Outcome, RunState, ToolCallRecord
 from agentflow.agent._plan import run_plan
-from agentflow.engine import Activity, App, Client, RetryPolicy, RunHandle, Workflow, WorkflowContext
+from agentflow.engine import Activity, App, Client, RetryPolicy, RunHandle, Workflow, WorkflowContext, run_blocking
 from agentflow.errors import (
     ActivityError,
     BudgetExceeded,
@@ -302,7 +302,10 @@ class Agent:
         limit = self.limits.max_tool_output_chars
 
         async def invoke() -> str:
-            return _cut(_as_text(await tool.ainvoke(args)), limit)
+            # A blocking tool runs on the engine's elastic pool (langchain's ainvoke would use the
+            # loop's small default pool, where a tool that never returns starves the others).
+            out = await run_blocking(tool.invoke, args) if _blocking(tool) else await tool.ainvoke(args)
+            return _cut(_as_text(out), limit)
 
         async def reconcile(key: str) -> str | None:
             # The tool's reconcile answers with the tool's output: recorded as text, like invoke's.
@@ -316,6 +319,13 @@ class Agent:
             reconcile=reconcile if facts.reconcile is not None else None, kind="tool",
         )  # fmt: skip
         return await ctx.run_step(step, request=canonical_json({"tool": tool.name, "call": call_id, "args": args}))
+
+
+def _blocking(tool: BaseTool) -> bool:
+    """Whether the tool has no coroutine of its own (langchain would run it in a thread)."""
+    if getattr(tool, "coroutine", None) is not None:
+        return False
+    return type(tool)._arun in (BaseTool._arun, StructuredTool._arun)
 
 
 def _cut(text: str, limit: int | None) -> str:

@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 def worker(
     app_ref: Annotated[str, typer.Option("--app", help="The App to serve, as module:attribute.")],
     db: DbOption = None,
-    concurrency: Annotated[int, typer.Option(help="Runs driven at once.")] = 16,
+    concurrency: Annotated[
+        int, typer.Option(help="Runs driven at once (~12 KB each in flight; parked runs cost nothing).")
+    ] = 1000,
     poll_interval: Annotated[float, typer.Option(help="Seconds between looks for work when idle.")] = 0.05,
     until_idle: Annotated[
         bool, typer.Option("--until-idle", help="Exit once no run is pending, running or due.")

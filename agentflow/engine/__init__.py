@@ -9,6 +9,7 @@ from agentflow.engine._crash import configure as configure_crash_point
 from agentflow.engine._crash import crash_point
 from agentflow.engine._defs import Activity, ActivityInfo, RetryPolicy, Workflow, current_activity
 from agentflow.engine._doctor import Diagnosis, Finding, diagnose
+from agentflow.engine._threads import ToolThreads, run_blocking, tool_threads
 from agentflow.engine._worker import Worker
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "RunInfo",
     "SystemClock",
     "TestClock",
+    "ToolThreads",
     "Worker",
     "Workflow",
     "WorkflowContext",
@@ -31,4 +33,6 @@ __all__ = [
     "crash_point",
     "current_activity",
     "diagnose",
+    "run_blocking",
+    "tool_threads",
 ]

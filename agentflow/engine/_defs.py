@@ -14,6 +14,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 
 from pydantic import TypeAdapter
 
+from agentflow.engine._threads import run_blocking
 from agentflow.errors import AgentflowError, NotInActivityError
 from agentflow.store import param_adapters, return_adapter
 
@@ -217,10 +218,8 @@ async def call_activity(
     try:
         if activity.is_async:
             coro = activity.fn(*args, **kwargs)
-        else:
-            ctx = contextvars.copy_context()
-            loop = asyncio.get_running_loop()
-            coro = loop.run_in_executor(None, functools.partial(ctx.run, activity.fn, *args, **kwargs))
+        else:  # on the elastic pool: a call that never returns holds one thread, nobody's turn
+            coro = run_blocking(activity.fn, *args, **kwargs)
         if activity.timeout is not None:
             return await asyncio.wait_for(coro, activity.timeout)
         return await coro

@@ -13,6 +13,8 @@ listed by `stuck()` (and logged once), so stuck threads are visible, not silent.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import logging
 import queue
@@ -21,9 +23,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger("agentflow.worker")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +40,8 @@ class Busy:
 
 class ToolThreads(ThreadPoolExecutor):
     """An elastic thread pool for blocking calls (see the module docstring). A ThreadPoolExecutor
-    by type only (asyncio's `set_default_executor` takes nothing else): `submit` and `shutdown`
-    are its own, the base class never starts a thread."""
+    by type only (so it can also be a loop's default executor): `submit` and `shutdown` are its
+    own, the base class never starts a thread."""
 
     def __init__(self, *, max_threads: int = 256, idle_seconds: float = 30.0, stuck_after: float = 60.0) -> None:
         super().__init__(max_workers=1, thread_name_prefix="agentflow-unused")
@@ -126,3 +129,11 @@ def tool_threads() -> ToolThreads:
         if _shared is None:
             _shared = ToolThreads()
         return _shared
+
+
+async def run_blocking(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` on the process's pool for blocking calls, in the caller's context
+    (contextvars: the current activity's info), awaited without blocking the event loop."""
+    ctx = contextvars.copy_context()
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(tool_threads(), functools.partial(ctx.run, fn, *args, **kwargs))

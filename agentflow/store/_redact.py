@@ -151,19 +151,31 @@ class Redaction:
             value = json.loads(text)
         except ValueError:
             return self.text(text)
-        return json.dumps(self.data(value), ensure_ascii=False, separators=(",", ":"))
+        return _dumps(self.data(value), separators=(",", ":"))
 
     def _string(self, value: str) -> str:
         stripped = value.lstrip()
         if stripped[:1] in ("{", "[") and self._maybe(value):
             try:  # a JSON document carried as text (a tool's output): its fields count too
-                return json.dumps(self.data(json.loads(value)), ensure_ascii=False)
+                return _dumps(self.data(json.loads(value)))
             except ValueError:
                 pass
         return self.text(value)
 
 
 _CURRENT: dict[tuple[str, ...], Redaction] = {}
+
+
+def _dumps(value: Any, **options: Any) -> str:
+    """JSON text, non-ASCII kept as is, unless the value holds a lone surrogate (a model can send
+    one, escaped as `\\ud83d`): written raw it could not be stored (the driver encodes UTF-8),
+    so that text keeps JSON's escapes, as it came."""
+    text = json.dumps(value, ensure_ascii=False, **options)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, **options)
+    return text
 
 
 def _secret_environment(env: Mapping[str, str]) -> tuple[str, ...]:

@@ -49,3 +49,11 @@ def test_encryption_benchmark_runs_and_prints_json(tmp_path: Path) -> None:
     figures = bench("encryption.py", "--reps", "1", "--steps", "20", "--resume-steps", "20", "--dir", str(tmp_path))
     assert set(figures["pass"]) == {"extra_cpu_us_NORMAL_noop", "wall_ratio_FULL_noop", "resume_ratio"}
     assert figures["us_per_step"]["NORMAL"]["noop"]["on"]["cpu_us"] > 0 and "resume_20" in figures
+
+
+@pytest.mark.slow
+def test_agents_benchmark_runs_and_prints_json(tmp_path: Path) -> None:
+    figures = bench("agents.py", "--runs", "20", "--model-ms", "20", "--dir", str(tmp_path))
+    for mode in ("NORMAL", "FULL"):
+        assert figures[mode]["recorded_steps"] == 20 * 20 and figures[mode]["drain_s"] >= figures[mode]["floor_s"]
+        assert figures[mode]["concurrency"] == 1000  # the Worker's default

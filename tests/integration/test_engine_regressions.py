@@ -302,7 +302,7 @@ def test_hung_blocking_tools_do_not_starve_other_runs(tmp_path: Path) -> None:
     calls took them all and the quick run waited for them. Each hung call now holds one thread
     of an elastic pool: the quick run finishes at once, the hung runs fail at their timeouts,
     and the hung threads are listed as stuck."""
-    from agentflow.engine._threads import tool_threads
+    from agentflow.engine import tool_threads
 
     release = threading.Event()
     app = App(f"sqlite:///{tmp_path / 'wf.db'}", synchronous="NORMAL")
@@ -354,3 +354,32 @@ def test_hung_blocking_tools_do_not_starve_other_runs(tmp_path: Path) -> None:
         pool.stuck_after = 60.0
         release.set()
         app.close()
+
+
+def test_an_agents_blocking_tool_runs_on_the_elastic_pool(app: App) -> None:
+    """A sync langchain tool of an Agent runs on the engine's pool for blocking calls (langchain's
+    own ainvoke would put it on the loop's small default pool); an async one on the loop."""
+    import agentflow.llm as llm
+    from agentflow.agent import Agent
+
+    where: dict[str, str] = {}
+
+    @llm.tool(side_effect="none")
+    def blocking_read(site: str) -> str:
+        """Read a site, blocking."""
+        where["blocking"] = threading.current_thread().name
+        return "ok"
+
+    @llm.tool(side_effect="none")
+    async def async_read(site: str) -> str:
+        """Read a site, async."""
+        where["async"] = threading.current_thread().name
+        return "ok"
+
+    calls = [{"name": "blocking_read", "args": {"site": "CS-1"}}, {"name": "async_read", "args": {"site": "CS-1"}}]
+    model = llm.LangChainChat(llm.ScriptedChatModel(responses=[{"tool_calls": calls}, "done"]))
+    agent = Agent(name="reader", model=model, tools=[blocking_read, async_read])
+    handle = agent.start(app, "read CS-1", run_id="reader")
+    asyncio.run(app.worker().run_until_done(handle.run_id))
+    assert app.get_run(handle.run_id).status == "completed"
+    assert where["blocking"].startswith("agentflow-tool-") and where["async"] == "MainThread", where

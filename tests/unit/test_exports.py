@@ -106,6 +106,7 @@ EXPORTS = {
         "RunInfo",
         "SystemClock",
         "TestClock",
+        "ToolThreads",
         "Worker",
         "Workflow",
         "WorkflowContext",
@@ -113,6 +114,8 @@ EXPORTS = {
         "crash_point",
         "current_activity",
         "diagnose",
+        "run_blocking",
+        "tool_threads",
     ],
     "agentflow.errors": [
         "ActivityError",
