@@ -218,7 +218,10 @@ async def _decide(
                 _reserve(usage, about, now)
             return decision.model_copy(update={"key": own, "call": about})
 
-        return app.store.transaction(body, what="recording a policy decision")
+        # What the limits read across runs: the tenant's usage counts, and (one change per
+        # target) other runs' changes of the target, whatever their tenant.
+        locks = [f"tenant:{about.tenant}"] + ([f"target:{about.target}"] if about.target is not None else [])
+        return app.store.transaction(body, what="recording a policy decision", locks=locks)
 
     request = {"tool": tool.name, "call": call_id, "args": args, "approved": approved}
     return await _local(ctx, "policy", tool.name, evaluate, PolicyDecision, request)

@@ -83,7 +83,7 @@ class Approvals:
             tx.audit.add(at=now, tenant=tenant, actor="admin", action="operator_added", approval_id=None,
                          run_id=None, outcome="done", reason=f"{name} {principal.roles}")  # fmt: skip
 
-        self._transact(body)
+        self._transact(body, tenant)
         return principal, token
 
     def operators(self, *, tenant: str | None = None) -> _List[Principal]:
@@ -157,7 +157,7 @@ class Approvals:
                          run_id=run_id, outcome="done", reason=f"{tool} needs approval by rule {rule}")  # fmt: skip
             return _loaded(tx, rid, tenant)
 
-        return self._transact(body)
+        return self._transact(body, tenant)
 
     def expire(self, approval_id: str) -> ApprovalRequest:
         """Called when the wait ran out: an open request past its expiry is escalated once (if
@@ -178,7 +178,7 @@ class Approvals:
                          run_id=req.run_id, outcome="done", reason=reason)  # fmt: skip
             return _loaded(tx, approval_id, req.tenant)
 
-        return self._transact(body)
+        return self._transact(body, self.store.read(lambda tx: _loaded(tx, approval_id)).tenant)
 
     # -- reading -----------------------------------------------------------------------------
     def get(self, approval_id: str, *, tenant: str | None = None) -> ApprovalRequest:
@@ -270,7 +270,7 @@ class Approvals:
             assert req is not None
             return _vote(tx, req, principal, decision, comment, edited, now)
 
-        outcome = self._transact(body)
+        outcome = self._transact(body, principal.tenant)
         if isinstance(outcome, _Refusal):
             raise outcome.error
         return outcome
@@ -279,8 +279,11 @@ class Approvals:
     def _now(self) -> float:
         return self.clock.now()
 
-    def _transact(self, body: Callable[[Tx], T]) -> T:
-        return self.store.transaction(body, what="recording an approval")
+    def _transact(self, body: Callable[[Tx], T], tenant: str | None = None) -> T:
+        """`body` in a transaction serialized with the tenant's other approval and policy
+        transactions (a tenant's requests, votes and operators are all its checks read)."""
+        locks = (f"tenant:{tenant}",) if tenant is not None else ()
+        return self.store.transaction(body, what="recording an approval", locks=locks)
 
 
 def _vote(

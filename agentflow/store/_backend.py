@@ -123,9 +123,10 @@ class Backend(Protocol):
         that row) is either seen by the check or sees the write."""
         ...
 
-    def transact(self, body: Callable[[Conn], T], *, what: str = "writing the store") -> T:
+    def transact(self, body: Callable[[Conn], T], *, what: str = "writing the store", locks: Sequence[str] = ()) -> T:
         """Run `body(conn)` in one transaction, serialized with every other `transact` of the
-        database, so a read-check-write in `body` is atomic (approval quorums, policy limits)."""
+        database that names one of the same `locks` (with none: with every other one without
+        locks), so a read-check-write in `body` is atomic (approval quorums, policy limits)."""
         ...
 
     def claim(
@@ -169,7 +170,7 @@ class ConnectionPerThread(Generic[C]):
     def translate_error(self, exc: Exception, what: str) -> StoreError:
         raise NotImplementedError
 
-    def transact(self, body: Callable[[C], T], *, what: str = "writing the store") -> T:
+    def transact(self, body: Callable[[C], T], *, what: str = "writing the store", locks: Sequence[str] = ()) -> T:
         raise NotImplementedError
 
     def usable(self, conn: C) -> bool:

@@ -13,8 +13,10 @@ Concurrency, at READ COMMITTED:
   updates that row, so a signal either is seen by the check or wakes the parked run.
 - Runs are claimed by one `UPDATE ... FROM (SELECT ... FOR UPDATE OF r SKIP LOCKED)`: workers
   never wait for each other's claims and never claim the same run.
-- `transact` (approval decisions, policy decisions, sessions, forks) takes one advisory lock for
-  the whole database, so its read-check-write bodies are serialized as on SQLite.
+- `transact` (approval decisions, policy decisions, sessions, forks) takes advisory locks: per
+  key where the caller names what its read-check-write depends on (a policy decision: its
+  tenant and its target; an approval decision: its tenant), else one for the whole database.
+  Bodies that share a key are serialized as on SQLite; other tenants' go on in parallel.
 - Lease times (heartbeats and staleness) use the database server's clock, shared by every host.
 
 Durability: `synchronous="FULL"` is `synchronous_commit=on` (a commit is flushed to the server's
@@ -157,11 +159,22 @@ class PostgresStore(ConnectionPerThread[PgConn]):
     def write_transaction(self, body: Callable[[PgConn], T], *, what: str) -> T:
         return self._run(body, "BEGIN", what=what)  # no global lock: runs write in parallel
 
-    def transact(self, body: Callable[[PgConn], T], *, what: str = "writing the store") -> T:
+    def transact(self, body: Callable[[PgConn], T], *, what: str = "writing the store", locks: Sequence[str] = ()) -> T:
         """Run `body(conn)` in one transaction: committed when it returns, rolled back when it
-        raises. Every `transact` of the database holds one advisory lock, so a read-check-write in
-        `body` is atomic (how approval quorums and policy limits hold across hosts)."""
-        return self._run(body, f"BEGIN; SELECT pg_advisory_xact_lock({TRANSACT_LOCK})", what=what)
+        raises. It holds an advisory lock per name in `locks` (taken in sorted order, so two
+        transactions never wait for each other crosswise), or one lock for the whole database
+        when `locks` is empty; a read-check-write in `body` is atomic against every transaction
+        naming one of its locks (how approval quorums and policy limits hold across hosts,
+        while other tenants' decisions go on in parallel)."""
+        if not locks:
+            return self._run(body, f"BEGIN; SELECT pg_advisory_xact_lock({TRANSACT_LOCK})", what=what)
+
+        def locked(conn: PgConn) -> T:
+            for name in sorted(set(locks)):
+                conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (f"agentflow:{name}",))
+            return body(conn)
+
+        return self._run(locked, "BEGIN", what=what)
 
     def _run(self, body: Callable[[PgConn], T], begin: str, *, what: str) -> T:
         conn = self.conn

@@ -107,10 +107,13 @@ class SqliteStore(ConnectionPerThread[sqlite3.Connection]):
         return translate_error(exc, what)
 
     # -- transactions ----------------------------------------------------------------------
-    def transact(self, body: Callable[[sqlite3.Connection], T], *, what: str = "writing the store") -> T:
+    def transact(
+        self, body: Callable[[sqlite3.Connection], T], *, what: str = "writing the store", locks: Sequence[str] = ()
+    ) -> T:
         """Run `body(conn)` in one IMMEDIATE transaction: committed when it returns, rolled back
-        when it raises. Writers are serialized, so a read-check-write in `body` is atomic (how
-        approval quorums and policy limits hold across concurrent runs)."""
+        when it raises. Writers are serialized (whatever `locks` names: SQLite has one write
+        lock), so a read-check-write in `body` is atomic (how approval quorums and policy limits
+        hold across concurrent runs)."""
         conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE")

@@ -133,12 +133,15 @@ class EventStore(SealedRows, ReadQueries):
         )
 
     # -- governance records (approvals, principals, audit, sessions, policy usage) ------------
-    def transaction(self, body: Callable[[Tx], T], *, what: str = "writing the store") -> T:
+    def transaction(self, body: Callable[[Tx], T], *, what: str = "writing the store", locks: Sequence[str] = ()) -> T:
         """Run `body(tx)` in one transaction, serialized with every other `transaction` of the
-        database, so a read-check-write in `body` is atomic (approval quorums, policy limits)."""
+        database that names one of the same `locks` (none: the whole database), so a
+        read-check-write in `body` is atomic (approval quorums, policy limits). Name every key
+        the body's checks read across runs (e.g. `tenant:<t>`), or none."""
         return self.backend.transact(
-            lambda conn: body(Tx(conn, self.signal_ops, clean=self.redaction.text, seals=self.seals)), what=what
-        )
+            lambda conn: body(Tx(conn, self.signal_ops, clean=self.redaction.text, seals=self.seals)),
+            what=what, locks=locks,
+        )  # fmt: skip
 
     def read(self, body: Callable[[Tx], T], *, what: str = "reading the store") -> T:
         """Run `body(tx)` on this thread's connection, outside a transaction: reads only (a write

@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -660,3 +661,29 @@ def test_trace_and_approvals_on_postgres(make_app: Callable[..., App], tmp_path:
     assert list(found["run_id"]) == ["ap"]
     actions = [e.action for e in Approvals.of(app).audit(run_id="ap")]
     assert actions[0] == "requested" and "approve" in actions
+
+
+def test_decisions_of_other_tenants_do_not_wait_for_each_other(make_app: Callable[..., App]) -> None:
+    """Issue 14: a transaction holds its tenant's lock (`tenant:east`) for as long as it likes.
+    Another tenant's transaction commits at once (there used to be one lock for the database);
+    one naming the same tenant, with another key beside it, waits until the first has committed."""
+    app_a, app_b = make_app(), make_app()
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(_: Any) -> str:
+        entered.set()
+        release.wait(WORKER_TIMEOUT)
+        return "held"
+
+    holder = _in_thread(lambda: app_a.store.transaction(hold, locks=["tenant:east"]))
+    assert entered.wait(WORKER_TIMEOUT)
+    try:
+        started = time.monotonic()
+        assert app_b.store.transaction(lambda _: "west", locks=["tenant:west", "target:CS-1"]) == "west"
+        assert time.monotonic() - started < 1.0, "another tenant waited for east's lock"
+        same = _in_thread(lambda: app_b.store.transaction(lambda _: "east", locks=["target:CS-1", "tenant:east"]))
+        time.sleep(0.5)
+        assert same[1] == {} and same[0].is_alive(), "a transaction of the same tenant did not wait"
+    finally:
+        release.set()
+    assert _join(*holder) == "held" and _join(*same) == "east"
