@@ -198,8 +198,10 @@ class Client:
         wf = workflow if isinstance(workflow, Workflow) else self._workflows.get(name)
         key = run_key(check_tenant(tenant), check_run_id(run_id) if run_id is not None else uuid.uuid4().hex)
         input_json = encode_input(wf, name, args, kwargs)
-        existing = self.store.find_run(key, tenant=tenant) if run_id is not None else None
-        if existing is not None:  # started before (perhaps under a 0.1 key: its bare id)
+        # Outside the default tenant a run started before ids were per tenant (0.1) is keyed by
+        # its bare id: look for it first (in the default tenant the key is the bare id anyway).
+        existing = self.store.find_run(key, tenant=tenant) if run_id is not None and tenant != DEFAULT_TENANT else None
+        if existing is not None:
             record, created = existing, False
         else:
             record, created = self.store.create_run(

@@ -93,17 +93,16 @@ class ToolThreads(ThreadPoolExecutor):
     def stuck(self) -> list[Busy]:
         """Calls running longer than `stuck_after` seconds (each logged once, when first seen)."""
         now = time.monotonic()
-        found = [b for b in list(self._busy.values()) if now - b.since > self.stuck_after]
-        for b in found:
-            if (id(b), b.since) not in self._reported:
-                self._reported.add((id(b), b.since))
+        busy = list(self._busy.items())
+        found = [b for _, b in busy if now - b.since > self.stuck_after]
+        # Only calls still running are remembered (a thread's next call has another start).
+        self._reported &= {(ident, b.since) for ident, b in busy}
+        for ident, b in busy:
+            if b in found and (ident, b.since) not in self._reported:
+                self._reported.add((ident, b.since))
                 log.warning("%s has run %s for %.0f s (a blocking call that does not return)", b.thread, b.call,
                             now - b.since)  # fmt: skip
         return found
-
-    @property
-    def threads(self) -> int:
-        return self._count
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Nothing: the pool is the process's, shared by every event loop a worker runs on
