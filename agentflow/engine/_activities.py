@@ -148,7 +148,7 @@ class ActivitySteps(ExecutorBase):
                 attempt += 1
                 continue
             if found is not None:
-                self._record_result(call, attempt - 1, first, found)
+                await self._record_result(call, attempt - 1, first, found)
                 return None
             return attempt
 
@@ -157,7 +157,7 @@ class ActivitySteps(ExecutorBase):
         act, seq = call.act, call.seq
         while True:
             if act.side_effect:
-                self._write(self._call_ops(call, self._call_step(call, "started", attempt=attempt, started_at=first)))
+                await self._commit(self._call_ops(call, self._call_step(call, "started", attempt=attempt, started_at=first)))
                 crash_point("after_intent")
             info = ActivityInfo(
                 run_id=self.run_id, seq=seq, attempt=attempt, name=act.name,
@@ -180,7 +180,7 @@ class ActivitySteps(ExecutorBase):
                 attempt += 1
                 continue
             crash_point("after_effect")
-            self._record_encoded(call, attempt, first, encoded)
+            await self._record_encoded(call, attempt, first, encoded)
             return
 
     async def _retry_inline(
@@ -188,7 +188,7 @@ class ActivitySteps(ExecutorBase):
     ) -> bool:
         """Record a failed attempt. True: retry now (a short backoff was slept here); False: the
         step failed for good, or waits in the store for a retry too far off to hold the run."""
-        retry_at = self._record_failure(call, attempt, first, started, exc)
+        retry_at = await self._record_failure(call, attempt, first, started, exc)
         if retry_at is None:
             return False
         if retry_at - self.clock.now() > self.app.inline_wait:
@@ -207,23 +207,23 @@ class ActivitySteps(ExecutorBase):
         except Exception as exc:  # noqa: BLE001 - pydantic raises several types here
             raise PayloadError(f"activity {act.name} returned a value that cannot be encoded as JSON: {exc}") from None
 
-    def _record_result(self, call: _Call, attempt: int, started: float, value: Any) -> None:
-        self._record_encoded(call, attempt, started, self._encode_result(call.act, value))
+    async def _record_result(self, call: _Call, attempt: int, started: float, value: Any) -> None:
+        await self._record_encoded(call, attempt, started, self._encode_result(call.act, value))
 
-    def _record_encoded(self, call: _Call, attempt: int, started: float, encoded: tuple[str, dict[str, str]]) -> None:
+    async def _record_encoded(self, call: _Call, attempt: int, started: float, encoded: tuple[str, dict[str, str]]) -> None:
         result_json, blobs = encoded
         step = self._call_step(
             call, "completed", attempt=max(attempt, 1), result=result_json, started_at=started,
             finished_at=self.clock.now(), delivery=self._take_delivery(),
         )  # fmt: skip
-        self._write(self._call_ops(call, step, blobs))
+        await self._commit(self._call_ops(call, step, blobs))
         crash_point("after_result")
         # Live and replayed runs see the same value: both are decoded from the recorded JSON
         # (secrets masked by `_new_step`).
         recorded = step.result if step.result is not None else result_json
         self._deliver(lambda: _settle(call.fut, self._decode_result(call.act, recorded, call.seq)))
 
-    def _record_failure(
+    async def _record_failure(
         self, call: _Call, attempt: int, first: float, started: float, exc: BaseException
     ) -> float | None:
         """Record a failed attempt; return when to retry, or None when the step failed for good."""
@@ -240,7 +240,7 @@ class ActivitySteps(ExecutorBase):
         )  # fmt: skip
         ops = self._call_ops(call, step)
         ops.append(self.store.attempt_op(self.run_id, call.seq, attempt, err_json, started, now, retry_at))
-        self._write(ops)
+        await self._commit(ops)
         if not retry:
             error = self._activity_error(call.act.name, call.seq, step)
             self._deliver(lambda: _settle(call.fut, exc=error))

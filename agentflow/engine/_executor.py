@@ -61,7 +61,7 @@ class RunExecutor(ActivitySteps, WaitSteps):
         try:
             args, kwargs = self.app.decode_input(workflow, self.run)
         except AgentflowError as exc:
-            return self._finish_failed(exc)
+            return await self._finish_failed(exc)
         main = self.loop.create_task(workflow.fn(ctx, *args, **kwargs))
         self.main = main
         try:
@@ -87,9 +87,9 @@ class RunExecutor(ActivitySteps, WaitSteps):
             if self.fatal is not None:
                 if _environmental(self.fatal):
                     raise self.fatal  # the store, not the run: the worker stops and gives it back
-                return self._finish_failed(self.fatal)
+                return await self._finish_failed(self.fatal)
             if main.done():
-                return self._finish(main)
+                return await self._finish(main)
             if self.history.behind():  # (every held outcome's turn is <= max_delivery)
                 due = self.history.take_due()
                 if due is None:
@@ -107,11 +107,11 @@ class RunExecutor(ActivitySteps, WaitSteps):
                 self._progress.clear()
                 await self._progress.wait()
                 continue
-            if self._deliver_cancel(main):
+            if await self._deliver_cancel(main):
                 continue
             if self._resolve_waits():
                 continue
-            if self._park():
+            if await self._park():
                 crash_point("while_waiting")
                 return "waiting"
 
@@ -219,7 +219,7 @@ class RunExecutor(ActivitySteps, WaitSteps):
     # ======================================================================================
     # cancellation, parking, the end
     # ======================================================================================
-    def _deliver_cancel(self, main: asyncio.Task[Any]) -> bool:
+    async def _deliver_cancel(self, main: asyncio.Task[Any]) -> bool:
         """Deliver a cancel request while the workflow is blocked (on waits) at `next_seq`."""
         if self.cancel_delivered:
             return False
@@ -228,13 +228,13 @@ class RunExecutor(ActivitySteps, WaitSteps):
             self.next_seq += 1  # replay of a marker recorded before delivery numbers
         elif self.cancel_requested:
             seq = self._take_seq()
-            self._write([self._cancel_marker(seq, delivery=self._take_delivery())])
+            await self._commit([self._cancel_marker(seq, delivery=self._take_delivery())])
         else:
             return False
         self._cancel_workflow()
         return True
 
-    def _park(self) -> bool:
+    async def _park(self) -> bool:
         """Park the run in the store unless an event it waits for is already in."""
         if not self.waits:
             # Blocked, yet on nothing the engine can ever resolve (an asyncio.Event no step
@@ -254,48 +254,47 @@ class RunExecutor(ActivitySteps, WaitSteps):
         check_sql, check_params = self.store.park_blockers_sql(
             self.run_id, signals, children, check_cancel=not self.cancel_delivered
         )
-        ops = [*self.local_ops, self.store.park_op(self.run_id, self.epoch, wake_at, waiting_on, self.clock.now())]
-        if self.store.backend.write_unless((check_sql, check_params), ops, run_id=self.run_id):
-            self.local_ops = []
+        park = self.store.park_op(self.run_id, self.epoch, wake_at, waiting_on, self.clock.now())
+        if await self._commit([park], unless=(check_sql, check_params)):
             return True
         # Something arrived: a signal, a child's end, or a cancel request.
         run = self.store.get_run(self.run_id)
         self.cancel_requested = bool(run.cancel_requested)
         return False
 
-    def _finish(self, main: asyncio.Task[Any]) -> str:
+    async def _finish(self, main: asyncio.Task[Any]) -> str:
         workflow = self.app.workflow_named(self.run.workflow)
         if main.cancelled():
             err = {"type": "Cancelled", "message": "the run was cancelled"}
-            return self._finish_status("cancelled", None, err)
+            return await self._finish_status("cancelled", None, err)
         exc = main.exception()
         if exc is not None:
             if isinstance(exc, _Stop) and self.fatal is not None:
-                return self._finish_failed(self.fatal)
-            return self._finish_status("failed", None, error_dict(exc))
+                return await self._finish_failed(self.fatal)
+            return await self._finish_status("failed", None, error_dict(exc))
         left_over = self.history.left_over(self.next_seq)
         if left_over is not None:
-            return self._finish_failed(left_over)
+            return await self._finish_failed(left_over)
         try:
             output = workflow.result_adapter.dump_json(main.result()).decode()
         except Exception as e:  # noqa: BLE001
-            return self._finish_failed(
+            return await self._finish_failed(
                 PayloadError(
                     f"workflow {workflow.name} returned a value that cannot be encoded: {e}", run_id=self.run_id
                 )
             )
-        return self._finish_status("completed", output, None)
+        return await self._finish_status("completed", output, None)
 
-    def _finish_failed(self, exc: AgentflowError) -> str:
-        return self._finish_status("failed", None, error_dict(exc))
+    async def _finish_failed(self, exc: AgentflowError) -> str:
+        return await self._finish_status("failed", None, error_dict(exc))
 
-    def _finish_status(self, status: str, output: str | None, err: dict[str, Any] | None) -> str:
+    async def _finish_status(self, status: str, output: str | None, err: dict[str, Any] | None) -> str:
         ops = self.store.finish_ops(
             self.run_id, self.epoch, status, output, json.dumps(err) if err else None, self.clock.now()
         )
         if self.run.parent_id:
             ops.append(self.store.wake_op(self.run.parent_id))
-        self._write(ops)
+        await self._commit(ops)
         return status
 
 

@@ -177,6 +177,29 @@ class ExecutorBase:
             raise self._stop(exc) from None
         self.local_ops = []
 
+    async def _commit(self, ops: list[Op], *, unless: tuple[str, Any] | None = None) -> bool:
+        """`_write` without blocking the event loop: the write goes to the store's group commit
+        (`agentflow.store.GroupCommit`), which makes it durable together with other runs' writes;
+        this returns once it is. With `unless`: nothing is written, and False is returned, when
+        that query finds a row (see `Backend.write_unless`)."""
+        group = self.store.group
+        # Taken now: workflow code may buffer more local records while this write is queued.
+        taken, self.local_ops = self.local_ops, []
+        ops = taken + ops if taken else ops
+        try:
+            if group is not None:
+                written = await group.write(ops, run_id=self.run_id, unless=unless) is not None
+            elif unless is not None:
+                written = self.store.backend.write_unless(unless, ops, run_id=self.run_id)
+            else:
+                self.store.backend.write(ops, run_id=self.run_id)
+                written = True
+        except StoreError as exc:
+            raise self._stop(exc) from None
+        if not written:
+            self.local_ops = taken + self.local_ops  # not written: they go with the next commit
+        return written
+
     def _step_op(self, step: StepRecord) -> Op:
         return self.store.upsert_step_op(self.run_id, self.epoch, step)
 

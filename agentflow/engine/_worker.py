@@ -33,6 +33,10 @@ REAP_INTERVAL = 0.5
 DEFAULT_CONCURRENCY = 1000
 #: The longest wait between claims while the store does not answer (it doubles up to this).
 MAX_BACKOFF = 5.0
+#: With a store that notifies (PostgreSQL), the longest a worker waits between claims: new runs,
+#: signals and approvals wake it at once; this only bounds how late it takes over the runs of a
+#: dead worker (timers due are waited for exactly).
+LISTEN_POLL = 1.0
 
 
 class Worker:
@@ -76,6 +80,10 @@ class Worker:
         # Runs to hand back (store was busy): retried on every loop until done, so a run is
         # never left `running` under a live worker that no longer drives it.
         self._to_release: dict[str, int] = {}
+        # Set when the store notifies that a run became runnable (see `Backend.listen`).
+        self._wake: asyncio.Event | None = None
+        self._notified = False
+        self._listening = False
 
     # -- entry points ----------------------------------------------------------------------
     async def run_until_done(self, run_id: str) -> None:
@@ -107,18 +115,33 @@ class Worker:
         await self._loop(blocked)
 
     async def run_forever(self, stop: asyncio.Event | None = None) -> None:
-        """Drive runs until `stop` is set (or the task is cancelled)."""
-        await self._loop(lambda: stop is not None and stop.is_set())
+        """Drive runs until `stop` is set (or the task is cancelled). On a store that notifies
+        (PostgreSQL) the worker is woken when a run becomes runnable instead of polling."""
+
+        async def wake_on_stop(stop: asyncio.Event) -> None:
+            await stop.wait()
+            if self._wake is not None:
+                self._wake.set()  # a notified worker may be in a long wait
+
+        relay = asyncio.ensure_future(wake_on_stop(stop)) if stop is not None else None
+        try:
+            await self._loop(lambda: stop is not None and stop.is_set(), listen=True)
+        finally:
+            if relay is not None:
+                relay.cancel()
 
     # -- the loop --------------------------------------------------------------------------
-    async def _loop(self, done: Callable[[], bool]) -> None:
+    async def _loop(self, done: Callable[[], bool], *, listen: bool = False) -> None:
         loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
         served = {name: self.app.workflow_named(name).fingerprint for name in self.app.workflow_names}
         self.store.register_worker(self.worker_id, workflows=served, lease_ttl=self.app.lease_ttl)
         if not self.replay_only:
             declare_clock(self.store, self.app.clock)
         beat = threading.Thread(target=self._heartbeat, args=(loop,), name="agentflow-heartbeat", daemon=True)
         beat.start()
+        listener = self.store.backend.listen(lambda _run: self._notify(loop)) if listen else None
+        self._listening = listener is not None
         try:
             while not done():
                 if self._broken is not None:
@@ -132,17 +155,17 @@ class Worker:
                         await asyncio.sleep(self._backoff)
                     continue
                 if self._tasks:
-                    await asyncio.wait(
-                        list(self._tasks.values()), timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
-                    )
+                    await self._pause(self._wait_time())
                     continue
                 if claimed:
                     continue
                 if self._skip_time():
                     continue
-                await asyncio.sleep(self.poll_interval)
+                await self._pause(self._wait_time())
         finally:
             self._stop.set()
+            if listener is not None:
+                listener.close()
             # Joined before anything may close the store: the heartbeat writes on its own
             # connection, and closing a connection under a thread that is using it crashes the
             # interpreter (SIGSEGV in sqlite3). It wakes at once from its wait; a write in
@@ -157,6 +180,45 @@ class Worker:
                 self.store.stop_worker(self.worker_id)
             except StoreError:
                 pass  # the lease expires by itself
+
+    # -- waiting for work ---------------------------------------------------------------------
+    def _notify(self, loop: asyncio.AbstractEventLoop) -> None:
+        """From the listener's thread: wake the loop (once per wait, however many runs came)."""
+        if self._notified:
+            return
+        self._notified = True
+        try:
+            loop.call_soon_threadsafe(self._woken)
+        except RuntimeError:
+            pass  # the loop is closed: the worker is gone
+
+    def _woken(self) -> None:
+        self._notified = False
+        if self._wake is not None:
+            self._wake.set()
+
+    def _wait_time(self) -> float:
+        """How long to wait before the next claim: the poll interval, or with notifications up
+        to `LISTEN_POLL`, but never past the next timer due (a parked run's wake-up)."""
+        if not self._listening:
+            return self.poll_interval
+        try:
+            wake = self.store.next_wake_at(self.root_id, self.app.workflow_names)
+        except StoreError:
+            return self.poll_interval
+        if wake is None:
+            return LISTEN_POLL
+        return min(LISTEN_POLL, max(wake - self.app.clock.now(), self.poll_interval))
+
+    async def _pause(self, timeout: float) -> None:
+        """Wait until a run of this worker ends, a run becomes runnable (notified), or `timeout`."""
+        assert self._wake is not None
+        wake = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait([*self._tasks.values(), wake], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+        self._wake.clear()
 
     def _release_pending(self) -> None:
         for run_id, epoch in list(self._to_release.items()):

@@ -19,6 +19,7 @@ from agentflow.store._codec import (
     return_adapter,
     unrepresentable,
 )
+from agentflow.store._group import GroupCommit
 from agentflow.store._constants import RUN_STATUSES, SCHEMA_REVISION, TERMINAL_STATUSES
 from agentflow.store._governance import ApprovalRow, AuditRow, PrincipalRow, VoteRow
 from agentflow.store._health import Checkup, ExpiredApprovalRow, OpenRunRow, SchemaState, WorkerRow
@@ -49,6 +50,7 @@ __all__ = [
     "Conn",
     "EventStore",
     "ExpiredApprovalRow",
+    "GroupCommit",
     "Op",
     "OpenRunRow",
     "PolicyUsage",

@@ -10,6 +10,7 @@ locking differs (the fenced step write, claiming runs).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, Protocol, TypeVar
@@ -23,9 +24,23 @@ Op = tuple[str, Sequence[Any], bool]
 """One statement of a write transaction: (sql, params, fenced). A fenced statement must change
 a row, or the transaction is rolled back with LeaseLostError."""
 
+Write = tuple[list[Op], str | None, tuple[str, Sequence[Any]] | None]
+"""One run's write in a batch (`Backend.write_batch`): (ops, run id, the check of `write_unless`
+or None)."""
+
 STEP_COLUMNS = (
     "run_id, seq, kind, name, digest, status, attempt, args, result, error, started_at, finished_at, wake_at, "
     "epoch, delivery"
+)
+
+
+# A step row already recorded is updated (intent, retry, result), never once it is final.
+UPSERT_CONFLICT = (
+    "ON CONFLICT (run_id, seq) DO UPDATE SET status = excluded.status, "
+    "attempt = excluded.attempt, result = excluded.result, error = excluded.error, "
+    "finished_at = excluded.finished_at, wake_at = excluded.wake_at, epoch = excluded.epoch, "
+    "delivery = excluded.delivery "
+    "WHERE af_steps.status NOT IN ('completed', 'failed')"
 )
 
 
@@ -38,12 +53,48 @@ def upsert_step_sql(fence_lock: str = "") -> str:
         f"INSERT INTO af_steps ({STEP_COLUMNS}) "
         "SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,? "
         f"WHERE EXISTS (SELECT 1 FROM af_runs WHERE id = ? AND epoch = ?{fence_lock}) "
-        "ON CONFLICT (run_id, seq) DO UPDATE SET status = excluded.status, "
-        "attempt = excluded.attempt, result = excluded.result, error = excluded.error, "
-        "finished_at = excluded.finished_at, wake_at = excluded.wake_at, epoch = excluded.epoch, "
-        "delivery = excluded.delivery "
-        "WHERE af_steps.status NOT IN ('completed', 'failed')"
+        + UPSERT_CONFLICT
     )
+
+
+#: The SQL types of a step row's values, in `STEP_COLUMNS` order (PostgreSQL types the values of
+#: a multi-row statement from them: a column of NULLs would be text otherwise).
+STEP_TYPES = (
+    "text", "integer", "text", "text", "text", "text", "integer", "text", "text", "text",
+    "double precision", "double precision", "double precision", "integer", "integer",
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=64)
+def upsert_steps_sql(rows: int, *, typed: bool = False, fence_lock: str = "") -> str:
+    """`upsert_step_sql` for `rows` steps of several runs in one statement (a group commit's step
+    writes): each row is written only while its run's lease epoch is its `epoch` column. The
+    statement changes fewer rows than it has when a fence (or a final step) refused one.
+
+    `typed` (PostgreSQL): the values are cast to their columns' types (a column of NULLs would be
+    text otherwise) and named; SQLite names them column1..column15. (Not a `WITH` statement:
+    Python's sqlite3 reports no rowcount for one.)"""
+    if typed:
+        row = "(" + ",".join(f"CAST(? AS {t})" for t in STEP_TYPES) + ")"
+        source, run_id, epoch = f"AS v ({STEP_COLUMNS})", "v.run_id", "v.epoch"
+    else:
+        row = "(" + ",".join("?" * len(STEP_TYPES)) + ")"
+        source, run_id, epoch = "AS v", "v.column1", f"v.column{STEP_COLUMNS.split(', ').index('epoch') + 1}"
+    return (
+        f"INSERT INTO af_steps ({STEP_COLUMNS}) SELECT * FROM (VALUES {','.join([row] * rows)}) {source} "
+        f"WHERE EXISTS (SELECT 1 FROM af_runs r WHERE r.id = {run_id} AND r.epoch = {epoch}{fence_lock}) "
+        + UPSERT_CONFLICT
+    )
+
+
+def step_chunks(n: int) -> list[int]:
+    """`n` rows as multi-row statements of a few fixed sizes (each size is prepared once)."""
+    out: list[int] = []
+    for size in (256, 64, 16, 4, 1):
+        while n >= size:
+            out.append(size)
+            n -= size
+    return out
 
 
 def lease_lost(run_id: str | None) -> LeaseLostError:
@@ -81,6 +132,12 @@ class DriverConn(Conn, Protocol):
 
 
 C = TypeVar("C", bound=DriverConn)
+
+
+class Listener(Protocol):
+    """What `Backend.listen` returns: stopped (and its thread joined) by `close()`."""
+
+    def close(self) -> None: ...
 
 
 class Backend(Protocol):
@@ -123,6 +180,17 @@ class Backend(Protocol):
         that row) is either seen by the check or sees the write."""
         ...
 
+    def listen(self, callback: Callable[[str], None]) -> Listener | None:
+        """Call `callback(run_id)` whenever a run becomes runnable, from a thread of its own;
+        None when the database cannot tell (SQLite: workers poll the file)."""
+        ...
+
+    def write_batch(self, writes: Sequence[Write]) -> list[list[int] | None]:
+        """Several runs' writes in one transaction (one durable commit), each as `write` or (with
+        a check) `write_unless` would run it; all or nothing: a fenced statement that changes no
+        row raises `LeaseLostError` and nothing of the batch is written (see `GroupCommit`)."""
+        ...
+
     def transact(self, body: Callable[[Conn], T], *, what: str = "writing the store", locks: Sequence[str] = ()) -> T:
         """Run `body(conn)` in one transaction, serialized with every other `transact` of the
         database that names one of the same `locks` (with none: with every other one without
@@ -158,6 +226,11 @@ class ConnectionPerThread(Generic[C]):
     driver_error: type[Exception] = Exception
     #: What `conn` names when it cannot connect.
     where = ""
+    #: The fenced step write (see `upsert_step_sql`) and the lock its fence takes.
+    upsert_step_sql = ""
+    fence_lock = ""
+    #: Whether multi-row VALUES need their types spelled out (PostgreSQL).
+    typed_values = False
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -172,6 +245,10 @@ class ConnectionPerThread(Generic[C]):
 
     def transact(self, body: Callable[[C], T], *, what: str = "writing the store", locks: Sequence[str] = ()) -> T:
         raise NotImplementedError
+
+    def listen(self, callback: Callable[[str], None]) -> Listener | None:
+        """No notifications (see `Backend.listen`): the backend's workers poll."""
+        return None
 
     def usable(self, conn: C) -> bool:
         """Whether this thread's connection can still be used (not closed by a lost server)."""
@@ -238,18 +315,57 @@ class ConnectionPerThread(Generic[C]):
     def _transaction(
         self, ops: Iterable[Op], run_id: str | None, unless: tuple[str, Sequence[Any]] | None
     ) -> list[int] | None:
-        def body(conn: C) -> list[int] | None:
-            if unless is not None and self.blocked(conn, unless, run_id):
-                return None
-            counts: list[int] = []
-            for sql, params, fenced in ops:
-                n = conn.execute(sql, params).rowcount
-                if fenced and n == 0:
-                    raise lease_lost(run_id)
-                counts.append(n)
-            return counts
+        return self.write_transaction(
+            lambda conn: self._apply(conn, ops, run_id, unless),
+            what=f"writing run {run_id}" if run_id else "writing the store",
+        )
 
-        return self.write_transaction(body, what=f"writing run {run_id}" if run_id else "writing the store")
+    def write_batch(self, writes: Sequence[Write]) -> list[list[int] | None]:
+        """Several runs' writes in one transaction (see `Backend.write_batch`). The writes that
+        are one step row each (most of them) go in a few multi-row statements: fewer statements,
+        and fewer hand-overs of the GIL between the writer thread and the event loop."""
+
+        def body(conn: C) -> list[list[int] | None]:
+            out: list[list[int] | None] = [None] * len(writes)
+            rows: list[Sequence[Any]] = []
+            seen: set[tuple[Any, Any]] = set()
+            for i, (ops, run_id, unless) in enumerate(writes):
+                if unless is None and len(ops) == 1 and ops[0][0] is self.upsert_step_sql:
+                    params = ops[0][1]
+                    if (params[0], params[1]) in seen:  # the same step again: in order
+                        self._upsert_steps(conn, rows)
+                        rows, seen = [], set()
+                    seen.add((params[0], params[1]))
+                    rows.append(params[: len(STEP_TYPES)])
+                    out[i] = [1]
+                else:
+                    out[i] = self._apply(conn, ops, run_id, unless)
+            self._upsert_steps(conn, rows)
+            return out
+
+        return self.write_transaction(body, what=f"writing {len(writes)} runs' steps")
+
+    def _upsert_steps(self, conn: C, rows: Sequence[Sequence[Any]]) -> None:
+        start = 0
+        for size in step_chunks(len(rows)):
+            chunk = rows[start : start + size]
+            start += size
+            sql = upsert_steps_sql(size, typed=self.typed_values, fence_lock=self.fence_lock)
+            if conn.execute(sql, [v for row in chunk for v in row]).rowcount != size:
+                raise lease_lost(None)  # `GroupCommit` retries each write alone to find which
+
+    def _apply(
+        self, conn: C, ops: Iterable[Op], run_id: str | None, unless: tuple[str, Sequence[Any]] | None
+    ) -> list[int] | None:
+        if unless is not None and self.blocked(conn, unless, run_id):
+            return None
+        counts: list[int] = []
+        for sql, params, fenced in ops:
+            n = conn.execute(sql, params).rowcount
+            if fenced and n == 0:
+                raise lease_lost(run_id)
+            counts.append(n)
+        return counts
 
     def blocked(self, conn: C, check: tuple[str, Sequence[Any]], run_id: str | None) -> bool:
         """Whether `check` (of `write_unless`) returns a row, inside the write's transaction."""

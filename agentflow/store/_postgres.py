@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -100,7 +101,9 @@ class PostgresStore(ConnectionPerThread[PgConn]):
     dialect = "postgresql"
     path = ""
     now_sql = SQL_NOW
-    upsert_step_sql = upsert_step_sql(" FOR SHARE")
+    fence_lock = " FOR SHARE"
+    upsert_step_sql = upsert_step_sql(fence_lock)
+    typed_values = True
     driver_error = psycopg.Error
 
     def __init__(self, url: str, *, synchronous: str = "FULL", busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
@@ -200,6 +203,14 @@ class PostgresStore(ConnectionPerThread[PgConn]):
             except psycopg.Error:
                 self.forget(conn)
 
+    # -- notifications -----------------------------------------------------------------------
+    def listen(self, callback: Callable[[str], None]) -> RunListener:
+        """Call `callback(run_id)` (on a thread of its own) whenever a run becomes runnable
+        (created, handed back, woken by a signal, an approval, a child or a cancel): how idle
+        workers learn of new work at once instead of polling. `callback("")` after (re)connecting:
+        notifications sent while not listening are lost, so look at the table then."""
+        return RunListener(self, callback)
+
     # -- dialect ---------------------------------------------------------------------------
     def schema_revision(self) -> str | None:
         (found,) = self.query("SELECT to_regclass(?)::text", (VERSION_TABLE,))[0]
@@ -254,3 +265,43 @@ class PostgresStore(ConnectionPerThread[PgConn]):
             raise translate_error(exc, "claiming runs") from None
         rows.sort(key=lambda r: (r[3], r[0]))
         return [(r[0], r[1], bool(r[2])) for r in rows]
+
+
+#: The channel migration 0008's trigger notifies when a run becomes runnable.
+RUNS_CHANNEL = "agentflow_runs"
+
+
+class RunListener:
+    """A thread that LISTENs on `RUNS_CHANNEL` on a connection of its own (see
+    `PostgresStore.listen`). It reconnects (waiting longer each time, up to 5 s) while the
+    server is unreachable; `close()` stops and joins it."""
+
+    def __init__(self, store: PostgresStore, callback: Callable[[str], None]) -> None:
+        self._url = libpq_url(store.url)
+        self._callback = callback
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="agentflow-listen", daemon=True)
+        self._thread.start()
+        self._ready.wait(5.0)  # listening (or failing to) before the caller goes idle
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _serve(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._url, autocommit=True, application_name="agentflow-listen") as conn:
+                    conn.execute(f"LISTEN {RUNS_CHANNEL}")
+                    self._ready.set()
+                    backoff = 0.1
+                    self._callback("")  # anything sent while we were not listening
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=0.25):
+                            self._callback(note.payload)
+            except psycopg.Error:
+                self._ready.set()
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)

@@ -194,8 +194,12 @@ def test_a_full_disk_stops_the_worker_with_a_clear_error_and_fails_no_run(tmp_pa
         @app.activity(side_effect=False)
         async def fill(i: int) -> str:
             if i == 2 and room["full"]:  # the disk fills up while the run is under way
-                conn = current_activity().app.store.backend.conn
-                conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
+                backend = current_activity().app.store.backend
+                pages = backend.conn.execute("PRAGMA page_count").fetchone()[0]
+                # Every connection of this process, the group commit's writer thread's included
+                # (it is idle: the run's last write is committed).
+                for conn in backend._all:
+                    conn.execute(f"PRAGMA max_page_count = {pages}")
             return "x" * 50_000
 
         @app.workflow(name="wf")

@@ -219,6 +219,7 @@ EXPORTS = {
         "Conn",
         "EventStore",
         "ExpiredApprovalRow",
+        "GroupCommit",
         "Op",
         "OpenRunRow",
         "PolicyUsage",

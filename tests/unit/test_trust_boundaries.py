@@ -218,7 +218,9 @@ def test_a_compensation_waits_for_the_approval_its_rule_asks_for(people: App, wo
     approvals = cancelled_after_a_push(people, worker_thread, rollback_pack(ROLLBACK_NEEDS_A_MANAGER))
     undo = assert_eventually(lambda: next((r for r in approvals.list(run_id="r") if r.tool == "rollback_change"), None))
     assert (undo.rule, undo.args) == ("rollback-approval", {"site": "CS-101", "change_id": "chg-CS-101-3"})
-    assert ROLLED_BACK == [] and people.get_run("r").status == "waiting"
+    # The approval is staged before the run parks on it (a separate commit): wait for the park.
+    assert_eventually(lambda: people.get_run("r").status == "waiting")
+    assert ROLLED_BACK == []
     bob = approvals.authenticate(approvals.add_operator("carol", tenant="default", roles=["noc-engineer"])[1])
     with pytest.raises(ApprovalRefused) as refused:
         approvals.approve(undo.id, by=bob)
