@@ -57,6 +57,11 @@ cold_start_s
     `import_s` is the `import agentflow` part (measured in the child).
     `cold_start_breakdown_s.python_startup_s` is a bare `python -c pass`.
     `cold_start_new_db_s` is the same child on a new file, so the schema migration also runs.
+    `cold_start_breakdown_s.bytecode_cached_s` is the same child with every module's bytecode
+    cached (in a temporary PYTHONPYCACHEPREFIX, written by one run before): what an installed
+    agentflow costs, whose .pyc files pip writes at install. Where PYTHONDONTWRITEBYTECODE is set
+    (as on the machines these figures come from), `cold_start_s` also compiles agentflow's
+    sources on every start; dependencies are compiled at install either way.
 bytes_per_step_1kb
     Growth of the database file (after `PRAGMA wal_checkpoint(TRUNCATE)`) per step, for 1,000
     steps whose activity returns a ~1 KB JSON payload.
@@ -369,9 +374,12 @@ def record_waiting_run(dirs: Dirs, n: int) -> tuple[str, str]:
     return path, run_id
 
 
-def run_child(code: str, *args: str) -> tuple[float, dict[str, float]]:
+def run_child(code: str, *args: str, bytecode_cache: str | None = None) -> tuple[float, dict[str, float]]:
     env = {k: v for k, v in os.environ.items() if k not in ("AGENTFLOW_CRASH_AT", "AGENTFLOW_DB")}
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    if bytecode_cache is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = bytecode_cache
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=REPO)
     wall = time.perf_counter() - t0
@@ -531,6 +539,11 @@ def main() -> None:
         new_db = [
             run_child(f"APP_SRC = {APP_SRC!r}\n" + CHILD_COLD, f"sqlite:///{dirs.new_path()}")[0] for _ in range(reps)
         ]
+        cache = os.path.join(dirs.root, "pycache")  # the first child writes it
+        cached = [
+            run_child(f"APP_SRC = {APP_SRC!r}\n" + CHILD_COLD, f"sqlite:///{dirs.fresh()}", bytecode_cache=cache)[0]
+            for _ in range(reps + 1)
+        ][1:]
         cold_start = med(cold)
         out["cold_start_s"] = round(cold_start, 4)
         out["import_s"] = round(med([i["import_s"] for i in cold_inner]), 4)
@@ -539,6 +552,7 @@ def main() -> None:
             "import_agentflow_s": out["import_s"],
             "open_app_s": round(med([i["open_s"] for i in cold_inner]), 4),
             "run_1_step_s": round(med([i["run_s"] for i in cold_inner]), 4),
+            "bytecode_cached_s": round(med(cached), 4),
         }
         out["cold_start_new_db_s"] = round(med(new_db), 4)
         samples["cold_start_s"] = [round(x, 4) for x in cold]

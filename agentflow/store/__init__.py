@@ -3,11 +3,12 @@ backends chosen by URL, the payload codec, encryption at rest (`Sealing`), runs/
 workers, governance records (principals, approvals, audit, policy usage, sessions) and the read
 side's queries.
 
-The SQLModel table classes are imported lazily: the engine's hot path never needs them, and
-importing SQLModel costs ~0.4 s of start-up.
+Some names are imported on first use (`_LAZY`), so that a process that only runs workflows
+starts fast: the SQLModel table classes (importing SQLModel costs ~0.4 s of start-up), the
+health reads of `agentflow doctor`, and the governance records (approvals, sessions, policy usage).
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentflow.store._backend import Backend, Conn, Op
 from agentflow.store._codec import (
@@ -19,21 +20,30 @@ from agentflow.store._codec import (
     return_adapter,
     unrepresentable,
 )
-from agentflow.store._group import GroupCommit
 from agentflow.store._constants import RUN_STATUSES, SCHEMA_REVISION, TERMINAL_STATUSES
-from agentflow.store._governance import ApprovalRow, AuditRow, PrincipalRow, VoteRow
-from agentflow.store._health import Checkup, ExpiredApprovalRow, OpenRunRow, SchemaState, WorkerRow
+from agentflow.store._group import GroupCommit
 from agentflow.store._records import RunRecord, StepRecord
 from agentflow.store._redact import MASK, RedactingFilter, Redaction
 from agentflow.store._seal import Sealing
-from agentflow.store._sessions import SessionRow
 from agentflow.store._store import EventStore
 from agentflow.store._tenants import DEFAULT_TENANT, check_run_id, check_tenant, local_id, run_key, scoped_key
 from agentflow.store._tx import Tx
 from agentflow.store._urls import DEFAULT_URL, parse_url, pinned_url, redact_url, resolve_url, same_database
-from agentflow.store._usage import PolicyUsage
 
-_MODELS = ("Blob", "Run", "Signal", "Step", "StepAttempt", "Worker")
+if TYPE_CHECKING:
+    from agentflow.store._governance import ApprovalRow, AuditRow, PrincipalRow, VoteRow
+    from agentflow.store._health import Checkup, ExpiredApprovalRow, OpenRunRow, SchemaState, WorkerRow
+    from agentflow.store._sessions import SessionRow
+    from agentflow.store._usage import PolicyUsage
+
+# Public name -> the private module that defines it, imported on first use.
+_LAZY = {
+    **dict.fromkeys(("Blob", "Run", "Signal", "Step", "StepAttempt", "Worker"), "_models"),
+    **dict.fromkeys(("Checkup", "ExpiredApprovalRow", "OpenRunRow", "SchemaState", "WorkerRow"), "_health"),
+    **dict.fromkeys(("ApprovalRow", "AuditRow", "PrincipalRow", "VoteRow"), "_governance"),
+    "SessionRow": "_sessions",
+    "PolicyUsage": "_usage",
+}
 
 __all__ = [
     "DEFAULT_TENANT",
@@ -91,8 +101,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _MODELS:
-        from agentflow.store import _models
+    if name in _LAZY:
+        import importlib
 
-        return getattr(_models, name)
+        return getattr(importlib.import_module(f"agentflow.store.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'agentflow.store' has no attribute {name!r}")

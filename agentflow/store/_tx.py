@@ -10,14 +10,15 @@ Every statement is a method here or in the modules it gathers; callers pass and 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from agentflow.errors import StoreError
 from agentflow.store._backend import Conn, Op
 from agentflow.store._constants import TERMINAL_SQL
-from agentflow.store._governance import ApprovalRecords, AuditRecords, PrincipalRecords
 from agentflow.store._seal import Sealer
-from agentflow.store._sessions import SessionRecords
-from agentflow.store._usage import PolicyUsage
+
+if TYPE_CHECKING:
+    from agentflow.store._usage import PolicyUsage
 
 
 class Tx:
@@ -27,6 +28,11 @@ class Tx:
         self, conn: Conn, signal_ops: Callable[[str, str, str, float], list[Op]], *, writable: bool = True,
         clean: Callable[[str], str] = str, seals: Sealer | None = None,
     ) -> None:  # fmt: skip
+        # Imported on the first transaction, not with the store: a process that only runs
+        # workflows never opens one, and its start-up is shorter by these modules.
+        from agentflow.store._governance import ApprovalRecords, AuditRecords, PrincipalRecords
+        from agentflow.store._sessions import SessionRecords
+
         self.conn = conn
         self.writable = writable  # False in `store.read`: writes are refused (not a transaction)
         self._signal_ops = signal_ops
@@ -37,6 +43,8 @@ class Tx:
 
     def usage(self, *, deciding: tuple[str, str] = ("", ""), as_of: float | None = None) -> PolicyUsage:
         """Policy usage counts (see `PolicyUsage`)."""
+        from agentflow.store._usage import PolicyUsage
+
         return PolicyUsage(self.conn, deciding=deciding, as_of=as_of, writable=self.writable)
 
     def run_is_live(self, run_id: str) -> bool:
