@@ -19,8 +19,17 @@ def worker(
     app_ref: Annotated[str, typer.Option("--app", help="The App to serve, as module:attribute.")],
     db: DbOption = None,
     concurrency: Annotated[
-        int, typer.Option(help="Runs driven at once (~12 KB each in flight; parked runs cost nothing).")
-    ] = 1000,
+        int,
+        typer.Option(help="Most runs driven at once (~12 KB each in flight plus payloads; parked runs cost nothing)."),
+    ] = 10_000,
+    max_memory_mb: Annotated[
+        int | None,
+        typer.Option(
+            "--max-memory-mb",
+            help="Claim no more runs while the worker's resident memory is past this "
+            "(default: half the memory available at start; 0: no limit).",
+        ),
+    ] = None,
     poll_interval: Annotated[float, typer.Option(help="Seconds between looks for work when idle.")] = 0.05,
     until_idle: Annotated[
         bool, typer.Option("--until-idle", help="Exit once no run is pending, running or due.")
@@ -32,7 +41,8 @@ def worker(
 
     try:
         # Opens the store: an unreachable or too-new database is said here, not as a traceback.
-        w = Worker(the_app, concurrency=concurrency, poll_interval=poll_interval)
+        max_memory = None if max_memory_mb is None else max_memory_mb * 2**20
+        w = Worker(the_app, concurrency=concurrency, poll_interval=poll_interval, max_memory=max_memory)
         asyncio.run(_serve(the_app, w, until_idle=until_idle, poll_interval=poll_interval))
     except AgentflowError as exc:
         fail(exc)

@@ -29,8 +29,14 @@ log = logging.getLogger("agentflow.worker")
 log.addFilter(RedactingFilter())  # a failing step's message may quote a secret
 
 REAP_INTERVAL = 0.5
-#: Runs one worker drives at once by default (see `Worker`'s `concurrency`).
-DEFAULT_CONCURRENCY = 1000
+#: Runs one worker drives at once by default (see `Worker`'s `concurrency`): as many as memory
+#: allows (`max_memory`), up to this.
+DEFAULT_CONCURRENCY = 10_000
+#: Most runs taken by one claim: a worker with room for thousands takes them a slice at a time,
+#: so the memory check sees what the last slice cost before it takes more.
+CLAIM_SLICE = 500
+#: The share of the memory available when the worker starts that it may grow to by default.
+MEMORY_SHARE = 0.5
 #: The longest wait between claims while the store does not answer (it doubles up to this).
 MAX_BACKOFF = 5.0
 #: With a store that notifies (PostgreSQL), the longest a worker waits between claims: new runs,
@@ -44,10 +50,15 @@ class Worker:
 
     Args:
         app: the App whose workflows this worker runs (runs of other workflows are left alone).
-        concurrency: runs driven at once (the backpressure: more runnable runs wait in the store).
-            An in-flight run costs ~12 KB of memory (bench/agents.py: 1,000 runs +11.5 MB, 3,000
-            +33 MB); a parked run (waiting on a timer, signal or approval) costs nothing here.
-            Agent runs mostly wait on models, so the default drives many at once.
+        concurrency: most runs driven at once (more runnable runs wait in the store). An in-flight
+            run costs ~12 KB of memory plus its history and payloads (bench/agents.py: 1,000
+            agent runs +11.5 MB, 3,000 +33 MB); a parked run (waiting on a timer, signal or
+            approval) costs nothing here. Agent runs mostly wait on models, so the default drives
+            as many as memory allows, up to 10,000.
+        max_memory: the backpressure: bytes of resident memory past which the worker claims no
+            more runs until it is back under (the runs it drives go on). Default: half of the
+            memory available when the worker starts (Linux; elsewhere no limit but
+            `concurrency`). 0: no memory limit.
         poll_interval: seconds between looks for runnable runs when idle.
         root_id: only drive the run tree with this root (what `app.run` uses).
         replay_only: execute nothing: every step is answered from the recorded history, and a
@@ -57,11 +68,13 @@ class Worker:
 
     def __init__(
         self, app: Host, *, concurrency: int = DEFAULT_CONCURRENCY, poll_interval: float = 0.05, root_id: str | None = None,
-        replay_only: bool = False,
+        replay_only: bool = False, max_memory: int | None = None,
     ) -> None:  # fmt: skip
         self.app = app
         self.store = app.store
         self.concurrency = concurrency
+        self.max_memory = default_memory_limit() if max_memory is None else max_memory
+        self._over_memory = False
         self.poll_interval = poll_interval
         self.root_id = root_id
         # Replay-only: every step must be answered from the history; one that would execute
@@ -238,8 +251,8 @@ class Worker:
                 self.store.reap_dead_workers(self.worker_id)
             except StoreError as exc:
                 log.warning("reaping dead workers failed: %s", exc)
-        free = self.concurrency - len(self._tasks)
-        if free <= 0:
+        free = min(self.concurrency - len(self._tasks), CLAIM_SLICE)
+        if free <= 0 or self._memory_full():
             return 0
         try:
             claimed = self.store.claim(
@@ -256,6 +269,23 @@ class Worker:
         for run_id, epoch, recovering in claimed:
             self._tasks[run_id] = asyncio.get_running_loop().create_task(self._drive(run_id, epoch, recovering))
         return len(claimed)
+
+    def _memory_full(self) -> bool:
+        """Past `max_memory`: claim nothing until the runs in flight have given some back."""
+        if not self.max_memory:
+            return False
+        rss = resident_memory()
+        full = rss is not None and rss > self.max_memory and bool(self._tasks)
+        if full != self._over_memory:
+            self._over_memory = full
+            if full:
+                log.warning(
+                    "worker at %d MB resident (limit %d MB) with %d runs in flight: claiming no more "
+                    "until it is back under", rss // 2**20, self.max_memory // 2**20, len(self._tasks),
+                )  # fmt: skip
+            else:
+                log.warning("worker back under its memory limit: claiming runs again")
+        return full
 
     def _skip_time(self) -> bool:
         """With a time-skipping clock, jump to the next timer once nothing else can run."""
@@ -319,3 +349,24 @@ class Worker:
         executor = self.executors.get(run_id)
         if executor is not None:
             executor.cancel_requested = True
+
+
+def resident_memory() -> int | None:
+    """This process's resident memory in bytes (Linux), or None where it cannot be read cheaply."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def default_memory_limit() -> int:
+    """`MEMORY_SHARE` of the memory available now (Linux: MemAvailable, which counts reclaimable
+    cache), plus what the process already holds; 0 (no limit) where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return 0
+    return int(available * MEMORY_SHARE) + (resident_memory() or 0)

@@ -387,3 +387,53 @@ def test_an_agents_blocking_tool_runs_on_the_elastic_pool(app: App) -> None:
     asyncio.run(app.worker().run_until_done(handle.run_id))
     assert app.get_run(handle.run_id).status == "completed"
     assert where["blocking"].startswith("agentflow-tool-") and where["async"] == "MainThread", where
+
+
+@pytest.mark.parametrize("limited", [True, False])
+def test_a_worker_past_its_memory_limit_claims_no_more_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, limited: bool
+) -> None:
+    """Issue 14: the backpressure of a worker that drives as many runs as memory allows. Past
+    `max_memory` (here 1 byte) it takes no new run while runs are in flight, so it drives one
+    claim's slice at a time; every run still completes. Without a limit the same 40 runs are
+    driven at once."""
+    import agentflow.engine._worker as worker_module
+
+    monkeypatch.setattr(worker_module, "CLAIM_SLICE", 5)
+    app = App(f"sqlite:///{tmp_path / 'wf.db'}")
+    in_flight = peak = 0
+
+    @app.activity(side_effect=False)
+    async def think(i: int) -> int:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.2)
+        in_flight -= 1
+        return i
+
+    @app.workflow(name="agent")
+    async def agent(ctx: WorkflowContext, i: int) -> int:
+        return await ctx.run(think, i)
+
+    for i in range(40):
+        app.start(agent, i, run_id=f"a{i}")
+
+    async def drain() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(app.worker(max_memory=1 if limited else 0).run_forever(stop))
+        while len(app.list_runs(status="completed")) < 40:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="agentflow.worker"):
+            asyncio.run(asyncio.wait_for(drain(), 60))
+        if limited:
+            assert peak <= 5, peak
+            assert any("claiming no more" in r.getMessage() for r in caplog.records)
+        else:
+            assert peak > 5, peak
+    finally:
+        app.close()
