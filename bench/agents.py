@@ -13,6 +13,8 @@ Figures, per synchronous mode (FULL, NORMAL):
   steps_per_s        recorded steps (20 per run) / drain_s
   rss_mb_peak        the process's peak resident memory while draining (ru_maxrss)
   concurrency        the worker's `concurrency` (`--concurrency`; default: the Worker default)
+  commits            transactions the group commit made (None: inline writes, SQLite at NORMAL)
+  writes_per_commit  the run writes (step intents and results, ends) each of them carried
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def measure(mode: str, n: int, model_s: float, concurrency: int | None, where: P
         worker = Worker(app) if concurrency is None else Worker(app, concurrency=concurrency)
         took = asyncio.run(drain(app, worker, n))
         steps = app.store.backend.query("SELECT count(*) FROM af_steps")[0][0]
+        group = app.store.group
         return {
             "drain_s": round(took, 2),
             "floor_s": round(10 * model_s, 2),
@@ -85,6 +88,9 @@ def measure(mode: str, n: int, model_s: float, concurrency: int | None, where: P
             "recorded_steps": steps,
             "rss_mb_peak": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "concurrency": worker.concurrency,
+            # Group commit (FULL): transactions committed and the writes they carried.
+            "commits": group.batches if group is not None else None,
+            "writes_per_commit": round(group.writes / group.batches, 1) if group is not None and group.batches else None,
         }
     finally:
         app.close()

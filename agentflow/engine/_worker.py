@@ -13,11 +13,11 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable
 
+from agentflow.engine._beats import heartbeats_for
 from agentflow.engine._client import declare_clock
 from agentflow.engine._executor import RefusedStep, RunExecutor
 from agentflow.engine._host import Host
@@ -73,7 +73,7 @@ class Worker:
         self.app = app
         self.store = app.store
         self.concurrency = concurrency
-        self.max_memory = default_memory_limit() if max_memory is None else max_memory
+        self.max_memory = max_memory  # None: `default_memory_limit()`, read when first needed
         self._over_memory = False
         self.poll_interval = poll_interval
         self.root_id = root_id
@@ -84,7 +84,6 @@ class Worker:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.executors: dict[str, RunExecutor] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._stop = threading.Event()
         self._last_reap = 0.0
         # Seconds to wait before the next claim while the store does not answer (0: it answers).
         self._backoff = 0.0
@@ -151,8 +150,8 @@ class Worker:
         self.store.register_worker(self.worker_id, workflows=served, lease_ttl=self.app.lease_ttl)
         if not self.replay_only:
             declare_clock(self.store, self.app.clock)
-        beat = threading.Thread(target=self._heartbeat, args=(loop,), name="agentflow-heartbeat", daemon=True)
-        beat.start()
+        beats = heartbeats_for(self.store)
+        beats.add(self.worker_id, max(self.app.lease_ttl / 3, 0.05), lambda runs: self._cancels(loop, runs))
         listener = self.store.backend.listen(lambda _run: self._notify(loop)) if listen else None
         self._listening = listener is not None
         try:
@@ -176,14 +175,12 @@ class Worker:
                     continue
                 await self._pause(self._wait_time())
         finally:
-            self._stop.set()
             if listener is not None:
                 listener.close()
-            # Joined before anything may close the store: the heartbeat writes on its own
-            # connection, and closing a connection under a thread that is using it crashes the
-            # interpreter (SIGSEGV in sqlite3). It wakes at once from its wait; a write in
-            # flight ends within the store's busy timeout.
-            beat.join()
+            # Before anything may close the store: the heartbeat writes on its own connection,
+            # and closing a connection under a thread that is using it crashes the interpreter
+            # (SIGSEGV in sqlite3). This waits for a beat in flight (within the busy timeout).
+            beats.remove(self.worker_id)
             for task in self._tasks.values():
                 task.cancel()
             if self._tasks:
@@ -272,8 +269,10 @@ class Worker:
 
     def _memory_full(self) -> bool:
         """Past `max_memory`: claim nothing until the runs in flight have given some back."""
-        if not self.max_memory:
+        if not self._tasks or self.max_memory == 0:
             return False
+        if self.max_memory is None:
+            self.max_memory = default_memory_limit()
         rss = resident_memory()
         full = rss is not None and rss > self.max_memory and bool(self._tasks)
         if full != self._over_memory:
@@ -331,19 +330,13 @@ class Worker:
             self._tasks.pop(run_id, None)
 
     # -- the lease -------------------------------------------------------------------------
-    def _heartbeat(self, loop: asyncio.AbstractEventLoop) -> None:
-        interval = max(self.app.lease_ttl / 3, 0.05)
-        while not self._stop.wait(interval):
+    def _cancels(self, loop: asyncio.AbstractEventLoop, run_ids: list[str]) -> None:
+        """From the heartbeat thread: runs of this worker that have a cancel request."""
+        for run_id in run_ids:
             try:
-                cancels = self.store.heartbeat(self.worker_id)
-            except StoreError as exc:
-                log.warning("heartbeat failed: %s", exc)
-                continue
-            for run_id in cancels:
-                try:
-                    loop.call_soon_threadsafe(self._flag_cancel, run_id)
-                except RuntimeError:
-                    return  # the loop is closed: the worker is gone
+                loop.call_soon_threadsafe(self._flag_cancel, run_id)
+            except RuntimeError:
+                return  # the loop is closed: the worker is gone
 
     def _flag_cancel(self, run_id: str) -> None:
         executor = self.executors.get(run_id)

@@ -437,3 +437,35 @@ def test_a_worker_past_its_memory_limit_claims_no_more_runs(
             assert peak > 5, peak
     finally:
         app.close()
+
+
+def test_sequential_app_runs_share_one_heartbeat_thread(tmp_path: Path) -> None:
+    """Issue 14 (fast app.run): the workers of one store share a heartbeat thread, so 30
+    `app.run` calls do not start and join 30 threads; a run longer than the lease is still
+    renewed (its worker's heartbeat moves on) and never taken over."""
+    app = App(f"sqlite:///{tmp_path / 'wf.db'}", lease_ttl=0.3)
+    seen: set[int] = set()
+    beats: list[float] = []
+
+    @app.activity(side_effect=False)
+    async def look(i: int) -> int:
+        seen.update(t.ident or 0 for t in threading.enumerate() if t.name == "agentflow-heartbeat")
+        if i == -1:  # a long step: three lease periods
+            for _ in range(9):
+                await asyncio.sleep(0.1)
+                beats.append(app.store.backend.query("SELECT max(heartbeat_at) FROM af_workers WHERE dead = 0")[0][0])
+        return i
+
+    @app.workflow(name="wf")
+    async def wf(ctx: WorkflowContext, i: int) -> int:
+        return await ctx.run(look, i)
+
+    try:
+        for i in range(30):
+            assert app.run(wf, i, run_id=f"r{i}") == i
+        assert len(seen) == 1, seen
+        assert app.run(wf, -1, run_id="long") == -1
+        assert len(set(beats)) >= 3, beats  # renewed every lease_ttl / 3
+        assert [s.epoch for s in app.history("long")] == [1]  # never taken over
+    finally:
+        app.close()
