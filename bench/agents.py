@@ -90,7 +90,9 @@ def measure(mode: str, n: int, model_s: float, concurrency: int | None, where: P
             "concurrency": worker.concurrency,
             # Group commit (FULL): transactions committed and the writes they carried.
             "commits": group.batches if group is not None else None,
-            "writes_per_commit": round(group.writes / group.batches, 1) if group is not None and group.batches else None,
+            "writes_per_commit": round(group.writes / group.batches, 1)
+            if group is not None and group.batches
+            else None,
         }
     finally:
         app.close()

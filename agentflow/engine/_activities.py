@@ -157,7 +157,9 @@ class ActivitySteps(ExecutorBase):
         act, seq = call.act, call.seq
         while True:
             if act.side_effect:
-                await self._commit(self._call_ops(call, self._call_step(call, "started", attempt=attempt, started_at=first)))
+                await self._commit(
+                    self._call_ops(call, self._call_step(call, "started", attempt=attempt, started_at=first))
+                )
                 crash_point("after_intent")
             info = ActivityInfo(
                 run_id=self.run_id, seq=seq, attempt=attempt, name=act.name,
@@ -210,7 +212,9 @@ class ActivitySteps(ExecutorBase):
     async def _record_result(self, call: _Call, attempt: int, started: float, value: Any) -> None:
         await self._record_encoded(call, attempt, started, self._encode_result(call.act, value))
 
-    async def _record_encoded(self, call: _Call, attempt: int, started: float, encoded: tuple[str, dict[str, str]]) -> None:
+    async def _record_encoded(
+        self, call: _Call, attempt: int, started: float, encoded: tuple[str, dict[str, str]]
+    ) -> None:
         result_json, blobs = encoded
         step = self._call_step(
             call, "completed", attempt=max(attempt, 1), result=result_json, started_at=started,

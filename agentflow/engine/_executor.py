@@ -21,7 +21,7 @@ from typing import Any
 from agentflow.engine._activities import ActivitySteps
 from agentflow.engine._context import WorkflowContext
 from agentflow.engine._crash import crash_point
-from agentflow.engine._executor_base import _ANY, RefusedStep, _Stop, error_dict
+from agentflow.engine._executor_base import _ANY, ExecutorBase, RefusedStep, _Stop, error_dict
 from agentflow.engine._history import History
 from agentflow.engine._waits import WaitSteps
 from agentflow.errors import (
@@ -46,6 +46,13 @@ class RunExecutor(ActivitySteps, WaitSteps):
     # ======================================================================================
     async def execute(self) -> str:
         """Run until the workflow ends or parks; return the run's resulting status."""
+        ExecutorBase.active += 1
+        try:
+            return await self._run()
+        finally:
+            ExecutorBase.active -= 1
+
+    async def _run(self) -> str:
         self._real_loop = asyncio.get_running_loop()
         self._progress = asyncio.Event()
         steps = self.store.load_steps(self.run_id)

@@ -87,6 +87,9 @@ def _settle(fut: asyncio.Future[Any], value: Any = None, *, exc: BaseException |
 class ExecutorBase:
     """One run under one lease epoch: the shared state and primitives of `RunExecutor`."""
 
+    #: Executions under way in this process (see `_commit`).
+    active = 0
+
     def __init__(
         self, app: Host, run: RunRecord, epoch: int, *, recovering: bool = False,
         refuse: list[RefusedStep] | None = None,
@@ -183,6 +186,8 @@ class ExecutorBase:
         this returns once it is. With `unless`: nothing is written, and False is returned, when
         that query finds a row (see `Backend.write_unless`)."""
         group = self.store.group
+        if group is not None and self.store.inline_when_idle and ExecutorBase.active <= 1 and group.idle:
+            group = None  # a lone run (app.run): inline is cheaper than a hand-off
         # Taken now: workflow code may buffer more local records while this write is queued.
         taken, self.local_ops = self.local_ops, []
         ops = taken + ops if taken else ops

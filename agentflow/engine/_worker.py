@@ -273,14 +273,15 @@ class Worker:
             return False
         if self.max_memory is None:
             self.max_memory = default_memory_limit()
+        limit = self.max_memory
         rss = resident_memory()
-        full = rss is not None and rss > self.max_memory and bool(self._tasks)
+        full = bool(limit) and rss is not None and rss > limit
         if full != self._over_memory:
             self._over_memory = full
             if full:
                 log.warning(
                     "worker at %d MB resident (limit %d MB) with %d runs in flight: claiming no more "
-                    "until it is back under", rss // 2**20, self.max_memory // 2**20, len(self._tasks),
+                    "until it is back under", (rss or 0) // 2**20, limit // 2**20, len(self._tasks),
                 )  # fmt: skip
             else:
                 log.warning("worker back under its memory limit: claiming runs again")

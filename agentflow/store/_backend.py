@@ -52,8 +52,7 @@ def upsert_step_sql(fence_lock: str = "") -> str:
     return (
         f"INSERT INTO af_steps ({STEP_COLUMNS}) "
         "SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,? "
-        f"WHERE EXISTS (SELECT 1 FROM af_runs WHERE id = ? AND epoch = ?{fence_lock}) "
-        + UPSERT_CONFLICT
+        f"WHERE EXISTS (SELECT 1 FROM af_runs WHERE id = ? AND epoch = ?{fence_lock}) " + UPSERT_CONFLICT
     )
 
 

@@ -62,6 +62,7 @@ class GroupCommit:
         self._queue: list[_Write] = []
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._committing = False
         #: Transactions committed and writes they carried (what `bench/agents.py` reports).
         self.batches = 0
         self.writes = 0
@@ -84,6 +85,12 @@ class GroupCommit:
         if isinstance(outcome, StoreError):
             raise outcome
         return outcome  # type: ignore[no-any-return]
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no batch being committed (a write made inline now would not wait
+        for the writer thread's lock)."""
+        return not self._queue and not self._committing
 
     def close(self) -> None:
         """Commit what is queued, then stop the writer thread (joined). A later write starts a
@@ -108,7 +115,11 @@ class GroupCommit:
                     return
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
-            outcomes = self._commit(batch)
+                self._committing = True
+            try:
+                outcomes = self._commit(batch)
+            finally:
+                self._committing = False
             self.batches += 1
             self.writes += len(batch)
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome]]] = {}

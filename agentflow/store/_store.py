@@ -89,7 +89,7 @@ class EventStore(SealedRows, ReadQueries):
 
     def __init__(
         self, url: str, *, synchronous: str = "FULL", busy_timeout: float | None = None, migrate: bool = True,
-        redaction: Redaction | None = None, sealing: Sealing | None = None, group_commit: bool | None = None,
+        redaction: Redaction | None = None, sealing: Sealing | None = None, group_commit: bool = True,
     ) -> None:  # fmt: skip
         #: Encryption at rest (`agentflow.store.Sealing`; default `Sealing.from_env()`, None: clear).
         self.sealing = sealing if sealing is not None else Sealing.from_env()
@@ -99,12 +99,13 @@ class EventStore(SealedRows, ReadQueries):
         self.url = url
         #: What is masked before anything is written (see `agentflow.store.Redaction`).
         self.redaction = redaction if redaction is not None else Redaction.current()
-        #: Where executors send their writes (`GroupCommit`), or None: they write inline. By
-        #: default on wherever a commit waits for a flush (SQLite at FULL, PostgreSQL); SQLite at
-        #: NORMAL commits in ~20 us, less than a hand-off to the writer thread costs.
-        if group_commit is None:
-            group_commit = self.backend.dialect != "sqlite" or synchronous.upper() == "FULL"
+        #: Where executors send their writes (`GroupCommit`), or None (`group_commit=False`):
+        #: they write inline, on the event loop.
         self.group: GroupCommit | None = GroupCommit(self.backend) if group_commit else None
+        #: Whether a write is made inline while the group commit is idle (SQLite at NORMAL: a
+        #: commit without a flush takes ~20 us, less than a hand-off to the writer thread, so a
+        #: lone run such as `app.run`'s writes inline; many runs at once share transactions).
+        self.inline_when_idle = self.backend.dialect == "sqlite" and synchronous.upper() == "NORMAL"
         if migrate:
             try:
                 self.ensure_schema()

@@ -211,7 +211,9 @@ def test_close_commits_what_is_queued_and_a_closed_store_writes_again(db_url: st
     group = GroupCommit(store.backend)
 
     async def write(seq: int) -> None:
-        await asyncio.gather(*[group.write([store.upsert_step_op(r, e, _step(seq, e))], run_id=r) for r, e in epochs.items()])
+        await asyncio.gather(
+            *[group.write([store.upsert_step_op(r, e, _step(seq, e))], run_id=r) for r, e in epochs.items()]
+        )
 
     try:
         before = set(threading.enumerate())
@@ -227,10 +229,38 @@ def test_close_commits_what_is_queued_and_a_closed_store_writes_again(db_url: st
         store.close()
 
 
-def test_sqlite_at_normal_writes_inline(tmp_path: Any) -> None:
-    """SQLite at NORMAL commits in microseconds: no writer thread (a hand-off costs more)."""
+def test_sqlite_at_normal_writes_a_lone_run_inline_and_many_runs_together(tmp_path: Any) -> None:
+    """SQLite at NORMAL commits in microseconds: a lone run (`app.run`) writes inline, a hand-off
+    to the writer thread would cost more; many runs at once still share transactions."""
     app = App(f"sqlite:///{tmp_path / 'n.db'}", synchronous="NORMAL")
+
+    @app.activity(side_effect=False)
+    async def step(i: int) -> int:
+        await asyncio.sleep(0.01)
+        return i
+
+    @app.workflow(name="three")
+    async def three(ctx: WorkflowContext) -> int:
+        return sum([await ctx.run(step, i) for i in range(3)])
+
     try:
-        assert app.store.group is None
+        group = app.store.group
+        assert group is not None
+        for i in range(5):
+            assert app.run(three, run_id=f"lone{i}") == 3
+        assert group.writes == 0  # all inline
+        for i in range(100):
+            app.start(three, run_id=f"many{i}")
+
+        async def drain() -> None:
+            stop = asyncio.Event()
+            worker = asyncio.create_task(app.worker().run_forever(stop))
+            while len(app.list_runs(status="completed", limit=200)) < 105:
+                await asyncio.sleep(0.05)
+            stop.set()
+            await worker
+
+        asyncio.run(asyncio.wait_for(drain(), 60))
+        assert group.writes > 100 and group.batches < group.writes / 3, (group.batches, group.writes)
     finally:
         app.close()
