@@ -18,7 +18,14 @@ from pydantic import ValidationError
 from agentflow.engine._crash import crash_point
 from agentflow.engine._defs import Activity, ActivityInfo, call_activity, idempotency_key
 from agentflow.engine._executor_base import ExecutorBase, RefusedStep, _settle, _Wait, error_dict
-from agentflow.errors import ActivityError, CorruptRecordError, PayloadError, ReplayRefused
+from agentflow.errors import (
+    ActivityError,
+    CorruptRecordError,
+    LeaseLostError,
+    PayloadError,
+    ReplayRefused,
+    StoreBusyError,
+)
 from agentflow.store import Op, StepRecord, decode, digest, encode
 
 
@@ -189,7 +196,14 @@ class ActivitySteps(ExecutorBase):
         self, call: _Call, attempt: int, first: float, started: float, exc: BaseException, *, unknown: bool = False
     ) -> bool:
         """Record a failed attempt. True: retry now (a short backoff was slept here); False: the
-        step failed for good, or waits in the store for a retry too far off to hold the run."""
+        step failed for good, or waits in the store for a retry too far off to hold the run.
+
+        A busy or unreachable store, or a lost lease (what a policy or approval step can meet in
+        the store), is not the step's failure: the execution stops and the run is handed back,
+        to resume where it stopped, as the error says (it was recorded as a failed attempt, and
+        failed the run for good)."""
+        if isinstance(exc, (StoreBusyError, LeaseLostError)):
+            raise self._stop(exc)
         retry_at = await self._record_failure(call, attempt, first, started, exc)
         if retry_at is None:
             return False

@@ -21,15 +21,13 @@ from typing import Any
 from agentflow.engine._activities import ActivitySteps
 from agentflow.engine._context import WorkflowContext
 from agentflow.engine._crash import crash_point
-from agentflow.engine._executor_base import _ANY, ExecutorBase, RefusedStep, _Stop, error_dict
+from agentflow.engine._executor_base import _ANY, ExecutorBase, RefusedStep, _environmental, _Stop, error_dict
 from agentflow.engine._history import History
 from agentflow.engine._waits import WaitSteps
 from agentflow.errors import (
     AgentflowError,
-    CorruptRecordError,
     NonDeterminismError,
     PayloadError,
-    StoreError,
     WorkflowError,
 )
 from agentflow.store import StepRecord
@@ -303,9 +301,3 @@ class RunExecutor(ActivitySteps, WaitSteps):
             ops.append(self.store.wake_op(self.run.parent_id))
         await self._commit(ops)
         return status
-
-
-def _environmental(exc: AgentflowError) -> bool:
-    """A store failure that says nothing about the run (lease lost, busy, disk full, I/O error):
-    the run is not failed for it; a record that does not decode is the run's own problem."""
-    return isinstance(exc, StoreError) and not isinstance(exc, CorruptRecordError)

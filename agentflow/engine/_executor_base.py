@@ -284,3 +284,9 @@ class ExecutorBase:
         if cancel_main:
             assert self.main is not None
             self.main.cancel()
+
+
+def _environmental(exc: BaseException) -> bool:
+    """A store failure that says nothing about the run (lease lost, busy, disk full, I/O error):
+    the run is not failed for it; a record that does not decode is the run's own problem."""
+    return isinstance(exc, StoreError) and not isinstance(exc, CorruptRecordError)

@@ -47,6 +47,11 @@ from agentflow.store._urls import redact_url
 T = TypeVar("T")
 
 DEFAULT_BUSY_TIMEOUT = 30.0
+# agentflow never waits inside a transaction (no tool call, no await: statements and Python between
+# them), so a session idle in one this long belongs to a frozen process (SIGSTOP, a paused VM)
+# holding row locks: the server ends it, and the runs it locked can be taken over once their lease
+# expires (claims skip locked rows). The frozen process finds its connection gone and hands back.
+IDLE_IN_TRANSACTION_TIMEOUT = 2.0
 # Advisory lock keys (per database): one serializes `transact` bodies, one the schema migration.
 TRANSACT_LOCK = 0x6166_0001
 MIGRATE_LOCK = 0x6166_0002
@@ -124,6 +129,7 @@ class PostgresStore(ConnectionPerThread[PgConn]):
         """A new connection with the store's settings (autocommit; transactions are explicit)."""
         options = (
             f"-c lock_timeout={max(1, int(self.busy_timeout * 1000))} "
+            f"-c idle_in_transaction_session_timeout={int(IDLE_IN_TRANSACTION_TIMEOUT * 1000)} "
             f"-c synchronous_commit={'on' if self.synchronous == 'FULL' else 'off'}"
         )
         raw = psycopg.connect(libpq_url(self.url), autocommit=True, options=options, application_name="agentflow")

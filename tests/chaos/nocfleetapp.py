@@ -151,9 +151,9 @@ def task(site: str) -> str:
     return f"{site} is congested: cap its PRBs at {VALUE:g}%, then check its KPIs."
 
 
-def make_app(db: str | None = None) -> App:
-    """An App with the fleet agent registered (db None: `AGENTFLOW_DB`)."""
-    app = App(db, lease_ttl=LEASE_TTL, inline_wait=1.0)
+def make_app(db: str | None = None, **options: Any) -> App:
+    """An App with the fleet agent registered (db None: `AGENTFLOW_DB`; `options` for `App`)."""
+    app = App(db, **{"lease_ttl": LEASE_TTL, "inline_wait": 1.0, **options})
     AGENT.register(app)
     return app
 
