@@ -28,6 +28,9 @@ from agentflow.errors import (
 )
 from agentflow.store import Op, StepRecord, decode, digest, encode
 
+#: Kinds of the steps that run in the store itself (policy decisions, approval bookkeeping).
+STORE_STEP_KINDS = ("policy", "approval")
+
 
 @dataclass(slots=True)
 class _Call:
@@ -198,11 +201,13 @@ class ActivitySteps(ExecutorBase):
         """Record a failed attempt. True: retry now (a short backoff was slept here); False: the
         step failed for good, or waits in the store for a retry too far off to hold the run.
 
-        A busy or unreachable store, or a lost lease (what a policy or approval step can meet in
-        the store), is not the step's failure: the execution stops and the run is handed back,
-        to resume where it stopped, as the error says (it was recorded as a failed attempt, and
-        failed the run for good)."""
-        if isinstance(exc, (StoreBusyError, LeaseLostError)):
+        A busy or unreachable store, or a lost lease, met by a store-side step (a policy decision
+        or approval bookkeeping, which run in the store under its locks) is not the step's
+        failure: the execution stops and the run is handed back, to resume where it stopped, as
+        the error says (it was recorded as a failed attempt, and failed the run for good). Other
+        steps' code is the user's: what it raises is its failure, under its retry policy (a
+        tool that keeps raising must not hand its run back forever)."""
+        if call.act.kind in STORE_STEP_KINDS and isinstance(exc, (StoreBusyError, LeaseLostError)):
             raise self._stop(exc)
         retry_at = await self._record_failure(call, attempt, first, started, exc)
         if retry_at is None:

@@ -25,7 +25,7 @@ from agentflow.engine._history import History
 from agentflow.engine._host import Host
 from agentflow.engine._loop import WorkflowEventLoop
 from agentflow.errors import AgentflowError, CorruptRecordError, StoreError
-from agentflow.store import Op, RunRecord, StepRecord, adapter_for
+from agentflow.store import Chain, GroupCommit, Op, RunRecord, StepRecord, adapter_for
 
 _ANY = adapter_for(Any)
 
@@ -105,6 +105,10 @@ class ExecutorBase:
         self.history = History(run, [])  # loaded by execute()
         self.next_seq = 1
         self.local_ops: list[Op] = []
+        # This execution's writes in the group commit: queued in order, and once one fails the
+        # later ones fail too (see `agentflow.store.GroupCommit`); how many are queued now.
+        self.chain = Chain()
+        self._queued = 0
         self.inflight: set[asyncio.Task[Any]] = set()
         # Step coroutines not started yet; the driver awaits a lone one inline (no Task, no
         # extra loop turns: ~15 µs per step) and wraps several (a gather) in Tasks.
@@ -169,31 +173,71 @@ class ExecutorBase:
         return rec.started_at if rec is not None else self.clock.now()
 
     # -- writes ------------------------------------------------------------------------------
-    def _write(self, ops: list[Op]) -> None:
-        """One durable commit: buffered local records first, then `ops`, fenced on the epoch."""
-        if self.local_ops:
-            ops = self.local_ops + ops
+    def _group(self) -> GroupCommit | None:
+        """Where this execution's next write goes: the store's group commit, or None (inline).
+        Inline only with no write of this execution queued: its writes become durable in order."""
+        group = self.store.group
+        if group is None:
+            return None
+        if self.store.inline_when_idle and not self._queued and ExecutorBase.active <= 1 and group.idle:
+            return None  # a lone run (app.run at NORMAL): inline is cheaper than a hand-off
+        return group
+
+    def _take_local(self, ops: list[Op]) -> tuple[list[Op], list[Op]]:
+        """Buffered local records go first; taken now, as workflow code may buffer more while
+        this write is queued."""
+        taken, self.local_ops = self.local_ops, []
+        return taken, (taken + ops if taken else ops)
+
+    def _write(self, ops: list[Op], *, then: Callable[[], None] | None = None) -> None:
+        """One durable commit, handed over now (its place in this run's order is taken here):
+        buffered local records first, then `ops`, fenced on the epoch. `then` (an outcome handed
+        to the workflow) runs once the write is durable; with the group commit, a step waits for
+        it, so the driver does not park or end the run before."""
+        _, ops = self._take_local(ops)
+        group = self._group()
+        if group is None:
+            try:
+                self.store.backend.write(ops, run_id=self.run_id)
+            except StoreError as exc:
+                # Lost lease or store busy: stop this execution; user code must not catch it.
+                raise self._stop(exc) from None
+            if then is not None:
+                then()
+            return
+        self._queued += 1
+        # On the worker's loop: this may be called from workflow code (starting a child), which
+        # runs on the run's own loop.
+        fut = group.submit(ops, run_id=self.run_id, chain=self.chain, loop=self._real_loop)
+        self._spawn(self._settled(fut, then))
+
+    async def _settled(self, fut: asyncio.Future[Any], then: Callable[[], None] | None) -> None:
         try:
-            self.store.backend.write(ops, run_id=self.run_id)
-        except StoreError as exc:
-            # Lost lease or store busy: stop this execution; user code must not catch it.
-            raise self._stop(exc) from None
-        self.local_ops = []
+            outcome = await fut
+        finally:
+            self._queued -= 1
+        if isinstance(outcome, StoreError):
+            raise self._stop(outcome)
+        if then is not None:
+            then()
 
     async def _commit(self, ops: list[Op], *, unless: tuple[str, Any] | None = None) -> bool:
-        """`_write` without blocking the event loop: the write goes to the store's group commit
-        (`agentflow.store.GroupCommit`), which makes it durable together with other runs' writes;
-        this returns once it is. With `unless`: nothing is written, and False is returned, when
-        that query finds a row (see `Backend.write_unless`)."""
-        group = self.store.group
-        if group is not None and self.store.inline_when_idle and ExecutorBase.active <= 1 and group.idle:
-            group = None  # a lone run (app.run): inline is cheaper than a hand-off
-        # Taken now: workflow code may buffer more local records while this write is queued.
-        taken, self.local_ops = self.local_ops, []
-        ops = taken + ops if taken else ops
+        """`_write`, awaited: the write goes to the store's group commit (`GroupCommit`), which
+        makes it durable together with other runs' writes, and this returns once it is; the event
+        loop does not wait for the disk. With `unless`: nothing is written, and False is
+        returned, when that query finds a row (see `Backend.write_unless`)."""
+        taken, ops = self._take_local(ops)
+        group = self._group()
         try:
             if group is not None:
-                written = await group.write(ops, run_id=self.run_id, unless=unless) is not None
+                self._queued += 1
+                try:
+                    outcome = await group.submit(ops, run_id=self.run_id, unless=unless, chain=self.chain)
+                finally:
+                    self._queued -= 1
+                if isinstance(outcome, StoreError):
+                    raise outcome
+                written = outcome is not None
             elif unless is not None:
                 written = self.store.backend.write_unless(unless, ops, run_id=self.run_id)
             else:

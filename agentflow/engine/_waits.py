@@ -186,8 +186,7 @@ class WaitSteps(ExecutorBase):
             w.seq, "sleep", "sleep", "", "completed", wake_at=w.wake_at, finished_at=self.clock.now(),
             started_at=self._started(w.seq), delivery=self._take_delivery(),
         )  # fmt: skip
-        self._write([self._step_op(step)])
-        self._deliver(lambda: _settle(w.fut, None))
+        self._write([self._step_op(step)], then=lambda: self._deliver(lambda: _settle(w.fut, None)))
 
     def _time_out_signal(self, w: _Wait) -> None:
         step = self._new_step(
@@ -195,9 +194,8 @@ class WaitSteps(ExecutorBase):
             error=json.dumps({"type": "WaitTimeout", "message": "timed out"}),
             started_at=self._started(w.seq), delivery=self._take_delivery(),
         )  # fmt: skip
-        self._write([self._step_op(step)])
         error = self._timeout_error(w.name, w.seq)
-        self._deliver(lambda: _settle(w.fut, exc=error))
+        self._write([self._step_op(step)], then=lambda: self._deliver(lambda: _settle(w.fut, exc=error)))
 
     def _complete_signal(self, w: _Wait, found: tuple[int, str]) -> None:
         self.waits.pop(w.seq, None)
@@ -214,8 +212,10 @@ class WaitSteps(ExecutorBase):
             started_at=self._started(w.seq),
             delivery=self._take_delivery(),
         )
-        self._write([self._step_op(step), self.store.consume_signal_op(signal_id, w.seq)])
-        self._deliver(lambda: _settle(w.fut, self._decode(step, _ANY)))
+        self._write(
+            [self._step_op(step), self.store.consume_signal_op(signal_id, w.seq)],
+            then=lambda: self._deliver(lambda: _settle(w.fut, self._decode(step, _ANY))),
+        )
 
     def _complete_child(self, w: _Wait, child: RunRecord) -> None:
         self.waits.pop(w.seq, None)
@@ -227,9 +227,10 @@ class WaitSteps(ExecutorBase):
             error=None if err is None else json.dumps(err), finished_at=self.clock.now(),
             started_at=self._started(w.seq), delivery=self._take_delivery(),
         )  # fmt: skip
-        self._write([self._step_op(step)])
         if err is not None:
             error = self._child_error(child.id, w.seq, err)
-            self._deliver(lambda: _settle(w.fut, exc=error))
+            self._write([self._step_op(step)], then=lambda: self._deliver(lambda: _settle(w.fut, exc=error)))
         else:
-            self._deliver(lambda: _settle(w.fut, self._decode(step, w.adapter)))
+            self._write(
+                [self._step_op(step)], then=lambda: self._deliver(lambda: _settle(w.fut, self._decode(step, w.adapter)))
+            )

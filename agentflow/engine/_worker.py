@@ -57,8 +57,9 @@ class Worker:
             as many as memory allows, up to 10,000.
         max_memory: the backpressure: bytes of resident memory past which the worker claims no
             more runs until it is back under (the runs it drives go on). Default: half of the
-            memory available when the worker starts (Linux; elsewhere no limit but
-            `concurrency`). 0: no memory limit.
+            memory available (the host's, or its container's cgroup limit if lower) when the
+            worker first has runs in flight, plus what it holds then (Linux; elsewhere no limit
+            but `concurrency`). 0: no memory limit.
         poll_interval: seconds between looks for runnable runs when idle.
         root_id: only drive the run tree with this root (what `app.run` uses).
         replay_only: execute nothing: every step is answered from the recorded history, and a
@@ -193,8 +194,9 @@ class Worker:
 
     # -- waiting for work ---------------------------------------------------------------------
     def _notify(self, loop: asyncio.AbstractEventLoop) -> None:
-        """From the listener's thread: wake the loop (once per wait, however many runs came)."""
-        if self._notified:
+        """From the listener's thread: wake the loop (once per wait, however many runs came; not
+        at all while this worker has no room for another run)."""
+        if self._notified or len(self._tasks) >= self.concurrency:
             return
         self._notified = True
         try:
@@ -221,14 +223,19 @@ class Worker:
         return min(LISTEN_POLL, max(wake - self.app.clock.now(), self.poll_interval))
 
     async def _pause(self, timeout: float) -> None:
-        """Wait until a run of this worker ends, a run becomes runnable (notified), or `timeout`."""
+        """Wait until a run of this worker ends, a run becomes runnable (notified), or `timeout`
+        (one waiter, whatever the number of runs in flight: each run's task sets the event)."""
         assert self._wake is not None
         wake = asyncio.ensure_future(self._wake.wait())
         try:
-            await asyncio.wait([*self._tasks.values(), wake], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([wake], timeout=timeout)
         finally:
             wake.cancel()
         self._wake.clear()
+
+    def _ended(self, _task: asyncio.Task[None]) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
     def _release_pending(self) -> None:
         for run_id, epoch in list(self._to_release.items()):
@@ -264,7 +271,9 @@ class Worker:
             log.warning("the store answers again: claiming runs")
             self._backoff = 0.0
         for run_id, epoch, recovering in claimed:
-            self._tasks[run_id] = asyncio.get_running_loop().create_task(self._drive(run_id, epoch, recovering))
+            task = asyncio.get_running_loop().create_task(self._drive(run_id, epoch, recovering))
+            task.add_done_callback(self._ended)
+            self._tasks[run_id] = task
         return len(claimed)
 
     def _memory_full(self) -> bool:
@@ -307,6 +316,10 @@ class Worker:
             await executor.execute()
         except LeaseLostError:
             log.warning("run %s: lease lost to another worker; stopped working on it", run_id)
+            # Still ours after all (a write refused because its step was already final, e.g. a
+            # commit that succeeded although its connection failed): hand it back, or it would
+            # stay `running` under this live worker, which never claims its own runs.
+            self._to_release[run_id] = epoch
         except StoreBusyError as exc:
             # Still our lease: give the run back so it resumes later, here or elsewhere.
             log.warning("run %s: %s", run_id, exc)
@@ -355,12 +368,25 @@ def resident_memory() -> int | None:
 
 
 def default_memory_limit() -> int:
-    """`MEMORY_SHARE` of the memory available now (Linux: MemAvailable, which counts reclaimable
-    cache), plus what the process already holds; 0 (no limit) where it cannot be read."""
+    """`MEMORY_SHARE` of the memory available now, plus what the process already holds; 0 (no
+    limit) where it cannot be read. Available: the host's MemAvailable (Linux; it counts
+    reclaimable cache), or less in a container: its cgroup's limit minus its usage."""
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
             fields = dict(line.split(":", 1) for line in f)
         available = int(fields["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         return 0
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),  # v1
+    ):
+        try:
+            with open(limit_file, encoding="ascii") as f, open(usage_file, encoding="ascii") as g:
+                limit, usage = f.read().strip(), int(g.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit():  # "max": no limit
+            available = min(available, max(int(limit) - usage, 0))
+        break
     return int(available * MEMORY_SHARE) + (resident_memory() or 0)

@@ -21,7 +21,7 @@ from agentflow.store._codec import (
     unrepresentable,
 )
 from agentflow.store._constants import RUN_STATUSES, SCHEMA_REVISION, TERMINAL_STATUSES
-from agentflow.store._group import GroupCommit
+from agentflow.store._group import Chain, GroupCommit
 from agentflow.store._records import RunRecord, StepRecord
 from agentflow.store._redact import MASK, RedactingFilter, Redaction
 from agentflow.store._seal import Sealing
@@ -56,6 +56,7 @@ __all__ = [
     "AuditRow",
     "Backend",
     "Blob",
+    "Chain",
     "Checkup",
     "Conn",
     "EventStore",

@@ -7,7 +7,9 @@ PostgreSQL): one commit per step caps a worker at one step per flush, whatever i
 and go on serving other runs; the thread takes every write queued so far, runs them in one
 transaction (each still fenced on its run's lease epoch) and commits once. A write's future
 resolves only after its batch is durable, so a step's result reaches its workflow exactly when it
-did before: once it is recorded. The event loop never waits on the disk.
+did before: once it is recorded. The event loop does not wait on the disk for a run's writes
+(steps, timers, signals, parks, ends); it still does for the few writes made outside runs
+(claims, starting runs, policy and approval transactions).
 
 What can go wrong in a batch, and what each write then gets:
 - a fenced statement changes no row (a lease taken over), or a statement fails on its own data:
@@ -19,9 +21,14 @@ What can go wrong in a batch, and what each write then gets:
   stops and is handed back: nothing recorded is lost);
 - the disk is full or failing: every write gets that `StoreError` (the worker stops, saying why).
 
-A write whose awaiting task is cancelled may still commit (it was handed over): the same as a
-crash just after a commit. `close()` commits what is queued and joins the thread; the store calls
-it before it closes its connections.
+Writes of one run (one execution) form a `Chain`: they become durable in the order they were
+handed over, and once one of them fails, every later one fails too (with the same error), even if
+it was already queued: a run's history never holds a later record without an earlier one (its
+outcomes are handed over in a recorded order, and a gap would stop every replay).
+
+A write whose awaiting task is cancelled may still commit (it was handed over, and so were the
+writes before it): the same as a crash just after a commit. `close()` commits what is queued and
+joins the thread; the store calls it before it closes its connections.
 """
 
 from __future__ import annotations
@@ -35,12 +42,21 @@ from typing import Any
 from agentflow.errors import StoreBusyError, StoreError
 from agentflow.store._backend import Backend, Op
 
-__all__ = ["GroupCommit"]
+__all__ = ["Chain", "GroupCommit"]
 
 #: Most writes one transaction takes (a batch of this many 1-step writes commits in a few ms).
 MAX_BATCH = 1024
 
 Outcome = list[int] | None | StoreError
+
+
+class Chain:
+    """The writes of one execution of a run (see the module doc): after a failure, the rest fail."""
+
+    __slots__ = ("failed",)
+
+    def __init__(self) -> None:
+        self.failed: StoreError | None = None
 
 
 @dataclass(slots=True)
@@ -50,6 +66,7 @@ class _Write:
     unless: tuple[str, Sequence[Any]] | None
     fut: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    chain: Chain | None
 
 
 class GroupCommit:
@@ -68,23 +85,32 @@ class GroupCommit:
         self.writes = 0
 
     async def write(
-        self, ops: list[Op], *, run_id: str | None = None, unless: tuple[str, Sequence[Any]] | None = None
-    ) -> list[int] | None:
+        self, ops: list[Op], *, run_id: str | None = None, unless: tuple[str, Sequence[Any]] | None = None,
+        chain: Chain | None = None,
+    ) -> list[int] | None:  # fmt: skip
         """Commit `ops` as one atomic unit (with other runs' writes); return their rowcounts.
         With `unless`: nothing is written and None is returned when that query returns a row in
         the same transaction (see `Backend.write_unless`)."""
-        loop = asyncio.get_running_loop()
+        outcome = await self.submit(ops, run_id=run_id, unless=unless, chain=chain)
+        if isinstance(outcome, StoreError):
+            raise outcome
+        return outcome  # type: ignore[no-any-return]
+
+    def submit(
+        self, ops: list[Op], *, run_id: str | None = None, unless: tuple[str, Sequence[Any]] | None = None,
+        chain: Chain | None = None, loop: asyncio.AbstractEventLoop | None = None,
+    ) -> asyncio.Future[Any]:  # fmt: skip
+        """`write`, queued now (its place in the order is taken here); await the future (of
+        `loop`, default the running one) for its outcome (rowcounts, None, or the StoreError)."""
+        loop = loop if loop is not None else asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         with self._cond:
-            self._queue.append(_Write(ops, run_id, unless, fut, loop))
+            self._queue.append(_Write(ops, run_id, unless, fut, loop, chain))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="agentflow-commit", daemon=True)
                 self._thread.start()
             self._cond.notify()
-        outcome = await fut
-        if isinstance(outcome, StoreError):
-            raise outcome
-        return outcome  # type: ignore[no-any-return]
+        return fut
 
     @property
     def idle(self) -> bool:
@@ -113,13 +139,19 @@ class GroupCommit:
                 if not self._queue:
                     self._thread = None
                     return
+                self._committing = True  # before the queue empties: `idle` is read without the lock
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
-                self._committing = True
             try:
                 outcomes = self._commit(batch)
+            except BaseException as exc:  # noqa: BLE001 - the thread must live on: writes would hang
+                failed = StoreError(f"writing {len(batch)} runs' steps: internal error: {exc!r}")
+                outcomes = [failed] * len(batch)
             finally:
                 self._committing = False
+            for w, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, StoreError) and w.chain is not None and w.chain.failed is None:
+                    w.chain.failed = outcome
             self.batches += 1
             self.writes += len(batch)
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome]]] = {}
@@ -132,6 +164,8 @@ class GroupCommit:
                     pass  # that loop is closed: nobody waits for these any more
 
     def _commit(self, batch: list[_Write]) -> list[Outcome]:
+        if any(w.chain is not None and w.chain.failed is not None for w in batch):
+            return self._one_by_one(batch)  # a chain already broken: its writes fail, the rest go
         if len(batch) == 1:
             return [self._alone(batch[0])]
         try:
@@ -150,12 +184,14 @@ class GroupCommit:
         out: list[Outcome] = []
         busy: StoreBusyError | None = None
         for w in batch:
-            if busy is not None:
-                out.append(busy)
+            if w.chain is not None and w.chain.failed is not None:
+                out.append(w.chain.failed)  # an earlier write of its run failed
                 continue
-            outcome = self._alone(w)
+            outcome: Outcome = busy if busy is not None else self._alone(w)
             if isinstance(outcome, StoreBusyError):
                 busy = outcome
+            if isinstance(outcome, StoreError) and w.chain is not None:
+                w.chain.failed = outcome
             out.append(outcome)
         return out
 

@@ -299,7 +299,9 @@ class RunListener:
         backoff = 0.1
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._url, autocommit=True, application_name="agentflow-listen") as conn:
+                with psycopg.connect(
+                    self._url, autocommit=True, application_name="agentflow-listen", connect_timeout=5
+                ) as conn:
                     conn.execute(f"LISTEN {RUNS_CHANNEL}")
                     self._ready.set()
                     backoff = 0.1

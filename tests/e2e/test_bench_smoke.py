@@ -56,4 +56,5 @@ def test_agents_benchmark_runs_and_prints_json(tmp_path: Path) -> None:
     figures = bench("agents.py", "--runs", "20", "--model-ms", "20", "--dir", str(tmp_path))
     for mode in ("NORMAL", "FULL"):
         assert figures[mode]["recorded_steps"] == 20 * 20 and figures[mode]["drain_s"] >= figures[mode]["floor_s"]
-        assert figures[mode]["concurrency"] == 1000  # the Worker's default
+        assert figures[mode]["concurrency"] == 10_000  # the Worker's default
+        assert figures[mode]["commits"] >= 1 and figures[mode]["writes_per_commit"] >= 1

@@ -444,12 +444,13 @@ def test_sequential_app_runs_share_one_heartbeat_thread(tmp_path: Path) -> None:
     `app.run` calls do not start and join 30 threads; a run longer than the lease is still
     renewed (its worker's heartbeat moves on) and never taken over."""
     app = App(f"sqlite:///{tmp_path / 'wf.db'}", lease_ttl=0.3)
-    seen: set[int] = set()
+    seen: set[threading.Thread] = set()
     beats: list[float] = []
+    before = set(threading.enumerate())  # other stores' heartbeat threads, lingering
 
     @app.activity(side_effect=False)
     async def look(i: int) -> int:
-        seen.update(t.ident or 0 for t in threading.enumerate() if t.name == "agentflow-heartbeat")
+        seen.update(t for t in threading.enumerate() if t.name == "agentflow-heartbeat" and t not in before)
         if i == -1:  # a long step: three lease periods
             for _ in range(9):
                 await asyncio.sleep(0.1)

@@ -264,3 +264,80 @@ def test_sqlite_at_normal_writes_a_lone_run_inline_and_many_runs_together(tmp_pa
         assert group.writes > 100 and group.batches < group.writes / 3, (group.batches, group.writes)
     finally:
         app.close()
+
+
+def test_a_runs_writes_are_durable_and_handed_over_in_their_recorded_order(tmp_path: Any) -> None:
+    """Found in review: a timer's outcome was written inline (at once) while an earlier activity
+    result of the same run still waited in the group commit, so the workflow saw the timer first
+    although its recorded turn (`delivery`) came second: a replay would hand them over the other
+    way, and a crash in between left a gap that stopped every replay. Here the store's lock is
+    held while both are due; the order the workflow saw must be the recorded one."""
+    app = App(f"sqlite:///{tmp_path / 'o.db'}", inline_wait=2.0)
+    holder = sqlite3.connect(str(tmp_path / "o.db"), isolation_level=None, check_same_thread=False)
+
+    @app.activity(side_effect=False)
+    async def work() -> str:
+        await asyncio.sleep(0.25)
+        holder.execute("BEGIN IMMEDIATE")  # the store is busy when the result is written ...
+        threading.Timer(0.5, lambda: holder.execute("ROLLBACK")).start()  # ... for 0.5 s
+        return "X"
+
+    @app.workflow(name="race")
+    async def race(ctx: WorkflowContext) -> list[str]:
+        seen: list[str] = []
+
+        async def first() -> None:
+            await ctx.sleep(0.05)
+            seen.append(await ctx.run(work))
+
+        async def second() -> None:
+            await ctx.sleep(0.4)  # due while the activity's result waits for the lock
+            seen.append("T")
+
+        await asyncio.gather(first(), second())
+        return seen
+
+    try:
+        live = app.run(race, run_id="r")
+        recorded = sorted((s for s in app.history("r") if s.delivery is not None), key=lambda s: s.delivery or 0)
+        turns = ["X" if s.kind == "activity" else "T" for s in recorded if s.kind == "activity" or s.wake_at]
+        assert turns[-2:] == live, (live, [(s.seq, s.kind, s.delivery) for s in recorded])
+        assert [s.delivery for s in recorded] == list(range(1, len(recorded) + 1))
+    finally:
+        holder.close()
+        app.close()
+
+
+def test_once_a_write_of_a_run_fails_its_later_queued_writes_fail_too(db_url: str) -> None:
+    """A run's writes form a chain: a write refused by its fence fails the writes of that run
+    queued after it (a later record without the earlier one would leave a gap in its history);
+    other runs' writes in the same batches commit."""
+    from agentflow.store import Chain
+
+    store = EventStore(db_url)
+    epochs = _claimed(store, 3)
+    group = GroupCommit(store.backend)
+    broken, fine = Chain(), Chain()
+
+    async def scenario() -> list[Any]:
+        writes = [
+            group.submit(
+                [store.upsert_step_op("r0", epochs["r0"] + 1, _step(1, epochs["r0"]))], run_id="r0", chain=broken
+            ),
+            group.submit([store.upsert_step_op("r0", epochs["r0"], _step(2, epochs["r0"]))], run_id="r0", chain=broken),
+            group.submit([store.upsert_step_op("r1", epochs["r1"], _step(1, epochs["r1"]))], run_id="r1", chain=fine),
+        ]
+        first = await asyncio.gather(*writes)
+        later = await group.submit(
+            [store.upsert_step_op("r0", epochs["r0"], _step(3, epochs["r0"]))], run_id="r0", chain=broken
+        )
+        return [*first, later]
+
+    try:
+        stale, after, other, later = asyncio.run(scenario())
+        assert isinstance(stale, LeaseLostError) and after is stale and later is stale
+        assert other == [1]
+        assert store.backend.query("SELECT run_id, seq FROM af_steps ORDER BY run_id, seq") == [("r1", 1)]
+    finally:
+        group.close()
+        store.close()

@@ -215,6 +215,7 @@ EXPORTS = {
         "AuditRow",
         "Backend",
         "Blob",
+        "Chain",
         "Checkup",
         "Conn",
         "EventStore",

@@ -3,8 +3,9 @@ a child's end or a cancel request) notifies the `agentflow_runs` channel, with i
 payload. Idle workers LISTEN instead of polling the table (see `PostgresStore.listen`). Nothing
 on SQLite: its workers poll a local file, which costs microseconds.
 
-A statement-level NOTIFY per such transaction only: step writes never notify (every transaction
-that notifies takes a cluster-wide lock at commit).
+A row trigger, on af_runs only (PostgreSQL folds a transaction's identical notifications into
+one): step writes never notify (every transaction that notifies takes a cluster-wide lock at
+commit, which the hot path must not pay).
 
 Revision ID: 0008
 Revises: 0007
