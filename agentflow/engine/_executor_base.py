@@ -180,7 +180,7 @@ class ExecutorBase:
         if group is None:
             return None
         if self.store.inline_when_idle and not self._queued and ExecutorBase.active <= 1 and group.idle:
-            return None  # a lone run (app.run at NORMAL): inline is cheaper than a hand-off
+            return None  # a lone run (app.run on SQLite): inline is cheaper than a hand-off
         return group
 
     def _take_local(self, ops: list[Op]) -> tuple[list[Op], list[Op]]:

@@ -102,10 +102,12 @@ class EventStore(SealedRows, ReadQueries):
         #: Where executors send their writes (`GroupCommit`), or None (`group_commit=False`):
         #: they write inline, on the event loop.
         self.group: GroupCommit | None = GroupCommit(self.backend) if group_commit else None
-        #: Whether a write is made inline while the group commit is idle (SQLite at NORMAL: a
-        #: commit without a flush takes ~20 us, less than a hand-off to the writer thread, so a
-        #: lone run such as `app.run`'s writes inline; many runs at once share transactions).
-        self.inline_when_idle = self.backend.dialect == "sqlite" and synchronous.upper() == "NORMAL"
+        #: Whether the only run under way in the process writes inline while the group commit
+        #: is idle (SQLite: a hand-off to the writer thread and back costs more than the commit
+        #: at NORMAL, and doubles it at FULL: bench/engine.py; with one run there is nothing to
+        #: share a flush with, and nobody else on the loop to wait). Many runs at once share
+        #: transactions. Not on PostgreSQL, where a commit can wait on other hosts' locks.
+        self.inline_when_idle = self.backend.dialect == "sqlite"
         if migrate:
             try:
                 self.ensure_schema()
