@@ -197,11 +197,7 @@ class ExecutorBase:
         _, ops = self._take_local(ops)
         group = self._group()
         if group is None:
-            try:
-                self.store.backend.write(ops, run_id=self.run_id)
-            except StoreError as exc:
-                # Lost lease or store busy: stop this execution; user code must not catch it.
-                raise self._stop(exc) from None
+            self._write_inline(ops)
             if then is not None:
                 then()
             return
@@ -210,6 +206,17 @@ class ExecutorBase:
         # runs on the run's own loop.
         fut = group.submit(ops, run_id=self.run_id, chain=self.chain, loop=self._real_loop)
         self._spawn(self._settled(fut, then))
+
+    def _write_inline(self, ops: list[Op], unless: tuple[str, Any] | None = None) -> bool:
+        """One commit on this thread (see `_group`); False when `unless` found a row."""
+        try:
+            if unless is not None:
+                return self.store.backend.write_unless(unless, ops, run_id=self.run_id)
+            self.store.backend.write(ops, run_id=self.run_id)
+            return True
+        except StoreError as exc:
+            # Lost lease or store busy: stop this execution; user code must not catch it.
+            raise self._stop(exc) from None
 
     async def _settled(self, fut: asyncio.Future[Any], then: Callable[[], None] | None) -> None:
         try:
@@ -228,23 +235,16 @@ class ExecutorBase:
         returned, when that query finds a row (see `Backend.write_unless`)."""
         taken, ops = self._take_local(ops)
         group = self._group()
-        try:
-            if group is not None:
-                self._queued += 1
-                try:
-                    outcome = await group.submit(ops, run_id=self.run_id, unless=unless, chain=self.chain)
-                finally:
-                    self._queued -= 1
-                if isinstance(outcome, StoreError):
-                    raise outcome
-                written = outcome is not None
-            elif unless is not None:
-                written = self.store.backend.write_unless(unless, ops, run_id=self.run_id)
-            else:
-                self.store.backend.write(ops, run_id=self.run_id)
-                written = True
-        except StoreError as exc:
-            raise self._stop(exc) from None
+        if group is None:
+            written = self._write_inline(ops, unless)
+        else:
+            self._queued += 1
+            try:
+                written = await group.write(ops, run_id=self.run_id, unless=unless, chain=self.chain) is not None
+            except StoreError as exc:
+                raise self._stop(exc) from None
+            finally:
+                self._queued -= 1
         if not written:
             self.local_ops = taken + self.local_ops  # not written: they go with the next commit
         return written
