@@ -27,7 +27,7 @@ def worker(
         typer.Option(
             "--max-memory-mb",
             help="Claim no more runs while the worker's resident memory is past this "
-            "(default: half the memory available at start; 0: no limit).",
+            "(default: half the memory available when runs first are in flight; 0: no limit).",
         ),
     ] = None,
     poll_interval: Annotated[float, typer.Option(help="Seconds between looks for work when idle.")] = 0.05,
