@@ -13,6 +13,8 @@ What they share (consoles, `--db`, the error exit, loading the user's App) is in
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from agentflow.cli._approvals import approvals_app
@@ -46,6 +48,24 @@ app.add_typer(db_app, name="db")
 app.add_typer(operators_app, name="operators")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(policy_app, name="policy")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from agentflow import __version__
+
+        print(f"agentflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """agentflow: durable workflows for LLM agents that act on real systems."""
 
 
 def main() -> None:
