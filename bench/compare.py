@@ -331,6 +331,7 @@ def agentflow_pgworker(url: str, concurrency: int) -> dict[str, Any]:
     worker = Worker(app, concurrency=concurrency)
     print("ready", flush=True)
     sys.stdin.readline()  # go
+    cpu0 = time.process_time()
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -344,8 +345,9 @@ def agentflow_pgworker(url: str, concurrency: int) -> dict[str, Any]:
         await worker.run_forever(stop)
 
     asyncio.run(serve())
+    cpu = time.process_time() - cpu0
     app.close()
-    return {}
+    return {"cpu_s": cpu}
 
 
 # -- DBOS ----------------------------------------------------------------------------------
@@ -938,6 +940,27 @@ PG_DONE = {
 PG_STEPS = {"agentflow": "SELECT count(*) FROM af_steps", "dbos": "SELECT count(*) FROM dbos.operation_outputs"}
 
 
+def postgres_cpu_s() -> float:
+    """User + system CPU seconds of every `postgres` process on this machine (-1 if /proc cannot
+    tell: another OS, or the server runs elsewhere)."""
+    total, tick, found = 0.0, os.sysconf("SC_CLK_TCK"), False
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return -1.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # ended meanwhile
+        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        if name.startswith("postgres"):
+            found = True
+            total += (int(rest[11]) + int(rest[12])) / tick  # utime, stime
+    return total if found else -1.0
+
+
 def pg_throughput(fw: str, k: int, count: int, concurrency: int, server: str, timeout: float) -> dict[str, Any]:
     import subprocess
     import uuid
@@ -974,6 +997,7 @@ def pg_throughput(fw: str, k: int, count: int, concurrency: int, server: str, ti
             if p.stdout.readline().strip() != "ready":
                 raise ChildFailed(f"{fw} worker did not start: {(p.communicate()[1] or '').strip()[-300:]}")
         with psycopg.connect(url, autocommit=True) as conn:
+            server_cpu0 = postgres_cpu_s()
             t0 = time.perf_counter()
             for p in procs:
                 assert p.stdin is not None
@@ -989,6 +1013,7 @@ def pg_throughput(fw: str, k: int, count: int, concurrency: int, server: str, ti
                     raise ChildFailed(f"a {fw} worker exited early")
                 time.sleep(0.01)
             drain = time.perf_counter() - t0
+            server_cpu = postgres_cpu_s() - server_cpu0
             steps = conn.execute(PG_STEPS[fw]).fetchone()[0]  # type: ignore[index]
         if failed:
             raise ChildFailed(f"{failed} workflows failed")
@@ -999,12 +1024,20 @@ def pg_throughput(fw: str, k: int, count: int, concurrency: int, server: str, ti
                 raise ChildFailed(f"{fw} worker failed: {err.strip().splitlines()[-1:]}")
             outs.append(json.loads(out.strip().splitlines()[-1]))
         launch = [o["launch_s"] for o in outs if "launch_s" in o]
+        workers_cpu = [o["cpu_s"] for o in outs if "cpu_s" in o]
         return {
             "wf_per_s": count / drain,
             "drain_s": drain,
             "enqueue_s": setup["enqueue_s"],
             "recorded_steps": steps,
             "launch_s": max(launch) if launch else None,
+            # CPU seconds the database server (every postgres process on the machine) and the
+            # workers spent while the drain ran, as cores kept busy: on a machine whose cores
+            # the server shares, cpu_count / cores_busy of one worker bounds what K workers
+            # can add (the "scaling_bound" field).
+            "server_cpu_s": server_cpu,
+            "workers_cpu_s": sum(workers_cpu) if workers_cpu else None,
+            "cores_busy": (server_cpu + sum(workers_cpu)) / drain if workers_cpu and server_cpu >= 0 else None,
         }
     finally:
         for p in procs:
@@ -1378,6 +1411,9 @@ def main() -> None:
                     per_k[f"scaling_{max(pg_workers)}_over_1"] = round(
                         per_k[str(max(pg_workers))]["wf_per_s"] / per_k["1"]["wf_per_s"], 2
                     )
+                    one_busy = per_k["1"].get("cores_busy")
+                    if one_busy:  # the most any number of workers could add on these cores
+                        per_k["scaling_bound"] = round((os.cpu_count() or 1) / one_busy, 2)
                 pg[fw] = per_k
             results["pg_workers"] = pg
         out["results"] = results
