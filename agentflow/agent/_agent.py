@@ -18,13 +18,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import BaseTool, StructuredTool
 
 from agentflow.agent._chat import Budget, chat, spent
 from agentflow.agent._gate import Policies, default_policy, gate, resolve_policies
 from agentflow.agent._outcome import Ended, Limits, Outcome, RunState, ToolCallRecord
-from agentflow.agent._plan import run_plan
+from agentflow.agent._plan import plan_tool, run_plan
 from agentflow.engine import Activity, App, Client, RetryPolicy, RunHandle, Workflow, WorkflowContext, run_blocking
 from agentflow.errors import (
     ActivityError,
@@ -32,7 +33,15 @@ from agentflow.errors import (
     ConfigurationError,
     NotRegisteredError,
 )
-from agentflow.llm import ChatModel, PriceTable, ToolFacts, canonical_json, tool_facts, validate_tool_args
+from agentflow.llm import (
+    ChatModel,
+    PriceTable,
+    ToolFacts,
+    as_chat_model,
+    canonical_json,
+    tool_facts,
+    validate_tool_args,
+)
 
 TOOL_RETRY = RetryPolicy(max_attempts=3, initial_interval=1.0, backoff=2.0, max_interval=30.0)
 
@@ -43,7 +52,10 @@ class Agent:
 
     Args:
         name: the agent's name (recorded; `agent:<name>` is its workflow when started on its own).
-        model: the chat model.
+        model: the chat model: an agentflow `ChatModel` (`OpenAIChat`, ...) or any langchain-core
+            `BaseChatModel`, wrapped automatically (`agentflow.llm.as_chat_model`). A model
+            without tool calling (no `bind_tools`) is refused here, unless the agent has no tools
+            (react mode, `tools=[]`): plan mode always offers the model its plan tool.
         tools: langchain-core tools (declare their facts with `agentflow.llm.tool`).
         instructions: the system prompt.
         max_turns: model calls at most, over the whole run (plans and re-plans included).
@@ -60,7 +72,7 @@ class Agent:
     """
 
     name: str
-    model: ChatModel
+    model: ChatModel | BaseChatModel
     tools: Sequence[BaseTool]
     instructions: str = "You are a careful NOC copilot. Use the tools; never guess values."
     max_turns: int = 12
@@ -80,6 +92,11 @@ class Agent:
             raise ConfigurationError(f"agent {self.name}: mode must be 'react' or 'plan', not {self.mode!r}")
         if "/" in self.name or not self.name:
             raise ConfigurationError(f"agent name {self.name!r} must be non-empty and contain no '/'")
+        offered = [*self.tools, plan_tool()] if self.mode == "plan" else list(self.tools)
+        try:
+            self.model = self._model = as_chat_model(self.model, tools=offered)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"agent {self.name}: {exc.message}") from None
         self._by_name = {t.name: t for t in self.tools}
         self._policies = resolve_policies(self.policies)
         agent = self
@@ -116,7 +133,7 @@ class Agent:
         self, ctx: WorkflowContext, messages: list[BaseMessage], tools: Sequence[BaseTool], state: RunState
     ) -> AIMessage:
         """One recorded, budgeted model call (raises `BudgetExceeded` before spending)."""
-        response = await chat(ctx, self.model, messages, list(tools), budget=self.budget, prices=self.prices,
+        response = await chat(ctx, self._model, messages, list(tools), budget=self.budget, prices=self.prices,
                               max_response_chars=self.limits.max_response_chars,
                               max_tool_calls=self.limits.max_tool_calls_per_turn)  # fmt: skip
         state.turns += 1

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, InvalidToolCall, ToolCall
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -33,6 +34,7 @@ from agentflow.llm import (
     ModelResponse,
     PriceTable,
     Usage,
+    as_chat_model,
     blob_hash,
     canonical_json,
     count_messages,
@@ -83,7 +85,7 @@ def spent(ctx: WorkflowContext) -> Usage:
 
 async def chat(
     ctx: WorkflowContext,
-    model: ChatModel,
+    model: ChatModel | BaseChatModel,
     messages: Sequence[BaseMessage],
     tools: Sequence[BaseTool] = (),
     *,
@@ -95,6 +97,9 @@ async def chat(
     max_tool_calls: int | None = MAX_TOOL_CALLS,
 ) -> ModelResponse:
     """Call `model` once as a recorded step of the workflow `ctx` belongs to.
+
+    `model` is an agentflow `ChatModel` or any langchain-core `BaseChatModel` (wrapped in
+    `LangChainChat`, see `agentflow.llm.as_chat_model`).
 
     `recover` says when tool calls written as fenced JSON in the text become tool calls:
     "strict" (default) only when the text is nothing but such blocks (a model quoting a block
@@ -108,6 +113,7 @@ async def chat(
         ContextWindowExceeded / BudgetExceeded: before anything is sent.
         ActivityError: the call failed for good (its cause type says why: 400, 401, ...).
     """
+    model = as_chat_model(model)  # a langchain-core BaseChatModel is wrapped
     prices = prices or PriceTable()
     schemas = [convert_to_openai_tool(t) for t in tools]
     counted = count_messages(messages, model.name, schemas)
@@ -313,7 +319,12 @@ def _finish(
         text = message.content if isinstance(message.content, str) else json.dumps(message.content)
         out = count_text(text + json.dumps([c["args"] for c in message.tool_calls]), model).tokens
         usage = Usage(input_tokens=counted, output_tokens=out, source="estimated")
-    usage = usage.model_copy(update={"cost_usd": prices.cost(model, usage.input_tokens, usage.output_tokens)})
+    usage = usage.model_copy(
+        update={
+            "cost_usd": prices.cost(model, usage.input_tokens, usage.output_tokens),
+            "cost_source": "price_table" if prices.priced(model) else "unknown",
+        }
+    )
     return response.model_copy(
         update={
             "message": message,

@@ -3,7 +3,7 @@
 from typing import TYPE_CHECKING, Any
 
 from agentflow.llm._guard import model_requests_allowed
-from agentflow.llm._langchain import LangChainChat
+from agentflow.llm._langchain import LangChainChat, as_chat_model
 from agentflow.llm._messages import blob_hash, canonical_json, message_blob, message_from_blob
 from agentflow.llm._parse import recover_tool_calls
 from agentflow.llm._pricing import DEFAULT_PRICES, PriceTable
@@ -48,6 +48,7 @@ __all__ = [
     "TokenCount",
     "ToolFacts",
     "Usage",
+    "as_chat_model",
     "blob_hash",
     "canonical_json",
     "count_messages",

@@ -1,6 +1,9 @@
 """`OpenAIChat`: the official `openai` client (async), for OpenAI and any compatible endpoint
 (vLLM, Ollama, llama.cpp server) via `base_url` / `OPENAI_BASE_URL`.
 
+OpenAI's API needs a key (`OPENAI_API_KEY`): without one the model is refused when it is made,
+not at its first request. Other endpoints (local servers) need none: they get a placeholder.
+
 The client's own retries are off (`max_retries=0`): the engine retries 429/5xx/timeouts with
 backoff, honouring `Retry-After`, and records every attempt in the run's history.
 """
@@ -13,11 +16,13 @@ import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
+from urllib.parse import urlparse
 
 import openai
 from langchain_core.messages import AIMessage, BaseMessage, convert_to_openai_messages
 
 from agentflow.errors import (
+    ConfigurationError,
     ModelAuthError,
     ModelBadRequest,
     ModelBadResponse,
@@ -32,6 +37,13 @@ from agentflow.llm._parse import parse_tool_call
 from agentflow.llm._types import ModelResponse, Usage
 
 OPENAI_URL = "https://api.openai.com/v1"
+KEY_ENV = "OPENAI_API_KEY"
+
+
+def _is_openai(url: str) -> bool:
+    """Whether `url` is OpenAI's own API, which refuses every request without a key."""
+    host = (urlparse(url).hostname or "").lower()
+    return host == "openai.com" or host.endswith(".openai.com")
 
 
 def retry_after_seconds(response: Any) -> float | None:
@@ -54,8 +66,9 @@ def retry_after_seconds(response: Any) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
-def map_openai_error(exc: Exception, model: str) -> ModelError:
-    """An `openai` exception -> agentflow's typed, retry-aware model error."""
+def map_openai_error(exc: Exception, model: str, *, keyed: bool = True) -> ModelError:
+    """An `openai` exception -> agentflow's typed, retry-aware model error (`keyed`: whether
+    a key was sent, so a 401 from a server that wants one says none was set)."""
     where = f"model {model!r}"
     if isinstance(exc, openai.APITimeoutError):
         return ModelTimeout(f"{where}: the request timed out")
@@ -72,7 +85,8 @@ def map_openai_error(exc: Exception, model: str) -> ModelError:
             )
         if status in (401, 403):
             return ModelAuthError(
-                f"{where}: the provider refused the credentials ({status}): {detail}; check OPENAI_API_KEY",
+                f"{where}: the provider refused the credentials ({status}): {detail}; check {KEY_ENV}"
+                + ("" if keyed else f" (no key was sent: {KEY_ENV} is not set)"),
                 status=status,
             )
         if status >= 500:
@@ -109,10 +123,15 @@ class OpenAIChat:
     Args:
         model: the model name the endpoint serves.
         base_url: the API root (default `OPENAI_BASE_URL`, else OpenAI's).
-        api_key: the key (default `OPENAI_API_KEY`; local servers accept any).
+        api_key: the key (default `OPENAI_API_KEY`). Required for OpenAI's own API; another
+            endpoint (a local llama.cpp, vLLM or Ollama server) is sent the placeholder `no-key`
+            when neither is set; a 401 from it then says that no key was set.
         timeout: seconds per request.
         context_window: the model's context window in tokens, for the pre-flight check.
         temperature: sampling temperature, if set.
+
+    Raises:
+        ConfigurationError: no key for OpenAI's API (the message names `OPENAI_API_KEY`).
     """
 
     def __init__(
@@ -127,7 +146,15 @@ class OpenAIChat:
     ) -> None:
         self.name = model
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
-        self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or "no-key"
+        key = api_key or os.environ.get(KEY_ENV)
+        if not key and _is_openai(self.base_url):
+            raise ConfigurationError(
+                f"no API key for {self.base_url} (model {model!r}): set {KEY_ENV} (or pass api_key=...); "
+                f"for a local OpenAI-compatible server, set OPENAI_BASE_URL (or base_url=...) instead"
+            )
+        #: Whether a real key is sent (the client needs some value: a local server gets a placeholder).
+        self.keyed = bool(key)
+        self.api_key = key or "no-key"
         self.timeout = timeout
         self.context_window = context_window
         self.temperature = temperature
@@ -179,7 +206,7 @@ class OpenAIChat:
             client = await self._loop_client()
             completion = await client.chat.completions.create(**kwargs)
         except Exception as exc:
-            raise map_openai_error(exc, self.name) from exc
+            raise map_openai_error(exc, self.name, keyed=self.keyed) from exc
         try:
             return self._response(completion)
         except (AttributeError, TypeError, ValueError) as exc:  # e.g. a choice without a message

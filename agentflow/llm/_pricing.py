@@ -40,9 +40,17 @@ class PriceTable:
         self.default = default
 
     def price_for(self, model: str) -> tuple[float, float]:
+        found = self._entry(model)
+        return self.prices[found] if found is not None else self.default
+
+    def priced(self, model: str) -> bool:
+        """Whether the table prices `model`: an entry matches it, or the default is not free."""
+        return self._entry(model) is not None or self.default != (0.0, 0.0)
+
+    def _entry(self, model: str) -> str | None:
         name = model.split("/")[-1].lower()
         matches = [p for p in self.prices if name.startswith(p.lower())]
-        return self.prices[max(matches, key=len)] if matches else self.default
+        return max(matches, key=len) if matches else None
 
     def cost(self, model: str, input_tokens: int, output_tokens: int) -> float:
         """USD for a call with these token counts."""

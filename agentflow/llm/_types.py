@@ -17,6 +17,9 @@ class Usage(BaseModel):
     cost_usd: float = 0.0
     #: "provider" when the provider reported the counts, "estimated" when tiktoken counted them.
     source: Literal["provider", "estimated"] = "provider"
+    #: "price_table" when the price table priced the model, "unknown" when it has no entry for it
+    #: (and no default price): the cost is then 0, not a measurement.
+    cost_source: Literal["price_table", "unknown"] = "price_table"
 
     @property
     def total_tokens(self) -> int:

@@ -168,6 +168,7 @@ EXPORTS = {
         "TokenCount",
         "ToolFacts",
         "Usage",
+        "as_chat_model",
         "blob_hash",
         "canonical_json",
         "count_messages",
