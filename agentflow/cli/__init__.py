@@ -22,6 +22,7 @@ from agentflow.cli._chat import chat
 from agentflow.cli._db import db_app
 from agentflow.cli._demo import demo
 from agentflow.cli._doctor import doctor
+from agentflow.cli._logging import LogFormat, LogLevel, configure_logging
 from agentflow.cli._operators import operators_app
 from agentflow.cli._policy import policy_app
 from agentflow.cli._run import run_agent
@@ -58,14 +59,39 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+#: Commands that run for long and report what they do: their log level is info by default.
+_SERVICES = ("worker", "serve")
+
+
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
     ] = False,
+    log_level: Annotated[
+        LogLevel | None,
+        typer.Option(
+            "--log-level",
+            envvar="AGENTFLOW_LOG_LEVEL",
+            case_sensitive=False,
+            help="Least severe log records shown (default: info for worker and serve, else warning).",
+        ),
+    ] = None,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            envvar="AGENTFLOW_LOG_FORMAT",
+            case_sensitive=False,
+            help="Log lines on stderr: text, json (one object per line) or logfmt.",
+        ),
+    ] = LogFormat.text,
 ) -> None:
     """agentflow: durable workflows for LLM agents that act on real systems."""
+    default = "info" if ctx.invoked_subcommand in _SERVICES else "warning"
+    configure_logging(log_level.value if log_level else default, log_format)
 
 
 def main() -> None:

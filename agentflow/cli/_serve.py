@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
 
 from agentflow.cli._common import DbOption, err_console, fail, load_app
+from agentflow.cli._logging import live_spans_if_asked
 from agentflow.errors import AgentflowError
 from agentflow.store import redact_url
 
@@ -24,7 +26,10 @@ def serve(
         bool, typer.Option("--secure-cookies", help="Mark the session cookie Secure (behind HTTPS).")
     ] = False,
 ) -> None:
-    """Serve the web chat and JSON API: operators start runs, watch them live, approve staged actions."""
+    """Serve the web chat and JSON API: operators start runs, watch them live, approve staged actions.
+
+    Also serves Prometheus `/metrics`, `/healthz` and `/readyz` (API.md); with AGENTFLOW_OTEL=1
+    each step is sent as an OpenTelemetry span when it finishes."""
     try:
         import uvicorn
 
@@ -38,10 +43,19 @@ def serve(
     try:
         api = create_app(the_app, agent=agent, run_worker=worker, secure_cookies=secure_cookies)
         _ = the_app.store  # an unreachable or too-new database is said here, not as a traceback at start-up
+        spans = live_spans_if_asked()
     except AgentflowError as exc:
         fail(exc)
     err_console.print(
         f"agentflow serve: http://{host}:{port}/ (store {redact_url(the_app.db)}, worker {'on' if worker else 'off'})"
     )
-    # A short grace period: live streams would otherwise hold a shutdown until they end.
-    uvicorn.run(api, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
+    # uvicorn's records go through the root handler (`--log-format`); one line per request only
+    # at debug (probes and scrapes come every few seconds). A short grace period: live streams
+    # would otherwise hold a shutdown until they end.
+    level = logging.getLogger().getEffectiveLevel()
+    try:
+        uvicorn.run(api, host=host, port=port, log_config=None, log_level=level, access_log=level <= logging.DEBUG,
+                    timeout_graceful_shutdown=2)  # fmt: skip
+    finally:
+        if spans is not None:
+            spans.close()

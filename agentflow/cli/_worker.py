@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from agentflow.cli._common import DbOption, fail, load_app
-from agentflow.errors import AgentflowError
+from agentflow.cli._logging import live_spans_if_asked
+from agentflow.errors import AgentflowError, ConfigurationError
 
 if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
     from agentflow.engine import App, Worker
+
+log = logging.getLogger("agentflow.worker")
 
 
 def worker(
@@ -34,8 +40,18 @@ def worker(
     until_idle: Annotated[
         bool, typer.Option("--until-idle", help="Exit once no run is pending, running or due.")
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", help="Serve Prometheus /metrics, /healthz and /readyz on this port."),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Interface of --metrics-port (0.0.0.0: every interface).")
+    ] = "127.0.0.1",
 ) -> None:
-    """Run a worker: claim runnable runs, recover runs whose owner died, wake due timers."""
+    """Run a worker: claim runnable runs, recover runs whose owner died, wake due timers.
+
+    With AGENTFLOW_OTEL=1, each step is sent as an OpenTelemetry span when it finishes (see
+    `agentflow.trace.live_spans_from_env`)."""
     the_app = load_app(app_ref, db)
     from agentflow.engine import Worker
 
@@ -43,9 +59,30 @@ def worker(
         # Opens the store: an unreachable or too-new database is said here, not as a traceback.
         max_memory = None if max_memory_mb is None else max_memory_mb * 2**20
         w = Worker(the_app, concurrency=concurrency, poll_interval=poll_interval, max_memory=max_memory)
-        asyncio.run(_serve(the_app, w, until_idle=until_idle, poll_interval=poll_interval))
+        spans = live_spans_if_asked()
+        server = _serve_metrics(the_app, metrics_host, metrics_port) if metrics_port is not None else None
+        try:
+            asyncio.run(_serve(the_app, w, until_idle=until_idle, poll_interval=poll_interval))
+        finally:
+            if server is not None:
+                server.shutdown()
+            if spans is not None:
+                spans.close()
     except AgentflowError as exc:
         fail(exc)
+
+
+def _serve_metrics(the_app: App, host: str, port: int) -> WSGIServer:
+    from agentflow.engine import Metrics
+
+    try:
+        server = Metrics.install(the_app).serve(host, port)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot serve metrics on {host}:{port} ({exc}): choose another --metrics-port"
+        ) from None
+    log.info("metrics served", extra={"url": f"http://{host}:{server.server_port}/metrics"})
+    return server
 
 
 async def _serve(the_app: App, w: Worker, *, until_idle: bool, poll_interval: float) -> None:

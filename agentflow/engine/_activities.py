@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from agentflow.engine._crash import crash_point
 from agentflow.engine._defs import Activity, ActivityInfo, call_activity, idempotency_key
 from agentflow.engine._executor_base import ExecutorBase, RefusedStep, _settle, _Wait, error_dict
+from agentflow.engine._observe import notify
 from agentflow.errors import (
     ActivityError,
     CorruptRecordError,
@@ -30,6 +32,8 @@ from agentflow.store import Op, StepRecord, decode, digest, encode
 
 #: Kinds of the steps that run in the store itself (policy decisions, approval bookkeeping).
 STORE_STEP_KINDS = ("policy", "approval")
+
+log = logging.getLogger("agentflow.worker")
 
 
 @dataclass(slots=True)
@@ -240,6 +244,8 @@ class ActivitySteps(ExecutorBase):
             finished_at=self.clock.now(), delivery=self._take_delivery(),
         )  # fmt: skip
         await self._commit(self._call_ops(call, step, blobs))
+        if self.observers:
+            notify(self.observers, "step_finished", self.run, step)
         crash_point("after_result")
         # Live and replayed runs see the same value: both are decoded from the recorded JSON
         # (secrets masked by `_new_step`).
@@ -264,10 +270,25 @@ class ActivitySteps(ExecutorBase):
         ops = self._call_ops(call, step)
         ops.append(self.store.attempt_op(self.run_id, call.seq, attempt, err_json, started, now, retry_at))
         await self._commit(ops)
+        self._log_failure(step, type(exc).__name__, retry_at)
         if not retry:
+            if self.observers:
+                notify(self.observers, "step_finished", self.run, step)
             error = self._activity_error(call.act.name, call.seq, step)
             self._deliver(lambda: _settle(call.fut, exc=error))
         return retry_at
+
+    def _log_failure(self, step: StepRecord, error_type: str, retry_at: float | None) -> None:
+        level = logging.INFO if retry_at is not None else logging.WARNING
+        if not log.isEnabledFor(level):
+            return
+        fields = {"run_id": self.run_id, "tenant": self.run.tenant, "seq": step.seq, "attempt": step.attempt,
+                  "kind": step.kind, "step": step.name, "error_type": error_type}  # fmt: skip
+        if retry_at is None:
+            log.log(level, "step failed for good", extra=fields)
+        else:
+            retry_in = round(max(retry_at - self.clock.now(), 0.0), 3)
+            log.log(level, "step failed, retrying", extra={**fields, "retry_in_s": retry_in})
 
 
 def _as_failure(act: Activity[Any, Any], exc: BaseException) -> BaseException:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from agentflow.engine._context import WorkflowContext
 from agentflow.engine._crash import crash_point
 from agentflow.engine._executor_base import _ANY, ExecutorBase, RefusedStep, _environmental, _Stop, error_dict
 from agentflow.engine._history import History
+from agentflow.engine._observe import notify
 from agentflow.engine._waits import WaitSteps
 from agentflow.errors import (
     AgentflowError,
@@ -34,6 +36,8 @@ from agentflow.store import StepRecord
 
 # RefusedStep is re-exported: the worker imports it from here.
 __all__ = ["RefusedStep", "RunExecutor"]
+
+log = logging.getLogger("agentflow.worker")
 
 
 class RunExecutor(ActivitySteps, WaitSteps):
@@ -59,6 +63,8 @@ class RunExecutor(ActivitySteps, WaitSteps):
         for rec in steps:
             if rec.kind == "cancel" and rec.delivery is not None:
                 self.history.hold(rec.delivery, self._replay_cancel(rec))
+        if steps and log.isEnabledFor(logging.INFO):
+            self._log_resumed()
         if self.recovering:
             crash_point("during_recovery")
         workflow = self.app.workflow_named(self.run.workflow)
@@ -119,6 +125,13 @@ class RunExecutor(ActivitySteps, WaitSteps):
             if await self._park():
                 crash_point("while_waiting")
                 return "waiting"
+
+    def _log_resumed(self) -> None:
+        fields = {"run_id": self.run_id, "tenant": self.run.tenant, "workflow": self.run.workflow,
+                  "seq": self.max_recorded + 1, "epoch": self.epoch}  # fmt: skip
+        if self.run.waiting_on and not self.recovering:
+            log.info("run woke", extra={**fields, "waiting_on": json.loads(self.run.waiting_on)})
+        log.info("run resumed", extra={**fields, "takeover": self.recovering})
 
     def _close(self, main: asyncio.Task[Any]) -> None:
         self.closing = True
@@ -261,6 +274,11 @@ class RunExecutor(ActivitySteps, WaitSteps):
         )
         park = self.store.park_op(self.run_id, self.epoch, wake_at, waiting_on, self.clock.now())
         if await self._commit([park], unless=(check_sql, check_params)):
+            if log.isEnabledFor(logging.INFO):
+                log.info("run parked", extra={"run_id": self.run_id, "tenant": self.run.tenant, "epoch": self.epoch,
+                                              "seq": self.next_seq - 1, "waiting_on": json.loads(waiting_on)})  # fmt: skip
+            if self.observers:
+                notify(self.observers, "run_parked", self.run)
             return True
         # Something arrived: a signal, a child's end, or a cancel request.
         run = self.store.get_run(self.run_id)
@@ -300,4 +318,13 @@ class RunExecutor(ActivitySteps, WaitSteps):
         if self.run.parent_id:
             ops.append(self.store.wake_op(self.run.parent_id))
         await self._commit(ops)
+        now = self.clock.now()
+        if log.isEnabledFor(logging.INFO):
+            fields = {"run_id": self.run_id, "tenant": self.run.tenant, "workflow": self.run.workflow, "status": status,
+                      "epoch": self.epoch, "seq": self.next_seq - 1, "duration_s": round(now - self.run.created_at, 3)}  # fmt: skip
+            if err:
+                fields["error_type"] = err.get("type")
+            log.info("run finished", extra=fields)
+        if self.observers:
+            notify(self.observers, "run_finished", self.run, status, now)
         return status

@@ -24,6 +24,7 @@ from typing import Any
 from agentflow.engine._history import History
 from agentflow.engine._host import Host
 from agentflow.engine._loop import WorkflowEventLoop
+from agentflow.engine._observe import Observer, observers
 from agentflow.errors import AgentflowError, CorruptRecordError, StoreError
 from agentflow.store import Chain, GroupCommit, Op, RunRecord, StepRecord, adapter_for
 
@@ -103,6 +104,9 @@ class ExecutorBase:
         self.epoch = epoch
         self.recovering = recovering
         self.history = History(run, [])  # loaded by execute()
+        # Who hears of this execution's steps (metrics, live spans): read once per claim, so a
+        # step with nobody listening (the default) costs one test of an empty tuple.
+        self.observers: tuple[Observer, ...] = observers()
         self.next_seq = 1
         self.local_ops: list[Op] = []
         # This execution's writes in the group commit: queued in order, and once one fails the

@@ -21,9 +21,10 @@ from agentflow.engine._beats import heartbeats_for
 from agentflow.engine._client import declare_clock
 from agentflow.engine._executor import RefusedStep, RunExecutor
 from agentflow.engine._host import Host
+from agentflow.engine._observe import notify, observers
 from agentflow.engine._threads import tool_threads
 from agentflow.errors import LeaseLostError, StoreBusyError, StoreError
-from agentflow.store import RedactingFilter
+from agentflow.store import RedactingFilter, RunRecord
 
 log = logging.getLogger("agentflow.worker")
 log.addFilter(RedactingFilter())  # a failing step's message may quote a secret
@@ -137,11 +138,14 @@ class Worker:
                 self._wake.set()  # a notified worker may be in a long wait
 
         relay = asyncio.ensure_future(wake_on_stop(stop)) if stop is not None else None
+        log.info("worker started", extra={"worker_id": self.worker_id, "workflows": self.app.workflow_names,
+                                          "concurrency": self.concurrency})  # fmt: skip
         try:
             await self._loop(lambda: stop is not None and stop.is_set(), listen=True)
         finally:
             if relay is not None:
                 relay.cancel()
+            log.info("worker stopped", extra={"worker_id": self.worker_id})
 
     # -- the loop --------------------------------------------------------------------------
     async def _loop(self, done: Callable[[], bool], *, listen: bool = False) -> None:
@@ -254,7 +258,8 @@ class Worker:
             try:
                 self.store.reap_dead_workers(self.worker_id)
             except StoreError as exc:
-                log.warning("reaping dead workers failed: %s", exc)
+                log.warning("reaping dead workers failed: %s", exc, extra={"error_type": type(exc).__name__})
+                notify(observers(), "store_error", exc)
         free = min(self.concurrency - len(self._tasks), CLAIM_SLICE)
         if free <= 0 or self._memory_full():
             return 0
@@ -265,7 +270,9 @@ class Worker:
             )  # fmt: skip
         except StoreBusyError as exc:
             self._backoff = min(max(self._backoff * 2, self.poll_interval, 0.1), MAX_BACKOFF)
-            log.warning("claiming runs: %s (next try in %.1f s)", exc, self._backoff)
+            log.warning("claiming runs: %s (next try in %.1f s)", exc, self._backoff,
+                        extra={"worker_id": self.worker_id, "error_type": type(exc).__name__})  # fmt: skip
+            notify(observers(), "store_error", exc)
             return 0
         if self._backoff:
             log.warning("the store answers again: claiming runs")
@@ -310,26 +317,31 @@ class Worker:
     async def _drive(self, run_id: str, epoch: int, recovering: bool) -> None:
         try:
             run = self.store.get_run(run_id)
+            self._claimed(run, epoch, recovering)
             refused = self.refused if self.replay_only else None
             executor = RunExecutor(self.app, run, epoch, recovering=recovering, refuse=refused)
             self.executors[run_id] = executor
             await executor.execute()
         except LeaseLostError:
-            log.warning("run %s: lease lost to another worker; stopped working on it", run_id)
+            log.warning("run %s: lease lost to another worker; stopped working on it", run_id,
+                        extra={"run_id": run_id, "epoch": epoch, "worker_id": self.worker_id})  # fmt: skip
+            notify(observers(), "lease_lost", run_id)
             # Still ours after all (a write refused because its step was already final, e.g. a
             # commit that succeeded although its connection failed): hand it back, or it would
             # stay `running` under this live worker, which never claims its own runs.
             self._to_release[run_id] = epoch
         except StoreBusyError as exc:
             # Still our lease: give the run back so it resumes later, here or elsewhere.
-            log.warning("run %s: %s", run_id, exc)
+            log.warning("run %s: %s", run_id, exc, extra={"run_id": run_id, "error_type": type(exc).__name__})
+            notify(observers(), "store_error", exc)
             await asyncio.sleep(self.poll_interval)
             self._to_release[run_id] = epoch
         except StoreError as exc:
             # The store refuses writes (disk full, read-only, I/O error): not the run's fault, and
             # retrying at once would spin. The run is given back untouched and the worker stops,
             # saying why; started again once the store is fixed, it resumes where it stopped.
-            log.error("run %s: %s", run_id, exc)
+            log.error("run %s: %s", run_id, exc, extra={"run_id": run_id, "error_type": type(exc).__name__})
+            notify(observers(), "store_error", exc)
             self._to_release[run_id] = epoch
             self._broken = self._broken or exc
         except Exception as exc:
@@ -342,6 +354,16 @@ class Worker:
         finally:
             self.executors.pop(run_id, None)
             self._tasks.pop(run_id, None)
+
+    def _claimed(self, run: RunRecord, epoch: int, recovering: bool) -> None:
+        if log.isEnabledFor(logging.INFO):
+            fields = {"run_id": run.id, "tenant": run.tenant, "workflow": run.workflow, "epoch": epoch,
+                      "worker_id": self.worker_id, "takeover": recovering}  # fmt: skip
+            log.info("run claimed", extra=fields)
+            if recovering:
+                # The previous owner is gone from the row (the claim made this worker its owner).
+                log.info("run taken over from a dead or silent worker", extra=fields)
+        notify(observers(), "run_claimed", run, epoch, recovering=recovering)
 
     # -- the lease -------------------------------------------------------------------------
     def _cancels(self, loop: asyncio.AbstractEventLoop, run_ids: list[str]) -> None:

@@ -6,7 +6,7 @@ All reads are scoped to the operator's current tenant (other tenants' runs answe
 ids are not even confirmed), and every decision goes through the approvals service, which checks
 again and audits in one transaction. What runs, events and cards look like is `agentflow.chat`'s;
 routes live per area (`_routes_session`, `_routes_runs`, `_routes_approvals`,
-`_routes_doctor`). Errors are JSON with a 4xx code (API.md's table).
+`_routes_doctor`, and `_routes_ops`: metrics and probes). Errors are JSON with a 4xx code (API.md's table).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from agentflow.server import _routes_approvals, _routes_doctor, _routes_runs, _r
 from agentflow.server._errors import install_error_handlers
 from agentflow.server._headers import SecurityHeaders
 from agentflow.server._limits import DEFAULT_MAX_BODY, AuthThrottle, BodyLimit
+from agentflow.server._routes_ops import ops_router
 from agentflow.server._sessions import DEFAULT_TTL, Sessions
 from agentflow.server._state import Served
 
@@ -127,4 +128,5 @@ def create_app(
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
     for module in (_routes_session, _routes_runs, _routes_approvals, _routes_doctor):
         api.include_router(module.router)
+    api.include_router(ops_router(app))
     return api

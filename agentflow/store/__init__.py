@@ -31,6 +31,7 @@ from agentflow.store._tx import Tx
 from agentflow.store._urls import DEFAULT_URL, parse_url, pinned_url, redact_url, resolve_url, same_database
 
 if TYPE_CHECKING:
+    from agentflow.store._gauges import OpenApprovals, StoreGauges
     from agentflow.store._governance import ApprovalRow, AuditRow, PrincipalRow, VoteRow
     from agentflow.store._health import Checkup, ExpiredApprovalRow, OpenRunRow, SchemaState, WorkerRow
     from agentflow.store._sessions import SessionRow
@@ -41,6 +42,7 @@ _LAZY = {
     **dict.fromkeys(("Blob", "Run", "Signal", "Step", "StepAttempt", "Worker"), "_models"),
     **dict.fromkeys(("Checkup", "ExpiredApprovalRow", "OpenRunRow", "SchemaState", "WorkerRow"), "_health"),
     **dict.fromkeys(("ApprovalRow", "AuditRow", "PrincipalRow", "VoteRow"), "_governance"),
+    **dict.fromkeys(("OpenApprovals", "StoreGauges"), "_gauges"),
     "SessionRow": "_sessions",
     "PolicyUsage": "_usage",
 }
@@ -63,6 +65,7 @@ __all__ = [
     "ExpiredApprovalRow",
     "GroupCommit",
     "Op",
+    "OpenApprovals",
     "OpenRunRow",
     "PolicyUsage",
     "PrincipalRow",
@@ -77,6 +80,7 @@ __all__ = [
     "Step",
     "StepAttempt",
     "StepRecord",
+    "StoreGauges",
     "Tx",
     "VoteRow",
     "Worker",

@@ -1,5 +1,5 @@
 """Reading runs back: a recorded run as pandas tables, an HTML timeline, a replay against the
-current code, a what-if under another policy pack, a fork, and exports.
+current code, a what-if under another policy pack, a fork, and exports; and live spans.
 
     from agentflow import trace
     t = trace.load("sqlite:///agentflow.db", run_id)
@@ -7,13 +7,35 @@ current code, a what-if under another policy pack, a fork, and exports.
     t.replay(app)                          # NonDeterminismError if the code diverges
     t.what_if("policies/stricter.yaml", tools=TOOLS)
     trace.runs("sqlite:///agentflow.db", tool="apply_change", approved_by="alice")
+    trace.live_spans(tracer_provider)      # each step as an OpenTelemetry span when it finishes
 
-Needs the `trace` extra (`pip install agentflow[trace]`: pandas, matplotlib). Reads SQLite and
-PostgreSQL stores alike.
+Reading needs the `trace` extra (`pip install agentflow[trace]`: pandas, matplotlib); live spans
+need the `otel` extra only, so their names load without pandas (each name is imported on first
+use). Reads SQLite and PostgreSQL stores alike.
 """
 
-from agentflow.trace._replay import ReplayResult
-from agentflow.trace._runs import runs
-from agentflow.trace._trace import Ledger, Trace, load
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Ledger", "ReplayResult", "Trace", "load", "runs"]
+if TYPE_CHECKING:
+    from agentflow.trace._live import LiveSpans, live_spans, live_spans_from_env
+    from agentflow.trace._replay import ReplayResult
+    from agentflow.trace._runs import runs
+    from agentflow.trace._trace import Ledger, Trace, load
+
+# Public name -> the private module that defines it.
+_LAZY = {
+    **dict.fromkeys(("LiveSpans", "live_spans", "live_spans_from_env"), "_live"),
+    "ReplayResult": "_replay",
+    "runs": "_runs",
+    **dict.fromkeys(("Ledger", "Trace", "load"), "_trace"),
+}
+
+__all__ = ["Ledger", "LiveSpans", "ReplayResult", "Trace", "live_spans", "live_spans_from_env", "load", "runs"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"agentflow.trace.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'agentflow.trace' has no attribute {name!r}")

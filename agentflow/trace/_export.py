@@ -1,7 +1,9 @@
 """Export: JSON lines, and spans following the OpenTelemetry GenAI semantic conventions.
 
 Span and trace ids are derived from (run id, seq), so exporting the same run twice (or a replay
-of it) yields the same ids: spans can be deduplicated and linked across exports.
+of it) yields the same ids: spans can be deduplicated and linked across exports. `step_span` and
+`run_span` are also what live spans send as steps finish (`_live`): one mapping for both, so a
+run exported after the fact and the same run seen live are the same spans.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agentflow.store import StepRecord
+from agentflow.store import RunRecord, StepRecord
 from agentflow.trace._records import Attempt, Recorded, error_of, loads, response_of
 
 _NS = 1_000_000_000
@@ -73,15 +75,17 @@ def write_jsonl(recorded: Recorded, path: str | Path) -> int:
     return count
 
 
-def _step_span(recorded: Recorded, s: StepRecord) -> dict[str, Any]:
-    attrs: dict[str, Any] = {"agentflow.run_id": recorded.run_id, "agentflow.seq": s.seq, "agentflow.step.kind": s.kind,
+def step_span(run: RunRecord, s: StepRecord) -> dict[str, Any]:
+    """The span of step `s` of `run` (a child of the run's span)."""
+    attrs: dict[str, Any] = {"agentflow.run_id": run.id, "agentflow.seq": s.seq, "agentflow.step.kind": s.kind,
                              "agentflow.step.status": s.status, "agentflow.step.attempt": s.attempt}  # fmt: skip
     name, kind = f"{s.kind} {s.name}", "INTERNAL"
     if s.kind == "llm":
         body = response_of(s)
         used = body.get("usage") or {}
         name, kind = f"chat {s.name}", "CLIENT"
-        attrs.update({"gen_ai.operation.name": "chat", "gen_ai.request.model": s.name})
+        attrs.update({"gen_ai.operation.name": "chat", "gen_ai.request.model": s.name,
+                      "gen_ai.system": _system(s.name)})  # fmt: skip
         if body:
             attrs.update({
                 "gen_ai.response.model": body.get("model") or s.name,
@@ -96,7 +100,7 @@ def _step_span(recorded: Recorded, s: StepRecord) -> dict[str, Any]:
         name = f"execute_tool {s.name}"
         attrs.update({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": s.name, "gen_ai.tool.type": "function",
                       "gen_ai.tool.call.id": str(call.get("call", "")),
-                      "agentflow.idempotency_key": f"{recorded.run_id}:{s.seq}"})  # fmt: skip
+                      "agentflow.idempotency_key": f"{run.id}:{s.seq}"})  # fmt: skip
     elif s.kind == "policy":
         decision = loads(s.result)
         if isinstance(decision, dict):
@@ -105,11 +109,35 @@ def _step_span(recorded: Recorded, s: StepRecord) -> dict[str, Any]:
     error = error_of(s)
     end = s.finished_at if s.finished_at is not None else s.started_at
     return {
-        "name": name, "kind": kind, "trace_id": trace_id(recorded.run.root_id), "span_id": span_id(recorded.run_id, s.seq),
-        "parent_span_id": span_id(recorded.run_id, 0), "start_time_unix_nano": int(s.started_at * _NS),
+        "name": name, "kind": kind, "trace_id": trace_id(run.root_id), "span_id": span_id(run.id, s.seq),
+        "parent_span_id": span_id(run.id, 0), "start_time_unix_nano": int(s.started_at * _NS),
         "end_time_unix_nano": int(end * _NS),
         "status": {"code": "ERROR", "description": error} if s.status == "failed" else {"code": "OK" if s.status == "completed" else "UNSET"},
         "attributes": attrs,
+    }  # fmt: skip
+
+
+def _system(model: str) -> str:
+    """`gen_ai.system`: the provider named by a `provider:model` name, else the adapter's."""
+    provider, sep, _ = model.partition(":")
+    return provider if sep and provider else "openai" if model.startswith(("gpt-", "o1", "o3", "o4")) else "agentflow"
+
+
+def run_span(run: RunRecord, *, end: float, status: str | None = None, error: str | None = None) -> dict[str, Any]:
+    """The span of the run itself (`invoke_agent <workflow>`), ended at `end`; `status` and
+    `error` default to the record's (a live span knows the outcome before the record says it)."""
+    status = status or run.status
+    if status == "failed" and error is None:
+        error = str(run.error_dict().get("message"))
+    parent = span_id(run.parent_id, run.parent_seq or 0) if run.parent_id else None
+    return {
+        "name": f"invoke_agent {run.workflow}", "kind": "INTERNAL", "trace_id": trace_id(run.root_id),
+        "span_id": span_id(run.id, 0), "parent_span_id": parent, "start_time_unix_nano": int(run.created_at * _NS),
+        "end_time_unix_nano": int(end * _NS),
+        "status": {"code": "ERROR", "description": error} if status == "failed"
+        else {"code": "OK" if status == "completed" else "UNSET"},
+        "attributes": {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": run.workflow,
+                       "agentflow.run_id": run.id, "agentflow.tenant": run.tenant, "agentflow.status": status},
     }  # fmt: skip
 
 
@@ -119,14 +147,4 @@ def otel_spans(recorded: Recorded) -> list[dict[str, Any]]:
     end = run.completed_at if run.completed_at is not None else max(
         [s.finished_at or s.started_at for s in recorded.steps], default=run.updated_at
     )  # fmt: skip
-    parent = span_id(run.parent_id, run.parent_seq or 0) if run.parent_id else None
-    root = {
-        "name": f"invoke_agent {run.workflow}", "kind": "INTERNAL", "trace_id": trace_id(run.root_id),
-        "span_id": span_id(run.id, 0), "parent_span_id": parent, "start_time_unix_nano": int(run.created_at * _NS),
-        "end_time_unix_nano": int(end * _NS),
-        "status": {"code": "ERROR", "description": str(run.error_dict().get("message"))} if run.status == "failed"
-        else {"code": "OK" if run.status == "completed" else "UNSET"},
-        "attributes": {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": run.workflow,
-                       "agentflow.run_id": run.id, "agentflow.tenant": run.tenant, "agentflow.status": run.status},
-    }  # fmt: skip
-    return [root, *(_step_span(recorded, s) for s in recorded.steps)]
+    return [run_span(run, end=end), *(step_span(run, s) for s in recorded.steps)]

@@ -3,7 +3,8 @@ the console, an in-memory exporter in tests). Needs the `otel` extra (`opentelem
 
 The spans are the ones `Trace.to_otel_spans()` describes (GenAI semantic conventions), with the
 same stable ids: exporting a run twice, or after a replay, yields the same trace and span ids, so
-a backend deduplicates instead of showing the run twice.
+a backend deduplicates instead of showing the run twice. Live spans (`_live`) are made into SDK
+spans by the same `readable_span`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,39 @@ from agentflow.trace._export import otel_spans
 from agentflow.trace._records import Recorded
 
 
+def sdk() -> Any:
+    """`opentelemetry.sdk.trace` (imported on first use), or a ConfigurationError saying what to install."""
+    try:
+        import opentelemetry.sdk.trace as sdk_trace
+    except ImportError as exc:
+        raise ConfigurationError(f"OpenTelemetry spans need `pip install 'agentflow[otel]'` ({exc})") from None
+    return sdk_trace
+
+
+def readable_span(d: dict[str, Any], resource: Any, scope: Any) -> Any:
+    """An SDK `ReadableSpan` of a span dict (`_export.step_span` / `run_span`), with its ids."""
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+    def context(span_id: str) -> SpanContext:
+        return SpanContext(int(d["trace_id"], 16), int(span_id, 16), is_remote=False,
+                           trace_flags=TraceFlags(TraceFlags.SAMPLED))  # fmt: skip
+
+    status = d["status"]
+    return ReadableSpan(
+        name=d["name"],
+        context=context(d["span_id"]),
+        parent=context(d["parent_span_id"]) if d["parent_span_id"] else None,
+        resource=resource,
+        attributes={k: v for k, v in d["attributes"].items() if v is not None},
+        kind=SpanKind[d["kind"]],
+        status=Status(StatusCode[status["code"]], status.get("description")),
+        start_time=d["start_time_unix_nano"],
+        end_time=d["end_time_unix_nano"],
+        instrumentation_scope=scope,
+    )
+
+
 def export_spans(recorded: Recorded, exporter: Any, *, service_name: str = "agentflow") -> int:
     """Export the run's spans with `exporter` (an `opentelemetry.sdk.trace.export.SpanExporter`);
     return how many were exported.
@@ -22,38 +56,14 @@ def export_spans(recorded: Recorded, exporter: Any, *, service_name: str = "agen
     Raises:
         ConfigurationError: opentelemetry-sdk is not installed, or the exporter failed.
     """
-    try:
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import ReadableSpan
-        from opentelemetry.sdk.trace.export import SpanExportResult
-        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-        from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
-    except ImportError as exc:
-        raise ConfigurationError(f"exporting spans needs `pip install 'agentflow[otel]'` ({exc})") from None
+    sdk()
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace.export import SpanExportResult
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
     resource = Resource.create({"service.name": service_name})
     scope = InstrumentationScope("agentflow.trace")
-
-    def context(trace_id: str, span_id: str) -> Any:
-        return SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=False,
-                           trace_flags=TraceFlags(TraceFlags.SAMPLED))  # fmt: skip
-
-    spans = []
-    for d in otel_spans(recorded):
-        status = d["status"]
-        spans.append(
-            ReadableSpan(
-                name=d["name"],
-                context=context(d["trace_id"], d["span_id"]),
-                parent=context(d["trace_id"], d["parent_span_id"]) if d["parent_span_id"] else None,
-                resource=resource,
-                attributes={k: v for k, v in d["attributes"].items() if v is not None},
-                kind=SpanKind[d["kind"]],
-                status=Status(StatusCode[status["code"]], status.get("description")),
-                start_time=d["start_time_unix_nano"],
-                end_time=d["end_time_unix_nano"],
-                instrumentation_scope=scope,
-            )
-        )
+    spans = [readable_span(d, resource, scope) for d in otel_spans(recorded)]
     if exporter.export(spans) != SpanExportResult.SUCCESS:
         raise ConfigurationError(f"the span exporter {type(exporter).__name__} reported a failure")
     return len(spans)

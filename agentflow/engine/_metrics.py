@@ -1,0 +1,239 @@
+"""Prometheus metrics of a worker process and of the store it shares, and the health probes.
+
+`Metrics.install(app)` creates the process's metrics (once) and adds them as an `Observer`: from
+then on the workers of this process count what they do (steps by kind with their latency, model
+tokens and cost, runs claimed, parked and finished, lease takeovers, store errors). What the
+database holds for every worker (runs by tenant and status, open approvals and the age of the
+oldest) is read from the store at scrape time. `prometheus-client` is imported here only, when
+metrics are installed: a process that serves none pays nothing for it.
+
+`Metrics.serve(host, port)` serves `/metrics`, `/healthz` and `/readyz` on a port of their own
+(`agentflow worker --metrics-port`); `agentflow serve` mounts the same three on its web app.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from agentflow.engine._executor_base import ExecutorBase
+from agentflow.engine._host import Host
+from agentflow.engine._observe import Observer, add_observer
+from agentflow.engine._threads import tool_threads
+from agentflow.errors import StoreError
+from agentflow.store import RunRecord, StepRecord, StoreGauges
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+#: Step latency buckets (seconds): a policy decision takes milliseconds, a model call seconds,
+#: a tool that drives a network element up to minutes.
+STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, float("inf"))
+#: How long `/readyz` waits for the store's answer.
+READY_TIMEOUT = 1.0
+
+_lock = threading.Lock()
+_installed: Metrics | None = None
+
+
+class Metrics(Observer):
+    """The process's Prometheus metrics (see the module docstring); get them with `install`.
+
+    Names start with `agentflow_` and carry their unit (`_seconds`, `_total`, `_usd`).
+    """
+
+    def __init__(self, app: Host) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client.process_collector import ProcessCollector
+
+        self.app = app
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        ProcessCollector(registry=r)
+        self.steps = Histogram("agentflow_step_duration_seconds", "Steps executed here, by kind and outcome, "
+                               "from first attempt to recorded outcome", ["kind", "status"], buckets=STEP_BUCKETS,
+                               registry=r)  # fmt: skip
+        self.tokens = Counter("agentflow_model_tokens_total", "Model tokens of the calls made here, by model and "
+                              "type (input, output)", ["model", "type"], registry=r)  # fmt: skip
+        self.cost = Counter("agentflow_model_cost_usd_total", "Cost of the model calls made here (USD)", ["model"],
+                            registry=r)  # fmt: skip
+        self.claimed = Counter("agentflow_worker_runs_claimed_total", "Runs claimed by this process's workers",
+                               registry=r)  # fmt: skip
+        self.takeovers = Counter("agentflow_lease_takeovers_total", "Runs taken over from a dead or silent worker",
+                                 registry=r)  # fmt: skip
+        self.lost = Counter("agentflow_leases_lost_total", "Runs this process stopped driving because another worker "
+                            "took them over", registry=r)  # fmt: skip
+        self.parked = Counter("agentflow_worker_runs_parked_total", "Runs parked in the store (waiting for a timer, "
+                              "signal or child) by this process", registry=r)  # fmt: skip
+        self.finished = Counter("agentflow_worker_runs_finished_total", "Runs ended by this process, by status",
+                                ["status"], registry=r)  # fmt: skip
+        self.store_errors = Counter("agentflow_store_errors_total", "Store errors met by this process, by type",
+                                    ["type"], registry=r)  # fmt: skip
+        in_flight = Gauge("agentflow_worker_runs_in_flight", "Runs this process is driving now", registry=r)
+        in_flight.set_function(lambda: ExecutorBase.active)
+        stuck = Gauge("agentflow_tool_threads_stuck", "Blocking tool calls running for over a minute", registry=r)
+        stuck.set_function(lambda: len(tool_threads().stuck()))
+        r.register(_StoreCollector(self))
+
+    @classmethod
+    def install(cls, app: Host) -> Metrics:
+        """The process's metrics, created and added as an observer on the first call; the store
+        figures are read from `app`'s store (the latest App given)."""
+        global _installed
+        with _lock:
+            if _installed is None:
+                _installed = cls(app)
+                add_observer(_installed)
+            _installed.app = app
+            return _installed
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The metrics in Prometheus' text format, and its content type."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    # -- observer ------------------------------------------------------------------------------
+    def run_claimed(self, run: RunRecord, epoch: int, *, recovering: bool) -> None:
+        self.claimed.inc()
+        if recovering:
+            self.takeovers.inc()
+
+    def step_finished(self, run: RunRecord, step: StepRecord) -> None:
+        end = step.finished_at if step.finished_at is not None else step.started_at
+        self.steps.labels(step.kind, step.status).observe(max(end - step.started_at, 0.0))
+        if step.kind == "llm" and step.status == "completed":
+            self._usage(step)
+
+    def _usage(self, step: StepRecord) -> None:
+        try:
+            body = json.loads(step.result or "null")
+        except ValueError:
+            return
+        usage = body.get("usage") if isinstance(body, dict) else None
+        if not isinstance(usage, dict):
+            return
+        model = str(body.get("model") or step.name)
+        self.tokens.labels(model, "input").inc(int(usage.get("input_tokens") or 0))
+        self.tokens.labels(model, "output").inc(int(usage.get("output_tokens") or 0))
+        self.cost.labels(model).inc(float(usage.get("cost_usd") or 0.0))
+
+    def run_parked(self, run: RunRecord) -> None:
+        self.parked.inc()
+
+    def run_finished(self, run: RunRecord, status: str, at: float) -> None:
+        self.finished.labels(status).inc()
+
+    def lease_lost(self, run_id: str) -> None:
+        self.lost.inc()
+
+    def store_error(self, exc: BaseException) -> None:
+        self.store_errors.labels(type(exc).__name__).inc()
+
+    # -- a port of their own ---------------------------------------------------------------------
+    def serve(self, host: str = "127.0.0.1", port: int = 9464) -> WSGIServer:
+        """Serve `/metrics`, `/healthz` and `/readyz` on `host:port` from a daemon thread; returns
+        the server (`shutdown()` stops it; port 0 picks a free port: `server.server_port`)."""
+        server = make_server(host, port, self._wsgi, _ThreadingServer, handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="agentflow-metrics", daemon=True).start()
+        return server
+
+    def _wsgi(self, environ: dict[str, Any], start: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            body, ctype = self.exposition()
+            start("200 OK", [("Content-Type", ctype)])
+            return [body]
+        if path in ("/healthz", "/readyz"):
+            code, payload = (200, {"status": "ok"}) if path == "/healthz" else readiness(self.app)
+            start(f"{code} {'OK' if code == 200 else 'Service Unavailable'}", [("Content-Type", "application/json")])
+            return [json.dumps(payload).encode()]
+        start("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: /metrics, /healthz and /readyz are served here\n"]
+
+
+class _StoreCollector:
+    """The store's figures, read at scrape time; a store that does not answer is
+    `agentflow_store_up 0` (and a store error counted), never a failed scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []  # read at scrape time only (registering must not query the store)
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        up = GaugeMetricFamily("agentflow_store_up", "1 when the store answered this scrape's queries")
+        try:
+            gauges = StoreGauges(self.metrics.app.store)
+            runs, approvals = gauges.runs_by_status(), gauges.open_approvals()
+        except StoreError as exc:
+            self.metrics.store_error(exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        by_status = GaugeMetricFamily("agentflow_runs", "Runs in the store, by tenant and status",
+                                      labels=["tenant", "status"])  # fmt: skip
+        for tenant, status, count in runs:
+            by_status.add_metric([tenant, status], count)
+        yield by_status
+        pending = GaugeMetricFamily("agentflow_approvals_pending", "Approval requests waiting for a decision",
+                                    labels=["tenant"])  # fmt: skip
+        oldest = GaugeMetricFamily("agentflow_approvals_oldest_pending_age_seconds",
+                                   "Age of the oldest approval request waiting for a decision", labels=["tenant"])  # fmt: skip
+        now = self.metrics.app.clock.now()
+        for row in approvals:
+            pending.add_metric([row.tenant], row.count)
+            oldest.add_metric([row.tenant], max(now - row.oldest_created_at, 0.0))
+        yield pending
+        yield oldest
+
+
+# -- readiness ------------------------------------------------------------------------------------
+_probe_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_probe: concurrent.futures.Future[None] | None = None
+
+
+def readiness(app: Host, timeout: float = READY_TIMEOUT) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON body) of a readiness probe: 200 when the store answers a trivial query
+    within `timeout` seconds, else 503 with a reason. Nothing about the store (its URL, its
+    error's message) is in the answer: probes are unauthenticated.
+
+    The query runs on one thread of its own (with its own connection): a store that hangs holds
+    that thread, and later probes say so at once instead of piling up threads."""
+    global _probe_pool, _probe
+    with _lock:
+        if _probe_pool is None:
+            _probe_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="agentflow-ready")
+        if _probe is None or _probe.done():
+            _probe = _probe_pool.submit(lambda: StoreGauges(app.store).ping())
+        probe = _probe
+    try:
+        probe.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        return 503, {"status": "unavailable", "reason": f"the store did not answer within {timeout:g} s"}
+    except StoreError as exc:
+        return 503, {"status": "unavailable", "reason": f"the store did not answer ({type(exc).__name__})"}
+    except Exception as exc:  # noqa: BLE001 - a probe answers, whatever went wrong
+        return 503, {"status": "unavailable", "reason": f"the store could not be opened ({type(exc).__name__})"}
+    return 200, {"status": "ready"}
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """One thread per request (a slow scrape does not hold a probe); threads end with the process."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes and probes every few seconds are not worth a log line each."""
