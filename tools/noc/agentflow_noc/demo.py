@@ -6,6 +6,11 @@ for an operator's approval (durably: the run is parked), applies it, monitors th
 a ticket. `--crash-at N` kills the process with SIGKILL after the N-th recorded step; `--resume`
 finishes the run, and the summary shows that no model call was repeated and the config was
 pushed once (from the network's own audit ledger).
+
+The demo can run again on the same database: each new run re-injects the incident (undoing the
+fix of the run before) and runs on a day of its own on the time-skipping clock (the day after
+the store's latest demo run, kept in the run's meta), since the policy pack's hourly limits
+count across all runs of the store. `--resume` keeps the resumed run's day and network state.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ TENANT = "noc-east"
 OPERATOR = "oncall-engineer"
 TASK = f"{SITE} drop rate is high since this morning, investigate and fix it."
 WORKFLOW = "noc.copilot"
+START = 1_767_225_600.0  # 2026-01-01T00:00Z: the first demo run's clock (later runs: a day later each)
+DAY = 86_400.0
 console = Console(stderr=True)
 
 
@@ -100,7 +107,9 @@ def build(app: App, model: ChatModel, mode: str = "react") -> Any:
 def main(
     *, db: str, crash_at: int | None, resume: bool, approve: str, model: str, quiet: bool, mode: str = "react"
 ) -> dict[str, Any]:
-    app = App(db, clock=TestClock(start=1_767_225_600.0), inline_wait=0.0)
+    chat_model = make_model(model)  # first: a model that cannot work (no API key) starts nothing
+    clock = TestClock(start=START)
+    app = App(db, clock=clock, inline_wait=0.0)
     try:
         net = configure(beside(app.store.backend.path))
         started = time.perf_counter()
@@ -109,11 +118,16 @@ def main(
             if not unfinished:
                 raise SystemExit(f"no unfinished copilot run to resume in {redact_url(db)}")
             run_id = unfinished[0].id  # the store's key: `noc-east:copilot-...` (run ids are per tenant)
+            day = int(unfinished[0].meta_dict().get("demo_day", 0))  # the resumed run keeps its day
         else:
             run_id = run_key(TENANT, f"copilot-{os.getpid()}-{int(time.time() * 1000) % 10_000_000}")
-            if net.incident(SITE) is None:
-                net.inject(SITE, "mis_set_handover")
-        counting = CountingModel(make_model(model), net.path, run_id)
+            day = _next_day(app)
+            # A new run gets a fresh incident: the previous run's fix is undone (hoA3Offset back to 8).
+            net.inject(SITE, "mis_set_handover")
+        # Each run lives on a day of its own: the policy pack's hourly rate limits (messages,
+        # pushes) count across runs of the store, so runs sharing one day would soon be refused.
+        clock.advance_to(START + DAY * day)
+        counting = CountingModel(chat_model, net.path, run_id)
         workflow = build(app, counting, mode)
 
         def say(text: str) -> None:
@@ -126,11 +140,18 @@ def main(
         )
         if crash_at is not None:
             configure_crash_point(f"after_result:{crash_at}")
-        app.start(workflow, TASK, run_id=local_id(run_id, TENANT), tenant=TENANT, meta={"requested_by": "demo"})
+        meta = {"requested_by": "demo", "demo_day": day}
+        app.start(workflow, TASK, run_id=local_id(run_id, TENANT), tenant=TENANT, meta=meta)
         asyncio.run(_drive(app, run_id, approve, say))
         return _summary(app, net, run_id, counting.ledger, time.perf_counter() - started)
     finally:
         app.close()  # a PostgreSQL store holds connections
+
+
+def _next_day(app: App) -> int:
+    """The day a new demo run starts on: the day after the store's latest demo run (0 at first)."""
+    latest = app.store.list_runs(workflow=WORKFLOW, limit=1)
+    return int(latest[0].meta_dict().get("demo_day", 0)) + 1 if latest else 0
 
 
 async def _drive(app: App, run_id: str, approve: str, say: Any) -> None:
