@@ -159,10 +159,7 @@ class Agent:
             state.records.extend(r for r, _ in feedback)
             if not message.tool_calls and not feedback:
                 return Ended("answered", answer=_text(message))
-            # Parallel tool calls: each takes its step numbers in call order (deterministic).
-            done = await asyncio.gather(
-                *(self._call(ctx, c["id"] or "", c["name"], c["args"], state.ran) for c in message.tool_calls)
-            )
+            done = await self._turn(ctx, message.tool_calls, state)
             state.records.extend(r for r, _ in done)
             messages.extend(m for _, m in [*done, *feedback])
         return Ended("max_turns", detail=f"no answer after {min(state.turns, limit or self.max_turns)} model calls")
@@ -280,6 +277,50 @@ class Agent:
         wanted = set(undo.tool_call_schema.model_fields) if hasattr(undo.tool_call_schema, "model_fields") else set()
         args = {k: v for k, v in known.items() if k in wanted}
         return None if validate_tool_args(undo, args) is not None else (record, undo, args)
+
+    # -- the tool calls of one model turn ------------------------------------------------
+    async def _turn(
+        self, ctx: WorkflowContext, calls: Sequence[Mapping[str, Any]], state: RunState
+    ) -> list[tuple[ToolCallRecord, BaseMessage]]:
+        """Run one reply's tool calls in the order the model gave them, safely.
+
+        Reads run together. A side-effecting call waits until every earlier call of the turn
+        has finished (its gate, approval, maintenance window and execution), and every later
+        call waits for it: a `notify("change applied")` after an `apply_change` is sent only
+        once the change is applied, and a `monitor_kpis` after it reads the changed network.
+        Once a side-effecting call does not succeed (denied, rejected, failed), the calls after
+        it are not run: the model hears why and decides again. Results come back in call order;
+        each call takes its step numbers in that order too (deterministic on replay)."""
+        done: list[tuple[ToolCallRecord, BaseMessage]] = []
+        reads: list[Mapping[str, Any]] = []
+        stopped_by: ToolCallRecord | None = None
+
+        async def run_reads() -> None:
+            done.extend(await asyncio.gather(*(self._call(ctx, c["id"] or "", c["name"], c["args"], state.ran)
+                                               for c in reads)))  # fmt: skip
+            reads.clear()
+
+        for call in calls:
+            if stopped_by is not None:
+                done.append(self._skipped(call, stopped_by))
+            elif tool_facts(self._by_name[call["name"]]).read_only:
+                reads.append(call)
+            else:
+                await run_reads()
+                record, reply = await self._call(ctx, call["id"] or "", call["name"], call["args"], state.ran)
+                done.append((record, reply))
+                stopped_by = None if record.status == "ok" else record
+        await run_reads()
+        return done
+
+    def _skipped(self, call: Mapping[str, Any], cause: ToolCallRecord) -> tuple[ToolCallRecord, BaseMessage]:
+        text = (
+            f"[agentflow] not run: it came after your call of {cause.name!r} in the same reply, and that "
+            f"call was {cause.status}, so what followed it may no longer hold. Call it again if it is still needed."
+        )
+        record = ToolCallRecord(id=call["id"] or "", name=call["name"], args=dict(call["args"]), status="skipped",
+                                result=text)  # fmt: skip
+        return record, ToolMessage(content=text, tool_call_id=record.id, name=record.name, status="error")
 
     # -- one tool call ---------------------------------------------------------------------
     def _invalid(self, call: Any) -> tuple[ToolCallRecord, BaseMessage]:

@@ -37,12 +37,12 @@ from agentflow.llm import (
     as_chat_model,
     blob_hash,
     canonical_json,
+    coerce_tool_args,
     count_messages,
     count_text,
     message_blob,
     message_from_blob,
     recover_tool_calls,
-    validate_tool_args,
 )
 
 #: Model calls: 429/5xx/timeouts/bad bodies are retried with backoff (Retry-After honoured);
@@ -239,17 +239,23 @@ def _request(
 
 def screen_tool_calls(message: AIMessage, tools: Sequence[BaseTool]) -> AIMessage:
     """Move every tool call naming an unknown tool or failing its tool's schema to
-    `invalid_tool_calls`, with the reason: a call left in `tool_calls` is safe to execute."""
+    `invalid_tool_calls`, with the reason: a call left in `tool_calls` is safe to execute, and
+    its arguments are the schema's reading of them (`coerce_tool_args`: `"46"` for an int is
+    46), so the policy gate, the approval card and the tool see the same values."""
     by_name = {t.name: t for t in tools}
     valid: list[ToolCall] = []
     invalid = list(message.invalid_tool_calls)
+    changed = False
     for call in message.tool_calls:
         tool = by_name.get(call["name"])
         error: str | None
         if tool is None:
             error = f"unknown tool {call['name']!r}; available: {sorted(by_name) or 'none'}"
         else:
-            error = validate_tool_args(tool, call["args"])
+            args, error = coerce_tool_args(tool, call["args"])
+            if error is None and args != call["args"]:
+                call = call.copy()
+                call["args"], changed = args or {}, True
         if error is None:
             valid.append(call)
         else:
@@ -262,7 +268,7 @@ def screen_tool_calls(message: AIMessage, tools: Sequence[BaseTool]) -> AIMessag
                     type="invalid_tool_call",
                 )
             )
-    if len(valid) == len(message.tool_calls):
+    if len(valid) == len(message.tool_calls) and not changed:
         return message
     return message.model_copy(update={"tool_calls": valid, "invalid_tool_calls": invalid})
 

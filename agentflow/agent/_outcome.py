@@ -24,7 +24,8 @@ class ToolCallRecord(BaseModel):
     args: dict[str, Any]
     decision: Decision | None = None
     approved_by: str | None = None
-    status: Literal["ok", "error", "denied", "rejected", "invalid"]
+    #: skipped: not run, because a side-effecting call before it in the same reply did not succeed.
+    status: Literal["ok", "error", "denied", "rejected", "invalid", "skipped"]
     result: str = ""
 
 

@@ -127,7 +127,7 @@ async def _make_plan(
 ) -> Plan | None:
     """One planning (or re-planning) call, retried once with the reason when it gives no valid
     plan; the plan is then recorded as a `plan` step. None when no valid plan came."""
-    messages.append(HumanMessage(request))
+    messages.append(HumanMessage(f"{request}\n\n{tool_menu(agent.tools)}"))
     for _ in range(PLAN_ATTEMPTS):
         if state.turns >= agent.max_turns:
             return None
@@ -142,6 +142,18 @@ async def _make_plan(
             return await _record_plan(ctx, plan, version)
         messages.append(HumanMessage(f"[agentflow] no plan was received: {problem}. Call submit_plan once."))
     return None
+
+
+def tool_menu(tools: Sequence[BaseTool]) -> str:
+    """The tools a plan's steps can use, one line each: the planning call offers only
+    `submit_plan`, and a model that never saw the others invents tools of its own."""
+    lines = [f"- {t.name}: {_first_line(t.description)}" for t in tools]
+    return "The tools the steps can use:\n" + ("\n".join(lines) if lines else "(none: the steps answer from the task)")
+
+
+def _first_line(text: str, limit: int = 160) -> str:
+    line = (text or "").strip().splitlines()[0] if (text or "").strip() else "(no description)"
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _parse_plan(message: AIMessage, tools: Sequence[BaseTool]) -> tuple[Plan | None, str]:

@@ -8,7 +8,7 @@ from agentflow.llm._messages import blob_hash, canonical_json, message_blob, mes
 from agentflow.llm._parse import recover_tool_calls
 from agentflow.llm._pricing import DEFAULT_PRICES, PriceTable
 from agentflow.llm._tokens import TokenCount, count_messages, count_text, encoding_for
-from agentflow.llm._tools import SideEffect, ToolFacts, tool, tool_facts, validate_tool_args
+from agentflow.llm._tools import SideEffect, ToolFacts, coerce_tool_args, tool, tool_facts, validate_tool_args
 from agentflow.llm._types import ChatModel, ModelResponse, Usage
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ __all__ = [
     "as_chat_model",
     "blob_hash",
     "canonical_json",
+    "coerce_tool_args",
     "count_messages",
     "count_text",
     "encoding_for",

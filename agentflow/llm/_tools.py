@@ -224,31 +224,45 @@ def validate_tool_args(t: BaseTool, args: Any) -> str | None:
 
     This is the gate in front of every tool execution: a call that fails it never reaches the
     tool, and the message goes back to the model."""
+    return coerce_tool_args(t, args)[1]
+
+
+def coerce_tool_args(t: BaseTool, args: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """`(args, None)` with the arguments as the tool's schema reads them (`"46"` for an int
+    field is `46`; an enum is its value), or `(None, error)` when they do not fit it.
+
+    Policies, approval cards and the tool itself all see the coerced values, so a condition
+    like `args.value > 43` compares numbers whatever type the model wrote them in. Only the
+    fields the model sent are kept (defaults are the tool's business)."""
     if not isinstance(args, dict):
-        return f"arguments of {t.name} must be a JSON object, got {type(args).__name__}"
+        return None, f"arguments of {t.name} must be a JSON object, got {type(args).__name__}"
     problem = unrepresentable(args)
     if problem is not None:
-        return f"invalid arguments for {t.name}: {problem}; send plain finite numbers"
+        return None, f"invalid arguments for {t.name}: {problem}; send plain finite numbers"
     schema = t.tool_call_schema
     if isinstance(schema, type) and issubclass(schema, BaseModel):
         try:
             parsed = schema.model_validate(args)
         except (ValidationError, OverflowError) as exc:
-            return f"invalid arguments for {t.name}: {_problems(exc)}"
+            return None, f"invalid arguments for {t.name}: {_problems(exc)}"
         extra = set(args) - set(schema.model_fields)
         if extra:
-            return f"invalid arguments for {t.name}: unexpected {sorted(extra)}"
-        # The schema may turn text into numbers ("NaN" into a float NaN): check what it made too.
+            return None, f"invalid arguments for {t.name}: unexpected {sorted(extra)}"
+        # The schema may turn text into numbers ("NaN" into a float NaN): check what it made too
+        # (before the JSON dump, which would write a NaN as null).
         problem = unrepresentable(parsed.model_dump())
         if problem is not None:
-            return f"invalid arguments for {t.name}: {problem}; send plain finite numbers"
-        return None
+            return None, f"invalid arguments for {t.name}: {problem}; send plain finite numbers"
+        try:
+            return parsed.model_dump(mode="json", exclude_unset=True), None
+        except (ValueError, TypeError) as exc:  # a value the schema accepts but JSON cannot hold
+            return None, f"invalid arguments for {t.name}: {exc}"
     if isinstance(schema, dict):
         required = schema.get("required", [])
         missing = [k for k in required if k not in args]
         if missing:
-            return f"invalid arguments for {t.name}: missing {missing}"
-    return None
+            return None, f"invalid arguments for {t.name}: missing {missing}"
+    return dict(args), None
 
 
 def _problems(exc: Exception) -> str:

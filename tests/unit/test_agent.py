@@ -255,30 +255,124 @@ def test_replay_calls_nothing_again(app: App) -> None:
     assert second == first and len(calls) == 2 and len(EFFECTS) == 1
 
 
-def test_parallel_calls_each_wait_for_their_own_approval(people: App, worker_thread: Callable[..., Any]) -> None:
-    """Two side-effecting calls from one model response wait for two approvals; approving them
-    one at a time (each resume replays the parallel branches) runs each exactly once."""
+def test_side_effects_of_one_reply_run_one_after_another(people: App, worker_thread: Callable[..., Any]) -> None:
+    """Two side-effecting calls from one model response: the second is not even gated until
+    the first is approved and applied; a read after them waits for both (it reads the changed
+    network), and each resume replays the turn to the same steps. Each change runs once."""
     app = people
-    two = {
+    turn = {
         "tool_calls": [
             {"name": "apply_change", "args": {"site": "CS-1", "param": "hoA3Offset", "value": 2}, "id": "c1"},
             {"name": "apply_change", "args": {"site": "CS-2", "param": "hoA3Offset", "value": 2}, "id": "c2"},
+            {"name": "get_kpis", "args": {"site": "CS-1"}, "id": "c3"},
         ]
     }
-    agent = Agent(name="noc", model=scripted(two, "Both applied."), tools=[apply_change])
+    agent = Agent(name="noc", model=scripted(turn, "Both applied."), tools=[apply_change, get_kpis])
     app.start(copilot_app(app, agent), "fix both", run_id="r")
     worker_thread(app)
-    assert_eventually(lambda: app.get_run("r").status == "waiting")
-    Approvals.of(app).approve(request_for(app, "r", "c2").id, by=operator(app, "alice"))
-    assert_eventually(lambda: len(EFFECTS) == 1 and app.get_run("r").status == "waiting")
-    Approvals.of(app).approve(request_for(app, "r", "c1").id, by=operator(app, "bob"))
+    first = request_for(app, "r", "c1")
+    assert app.get_run("r").status == "waiting"
+    assert [r.call_id for r in Approvals.of(app).list(run_id="r")] == ["c1"]  # c2 is not staged yet
+    assert not any(name == "get_kpis" for _, name, _ in kinds(app, "r"))
+    Approvals.of(app).approve(first.id, by=operator(app, "alice"))
+    second = request_for(app, "r", "c2")
+    assert len(EFFECTS) == 1  # c1 was applied before c2 was gated
+    assert not any(name == "get_kpis" for _, name, _ in kinds(app, "r"))
+    Approvals.of(app).approve(second.id, by=operator(app, "bob"))
     assert_eventually(lambda: app.get_run("r").status == "completed", message=str(app.get_run("r").error))
     out = json.loads(app.store.get_run("r").output or "{}")
-    assert [(c["args"]["site"], c["approved_by"], c["status"]) for c in out["tool_calls"]] == [
-        ("CS-1", "bob", "ok"),
-        ("CS-2", "alice", "ok"),
+    assert [(c["id"], c["approved_by"], c["status"]) for c in out["tool_calls"]] == [
+        ("c1", "alice", "ok"),
+        ("c2", "bob", "ok"),
+        ("c3", None, "ok"),
     ]
-    assert sorted(EFFECTS) == sorted({*EFFECTS}) and len(EFFECTS) == 2
+    order = [(k, n) for k, n, _ in kinds(app, "r") if k == "tool"]
+    assert order == [("tool", "apply_change"), ("tool", "apply_change"), ("tool", "get_kpis")]
+    assert len(EFFECTS) == 2 and len(set(EFFECTS)) == 2
+
+
+NOTIFIED: list[str] = []
+
+
+@llm.tool(side_effect="non_idempotent")
+def notify(text: str) -> str:
+    """Notify on-call."""
+    NOTIFIED.append(text)
+    return "sent"
+
+
+def test_a_refused_change_stops_the_calls_after_it_in_its_reply(app: App) -> None:
+    """[read, apply_change (denied), notify("applied"), read]: the first read runs, the denied
+    change is not run, and neither the notification that reports it nor the read after it is
+    run; the model is told why, in call order."""
+    NOTIFIED.clear()
+
+    def deny_changes(ctx: Any, tool: Any, facts: llm.ToolFacts, args: dict[str, Any]) -> Decision:
+        if facts.read_only or tool.name == "notify":
+            return Decision(effect="allow", rule="ok")
+        return Decision(effect="deny", rule="freeze", reason="change freeze until Monday")
+
+    turn = {
+        "tool_calls": [
+            {"name": "get_kpis", "args": {"site": "CS-1"}, "id": "r1"},
+            {"name": "apply_change", "args": {"site": "CS-1", "param": "hoA3Offset", "value": 2}, "id": "a1"},
+            {"name": "notify", "args": {"text": "Change applied on CS-1"}, "id": "n1"},
+            {"name": "get_kpis", "args": {"site": "CS-1"}, "id": "r2"},
+        ]
+    }
+    agent = Agent(
+        name="noc", model=scripted(turn, "Freeze noted."), tools=[get_kpis, apply_change, notify], policies=deny_changes
+    )
+    out = app.run(copilot_app(app, agent), "fix", run_id="r")
+    assert [(c["id"], c["status"]) for c in out["tool_calls"]] == [
+        ("r1", "ok"),
+        ("a1", "denied"),
+        ("n1", "skipped"),
+        ("r2", "skipped"),
+    ]
+    assert "apply_change" in out["tool_calls"][2]["result"] and "denied" in out["tool_calls"][2]["result"]
+    assert NOTIFIED == [] and EFFECTS == []
+    assert [n for k, n, _ in kinds(app, "r") if k == "tool"] == ["get_kpis"]
+
+
+def test_policies_see_arguments_as_the_tool_schema_reads_them(app: App) -> None:
+    """The model writes numbers as text ("46", "40"): the gate, the record and the tool all get
+    the schema's integers, so `args.value > 43` decides on numbers (before, it could not be
+    evaluated and a safe "40" was denied with a misleading reason)."""
+    from agentflow.policy import parse_pack
+
+    pack = parse_pack(
+        """
+schema_version: 1
+name: limits
+rules:
+  - id: too-high
+    match: {tools: [apply_change]}
+    when: 'args.value > 43'
+    effect: deny
+    reason: value above 43
+  - id: changes
+    match: {tools: [apply_change]}
+    effect: allow
+"""
+    )
+    turn = {
+        "tool_calls": [
+            {"name": "apply_change", "args": {"site": "CS-1", "param": "hoA3Offset", "value": "46"}, "id": "hi"},
+        ]
+    }
+    safe = {
+        "tool_calls": [
+            {"name": "apply_change", "args": {"site": "CS-1", "param": "hoA3Offset", "value": "40"}, "id": "ok"},
+        ]
+    }
+    agent = Agent(name="noc", model=scripted(turn, safe, "Done."), tools=[apply_change], policies=pack)
+    out = app.run(copilot_app(app, agent), "fix", run_id="r")
+    hi, ok = out["tool_calls"]
+    assert hi["status"] == "denied" and "value above 43" in hi["result"] and hi["args"]["value"] == 46
+    assert ok["status"] == "ok" and ok["args"]["value"] == 40 and ok["decision"]["rule"] == "changes"
+    assert json.loads(ok["result"])["hoA3Offset"] == 40  # the tool got the integer too
+    assert len(EFFECTS) == 1
 
 
 ROLLED_BACK: list[tuple[str, str]] = []

@@ -121,6 +121,23 @@ def test_the_plan_is_recorded_and_each_step_is_carried_out_in_order(app: App) ->
     assert [c[0] for c in CALLS] == ["get_kpis", "rank_root_causes"]
 
 
+def test_the_planning_call_shows_the_tools_the_steps_can_use(app: App) -> None:
+    """The planning call offers only submit_plan, so its request names every other tool with
+    its description (a model that never saw them invents tools: `root_cause_analysis`)."""
+    seen: list[str] = []
+
+    def respond(messages: list[BaseMessage]) -> Any:
+        request = str([m for m in messages if isinstance(m, HumanMessage)][-1].content)
+        if "submit_plan" in request:
+            seen.append(request)
+        return planner([PLAN], {"get_kpis": SITE, "rank_root_causes": SITE})(messages)
+
+    app.run(copilot(app, agent_with(respond)), "CS-101 drop rate is high", run_id="r")
+    assert seen, "no planning request"
+    for t in TOOLS:
+        assert f"- {t.name}: {t.description.splitlines()[0]}" in seen[0]
+
+
 def test_a_failed_step_triggers_a_recorded_replan(app: App) -> None:
     """Step 2's tool fails: a re-plan is recorded (plan-v2) and the new plan goes another way;
     the failed step stays in the outcome, tagged with the plan version it belonged to."""
