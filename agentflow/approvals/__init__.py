@@ -1,13 +1,15 @@
 """Approvals: operators with roles per tenant, approval requests bound to the exact arguments,
 quorum and four-eyes, expiry, and an audit record of every decision and refusal."""
 
-from agentflow.approvals._models import ApprovalRequest, AuditEntry, Principal, Vote, args_hash
+from agentflow.approvals._models import ApprovalRequest, AuditEntry, Operator, OperatorToken, Principal, Vote, args_hash
 from agentflow.approvals._service import Approvals, approval_signal_name
 
 __all__ = [
     "ApprovalRequest",
     "Approvals",
     "AuditEntry",
+    "Operator",
+    "OperatorToken",
     "Principal",
     "Vote",
     "approval_signal_name",

@@ -31,12 +31,41 @@ def request_id(run_id: str, call_id: str, digest: str, step: str = "") -> str:
 
 
 class Principal(BaseModel):
-    """An operator: a name and roles within one tenant."""
+    """An operator: a name and roles within one tenant (`token_id`: the token they signed in
+    with, when they did)."""
 
     id: str
     name: str
     tenant: str
     roles: list[str]
+    token_id: str | None = None
+
+
+#: `active`: may sign in; `disabled`: every token refused until enabled; `revoked`: no token
+#: (`operators rotate` issues one); `expired`: their last token expired.
+OperatorStatus = Literal["active", "disabled", "revoked", "expired"]
+TokenStatus = Literal["active", "revoked", "expired"]
+
+
+class OperatorToken(BaseModel):
+    """One of an operator's API tokens as listed (never the token: only its hash is stored).
+    Times are wall-clock time."""
+
+    id: str
+    status: TokenStatus
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+
+class Operator(Principal):
+    """An operator as listed: their status, when their live token expires (None: never, or no
+    live token) and all their tokens, oldest first."""
+
+    status: OperatorStatus
+    created_at: float
+    expires_at: float | None
+    tokens: list[OperatorToken] = Field(default_factory=list)
 
 
 class Vote(BaseModel):

@@ -10,13 +10,9 @@ trail: its record is committed, then the typed error is raised. The SQL is the s
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import secrets
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from agentflow.approvals._models import (
     OPEN,
@@ -27,20 +23,15 @@ from agentflow.approvals._models import (
     args_hash,
     request_id,
 )
-from agentflow.errors import ApprovalRefused, AuthenticationError, ConfigurationError
+from agentflow.approvals._operators import Operators
+from agentflow.errors import ApprovalRefused, AuthenticationError
 from agentflow.policy import ApprovalSpec, PolicyDecision
-from agentflow.store import ApprovalRow, EventStore, PrincipalRow, Tx, check_tenant
+from agentflow.store import ApprovalRow, Tx
 
 if TYPE_CHECKING:
-    from agentflow.engine import App, Clock
+    from agentflow.engine import App
 
-T = TypeVar("T")
 _List = list  # `Approvals.list` shadows the builtin inside the class
-TOKEN_PREFIX = "aft_"
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass
@@ -48,83 +39,19 @@ class _Refusal:
     error: ApprovalRefused | AuthenticationError
 
 
-class Approvals:
-    """Operators and approval requests in one store, on one clock.
+class Approvals(Operators):
+    """Operators (`Operators`) and approval requests in one store, on one clock.
 
     Args:
         store: the store holding the runs the requests belong to.
         clock: the app's clock (expiry is in workflow time: a shifted demo clock or a test clock).
+        wall: wall-clock time for operator tokens' lifetimes (default: `time.time`).
     """
-
-    def __init__(self, store: EventStore, clock: Clock) -> None:
-        self.store = store
-        self.clock = clock
 
     @classmethod
     def of(cls, app: App) -> Approvals:
         """The approvals of an App's store, on the App's clock."""
         return cls(app.store, app.clock)
-
-    # -- principals ------------------------------------------------------------------------
-    def add_operator(self, name: str, *, tenant: str, roles: list[str]) -> tuple[Principal, str]:
-        """Create an operator; return it and its API token (shown once: only its hash is kept)."""
-        if not name or not tenant or not roles:
-            raise ConfigurationError("an operator needs a name, a tenant and at least one role")
-        check_tenant(tenant)
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        principal = Principal(id=uuid.uuid4().hex, name=name, tenant=tenant, roles=sorted(set(roles)))
-        now = self._now()
-
-        def body(tx: Tx) -> None:
-            if tx.principals.exists(tenant, name):
-                raise ConfigurationError(f"operator {name!r} already exists in tenant {tenant!r}")
-            tx.principals.add(id=principal.id, name=name, tenant=tenant, roles=principal.roles,
-                              token_hash=token_hash(token), now=now)  # fmt: skip
-            tx.audit.add(at=now, tenant=tenant, actor="admin", action="operator_added", approval_id=None,
-                         run_id=None, outcome="done", reason=f"{name} {principal.roles}")  # fmt: skip
-
-        self._transact(body, tenant)
-        return principal, token
-
-    def operators(self, *, tenant: str | None = None) -> _List[Principal]:
-        return [_principal(p) for p in self.store.read(lambda tx: tx.principals.list(tenant=tenant))]
-
-    def authenticate(self, token: str | None, *, approval_id: str | None = None, audit: bool = True) -> Principal:
-        """The operator a token belongs to.
-
-        Args:
-            token: the operator's token.
-            approval_id: the request the caller was about to decide (recorded with a refusal).
-            audit: record a refusal in the audit trail (a server throttling guessers passes False
-                past its audit budget and records a summary instead: `audit_refusals`).
-
-        Raises:
-            AuthenticationError: missing, unknown or disabled token (audited unless `audit=False`).
-        """
-        found = self.store.read(lambda tx: tx.principals.by_token_hash(token_hash(token))) if token else None
-        if found is None:
-            error = AuthenticationError(
-                "the operator token is missing or unknown: pass the token `agentflow operators add` printed",
-                code="bad_token",
-            )
-            if audit:
-                self.audit_refusals(1, error.message, approval_id=approval_id)
-            raise error
-        return _principal(found)
-
-    def audit_refusals(self, count: int, reason: str, *, approval_id: str | None = None) -> None:
-        """Record refused authentications (one row, `count` of them when several are summed up)."""
-        now = self._now()
-        why = reason if count == 1 else f"{count} refused: {reason}"
-        self._transact(lambda tx: tx.audit.add(at=now, tenant=None, actor="anonymous", action="authenticate",
-                                               approval_id=approval_id, run_id=None, outcome="refused",
-                                               reason=why))  # fmt: skip
-
-    def principal(self, principal_id: str) -> Principal | None:
-        """The enabled operator with this id (a session re-reads it on every request, so a
-        disabled operator or changed roles take effect at once)."""
-        found = self.store.read(lambda tx: tx.principals.by_id(principal_id))
-        return None if found is None else _principal(found)
 
     # -- requests (made by the agent's recorded steps) -------------------------------------
     def request(
@@ -275,16 +202,6 @@ class Approvals:
             raise outcome.error
         return outcome
 
-    # -- plumbing ----------------------------------------------------------------------------
-    def _now(self) -> float:
-        return self.clock.now()
-
-    def _transact(self, body: Callable[[Tx], T], tenant: str | None = None) -> T:
-        """`body` in a transaction serialized with the tenant's other approval and policy
-        transactions (a tenant's requests, votes and operators are all its checks read)."""
-        locks = (f"tenant:{tenant}",) if tenant is not None else ()
-        return self.store.transaction(body, what="recording an approval", locks=locks)
-
 
 def _vote(
     tx: Tx, req: ApprovalRequest, principal: Principal, decision: str, comment: str,
@@ -377,10 +294,6 @@ def _check(
         if locked:
             return refuse("not_editable", f"the rule {req.rule} does not let approvers change {locked}")
     return None
-
-
-def _principal(row: PrincipalRow) -> Principal:
-    return Principal(id=row.id, name=row.name, tenant=row.tenant, roles=row.roles)
 
 
 def _request(row: ApprovalRow) -> ApprovalRequest:

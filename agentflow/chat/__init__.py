@@ -4,6 +4,7 @@ plain data, for every surface (the web page and JSON API, the terminal chat, Sla
     chat = Chat.of(app)                         # or Chat(client)
     run_summary(chat, run); events(chat, steps); card(chat, request, viewer, steps)
     reply(chat, run, viewer, "approve looks right")    # `approve`, `reject <why>`, `status`, `why?`
+    bare_command("help")                                # "help": a command, not a task to start
     card_rows(card); safe_text(tool_output)             # plain text, for surfaces that show text
 
 A surface adds only its transport and rendering; decisions go through `agentflow.approvals`, with
@@ -25,10 +26,11 @@ from agentflow.chat._text import (
     waiting_words,
     when,
 )
+from agentflow.chat._words import HELP, START_HELP, bare_command
 
 if TYPE_CHECKING:
     from agentflow.chat._cards import card, run_cards, why_not_decide
-    from agentflow.chat._commands import HELP, reply, status_text, why_text
+    from agentflow.chat._commands import reply, status_text, why_text
     from agentflow.chat._context import Chat
     from agentflow.chat._views import TEXT_LIMIT, events, run_summary, task_of, waiting_text
 
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
 # that only renders text (the terminal chat, a client of the JSON API) starts fast.
 _LAZY = {
     "card": "_cards", "run_cards": "_cards", "why_not_decide": "_cards",
-    "HELP": "_commands", "reply": "_commands", "status_text": "_commands", "why_text": "_commands",
+    "reply": "_commands", "status_text": "_commands", "why_text": "_commands",
     "Chat": "_context",
     "TEXT_LIMIT": "_views", "events": "_views", "run_summary": "_views", "task_of": "_views", "waiting_text": "_views",
 }  # fmt: skip
@@ -50,8 +52,10 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "HELP",
+    "START_HELP",
     "TEXT_LIMIT",
     "Chat",
+    "bare_command",
     "card",
     "card_rows",
     "compact",

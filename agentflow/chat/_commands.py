@@ -1,6 +1,8 @@
 """Chat commands typed in a run's conversation: `approve [comment]`, `reject <reason>`,
 `status`, `why?`, `help`. They act on the run's open approval through the same service (and
-so the same checks and audit) as the approval buttons and the API, whatever the surface."""
+so the same checks and audit) as the approval buttons and the API, whatever the surface.
+Outside a run, a message that is only a command word (`help`, `?`, `quit`) is a command too,
+never a task (`bare_command`)."""
 
 from __future__ import annotations
 
@@ -13,15 +15,12 @@ from agentflow.chat._cards import card
 from agentflow.chat._context import Chat
 from agentflow.chat._text import utc
 from agentflow.chat._views import run_summary
+from agentflow.chat._words import HELP
 from agentflow.errors import ApprovalRefused, UnknownRunError
 from agentflow.store import RunRecord, StepRecord
 
-HELP = (
-    "In a run's conversation you can type: `approve [comment]` or `reject <reason>` (the run's open "
-    "approval; name it, e.g. `approve apr_1234 looks right`, when there are several), `status`, `why?`."
-)
-_COMMAND = re.compile(r"^\s*/?(approve|reject|status|why\??|help)\b\s*(.*)$", re.IGNORECASE | re.DOTALL)
 _ID = re.compile(r"^(apr_[0-9a-f]{6,40})\b\s*(.*)$", re.DOTALL)
+_COMMAND = re.compile(r"^\s*/?(approve|reject|status|why\??|help)\b\s*(.*)$", re.IGNORECASE | re.DOTALL)
 
 
 def reply(chat: Chat, run: RunRecord, viewer: Principal, text: str) -> dict[str, Any]:

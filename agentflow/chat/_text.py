@@ -51,10 +51,13 @@ def when(value: Any) -> str:
 
 
 def time_left(seconds: float) -> str:
-    """A time left in words: `in 7h 59m`, `in 45s`, `2m ago`."""
+    """A time left in words: `in 7h 59m`, `in 45s`, `2m ago`, `in 89d 23h` (two days or more)."""
     left = abs(int(seconds))
     hours, rest = divmod(left, 3600)
-    words = f"{hours}h {rest // 60}m" if hours else f"{rest // 60}m" if rest >= 60 else f"{rest}s"
+    if hours >= 48:
+        words = f"{hours // 24}d {hours % 24}h"
+    else:
+        words = f"{hours}h {rest // 60}m" if hours else f"{rest // 60}m" if rest >= 60 else f"{rest}s"
     return f"in {words}" if seconds >= 0 else f"{words} ago"
 
 

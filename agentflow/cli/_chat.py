@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from agentflow.chat import compact, safe_text, waiting_words
+from agentflow.chat import bare_command, compact, safe_text, waiting_words
 from agentflow.cli._chat_api import (
     DEFAULT_SERVER,
     RECONNECT_DEADLINE,
@@ -46,9 +46,12 @@ from agentflow.cli._chat_render import (
 )
 
 OPEN = ("pending", "escalated")  # the approval statuses a vote can still change
+# A bare command word of the chat core as this chat's slash command (`approve` alone: the queue).
+_BARE_TO_SLASH = {"approve": "approvals", "reject": "approvals", "status": "runs"}
 
 HELP = """\
 Type a task (e.g. "CS-101 drop rate is high, investigate") to start a copilot run and follow it.
+A command word alone is a command, with or without the slash (help, ?, quit, exit, approvals, runs).
   /approvals        pending approvals of your tenant; decide those you may
   /runs             recent runs
   /watch <run_id>   follow a run (started by you or someone else) and decide its approvals
@@ -120,6 +123,9 @@ class Chat:
 
     def handle(self, line: str) -> None:
         command = parse_command(line)
+        bare = bare_command(line) if command is None else None
+        if bare is not None:  # `help`, `?`, `quit` typed without the slash: a command, not a task
+            command = (_BARE_TO_SLASH.get(bare, bare), [])
         if command is None:
             run = self.api.call("POST", "/api/runs", {"task": line.strip()})
             self.console.print(Text.assemble("run ", (safe_text(run.get("id", "?")), "cyan"), " started"))

@@ -66,7 +66,7 @@ def authenticate(state: Served, request: Request, token: str) -> Principal:
             skipped = state.throttle.unaudited()
             if skipped:
                 approvals.audit_refusals(skipped, "failed sign-ins over the audit budget, summed up")
-            approvals.audit_refusals(1, f"{exc.message} (from {client})")
+            approvals.audit_refusals(1, f"{exc.message} (from {client})", tenant=exc.tenant)
         raise
 
 

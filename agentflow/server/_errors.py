@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from agentflow.errors import AgentflowError, ApprovalError, ConfigurationError, UnknownRunError
+from agentflow.errors import AgentflowError, ApprovalError, AuthenticationError, ConfigurationError, UnknownRunError
 from agentflow.server._auth import ApiError
 from agentflow.store import RedactingFilter, Redaction
 
@@ -40,7 +40,9 @@ def install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(ApprovalError)
     async def approval_error(_: Request, exc: ApprovalError) -> JSONResponse:
         extra = {"approval_id": exc.approval_id} if exc.approval_id else {}
-        return _error(_STATUS.get(exc.code, 403), exc.code, exc.message, **extra)
+        # Every refused token is a 401 (bad_token, token_revoked, token_expired, operator_disabled).
+        status = 401 if isinstance(exc, AuthenticationError) else _STATUS.get(exc.code, 403)
+        return _error(status, exc.code, exc.message, **extra)
 
     @api.exception_handler(UnknownRunError)
     async def unknown_run(_: Request, exc: UnknownRunError) -> JSONResponse:

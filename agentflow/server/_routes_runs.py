@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from agentflow.chat import events, reply, run_cards, run_summary
+from agentflow.chat import START_HELP, bare_command, events, reply, run_cards, run_summary
 from agentflow.server._auth import Actor, ApiError, State, Who
 from agentflow.server._models import ChatBody, StartBody
 from agentflow.server._state import Served
@@ -40,7 +40,11 @@ def list_runs(
 
 @router.post("", status_code=201)
 def start_run(body: StartBody, who: Who, state: State) -> dict[str, Any]:
-    """Start the copilot on a task, in the operator's tenant, recorded as requested by them."""
+    """Start the copilot on a task, in the operator's tenant, recorded as requested by them. A
+    task that is only a chat command word (`help`, `?`, `status`) is refused (422 not_a_task,
+    with the help text as the message): nothing is started."""
+    if bare_command(body.task) is not None:
+        raise ApiError(422, "not_a_task", f"`{body.task.strip()}` is a chat command, not a task. {START_HELP}")
     meta = {"agent": state.workflow.name.split(":", 1)[-1], "requested_by": who.principal.name}
     handle = state.chat.client.start(state.workflow, body.task, run_id=body.run_id, tenant=who.principal.tenant,
                                      meta=meta)  # fmt: skip

@@ -16,7 +16,7 @@ from dataclasses import replace
 from agentflow.approvals import Approvals, Principal
 from agentflow.chat import Chat
 from agentflow.engine import SystemClock
-from agentflow.errors import ApprovalRefused, AuthenticationError
+from agentflow.errors import ApprovalRefused
 from agentflow.store import EventStore, SessionRow, Tx
 
 COOKIE = "af_session"
@@ -74,12 +74,15 @@ class Sessions:
             # sees the session as it is, and never revives a revoked one.
             current = tx.sessions.find(_digest(cookie), now=now) if cookie else None
             principals = {principal.tenant: principal.id}
+            tokens = {principal.tenant: principal.token_id} if principal.token_id else {}
             if current is not None:
                 tx.sessions.revoke(current.id_hash)  # rotated: the old id never works again
                 if current.operator == principal.name:
                     principals = {**current.principals, **principals}
+                    tokens = {**current.tokens, **tokens}
             info = SessionInfo(id_hash=_digest(secret), operator=principal.name, principals=principals,
-                               tenant=principal.tenant, csrf=fresh, expires_at=now + self.ttl)  # fmt: skip
+                               tenant=principal.tenant, csrf=fresh, expires_at=now + self.ttl,
+                               tokens=tokens)  # fmt: skip
             tx.sessions.add(info, now=now)
             return secret, info
 
@@ -91,13 +94,15 @@ class Sessions:
         return self.store.read(lambda tx: tx.sessions.find(digest, now=now))
 
     def principal(self, session: SessionInfo) -> Principal:
-        """The principal the session acts as now (re-read: a disabled operator is signed out)."""
-        found = self.approvals.principal(session.principals.get(session.tenant, ""))
-        if found is None:
-            raise AuthenticationError(
-                "this operator was disabled or removed: sign in again with a valid token", code="bad_token"
-            )
-        return found
+        """The principal the session acts as now, re-read: a disabled operator, or the token the
+        session signed in with revoked (also by a rotation) or expired, is signed out.
+
+        Raises:
+            AuthenticationError: which of these it is, and how to fix it.
+        """
+        tenant = session.tenant
+        return self.approvals.principal(session.principals.get(tenant, ""), tenant=tenant,
+                                        token_id=session.tokens.get(tenant))  # fmt: skip
 
     def switch(self, session: SessionInfo, tenant: str) -> SessionInfo:
         """Act in another tenant the session signed in to."""

@@ -32,7 +32,7 @@ from agentflow.store._urls import DEFAULT_URL, parse_url, pinned_url, redact_url
 
 if TYPE_CHECKING:
     from agentflow.store._gauges import OpenApprovals, StoreGauges
-    from agentflow.store._governance import ApprovalRow, AuditRow, PrincipalRow, VoteRow
+    from agentflow.store._governance import ApprovalRow, AuditRow, PrincipalRow, TokenRow, VoteRow
     from agentflow.store._health import Checkup, ExpiredApprovalRow, OpenRunRow, SchemaState, WorkerRow
     from agentflow.store._sessions import SessionRow
     from agentflow.store._usage import PolicyUsage
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 _LAZY = {
     **dict.fromkeys(("Blob", "Run", "Signal", "Step", "StepAttempt", "Worker"), "_models"),
     **dict.fromkeys(("Checkup", "ExpiredApprovalRow", "OpenRunRow", "SchemaState", "WorkerRow"), "_health"),
-    **dict.fromkeys(("ApprovalRow", "AuditRow", "PrincipalRow", "VoteRow"), "_governance"),
+    **dict.fromkeys(("ApprovalRow", "AuditRow", "PrincipalRow", "TokenRow", "VoteRow"), "_governance"),
     **dict.fromkeys(("OpenApprovals", "StoreGauges"), "_gauges"),
     "SessionRow": "_sessions",
     "PolicyUsage": "_usage",
@@ -81,6 +81,7 @@ __all__ = [
     "StepAttempt",
     "StepRecord",
     "StoreGauges",
+    "TokenRow",
     "Tx",
     "VoteRow",
     "Worker",

@@ -25,12 +25,27 @@ OPEN_STATUSES = ("pending", "escalated")
 
 @dataclass(frozen=True, slots=True)
 class PrincipalRow:
-    """An enabled operator: id, name, tenant, roles."""
+    """An operator: id, name, tenant, roles; whether they are disabled, when they were added."""
 
     id: str
     name: str
     tenant: str
     roles: list[str]
+    disabled: bool = False
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    """An operator's API token as stored, without its hash: its id, whose it is, when it was
+    issued, when it expires (None: never) and when it was revoked (None: it was not)."""
+
+    id: str
+    principal_id: str
+    tenant: str
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,45 +107,90 @@ def _where(clauses: list[str]) -> str:
     return f" WHERE {' AND '.join(clauses)}" if clauses else ""
 
 
+_PRINCIPAL_COLUMNS = "id, name, tenant, roles, disabled, created_at"
+_TOKEN_COLUMNS = "id, principal_id, tenant, created_at, expires_at, revoked_at"
+
+
 class PrincipalRecords(Records):
-    """Operators and their token hashes (`af_principals`)."""
+    """Operators (`af_principals`); every statement but the sign-in lookup names the tenant."""
 
     def exists(self, tenant: str, name: str) -> bool:
-        found = self.conn.execute("SELECT 1 FROM af_principals WHERE tenant = ? AND name = ?", (tenant, name))
-        return found.fetchone() is not None
+        return self.by_name(tenant, name) is not None
 
-    def add(self, *, id: str, name: str, tenant: str, roles: list[str], token_hash: str, now: float) -> None:
+    def add(self, *, id: str, name: str, tenant: str, roles: list[str], now: float) -> None:
         self._write(
-            "INSERT INTO af_principals (id, name, tenant, roles, token_hash, created_at, disabled) "
-            "VALUES (?, ?, ?, ?, ?, ?, 0)",
-            (id, name, tenant, json.dumps(roles), token_hash, now),
+            "INSERT INTO af_principals (id, name, tenant, roles, created_at, disabled) VALUES (?, ?, ?, ?, ?, 0)",
+            (id, name, tenant, json.dumps(roles), now),
         )
 
-    def by_id(self, principal_id: str) -> PrincipalRow | None:
-        return self._one("id = ?", principal_id)
+    def by_id(self, principal_id: str, *, tenant: str) -> PrincipalRow | None:
+        """The operator with this id in `tenant`, disabled or not."""
+        return self._one("id = ? AND tenant = ?", principal_id, tenant)
 
-    def by_token_hash(self, digest: str) -> PrincipalRow | None:
-        return self._one("token_hash = ?", digest)
+    def by_name(self, tenant: str, name: str) -> PrincipalRow | None:
+        return self._one("tenant = ? AND name = ?", tenant, name)
 
-    def list(self, *, tenant: str | None = None) -> list[PrincipalRow]:
-        clauses, params = equal_filters(tenant=tenant)
+    def by_token_hash(self, digest: str) -> tuple[PrincipalRow, TokenRow] | None:
+        """Who a token is (the sign-in lookup: no tenant is known yet) and the token's state."""
+        cols = ", ".join([*(f"p.{c}" for c in _PRINCIPAL_COLUMNS.split(", ")),
+                          *(f"t.{c}" for c in _TOKEN_COLUMNS.split(", "))])  # fmt: skip
+        row = self.conn.execute(
+            f"SELECT {cols} FROM af_operator_tokens t JOIN af_principals p ON p.id = t.principal_id "
+            "WHERE t.token_hash = ?",
+            (digest,),
+        ).fetchone()
+        return None if row is None else (_principal(row[:6]), TokenRow(*row[6:]))
+
+    def list(self, *, tenant: str | None = None, name: str | None = None) -> list[PrincipalRow]:
+        """Operators, disabled ones too, by tenant and name."""
+        clauses, params = equal_filters(tenant=tenant, name=name)
         rows = self.conn.execute(
-            "SELECT id, name, tenant, roles FROM af_principals"
-            + _where(["disabled = 0", *clauses])
-            + " ORDER BY tenant, name",
-            params,
+            f"SELECT {_PRINCIPAL_COLUMNS} FROM af_principals" + _where(clauses) + " ORDER BY tenant, name", params
         ).fetchall()
         return [_principal(r) for r in rows]
 
-    def _one(self, where: str, value: str) -> PrincipalRow | None:
-        row = self.conn.execute(
-            f"SELECT id, name, tenant, roles FROM af_principals WHERE {where} AND disabled = 0", (value,)
-        ).fetchone()
+    def set_disabled(self, principal_id: str, *, tenant: str, disabled: bool) -> None:
+        self._write(
+            "UPDATE af_principals SET disabled = ? WHERE id = ? AND tenant = ?", (int(disabled), principal_id, tenant)
+        )
+
+    def _one(self, where: str, *values: str) -> PrincipalRow | None:
+        row = self.conn.execute(f"SELECT {_PRINCIPAL_COLUMNS} FROM af_principals WHERE {where}", values).fetchone()
         return None if row is None else _principal(row)
 
 
 def _principal(row: Any) -> PrincipalRow:
-    return PrincipalRow(id=row[0], name=row[1], tenant=row[2], roles=json.loads(row[3]))
+    return PrincipalRow(id=row[0], name=row[1], tenant=row[2], roles=json.loads(row[3]), disabled=bool(row[4]),
+                        created_at=float(row[5]))  # fmt: skip
+
+
+class TokenRecords(Records):
+    """Operators' API tokens (`af_operator_tokens`): hashes only, kept after revocation or expiry."""
+
+    def add(self, row: TokenRow, *, token_hash: str) -> None:
+        self._write(
+            f"INSERT INTO af_operator_tokens ({_TOKEN_COLUMNS}, token_hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (row.id, row.principal_id, row.tenant, row.created_at, row.expires_at, row.revoked_at, token_hash),
+        )
+
+    def get(self, token_id: str, *, tenant: str) -> TokenRow | None:
+        row = self.conn.execute(
+            f"SELECT {_TOKEN_COLUMNS} FROM af_operator_tokens WHERE id = ? AND tenant = ?", (token_id, tenant)
+        ).fetchone()
+        return None if row is None else TokenRow(*row)
+
+    def list(self, *, tenant: str | None = None, principal_id: str | None = None) -> list[TokenRow]:
+        """Tokens, oldest first."""
+        clauses, params = equal_filters(tenant=tenant, principal_id=principal_id)
+        sql = f"SELECT {_TOKEN_COLUMNS} FROM af_operator_tokens" + _where(clauses) + " ORDER BY created_at, id"
+        return [TokenRow(*r) for r in self.conn.execute(sql, params).fetchall()]
+
+    def revoke(self, principal_id: str, *, tenant: str, at: float) -> None:
+        """Revoke the principal's tokens not revoked yet (expired ones too: they stay refused)."""
+        self._write(
+            "UPDATE af_operator_tokens SET revoked_at = ? WHERE principal_id = ? AND tenant = ? AND revoked_at IS NULL",
+            (at, principal_id, tenant),
+        )
 
 
 class ApprovalRecords(Records):

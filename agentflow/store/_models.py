@@ -23,6 +23,7 @@ __all__ = [
     "ApprovalVote",
     "AuditRecord",
     "Blob",
+    "OperatorToken",
     "PolicyUsage",
     "Principal",
     "Run",
@@ -159,22 +160,39 @@ class Blob(SQLModel, table=True):
 
 # -- policies and approvals ----------------------------------------------------------------------
 class Principal(SQLModel, table=True):
-    """An operator who may decide approvals in one tenant, with roles; the API token is stored
-    as its SHA-256 only (tokens are 256-bit random, so no salt or slow hash is needed)."""
+    """An operator who may decide approvals in one tenant, with roles; `disabled` refuses every
+    token of theirs until they are enabled again. Their API tokens are `af_operator_tokens`."""
 
     __tablename__ = "af_principals"
-    __table_args__ = (
-        Index("ux_af_principals_tenant_name", "tenant", "name", unique=True),
-        Index("ux_af_principals_token", "token_hash", unique=True),
-    )
+    __table_args__ = (Index("ux_af_principals_tenant_name", "tenant", "name", unique=True),)
 
     id: str = Field(primary_key=True)
     name: str
     tenant: str
     roles: str = Field(sa_column=Column(Text, nullable=False))  # JSON list
-    token_hash: str
     created_at: float
     disabled: int = Field(default=0)
+
+
+class OperatorToken(SQLModel, table=True):
+    """An operator's API token, stored as its SHA-256 only (tokens are 256-bit random, so no
+    salt or slow hash is needed). A revoked or expired token is kept, so that presenting it is
+    refused as revoked or expired (and how to get a new one), not as unknown. Times are wall-clock
+    time, whatever clock the workflows use."""
+
+    __tablename__ = "af_operator_tokens"
+    __table_args__ = (
+        Index("ux_af_operator_tokens_hash", "token_hash", unique=True),
+        Index("ix_af_operator_tokens_principal", "principal_id"),
+    )
+
+    id: str = Field(primary_key=True)  # `tok_...`: names the token in listings and sessions
+    token_hash: str
+    principal_id: str
+    tenant: str
+    created_at: float
+    expires_at: float | None = None
+    revoked_at: float | None = None
 
 
 class ApprovalRequest(SQLModel, table=True):
@@ -275,6 +293,9 @@ class Session(SQLModel, table=True):
     created_at: float
     expires_at: float
     revoked: int = Field(default=0)
+    # JSON {tenant: token id}: the token each tenant was signed in with (a revoked or expired
+    # token ends the session). NULL for sessions made before tokens had ids.
+    tokens: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class Setting(SQLModel, table=True):

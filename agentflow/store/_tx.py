@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 class Tx:
-    """Principals, approvals, audit, sessions and policy usage on one connection."""
+    """Principals and their tokens, approvals, audit, sessions and policy usage on one connection."""
 
     def __init__(
         self, conn: Conn, signal_ops: Callable[[str, str, str, float], list[Op]], *, writable: bool = True,
@@ -30,13 +30,14 @@ class Tx:
     ) -> None:  # fmt: skip
         # Imported on the first transaction, not with the store: a process that only runs
         # workflows never opens one, and its start-up is shorter by these modules.
-        from agentflow.store._governance import ApprovalRecords, AuditRecords, PrincipalRecords
+        from agentflow.store._governance import ApprovalRecords, AuditRecords, PrincipalRecords, TokenRecords
         from agentflow.store._sessions import SessionRecords
 
         self.conn = conn
         self.writable = writable  # False in `store.read`: writes are refused (not a transaction)
         self._signal_ops = signal_ops
         self.principals = PrincipalRecords(conn, writable=writable)
+        self.tokens = TokenRecords(conn, writable=writable)
         self.approvals = ApprovalRecords(conn, writable=writable, clean=clean, seals=seals)
         self.audit = AuditRecords(conn, writable=writable, clean=clean, seals=seals)
         self.sessions = SessionRecords(conn, writable=writable)

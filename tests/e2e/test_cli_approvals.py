@@ -112,7 +112,7 @@ def test_operators_and_approvals_through_the_cli(tmp_path: Path, make_app: Calla
         cwd=tmp_path,
     )
     assert listed.returncode == 0, listed.stderr
-    assert sorted(r["id"] for r in json.loads(listed.stdout)) == sorted([c1.id, c2.id])
+    assert sorted(r["approval_id"] for r in json.loads(listed.stdout)) == sorted([c1.id, c2.id])
     assert alice not in listed.stdout
     assert edited.returncode == 0, edited.stderr
     assert f"{c1.id}: pending (1/2 approvals)" in edited.stdout

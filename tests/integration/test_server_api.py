@@ -978,17 +978,19 @@ def test_a_session_survives_a_server_restart_and_sign_out_revokes_it(tmp_path: P
 
 def test_a_disabled_operator_is_refused_on_the_next_request(world: World) -> None:
     """An operator disabled in the database (af_principals.disabled = 1) is refused at once: the
-    live session cookie and the bearer token both answer 401 bad_token, nothing is started."""
+    live session cookie and the bearer token both answer 401 operator_disabled, nothing is started."""
     w = world
     bob = sign_in(w.client, w.tokens["bob"])
     assert w.client.get("/api/session", headers=bob.headers()).status_code == 200
     with contextlib.closing(sqlite3.connect(w.db)) as conn:
         conn.execute("UPDATE af_principals SET disabled = 1 WHERE name = 'bob'")
         conn.commit()
-    assert_error(w.client.get("/api/session", headers=bob.headers()), 401, "bad_token")
-    assert_error(w.client.post("/api/runs", json={"task": task("CS-101")}, headers=bob.headers()), 401, "bad_token")
-    assert_error(w.client.get("/api/runs", headers=w.bearer("bob")), 401, "bad_token")
-    assert_error(w.client.post("/api/session", json={"token": w.tokens["bob"]}), 401, "bad_token")
+    assert_error(w.client.get("/api/session", headers=bob.headers()), 401, "operator_disabled")
+    assert_error(
+        w.client.post("/api/runs", json={"task": task("CS-101")}, headers=bob.headers()), 401, "operator_disabled"
+    )
+    assert_error(w.client.get("/api/runs", headers=w.bearer("bob")), 401, "operator_disabled")
+    assert_error(w.client.post("/api/session", json={"token": w.tokens["bob"]}), 401, "operator_disabled")
     assert w.app.store.backend.query("SELECT count(*) FROM af_runs")[0][0] == 0
 
 

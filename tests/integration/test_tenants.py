@@ -152,7 +152,8 @@ def test_scoped_keys_name_only_the_callers_runs(given: str) -> None:
 
 # -- every statement of a tenant's request carries the tenant -------------------------------------
 # Statements that find out *who* calls, before any tenant is known, and tables no tenant owns.
-_AUTHENTICATION = re.compile(r"FROM af_principals WHERE token_hash|af_sessions WHERE id_hash", re.I)
+_AUTHENTICATION = re.compile(r"FROM af_operator_tokens t JOIN af_principals p .* WHERE t\.token_hash = |"
+                             r"af_sessions WHERE id_hash", re.I)  # fmt: skip
 _TENANTLESS_TABLES = ("af_blobs", "af_settings", "af_alembic_version", "sqlite_master")
 _TABLE = re.compile(r"\baf_[a-z_]+\b")
 

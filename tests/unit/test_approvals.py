@@ -515,26 +515,27 @@ def test_expiry_escalates_once_then_only_the_escalation_roles_decide(app: App) -
 
 # -- 4. tokens ----------------------------------------------------------------------------------
 def test_tokens_are_stored_hashed_and_bad_tokens_are_refused(app: App) -> None:
-    """Only a token's sha256 is stored (no plaintext token in any column of af_principals or the
-    audit trail); a missing, unknown or disabled token raises AuthenticationError (`bad_token`),
-    each attempt audited."""
+    """Only a token's sha256 is stored (no plaintext token in any column of af_principals,
+    af_operator_tokens or the audit trail); a missing or unknown token raises AuthenticationError
+    (`bad_token`), a disabled operator's `operator_disabled`, each attempt audited."""
     tokens = add_operators(app)
-    rows = app.store.backend.query("SELECT * FROM af_principals")
+    rows = app.store.backend.query("SELECT * FROM af_principals") + app.store.backend.query(
+        "SELECT * FROM af_operator_tokens"
+    )
     stored = json.dumps(rows) + json.dumps(app.store.backend.query("SELECT * FROM af_audit"))
     for name, token in tokens.items():
         assert token.startswith("aft_") and token not in stored and token[4:] not in stored
         assert Approvals.of(app).authenticate(token).name == name
-    assert {r[-3] for r in rows} == {hashlib.sha256(t.encode()).hexdigest() for t in tokens.values()}
+    hashes = {r[0] for r in app.store.backend.query("SELECT token_hash FROM af_operator_tokens")}
+    assert hashes == {hashlib.sha256(t.encode()).hexdigest() for t in tokens.values()}
     assert len(set(tokens.values())) == len(tokens)
-    # No API disables an operator yet: the column is what `authenticate` honours.
-    app.store.backend.transact(
-        lambda conn: conn.execute("UPDATE af_principals SET disabled = 1 WHERE name = 'carol'"), what="test"
-    )
+    Approvals.of(app).disable("carol")
     before = len(Approvals.of(app).audit())
-    for bad in (tokens["carol"], "aft_unknown", "", None):
+    for bad, code in ((tokens["carol"], "operator_disabled"), ("aft_unknown", "bad_token"), ("", "bad_token"),
+                      (None, "bad_token")):  # fmt: skip
         with pytest.raises(AuthenticationError) as refused:
             Approvals.of(app).authenticate(bad)
-        assert refused.value.code == "bad_token"
+        assert refused.value.code == code
     added = Approvals.of(app).audit()[before:]
     assert [(a.actor, a.action, a.outcome) for a in added] == [("anonymous", "authenticate", "refused")] * 4
     assert not isinstance(refused.value, ApprovalRefused)

@@ -33,6 +33,11 @@ def test_truncate_and_time_words() -> None:
     assert cut.splitlines()[:3] == ["line 0", "line 1", "line 2"] and "more characters" in cut
     assert truncate("short") == "short"
     assert (time_left(7 * 3600 + 59 * 60), time_left(45), time_left(-120)) == ("in 7h 59m", "in 45s", "2m ago")
+    assert (time_left(47 * 3600 + 60), time_left(90 * 86400 - 1), time_left(-3 * 86400)) == (
+        "in 47h 1m",
+        "in 89d 23h",
+        "3d 0h ago",
+    )
     assert waiting_words({"signals": ["approval:apr_1"], "timers": [], "children": []}) == "approval apr_1"
 
 
