@@ -180,6 +180,7 @@ EXPORTS = {
         "as_chat_model",
         "blob_hash",
         "canonical_json",
+        "coerce_tool_args",
         "count_messages",
         "count_text",
         "encoding_for",
