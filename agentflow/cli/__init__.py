@@ -1,7 +1,7 @@
 """The `agentflow` command: one module per command group.
 
     agentflow worker | run | demo | serve | chat          _worker, _run, _demo, _serve, _chat
-    agentflow runs list | show | history | usage | cancel | signal                   _runs
+    agentflow runs list | show | history | usage | cancel | signal | watch           _runs, _watch
     agentflow db upgrade | rotate-key                                                _db
     agentflow doctor                                                                 _doctor
     agentflow operators add | list                                                   _operators
@@ -32,8 +32,18 @@ from agentflow.cli._worker import worker
 
 __all__ = ["app", "main"]
 
+# The exit-code table (`_exit`), as `agentflow --help` shows it.
+_EXIT_CODES = (
+    "Exit codes (run, demo, runs show --wait, runs watch): 0 completed (the agent answered) · 1 failed "
+    "(the error is printed) · 2 bad usage or configuration (a flag, an unknown run, no such database, bad "
+    "credentials) · 3 cancelled · 4 the agent stopped unfinished (max_turns, budget, time limit) · 5 waiting "
+    "for people (an approval or a signal) · 6 still running (--timeout passed) · 75 the store is busy or "
+    "unreachable: retry later."
+)
+
 app = typer.Typer(
     help="agentflow: durable workflows for LLM agents that act on real systems.",
+    epilog=_EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
 )

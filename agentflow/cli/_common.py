@@ -12,7 +12,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from agentflow.errors import AgentflowError, ApprovalError, ConfigurationError
+from agentflow.cli._exit import EXIT_BUSY, EXIT_USAGE
+from agentflow.errors import AgentflowError, ApprovalError, ConfigurationError, StoreBusyError
 
 if TYPE_CHECKING:
     from agentflow.approvals import Approvals
@@ -30,18 +31,26 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 
 def fail(exc: AgentflowError) -> NoReturn:
-    """Print an error raised by the engine or the store as `error: Type: message`; exit 2."""
-    err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {_shown(exc)}")
-    raise typer.Exit(code=2)
+    """Print an error raised by the engine or the store as `error: Type: message` and exit with
+    the table's code (`_exit`): 75 when the store is busy or unreachable (retry later), else 2
+    (bad usage or configuration: an unknown run, no such database, bad credentials)."""
+    # soft_wrap: a URL or a command in the message is never broken across lines (it is copied).
+    err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {_shown(exc)}", soft_wrap=True)
+    raise typer.Exit(code=_exit_code(exc))
 
 
 def fail_decision(exc: AgentflowError) -> NoReturn:
-    """Print an error of operators, approvals or policy packs as `error (code): message`; exit 2.
+    """Print an error of operators, approvals or policy packs as `error (code): message`; exit 2
+    (75 when the store is busy or unreachable).
 
     An approval error's code (`self_approval`, `stale_args`, ...) is what scripts match on."""
     code = f" ({exc.code})" if isinstance(exc, ApprovalError) else ""
     err_console.print(f"[bold red]error{code}:[/] {_shown(exc)}", highlight=False)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=_exit_code(exc))
+
+
+def _exit_code(exc: AgentflowError) -> int:
+    return EXIT_BUSY if isinstance(exc, StoreBusyError) else EXIT_USAGE
 
 
 def _shown(exc: Exception) -> str:
@@ -54,24 +63,33 @@ def _shown(exc: Exception) -> str:
     return escape(Redaction.current().text(str(exc)))  # `[redacted]` is not a style
 
 
-def client(db: str | None) -> Client:
-    """A Client on the store `--db` names (the one rule: `agentflow.store.resolve_url`): reads,
-    signals and cancels need no App (nothing is registered, nothing runs here)."""
+def client(db: str | None, *, create: bool = False) -> Client:
+    """A Client on the store `--db` names (the one rule: `agentflow.store.resolve_url`), opened
+    here: reads, signals and cancels need no App (nothing is registered, nothing runs here).
+
+    A store that does not exist is an error saying how to create it (exit 2), never a new empty
+    one: only commands that create what they store pass `create=True` (`db upgrade`,
+    `operators add`; `worker`, `run`, `demo` and `serve` open the store through the App). A store
+    that cannot be opened exits here (`fail`)."""
     from agentflow.engine import Client
+    from agentflow.store import EventStore, resolve_url
 
-    return Client(db)
+    try:
+        return Client(store=EventStore(resolve_url(db), create=create))
+    except AgentflowError as exc:
+        fail(exc)
 
 
-def store(db: str | None) -> EventStore:
-    """The event store `--db` names."""
-    return client(db).store
+def store(db: str | None, *, create: bool = False) -> EventStore:
+    """The event store `--db` names (see `client`)."""
+    return client(db, create=create).store
 
 
-def approvals_of(db: str | None) -> Approvals:
-    """Operators and approval requests in the store `--db` names."""
+def approvals_of(db: str | None, *, create: bool = False) -> Approvals:
+    """Operators and approval requests in the store `--db` names (see `client`)."""
     from agentflow.approvals import Approvals
 
-    found = client(db)
+    found = client(db, create=create)
     return Approvals(found.store, found.clock)
 
 

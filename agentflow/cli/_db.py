@@ -14,10 +14,7 @@ db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)
 @db_app.command("upgrade")
 def db_upgrade(db: DbOption = None) -> None:
     """Create the schema or migrate it to this version's head."""
-    try:
-        the_store = store(db)  # opening the store migrates it
-    except AgentflowError as exc:
-        fail(exc)
+    the_store = store(db, create=True)  # opening the store creates or migrates it
     from agentflow.store import SCHEMA_REVISION, redact_url
 
     console.print(f"{redact_url(the_store.url)}: schema at revision {SCHEMA_REVISION}", highlight=False)
@@ -29,10 +26,7 @@ def db_rotate_key(db: DbOption = None) -> None:
     AGENTFLOW_ENCRYPTION_KEYS; keep the old ones listed after it until this has run). Rows of
     newly sealed tenants are sealed, rows of tenants no longer sealed are opened. Safe while
     workers run; run it again if rows are left."""
-    try:
-        the_store = store(db)
-    except AgentflowError as exc:
-        fail(exc)
+    the_store = store(db)  # an existing store: there is nothing to re-seal in a new one
     try:
         if the_store.sealing is None:
             raise ConfigurationError(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from agentflow.cli._common import DbOption, JsonOption, console, err_console, fail
+from agentflow.cli._exit import exit_code_for
+from agentflow.cli._json import emit
 from agentflow.errors import AgentflowError
 
 
@@ -30,7 +32,10 @@ def demo(
     as_json: JsonOption = False,
 ) -> None:
     """Run the NOC copilot on an incident end to end (investigate, diagnose, stage, approve,
-    apply, monitor, ticket), crash-safe, on the embedded SQLite store."""
+    apply, monitor, ticket), crash-safe, on the embedded SQLite store.
+
+    Exit code: 0 when the agent answered, 1 when the run failed (the error is printed), 3
+    cancelled, 4 when the agent stopped unfinished (max_turns, budget), 5 waiting for people."""
     from agentflow.store import resolve_url
 
     if approve not in ("auto", "prompt"):
@@ -44,13 +49,25 @@ def demo(
         )
     except AgentflowError as exc:
         fail(exc)
+    code = exit_code_for(summary["status"], {"status": summary.get("outcome")})
     if as_json:
-        print(json.dumps(summary))
-        return
+        emit(summary)
+    else:
+        _print_summary(summary)
+    raise typer.Exit(code=code)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
     table = Table(show_header=False, title="summary")
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # the run id is wrapped whole, never cut
     for key, value in summary.items():
-        table.add_row(key, str(value))
+        if key != "error":
+            table.add_row(key, str(value))
     console.print(table)
+    error = summary.get("error")
+    if isinstance(error, dict):
+        err_console.print(f"[bold red]error:[/] {escape(str(error.get('type')))}: {escape(str(error.get('message')))}")
 
 
 def _noc_demo() -> Any:

@@ -1,7 +1,8 @@
 """`agentflow doctor`: what is wrong with a store, and the command that fixes each problem.
 
 Exit 0 when nothing is wrong, 1 when something is, 2 when the store cannot be looked at (a
-missing SQLite file, an unreachable database): the same error line as every other command.
+missing SQLite file, no such database), 75 when it does not answer (retry later): the same error
+line as every other command.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def doctor(
 
     Each problem comes with the command that fixes it. Nothing is changed (an old schema is not
     upgraded by the look). Exit 0 when healthy, 1 when problems were found, 2 when the store
-    cannot be read.
+    cannot be read (75 when it does not answer: retry later).
     """
     from agentflow.engine import diagnose
     from agentflow.store import EventStore, redact_url, resolve_url

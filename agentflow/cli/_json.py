@@ -6,6 +6,7 @@
   named `*_at` holds a time.
 - A run's id is `run_id` everywhere (a run, a step's run, an approval's run).
 - One document per command, on stdout, pretty-printed; errors go to stderr with a non-zero exit.
+  A command that follows a run live (`runs watch --json`) prints one compact document per line.
 """
 
 from __future__ import annotations

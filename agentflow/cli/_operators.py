@@ -103,7 +103,7 @@ def operators_add(
     as_json: JsonOption = False,
 ) -> None:
     """Create an operator and print their API token (once: only its hash is stored)."""
-    approvals = approvals_of(db)
+    approvals = approvals_of(db, create=True)
     ends = _expiry(expires_in, expires_at, approvals.wall())
     try:
         _, token = approvals.add_operator(name, tenant=tenant, roles=role, expires_at=ends)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from agentflow.cli._common import DbOption, JsonOption, console, fail, load_app
+from agentflow.cli._common import DbOption, JsonOption, fail, load_app
+from agentflow.cli._json import emit
+from agentflow.cli._watch import print_outcome, run_exit_code, run_json
 from agentflow.errors import AgentflowError
 
 if TYPE_CHECKING:
-    from agentflow.engine import App, RunInfo, Workflow
+    from agentflow.engine import App, Workflow
 
 
 def run_agent(
@@ -33,7 +34,12 @@ def run_agent(
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Start an agent registered on an app (`agent.register(app)`) as a run of its own."""
+    """Start an agent registered on an app (`agent.register(app)`) as a run of its own, and drive
+    it here until it ends or waits for people.
+
+    Exit code: 0 answered, 1 failed (the error is printed), 3 cancelled, 4 the agent stopped
+    unfinished (max_turns, budget, time limit), 5 waiting for an approval or a signal; with
+    --no-wait, 0 once the run is recorded (follow it with `agentflow runs watch RUN`)."""
     the_app = load_app(app_ref, db)
     wf = _agent_workflow(the_app, agent)
     who = requested_by or os.environ.get("USER") or "cli"
@@ -44,10 +50,15 @@ def run_agent(
             from agentflow.engine import Worker
 
             asyncio.run(Worker(the_app, root_id=handle.run_id).run_until_blocked(handle.run_id, until_signal_wait=True))
-        info = the_app.get_run(handle.run_id)
+        run = the_app.store.get_run(handle.run_id)
     except AgentflowError as exc:
         fail(exc)
-    _print_started(info, as_json)
+    if as_json:
+        emit(run_json(run))
+    else:
+        print_outcome(run)
+    if wait:
+        raise typer.Exit(code=run_exit_code(run))
 
 
 def _agent_workflow(the_app: App, name: str | None) -> Workflow[Any, Any]:
@@ -58,23 +69,3 @@ def _agent_workflow(the_app: App, name: str | None) -> Workflow[Any, Any]:
         return agent_workflow(the_app, name)
     except ConfigurationError as exc:
         raise typer.BadParameter(f"--agent: {exc.message}") from None
-
-
-def _print_started(info: RunInfo, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(info.to_dict(), indent=1))
-        return
-    console.print(f"run [cyan]{info.run_id}[/] ({info.workflow}, tenant {info.tenant}): [bold]{info.status}[/]")
-    if info.output_json:
-        outcome = json.loads(info.output_json)
-        console.print(f"outcome: {outcome.get('status')}", highlight=False)
-        if outcome.get("answer"):
-            console.print(outcome["answer"], markup=False, highlight=False)
-    waiting = (info.waiting_on or {}) if info.status == "waiting" else {}
-    for name in waiting.get("signals", []):
-        if name.startswith("approval:"):
-            rid = name.split(":", 1)[1]
-            console.print(f"waiting for approval [yellow]{rid}[/]: agentflow approvals show {rid}; "
-                          f"agentflow approvals approve {rid} --token <operator token>", highlight=False)  # fmt: skip
-        else:
-            console.print(f"waiting for signal [yellow]{name}[/]", highlight=False)

@@ -1,27 +1,45 @@
-"""`agentflow runs ...`: inspect and steer the runs recorded in a store."""
+"""`agentflow runs ...`: inspect and steer the runs recorded in a store (`watch` and `show --wait`
+follow one live: `_watch`)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from agentflow.cli._common import DbOption, JsonOption, client, console, fail, store
+from agentflow.cli._json import emit, record
+from agentflow.cli._watch import follow, print_outcome, run_exit_code, run_json, runs_watch, step_detail
 from agentflow.errors import AgentflowError
 
-if TYPE_CHECKING:
-    from agentflow.store import StepRecord
-
 runs_app = typer.Typer(help="Inspect and steer runs recorded in the store.", no_args_is_help=True)
+runs_app.command("watch")(runs_watch)
 
 
 def _ts(value: float | None) -> str:
     if value is None:
         return "-"
     return datetime.fromtimestamp(value, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def whole_ids_table(*headers: str, rows: Sequence[Sequence[str]], ids: Sequence[int] = (0,)) -> Table:
+    """A table whose id columns (`ids`: their indexes) are never cut nor wrapped, however narrow
+    the terminal: an id is meant to be copied. They are as wide as their longest value; the
+    other columns wrap (never cut either)."""
+    table = Table(*headers)
+    for i, column in enumerate(table.columns):
+        if i in ids:
+            column.no_wrap = True
+            column.min_width = max([len(row[i]) for row in rows] + [len(headers[i])])
+        else:
+            column.overflow = "fold"  # wrapped, never cut with an ellipsis
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 @runs_app.command("list")
@@ -38,32 +56,69 @@ def runs_list(
     except AgentflowError as exc:
         fail(exc)
     if as_json:
-        print(json.dumps([r.to_dict() for r in runs], indent=1))
+        emit(run_json(r) for r in runs)
         return
-    table = Table("run", "workflow", "tenant", "status", "created", "updated")
-    for r in runs:
-        table.add_row(r.id, r.workflow, r.tenant, r.status, _ts(r.created_at), _ts(r.updated_at))
-    console.print(table)
+    rows = [(r.id, r.workflow, r.tenant, r.status, _ts(r.created_at), _ts(r.updated_at)) for r in runs]
+    console.print(whole_ids_table("run", "workflow", "tenant", "status", "created", "updated", rows=rows))
 
 
 @runs_app.command("show")
-def runs_show(run_id: str, db: DbOption = None, as_json: JsonOption = False) -> None:
-    """Show one run: status, input, output or error, what it waits for."""
+def runs_show(
+    run_id: str,
+    db: DbOption = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Wait until the run ends or waits for people, then exit with its code (see --help of agentflow).",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option(help="With --wait: give up after this many seconds (exit 6).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one run: status, input, output or error, what it waits for.
+
+    With --wait, the exit code tells how the run stands: 0 completed, 1 failed, 3 cancelled, 4
+    the agent stopped unfinished, 5 waiting for people, 6 still running when --timeout passed."""
     try:
         the_store = store(db)
-        run = the_store.get_run(run_id)
+        run = follow(the_store, run_id, timeout=timeout) if wait else the_store.get_run(run_id)
         steps = the_store.load_steps(run_id)
     except AgentflowError as exc:
         fail(exc)
-    data = run.to_dict() | {"steps": len(steps)}
     if as_json:
-        print(json.dumps(data, indent=1))
-        return
+        emit(run_json(run, steps=len(steps)))
+    else:
+        _show(run_json(run, steps=len(steps)))
+        if wait:
+            print_outcome(run)
+    if wait:
+        raise typer.Exit(code=run_exit_code(run))
+
+
+def _show(data: dict[str, object]) -> None:
     table = Table(show_header=False)
-    for key in ("id", "workflow", "tenant", "status", "parent_id", "input", "output", "error", "waiting_on", "steps"):
-        table.add_row(key, str(data[key]) if data[key] is not None else "-")
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # an id or a value is wrapped whole, never cut
+    for key in (
+        "run_id",
+        "workflow",
+        "tenant",
+        "status",
+        "parent_id",
+        "input",
+        "output",
+        "error",
+        "waiting_on",
+        "steps",
+    ):
+        value = data[key]
+        shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        table.add_row(key, "-" if value is None else shown)
     for key in ("created_at", "updated_at", "completed_at", "wake_at"):
-        table.add_row(key, _ts(data[key]))
+        table.add_row(key, str(data[key] or "-"))
     console.print(table)
 
 
@@ -79,38 +134,16 @@ def runs_history(run_id: str, db: DbOption = None, as_json: JsonOption = False) 
         fail(exc)
     if as_json:
         failed = [
-            dict(zip(("seq", "attempt", "error", "started_at", "finished_at", "retry_at"), a, strict=True))
+            record(dict(zip(("seq", "attempt", "error", "started_at", "finished_at", "retry_at"), a, strict=True)))
             for a in attempts
         ]
-        print(
-            json.dumps({"run_id": run_id, "steps": [s.to_dict() for s in steps], "failed_attempts": failed}, indent=1)
-        )
+        steps_out = [record(s.to_dict()) for s in steps]
+        emit({"run_id": run_id, "steps": steps_out, "failed_attempts": failed})
         return
     table = Table("seq", "kind", "name", "status", "attempt", "started", "result / error")
     for s in steps:
-        table.add_row(str(s.seq), s.kind, s.name, s.status, str(s.attempt), _ts(s.started_at), _detail(s))
+        table.add_row(str(s.seq), s.kind, s.name, s.status, str(s.attempt), _ts(s.started_at), step_detail(s))
     console.print(table)
-
-
-def _detail(step: StepRecord) -> str:
-    """One line about a step's outcome: a model call's usage, an error's type, or the result."""
-    if step.status != "completed":
-        try:
-            err = json.loads(step.error or "{}")
-            return f"{err.get('type')}: {err.get('message', '')}"[:100] if err else ""
-        except ValueError:
-            return (step.error or "")[:100]
-    if step.kind == "llm" and step.result:
-        try:
-            body = json.loads(step.result)
-            u = body.get("usage", {})
-            return (
-                f"tokens {u.get('input_tokens')}+{u.get('output_tokens')} ({u.get('source')}), "
-                f"${u.get('cost_usd', 0):.6f}, finish {body.get('finish_reason')}"
-            )
-        except (ValueError, AttributeError):
-            pass
-    return (step.result or "")[:100]
 
 
 @runs_app.command("usage")
@@ -131,7 +164,7 @@ def runs_usage(
     except AgentflowError as exc:
         fail(exc)
     if as_json:
-        print(json.dumps(summary.to_dict()))
+        emit({"run_id": run, "tenant": tenant, **summary.to_dict()})
         return
     table = Table("model", "calls", "tokens", "cost (USD)")
     for model, per in sorted(summary.by_model.items()):
@@ -141,13 +174,18 @@ def runs_usage(
 
 
 @runs_app.command("cancel")
-def runs_cancel(run_id: str, db: DbOption = None) -> None:
-    """Request cancellation of a run (its compensation code runs, recorded)."""
+def runs_cancel(run_id: str, db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Request cancellation of a run (its compensation code runs, recorded, on a worker)."""
     try:
-        info = client(db).cancel(run_id)
+        found = client(db)
+        found.cancel(run_id)
+        run = found.store.get_run(run_id)
     except AgentflowError as exc:
         fail(exc)
-    console.print(f"run {run_id}: {info.status}, cancel requested")
+    if as_json:
+        emit(run_json(run))
+        return
+    console.print(f"run {run.id}: {run.status}, cancel requested", highlight=False, soft_wrap=True)
 
 
 @runs_app.command("signal")
@@ -156,14 +194,20 @@ def runs_signal(
     name: str,
     payload: Annotated[str, typer.Option(help="The payload, as JSON.")] = "null",
     db: DbOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Send a signal to a run."""
+    """Send a signal to a run (a worker wakes the run if it waits for it)."""
     try:
         value = json.loads(payload)
     except ValueError as exc:
         raise typer.BadParameter(f"--payload is not JSON: {exc}") from None
     try:
-        client(db).signal(run_id, name, value)
+        found = client(db)
+        found.signal(run_id, name, value)
+        run = found.store.get_run(run_id)
     except AgentflowError as exc:
         fail(exc)
-    console.print(f"signal {name!r} sent to run {run_id}")
+    if as_json:
+        emit({"run_id": run.id, "signal": name, "payload": value, "status": run.status})
+        return
+    console.print(f"signal {name!r} sent to run {run.id} ({run.status})", highlight=False, soft_wrap=True)

@@ -22,7 +22,9 @@ Concurrency, at READ COMMITTED:
 Durability: `synchronous="FULL"` is `synchronous_commit=on` (a commit is flushed to the server's
 WAL before it returns); `"NORMAL"` is `synchronous_commit=off` (the server may lose its last
 commits if it crashes). `busy_timeout` becomes `lock_timeout`: a lock waited for longer raises
-`StoreBusyError`, as do deadlocks and a lost connection (the next call reconnects).
+`StoreBusyError`, as do deadlocks and a lost connection (the next call reconnects). A URL the
+server refuses (no such database, no such user, a wrong password) is a `ConfigurationError`
+naming the fix: retrying cannot cure it.
 
 The SQL at call sites is SQLite's subset with `?` placeholders; each statement is translated to
 psycopg's `%s` once (cached).
@@ -38,6 +40,7 @@ from typing import Any, TypeVar
 
 import psycopg  # only imported for a PostgreSQL URL, once `backend_entry` found it installed
 from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict
 
 from agentflow.errors import ConfigurationError, StoreBusyError, StoreError
 from agentflow.store._backend import ConnectionPerThread, Op, lease_lost, upsert_step_sql
@@ -100,6 +103,42 @@ def translate_error(exc: Exception, what: str) -> StoreError:
     return StoreError(f"{what}: {type(exc).__name__}: {text}")
 
 
+# What the server answers when the URL itself is wrong (not when it is busy or down): retrying
+# cannot help, so these are configuration errors.
+_NO_DATABASE = re.compile(r'database "([^"]*)" does not exist')
+_BAD_LOGIN = re.compile(
+    r'role "([^"]*)" does not exist|password authentication failed for user "([^"]*)"'
+    r"|no password supplied|no pg_hba\.conf entry"
+)
+
+
+def refused_connection(url: str, exc: psycopg.OperationalError) -> ConfigurationError | None:
+    """A ConfigurationError naming the fix when the server refused the URL's database or user
+    (no such database, no such role, a wrong password); None for anything a retry may cure."""
+    text = str(exc)
+    try:
+        params = conninfo_to_dict(libpq_url(url))
+    except psycopg.ProgrammingError:
+        params = {}
+    where = f"{params.get('host') or 'localhost'}:{params.get('port') or 5432}"
+    user = params.get("user") or "(the current OS user)"
+    dbname = params.get("dbname") or user
+    server = text.rsplit("FATAL:", 1)[-1].strip()
+    if found := _NO_DATABASE.search(text):
+        return ConfigurationError(
+            f'the PostgreSQL database "{found.group(1)}" does not exist on {where} ({redact_url(url)}): create it '
+            f'(createdb -h {params.get("host") or "localhost"} {found.group(1)}, or CREATE DATABASE "{found.group(1)}") '
+            "or fix the database name in --db / $AGENTFLOW_DB"
+        )
+    if _BAD_LOGIN.search(text):
+        return ConfigurationError(
+            f'PostgreSQL on {where} refused user "{user}" for database "{dbname}" ({server}): fix the user or '
+            "password in --db / $AGENTFLOW_DB (postgresql://user:password@host:port/dbname), or create the role "
+            f'(CREATE ROLE "{user}" LOGIN PASSWORD ...; GRANT ALL ON DATABASE "{dbname}" TO "{user}")'
+        )
+    return None
+
+
 class PostgresStore(ConnectionPerThread[PgConn]):
     """The PostgreSQL backend. One connection per thread; writes are short transactions."""
 
@@ -132,7 +171,10 @@ class PostgresStore(ConnectionPerThread[PgConn]):
             f"-c idle_in_transaction_session_timeout={int(IDLE_IN_TRANSACTION_TIMEOUT * 1000)} "
             f"-c synchronous_commit={'on' if self.synchronous == 'FULL' else 'off'}"
         )
-        raw = psycopg.connect(libpq_url(self.url), autocommit=True, options=options, application_name="agentflow")
+        try:
+            raw = psycopg.connect(libpq_url(self.url), autocommit=True, options=options, application_name="agentflow")
+        except psycopg.OperationalError as exc:
+            raise refused_connection(self.url, exc) or exc from None
         return PgConn(raw)
 
     def usable(self, conn: PgConn) -> bool:

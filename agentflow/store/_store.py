@@ -12,7 +12,7 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from agentflow.errors import RunStateError, UnknownRunError
+from agentflow.errors import ConfigurationError, RunStateError, UnknownRunError
 from agentflow.store._backend import Backend, Op
 from agentflow.store._constants import TERMINAL_SQL
 from agentflow.store._group import GroupCommit
@@ -90,6 +90,7 @@ class EventStore(SealedRows, ReadQueries):
     def __init__(
         self, url: str, *, synchronous: str = "FULL", busy_timeout: float | None = None, migrate: bool = True,
         redaction: Redaction | None = None, sealing: Sealing | None = None, group_commit: bool = True,
+        create: bool = True,
     ) -> None:  # fmt: skip
         #: Encryption at rest (`agentflow.store.Sealing`; default `Sealing.from_env()`, None: clear).
         self.sealing = sealing if sealing is not None else Sealing.from_env()
@@ -108,6 +109,11 @@ class EventStore(SealedRows, ReadQueries):
         #: share a flush with, and nobody else on the loop to wait). Many runs at once share
         #: transactions. Not on PostgreSQL, where a commit can wait on other hosts' locks.
         self.inline_when_idle = self.backend.dialect == "sqlite"
+        #: Whether opening may create the database (a SQLite file) or its schema; False for a
+        #: look (`agentflow runs list`): a typo'd URL is an error, not a new empty store.
+        self.create = create
+        if not create:
+            self.require_existing()
         if migrate:
             try:
                 self.ensure_schema()
@@ -118,8 +124,26 @@ class EventStore(SealedRows, ReadQueries):
     # -- schema ----------------------------------------------------------------------------
     def ensure_schema(self) -> None:
         found = self.backend.schema_revision()
+        if found is None and not self.create:
+            raise ConfigurationError(
+                f"the database {redact_url(self.url)} has no agentflow schema (nothing was ever recorded in it): "
+                f"check --db and $AGENTFLOW_DB; to create the schema, run `agentflow db upgrade --db "
+                f"{redact_url(self.url)}` (or start a worker on it)"
+            )
         if not check_revision(self.url, found):
             upgrade(self.url)
+
+    def require_existing(self) -> None:
+        """Raise ConfigurationError, saying how to create it, when the database is a SQLite file
+        that does not exist (connecting would create it)."""
+        path = self.backend.path
+        if path and not os.path.exists(path):
+            self.backend.close()
+            raise ConfigurationError(
+                f"the database {redact_url(self.url)} does not exist (no file {os.path.abspath(path)}): check --db "
+                f"and $AGENTFLOW_DB; to create it, run `agentflow db upgrade --db {redact_url(self.url)}` (or start "
+                "a worker, `agentflow run` or `agentflow demo` on it)"
+            )
 
     def close(self) -> None:
         if self.group is not None:

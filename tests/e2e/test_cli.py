@@ -110,8 +110,8 @@ SIDE_EFFECT_TOOLS = ["apply_change", "create_ticket", "notify"]
 
 
 def _summary(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    assert out.returncode == 0, out.stdout + out.stderr
-    summary: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 0, out.stdout + out.stderr  # 0: the agent answered (cli/_exit.py)
+    summary: dict[str, Any] = json.loads(out.stdout)
     return summary
 
 
@@ -293,7 +293,7 @@ def test_runs_commands(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path}/d.db"
     run_id = _summary(agentflow("demo", "--db", db, "--json", cwd=tmp_path))["run_id"]
     listed = json.loads(agentflow("runs", "list", "--db", db, "--json", cwd=tmp_path).stdout)
-    assert [r["id"] for r in listed] == [run_id]
+    assert [r["run_id"] for r in listed] == [run_id]
     shown = json.loads(agentflow("runs", "show", run_id, "--db", db, "--json", cwd=tmp_path).stdout)
     assert shown["status"] == "completed" and shown["tenant"] == "noc-east"
     history = json.loads(agentflow("runs", "history", run_id, "--db", db, "--json", cwd=tmp_path).stdout)

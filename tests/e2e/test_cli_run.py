@@ -54,7 +54,7 @@ def test_agentflow_run_drives_an_agent_through_its_approvals(tmp_path: Path) -> 
     start = ["run", "CS-101 drop rate is high, investigate", "--app", "copilot_app:app", "--db", db,
              "--tenant", "noc-east", "--requested-by", "alice", "--run-id", "inc-1"]  # fmt: skip
     shown = cli(*start, cwd=tmp_path)
-    assert shown.returncode == 0, shown.stderr
+    assert shown.returncode == 5, shown.stderr  # waiting for people (cli/_exit.py)
     assert "waiting for approval apr_" in shown.stdout and "agentflow approvals approve apr_" in shown.stdout
     tokens = {
         name: cli("operators", "add", name, "--tenant", "noc-east", "--role", "noc-engineer", "--db", db,
@@ -70,15 +70,17 @@ def test_agentflow_run_drives_an_agent_through_its_approvals(tmp_path: Path) -> 
         )
         assert listed, "the run waits but bob sees nothing to approve"
         for request in listed:
-            own = cli("approvals", "approve", request["id"], "--token", tokens["alice"], "--db", db, cwd=tmp_path)
+            own = cli(
+                "approvals", "approve", request["approval_id"], "--token", tokens["alice"], "--db", db, cwd=tmp_path
+            )
             assert own.returncode == 2 and "self_approval" in own.stderr  # alice asked for the run: four-eyes
-            sent = cli("approvals", "approve", request["id"], "--token", tokens["bob"], "--seen-hash",
+            sent = cli("approvals", "approve", request["approval_id"], "--token", tokens["bob"], "--seen-hash",
                        request["args_hash"], "--db", db, cwd=tmp_path)  # fmt: skip
             assert sent.returncode == 0 and "approved" in sent.stdout, sent.stderr
     assert info["status"] == "completed", info
     assert info["workflow"] == "agent:noc-copilot" and info["tenant"] == "noc-east"
     assert info["meta"] == {"agent": "noc-copilot", "requested_by": "alice"}
-    assert json.loads(info["output_json"])["status"] == "answered"
+    assert info["output"]["status"] == "answered"  # decoded, not JSON in a string
     assert sum(1 for e in net.effects() if e["kind"] == "apply") == 1
     assert net.duplicate_keys() == []
 

@@ -273,6 +273,10 @@ def _summary(app: App, net: Any, run_id: str, ledger: str, seconds: float) -> di
     calls = conn.execute("SELECT count(*) FROM model_calls WHERE run_id = ?", (run_id,)).fetchone()[0]
     conn.close()
     recorded_llm = sum(1 for s in steps if s.kind == "llm" and s.status == "completed")
+    # A request that failed (a dead endpoint, a 429) is recorded as a failed attempt and retried:
+    # a call made, but no step re-called. Re-called means sent again for a recorded step.
+    llm_seqs = {s.seq for s in steps if s.kind == "llm"}
+    failed_llm = sum(1 for attempt in app.store.load_attempts(run_id) if attempt[0] in llm_seqs)
     effects = net.effects(run_prefix=f"{run_id}:")
     dup = [d for d in net.duplicate_keys() if str(d.get("key", "")).startswith(f"{run_id}:")]
     used = usage(app, run_id=run_id)
@@ -280,10 +284,12 @@ def _summary(app: App, net: Any, run_id: str, ledger: str, seconds: float) -> di
         "run_id": run_id,
         "status": record.status,
         "outcome": outcome.get("status"),
+        "error": {k: v for k, v in record.error_dict().items() if k in ("type", "message")} or None,
         "answer": outcome.get("answer"),
         "model_calls": calls,
         "model_steps_recorded": recorded_llm,
-        "recalled_model_steps": calls - recorded_llm,
+        "failed_model_attempts": failed_llm,
+        "recalled_model_steps": max(0, calls - recorded_llm - failed_llm),
         "tool_calls": sum(1 for s in steps if s.kind == "tool"),
         "effects_applied": len(effects),
         "config_pushes": sum(1 for e in effects if e["kind"] == "apply"),
