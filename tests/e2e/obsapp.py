@@ -1,7 +1,8 @@
 """The app the observability tests serve and kill (`--app tests.e2e.obsapp:app`, store from
 `AGENTFLOW_DB`): an agent whose scripted model calls one read-only tool and then answers (model
 calls with token usage, a tool call, a policy decision), and `ticks`, a workflow of slow steps that
-a test can SIGKILL a worker in the middle of."""
+a test can SIGKILL a worker in the middle of, and `tick_wait`, which parks for a signal between two
+steps."""
 
 from __future__ import annotations
 
@@ -44,6 +45,12 @@ def build(db: str | None = None) -> tuple[App, Agent]:
         for i in range(n):
             total += await ctx.run(tick, i)
         return total
+
+    @app.workflow(name="tick_wait")
+    async def tick_wait(ctx: WorkflowContext) -> int:
+        first = await ctx.run(tick, 1)
+        await ctx.wait_signal("go")
+        return first + await ctx.run(tick, 2)
 
     return app, agent
 
