@@ -25,6 +25,7 @@ SUBCOMMANDS = [
     ["runs", "usage"],
     ["runs", "cancel"],
     ["runs", "signal"],
+    ["runs", "watch"],
     ["db"],
     ["db", "upgrade"],
     ["run"],
