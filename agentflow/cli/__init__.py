@@ -63,9 +63,9 @@ app.add_typer(policy_app, name="policy")
 
 def _print_version(value: bool) -> None:
     if value:
-        from agentflow import __version__
+        from importlib.metadata import version
 
-        print(f"agentflow {__version__}")
+        print(f"agentflow {version('agentflow')}")
         raise typer.Exit()
 
 
