@@ -39,6 +39,7 @@ from agentflow.llm import (
     ToolFacts,
     as_chat_model,
     canonical_json,
+    malformed_tool_call,
     tool_facts,
     validate_tool_args,
 )
@@ -143,7 +144,12 @@ class Agent:
         self, ctx: WorkflowContext, messages: list[BaseMessage], state: RunState, limit: int | None = None
     ) -> Ended:
         """Model call -> tool calls -> results, until an answer, `limit` calls here, or the run's
-        `max_turns` / budget is used up. `messages` grows with the conversation."""
+        `max_turns` / budget is used up. `messages` grows with the conversation.
+
+        A reply that looks like a tool call but is none (a tag, broken JSON, prose around a
+        fenced call) is never taken as the answer: it goes back to the model as an invalid
+        call, once; a second such reply in a row ends the stretch `failed`."""
+        malformed = False
         for _ in range(limit or self.max_turns):
             if state.turns >= self.max_turns:
                 break
@@ -156,6 +162,12 @@ class Agent:
                 return Ended("budget_exceeded", detail=exc.message)
             messages.append(message)
             feedback = [self._invalid(call) for call in message.invalid_tool_calls]
+            garbled = malformed_tool_call(message, self.tools)
+            if garbled is not None:  # never the answer: sent back once, then the run gives up
+                if malformed:
+                    return Ended("failed", detail=f"the model wrote malformed tool calls twice in a row: {garbled}")
+                feedback.append(self._invalid({"id": f"malformed-{state.turns}", "name": "", "error": garbled}))
+            malformed = garbled is not None
             state.records.extend(r for r, _ in feedback)
             if not message.tool_calls and not feedback:
                 return Ended("answered", answer=_text(message))
@@ -326,9 +338,10 @@ class Agent:
     def _invalid(self, call: Any) -> tuple[ToolCallRecord, BaseMessage]:
         # Providers drop invalid calls from the assistant message, so a ToolMessage answering
         # one would be orphaned (OpenAI rejects that): the error goes back as a user turn.
+        what = f"your call of tool {call.get('name')!r}" if call.get("name") else "your reply"
         text = (
-            f"[agentflow] your call of tool {call.get('name')!r} was not run: "
-            f"{call.get('error') or 'invalid tool call'}. Fix the call and try again."
+            f"[agentflow] {what} was not run: {call.get('error') or 'invalid tool call'}. Fix the call and try "
+            "again (a tool call, not text that looks like one), or answer in plain text."
         )
         record = ToolCallRecord(
             id=call.get("id") or "", name=call.get("name") or "", args={}, status="invalid", result=text

@@ -108,6 +108,6 @@ class RunState:
 class Ended:
     """How one stretch of the ReAct loop ended."""
 
-    status: Literal["answered", "max_turns", "budget_exceeded", "time_limit"]
+    status: Literal["answered", "max_turns", "budget_exceeded", "time_limit", "failed"]
     answer: str | None = None
     detail: str = ""

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any
 from agentflow.llm._guard import model_requests_allowed
 from agentflow.llm._langchain import LangChainChat, as_chat_model
 from agentflow.llm._messages import blob_hash, canonical_json, message_blob, message_from_blob
-from agentflow.llm._parse import recover_tool_calls
+from agentflow.llm._parse import malformed_tool_call, recover_tool_calls
 from agentflow.llm._pricing import DEFAULT_PRICES, PriceTable
 from agentflow.llm._tokens import TokenCount, count_messages, count_text, encoding_for
 from agentflow.llm._tools import SideEffect, ToolFacts, coerce_tool_args, tool, tool_facts, validate_tool_args
@@ -55,6 +55,7 @@ __all__ = [
     "count_messages",
     "count_text",
     "encoding_for",
+    "malformed_tool_call",
     "message_blob",
     "message_from_blob",
     "model_requests_allowed",

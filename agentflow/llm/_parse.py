@@ -115,3 +115,31 @@ def recover_tool_calls(
         }
     )
     return recovered, count
+
+
+# Markers small models and chat templates use for tool calls (Hermes/Qwen, Llama, Mistral, ...).
+_CALL_MARKERS = re.compile(
+    r"</?tool_call>|</?tools>|</?function(?:_call)?[\s>=]|\[TOOL_CALLS\]|<\|python_tag\|>|<\|tool_call\|>", re.I
+)
+_JSON_KEYS = re.compile(r"[\"']\s*(?:name|tool|tool_name|function|arguments|args|parameters)\s*[\"']\s*:", re.I)
+
+
+def malformed_tool_call(message: AIMessage, tools: Sequence[BaseTool]) -> str | None:
+    """Why a reply with no tool call looks like a failed attempt at one (None when it reads as
+    an answer): a tool-call tag or marker, or JSON-ish text that names a known tool next to
+    `name` / `arguments` keys (`{{"name": "apply_change", ...}}}}`, prose around a fenced
+    block). Such text must not be taken as the agent's answer: the agent sends it back as an
+    invalid call."""
+    if message.tool_calls or message.invalid_tool_calls or not isinstance(message.content, str):
+        return None
+    text = message.content
+    marker = _CALL_MARKERS.search(text)
+    if marker:
+        return f"the reply contains the tool-call marker {marker.group(0)!r} but no tool call could be read from it"
+    named = [t.name for t in tools if re.search(rf"[\"'`]{re.escape(t.name)}[\"'`]", text)]
+    if named and "{" in text and _JSON_KEYS.search(text):
+        return (
+            f"the reply looks like a call of {named[0]!r} written as text, but it is not a valid tool call "
+            "(malformed JSON, or text around it)"
+        )
+    return None

@@ -422,3 +422,40 @@ def test_cancel_after_a_compensable_step_runs_its_compensation(people: App, work
     assert len(EFFECTS) == 1  # the second push never ran
     tools_run = [(s.name, s.status) for s in app.history("r") if s.kind == "tool"]
     assert tools_run == [("push", "completed"), ("rollback", "completed")]
+
+
+@pytest.mark.parametrize(
+    "garbled",
+    [
+        '{{"name": "apply_change", "arguments": {"site": "CS-101", "param": "hoA3Offset", "value": 2}}}}',
+        '<tools>\n{"name": "apply_change", "arguments": {"site": "CS-101"}}\n</tools>',
+        'I will now fix it.\n```json\n{"name": "apply_change", "arguments": {"site": "CS-101", "param": "hoA3Offset",'
+        ' "value": 2}}\n```\nThat should do it.',
+        "<tool_call>apply_change(site=CS-101)</tool_call>",
+    ],
+    ids=["doubled-braces", "tools-tag", "prose-around-fence", "tag-not-json"],
+)
+def test_malformed_tool_call_text_is_sent_back_never_taken_as_the_answer(app: App, garbled: str) -> None:
+    """A reply that looks like a tool call but is none goes back to the model once as an
+    invalid call; the model then calls properly and the run answers. Twice in a row: failed."""
+    agent = Agent(
+        name="noc", model=scripted(garbled, {"tool_calls": [{"name": "get_kpis", "args": {"site": "CS-101"}}]},
+                                   "Drop rate 2.9%."), tools=[get_kpis, apply_change],
+    )  # fmt: skip
+    out = app.run(copilot_app(app, agent), "fix", run_id="r")
+    assert out["status"] == "answered" and out["answer"] == "Drop rate 2.9%."
+    assert [c["status"] for c in out["tool_calls"]] == ["invalid", "ok"]
+    assert "not run" in out["tool_calls"][0]["result"] and EFFECTS == []
+
+    twice = Agent(name="noc2", model=scripted(garbled, garbled, "never reached"), tools=[get_kpis, apply_change])
+    out = app.run(copilot_app(app, twice), "fix", run_id="r2")
+    assert out["status"] == "failed" and "malformed" in out["detail"] and out["answer"] is None
+
+
+def test_an_answer_that_quotes_json_is_still_an_answer(app: App) -> None:
+    """No false alarm: an answer with JSON of the change it proposes (no call keys) or a tool's
+    name in prose is the answer."""
+    text = 'Proposed change: {"site": "CS-101", "param": "hoA3Offset", "value": 2}; run `apply_change` after approval.'
+    agent = Agent(name="noc", model=scripted(text), tools=[get_kpis, apply_change])
+    out = app.run(copilot_app(app, agent), "fix", run_id="r")
+    assert out["status"] == "answered" and out["answer"] == text

@@ -325,7 +325,8 @@ def test_malformed_tool_calls_never_reach_a_tool_and_never_fail_the_run(script: 
         finally:
             app.close()
     assert status == "completed"
-    assert out["status"] in ("answered", "max_turns"), out
+    # failed only when the model wrote text that looks like a call but is none, twice in a row
+    assert out["status"] in ("answered", "max_turns") or "malformed" in out["detail"], out
     _check_invocations()
     records = out["tool_calls"]
     ran = [r for r in records if r["status"] in ("ok", "error")]
@@ -333,7 +334,7 @@ def test_malformed_tool_calls_never_reach_a_tool_and_never_fail_the_run(script: 
     assert len(INVOCATIONS) == len(ran)
     assert all(r["status"] in ("ok", "invalid") for r in records)  # allow-all: nothing denied
     valid, invalid = _expected_native(script, out["turns"])
-    native = [r for r in records if not r["id"].startswith("recovered-")]
+    native = [r for r in records if not r["id"].startswith(("recovered-", "malformed-"))]
     assert sum(r["status"] == "ok" for r in native) == valid
     assert sum(r["status"] == "invalid" for r in native) == invalid
     for r in records:

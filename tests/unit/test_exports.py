@@ -184,6 +184,7 @@ EXPORTS = {
         "count_messages",
         "count_text",
         "encoding_for",
+        "malformed_tool_call",
         "message_blob",
         "message_from_blob",
         "model_requests_allowed",
