@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agentflow.store._governance import OPEN_STATUSES
 from agentflow.store._store import EventStore
-
-# Open approval requests: waiting for a decision (see the approvals service).
-_OPEN = ("pending", "escalated")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +46,9 @@ class StoreGauges:
 
     def open_approvals(self) -> list[OpenApprovals]:
         """Per tenant with any: the open approval requests and when the oldest was made."""
+        marks = ", ".join("?" * len(OPEN_STATUSES))
         rows = self.backend.query(
-            "SELECT tenant, count(*), min(created_at) FROM af_approvals WHERE status IN (?, ?) GROUP BY tenant", _OPEN
+            f"SELECT tenant, count(*), min(created_at) FROM af_approvals WHERE status IN ({marks}) GROUP BY tenant",
+            OPEN_STATUSES,
         )
         return [OpenApprovals(str(t), int(n), float(oldest)) for t, n, oldest in rows]
