@@ -2,6 +2,7 @@
 
 from agentflow.agent._agent import Agent, agent_workflow
 from agentflow.agent._chat import MODEL_RETRY, Budget, chat, spent
+from agentflow.agent._context import fit_messages
 from agentflow.agent._gate import Gated, Policies, authorize, default_policy
 from agentflow.agent._outcome import (
     Decision,
@@ -34,6 +35,7 @@ __all__ = [
     "authorize",
     "chat",
     "default_policy",
+    "fit_messages",
     "spent",
     "usage",
 ]

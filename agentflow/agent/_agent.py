@@ -21,8 +21,10 @@ from typing import Any, Literal
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import BaseTool, StructuredTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from agentflow.agent._chat import Budget, chat, spent
+from agentflow.agent._context import fit_messages
 from agentflow.agent._gate import Policies, default_policy, gate, resolve_policies
 from agentflow.agent._outcome import Ended, Limits, Outcome, RunState, ToolCallRecord
 from agentflow.agent._plan import plan_tool, run_plan
@@ -70,6 +72,13 @@ class Agent:
         max_replans: plan mode: re-plans allowed before the run ends `failed`.
         step_turns: plan mode: model calls allowed for one plan step.
         limits: bounds on answer size, tool calls per answer, tool output size and run time.
+        context_tokens: the context window the conversation is kept inside (default: the
+            model's `context_window`; a local OpenAI-compatible server's is read from it). Older
+            tool outputs are elided, then the longest message is cut in its middle
+            (`agentflow.agent.fit_messages`); unknown: the conversation is sent whole.
+        recover: when tool calls a model wrote as fenced JSON in its text become calls:
+            "strict" (only a reply that is nothing but such blocks), "lenient" (any block
+            naming an offered tool: for small models that explain and call in one reply), "off".
     """
 
     name: str
@@ -84,6 +93,8 @@ class Agent:
     max_replans: int = 2
     step_turns: int = 4
     limits: Limits = field(default_factory=Limits)
+    context_tokens: int | None = None
+    recover: Literal["strict", "lenient", "off"] = "strict"
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tools]
@@ -133,9 +144,16 @@ class Agent:
     async def ask(
         self, ctx: WorkflowContext, messages: list[BaseMessage], tools: Sequence[BaseTool], state: RunState
     ) -> AIMessage:
-        """One recorded, budgeted model call (raises `BudgetExceeded` before spending)."""
-        response = await chat(ctx, self._model, messages, list(tools), budget=self.budget, prices=self.prices,
-                              max_response_chars=self.limits.max_response_chars,
+        """One recorded, budgeted model call (raises `BudgetExceeded` before spending), on a
+        view of the conversation that fits the context window (`fit_messages`)."""
+        window = self.context_tokens or self._model.context_window
+        view: Sequence[BaseMessage] = messages
+        if window:
+            reserve = (self.budget.max_output_tokens or 0) if self.budget else 0
+            schemas = [convert_to_openai_tool(t) for t in tools]
+            view, _ = fit_messages(messages, self._model.name, window, reserve=reserve, tools=schemas)
+        response = await chat(ctx, self._model, view, list(tools), budget=self.budget, prices=self.prices,
+                              max_response_chars=self.limits.max_response_chars, recover=self.recover,
                               max_tool_calls=self.limits.max_tool_calls_per_turn)  # fmt: skip
         state.turns += 1
         return response.message

@@ -15,7 +15,7 @@ import email.utils
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import openai
@@ -29,6 +29,7 @@ from agentflow.errors import (
     ModelConnectionError,
     ModelError,
     ModelRateLimited,
+    ModelRequestsForbidden,
     ModelServerError,
     ModelTimeout,
 )
@@ -127,7 +128,10 @@ class OpenAIChat:
             endpoint (a local llama.cpp, vLLM or Ollama server) is sent the placeholder `no-key`
             when neither is set; a 401 from it then says that no key was set.
         timeout: seconds per request.
-        context_window: the model's context window in tokens, for the pre-flight check.
+        context_window: the model's context window in tokens, for the pre-flight check and the
+            agent's context management. "auto" (default): read from the server when it is not
+            OpenAI's (llama.cpp's `/props` `n_ctx`, vLLM's `/v1/models` `max_model_len`), once,
+            on first use; unknown (None) when the server does not say.
         temperature: sampling temperature, if set.
 
     Raises:
@@ -141,7 +145,7 @@ class OpenAIChat:
         base_url: str | None = None,
         api_key: str | None = None,
         timeout: float = 60.0,
-        context_window: int | None = None,
+        context_window: int | Literal["auto"] | None = "auto",
         temperature: float | None = None,
     ) -> None:
         self.name = model
@@ -156,7 +160,7 @@ class OpenAIChat:
         self.keyed = bool(key)
         self.api_key = key or "no-key"
         self.timeout = timeout
-        self.context_window = context_window
+        self._context_window = context_window
         self.temperature = temperature
         self._client: openai.AsyncOpenAI | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
@@ -164,6 +168,19 @@ class OpenAIChat:
 
     def __repr__(self) -> str:
         return f"OpenAIChat(model={self.name!r}, base_url={self.base_url!r})"
+
+    @property
+    def context_window(self) -> int | None:
+        """Tokens the model accepts (None: unknown). "auto" asks the server once (2 s at most)."""
+        if self._context_window == "auto":
+            self._context_window = (
+                None if _is_openai(self.base_url) else served_context_window(self.base_url, self.name)
+            )
+        return self._context_window
+
+    @context_window.setter
+    def context_window(self, value: int | None) -> None:
+        self._context_window = value
 
     @property
     def client(self) -> openai.AsyncOpenAI:
@@ -245,3 +262,33 @@ class OpenAIChat:
             truncated=choice.finish_reason == "length",
             refusal=refusal,
         )
+
+
+def served_context_window(base_url: str, model: str, timeout: float = 2.0) -> int | None:
+    """The context size an OpenAI-compatible server runs `model` with, if it says: llama.cpp's
+    `GET /props` (`default_generation_settings.n_ctx`, the runtime size, not the training one)
+    or vLLM's `GET /v1/models` (`max_model_len`). None when it does not answer or say."""
+    import httpx
+
+    try:
+        check_endpoint(base_url, model)
+    except ModelRequestsForbidden:
+        return None
+    root = base_url.rstrip("/")
+    api_root = root[: -len("/v1")] if root.endswith("/v1") else root
+    try:
+        with httpx.Client(timeout=timeout) as client:
+            props = client.get(f"{api_root}/props")
+            if props.status_code == 200:
+                n_ctx = (props.json().get("default_generation_settings") or {}).get("n_ctx")
+                if isinstance(n_ctx, int) and n_ctx > 0:
+                    return n_ctx
+            models = client.get(f"{root}/models")
+            if models.status_code == 200:
+                for entry in models.json().get("data") or []:
+                    size = entry.get("max_model_len") if isinstance(entry, dict) else None
+                    if isinstance(size, int) and size > 0 and entry.get("id") in (model, None):
+                        return size
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return None

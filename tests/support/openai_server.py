@@ -94,8 +94,10 @@ class OpenAIServer:
         respond: Callable[[dict[str, Any]], Reply] | None = None,
         *,
         keep_alive: bool = False,
+        props: dict[str, Any] | None = None,
     ) -> None:
         self.replies = list(replies or [])
+        self.props = props  # served at GET /props (llama.cpp's server facts), else 404
         self.respond = respond
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -128,6 +130,15 @@ class OpenAIServer:
                     self.wfile.write(data.encode())
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout test)
+
+            def do_GET(self) -> None:
+                found = self.path == "/props" and server.props is not None
+                data = json.dumps(server.props if found else {"error": "not found"}).encode()
+                self.send_response(200 if found else 404)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def handle(self) -> None:
                 try:

@@ -56,6 +56,7 @@ EXPORTS = {
         "authorize",
         "chat",
         "default_policy",
+        "fit_messages",
         "spent",
         "usage",
     ],
