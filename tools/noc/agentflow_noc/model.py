@@ -3,7 +3,8 @@
 A KPI sample is a function of (seed, site, 5-minute bucket, config, incident) and nothing else,
 so two processes (or a replay next year) compute the same series. Config parameters and
 incidents move the KPIs the way they would on a real cell: a handover offset set too high drops
-calls, a demand surge fills the PRBs and starves throughput, a degraded backhaul adds latency.
+calls, a demand surge fills the PRBs and starves throughput, a degraded backhaul adds latency, a
+transmit power above the 43 dBm envelope interferes with the neighbours and drops calls.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ REGIONS = ("north", "south", "east", "west")
 SITES_PER_REGION = 6
 FIRST_SITE = 101
 KPIS = ("drop_rate_pct", "throughput_mbps", "prb_util_pct", "handover_success_pct", "latency_ms")
-SCENARIOS = ("mis_set_handover", "congestion", "backhaul_fault")
+SCENARIOS = ("mis_set_handover", "congestion", "backhaul_fault", "mis_set_tx_power")
 SEVERITIES = ("critical", "major", "minor", "warning", "info")
 
 # name -> (kind, low, high) for numbers; (kind, choices) otherwise. Validated on stage and apply.
@@ -146,7 +147,7 @@ def sample(seed: int, site: str, bucket: int, config: dict[str, Any], incident: 
     secondary = config["backhaul_link"] == "secondary"
     transport = 0.55 if degraded else (0.95 if secondary else 1.0)
 
-    drop = nom.drop + 0.55 * late_handover + 0.3 * ping_pong + 0.25 * overshoot + 0.03 * max(0.0, util - 90.0)
+    drop = nom.drop + 0.55 * late_handover + 0.3 * ping_pong + 0.5 * overshoot + 0.03 * max(0.0, util - 90.0)
     handover = nom.handover - 2.2 * late_handover - 1.5 * ping_pong - 0.3 * overshoot
     throughput = nom.throughput * (1.0 - 0.6 * max(0.0, util - 75.0) / 25.0) * transport
     latency = nom.latency + 0.8 * max(0.0, util - 80.0) + (70.0 if degraded else 0.0) + (3.0 if secondary else 0.0)
@@ -190,6 +191,10 @@ def root_causes(seed: int, site: str, mean: dict[str, float], config: dict[str, 
         + _clamp(1.0 - mean["throughput_mbps"] / nom.throughput) * (1.0 if mean["prb_util_pct"] > 80 else 0.2),
         "backhaul_fault": _clamp((mean["latency_ms"] - 25.0) / 40.0)
         + (0.3 if mean["latency_ms"] > 40.0 and config["backhaul_link"] == "primary" else 0.0),
+        # Only a power above the envelope scores: the default configs (40 or 43 dBm) never do.
+        "mis_set_tx_power": (0.8 + _clamp((mean["drop_rate_pct"] - 1.0) / 2.0))
+        if float(config["txPower"]) > 43
+        else 0.0,
     }
     total = sum(scores.values())
     evidence = {
@@ -198,6 +203,7 @@ def root_causes(seed: int, site: str, mean: dict[str, float], config: dict[str, 
         "congestion": f"PRB util {mean['prb_util_pct']}%, throughput {mean['throughput_mbps']} Mbps "
         f"(nominal {nom.throughput:.0f}), prbCap {config['prbCap']}%",
         "backhaul_fault": f"latency {mean['latency_ms']} ms on the {config['backhaul_link']} backhaul link",
+        "mis_set_tx_power": f"txPower {config['txPower']} dBm (envelope 43), drop {mean['drop_rate_pct']}%",
     }
     ranked = sorted(scores, key=lambda c: (-scores[c], c))
     return [
@@ -217,6 +223,8 @@ def proposal(cause: str, config: dict[str, Any]) -> tuple[str, Any, str]:
         return "loadBalancing", True, "offload traffic to neighbouring cells"
     if cause == "backhaul_fault":
         return "backhaul_link", "secondary", "move traffic off the degraded primary backhaul link"
+    if cause == "mis_set_tx_power":
+        return "txPower", 40, "bring the transmit power back inside the 43 dBm envelope to stop the interference"
     raise ValueError(f"unknown cause {cause!r}; known: {list(SCENARIOS)}")
 
 

@@ -165,7 +165,8 @@ class Network:
     # -- incidents -----------------------------------------------------------------------
     def inject(self, site: str, scenario: str) -> None:
         """Start an incident: `mis_set_handover` (hoA3Offset pushed to 8 dB outside any workflow),
-        `congestion` (a demand surge) or `backhaul_fault` (the primary backhaul link degrades)."""
+        `congestion` (a demand surge), `backhaul_fault` (the primary backhaul link degrades) or
+        `mis_set_tx_power` (txPower pushed to 46 dBm, above the envelope, outside any workflow)."""
         site = self.check_site(site)
         if scenario not in model.SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; known: {list(model.SCENARIOS)}")
@@ -174,6 +175,8 @@ class Network:
             conn.execute("INSERT OR REPLACE INTO incidents VALUES (?, ?, ?)", (site, scenario, now))
             if scenario == "mis_set_handover":
                 conn.execute("UPDATE config SET value = '8' WHERE site = ? AND param = 'hoA3Offset'", (site,))
+            if scenario == "mis_set_tx_power":
+                conn.execute("UPDATE config SET value = '46' WHERE site = ? AND param = 'txPower'", (site,))
 
     def incident(self, site: str) -> str | None:
         site = self.check_site(site)

@@ -58,7 +58,7 @@ def detect_anomalies(site: str) -> dict[str, Any]:
 @tool(side_effect="none", target="site", canonical=_site, region=_region, tags=["read"])
 def rank_root_causes(site: str) -> dict[str, Any]:
     """Rank the likely root causes of a cell site's anomalies (mis_set_handover, congestion,
-    backhaul_fault) from its KPIs and configuration, each with a confidence and its evidence.
+    backhaul_fault, mis_set_tx_power) from its KPIs and configuration, each with a confidence and its evidence.
     `top_cause` is the best candidate, or "none" when the site is healthy."""
     net = network()
     site = net.check_site(site)
