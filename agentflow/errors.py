@@ -39,7 +39,8 @@ apply) and ``retryable``: whether trying the same thing again later can help.
     │   └── StoreKeyError           a sealed payload whose key is missing or wrong (encryption
     │                               at rest); names the key id, never the key
     └── ApprovalError               an approval decision that was not taken (audited)
-        ├── AuthenticationError     a missing, unknown or disabled operator token
+        ├── AuthenticationError     a missing, unknown, revoked or expired token, or a disabled
+        │                           operator; `code` says which (bad_token, token_revoked, ...)
         └── ApprovalRefused         the operator may not decide this (role, tenant, four-eyes,
                                     expired, already decided, run ended, edited since); `code` says which
 
@@ -377,7 +378,8 @@ class ApprovalError(AgentflowError):
 
 
 class AuthenticationError(ApprovalError):
-    """A missing, unknown or disabled operator token."""
+    """A token that signs no one in; `code` is bad_token (missing or unknown), token_revoked,
+    token_expired or operator_disabled, and the message names the command that fixes it."""
 
 
 class ApprovalRefused(ApprovalError):

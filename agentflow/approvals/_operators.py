@@ -132,9 +132,14 @@ class Operators:
         """
         issued: list[str] = []
 
+        if expires_at != SAME:
+            self._future(expires_at)  # refused before anything changes
+
         def change(tx: Tx, p: PrincipalRow, wall: float) -> None:
-            ends = _same_life(tx.tokens.list(tenant=p.tenant, principal_id=p.id), wall) if expires_at == SAME else \
-                self._future(expires_at)  # fmt: skip
+            if expires_at == SAME:
+                ends = _same_life(tx.tokens.list(tenant=p.tenant, principal_id=p.id), wall)
+            else:
+                ends = expires_at
             tx.tokens.revoke(p.id, tenant=p.tenant, at=wall)
             issued.append(_issue(tx, p.id, p.tenant, wall, ends)[0])
 

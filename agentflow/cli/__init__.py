@@ -4,7 +4,7 @@
     agentflow runs list | show | history | usage | cancel | signal | watch           _runs, _watch
     agentflow db upgrade | rotate-key                                                _db
     agentflow doctor                                                                 _doctor
-    agentflow operators add | list                                                   _operators
+    agentflow operators add | list | disable | enable | revoke | rotate              _operators
     agentflow approvals list | show | approve | reject                               _approvals
     agentflow policy check                                                           _policy
 

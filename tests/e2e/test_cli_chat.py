@@ -425,3 +425,42 @@ def test_the_loop_prints_api_errors_and_keeps_going() -> None:
     assert "error: invalid: task: too long" in text and "no pending approvals" in text
     assert "error: unknown_command: /nope" in text and "error: usage: /watch <run_id>" in text
     assert "/approvals" in text and text.endswith("you> ")
+
+
+def test_a_bare_help_is_help_and_help_with_words_is_a_task() -> None:
+    """Issue 15: `help`, `?` and `HELP` typed without the slash print the help (no run is
+    started); `help me fix CS-101` is a task (one POST /api/runs with it); a bare `quit` leaves."""
+    posted: list[Any] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/runs" and request.method == "POST":
+            posted.append(json.loads(request.content)["task"])
+            return httpx.Response(422, json={"error": {"code": "invalid", "message": "stop here"}})
+        return httpx.Response(200, json={"approvals": []})
+
+    chat, out = scripted_chat(handler, ["help", "?", " HELP ", "help me fix CS-101", "quit", "never read"])
+    chat.loop()
+    text = out.getvalue()
+    assert posted == ["help me fix CS-101"]
+    assert text.count("/watch <run_id>   follow a run") == 3 and "error: invalid: stop here" in text
+    assert text.endswith("you> ")  # `quit` left: "never read" was not
+
+
+def test_help_in_a_real_chat_starts_no_run(served: Served) -> None:
+    """Against the real server: a bare `help` prints the help and starts nothing (the server
+    lists the same runs before and after); `exit` ends the chat with code 0."""
+    before = served.api("bob", "GET", "/api/runs")["runs"]
+    chat = Driven("--server", served.url, "--token", served.tokens["bob"])
+    try:
+        chat.expect(r"you> ")
+        chat.send("help")
+        chat.expect(r"/help +this text")
+        chat.expect(r"you> ")
+        chat.send("exit")
+        assert chat.close() == 0
+    finally:
+        if chat.proc.poll() is None:
+            chat.proc.kill()
+            chat.close()
+    assert not re.search(r"run \S+ started", chat.output) and "Traceback" not in chat.output
+    assert served.api("bob", "GET", "/api/runs")["runs"] == before

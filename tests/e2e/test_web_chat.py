@@ -312,6 +312,23 @@ def test_chat_commands_explain_and_approve(serve: Callable[..., Served], people:
     people.assert_clean()
 
 
+def test_a_bare_help_on_the_new_request_page_is_help(serve: Callable[..., Served], people: People) -> None:
+    """Issue 15: `help` typed on the new-request page is answered with the help (a reply, not an
+    error) and starts no run; `help me fix CS-101 ...` starts one."""
+    server = serve()
+    bob = people.sign_in(server, "bob")
+    bob.locator("#nav-chat").click()
+    say(bob, "help")
+    reply = bob.locator('.chat-reply[data-kind="help"] .reply-text')
+    expect(reply).to_contain_text("is a chat command, not a task")
+    expect(reply).to_contain_text("Type a task for the copilot")
+    expect(bob.locator(".chat-reply.error")).to_have_count(0)
+    assert "#/runs/" not in bob.url and server.api("bob", "GET", "/api/runs")["runs"] == []
+    run_id = start_in_chat(bob, f"help me fix {TASK}")
+    assert server.api("bob", "GET", f"/api/runs/{run_id}")["status"] in ("pending", "running", "waiting", "completed")
+    people.assert_clean()
+
+
 def test_hostile_tool_and_model_text_renders_inert(serve: Callable[..., Served], people: People) -> None:
     """A tool's output and the model's answer full of markup (an img with onerror, a script, a
     javascript: link, a markdown link, an iframe) are shown literally as untrusted text: no

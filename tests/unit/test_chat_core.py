@@ -10,7 +10,20 @@ import pytest
 
 from agentflow import App, WorkflowContext
 from agentflow.approvals import Approvals
-from agentflow.chat import Chat, card, card_rows, reply, run_summary, safe_text, time_left, truncate, waiting_words
+from agentflow.chat import (
+    HELP,
+    START_HELP,
+    Chat,
+    bare_command,
+    card,
+    card_rows,
+    reply,
+    run_summary,
+    safe_text,
+    time_left,
+    truncate,
+    waiting_words,
+)
 from agentflow.errors import ApprovalRefused, UnknownRunError
 from agentflow.policy import ApprovalSpec, PolicyDecision
 
@@ -101,3 +114,15 @@ def test_commands_on_any_surface_use_the_approvals_service(staged: tuple[Chat, s
     assert summary["open_approvals"] == 0 and summary["requested_by"] == "alice"
     shown = card(chat, approvals.get(approval_id), bob)
     assert shown["can_decide"] is False and shown["now"] == chat.clock.now()
+
+
+def test_a_bare_command_word_is_a_command_not_a_task() -> None:
+    """Issue 15: what an operator types alone (`help`, `?`, `/help`, `quit`, `exit`, `status`,
+    `why?`) is a command on every surface; a sentence that starts with such a word is a task."""
+    commands = {"help": "help", "HELP": "help", " /help ": "help", "?": "help", "help?": "help", "h": "help",
+                "quit": "quit", "exit": "quit", "/q": "quit", "status": "status", "why?": "why", "Why": "why",
+                "approve": "approve", "reject.": "reject"}  # fmt: skip
+    assert {text: bare_command(text) for text in commands} == commands
+    for task in ("help me fix CS-101", "helpful", "status of CS-101?", "why is CS-101 down", "approve CS-101 fix", ""):
+        assert bare_command(task) is None, task
+    assert START_HELP.startswith("Type a task") and HELP in START_HELP

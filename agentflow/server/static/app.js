@@ -351,7 +351,9 @@ async function send() {
       if (reply.card) upsertCard(reply.card);
     }
   } catch (err) {
-    if (err.status !== 401 && state.runId === runId) {
+    if (err.code === "not_a_task" && state.runId === runId) {
+      addReply(err.message, false, "help"); // `help` typed on #/: the server says what to type
+    } else if (err.status !== 401 && state.runId === runId) {
       addReply(err.message, true);
       if (!runId) input.value = text; // the task was not started: give it back
     }
