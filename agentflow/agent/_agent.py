@@ -26,6 +26,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from agentflow.agent._chat import Budget, chat, spent
 from agentflow.agent._context import fit_messages
 from agentflow.agent._gate import Policies, default_policy, gate, resolve_policies
+from agentflow.agent._numbers import unverified_numbers
 from agentflow.agent._outcome import Ended, Limits, Outcome, RunState, ToolCallRecord
 from agentflow.agent._plan import plan_tool, run_plan
 from agentflow.engine import Activity, App, Client, RetryPolicy, RunHandle, Workflow, WorkflowContext, run_blocking
@@ -79,6 +80,10 @@ class Agent:
         recover: when tool calls a model wrote as fenced JSON in its text become calls:
             "strict" (only a reply that is nothing but such blocks), "lenient" (any block
             naming an offered tool: for small models that explain and call in one reply), "off".
+        check_numbers: check the measured numbers of an answer (decimals, %, dB, ...) against
+            the run's tool results, call arguments and task; a number found nowhere is sent
+            back once, then listed in the outcome's `unverified_numbers` (small models misquote
+            what they read).
     """
 
     name: str
@@ -95,6 +100,7 @@ class Agent:
     limits: Limits = field(default_factory=Limits)
     context_tokens: int | None = None
     recover: Literal["strict", "lenient", "off"] = "strict"
+    check_numbers: bool = False
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tools]
@@ -132,7 +138,8 @@ class Agent:
             if self.mode == "plan":
                 return await run_plan(self, ctx, task, state)
             ended = await self.react(ctx, [SystemMessage(self.instructions), HumanMessage(task)], state)
-            return self.outcome(ctx, state, ended.status, answer=ended.answer, detail=ended.detail)
+            return self.outcome(ctx, state, ended.status, answer=ended.answer, detail=ended.detail,
+                                unverified_numbers=list(ended.unverified))  # fmt: skip
         except (asyncio.CancelledError, Exception):
             await self._compensate(ctx, state.ran)
             raise
@@ -167,7 +174,7 @@ class Agent:
         A reply that looks like a tool call but is none (a tag, broken JSON, prose around a
         fenced call) is never taken as the answer: it goes back to the model as an invalid
         call, once; a second such reply in a row ends the stretch `failed`."""
-        malformed = False
+        malformed = numbers_checked = False
         for _ in range(limit or self.max_turns):
             if state.turns >= self.max_turns:
                 break
@@ -188,7 +195,16 @@ class Agent:
             malformed = garbled is not None
             state.records.extend(r for r, _ in feedback)
             if not message.tool_calls and not feedback:
-                return Ended("answered", answer=_text(message))
+                answer = _text(message)
+                wrong = unverified_numbers(answer, _evidence(messages[:-1])) if self.check_numbers else []
+                if wrong and not numbers_checked:  # sent back once; a second answer is taken as it is
+                    numbers_checked = True
+                    messages.append(HumanMessage(
+                        f"[agentflow] check your answer: {', '.join(wrong)} appear in no tool result of this run. "
+                        "Quote the numbers the tools returned (or call a tool to read them), then answer again."
+                    ))  # fmt: skip
+                    continue
+                return Ended("answered", answer=answer, unverified=tuple(wrong))
             done = await self._turn(ctx, message.tool_calls, state)
             state.records.extend(r for r, _ in done)
             messages.extend(m for _, m in [*done, *feedback])
@@ -435,6 +451,19 @@ def _joined(result: Any) -> Outcome:
     if isinstance(result, BaseException):
         return Outcome(status="failed", detail=f"{type(result).__name__}: {result}")
     return Outcome.model_validate(result)
+
+
+def _evidence(messages: Sequence[BaseMessage]) -> list[str]:
+    """What an answer's numbers may come from: the task, the tools' results and the arguments
+    of the calls (not the model's own prose)."""
+    out: list[str] = []
+    for m in messages:
+        if isinstance(m, HumanMessage | ToolMessage) and isinstance(m.content, str):
+            if not m.content.startswith("[agentflow]"):  # the loop's own notes quote the numbers they doubt
+                out.append(m.content)
+        elif isinstance(m, AIMessage):
+            out.extend(canonical_json(c["args"]) for c in m.tool_calls)
+    return out
 
 
 def _text(message: AIMessage) -> str:

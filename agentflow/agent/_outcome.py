@@ -88,6 +88,8 @@ class Outcome(BaseModel):
     detail: str = ""
     plan: list[PlanStepRecord] = Field(default_factory=list)
     replans: int = 0
+    #: Numbers of the answer found in no tool result (`Agent(check_numbers=True)`).
+    unverified_numbers: list[str] = Field(default_factory=list)
 
 
 #: The signal that wakes a run when an approval request is decided.
@@ -111,3 +113,4 @@ class Ended:
     status: Literal["answered", "max_turns", "budget_exceeded", "time_limit", "failed"]
     answer: str | None = None
     detail: str = ""
+    unverified: tuple[str, ...] = ()

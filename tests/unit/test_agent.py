@@ -271,7 +271,7 @@ def test_side_effects_of_one_reply_run_one_after_another(people: App, worker_thr
     app.start(copilot_app(app, agent), "fix both", run_id="r")
     worker_thread(app)
     first = request_for(app, "r", "c1")
-    assert app.get_run("r").status == "waiting"
+    assert_eventually(lambda: app.get_run("r").status == "waiting")
     assert [r.call_id for r in Approvals.of(app).list(run_id="r")] == ["c1"]  # c2 is not staged yet
     assert not any(name == "get_kpis" for _, name, _ in kinds(app, "r"))
     Approvals.of(app).approve(first.id, by=operator(app, "alice"))
@@ -459,3 +459,30 @@ def test_an_answer_that_quotes_json_is_still_an_answer(app: App) -> None:
     agent = Agent(name="noc", model=scripted(text), tools=[get_kpis, apply_change])
     out = app.run(copilot_app(app, agent), "fix", run_id="r")
     assert out["status"] == "answered" and out["answer"] == text
+
+
+@llm.tool(side_effect="none", target="site")
+def read_drop_rate(site: str) -> dict[str, float]:
+    """Read a cell site's drop rate in percent."""
+    return {"drop_rate_pct": 0.956, "ho_failure_pct": 12.34}
+
+
+def test_misquoted_numbers_are_sent_back_once_then_listed(app: App) -> None:
+    """The model reads 0.956 % and answers 92.2 %: with check_numbers the answer goes back once
+    with the number named; a corrected answer is taken, and a second wrong one is taken with the
+    number listed in `unverified_numbers`. Rounding to the shown precision is not a misquote."""
+    read = {"tool_calls": [{"name": "read_drop_rate", "args": {"site": "CS-101"}}]}
+    wrong = "CS-101 drop rate is 92.2 %; handover failures 12.3 %."
+    right = "CS-101 drop rate is 0.96 % (0.956 %); handover failures 12.3 %; 2 causes checked at 02:00."
+    agent = Agent(name="noc", model=scripted(read, wrong, right), tools=[read_drop_rate], check_numbers=True)
+    out = app.run(copilot_app(app, agent), "CS-101 drops", run_id="r1")
+    assert out["status"] == "answered" and out["answer"] == right and out["unverified_numbers"] == []
+    assert out["turns"] == 3
+
+    stubborn = Agent(name="noc2", model=scripted(read, wrong, wrong), tools=[read_drop_rate], check_numbers=True)
+    out = app.run(copilot_app(app, stubborn), "CS-101 drops", run_id="r2")
+    assert out["status"] == "answered" and out["unverified_numbers"] == ["92.2 %"] and out["turns"] == 3
+
+    unchecked = Agent(name="noc3", model=scripted(read, wrong), tools=[read_drop_rate])
+    out = app.run(copilot_app(app, unchecked), "CS-101 drops", run_id="r3")
+    assert out["answer"] == wrong and out["turns"] == 2 and out["unverified_numbers"] == []
