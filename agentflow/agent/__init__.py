@@ -14,6 +14,7 @@ from agentflow.agent._outcome import (
     ToolCallRecord,
     approval_signal,
 )
+from agentflow.agent._phases import Phase
 from agentflow.agent._usage import UsageSummary, usage
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Gated",
     "Limits",
     "Outcome",
+    "Phase",
     "Plan",
     "PlanStep",
     "PlanStepRecord",

@@ -28,6 +28,7 @@ from agentflow.agent._context import fit_messages
 from agentflow.agent._gate import Policies, default_policy, gate, resolve_policies
 from agentflow.agent._numbers import unverified_numbers
 from agentflow.agent._outcome import Ended, Limits, Outcome, RunState, ToolCallRecord
+from agentflow.agent._phases import Phase, check_phases, run_phases
 from agentflow.agent._plan import plan_tool, run_plan
 from agentflow.engine import Activity, App, Client, RetryPolicy, RunHandle, Workflow, WorkflowContext, run_blocking
 from agentflow.errors import (
@@ -84,6 +85,9 @@ class Agent:
             the run's tool results, call arguments and task; a number found nowhere is sent
             back once, then listed in the outcome's `unverified_numbers` (small models misquote
             what they read).
+        phases: runbook phases (`agentflow.agent.Phase`) the run follows in order, each with
+            its tools and a required tool call, then a final answer: structure for small models
+            (react mode only).
     """
 
     name: str
@@ -101,6 +105,7 @@ class Agent:
     context_tokens: int | None = None
     recover: Literal["strict", "lenient", "off"] = "strict"
     check_numbers: bool = False
+    phases: Sequence[Phase] = ()
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tools]
@@ -116,6 +121,13 @@ class Agent:
         except ConfigurationError as exc:
             raise ConfigurationError(f"agent {self.name}: {exc.message}") from None
         self._by_name = {t.name: t for t in self.tools}
+        if self.phases:
+            if self.mode != "react":
+                raise ConfigurationError(f"agent {self.name}: phases are a react-mode structure, not {self.mode!r}")
+            try:
+                check_phases(self.phases, self.tools)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"agent {self.name}: {exc.message}") from None
         self._policies = resolve_policies(self.policies)
         agent = self
 
@@ -137,6 +149,8 @@ class Agent:
         try:
             if self.mode == "plan":
                 return await run_plan(self, ctx, task, state)
+            if self.phases:
+                return await run_phases(self, ctx, task, self.phases, state)
             ended = await self.react(ctx, [SystemMessage(self.instructions), HumanMessage(task)], state)
             return self.outcome(ctx, state, ended.status, answer=ended.answer, detail=ended.detail,
                                 unverified_numbers=list(ended.unverified))  # fmt: skip
@@ -149,7 +163,12 @@ class Agent:
         return Outcome(status=status, turns=state.turns, tool_calls=state.records, usage=spent(ctx), **fields)
 
     async def ask(
-        self, ctx: WorkflowContext, messages: list[BaseMessage], tools: Sequence[BaseTool], state: RunState
+        self,
+        ctx: WorkflowContext,
+        messages: list[BaseMessage],
+        tools: Sequence[BaseTool],
+        state: RunState,
+        tool_choice: Literal["required"] | None = None,
     ) -> AIMessage:
         """One recorded, budgeted model call (raises `BudgetExceeded` before spending), on a
         view of the conversation that fits the context window (`fit_messages`)."""
@@ -161,9 +180,37 @@ class Agent:
             view, _ = fit_messages(messages, self._model.name, window, reserve=reserve, tools=schemas)
         response = await chat(ctx, self._model, view, list(tools), budget=self.budget, prices=self.prices,
                               max_response_chars=self.limits.max_response_chars, recover=self.recover,
-                              max_tool_calls=self.limits.max_tool_calls_per_turn)  # fmt: skip
+                              max_tool_calls=self.limits.max_tool_calls_per_turn, tool_choice=tool_choice)  # fmt: skip
         state.turns += 1
         return response.message
+
+    async def run_calls(
+        self, ctx: WorkflowContext, message: AIMessage, state: RunState
+    ) -> list[tuple[ToolCallRecord, BaseMessage]]:
+        """Run a reply's tool calls (`_turn`'s rules) and answer its invalid ones; every
+        outcome is added to the run's records, in the order the replies go back."""
+        done = [*await self._turn(ctx, message.tool_calls, state),
+                *(self._invalid(call) for call in message.invalid_tool_calls)]  # fmt: skip
+        state.records.extend(r for r, _ in done)
+        return done
+
+    async def answer(self, ctx: WorkflowContext, messages: list[BaseMessage], state: RunState) -> Ended:
+        """The final answer, asked without tools; with `check_numbers`, a misquoting answer is
+        sent back once (`unverified_numbers`)."""
+        checked = False
+        while state.turns < self.max_turns:
+            message = await self.ask(ctx, messages, [], state)
+            messages.append(message)
+            answer = _text(message)
+            wrong = self._doubted(messages[:-1], answer)
+            if not wrong or checked:
+                return Ended("answered", answer=answer, unverified=tuple(wrong))
+            checked = True
+            messages.append(_doubt(wrong))
+        return Ended("max_turns", detail=f"no answer after {state.turns} model calls")
+
+    def _doubted(self, before: Sequence[BaseMessage], answer: str) -> list[str]:
+        return unverified_numbers(answer, _evidence(before)) if self.check_numbers else []
 
     async def react(
         self, ctx: WorkflowContext, messages: list[BaseMessage], state: RunState, limit: int | None = None
@@ -196,13 +243,10 @@ class Agent:
             state.records.extend(r for r, _ in feedback)
             if not message.tool_calls and not feedback:
                 answer = _text(message)
-                wrong = unverified_numbers(answer, _evidence(messages[:-1])) if self.check_numbers else []
+                wrong = self._doubted(messages[:-1], answer)
                 if wrong and not numbers_checked:  # sent back once; a second answer is taken as it is
                     numbers_checked = True
-                    messages.append(HumanMessage(
-                        f"[agentflow] check your answer: {', '.join(wrong)} appear in no tool result of this run. "
-                        "Quote the numbers the tools returned (or call a tool to read them), then answer again."
-                    ))  # fmt: skip
+                    messages.append(_doubt(wrong))
                     continue
                 return Ended("answered", answer=answer, unverified=tuple(wrong))
             done = await self._turn(ctx, message.tool_calls, state)
@@ -451,6 +495,13 @@ def _joined(result: Any) -> Outcome:
     if isinstance(result, BaseException):
         return Outcome(status="failed", detail=f"{type(result).__name__}: {result}")
     return Outcome.model_validate(result)
+
+
+def _doubt(wrong: list[str]) -> HumanMessage:
+    return HumanMessage(
+        f"[agentflow] check your answer: {', '.join(wrong)} appear in no tool result of this run. "
+        "Quote the numbers the tools returned (or call a tool to read them), then answer again."
+    )
 
 
 def _evidence(messages: Sequence[BaseMessage]) -> list[str]:

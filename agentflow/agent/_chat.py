@@ -7,6 +7,7 @@ returns the recorded response without sending anything, and usage is never count
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Sequence
@@ -95,8 +96,12 @@ async def chat(
     recover: Literal["strict", "lenient", "off"] = "strict",
     max_response_chars: int | None = MAX_RESPONSE_CHARS,
     max_tool_calls: int | None = MAX_TOOL_CALLS,
+    tool_choice: Literal["required"] | None = None,
 ) -> ModelResponse:
     """Call `model` once as a recorded step of the workflow `ctx` belongs to.
+
+    `tool_choice="required"` asks the model to answer with a tool call (sent to models whose
+    `agenerate` takes it; recorded with the request).
 
     `model` is an agentflow `ChatModel` or any langchain-core `BaseChatModel` (wrapped in
     `LangChainChat`, see `agentflow.llm.as_chat_model`).
@@ -133,10 +138,14 @@ async def chat(
     if not replaying:
         usd = prices.cost(model.name, counted.tokens, reserve)
         _check_budget(ctx, budget, used, counted.tokens + reserve, usd, model.name)
-    request, blobs, refs = _request(model, messages, schemas, budget, ctx.locals.get(_LAST_REQUEST_KEY))
+    choice = tool_choice if schemas and _takes_tool_choice(model) else None
+    request, blobs, refs = _request(model, messages, schemas, budget, ctx.locals.get(_LAST_REQUEST_KEY), choice)
 
     async def invoke() -> ModelResponse:
-        response = await model.agenerate(messages, schemas, max_tokens=budget.max_output_tokens if budget else None)
+        extra = {"tool_choice": choice} if choice else {}
+        response = await model.agenerate(
+            messages, schemas, max_tokens=budget.max_output_tokens if budget else None, **extra
+        )
         bounded = _bounded(response, max_response_chars)
         finished = _finish(bounded, tools, counted.tokens, counted.approximate, prices, model.name, recover, seq)
         return _at_most(finished, max_tool_calls)
@@ -207,6 +216,7 @@ def _request(
     schemas: list[dict[str, Any]],
     budget: Budget | None,
     last: tuple[int, list[str]] | None = None,
+    tool_choice: str | None = None,
 ) -> tuple[str, dict[str, str], list[str]]:
     """The recorded request, the blobs it refers to, and its message references.
 
@@ -225,6 +235,8 @@ def _request(
         tools_ref = blob_hash(data)
         blobs[tools_ref] = data
     body: dict[str, Any] = {"model": model.name, "messages": refs, "tools": tools_ref}
+    if tool_choice:
+        body["tool_choice"] = tool_choice  # only when set: requests recorded before it match as they were
     if last is not None and 0 < len(last[1]) <= len(refs) and refs[: len(last[1])] == last[1]:
         body["after"] = last[0]
         body["messages"] = refs[len(last[1]) :]
@@ -235,6 +247,13 @@ def _request(
     if budget is not None and budget.max_output_tokens is not None:
         body["max_tokens"] = budget.max_output_tokens
     return canonical_json(body), blobs, refs
+
+
+def _takes_tool_choice(model: ChatModel) -> bool:
+    try:
+        return "tool_choice" in inspect.signature(model.agenerate).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def screen_tool_calls(message: AIMessage, tools: Sequence[BaseTool]) -> AIMessage:

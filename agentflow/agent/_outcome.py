@@ -49,7 +49,7 @@ class PlanStepRecord(BaseModel):
     index: int
     goal: str
     plan_version: int
-    status: Literal["done", "failed"]
+    status: Literal["done", "failed", "skipped"]
     result: str = ""
 
 

@@ -70,7 +70,12 @@ class LangChainChat:
         return f"LangChainChat({type(self.model).__name__}, name={self.name!r})"
 
     async def agenerate(
-        self, messages: Sequence[BaseMessage], tools: Sequence[dict[str, Any]] = (), *, max_tokens: int | None = None
+        self,
+        messages: Sequence[BaseMessage],
+        tools: Sequence[dict[str, Any]] = (),
+        *,
+        max_tokens: int | None = None,
+        tool_choice: str | None = None,
     ) -> ModelResponse:
         if not model_requests_allowed() and not type(self.model).__module__.startswith(_OFFLINE_MODULES):
             raise ModelRequestsForbidden(
@@ -80,7 +85,7 @@ class LangChainChat:
         runnable: Any = self.model
         if tools:
             try:
-                runnable = self.model.bind_tools(list(tools))
+                runnable = _bound(self.model, list(tools), tool_choice)
             except NotImplementedError:
                 raise ConfigurationError(
                     f"{type(self.model).__name__} does not support tool calling (bind_tools): use a chat model "
@@ -171,3 +176,14 @@ def as_chat_model(model: ChatModel | BaseChatModel, *, tools: Sequence[BaseTool]
     if tools is not None and isinstance(model, LangChainChat):
         model.check_tools(tools)
     return model
+
+
+def _bound(model: BaseChatModel, tools: list[dict[str, Any]], tool_choice: str | None) -> Any:
+    """`model.bind_tools(tools)`, with `tool_choice` when asked and the model takes it (a model
+    whose bind_tools has no such parameter is bound without it: the choice is a hint)."""
+    if tool_choice is not None:
+        try:
+            return model.bind_tools(tools, tool_choice=tool_choice)
+        except TypeError:
+            pass
+    return model.bind_tools(tools)

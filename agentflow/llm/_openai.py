@@ -208,13 +208,20 @@ class OpenAIChat:
         return self._client
 
     async def agenerate(
-        self, messages: Sequence[BaseMessage], tools: Sequence[dict[str, Any]] = (), *, max_tokens: int | None = None
+        self,
+        messages: Sequence[BaseMessage],
+        tools: Sequence[dict[str, Any]] = (),
+        *,
+        max_tokens: int | None = None,
+        tool_choice: str | None = None,
     ) -> ModelResponse:
         check_endpoint(self.base_url, self.name)
         kwargs: dict[str, Any] = {"model": self.name, "messages": convert_to_openai_messages(list(messages))}
         if tools:
             kwargs["tools"] = list(tools)
             kwargs["parallel_tool_calls"] = True
+            if tool_choice is not None:
+                kwargs["tool_choice"] = tool_choice
         if max_tokens is not None:
             kwargs["max_tokens"] = max_tokens
         if self.temperature is not None:

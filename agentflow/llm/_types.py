@@ -64,5 +64,7 @@ class ChatModel(Protocol):
         *,
         max_tokens: int | None = None,
     ) -> ModelResponse:
-        """Send one chat request (tools as OpenAI function schemas); no retries here."""
+        """Send one chat request (tools as OpenAI function schemas); no retries here. A model
+        may also take `tool_choice` ("required": answer with a tool call), as `OpenAIChat` and
+        `LangChainChat` do; agentflow passes it only to models whose `agenerate` has it."""
         ...

@@ -45,6 +45,7 @@ EXPORTS = {
         "Gated",
         "Limits",
         "Outcome",
+        "Phase",
         "Plan",
         "PlanStep",
         "PlanStepRecord",

@@ -1,0 +1,144 @@
+"""Runbook phases: the run follows the phases in order, each offering only its tools with
+tool_choice="required", a skippable phase offers skip_phase, and the final answer comes last.
+The real `openai` client talks to a local test server, which plays a small model."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from support.openai_server import OpenAIServer, Reply, completion
+
+import agentflow.llm as llm
+from agentflow import Agent, App, WorkflowContext, current_activity
+from agentflow.agent import Decision, Phase
+from agentflow.errors import ConfigurationError
+from agentflow.llm import OpenAIChat
+
+EFFECTS: list[str] = []
+
+
+@llm.tool(side_effect="none", target="site")
+def get_kpis(site: str) -> dict[str, float]:
+    """Read the KPIs of a cell site."""
+    return {"drop_rate_pct": 2.9}
+
+
+@llm.tool(side_effect="idempotent", target="site")
+def apply_change(site: str, param: str, value: int) -> dict[str, Any]:
+    """Apply a configuration change to a cell site."""
+    EFFECTS.append(current_activity().idempotency_key)
+    return {"applied": True, "site": site, param: value}
+
+
+@llm.tool(side_effect="idempotent")
+def notify(message: str) -> str:
+    """Notify on-call."""
+    EFFECTS.append("notify")
+    return "sent"
+
+
+PHASES = [
+    Phase("investigate", "Read the site's KPIs.", ("get_kpis",)),
+    Phase("apply", "Apply the fix if the KPIs show a fault.", ("apply_change",), required=False),
+    Phase("report", "Tell on-call what you did.", ("notify",)),
+]
+ARGS = {
+    "get_kpis": {"site": "CS-101"},
+    "apply_change": {"site": "CS-101", "param": "hoA3Offset", "value": 2},
+    "notify": {"message": "CS-101 fixed"},
+}
+
+
+def allow_all(ctx: Any, tool: Any, facts: llm.ToolFacts, args: dict[str, Any]) -> Decision:
+    return Decision(effect="allow", rule="test")
+
+
+def offered(body: dict[str, Any]) -> list[str]:
+    return [t["function"]["name"] for t in body.get("tools") or []]
+
+
+def small_model(skip_apply: bool = False, chatty: bool = False) -> Any:
+    """Answers each phase with a call of its first tool (or skip_phase), the final request in
+    text; `chatty`: answers in prose whatever it is asked (ignores tool_choice)."""
+
+    def respond(body: dict[str, Any]) -> Reply:
+        tools = offered(body)
+        if chatty or not tools:
+            return completion("CS-101 drop rate is 2.9 %; fixed.")
+        if skip_apply and "skip_phase" in tools:
+            return completion(tool_calls=[("skip_phase", {"reason": "the KPIs are fine: a false alarm"})])
+        return completion(tool_calls=[(tools[0], ARGS[tools[0]])])
+
+    return respond
+
+
+def copilot(app: App, agent: Agent) -> Any:
+    @app.workflow(name=f"copilot.{agent.name}")
+    async def run(ctx: WorkflowContext, task: str) -> dict[str, Any]:
+        return (await agent.run(ctx, task)).model_dump()
+
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    EFFECTS.clear()
+
+
+def test_phases_run_in_order_each_with_its_tools_and_a_required_call(app: App) -> None:
+    with OpenAIServer(respond=small_model()) as server:
+        model = OpenAIChat(model="small", base_url=server.url, api_key="t", context_window=None)
+        agent = Agent(name="noc", model=model, tools=[get_kpis, apply_change, notify], policies=allow_all,
+                      phases=PHASES, check_numbers=True)  # fmt: skip
+        workflow = copilot(app, agent)
+        out = app.run(workflow, "CS-101 drops", run_id="r")
+        assert out["status"] == "answered" and out["answer"] == "CS-101 drop rate is 2.9 %; fixed."
+        assert [(p["goal"], p["status"]) for p in out["plan"]] == [
+            ("investigate", "done"), ("apply", "done"), ("report", "done"),
+        ]  # fmt: skip
+        assert [offered(b) for b in server.requests] == [
+            ["get_kpis"], ["apply_change", "skip_phase"], ["notify"], [],
+        ]  # fmt: skip
+        assert [b.get("tool_choice") for b in server.requests] == ["required", "required", "required", None]
+        assert "Phase 2 of 3: apply" in json.dumps(server.requests[1]["messages"][-1])
+        assert [c["name"] for c in out["tool_calls"]] == ["get_kpis", "apply_change", "notify"]
+        assert len(EFFECTS) == 2
+        calls = server.calls
+        assert app.run(workflow, "CS-101 drops", run_id="r") == out  # replayed: nothing sent
+        assert server.calls == calls and len(EFFECTS) == 2
+
+
+def test_a_skippable_phase_is_skipped_with_its_reason_and_nothing_changes(app: App) -> None:
+    with OpenAIServer(respond=small_model(skip_apply=True)) as server:
+        model = OpenAIChat(model="small", base_url=server.url, api_key="t", context_window=None)
+        agent = Agent(name="noc", model=model, tools=[get_kpis, apply_change, notify], policies=allow_all,
+                      phases=PHASES)  # fmt: skip
+        out = app.run(copilot(app, agent), "CS-101 drops?", run_id="r")
+    assert [(p["goal"], p["status"]) for p in out["plan"]] == [
+        ("investigate", "done"), ("apply", "skipped"), ("report", "done"),
+    ]  # fmt: skip
+    assert out["plan"][1]["result"] == "the KPIs are fine: a false alarm"
+    assert EFFECTS == ["notify"] and out["status"] == "answered"
+
+
+def test_a_model_that_only_talks_fails_the_phase_by_name(app: App) -> None:
+    """A model that ignores tool_choice and answers in prose is told to call a tool; after the
+    phase's turns the run ends `failed` naming the phase (not `answered` with nothing done)."""
+    with OpenAIServer(respond=small_model(chatty=True)) as server:
+        model = OpenAIChat(model="small", base_url=server.url, api_key="t", context_window=None)
+        agent = Agent(name="noc", model=model, tools=[get_kpis, apply_change, notify], policies=allow_all,
+                      phases=PHASES)  # fmt: skip
+        out = app.run(copilot(app, agent), "CS-101 drops", run_id="r")
+        assert server.calls == PHASES[0].turns
+    assert out["status"] == "failed" and "phase investigate" in out["detail"]
+    assert EFFECTS == [] and out["answer"] is None
+
+
+def test_phases_naming_unknown_tools_or_in_plan_mode_are_refused_when_built() -> None:
+    model = llm.LangChainChat(llm.ScriptedChatModel(responses=["x"]))
+    with pytest.raises(ConfigurationError, match="rank_root_causes"):
+        Agent(name="noc", model=model, tools=[get_kpis], phases=[Phase("diagnose", "Rank.", ("rank_root_causes",))])
+    with pytest.raises(ConfigurationError, match="react-mode"):
+        Agent(name="noc", model=model, tools=[get_kpis], mode="plan", phases=[Phase("i", "Read.", ("get_kpis",))])
