@@ -257,6 +257,8 @@ class Proxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = []
+        self.closed = False
+        self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -265,8 +267,12 @@ class Proxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            server = socket.create_connection(self.upstream)
-            self.sockets += [client, server]
+            with self.lock:
+                if self.closed:  # accepted while closing: refused like the ones after
+                    client.close()
+                    return
+                server = socket.create_connection(self.upstream)
+                self.sockets += [client, server]
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
@@ -279,6 +285,14 @@ class Proxy:
             pass
 
     def close(self) -> None:
+        with self.lock:
+            self.closed = True
+        try:
+            # Wakes the accept() blocked in the other thread: a plain close() would leave the
+            # socket listening (Linux) until that accept returns, and let one more client in.
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
         for s in self.sockets:
             try:
