@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agentflow.cli._common import DbOption, JsonOption, console, err_console, fail
-from agentflow.cli._exit import exit_code_for
+from agentflow.cli._exit import EXIT_OK, EXIT_UNFINISHED, exit_code_for
 from agentflow.cli._json import emit
 from agentflow.errors import AgentflowError
 
@@ -27,21 +27,27 @@ def demo(
         str, typer.Option(help="runbook (offline, default) or openai:<model> (OPENAI_API_KEY / OPENAI_BASE_URL).")
     ] = "runbook",
     mode: Annotated[
-        str, typer.Option(help="react (one tool loop, default) or plan (plan-and-execute: a recorded plan).")
+        str,
+        typer.Option(
+            help="react (one tool loop, default), plan (plan-and-execute: a recorded plan) or guided (the "
+            "runbook's phases, each with its tools and a required call: for small local models)."
+        ),
     ] = "react",
     as_json: JsonOption = False,
 ) -> None:
     """Run the NOC copilot on an incident end to end (investigate, diagnose, stage, approve,
     apply, monitor, ticket), crash-safe, on the embedded SQLite store.
 
-    Exit code: 0 when the agent answered, 1 when the run failed (the error is printed), 3
-    cancelled, 4 when the agent stopped unfinished (max_turns, budget), 5 waiting for people."""
+    Exit code: 0 when the agent answered and the incident is resolved (checked on the network:
+    `verdict`), 1 when the run failed (the error is printed), 3 cancelled, 4 when the agent
+    stopped unfinished (max_turns, budget) or answered with the incident still open
+    (`incident_open: true`), 5 waiting for people."""
     from agentflow.store import resolve_url
 
     if approve not in ("auto", "prompt"):
         raise typer.BadParameter("--approve must be auto or prompt")
-    if mode not in ("react", "plan"):
-        raise typer.BadParameter("--mode must be react or plan")
+    if mode not in ("react", "plan", "guided"):
+        raise typer.BadParameter("--mode must be react, plan or guided")
     run_demo = _noc_demo()
     try:
         summary = run_demo(
@@ -50,6 +56,8 @@ def demo(
     except AgentflowError as exc:
         fail(exc)
     code = exit_code_for(summary["status"], {"status": summary.get("outcome")})
+    if code == EXIT_OK and summary.get("incident_open"):
+        code = EXIT_UNFINISHED  # answered, but the network says the incident is still open
     if as_json:
         emit(summary)
     else:

@@ -123,6 +123,11 @@ class RunbookChatModel(_OfflineChatModel):
     in the task), `{result.<tool>.<field>}` (a field of that tool's JSON result). A step whose tool
     is not offered is skipped. After the last step the model answers with a summary of the results.
 
+    A task naming several sites gets the runbook once per site, in the order named (a call counts
+    for the site its `site` argument names, or, without one, the site its arguments mention). A
+    step may end its site's pass early: `"stop_if": {"<field>": value}` on its result (e.g. a
+    diagnosis finding no cause), with `"stop_say"` (`{site}` filled in) as that site's answer line.
+
     Plan-and-execute: offered a `submit_plan` tool, it submits the runbook steps not yet done as
     the plan. Asked to carry out a step (a user turn after the plan), it makes the next runbook
     call, and once that call's result is in, reports it in a sentence.
@@ -148,22 +153,32 @@ class RunbookChatModel(_OfflineChatModel):
         if _planned(messages) and isinstance(messages[-1], ToolMessage):
             return f"Step done: {messages[-1].name} returned {_brief(messages[-1].content)}"
         task = next((m.content for m in messages if isinstance(m, HumanMessage) and isinstance(m.content, str)), "")
-        results = _tool_results(messages)
-        found = _SITE.search(task)
-        context = {"site": found.group(1).upper() if found else ""}
-        for step in self.runbook:
-            name = step["tool"]
-            if name not in offered or name in done:
-                continue
-            args = {k: _fill(v, context, results) for k, v in step.get("args", {}).items()}
-            return {
-                "content": step.get("say", ""),
-                "tool_calls": [{"name": name, "args": args, "id": f"rb-{len(done)}"}],
-            }
-        # The last result that summarizes itself (e.g. a monitoring report), else what ran.
-        said = [v["summary"] for v in results.values() if isinstance(v, dict) and isinstance(v.get("summary"), str)]
-        detail = said[-1] if said else "steps run: " + ", ".join(results)
-        return f"Runbook complete for {context['site'] or 'the task'}. {detail}"
+        sites = list(dict.fromkeys(m.group(1).upper() for m in _SITE.finditer(task))) or [""]
+        calls = _tool_calls(messages)
+        lines = []
+        for site in sites:
+            # One site: every call is its own (the runbook as written); several: each its own.
+            results = _tool_results(calls if len(sites) == 1 else [c for c in calls if _names(c, site)])
+            context = {"site": site}
+            for step in self.runbook:
+                name = step["tool"]
+                if name in results and _stops(step, results[name]):
+                    lines.append(str(step.get("stop_say", "{site}: stopped after " + name)).replace("{site}", site))
+                    break
+                if name not in offered or name in results:
+                    continue
+                args = {k: _fill(v, context, results) for k, v in step.get("args", {}).items()}
+                return {
+                    "content": step.get("say", ""),
+                    "tool_calls": [{"name": name, "args": args, "id": f"rb-{len(done)}"}],
+                }
+            else:
+                # The last result that summarizes itself (e.g. a monitoring report), else what ran.
+                said = [
+                    v["summary"] for v in results.values() if isinstance(v, dict) and isinstance(v.get("summary"), str)
+                ]
+                lines.append(said[-1] if said else "steps run: " + ", ".join(results))
+        return f"Runbook complete for {', '.join(s for s in sites if s) or 'the task'}. {' '.join(lines)}"
 
 
 PLAN_TOOL = "submit_plan"
@@ -178,20 +193,39 @@ def _brief(content: Any) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def _tool_results(messages: Sequence[BaseMessage]) -> dict[str, Any]:
-    names = {}
+def _tool_calls(messages: Sequence[BaseMessage]) -> list[tuple[str, dict[str, Any], Any]]:
+    """(tool, args, decoded result) of each answered tool call, in order."""
+    asked: dict[str, tuple[str, dict[str, Any]]] = {}
     for m in messages:
         if isinstance(m, AIMessage):
-            names.update({c["id"]: c["name"] for c in m.tool_calls})
-    out: dict[str, Any] = {}
+            asked.update({c["id"] or "": (c["name"], dict(c["args"])) for c in m.tool_calls})
+    out = []
     for m in messages:
         if isinstance(m, ToolMessage):
-            name = m.name or names.get(m.tool_call_id, "")
+            name, args = asked.get(m.tool_call_id, (m.name or "", {}))
             try:
-                out[name] = json.loads(m.content) if isinstance(m.content, str) else m.content
+                result = json.loads(m.content) if isinstance(m.content, str) else m.content
             except ValueError:
-                out[name] = m.content
+                result = m.content
+            out.append((m.name or name, args, result))
     return out
+
+
+def _tool_results(calls: Sequence[tuple[str, dict[str, Any], Any]]) -> dict[str, Any]:
+    return {name: result for name, _, result in calls}
+
+
+def _names(call: tuple[str, dict[str, Any], Any], site: str) -> bool:
+    """Whether a call is about `site`: its `site` argument, or (none) its arguments mention it."""
+    target = str(call[1].get("site", "")).strip().upper()
+    return target == site if target else site in json.dumps(call[1]).upper()
+
+
+def _stops(step: Mapping[str, Any], result: Any) -> bool:
+    wanted = step.get("stop_if")
+    if not isinstance(wanted, Mapping) or not wanted or not isinstance(result, dict):
+        return False
+    return all(result.get(k) == v for k, v in wanted.items())
 
 
 def _fill(value: Any, context: Mapping[str, Any], results: Mapping[str, Any]) -> Any:

@@ -36,6 +36,8 @@ from agentflow.store import local_id, redact_url, run_key
 from agentflow.testing import RunbookChatModel, TestClock, configure_crash_point
 from agentflow_noc import NOC_TOOLS, configure, policy_path, runbook
 from agentflow_noc.env import beside
+from agentflow_noc.phases import NOC_PHASES
+from agentflow_noc.verdict import copilot_result, register_verify
 
 SITE = "CS-101"
 TENANT = "noc-east"
@@ -78,7 +80,8 @@ def make_model(spec: str) -> ChatModel:
 
 
 def copilot(model: ChatModel, mode: str = "react") -> Agent:
-    """The NOC copilot agent under the NOC policy pack (the demo's, and the served app's)."""
+    """The NOC copilot agent under the NOC policy pack (the demo's, and the served app's).
+    `mode`: react (one tool loop), plan (plan-and-execute) or guided (the runbook's phases)."""
     return Agent(
         name="noc-copilot",
         model=model,
@@ -89,17 +92,24 @@ def copilot(model: ChatModel, mode: str = "react") -> Agent:
             "monitor the KPIs, then open a ticket and notify the on-call channel. Be brief."
         ),
         policies=load_pack(policy_path()),
-        max_turns=16 if mode == "react" else 32,
+        max_turns={"react": 16, "guided": 30}.get(mode, 32),
         mode="plan" if mode == "plan" else "react",
+        # guided: the runbook's phases, each with its tools and a required call, answers'
+        # numbers checked, fenced calls amid prose read as calls (for small local models)
+        phases=NOC_PHASES if mode == "guided" else (),
+        check_numbers=mode == "guided",
+        recover="lenient" if mode == "guided" else "strict",
     )
 
 
 def build(app: App, model: ChatModel, mode: str = "react") -> Any:
     agent = copilot(model, mode)
+    verify = register_verify(app)
 
     @app.workflow(name=WORKFLOW)
     async def copilot_run(ctx: WorkflowContext, task: str) -> dict[str, Any]:
-        return (await agent.run(ctx, task)).model_dump(mode="json")
+        # The agent's outcome, then the incident verified from the network (verdict.py).
+        return await copilot_result(ctx, agent, verify, task)
 
     return copilot_run
 
@@ -258,11 +268,9 @@ def _hhmm(when: float) -> str:
 
 
 def _healthy(outcome: dict[str, Any]) -> bool | None:
-    """What the last KPI monitoring of the run found (None if it never monitored)."""
-    for call in reversed(outcome.get("tool_calls", [])):
-        if call.get("name") == "monitor_kpis" and call.get("status") == "ok":
-            return bool(json.loads(call["result"]).get("healthy"))
-    return None
+    """Whether the sites are healthy under their final config (None if the run never got there):
+    the verified verdict, not what the last monitoring said before a later rollback."""
+    return None if "incident_open" not in outcome else not outcome["incident_open"]
 
 
 def _summary(app: App, net: Any, run_id: str, ledger: str, seconds: float) -> dict[str, Any]:
@@ -284,6 +292,8 @@ def _summary(app: App, net: Any, run_id: str, ledger: str, seconds: float) -> di
         "run_id": run_id,
         "status": record.status,
         "outcome": outcome.get("status"),
+        "verdict": outcome.get("verdict"),
+        "incident_open": outcome.get("incident_open"),
         "error": {k: v for k, v in record.error_dict().items() if k in ("type", "message")} or None,
         "answer": outcome.get("answer"),
         "model_calls": calls,

@@ -190,11 +190,14 @@ NOC_TOOLS = [
 
 def runbook() -> list[dict[str, Any]]:
     """The NOC runbook for `agentflow.testing.RunbookChatModel`: investigate, diagnose, stage, apply,
-    monitor, ticket and notify, for the site named in the task."""
+    monitor, ticket and notify, for each site named in the task; a healthy site stops at the
+    diagnosis (no change)."""
     return [
         {"tool": "get_kpis", "args": {"site": "{site}", "window_minutes": 60}, "say": "Reading the site's KPIs."},
         {"tool": "detect_anomalies", "args": {"site": "{site}"}},
-        {"tool": "rank_root_causes", "args": {"site": "{site}"}},
+        # A healthy site (no cause found) gets no change: its pass ends here.
+        {"tool": "rank_root_causes", "args": {"site": "{site}"}, "stop_if": {"top_cause": "none"},
+         "stop_say": "{site}: healthy (no anomalies): no change made."},
         {"tool": "propose_change", "args": {"site": "{site}", "cause": "{result.rank_root_causes.top_cause}"}},
         {"tool": "stage_change",
          "args": {"site": "{site}", "param": "{result.propose_change.param}", "value": "{result.propose_change.to}"}},
