@@ -26,19 +26,28 @@ def _ts(value: float | None) -> str:
     return datetime.fromtimestamp(value, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def whole_ids_table(*headers: str, rows: Sequence[Sequence[str]], ids: Sequence[int] = (0,)) -> Table:
+def whole_ids_table(
+    *headers: str, rows: Sequence[Sequence[str]], ids: Sequence[int] = (0,), optional: Sequence[int] = ()
+) -> Table:
     """A table whose id columns (`ids`: their indexes) are never cut nor wrapped, however narrow
-    the terminal: an id is meant to be copied. They are as wide as their longest value; the
-    other columns wrap (never cut either)."""
-    table = Table(*headers)
-    for i, column in enumerate(table.columns):
-        if i in ids:
+    the terminal: an id is meant to be copied. When the whole rows do not fit the terminal, the
+    `optional` columns (indexes, least wanted first) are left out, one by one, before anything
+    wraps; what still does not fit wraps (never cut with an ellipsis)."""
+    widths = [max([len(row[i]) for row in rows] + [len(h)]) for i, h in enumerate(headers)]
+    keep = list(range(len(headers)))
+    for i in optional:
+        if sum(widths[k] + 3 for k in keep) + 1 <= console.width:
+            break
+        keep.remove(i)
+    table = Table(*(headers[k] for k in keep))
+    for column, k in zip(table.columns, keep, strict=True):
+        if k in ids:
             column.no_wrap = True
-            column.min_width = max([len(row[i]) for row in rows] + [len(headers[i])])
+            column.min_width = widths[k]
         else:
-            column.overflow = "fold"  # wrapped, never cut with an ellipsis
+            column.overflow = "fold"
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(row[k] for k in keep))
     return table
 
 
@@ -59,7 +68,9 @@ def runs_list(
         emit(run_json(r) for r in runs)
         return
     rows = [(r.id, r.workflow, r.tenant, r.status, _ts(r.created_at), _ts(r.updated_at)) for r in runs]
-    console.print(whole_ids_table("run", "workflow", "tenant", "status", "created", "updated", rows=rows))
+    # Narrow terminal: "created", then "tenant" (in the run id), then "workflow" give way.
+    table = whole_ids_table("run", "workflow", "tenant", "status", "created", "updated", rows=rows, optional=(4, 2, 1))
+    console.print(table)
 
 
 @runs_app.command("show")
