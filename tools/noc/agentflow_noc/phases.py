@@ -1,0 +1,41 @@
+"""The NOC runbook as phases (`agentflow.agent.Phase`): the structure the copilot follows in
+`guided` mode, for small local models that otherwise read one KPI series and answer in prose.
+
+Each phase offers only its tools and requires a call of one of them; the change phases may be
+skipped (a false alarm, or a request the diagnosis does not support), reporting may not."""
+
+from __future__ import annotations
+
+from agentflow.agent import Phase
+
+NOC_PHASES = (
+    Phase("read", "Read the site's KPIs.", ("get_kpis",)),
+    Phase("investigate", "Detect the site's anomalies.", ("detect_anomalies",)),
+    Phase("diagnose", "Rank the root causes of the site's anomalies.", ("rank_root_causes",)),
+    Phase(
+        "propose",
+        "Propose the change that fixes the top root cause (skip it if the diagnosis found no fault).",
+        ("propose_change",),
+        required=False,
+    ),
+    Phase(
+        "stage",
+        "Stage the proposed change with the site, param and value of the proposal.",
+        ("stage_change",),
+        required=False,
+    ),
+    Phase(
+        "apply",
+        "Apply the staged change with the same site, param and value (it waits for an operator's "
+        "approval and the maintenance window).",
+        ("apply_change",),
+        required=False,
+    ),
+    Phase(
+        "verify",
+        "Monitor the site's KPIs after the change; if they did not recover, roll the change back.",
+        ("monitor_kpis", "rollback_change"),
+    ),
+    Phase("ticket", "Open a ticket that says what was found and done.", ("create_ticket",)),
+    Phase("notify", "Notify the noc-oncall channel of the outcome.", ("notify",)),
+)
