@@ -1,6 +1,7 @@
 """The `agentflow` command: one module per command group.
 
     agentflow worker | run | demo | serve | chat          _worker, _run, _demo, _serve, _chat
+    agentflow eval                                        _eval
     agentflow runs list | show | history | usage | cancel | signal | watch           _runs, _watch
     agentflow db upgrade | rotate-key                                                _db
     agentflow doctor                                                                 _doctor
@@ -22,6 +23,7 @@ from agentflow.cli._chat import chat
 from agentflow.cli._db import db_app
 from agentflow.cli._demo import demo
 from agentflow.cli._doctor import doctor
+from agentflow.cli._eval import eval_scenarios
 from agentflow.cli._logging import LogFormat, LogLevel, configure_logging
 from agentflow.cli._operators import operators_app
 from agentflow.cli._policy import policy_app
@@ -52,6 +54,7 @@ app.command()(chat)
 app.command()(worker)
 app.command("run")(run_agent)
 app.command()(demo)
+app.command("eval")(eval_scenarios)
 app.command()(serve)
 app.command()(doctor)
 app.add_typer(runs_app, name="runs")

@@ -79,13 +79,18 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def _noc_demo() -> Any:
-    # The demo is content (agentflow_noc, in tools/noc), found through an entry point: agentflow never imports it.
+    return pack_entry("agentflow.demos", "demo")
+
+
+def pack_entry(group: str, what: str) -> Any:
+    """The NOC pack's `noc` entry point of `group` (its demo, its evaluation), loaded: content
+    (agentflow_noc, in tools/noc) is found this way, agentflow never imports it."""
     from importlib.metadata import entry_points
 
-    found = [ep for ep in entry_points(group="agentflow.demos") if ep.name == "noc"]
+    found = [ep for ep in entry_points(group=group) if ep.name == "noc"]
     if not found:
         err_console.print(
-            "[bold red]error:[/] the NOC demo is not installed: it ships in the agentflow-noc pack "
+            f"[bold red]error:[/] the NOC {what} is not installed: it ships in the agentflow-noc pack "
             "(from the repository: pip install -e ./tools/noc)"
         )
         raise typer.Exit(code=2)

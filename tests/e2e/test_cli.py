@@ -17,6 +17,7 @@ from agentflow.store import EventStore
 SUBCOMMANDS = [
     [],
     ["demo"],
+    ["eval"],
     ["worker"],
     ["runs"],
     ["runs", "list"],

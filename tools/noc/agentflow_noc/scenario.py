@@ -243,7 +243,8 @@ def load_scenario(path: str | Path) -> Scenario:
         return Scenario.model_validate({**data, "file": str(path)})
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = [p for p in first["loc"] if p not in ("Change", "AnyOf")]
+        # A union's member shows in the path as its tag (`AnyOf`, `function-after[...]`): not a field.
+        loc = [p for p in first["loc"] if not (isinstance(p, str) and (p in ("Change", "AnyOf") or "[" in p))]
         field = ".".join(str(p) for p in loc) or None
         raise ScenarioError(first["msg"], file=str(path), line=_line_of(node, loc), field=field) from None
 
