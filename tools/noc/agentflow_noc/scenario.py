@@ -124,7 +124,8 @@ class Change(_Strict):
         elif self.value is not None:
             what = f"= {self.value}"
         else:
-            what = f"in [{'' if self.min is None else f'{self.min:g}'}, {'' if self.max is None else f'{self.max:g}'}]"
+            what = (f">= {self.min:g}" if self.max is None else f"<= {self.max:g}" if self.min is None
+                    else f"in [{self.min:g}, {self.max:g}]")  # fmt: skip
         return f"{self.site} {self.param} {what}"
 
 
