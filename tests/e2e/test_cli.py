@@ -96,15 +96,16 @@ DEMO_PLAN = [
     *_turn("create_ticket"),
     *_turn("notify"),
     ("llm", "runbook"),
+    ("activity", "noc.verify_incident"),  # the incident checked on the network (agentflow_noc/verdict.py)
 ]
 # `--crash-at N` is the engine's `after_result:N` crash point: SIGKILL right after the N-th step
 # result is committed in that process. Every activity step (model call, policy decision, approval
-# request/read, tool) is a result: 32 of the 35 steps. The other three are committed without that
+# request/read, tool, the verification) is a result: 33 of the 36 steps. The other three are committed without that
 # point (`now` with the next commit, the signal when it arrives, the sleep when it fires) and are
 # covered by INSIDE_A_STEP below.
-RESULT_KINDS = ("llm", "policy", "approval", "tool")
+RESULT_KINDS = ("llm", "policy", "approval", "tool", "activity")
 DEMO_RESULTS = [step for step in DEMO_PLAN if step[0] in RESULT_KINDS]
-DEMO_STEP_RESULTS = len(DEMO_RESULTS)  # 32: --crash-at 1..32 is every step result of the run
+DEMO_STEP_RESULTS = len(DEMO_RESULTS)  # 33: --crash-at 1..33 is every step result of the run
 DEMO_MODEL_CALLS = sum(1 for kind, _ in DEMO_PLAN if kind == "llm")
 DEMO_TOOL_CALLS = sum(1 for kind, _ in DEMO_PLAN if kind == "tool")
 # The tools declared side-effecting (tools/noc/agentflow_noc/tools.py), in plan order: `after_intent:k` is the k-th.
@@ -256,7 +257,7 @@ def test_demo_killed_after_every_step_of_one_run(tmp_path: Path) -> None:
 
 
 # Kills inside a step, through the engine's other crash points (AGENTFLOW_CRASH_AT, which the
-# subprocess reads at import). With the 32 results above, every one of the run's 35 steps has a
+# subprocess reads at import). With the 33 results above, every one of the run's 36 steps has a
 # kill right after it (or right after the commit that records it).
 INSIDE_A_STEP = [
     # Parked on the approval (request, `now` and the signal wait committed), then on the
