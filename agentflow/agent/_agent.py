@@ -23,7 +23,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.tools import BaseTool, StructuredTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from agentflow.agent._chat import Budget, chat, spent
+from agentflow.agent._chat import Budget, chat, recorded_facts, spent
 from agentflow.agent._context import fit_messages
 from agentflow.agent._gate import Policies, default_policy, gate, resolve_policies
 from agentflow.agent._numbers import unverified_numbers
@@ -47,6 +47,11 @@ from agentflow.llm import (
     tool_facts,
     validate_tool_args,
 )
+
+#: The agent loop's behaviour, recorded with each model request (`Agent.version`). 2: one
+#: reply's side effects run in order; malformed call text is sent back; the planning request
+#: lists the tools; the invalid-call note's wording; requests carry the context window.
+AGENT_VERSION = 2
 
 TOOL_RETRY = RetryPolicy(max_attempts=3, initial_interval=1.0, backoff=2.0, max_interval=30.0)
 
@@ -162,6 +167,15 @@ class Agent:
         """The typed outcome of the run so far."""
         return Outcome(status=status, turns=state.turns, tool_calls=state.records, usage=spent(ctx), **fields)
 
+    def version(self, ctx: WorkflowContext, state: RunState) -> int:
+        """The loop's behaviour version for this run (`AGENT_VERSION`), fixed at its first
+        model call: a run recorded by older code (no version in its first request) keeps
+        behaving as that code did, so its replay matches."""
+        if state.version is None:
+            found = recorded_facts(ctx)
+            state.version = AGENT_VERSION if found is None else int(found.get("v", 1))
+        return state.version
+
     async def ask(
         self,
         ctx: WorkflowContext,
@@ -171,16 +185,24 @@ class Agent:
         tool_choice: Literal["required"] | None = None,
     ) -> AIMessage:
         """One recorded, budgeted model call (raises `BudgetExceeded` before spending), on a
-        view of the conversation that fits the context window (`fit_messages`)."""
-        window = self.context_tokens or self._model.context_window
+        view of the conversation that fits the context window (`fit_messages`).
+
+        The window is recorded with the request: a replay fits the conversation to the window
+        the call was made with, whatever the server (or the configuration) says today."""
+        version = self.version(ctx, state)
+        facts = recorded_facts(ctx)
+        if facts is None and version >= 2:  # a new call: decided now, recorded with it
+            facts = {"v": version, "window": self.context_tokens or await _context_window(self._model)}
+        window = (facts or {}).get("window")
         view: Sequence[BaseMessage] = messages
-        if window:
+        if isinstance(window, int) and window > 0:
             reserve = (self.budget.max_output_tokens or 0) if self.budget else 0
             schemas = [convert_to_openai_tool(t) for t in tools]
             view, _ = fit_messages(messages, self._model.name, window, reserve=reserve, tools=schemas)
         response = await chat(ctx, self._model, view, list(tools), budget=self.budget, prices=self.prices,
                               max_response_chars=self.limits.max_response_chars, recover=self.recover,
-                              max_tool_calls=self.limits.max_tool_calls_per_turn, tool_choice=tool_choice)  # fmt: skip
+                              max_tool_calls=self.limits.max_tool_calls_per_turn, tool_choice=tool_choice,
+                              facts=facts or None)  # fmt: skip
         state.turns += 1
         return response.message
 
@@ -190,7 +212,7 @@ class Agent:
         """Run a reply's tool calls (`_turn`'s rules) and answer its invalid ones; every
         outcome is added to the run's records, in the order the replies go back."""
         done = [*await self._turn(ctx, message.tool_calls, state),
-                *(self._invalid(call) for call in message.invalid_tool_calls)]  # fmt: skip
+                *(self._invalid(call, state.version) for call in message.invalid_tool_calls)]  # fmt: skip
         state.records.extend(r for r, _ in done)
         return done
 
@@ -233,12 +255,14 @@ class Agent:
             except BudgetExceeded as exc:
                 return Ended("budget_exceeded", detail=exc.message)
             messages.append(message)
-            feedback = [self._invalid(call) for call in message.invalid_tool_calls]
-            garbled = malformed_tool_call(message, self.tools)
+            feedback = [self._invalid(call, state.version) for call in message.invalid_tool_calls]
+            garbled = malformed_tool_call(message, self.tools) if self.version(ctx, state) >= 2 else None
             if garbled is not None:  # never the answer: sent back once, then the run gives up
                 if malformed:
                     return Ended("failed", detail=f"the model wrote malformed tool calls twice in a row: {garbled}")
-                feedback.append(self._invalid({"id": f"malformed-{state.turns}", "name": "", "error": garbled}))
+                feedback.append(
+                    self._invalid({"id": f"malformed-{state.turns}", "name": "", "error": garbled}, state.version)
+                )
             malformed = garbled is not None
             state.records.extend(r for r, _ in feedback)
             if not message.tool_calls and not feedback:
@@ -381,6 +405,9 @@ class Agent:
         Once a side-effecting call does not succeed (denied, rejected, failed), the calls after
         it are not run: the model hears why and decides again. Results come back in call order;
         each call takes its step numbers in that order too (deterministic on replay)."""
+        if (state.version or AGENT_VERSION) < 2:  # recorded by code that ran every call at once
+            return list(await asyncio.gather(*(self._call(ctx, c["id"] or "", c["name"], c["args"], state.ran)
+                                               for c in calls)))  # fmt: skip
         done: list[tuple[ToolCallRecord, BaseMessage]] = []
         reads: list[Mapping[str, Any]] = []
         stopped_by: ToolCallRecord | None = None
@@ -413,13 +440,16 @@ class Agent:
         return record, ToolMessage(content=text, tool_call_id=record.id, name=record.name, status="error")
 
     # -- one tool call ---------------------------------------------------------------------
-    def _invalid(self, call: Any) -> tuple[ToolCallRecord, BaseMessage]:
+    def _invalid(self, call: Any, version: int | None) -> tuple[ToolCallRecord, BaseMessage]:
         # Providers drop invalid calls from the assistant message, so a ToolMessage answering
         # one would be orphaned (OpenAI rejects that): the error goes back as a user turn.
         what = f"your call of tool {call.get('name')!r}" if call.get("name") else "your reply"
         text = (
             f"[agentflow] {what} was not run: {call.get('error') or 'invalid tool call'}. Fix the call and try "
             "again (a tool call, not text that looks like one), or answer in plain text."
+            if (version or AGENT_VERSION) >= 2
+            else f"[agentflow] your call of tool {call.get('name')!r} was not run: "
+            f"{call.get('error') or 'invalid tool call'}. Fix the call and try again."
         )
         record = ToolCallRecord(
             id=call.get("id") or "", name=call.get("name") or "", args={}, status="invalid", result=text
@@ -495,6 +525,14 @@ def _joined(result: Any) -> Outcome:
     if isinstance(result, BaseException):
         return Outcome(status="failed", detail=f"{type(result).__name__}: {result}")
     return Outcome.model_validate(result)
+
+
+async def _context_window(model: ChatModel) -> int | None:
+    resolve = getattr(model, "aresolve_context_window", None)
+    if resolve is not None:
+        found: int | None = await resolve()
+        return found
+    return model.context_window
 
 
 def _doubt(wrong: list[str]) -> HumanMessage:

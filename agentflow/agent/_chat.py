@@ -97,11 +97,14 @@ async def chat(
     max_response_chars: int | None = MAX_RESPONSE_CHARS,
     max_tool_calls: int | None = MAX_TOOL_CALLS,
     tool_choice: Literal["required"] | None = None,
+    facts: dict[str, Any] | None = None,
 ) -> ModelResponse:
     """Call `model` once as a recorded step of the workflow `ctx` belongs to.
 
     `tool_choice="required"` asks the model to answer with a tool call (sent to models whose
-    `agenerate` takes it; recorded with the request).
+    `agenerate` takes it; recorded with the request). `facts`: what the caller decided this
+    request from (the agent's version and context window), recorded with the request under
+    `agent` so a replay decides the same (`recorded_facts`).
 
     `model` is an agentflow `ChatModel` or any langchain-core `BaseChatModel` (wrapped in
     `LangChainChat`, see `agentflow.llm.as_chat_model`).
@@ -139,7 +142,9 @@ async def chat(
         usd = prices.cost(model.name, counted.tokens, reserve)
         _check_budget(ctx, budget, used, counted.tokens + reserve, usd, model.name)
     choice = tool_choice if schemas and _takes_tool_choice(model) else None
-    request, blobs, refs = _request(model, messages, schemas, budget, ctx.locals.get(_LAST_REQUEST_KEY), choice)
+    request, blobs, refs = _request(
+        model, messages, schemas, budget, ctx.locals.get(_LAST_REQUEST_KEY), choice, facts=facts
+    )
 
     async def invoke() -> ModelResponse:
         extra = {"tool_choice": choice} if choice else {}
@@ -217,6 +222,8 @@ def _request(
     budget: Budget | None,
     last: tuple[int, list[str]] | None = None,
     tool_choice: str | None = None,
+    *,
+    facts: dict[str, Any] | None = None,
 ) -> tuple[str, dict[str, str], list[str]]:
     """The recorded request, the blobs it refers to, and its message references.
 
@@ -237,6 +244,8 @@ def _request(
     body: dict[str, Any] = {"model": model.name, "messages": refs, "tools": tools_ref}
     if tool_choice:
         body["tool_choice"] = tool_choice  # only when set: requests recorded before it match as they were
+    if facts:
+        body["agent"] = facts
     if last is not None and 0 < len(last[1]) <= len(refs) and refs[: len(last[1])] == last[1]:
         body["after"] = last[0]
         body["messages"] = refs[len(last[1]) :]
@@ -247,6 +256,20 @@ def _request(
     if budget is not None and budget.max_output_tokens is not None:
         body["max_tokens"] = budget.max_output_tokens
     return canonical_json(body), blobs, refs
+
+
+def recorded_facts(ctx: WorkflowContext) -> dict[str, Any] | None:
+    """The `facts` recorded with the model call the run takes next, when it is already recorded
+    (a replay): {} for a call recorded without any (by code older than them); None when the
+    call is new."""
+    rec = ctx.recorded(ctx.next_seq)
+    if rec is None or rec.kind != "llm":
+        return None
+    try:
+        found = json.loads(rec.args or "{}").get("agent")
+    except (ValueError, AttributeError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _takes_tool_choice(model: ChatModel) -> bool:

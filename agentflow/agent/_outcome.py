@@ -104,6 +104,9 @@ class RunState:
     records: list[ToolCallRecord] = field(default_factory=list)  # every tool call, in order
     ran: list[ToolCallRecord] = field(default_factory=list)  # calls that ran, in finishing order
     started: float | None = None  # the run's start on the engine clock (recorded), when timed
+    #: The agent loop's behaviour version the run was recorded with (`Agent.version`): a run
+    #: recorded by older code replays the way that code ran it.
+    version: int | None = None
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ class PlanningAgent(Protocol):
 
     def outcome(self, ctx: WorkflowContext, state: RunState, status: Any, **fields: Any) -> Outcome: ...
 
+    def version(self, ctx: WorkflowContext, state: RunState) -> int: ...
+
     async def ask(
         self, ctx: WorkflowContext, messages: list[BaseMessage], tools: Sequence[BaseTool], state: RunState
     ) -> AIMessage: ...
@@ -127,7 +129,9 @@ async def _make_plan(
 ) -> Plan | None:
     """One planning (or re-planning) call, retried once with the reason when it gives no valid
     plan; the plan is then recorded as a `plan` step. None when no valid plan came."""
-    messages.append(HumanMessage(f"{request}\n\n{tool_menu(agent.tools)}"))
+    # (Runs recorded before the menu existed (agent version 1) replay without it.)
+    listed = agent.version(ctx, state) >= 2
+    messages.append(HumanMessage(f"{request}\n\n{tool_menu(agent.tools)}" if listed else request))
     for _ in range(PLAN_ATTEMPTS):
         if state.turns >= agent.max_turns:
             return None

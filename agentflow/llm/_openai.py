@@ -171,16 +171,28 @@ class OpenAIChat:
 
     @property
     def context_window(self) -> int | None:
-        """Tokens the model accepts (None: unknown). "auto" asks the server once (2 s at most)."""
+        """Tokens the model accepts (None: unknown). "auto" asks the server (2 s at most per
+        question) and keeps its answer; a server that could not be reached is asked again next
+        time. Async code awaits `aresolve_context_window` instead (no blocking)."""
         if self._context_window == "auto":
-            self._context_window = (
-                None if _is_openai(self.base_url) else served_context_window(self.base_url, self.name)
-            )
+            if _is_openai(self.base_url):
+                self._context_window = None
+            else:
+                found, definite = _served_window(self.base_url, self.name)
+                if not definite:
+                    return None
+                self._context_window = found
         return self._context_window
 
     @context_window.setter
     def context_window(self, value: int | None) -> None:
         self._context_window = value
+
+    async def aresolve_context_window(self) -> int | None:
+        """`context_window`, asked of the server in a thread (the event loop never waits on it)."""
+        if self._context_window == "auto":
+            return await asyncio.to_thread(lambda: self.context_window)
+        return self._context_window
 
     @property
     def client(self) -> openai.AsyncOpenAI:
@@ -275,12 +287,17 @@ def served_context_window(base_url: str, model: str, timeout: float = 2.0) -> in
     """The context size an OpenAI-compatible server runs `model` with, if it says: llama.cpp's
     `GET /props` (`default_generation_settings.n_ctx`, the runtime size, not the training one)
     or vLLM's `GET /v1/models` (`max_model_len`). None when it does not answer or say."""
+    return _served_window(base_url, model, timeout)[0]
+
+
+def _served_window(base_url: str, model: str, timeout: float = 2.0) -> tuple[int | None, bool]:
+    """(window, definite): definite is False when the server could not be asked (down, slow)."""
     import httpx
 
     try:
         check_endpoint(base_url, model)
     except ModelRequestsForbidden:
-        return None
+        return None, False
     root = base_url.rstrip("/")
     api_root = root[: -len("/v1")] if root.endswith("/v1") else root
     try:
@@ -289,13 +306,15 @@ def served_context_window(base_url: str, model: str, timeout: float = 2.0) -> in
             if props.status_code == 200:
                 n_ctx = (props.json().get("default_generation_settings") or {}).get("n_ctx")
                 if isinstance(n_ctx, int) and n_ctx > 0:
-                    return n_ctx
+                    return n_ctx, True
             models = client.get(f"{root}/models")
             if models.status_code == 200:
                 for entry in models.json().get("data") or []:
                     size = entry.get("max_model_len") if isinstance(entry, dict) else None
                     if isinstance(size, int) and size > 0 and entry.get("id") in (model, None):
-                        return size
-    except (httpx.HTTPError, ValueError, AttributeError):
-        return None
-    return None
+                        return size, True
+    except httpx.HTTPError:
+        return None, False
+    except (ValueError, AttributeError):
+        return None, True  # it answered, with something else
+    return None, True

@@ -104,7 +104,14 @@ def test_an_agent_on_a_local_server_fits_its_window_read_from_the_server(app: Ap
         assert max(sizes) <= 4096, sizes
         assert "tokens elided here" in server.requests[0]["messages"][1]["content"]
         assert any("was elided" in (m.get("content") or "") for m in server.requests[-1]["messages"])
-        assert app.run(copilot, "Alarms:\n" + alarm_log(450), run_id="r") == out
+        # A replay of the finished run, today's server saying something else (or nothing):
+        # the requests are fitted to the window they were sent with, recorded with them.
+        from agentflow.trace import load
+
+        for props in ({"default_generation_settings": {"n_ctx": 100_000}}, None):
+            server.props = props
+            model.context_window = "auto"  # type: ignore[assignment]  # a new process asks again
+            assert load(app, "r").replay(app).status == "completed"
         assert server.calls == 6
 
 
@@ -112,3 +119,44 @@ def test_a_server_that_does_not_say_leaves_the_window_unknown() -> None:
     with OpenAIServer([completion("ok")]) as server:
         assert OpenAIChat(model=MODEL, base_url=server.url, api_key="test").context_window is None
         assert OpenAIChat(model=MODEL, base_url=server.url, api_key="t", context_window=9000).context_window == 9000
+
+
+def test_a_run_parked_mid_conversation_resumes_with_the_window_it_was_fitted_to(
+    make_app: Any, worker_thread: Any
+) -> None:
+    """The run reads long KPIs under a 4,096-token window, then parks for an approval; the
+    server restarts with a 100k window. The resumed run replays the trimmed requests as they
+    were (no NonDeterminismError), and only its new requests use the new window."""
+    from agentflow.approvals import Approvals
+    from agentflow.testing import TestClock, assert_eventually
+
+    @llm.tool(side_effect="idempotent", target="site")
+    def apply_fix(site: str) -> str:
+        """Apply the fix to a site."""
+        return "applied"
+
+    app = make_app(clock=TestClock(start=1_700_000_000, skip=False))
+    replies: list[Reply] = [completion(tool_calls=[("get_kpis", {"site": "CS-101"})]) for _ in range(3)]
+    replies += [completion(tool_calls=[("apply_fix", {"site": "CS-101"})]), completion("Fixed CS-101.")]
+    with OpenAIServer(replies, props={"default_generation_settings": {"n_ctx": 4096}}) as server:
+        model = OpenAIChat(model=MODEL, base_url=server.url, api_key="test")
+        agent = Agent(name="noc", model=model, tools=[get_kpis, apply_fix], max_turns=8)
+
+        @app.workflow(name="copilot")
+        async def copilot(ctx: WorkflowContext, task: str) -> dict[str, Any]:
+            return (await agent.run(ctx, task)).model_dump()
+
+        app.start(copilot, "Alarms:\n" + alarm_log(300), run_id="r")
+        worker = worker_thread(app)
+        request = assert_eventually(lambda: next(iter(Approvals.of(app).list(run_id="r")), None))
+        assert_eventually(lambda: app.get_run("r").status == "waiting")
+        worker.stop()
+        assert server.calls == 4 and max(tokens_of(r) for r in server.requests) <= 4096
+        server.props = {"default_generation_settings": {"n_ctx": 100_000}}
+        model.context_window = "auto"  # type: ignore[assignment]  # a new worker process asks again
+        operator = Approvals.of(app).add_operator("alice", tenant="default", roles=["noc-engineer"])[0]
+        Approvals.of(app).approve(request.id, by=operator)
+        worker_thread(app)
+        assert_eventually(lambda: app.get_run("r").status == "completed", message=str(app.get_run("r").error))
+        assert server.calls == 5  # the four recorded calls were not sent again
+        assert "tokens elided here" not in json.dumps(server.requests[-1])  # the new window fits it whole

@@ -486,3 +486,38 @@ def test_misquoted_numbers_are_sent_back_once_then_listed(app: App) -> None:
     unchecked = Agent(name="noc3", model=scripted(read, wrong), tools=[read_drop_rate])
     out = app.run(copilot_app(app, unchecked), "CS-101 drops", run_id="r3")
     assert out["answer"] == wrong and out["turns"] == 2 and out["unverified_numbers"] == []
+
+
+def test_a_run_recorded_by_the_older_loop_replays_the_way_it_ran(
+    people: App, worker_thread: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run parked by agent version 1 (a reply's side effects all gated at once) resumes under
+    the current loop (one after another) without NonDeterminismError: the version is read from
+    its first recorded request, and the resumed run keeps the old behaviour to its end."""
+    import agentflow.agent._agent as agent_module
+
+    app = people
+    two = {
+        "tool_calls": [
+            {"name": "apply_change", "args": {"site": "CS-1", "param": "hoA3Offset", "value": 2}, "id": "c1"},
+            {"name": "apply_change", "args": {"site": "CS-2", "param": "hoA3Offset", "value": 2}, "id": "c2"},
+        ]
+    }
+    agent = Agent(name="noc", model=scripted(two, "Both applied."), tools=[apply_change])
+    workflow = copilot_app(app, agent)
+    monkeypatch.setattr(agent_module, "AGENT_VERSION", 1)
+    app.start(workflow, "fix both", run_id="r")
+    old = worker_thread(app)
+    first, second = request_for(app, "r", "c1"), request_for(app, "r", "c2")  # both staged at once: v1
+    assert_eventually(lambda: app.get_run("r").status == "waiting")
+    old.stop()
+    monkeypatch.setattr(agent_module, "AGENT_VERSION", 2)
+    Approvals.of(app).approve(second.id, by=operator(app, "alice"))
+    Approvals.of(app).approve(first.id, by=operator(app, "bob"))
+    worker_thread(app)
+    assert_eventually(lambda: app.get_run("r").status == "completed", message=str(app.get_run("r").error))
+    out = json.loads(app.store.get_run("r").output or "{}")
+    assert [(c["id"], c["status"]) for c in out["tool_calls"]] == [("c1", "ok"), ("c2", "ok")]
+    assert len(EFFECTS) == 2
+    first_request = json.loads(next(s for s in app.history("r") if s.kind == "llm").args or "{}")
+    assert "agent" not in first_request  # recorded as the old code recorded it
