@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from agentflow.cli._common import JsonOption, console, fail
 from agentflow.cli._demo import pack_entry
 from agentflow.cli._exit import EXIT_FAILED, EXIT_OK
 from agentflow.cli._json import emit
+from agentflow.cli._runs import whole_ids_table
 from agentflow.errors import AgentflowError
 
 
@@ -25,7 +24,9 @@ def eval_scenarios(
     model: Annotated[
         str, typer.Option(help="runbook (offline, default) or openai:<model> (OPENAI_BASE_URL for a local server).")
     ] = "runbook",
-    mode: Annotated[str, typer.Option(help="react (default) or plan (plan-and-execute).")] = "react",
+    mode: Annotated[
+        str, typer.Option(help="react (default), plan (plan-and-execute) or guided (the runbook's phases).")
+    ] = "react",
     db: Annotated[
         str | None,
         typer.Option(
@@ -44,8 +45,8 @@ def eval_scenarios(
     Each run is recorded in --db (`agentflow runs history RUN`, `agentflow.trace`). Exit code: 0
     when every scenario passes, 1 when one fails, 2 on bad input (a malformed scenario file names
     its file, line and field)."""
-    if mode not in ("react", "plan"):
-        raise typer.BadParameter("--mode must be react or plan")
+    if mode not in ("react", "plan", "guided"):
+        raise typer.BadParameter("--mode must be react, plan or guided")
     run_eval = pack_entry("agentflow.evals", "evaluation")
     try:
         report = run_eval(paths=scenarios or [], model=model, mode=mode, db=db, only=only or [], quiet=True)
@@ -59,18 +60,24 @@ def eval_scenarios(
 
 
 def _print_report(report: dict[str, Any]) -> None:
-    table = Table(title=f"agentflow eval: {report['model']} ({report['mode']})", caption=_CAPTION)
-    for name in ("scenario", "pass", "verdict", "change", "forb", "den", "calls", "tokens", "USD", "s"):
-        table.add_column(name, no_wrap=name != "change", overflow="fold")
-    table.add_column("why not", overflow="fold")
+    headers = ("scenario", "result", "verdict", "change", "forb", "den", "calls", "tokens", "USD", "s")
+    rows = [
+        (
+            s["scenario"], "pass" if s["passed"] else "FAIL", str(s["verdict"]), ", ".join(s["changes"]) or "-",
+            f"{len(s['forbidden_applied'])}/{s['forbidden_attempted']}", str(s["denials"]), str(s["model_calls"]),
+            str(s["tokens"]), f"{s['cost_usd']:.4f}", f"{s['seconds']:.1f}",
+        )
+        for s in report["scenarios"]
+    ]  # fmt: skip
+    # Narrow terminal: cost, tokens, denials, forbidden, then the change give way (never the
+    # scenario, its result or its verdict); why a scenario failed is listed under the table.
+    table = whole_ids_table(*headers, rows=rows, ids=(0, 1, 2), optional=(8, 7, 5, 4, 3))
+    table.title = f"agentflow eval: {report['model']} ({report['mode']})"
+    table.caption = _CAPTION
+    console.print(table, highlight=False)
     for s in report["scenarios"]:
-        table.add_row(
-            s["scenario"], "[green]pass[/]" if s["passed"] else "[red]FAIL[/]", str(s["verdict"]),
-            escape(", ".join(s["changes"]) or "-"), f"{len(s['forbidden_applied'])}/{s['forbidden_attempted']}",
-            str(s["denials"]), str(s["model_calls"]), str(s["tokens"]), f"{s['cost_usd']:.4f}", f"{s['seconds']:.1f}",
-            escape("; ".join(s["reasons"])),
-        )  # fmt: skip
-    console.print(table)
+        if not s["passed"]:
+            console.print(f"FAIL {s['scenario']}: {'; '.join(s['reasons'])}", markup=False, highlight=False)
     console.print(
         f"passed {report['passed']}/{report['total']} ({report['pass_rate']:.0%}); runs recorded in {report['db']}",
         soft_wrap=True,
