@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -93,6 +93,8 @@ class Agent:
         phases: runbook phases (`agentflow.agent.Phase`) the run follows in order, each with
             its tools and a required tool call, then a final answer: structure for small models
             (react mode only).
+        phase_targets: with phases: the targets a task names (e.g. the cell sites in it); the
+            phases run once per target, in order (default: once).
     """
 
     name: str
@@ -111,6 +113,7 @@ class Agent:
     recover: Literal["strict", "lenient", "off"] = "strict"
     check_numbers: bool = False
     phases: Sequence[Phase] = ()
+    phase_targets: Callable[[str], Sequence[str]] | None = None
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tools]

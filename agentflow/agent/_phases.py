@@ -15,6 +15,9 @@ follows the runbook's phases in order, in one conversation:
     then one last model call without tools: the final answer (numbers checked when the agent
     has `check_numbers`).
 
+With `Agent(phase_targets=f)`, the phases run once per target `f(task)` names (each site of
+"CS-103 and CS-104 drop calls"), in one conversation, each phase request naming its target.
+
 Every call still goes through the agent's gate (policy, approval, window) and the turn rules
 (side effects in order). Each phase's fate is in the outcome's `plan` (status done, skipped
 or failed), and everything is recorded, so a resumed run replays the finished phases.
@@ -22,7 +25,7 @@ or failed), and everything is recorded, so a resumed run replays the finished ph
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -86,6 +89,7 @@ class PhasedAgent(Protocol):
     instructions: str
     tools: Sequence[BaseTool]
     max_turns: int
+    phase_targets: Callable[[str], Sequence[str]] | None
 
     def outcome(self, ctx: WorkflowContext, state: RunState, status: Any, **fields: Any) -> Outcome: ...
 
@@ -121,21 +125,29 @@ def check_phases(phases: Sequence[Phase], tools: Sequence[BaseTool]) -> None:
 
 async def run_phases(agent: PhasedAgent, ctx: WorkflowContext, task: str, phases: Sequence[Phase],
                      state: RunState) -> Outcome:  # fmt: skip
-    """Carry out `phases` in order, then ask for the final answer; the run's typed outcome."""
+    """Carry out `phases` in order (once per target the task names, when the agent has
+    `phase_targets`), then ask for the final answer; the run's typed outcome."""
     messages: list[BaseMessage] = [SystemMessage(agent.instructions), HumanMessage(task)]
     by_name = {t.name: t for t in agent.tools}
     done: list[PlanStepRecord] = []
+    found = list(dict.fromkeys(agent.phase_targets(task))) if agent.phase_targets is not None else []
+    targets: list[str | None] = [*found] or [None]
 
     def end(status: str, **fields: Any) -> Outcome:
         return agent.outcome(ctx, state, status, plan=done, **fields)
 
     try:
-        for index, phase in enumerate(phases, 1):
-            offered = [by_name[n] for n in phase.tools] + ([] if phase.required else [skip_tool()])
-            record = await _phase(agent, ctx, messages, state, phase, index, len(phases), offered)
-            done.append(record)
-            if record.status == "failed":
-                return end("failed", detail=f"phase {phase.name}: {record.result}")
+        for number, target in enumerate(targets, 1):
+            where = f"Target {target} ({number} of {len(targets)}): " if target is not None else ""
+            for index, phase in enumerate(phases, 1):
+                offered = [by_name[n] for n in phase.tools] + ([] if phase.required else [skip_tool()])
+                record = await _phase(agent, ctx, messages, state, phase, (index, len(phases), where), offered)
+                if target is not None:
+                    record.goal = f"{phase.name} {target}"
+                record.index = len(done) + 1
+                done.append(record)
+                if record.status == "failed":
+                    return end("failed", detail=f"phase {record.goal}: {record.result}")
         ended = await agent.answer(ctx, [*messages, HumanMessage(FINAL_PHASE_REQUEST)], state)
     except BudgetExceeded as exc:
         return end("budget_exceeded", detail=exc.message)
@@ -150,14 +162,14 @@ async def _phase(
     messages: list[BaseMessage],
     state: RunState,
     phase: Phase,
-    index: int,
-    count: int,
+    place: tuple[int, int, str],
     offered: list[BaseTool],
 ) -> PlanStepRecord:
+    index, count, where = place
     names = ", ".join(phase.tools)
     how = "Call one of them now." if phase.required else f"If this phase is not needed, call {SKIP_PHASE} with why."
     messages.append(
-        HumanMessage(f"[agentflow] Phase {index} of {count}: {phase.name}. {phase.goal} Tools: {names}. {how}")
+        HumanMessage(f"[agentflow] {where}Phase {index} of {count}: {phase.name}. {phase.goal} Tools: {names}. {how}")
     )
 
     def record(status: Literal["done", "failed", "skipped"], result: str) -> PlanStepRecord:

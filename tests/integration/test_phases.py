@@ -142,3 +142,26 @@ def test_phases_naming_unknown_tools_or_in_plan_mode_are_refused_when_built() ->
         Agent(name="noc", model=model, tools=[get_kpis], phases=[Phase("diagnose", "Rank.", ("rank_root_causes",))])
     with pytest.raises(ConfigurationError, match="react-mode"):
         Agent(name="noc", model=model, tools=[get_kpis], mode="plan", phases=[Phase("i", "Read.", ("get_kpis",))])
+
+
+def test_phases_run_once_per_target_the_task_names(app: App) -> None:
+    """phase_targets: "CS-1 and cs-2" runs the phases for CS-1, then for CS-2, each request
+    naming its target; the outcome's plan names each phase with its target."""
+
+    def sites(task: str) -> list[str]:
+        import re
+
+        return [m.upper() for m in re.findall(r"\bcs-\d+\b", task, re.I)]
+
+    with OpenAIServer(respond=small_model()) as server:
+        model = OpenAIChat(model="small", base_url=server.url, api_key="t", context_window=None)
+        agent = Agent(name="noc", model=model, tools=[get_kpis, apply_change, notify], policies=allow_all,
+                      phases=PHASES, phase_targets=sites)  # fmt: skip
+        out = app.run(copilot(app, agent), "CS-1 and cs-2 drop calls", run_id="r")
+        assert [p["goal"] for p in out["plan"]] == [
+            "investigate CS-1", "apply CS-1", "report CS-1", "investigate CS-2", "apply CS-2", "report CS-2",
+        ]  # fmt: skip
+        assert [p["index"] for p in out["plan"]] == [1, 2, 3, 4, 5, 6]
+        asked = [json.dumps(b["messages"][-1]) for b in server.requests[:-1]]
+        assert "Target CS-1 (1 of 2): Phase 1 of 3" in asked[0] and "Target CS-2 (2 of 2): Phase 3 of 3" in asked[-1]
+        assert out["status"] == "answered" and server.calls == 7

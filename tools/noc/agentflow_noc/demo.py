@@ -36,7 +36,7 @@ from agentflow.store import local_id, redact_url, run_key
 from agentflow.testing import RunbookChatModel, TestClock, configure_crash_point
 from agentflow_noc import NOC_TOOLS, configure, policy_path, runbook
 from agentflow_noc.env import beside
-from agentflow_noc.phases import NOC_PHASES
+from agentflow_noc.phases import NOC_PHASES, sites_in
 from agentflow_noc.verdict import copilot_result, register_verify
 
 SITE = "CS-101"
@@ -97,6 +97,7 @@ def copilot(model: ChatModel, mode: str = "react") -> Agent:
         # guided: the runbook's phases, each with its tools and a required call, answers'
         # numbers checked, fenced calls amid prose read as calls (for small local models)
         phases=NOC_PHASES if mode == "guided" else (),
+        phase_targets=sites_in if mode == "guided" else None,
         check_numbers=mode == "guided",
         recover="lenient" if mode == "guided" else "strict",
     )

@@ -6,7 +6,18 @@ skipped (a false alarm, or a request the diagnosis does not support), reporting 
 
 from __future__ import annotations
 
+import re
+
 from agentflow.agent import Phase
+
+_SITE = re.compile(r"\bCS-\d+\b", re.I)
+
+
+def sites_in(task: str) -> list[str]:
+    """The cell sites a request names, in order (`CS-103 and cs-104` -> CS-103, CS-104): the
+    guided copilot runs the phases once per site."""
+    return list(dict.fromkeys(m.group(0).upper() for m in _SITE.finditer(task)))
+
 
 NOC_PHASES = (
     Phase("read", "Read the site's KPIs.", ("get_kpis",)),
