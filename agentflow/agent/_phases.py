@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field
 from agentflow.agent._outcome import Ended, Outcome, PlanStepRecord, RunState, ToolCallRecord
 from agentflow.engine import WorkflowContext
 from agentflow.errors import BudgetExceeded, ConfigurationError
+from agentflow.llm import canonical_json
 
 __all__ = ["SKIP_PHASE", "Phase", "run_phases"]
 
@@ -59,6 +60,10 @@ class Phase:
         required: False: the model may skip the phase with `skip_phase(reason)` (a change
             phase when the diagnosis found nothing to change).
         turns: model calls allowed in the phase.
+        output: a pydantic model the phase's result must fit (e.g. a diagnosis: site, cause,
+            evidence): once a tool of the phase has run, the model records it by calling
+            `record_<name>` (schema-checked, sent back once); its JSON is the phase's result in
+            the outcome's `plan`, and a phase without a valid one fails.
     """
 
     name: str
@@ -66,19 +71,20 @@ class Phase:
     tools: tuple[str, ...]
     required: bool = True
     turns: int = 3
+    output: type[BaseModel] | None = None
 
 
 class _Skip(BaseModel):
     reason: str = Field(min_length=1, description="Why this phase is not needed, in one sentence.")
 
 
-def _skip_run(**_: Any) -> str:  # read from the call's arguments; nothing runs
+def _not_run(**_: Any) -> str:  # read from the call's arguments; nothing runs
     return "phase skipped"
 
 
 def skip_tool() -> BaseTool:
     return StructuredTool.from_function(
-        func=_skip_run, name=SKIP_PHASE, args_schema=_Skip,
+        func=_not_run, name=SKIP_PHASE, args_schema=_Skip,
         description="Skip the current phase because it is not needed (say why).",
     )  # fmt: skip
 
@@ -188,9 +194,51 @@ async def _phase(
         messages.extend(m for _, m in results)
         final = [r for r, _ in results if r.name in phase.tools and r.status in _FINAL]
         if final:
-            return record("done", "; ".join(f"{r.name}: {r.status}" for r in final))
+            summary = "; ".join(f"{r.name}: {r.status}" for r in final)
+            if phase.output is None:
+                return record("done", summary)
+            found = await _output(agent, ctx, messages, state, phase)
+            return (
+                record("done", found)
+                if found is not None
+                else record(
+                    "failed",
+                    f"{summary}; no valid {phase.output.__name__} was recorded in {OUTPUT_ATTEMPTS} model calls",
+                )
+            )
         if skips:
             return record("skipped", str(skips[0]["args"].get("reason", "")))
         if not message.tool_calls and not message.invalid_tool_calls:
             messages.append(HumanMessage(f"[agentflow] This phase needs a tool call ({names}), not text. {how}"))
     return record("failed", f"no call of {names} succeeded in {phase.turns} model calls")
+
+
+OUTPUT_ATTEMPTS = 2
+
+
+async def _output(
+    agent: PhasedAgent, ctx: WorkflowContext, messages: list[BaseMessage], state: RunState, phase: Phase
+) -> str | None:
+    """The phase's structured result: the model must call `record_<phase>` (the output's schema
+    as the tool's arguments: a server that constrains tool calls to their schema decodes it
+    constrained; fenced JSON is read with the agent's recovery), validated by the schema; the
+    call is sent back once with the reason when it does not fit. Its JSON, or None."""
+    if phase.output is None:
+        return None
+    tool = StructuredTool.from_function(
+        func=_not_run, name=f"record_{phase.name}", args_schema=phase.output,
+        description=f"Record the result of the {phase.name} phase.",
+    )  # fmt: skip
+    messages.append(HumanMessage(f"[agentflow] Record the result of the {phase.name} phase: call {tool.name}."))
+    for _ in range(OUTPUT_ATTEMPTS):
+        if state.turns >= agent.max_turns:
+            return None
+        message = await agent.ask(ctx, messages, [tool], state, tool_choice="required")
+        messages.append(message)
+        for call in message.tool_calls:  # screened by chat(): the schema accepted these arguments
+            messages.append(ToolMessage("recorded", tool_call_id=call["id"] or "", name=tool.name))
+        if message.tool_calls:
+            return canonical_json(phase.output.model_validate(message.tool_calls[0]["args"]).model_dump(mode="json"))
+        problem = "; ".join(c.get("error") or "invalid" for c in message.invalid_tool_calls) or "no call was made"
+        messages.append(HumanMessage(f"[agentflow] {tool.name} was not recorded: {problem}. Call {tool.name}."))
+    return None

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, Field
 from support.openai_server import OpenAIServer, Reply, completion
 
 import agentflow.llm as llm
@@ -165,3 +166,42 @@ def test_phases_run_once_per_target_the_task_names(app: App) -> None:
         asked = [json.dumps(b["messages"][-1]) for b in server.requests[:-1]]
         assert "Target CS-1 (1 of 2): Phase 1 of 3" in asked[0] and "Target CS-2 (2 of 2): Phase 3 of 3" in asked[-1]
         assert out["status"] == "answered" and server.calls == 7
+
+
+class Diagnosis(BaseModel):
+    site: str = Field(pattern=r"^CS-\d+$")
+    cause: str = Field(min_length=3)
+
+
+def test_a_phase_records_its_structured_output_checked_by_its_schema(app: App) -> None:
+    """Phase(output=Diagnosis): after its tool ran, the model must call record_investigate with
+    arguments the schema accepts; a bad one ("site": "somewhere") is sent back once; a model
+    that never gets it right fails the phase by name."""
+    attempts: dict[str, int] = {}
+
+    def respond(fix_on: int) -> Any:
+        def reply(body: dict[str, Any]) -> Reply:
+            tools = offered(body)
+            if tools == ["record_investigate"]:
+                attempts[str(fix_on)] = attempts.get(str(fix_on), 0) + 1
+                good = attempts[str(fix_on)] >= fix_on
+                args = {"site": "CS-101" if good else "somewhere", "cause": "mis_set_handover"}
+                return completion(tool_calls=[("record_investigate", args)])
+            return small_model()(body)
+
+        return reply
+
+    phases = [Phase("investigate", "Read the KPIs.", ("get_kpis",), output=Diagnosis), PHASES[2]]
+    for fix_on, expected in ((1, "done"), (2, "done"), (99, "failed")):
+        with OpenAIServer(respond=respond(fix_on)) as server:
+            model = OpenAIChat(model="small", base_url=server.url, api_key="t", context_window=None)
+            agent = Agent(name=f"noc{fix_on}", model=model, tools=[get_kpis, notify], policies=allow_all,
+                          phases=phases)  # fmt: skip
+            out = app.run(copilot(app, agent), "CS-101 drops", run_id=f"r{fix_on}")
+        first = out["plan"][0]
+        assert first["status"] == expected, out
+        if expected == "done":
+            assert json.loads(first["result"]) == {"site": "CS-101", "cause": "mis_set_handover"}
+            assert out["status"] == "answered" and attempts[str(fix_on)] == fix_on
+        else:
+            assert out["status"] == "failed" and "no valid Diagnosis" in out["detail"] and attempts["99"] == 2
