@@ -28,7 +28,8 @@ def serve(
 ) -> None:
     """Serve the web chat and JSON API: operators start runs, watch them live, approve staged actions.
 
-    Also serves Prometheus `/metrics`, `/healthz` and `/readyz` (API.md); with AGENTFLOW_OTEL=1
+    Also serves Prometheus `/metrics` (by tenant only with the bearer token AGENTFLOW_METRICS_TOKEN,
+    summed over tenants without one set), `/healthz` and `/readyz` (API.md); with AGENTFLOW_OTEL=1
     each step is sent as an OpenTelemetry span when it finishes."""
     try:
         import uvicorn

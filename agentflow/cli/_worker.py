@@ -66,6 +66,7 @@ def worker(
         finally:
             if server is not None:
                 server.shutdown()
+                server.server_close()  # the listening socket, not only the serving thread
             if spans is not None:
                 spans.close()
     except AgentflowError as exc:

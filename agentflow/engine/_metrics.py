@@ -4,8 +4,10 @@
 then on the workers of this process count what they do (steps by kind with their latency, model
 tokens and cost, runs claimed, parked and finished, lease takeovers, store errors). What the
 database holds for every worker (runs by tenant and status, open approvals and the age of the
-oldest) is read from the store at scrape time. `prometheus-client` is imported here only, when
-metrics are installed: a process that serves none pays nothing for it.
+oldest) is read from the store at scrape time, by tenant or summed over tenants
+(`exposition(tenants=False)`: what `agentflow serve` answers an unauthenticated scrape, which must
+not list the tenants). `prometheus-client` is imported here only, when metrics are installed: a
+process that serves none pays nothing for it.
 
 `Metrics.serve(host, port)` serves `/metrics`, `/healthz` and `/readyz` on a port of their own
 (`agentflow worker --metrics-port`); `agentflow serve` mounts the same three on its web app.
@@ -16,6 +18,8 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import threading
+import weakref
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
@@ -26,9 +30,10 @@ from agentflow.engine._host import Host
 from agentflow.engine._observe import Observer, add_observer
 from agentflow.engine._threads import tool_threads
 from agentflow.errors import StoreError
-from agentflow.store import RunRecord, StepRecord, StoreGauges
+from agentflow.store import OpenApprovals, RunRecord, StepRecord, StoreGauges
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
     from prometheus_client.metrics_core import Metric
 
 #: Step latency buckets (seconds): a policy decision takes milliseconds, a model call seconds,
@@ -78,7 +83,8 @@ class Metrics(Observer):
         in_flight.set_function(lambda: ExecutorBase.active)
         stuck = Gauge("agentflow_tool_threads_stuck", "Blocking tool calls running for over a minute", registry=r)
         stuck.set_function(lambda: len(tool_threads().stuck()))
-        r.register(_StoreCollector(self))
+        # The store's figures are not in the registry: each scrape adds them, by tenant or not.
+        self._store_views = {True: _StoreCollector(self, tenants=True), False: _StoreCollector(self, tenants=False)}
 
     @classmethod
     def install(cls, app: Host) -> Metrics:
@@ -92,11 +98,16 @@ class Metrics(Observer):
             _installed.app = app
             return _installed
 
-    def exposition(self) -> tuple[bytes, str]:
-        """The metrics in Prometheus' text format, and its content type."""
+    def exposition(self, *, tenants: bool = True) -> tuple[bytes, str]:
+        """The metrics in Prometheus' text format, and its content type.
+
+        Args:
+            tenants: label the store's figures by tenant; False sums them over tenants (the
+                oldest pending approval's age is the oldest of all), naming no tenant.
+        """
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return generate_latest(_Scrape(self.registry, self._store_views[tenants])), CONTENT_TYPE_LATEST
 
     # -- observer ------------------------------------------------------------------------------
     def run_claimed(self, run: RunRecord, epoch: int, *, recovering: bool) -> None:
@@ -126,7 +137,7 @@ class Metrics(Observer):
     def run_parked(self, run: RunRecord) -> None:
         self.parked.inc()
 
-    def run_finished(self, run: RunRecord, status: str, at: float) -> None:
+    def run_finished(self, run: RunRecord, status: str, at: float, *, error: dict[str, Any] | None = None) -> None:
         self.finished.labels(status).inc()
 
     def lease_lost(self, run_id: str) -> None:
@@ -138,7 +149,8 @@ class Metrics(Observer):
     # -- a port of their own ---------------------------------------------------------------------
     def serve(self, host: str = "127.0.0.1", port: int = 9464) -> WSGIServer:
         """Serve `/metrics`, `/healthz` and `/readyz` on `host:port` from a daemon thread; returns
-        the server (`shutdown()` stops it; port 0 picks a free port: `server.server_port`)."""
+        the server (`shutdown()` stops it, `server_close()` then closes its socket; port 0 picks a
+        free port: `server.server_port`)."""
         server = make_server(host, port, self._wsgi, _ThreadingServer, handler_class=_QuietHandler)
         threading.Thread(target=server.serve_forever, name="agentflow-metrics", daemon=True).start()
         return server
@@ -157,15 +169,24 @@ class Metrics(Observer):
         return [b"not found: /metrics, /healthz and /readyz are served here\n"]
 
 
+class _Scrape:
+    """What one scrape reads: the process's registry, then the store's figures."""
+
+    def __init__(self, registry: CollectorRegistry, store: _StoreCollector) -> None:
+        self.registry, self.store = registry, store
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.registry.collect()
+        yield from self.store.collect()
+
+
 class _StoreCollector:
     """The store's figures, read at scrape time; a store that does not answer is
-    `agentflow_store_up 0` (and a store error counted), never a failed scrape."""
+    `agentflow_store_up 0` (and a store error counted), never a failed scrape. `tenants=False`
+    sums them over tenants (no `tenant` label)."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def describe(self) -> list[Metric]:
-        return []  # read at scrape time only (registering must not query the store)
+    def __init__(self, metrics: Metrics, *, tenants: bool) -> None:
+        self.metrics, self.tenants = metrics, tenants
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import GaugeMetricFamily
@@ -181,26 +202,46 @@ class _StoreCollector:
             return
         up.add_metric([], 1)
         yield up
-        by_status = GaugeMetricFamily("agentflow_runs", "Runs in the store, by tenant and status",
-                                      labels=["tenant", "status"])  # fmt: skip
+        if not self.tenants:
+            runs, approvals = _over_tenants(runs, approvals)
+        by = ["tenant"] if self.tenants else []
+        by_status = GaugeMetricFamily("agentflow_runs", "Runs in the store, by " + ("tenant and " if by else "") +
+                                      "status", labels=[*by, "status"])  # fmt: skip
         for tenant, status, count in runs:
-            by_status.add_metric([tenant, status], count)
+            by_status.add_metric([tenant, status] if by else [status], count)
         yield by_status
         pending = GaugeMetricFamily("agentflow_approvals_pending", "Approval requests waiting for a decision",
-                                    labels=["tenant"])  # fmt: skip
+                                    labels=by)  # fmt: skip
         oldest = GaugeMetricFamily("agentflow_approvals_oldest_pending_age_seconds",
-                                   "Age of the oldest approval request waiting for a decision", labels=["tenant"])  # fmt: skip
+                                   "Age of the oldest approval request waiting for a decision", labels=by)  # fmt: skip
         now = self.metrics.app.clock.now()
         for row in approvals:
-            pending.add_metric([row.tenant], row.count)
-            oldest.add_metric([row.tenant], max(now - row.oldest_created_at, 0.0))
+            labels = [row.tenant] if by else []
+            pending.add_metric(labels, row.count)
+            oldest.add_metric(labels, max(now - row.oldest_created_at, 0.0))
         yield pending
         yield oldest
 
 
+def _over_tenants(
+    runs: list[tuple[str, str, int]], approvals: list[OpenApprovals]
+) -> tuple[list[tuple[str, str, int]], list[OpenApprovals]]:
+    """The store's figures summed over tenants (the tenant left empty); the oldest pending
+    approval is the oldest of all."""
+    by_status: Counter[str] = Counter()
+    for _, status, count in runs:
+        by_status[status] += count
+    summed = [("", status, count) for status, count in sorted(by_status.items())]
+    if not approvals:
+        return summed, []
+    oldest = min(a.oldest_created_at for a in approvals)
+    return summed, [OpenApprovals("", sum(a.count for a in approvals), oldest)]
+
+
 # -- readiness ------------------------------------------------------------------------------------
-_probe_pool: concurrent.futures.ThreadPoolExecutor | None = None
-_probe: concurrent.futures.Future[None] | None = None
+#: Each App's probe under way or last done: one at a time per App, and an App's probes never wait
+#: behind another App's hung store.
+_probes: weakref.WeakKeyDictionary[Host, concurrent.futures.Future[None]] = weakref.WeakKeyDictionary()
 
 
 def readiness(app: Host, timeout: float = READY_TIMEOUT) -> tuple[int, dict[str, Any]]:
@@ -208,15 +249,13 @@ def readiness(app: Host, timeout: float = READY_TIMEOUT) -> tuple[int, dict[str,
     within `timeout` seconds, else 503 with a reason. Nothing about the store (its URL, its
     error's message) is in the answer: probes are unauthenticated.
 
-    The query runs on one thread of its own (with its own connection): a store that hangs holds
-    that thread, and later probes say so at once instead of piling up threads."""
-    global _probe_pool, _probe
+    The query runs on a thread of its own (with its own connection), one at a time per App: a
+    store that hangs holds that thread, and later probes of that App say so at once instead of
+    piling up threads; another App's probes (its own store) are not held up."""
     with _lock:
-        if _probe_pool is None:
-            _probe_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="agentflow-ready")
-        if _probe is None or _probe.done():
-            _probe = _probe_pool.submit(lambda: StoreGauges(app.store).ping())
-        probe = _probe
+        probe = _probes.get(app)
+        if probe is None or probe.done():
+            probe = _probes[app] = _start_probe(app)
     try:
         probe.result(timeout=timeout)
     except concurrent.futures.TimeoutError:
@@ -226,6 +265,23 @@ def readiness(app: Host, timeout: float = READY_TIMEOUT) -> tuple[int, dict[str,
     except Exception as exc:  # noqa: BLE001 - a probe answers, whatever went wrong
         return 503, {"status": "unavailable", "reason": f"the store could not be opened ({type(exc).__name__})"}
     return 200, {"status": "ready"}
+
+
+def _start_probe(app: Host) -> concurrent.futures.Future[None]:
+    """`app`'s store opened and pinged on a daemon thread (a hung store must not keep the
+    process from exiting)."""
+    probe: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def ping() -> None:
+        try:
+            StoreGauges(app.store).ping()
+        except BaseException as exc:  # noqa: BLE001 - handed to the prober
+            probe.set_exception(exc)
+        else:
+            probe.set_result(None)
+
+    threading.Thread(target=ping, name="agentflow-ready", daemon=True).start()
+    return probe
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):

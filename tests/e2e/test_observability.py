@@ -36,9 +36,10 @@ NOT_EXECUTED = {"sleep", "signal", "child", "now", "uuid", "random", "patch", "c
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """`GET url` parsed as Prometheus reads it: {(sample name, sorted labels): value}."""
-    answer = httpx.get(url, timeout=10)
+def scrape(url: str, token: str | None = None) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """`GET url` (with `token` as a bearer token) parsed as Prometheus reads it:
+    {(sample name, sorted labels): value}."""
+    answer = httpx.get(url, timeout=10, headers={"Authorization": f"Bearer {token}"} if token else {})
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"].startswith("text/plain")
     return {
@@ -162,32 +163,47 @@ def test_worker_metrics_match_the_recorded_runs(tmp_path: Path) -> None:
 
 
 # -- serve ----------------------------------------------------------------------------------------
+METRICS_TOKEN = "scrape-secret-7"
+
+
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
+def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Served, str]]:
+    """A server and the id of the copilot's run, waiting for an approval; an indirect parameter
+    is the server's AGENTFLOW_METRICS_TOKEN."""
     server = Served(tmp_path / "served")
+    token = getattr(request, "param", None)
+    if token:
+        server.env["AGENTFLOW_METRICS_TOKEN"] = token
     server.add_operators({"alice": "noc-engineer"})
     server.start()
     try:
         server.wait_ready()
-        yield server
+        run_id = server.start_run("alice", "CS-101 drop rate is high, investigate")
+        assert_eventually(lambda: server.api("alice", "GET", f"/api/runs/{run_id}")["status"] == "waiting",
+                          timeout=60, message="the run did not reach its approval")  # fmt: skip
+        yield server, run_id
     finally:
         server.stop()
 
 
-def test_serve_metrics_after_a_copilot_run_waits_for_approval(served: Served) -> None:
-    """`agentflow serve`'s /metrics, unauthenticated: the NOC copilot's run waits for an approval
-    (one pending, its age), its steps by kind and its model tokens equal the recorded ones."""
-    run_id = served.start_run("alice", "CS-101 drop rate is high, investigate")
-    assert_eventually(lambda: served.api("alice", "GET", f"/api/runs/{run_id}")["status"] == "waiting",
-                      timeout=60, message="the run did not reach its approval")  # fmt: skip
+@pytest.mark.parametrize("served", [METRICS_TOKEN], indirect=True)
+def test_serve_metrics_after_a_copilot_run_waits_for_approval(served: tuple[Served, str]) -> None:
+    """`agentflow serve`'s /metrics with AGENTFLOW_METRICS_TOKEN: without the token, or with
+    another, 401; with it, by tenant: the NOC copilot's run waits for an approval (one pending,
+    its age), its steps by kind and its model tokens equal the recorded ones."""
+    server, run_id = served
+    for headers in ({}, {"Authorization": "Bearer scrape-secret-8"}, {"Authorization": METRICS_TOKEN}):
+        answer = httpx.get(f"{server.url}/metrics", headers=headers, timeout=10)
+        assert answer.status_code == 401 and answer.headers["www-authenticate"] == "Bearer", answer.text
+        assert answer.json()["error"]["code"] == "bad_metrics_token" and "noc-east" not in answer.text
     from agentflow.engine import Client
 
-    client = Client(served.db)
+    client = Client(server.db)
     try:
         steps = client.history(run_key("noc-east", run_id))
     finally:
         client.close()
-    samples = scrape(f"{served.url}/metrics")
+    samples = scrape(f"{server.url}/metrics", METRICS_TOKEN)
     assert values(samples, "agentflow_step_duration_seconds_count", "kind") == executed_kinds(steps)
     assert {"llm", "tool", "policy"} <= set(executed_kinds(steps))
     assert values(samples, "agentflow_model_tokens_total", "type") == recorded_tokens(steps)
@@ -195,8 +211,22 @@ def test_serve_metrics_after_a_copilot_run_waits_for_approval(served: Served) ->
     assert samples[("agentflow_approvals_oldest_pending_age_seconds", (("tenant", "noc-east"),))] >= 0
     assert samples[("agentflow_runs", (("status", "waiting"), ("tenant", "noc-east")))] == 1
     assert samples[("agentflow_worker_runs_parked_total", ())] >= 1
-    assert httpx.get(f"{served.url}/healthz", timeout=5).json() == {"status": "ok"}
-    assert httpx.get(f"{served.url}/readyz", timeout=5).json() == {"status": "ready"}
+    assert httpx.get(f"{server.url}/healthz", timeout=5).json() == {"status": "ok"}
+    assert httpx.get(f"{server.url}/readyz", timeout=5).json() == {"status": "ready"}
+
+
+def test_serve_metrics_without_a_token_name_no_tenant(served: tuple[Served, str]) -> None:
+    """`agentflow serve`'s /metrics with no AGENTFLOW_METRICS_TOKEN answers anyone, so it names
+    no tenant: the store's figures are summed over tenants (the waiting run, its pending
+    approval and the age of the oldest), and the tenant appears nowhere in the scrape."""
+    server, _ = served
+    answer = httpx.get(f"{server.url}/metrics", timeout=10)
+    assert answer.status_code == 200 and "noc-east" not in answer.text and "tenant" not in answer.text
+    samples = scrape(f"{server.url}/metrics")
+    assert samples[("agentflow_runs", (("status", "waiting"),))] == 1
+    assert samples[("agentflow_approvals_pending", ())] == 1
+    assert samples[("agentflow_approvals_oldest_pending_age_seconds", ())] >= 0
+    assert samples[("agentflow_store_up", ())] == 1
 
 
 # -- a crash and a resume --------------------------------------------------------------------------
@@ -332,3 +362,23 @@ def test_readyz_fails_when_the_store_goes_away(tmp_path: Path, pg_url: str, comm
     finally:
         proc.stop()
         proxy.close()
+
+
+def test_a_hung_store_holds_up_no_other_apps_readyz(tmp_path: Path, pg_url: str) -> None:
+    """Two Apps in one process: one's PostgreSQL accepts connections and never answers (a hung
+    store). Its /readyz says 503 within the timeout, and says so at once while the probe hangs;
+    the other App's probe, on its own store, still answers 200."""
+    from agentflow import App
+    from agentflow.engine import readiness
+
+    hole = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody answers
+    hung = App(pg_url.replace(":5432/", f":{hole.getsockname()[1]}/"))
+    fine = App(f"sqlite:///{tmp_path}/wf.db")
+    try:
+        code, body = readiness(hung, timeout=0.3)
+        assert (code, body["reason"]) == (503, "the store did not answer within 0.3 s")
+        assert readiness(fine, timeout=5) == (200, {"status": "ready"})
+        assert readiness(hung, timeout=0.3)[0] == 503
+    finally:
+        hole.close()
+        fine.close()

@@ -58,6 +58,8 @@ class Served:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.tokens: dict[str, str] = {}
+        #: More environment variables for the server (e.g. AGENTFLOW_METRICS_TOKEN).
+        self.env: dict[str, str] = {}
         self.log_path = tmp / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -83,7 +85,8 @@ class Served:
     def start(self) -> None:
         """Start the server (without waiting for it: see `wait_ready`)."""
         cmd = [*CLI, "serve", "--app", self.app_ref, "--db", self.db, "--port", str(self.port)]
-        server_env = env(NOC_DB=str(self.net_path), NOC_INCIDENTS=self.incidents, NOC_CLOCK_START=self.clock_start)
+        server_env = env(NOC_DB=str(self.net_path), NOC_INCIDENTS=self.incidents, NOC_CLOCK_START=self.clock_start,
+                         **self.env)  # fmt: skip
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=server_env, stdout=log, stderr=subprocess.STDOUT)
 
