@@ -16,7 +16,7 @@ from dataclasses import replace
 from agentflow.approvals import Approvals, Principal
 from agentflow.chat import Chat
 from agentflow.engine import SystemClock
-from agentflow.errors import ApprovalRefused
+from agentflow.errors import ApprovalRefused, AuthenticationError
 from agentflow.store import EventStore, SessionRow, Tx
 
 COOKIE = "af_session"
@@ -95,14 +95,21 @@ class Sessions:
 
     def principal(self, session: SessionInfo) -> Principal:
         """The principal the session acts as now, re-read: a disabled operator, or the token the
-        session signed in with revoked (also by a rotation) or expired, is signed out.
+        session signed in with revoked (also by a rotation) or expired, is signed out; so is a
+        session that does not say which token it signed in with (nothing could end it).
 
         Raises:
             AuthenticationError: which of these it is, and how to fix it.
         """
         tenant = session.tenant
-        return self.approvals.principal(session.principals.get(tenant, ""), tenant=tenant,
-                                        token_id=session.tokens.get(tenant))  # fmt: skip
+        token_id = session.tokens.get(tenant)
+        if not token_id:
+            raise AuthenticationError(
+                "this web session does not say which token it signed in with: sign in again with your operator token",
+                code="session_expired",
+                tenant=tenant,
+            )
+        return self.approvals.principal(session.principals.get(tenant, ""), tenant=tenant, token_id=token_id)
 
     def switch(self, session: SessionInfo, tenant: str) -> SessionInfo:
         """Act in another tenant the session signed in to."""

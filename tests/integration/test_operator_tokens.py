@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 from agentflow import App
 from agentflow.approvals import Approvals
 from agentflow.chat import START_HELP
+from agentflow.engine import SystemClock
 from agentflow.errors import AuthenticationError, ConfigurationError
 from agentflow.server import create_app
 from agentflow.store import EventStore
@@ -57,6 +58,25 @@ def sign_in(client: TestClient, token: str) -> dict[str, str]:
     cookie = answer.cookies["af_session"]
     client.cookies.clear()  # each session is sent explicitly
     return {"Cookie": f"af_session={cookie}", "X-CSRF-Token": answer.json()["csrf"]}
+
+
+@contextlib.contextmanager
+def migrated(db_url: str, revision: str, *, down: bool = False) -> Iterator[Any]:
+    """A connection to `db_url` after alembic took its schema up (or down) to `revision`, in one
+    transaction that commits when the block ends."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from agentflow.store._postgres import sqlalchemy_url
+
+    url = sqlalchemy_url(db_url) if db_url.startswith("postgresql") else db_url
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            (command.downgrade if down else command.upgrade)(alembic_config(url, conn), revision)
+            yield conn
+    finally:
+        engine.dispose()
 
 
 def refused(answer: httpx.Response, code: str, fix: str) -> None:
@@ -153,23 +173,14 @@ def test_an_0008_database_keeps_its_operators_tokens(empty_db_url: str) -> None:
     """A database at schema 0008 (one token hash per operator in af_principals) is upgraded:
     the token still signs its operator in, with no expiry, and an operator disabled before stays
     disabled."""
-    from alembic import command
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
 
-    from agentflow.store._postgres import sqlalchemy_url
-
-    url = sqlalchemy_url(empty_db_url) if empty_db_url.startswith("postgresql") else empty_db_url
-    engine = create_engine(url)
-    try:
-        with engine.begin() as conn:
-            command.upgrade(alembic_config(url, conn), "0008")
-            for pid, name, disabled in (("p1", "bob", 0), ("p2", "eve", 1)):
-                conn.execute(text("INSERT INTO af_principals (id, name, tenant, roles, token_hash, created_at, disabled) "
-                                  "VALUES (:id, :name, :tenant, '[\"noc-engineer\"]', :hash, 1.0, :disabled)"),
-                             {"id": pid, "name": name, "tenant": TENANT, "hash": hashlib.sha256(
-                                 f"aft_old-{name}".encode()).hexdigest(), "disabled": disabled})  # fmt: skip
-    finally:
-        engine.dispose()
+    with migrated(empty_db_url, "0008") as conn:
+        for pid, name, disabled in (("p1", "bob", 0), ("p2", "eve", 1)):
+            conn.execute(text("INSERT INTO af_principals (id, name, tenant, roles, token_hash, created_at, disabled) "
+                              "VALUES (:id, :name, :tenant, '[\"noc-engineer\"]', :hash, 1.0, :disabled)"),
+                         {"id": pid, "name": name, "tenant": TENANT, "hash": hashlib.sha256(
+                             f"aft_old-{name}".encode()).hexdigest(), "disabled": disabled})  # fmt: skip
     store = EventStore(empty_db_url)
     try:
         from agentflow.engine import SystemClock
@@ -183,6 +194,59 @@ def test_an_0008_database_keeps_its_operators_tokens(empty_db_url: str) -> None:
         assert (bob.status, bob.expires_at, [t.id for t in bob.tokens]) == ("active", None, ["tok_p1"])
     finally:
         store.close()
+
+
+@pytest.mark.backends("sqlite", "postgresql")
+def test_a_web_session_from_before_0009_ends_when_its_token_is_revoked(empty_db_url: str) -> None:
+    """A browser session opened on schema 0008 (before sessions recorded their token) is
+    upgraded with its principal's token id: it still works, and revoking that token ends it
+    (token_revoked), as it ends a session opened after the upgrade. A session left with no
+    token id for its tenant is refused as signed out (session_expired), never let through
+    unchecked."""
+    from sqlalchemy import text
+
+    cookies = {"bob": "old-browser-bob", "eve": "old-browser-eve"}
+    with migrated(empty_db_url, "0008") as conn:
+        for pid, name in (("p1", "bob"), ("p2", "eve")):
+            conn.execute(text("INSERT INTO af_principals (id, name, tenant, roles, token_hash, created_at, disabled) "
+                              "VALUES (:id, :name, :tenant, '[\"noc-engineer\"]', :hash, 1.0, 0)"),
+                         {"id": pid, "name": name, "tenant": TENANT,
+                          "hash": hashlib.sha256(f"aft_old-{name}".encode()).hexdigest()})  # fmt: skip
+            conn.execute(text("INSERT INTO af_sessions (id_hash, operator, principals, tenant, csrf, created_at, "
+                              "expires_at, revoked) VALUES (:id, :name, :principals, :tenant, 'c', 1.0, :expires, 0)"),
+                         {"id": hashlib.sha256(cookies[name].encode()).hexdigest(), "name": name,
+                          "principals": f'{{"{TENANT}": "{pid}"}}', "tenant": TENANT,
+                          "expires": time.time() + 3600})  # fmt: skip
+    with served(empty_db_url) as (app, client):
+        old = {name: {"Cookie": f"af_session={cookie}"} for name, cookie in cookies.items()}
+        assert client.get("/api/session", headers=old["bob"]).json()["operator"] == "bob"
+        Approvals.of(app).revoke("bob")
+        refused(client.get("/api/session", headers=old["bob"]), "token_revoked", "agentflow operators rotate bob")
+        app.store.backend.write([("UPDATE af_sessions SET tokens = NULL WHERE operator = ?", ("eve",), False)])
+        refused(client.get("/api/session", headers=old["eve"]), "session_expired", "sign in again")
+        assert client.get("/api/runs", headers=bearer("aft_old-eve")).status_code == 200  # her token still works
+
+
+def test_downgrading_0009_revives_no_expired_token(tmp_path: Path) -> None:
+    """Back to schema 0008 (one token per operator, no expiry): an operator whose only live
+    token expired gets none back (must be rotated after upgrading again); one with a live token
+    keeps it."""
+    db = f"sqlite:///{tmp_path}/wf.db"
+    store = EventStore(db)
+    try:
+        approvals = Approvals(store, SystemClock())
+        _, live = approvals.add_operator("bob", tenant=TENANT, roles=["noc-engineer"])
+        issued_earlier = Approvals(store, SystemClock(), wall=lambda: time.time() - 3600)
+        _, expired = issued_earlier.add_operator("carl", tenant=TENANT, roles=["noc-engineer"],
+                                                 expires_at=time.time() - 60)  # fmt: skip
+    finally:
+        store.close()
+    from sqlalchemy import text
+
+    with migrated(db, "0008", down=True) as conn:
+        hashes = {name: hashed for name, hashed in conn.execute(text("SELECT name, token_hash FROM af_principals"))}
+    assert hashes["bob"] == hashlib.sha256(live.encode()).hexdigest()
+    assert hashes["carl"] != hashlib.sha256(expired.encode()).hexdigest() and hashes["carl"].startswith("revoked:")
 
 
 def test_operator_statements_name_their_tenant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,12 +3,16 @@ SHA-256, when it was issued, when it expires, when it was revoked), so an operat
 token rotated or revoked, and a token can expire; a revoked or expired token is kept to be
 refused as such. The hash moves out of `af_principals` (existing tokens keep working, with no
 expiry). A web session records the token each tenant was signed in with (`af_sessions.tokens`),
-so revoking or rotating a token ends the sessions it opened.
+so revoking or rotating a token ends the sessions it opened; the sessions open at the upgrade get
+the ids of the tokens their principals had (the only token each had then), so they end that way too.
 
 Revision ID: 0009
 Revises: 0008
 Create Date: 2026-12-20
 """
+
+import json
+import time
 
 import sqlalchemy as sa
 from alembic import op
@@ -42,6 +46,21 @@ def upgrade() -> None:
     with op.batch_alter_table("af_principals") as batch:
         batch.drop_column("token_hash")
     op.add_column("af_sessions", sa.Column("tokens", sa.Text(), nullable=True))
+    _fill_session_tokens()
+
+
+def _fill_session_tokens() -> None:
+    """Each live session's {tenant: token id} from its {tenant: principal id}: a principal's
+    token is 'tok_' || principal id, as inserted above (a session left without one is refused)."""
+    conn = op.get_bind()
+    rows = conn.execute(sa.text("SELECT id_hash, principals FROM af_sessions WHERE revoked = 0")).fetchall()
+    for id_hash, principals in rows:
+        try:
+            tokens = {tenant: f"tok_{pid}" for tenant, pid in json.loads(principals).items()}
+        except (ValueError, AttributeError):
+            continue  # unreadable: left without tokens, so refused (signed out)
+        conn.execute(sa.text("UPDATE af_sessions SET tokens = :tokens WHERE id_hash = :id"),
+                     {"tokens": json.dumps(tokens), "id": id_hash})  # fmt: skip
 
 
 def downgrade() -> None:
@@ -49,10 +68,14 @@ def downgrade() -> None:
         batch.drop_column("tokens")
     with op.batch_alter_table("af_principals") as batch:
         batch.add_column(sa.Column("token_hash", sa.String(), nullable=True))
-    # A principal's newest live token (an older agentflow knows one token per operator).
+    # A principal's newest live token (an older agentflow knows one token per operator, and no
+    # expiry: an expired token must not come back to life). Token times are wall-clock seconds.
     op.execute(
-        "UPDATE af_principals SET token_hash = (SELECT t.token_hash FROM af_operator_tokens t "
-        "WHERE t.principal_id = af_principals.id AND t.revoked_at IS NULL ORDER BY t.created_at DESC LIMIT 1)"
+        sa.text(
+            "UPDATE af_principals SET token_hash = (SELECT t.token_hash FROM af_operator_tokens t "
+            "WHERE t.principal_id = af_principals.id AND t.revoked_at IS NULL "
+            "AND (t.expires_at IS NULL OR t.expires_at > :now) ORDER BY t.created_at DESC LIMIT 1)"
+        ).bindparams(now=time.time())
     )
     # No live token: a value no token hashes to (the operator is kept, with no way to sign in).
     op.execute("UPDATE af_principals SET token_hash = 'revoked:' || id WHERE token_hash IS NULL")
