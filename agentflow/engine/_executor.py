@@ -326,5 +326,7 @@ class RunExecutor(ActivitySteps, WaitSteps):
                 fields["error_type"] = err.get("type")
             log.info("run finished", extra=fields)
         if self.observers:
-            notify(self.observers, "run_finished", self.run, status, now)
+            # The error as recorded (secrets masked): `self.run` is the record as claimed.
+            notify(self.observers, "run_finished", self.run, status, now,
+                   error=self.store.redaction.data(err) if err else None)  # fmt: skip
         return status

@@ -34,8 +34,10 @@ class Observer:
     def run_parked(self, run: RunRecord) -> None:
         """`run` waits (a timer, signal or child) and was parked in the store."""
 
-    def run_finished(self, run: RunRecord, status: str, at: float) -> None:
-        """`run` ended with `status` at `at` (the app's clock); `run` is the record as claimed."""
+    def run_finished(self, run: RunRecord, status: str, at: float, *, error: dict[str, Any] | None = None) -> None:
+        """`run` ended with `status` at `at` (the app's clock); `run` is the record as claimed
+        (no output, no error): a failed run's `error` is the one recorded (its secrets masked:
+        `type`, `message`, ...)."""
 
     def lease_lost(self, run_id: str) -> None:
         """Another worker took `run_id` over: this process stopped working on it."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agentflow.store import RunRecord, StepRecord
-from agentflow.trace._records import Attempt, Recorded, error_of, loads, response_of
+from agentflow.trace._records import Attempt, Recorded, describe_error, error_of, loads, response_of
 
 _NS = 1_000_000_000
 
@@ -128,7 +128,7 @@ def run_span(run: RunRecord, *, end: float, status: str | None = None, error: st
     `error` default to the record's (a live span knows the outcome before the record says it)."""
     status = status or run.status
     if status == "failed" and error is None:
-        error = str(run.error_dict().get("message"))
+        error = describe_error(run.error_dict())
     parent = span_id(run.parent_id, run.parent_seq or 0) if run.parent_id else None
     return {
         "name": f"invoke_agent {run.workflow}", "kind": "INTERNAL", "trace_id": trace_id(run.root_id),

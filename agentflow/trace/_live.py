@@ -22,6 +22,7 @@ from agentflow.errors import ConfigurationError
 from agentflow.store import RunRecord, StepRecord
 from agentflow.trace._export import run_span, step_span
 from agentflow.trace._otel import readable_span, sdk
+from agentflow.trace._records import describe_error
 
 #: What `AGENTFLOW_OTEL` may say: `1`/`otlp` (OTLP/HTTP exporter, configured by the standard
 #: `OTEL_EXPORTER_OTLP_*` variables) or `console` (spans as JSON lines on stdout).
@@ -60,17 +61,23 @@ class LiveSpans(Observer):
             self.resource = Resource.create({"service.name": service_name})
         self.processor = processor
         self.scope = InstrumentationScope("agentflow")
+        #: `close()` shuts the processor down (its thread, its exporter) only when this made it.
+        self.owns_processor = False
 
     def step_finished(self, run: RunRecord, step: StepRecord) -> None:
         self.processor.on_end(readable_span(step_span(run, step), self.resource, self.scope))
 
-    def run_finished(self, run: RunRecord, status: str, at: float) -> None:
-        self.processor.on_end(readable_span(run_span(run, end=at, status=status), self.resource, self.scope))
+    def run_finished(self, run: RunRecord, status: str, at: float, *, error: dict[str, Any] | None = None) -> None:
+        span = run_span(run, end=at, status=status, error=describe_error(error) if error else None)
+        self.processor.on_end(readable_span(span, self.resource, self.scope))
 
     def close(self) -> None:
-        """Stop sending spans, and flush what the processor holds."""
+        """Stop sending spans and flush what the processor holds; a processor made here
+        (`live_spans_from_env`) is shut down too, a caller's provider or processor is not."""
         remove_observer(self)
         self.processor.force_flush()
+        if self.owns_processor:
+            self.processor.shutdown()
 
 
 def live_spans(tracer_provider: Any = None, *, processor: Any = None, service_name: str = "agentflow") -> LiveSpans:
@@ -108,7 +115,7 @@ def live_spans_from_env() -> LiveSpans | None:
     if mode == "console":
         # One span per line, written as it ends: a SIGKILLed worker loses none it had sent.
         exporter = ConsoleSpanExporter(service_name=service, formatter=lambda span: span.to_json(indent=None) + "\n")
-        return live_spans(processor=SimpleSpanProcessor(exporter), service_name=service)
+        return _owned(live_spans(processor=SimpleSpanProcessor(exporter), service_name=service))
     if mode not in ("1", "true", "yes", "otlp"):
         raise ConfigurationError(f"{ENV}={mode!r} is not understood: use 1 (OTLP), console, or 0 (off)")
     try:
@@ -120,4 +127,9 @@ def live_spans_from_env() -> LiveSpans | None:
             f"{ENV}=1 sends spans over OTLP, which needs `pip install opentelemetry-exporter-otlp-proto-http` "
             f"(or set {ENV}=console, or call agentflow.trace.live_spans(provider) from your app module)"
         ) from None
-    return live_spans(processor=BatchSpanProcessor(OTLPSpanExporter()), service_name=service)
+    return _owned(live_spans(processor=BatchSpanProcessor(OTLPSpanExporter()), service_name=service))
+
+
+def _owned(spans: LiveSpans) -> LiveSpans:
+    spans.owns_processor = True
+    return spans

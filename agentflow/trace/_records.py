@@ -122,6 +122,9 @@ def error_of(step: StepRecord | Attempt) -> str | None:
     if not step.error:
         return None
     value = loads(step.error)
-    if isinstance(value, dict):
-        return f"{value.get('type')}: {value.get('message')}"
-    return str(value)
+    return describe_error(value) if isinstance(value, dict) else str(value)
+
+
+def describe_error(error: dict[str, Any]) -> str:
+    """`Type: message` of a recorded error's dict (a step's, a run's)."""
+    return f"{error.get('type')}: {error.get('message')}"

@@ -17,10 +17,11 @@ from typing import Any
 import obsapp
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
-from agentflow import trace
+from agentflow import App, WorkflowContext, trace
 from agentflow.cli._logging import EventFormatter, LogFormat
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,3 +107,45 @@ def test_import_agentflow_loads_no_optional_observability() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     loaded = json.loads(done.stdout.replace("'", '"'))
     assert [m for m in loaded if m.startswith(("opentelemetry", "prometheus_client", "pandas"))] == []
+
+
+def test_a_failed_run_span_says_its_error_with_secrets_masked(tmp_path: Path, exporter: InMemorySpanExporter) -> None:
+    """A workflow that raises: the run's live span is ERROR with `Type: message` of the recorded
+    error (not "None"), a secret in the message masked, the same as the after-the-fact export."""
+    db = f"sqlite:///{tmp_path}/wf.db"
+    app = App(db)
+    secret = "sk-" + "q" * 40
+
+    @app.workflow(name="breaks")
+    async def breaks(ctx: WorkflowContext) -> None:
+        raise ValueError(f"the element refused the change (key {secret})")
+
+    run_id = app.start(breaks, run_id="fails-1").run_id
+    asyncio.run(app.worker().run_until_done(run_id))
+    (span,) = by_seq(exporter).values()
+    assert span.status.status_code is StatusCode.ERROR
+    description = span.status.description or ""
+    assert description.startswith("ValueError: the element refused the change (key "), description
+    assert secret not in description and "q" * 40 not in description
+    (exported,) = trace.load(db, run_id).to_otel_spans()
+    assert exported["status"] == {"code": "ERROR", "description": description}
+    app.close()
+
+
+def test_close_shuts_down_only_the_processor_it_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`close()` leaves a caller's provider working, and shuts down the processor (and so the
+    exporter) that `live_spans_from_env` made."""
+    found = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(found))
+    trace.live_spans(provider).close()
+    provider.get_tracer("t").start_span("after close").end()
+    assert [s.name for s in found.get_finished_spans()] == ["after close"]  # not shut down
+
+    shut: list[str] = []
+    monkeypatch.setattr(ConsoleSpanExporter, "shutdown", lambda self: shut.append("console"))
+    monkeypatch.setenv("AGENTFLOW_OTEL", "console")
+    spans = trace.live_spans_from_env()
+    assert spans is not None
+    spans.close()
+    assert shut == ["console"]
