@@ -139,8 +139,7 @@ def score(scenario: Scenario, app: App, net: Network, run_id: str, seconds: floa
     outcome = json.loads(record.output) if record.output else {}
     calls: list[dict[str, Any]] = outcome.get("tool_calls", [])
     effects = net.effects(run_prefix=f"{run_id}:")
-    pushed = [_change_of(e) for e in effects if e["kind"] in ("apply", "rollback")]
-    pushed = [c for c in pushed if c is not None]
+    pushed = [c for e in effects if e["kind"] in ("apply", "rollback") if (c := _change_of(e)) is not None]
     final = {site: net.config(site) for site in dict.fromkeys([*scenario.sites(), *(c["site"] for c in pushed)])}
     open_sites = [s for s in scenario.sites() if physics.anomalies(net.seed, s, net.kpis(s)["mean"])]
     changed = {(c["site"], c["param"]) for c in pushed}

@@ -162,8 +162,8 @@ class Forbid(_Strict):
             return False
         if self.above is not None or self.below is not None:
             try:
-                number = float(value)
-            except (TypeError, ValueError):
+                number = float(value if isinstance(value, int | float | str) else "nan")
+            except ValueError:
                 return False
             return (self.above is not None and number > self.above) or (self.below is not None and number < self.below)
         return True
