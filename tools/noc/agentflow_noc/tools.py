@@ -10,7 +10,7 @@ ticket. Docstrings are what the model reads to choose a tool: they say when to u
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, get_args
 
 from agentflow import current_activity
 from agentflow.llm import tool
@@ -18,6 +18,11 @@ from agentflow_noc import model
 from agentflow_noc.env import network
 
 Value = str | int | float | bool
+#: The parameters a change may set (`model.PARAMS`), in the tools' schema: a model sees them, and
+#: a call naming another is an invalid call sent back to it, before any policy or approval.
+Param = Literal["hoA3Offset", "hoHysteresis", "txPower", "prbCap", "loadBalancing", "backhaul_link"]
+if set(get_args(Param)) != set(model.PARAMS):  # pragma: no cover - a pack edited in one place only
+    raise RuntimeError(f"tools.Param {get_args(Param)} and model.PARAMS {sorted(model.PARAMS)} differ")
 
 
 def _site(value: Any) -> str:
@@ -85,7 +90,7 @@ def propose_change(site: str, cause: str) -> dict[str, Any]:
 
 
 @tool(side_effect="none", target="site", canonical=_site, region=_region, tags=["read"])
-def stage_change(site: str, param: str, value: Value) -> dict[str, Any]:
+def stage_change(site: str, param: Param, value: Value) -> dict[str, Any]:
     """Dry-run a configuration change on a cell site: validate `param` and `value` and return the
     diff (`from`, `to`) and its change_id without touching the network. Stage before applying."""
     net = network()
@@ -128,7 +133,7 @@ def _diff(args: Mapping[str, Any]) -> dict[str, Any]:
 # -- act ------------------------------------------------------------------------------------
 @tool(side_effect="idempotent", target="site", canonical=_site, region=_region, reconcile=_reconcile,
       compensate="rollback_change", tags=["config"], preview=_diff)  # fmt: skip
-def apply_change(site: str, param: str, value: Value) -> dict[str, Any]:
+def apply_change(site: str, param: Param, value: Value) -> dict[str, Any]:
     """Push a configuration change to a live cell site (e.g. hoA3Offset, prbCap, loadBalancing,
     backhaul_link, txPower). Stage it first. Returns `applied`, the `previous` value and the
     change_id to pass to rollback_change if the KPIs do not improve."""
