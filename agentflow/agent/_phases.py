@@ -58,7 +58,9 @@ class Phase:
         goal: what the model must do in it, in a sentence.
         tools: the names of the agent's tools offered in this phase.
         required: False: the model may skip the phase with `skip_phase(reason)` (a change
-            phase when the diagnosis found nothing to change).
+            phase when the diagnosis found nothing to change). A function of the run's tool
+            calls so far decides when the phase starts (required once a diagnosis found a
+            fault: a small model may not skip the fix it was sent for).
         turns: model calls allowed in the phase.
         output: a pydantic model the phase's result must fit (e.g. a diagnosis: site, cause,
             evidence): once a tool of the phase has run, the model records it by calling
@@ -69,7 +71,7 @@ class Phase:
     name: str
     goal: str
     tools: tuple[str, ...]
-    required: bool = True
+    required: bool | Callable[[Sequence[ToolCallRecord]], bool] = True
     turns: int = 3
     output: type[BaseModel] | None = None
 
@@ -146,7 +148,8 @@ async def run_phases(agent: PhasedAgent, ctx: WorkflowContext, task: str, phases
         for number, target in enumerate(targets, 1):
             where = f"Target {target} ({number} of {len(targets)}): " if target is not None else ""
             for index, phase in enumerate(phases, 1):
-                offered = [by_name[n] for n in phase.tools] + ([] if phase.required else [skip_tool()])
+                needed = phase.required(state.records) if callable(phase.required) else phase.required
+                offered = [by_name[n] for n in phase.tools] + ([] if needed else [skip_tool()])
                 record = await _phase(agent, ctx, messages, state, phase, (index, len(phases), where), offered)
                 if target is not None:
                     record.goal = f"{phase.name} {target}"
@@ -173,7 +176,8 @@ async def _phase(
 ) -> PlanStepRecord:
     index, count, where = place
     names = ", ".join(phase.tools)
-    how = "Call one of them now." if phase.required else f"If this phase is not needed, call {SKIP_PHASE} with why."
+    skippable = any(t.name == SKIP_PHASE for t in offered)
+    how = f"If this phase is not needed, call {SKIP_PHASE} with why." if skippable else "Call one of them now."
     messages.append(
         HumanMessage(f"[agentflow] {where}Phase {index} of {count}: {phase.name}. {phase.goal} Tools: {names}. {how}")
     )

@@ -205,3 +205,21 @@ def test_a_phase_records_its_structured_output_checked_by_its_schema(app: App) -
             assert out["status"] == "answered" and attempts[str(fix_on)] == fix_on
         else:
             assert out["status"] == "failed" and "no valid Diagnosis" in out["detail"] and attempts["99"] == 2
+
+
+def test_a_phase_is_required_when_a_function_of_the_calls_so_far_says_so(app: App) -> None:
+    """required=f(records): once the KPIs were read the change phase offers no skip_phase (a
+    small model may not skip the fix it was sent for); with f false it does."""
+
+    def read_kpis(records: Any) -> bool:
+        return any(r.name == "get_kpis" and r.status == "ok" for r in records)
+
+    for when, skip_offered in ((read_kpis, False), (lambda records: False, True)):
+        phases = [PHASES[0], Phase("apply", "Apply the fix.", ("apply_change",), required=when), PHASES[2]]
+        with OpenAIServer(respond=small_model(skip_apply=True)) as server:
+            model = OpenAIChat(model="small", base_url=server.url, api_key="t", context_window=None)
+            agent = Agent(name=f"noc{skip_offered}", model=model, tools=[get_kpis, apply_change, notify],
+                          policies=allow_all, phases=phases)  # fmt: skip
+            out = app.run(copilot(app, agent), "CS-101 drops", run_id=f"r{skip_offered}")
+            assert offered(server.requests[1]) == (["apply_change", "skip_phase"] if skip_offered else ["apply_change"])
+        assert out["plan"][1]["status"] == ("skipped" if skip_offered else "done"), out

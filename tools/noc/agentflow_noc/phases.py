@@ -6,9 +6,11 @@ skipped (a false alarm, or a request the diagnosis does not support), reporting 
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Sequence
 
-from agentflow.agent import Phase
+from agentflow.agent import Phase, ToolCallRecord
 
 _SITE = re.compile(r"\bCS-\d+\b", re.I)
 
@@ -19,6 +21,18 @@ def sites_in(task: str) -> list[str]:
     return list(dict.fromkeys(m.group(0).upper() for m in _SITE.finditer(task)))
 
 
+def fault_found(records: Sequence[ToolCallRecord]) -> bool:
+    """Whether the latest diagnosis (rank_root_causes) found a cause: then proposing, staging and
+    applying the fix may not be skipped (a small model skipped them with "no fault found")."""
+    for record in reversed(records):
+        if record.name == "rank_root_causes" and record.status == "ok":
+            try:
+                return bool(json.loads(record.result).get("top_cause", "none") != "none")
+            except (ValueError, AttributeError):
+                return False
+    return False
+
+
 NOC_PHASES = (
     Phase("read", "Read the site's KPIs.", ("get_kpis",)),
     Phase("investigate", "Detect the site's anomalies.", ("detect_anomalies",)),
@@ -27,20 +41,20 @@ NOC_PHASES = (
         "propose",
         "Propose the change that fixes the top root cause (skip it if the diagnosis found no fault).",
         ("propose_change",),
-        required=False,
+        required=fault_found,
     ),
     Phase(
         "stage",
         "Stage the proposed change with the site, param and value of the proposal.",
         ("stage_change",),
-        required=False,
+        required=fault_found,
     ),
     Phase(
         "apply",
         "Apply the staged change with the same site, param and value (it waits for an operator's "
         "approval and the maintenance window).",
         ("apply_change",),
-        required=False,
+        required=fault_found,
     ),
     Phase(
         "verify",
