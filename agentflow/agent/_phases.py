@@ -62,6 +62,9 @@ class Phase:
             calls so far decides when the phase starts (required once a diagnosis found a
             fault: a small model may not skip the fix it was sent for).
         turns: model calls allowed in the phase.
+        when: a function of the run's tool calls so far: the phase runs only when it is true
+            (a rollback phase only when the checks after a change failed), else it is recorded
+            `skipped` without a model call.
         output: a pydantic model the phase's result must fit (e.g. a diagnosis: site, cause,
             evidence): once a tool of the phase has run, the model records it by calling
             `record_<name>` (schema-checked, sent back once); its JSON is the phase's result in
@@ -73,6 +76,7 @@ class Phase:
     tools: tuple[str, ...]
     required: bool | Callable[[Sequence[ToolCallRecord]], bool] = True
     turns: int = 3
+    when: Callable[[Sequence[ToolCallRecord]], bool] | None = None
     output: type[BaseModel] | None = None
 
 
@@ -148,6 +152,10 @@ async def run_phases(agent: PhasedAgent, ctx: WorkflowContext, task: str, phases
         for number, target in enumerate(targets, 1):
             where = f"Target {target} ({number} of {len(targets)}): " if target is not None else ""
             for index, phase in enumerate(phases, 1):
+                if phase.when is not None and not phase.when(state.records):
+                    done.append(PlanStepRecord(index=len(done) + 1, goal=f"{phase.name} {target}" if target else phase.name,
+                                               plan_version=0, status="skipped", result="not needed (its condition)"))  # fmt: skip
+                    continue
                 needed = phase.required(state.records) if callable(phase.required) else phase.required
                 offered = [by_name[n] for n in phase.tools] + ([] if needed else [skip_tool()])
                 record = await _phase(agent, ctx, messages, state, phase, (index, len(phases), where), offered)

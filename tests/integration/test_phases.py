@@ -223,3 +223,20 @@ def test_a_phase_is_required_when_a_function_of_the_calls_so_far_says_so(app: Ap
             out = app.run(copilot(app, agent), "CS-101 drops", run_id=f"r{skip_offered}")
             assert offered(server.requests[1]) == (["apply_change", "skip_phase"] if skip_offered else ["apply_change"])
         assert out["plan"][1]["status"] == ("skipped" if skip_offered else "done"), out
+
+
+def test_a_phase_whose_condition_is_false_is_skipped_without_a_model_call(app: App) -> None:
+    """when=f(records): the apply phase runs only when f says so; otherwise it is recorded
+    skipped and no request offers its tools."""
+    for runs, expected in ((lambda records: False, "skipped"), (lambda records: True, "done")):
+        phases = [PHASES[0], Phase("apply", "Apply the fix.", ("apply_change",), when=runs), PHASES[2]]
+        with OpenAIServer(respond=small_model()) as server:
+            model = OpenAIChat(model="small", base_url=server.url, api_key="t", context_window=None)
+            agent = Agent(name=f"noc-{expected}", model=model, tools=[get_kpis, apply_change, notify],
+                          policies=allow_all, phases=phases)  # fmt: skip
+            out = app.run(copilot(app, agent), "CS-101 drops", run_id=f"r-{expected}")
+            asked = [offered(b) for b in server.requests]
+        assert out["plan"][1]["status"] == expected, out
+        assert (["apply_change"] in asked) is (expected == "done")
+        assert len(EFFECTS) == (2 if expected == "done" else 1)
+        EFFECTS.clear()

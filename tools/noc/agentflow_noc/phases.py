@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from agentflow.agent import Phase, ToolCallRecord
 
@@ -31,6 +32,25 @@ def fault_found(records: Sequence[ToolCallRecord]) -> bool:
             except (ValueError, AttributeError):
                 return False
     return False
+
+
+def _latest(records: Sequence[ToolCallRecord], tool: str) -> dict[str, Any] | None:
+    for record in reversed(records):
+        if record.name == tool and record.status == "ok":
+            try:
+                found = json.loads(record.result)
+            except ValueError:
+                return None
+            return found if isinstance(found, dict) else None
+    return None
+
+
+def fix_failed(records: Sequence[ToolCallRecord]) -> bool:
+    """Whether a change was applied and the KPIs checked after it did not recover: then (only
+    then) the rollback phase runs (a small model rolled back a fix that had worked)."""
+    applied = _latest(records, "apply_change") is not None
+    checked = _latest(records, "monitor_kpis")
+    return applied and checked is not None and not checked.get("healthy", False)
 
 
 NOC_PHASES = (
@@ -56,10 +76,12 @@ NOC_PHASES = (
         ("apply_change",),
         required=fault_found,
     ),
+    Phase("verify", "Monitor the site's KPIs after the change (or now, if nothing changed).", ("monitor_kpis",)),
     Phase(
-        "verify",
-        "Monitor the site's KPIs after the change; if they did not recover, roll the change back.",
-        ("monitor_kpis", "rollback_change"),
+        "rollback",
+        "The KPIs did not recover after the change: roll it back with the change_id apply_change returned.",
+        ("rollback_change",),
+        when=fix_failed,
     ),
     Phase("ticket", "Open a ticket that says what was found and done.", ("create_ticket",)),
     Phase("notify", "Notify the noc-oncall channel of the outcome.", ("notify",)),
