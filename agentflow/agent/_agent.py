@@ -408,16 +408,19 @@ class Agent:
         Once a side-effecting call does not succeed (denied, rejected, failed), the calls after
         it are not run: the model hears why and decides again. Results come back in call order;
         each call takes its step numbers in that order too (deterministic on replay)."""
-        if (state.version or AGENT_VERSION) < 2:  # recorded by code that ran every call at once
+
+        async def together(batch: Sequence[Mapping[str, Any]]) -> list[tuple[ToolCallRecord, BaseMessage]]:
             return list(await asyncio.gather(*(self._call(ctx, c["id"] or "", c["name"], c["args"], state.ran)
-                                               for c in calls)))  # fmt: skip
+                                               for c in batch)))  # fmt: skip
+
+        if (state.version or AGENT_VERSION) < 2:  # recorded by code that ran every call at once
+            return await together(calls)
         done: list[tuple[ToolCallRecord, BaseMessage]] = []
         reads: list[Mapping[str, Any]] = []
         stopped_by: ToolCallRecord | None = None
 
         async def run_reads() -> None:
-            done.extend(await asyncio.gather(*(self._call(ctx, c["id"] or "", c["name"], c["args"], state.ran)
-                                               for c in reads)))  # fmt: skip
+            done.extend(await together(reads))
             reads.clear()
 
         for call in calls:

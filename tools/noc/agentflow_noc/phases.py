@@ -25,13 +25,8 @@ def sites_in(task: str) -> list[str]:
 def fault_found(records: Sequence[ToolCallRecord]) -> bool:
     """Whether the latest diagnosis (rank_root_causes) found a cause: then proposing, staging and
     applying the fix may not be skipped (a small model skipped them with "no fault found")."""
-    for record in reversed(records):
-        if record.name == "rank_root_causes" and record.status == "ok":
-            try:
-                return bool(json.loads(record.result).get("top_cause", "none") != "none")
-            except (ValueError, AttributeError):
-                return False
-    return False
+    diagnosis = _latest(records, "rank_root_causes")
+    return diagnosis is not None and diagnosis.get("top_cause", "none") != "none"
 
 
 def _latest(records: Sequence[ToolCallRecord], tool: str) -> dict[str, Any] | None:
