@@ -1,7 +1,7 @@
 """Schema facts the hot path needs without importing SQLModel (~0.4 s of import time)."""
 
 #: Head revision of the migrations in `agentflow/store/migrations/versions`; a test pins it.
-SCHEMA_REVISION = "0009"
+SCHEMA_REVISION = "0010"
 
 #: The table where Alembic records the schema revision (agentflow's tables are all `af_`).
 VERSION_TABLE = "af_alembic_version"

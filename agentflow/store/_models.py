@@ -23,6 +23,10 @@ __all__ = [
     "ApprovalVote",
     "AuditRecord",
     "Blob",
+    "ChatCard",
+    "ChatLink",
+    "Delivery",
+    "Event",
     "OperatorToken",
     "PolicyUsage",
     "Principal",
@@ -32,6 +36,7 @@ __all__ = [
     "Signal",
     "Step",
     "StepAttempt",
+    "Webhook",
     "Worker",
 ]
 
@@ -305,4 +310,94 @@ class Setting(SQLModel, table=True):
 
     key: str = Field(primary_key=True)
     value: str = Field(sa_column=Column(Text, nullable=False))
+    updated_at: float
+
+
+class Event(SQLModel, table=True):
+    """An event for the world outside (approval requested, decided, expired, escalated; run
+    finished), written in the transaction of what it reports: the outbox webhooks deliver from.
+    `seq` orders a tenant's events; `id` (`evt_...`) is the idempotency key a receiver sees."""
+
+    __tablename__ = "af_events"
+    __table_args__ = (
+        Index("ux_af_events_id", "id", unique=True),
+        Index("ix_af_events_tenant_seq", "tenant", "seq"),
+    )
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str
+    tenant: str
+    kind: str  # approval.requested | approval.decided | approval.expired | approval.escalated | run.finished
+    subject: str  # the approval's or the run's id
+    payload: str = Field(sa_column=Column(Text, nullable=False))  # JSON
+    created_at: float
+
+
+class Webhook(SQLModel, table=True):
+    """A tenant's webhook subscription: where its events are POSTed, signed with `secret` (sealed
+    when the store has a key), which kinds it takes (JSON list; empty: all), and `cursor`, the last
+    event seq fanned out into deliveries."""
+
+    __tablename__ = "af_webhooks"
+    __table_args__ = (Index("ix_af_webhooks_tenant", "tenant"),)
+
+    id: str = Field(primary_key=True)  # `wh_...`
+    tenant: str
+    url: str = Field(sa_column=Column(Text, nullable=False))
+    secret: str = Field(sa_column=Column(Text, nullable=False))
+    kinds: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: float
+    disabled: int = Field(default=0)
+    cursor: int = Field(default=0)
+
+
+class Delivery(SQLModel, table=True):
+    """One event to one subscription: pending until a deliverer's POST is answered 2xx
+    (`delivered`), retried with backoff (`next_at`) and given up after too many attempts
+    (`failed`); a deliverer holds it while posting (`lease_until`), so a crashed one's is taken
+    over, and the receiver deduplicates by the event id."""
+
+    __tablename__ = "af_deliveries"
+    __table_args__ = (Index("ix_af_deliveries_due", "status", "next_at"),)
+
+    webhook_id: str = Field(primary_key=True)
+    event_id: str = Field(primary_key=True)
+    tenant: str
+    status: str  # pending | delivered | failed
+    attempts: int = Field(default=0)
+    next_at: float
+    lease_until: float | None = Field(default=None)
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: float
+    delivered_at: float | None = Field(default=None)
+
+
+class ChatLink(SQLModel, table=True):
+    """A chat account (a Matrix user id, a Slack user id) linked to an operator of a tenant: a
+    decision typed from that account is that operator's."""
+
+    __tablename__ = "af_chat_links"
+    __table_args__ = (Index("ix_af_chat_links_principal", "principal_id"),)
+
+    tenant: str = Field(primary_key=True)
+    surface: str = Field(primary_key=True)  # matrix | slack
+    account: str = Field(primary_key=True)
+    principal_id: str
+    created_at: float
+
+
+class ChatCard(SQLModel, table=True):
+    """The card a chat bridge posted for an approval request: where (`room`, `message_id`), and
+    `state` (`posting` is written before the post, so a bridge restarted mid-post looks for its
+    message before posting again); `rendered` is the text last shown (updated as votes arrive)."""
+
+    __tablename__ = "af_chat_cards"
+
+    surface: str = Field(primary_key=True)
+    approval_id: str = Field(primary_key=True)
+    tenant: str
+    room: str
+    message_id: str | None = Field(default=None)
+    state: str  # posting | posted | final
+    rendered: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     updated_at: float

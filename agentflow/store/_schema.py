@@ -11,7 +11,7 @@ from agentflow.store._urls import redact_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 #: Every revision this version of agentflow knows, oldest first; a test pins it to Alembic's.
-KNOWN_REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009")
+KNOWN_REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010")
 
 
 def alembic_config(url: str, connection: Any = None) -> Any:

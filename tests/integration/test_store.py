@@ -55,7 +55,8 @@ def test_migrations_build_exactly_the_sqlmodel_schema(empty_db_url) -> None:
             assert tables == {
                 "af_runs", "af_steps", "af_step_attempts", "af_signals", "af_workers", "af_blobs",
                 "af_principals", "af_approvals", "af_approval_votes", "af_audit", "af_policy_usage", "af_sessions",
-                "af_settings", "af_operator_tokens",
+                "af_settings", "af_operator_tokens", "af_events", "af_webhooks", "af_deliveries", "af_chat_links",
+                "af_chat_cards",
             }  # fmt: skip
     finally:
         engine.dispose()
