@@ -30,6 +30,8 @@ class Tx:
     ) -> None:  # fmt: skip
         # Imported on the first transaction, not with the store: a process that only runs
         # workflows never opens one, and its start-up is shorter by these modules.
+        from agentflow.store._chat import ChatCardRecords, ChatLinkRecords
+        from agentflow.store._events import DeliveryRecords, EventRecords, WebhookRecords
         from agentflow.store._governance import ApprovalRecords, AuditRecords, PrincipalRecords, TokenRecords
         from agentflow.store._sessions import SessionRecords
 
@@ -41,6 +43,11 @@ class Tx:
         self.approvals = ApprovalRecords(conn, writable=writable, clean=clean, seals=seals)
         self.audit = AuditRecords(conn, writable=writable, clean=clean, seals=seals)
         self.sessions = SessionRecords(conn, writable=writable)
+        self.events = EventRecords(conn, writable=writable, clean=clean, seals=seals)
+        self.webhooks = WebhookRecords(conn, writable=writable, clean=clean, seals=seals)
+        self.deliveries = DeliveryRecords(conn, writable=writable)
+        self.chat_links = ChatLinkRecords(conn, writable=writable)
+        self.chat_cards = ChatCardRecords(conn, writable=writable, clean=clean, seals=seals)
 
     def usage(self, *, deciding: tuple[str, str] = ("", ""), as_of: float | None = None) -> PolicyUsage:
         """Policy usage counts (see `PolicyUsage`)."""
