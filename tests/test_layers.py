@@ -36,10 +36,12 @@ RANKS = {
     "agentflow.policy": 3,
     "agentflow.approvals": 4,
     "agentflow.testing": 4,
+    "agentflow.webhooks": 4,
     "agentflow.agent": 5,
     "agentflow.chat": 6,
     "agentflow.trace": 6,
     "agentflow.server": 7,
+    "agentflow.bridges": 7,
     "agentflow.cli": 8,
 }
 # Upward edges kept on purpose, each with its reason.
