@@ -8,6 +8,8 @@
     agentflow operators add | list | disable | enable | revoke | rotate              _operators
     agentflow approvals list | show | approve | reject                               _approvals
     agentflow policy check                                                           _policy
+    agentflow webhooks add | list | remove | deliveries | deliver                    _webhooks
+    agentflow chat-bridge matrix | slack                          _bridge, _bridge_matrix, _bridge_slack
 
 What they share (consoles, `--db`, the error exit, loading the user's App) is in `_common`.
 """
@@ -19,6 +21,9 @@ from typing import Annotated
 import typer
 
 from agentflow.cli._approvals import approvals_app
+from agentflow.cli._bridge import bridge_app
+from agentflow.cli._bridge_matrix import bridge_app as _with_matrix
+from agentflow.cli._bridge_slack import bridge_app as _with_slack
 from agentflow.cli._chat import chat
 from agentflow.cli._db import db_app
 from agentflow.cli._demo import demo
@@ -30,6 +35,7 @@ from agentflow.cli._policy import policy_app
 from agentflow.cli._run import run_agent
 from agentflow.cli._runs import runs_app
 from agentflow.cli._serve import serve
+from agentflow.cli._webhooks import webhooks_app
 from agentflow.cli._worker import worker
 
 __all__ = ["app", "main"]
@@ -62,6 +68,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(operators_app, name="operators")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(policy_app, name="policy")
+app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(bridge_app, name="chat-bridge")  # with its matrix and slack commands
+assert _with_matrix is _with_slack is bridge_app
 
 
 def _print_version(value: bool) -> None:
