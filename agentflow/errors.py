@@ -38,11 +38,14 @@ apply) and ``retryable``: whether trying the same thing again later can help.
     │   ├── SchemaVersionError      the database schema is newer than this agentflow
     │   └── StoreKeyError           a sealed payload whose key is missing or wrong (encryption
     │                               at rest); names the key id, never the key
-    └── ApprovalError               an approval decision that was not taken (audited)
-        ├── AuthenticationError     a missing, unknown, revoked or expired token, or a disabled
-        │                           operator; `code` says which (bad_token, token_revoked, ...)
-        └── ApprovalRefused         the operator may not decide this (role, tenant, four-eyes,
-                                    expired, already decided, run ended, edited since); `code` says which
+    ├── ApprovalError               an approval decision that was not taken (audited)
+    │   ├── AuthenticationError     a missing, unknown, revoked or expired token, or a disabled
+    │   │                           operator; `code` says which (bad_token, token_revoked, ...)
+    │   └── ApprovalRefused         the operator may not decide this (role, tenant, four-eyes,
+    │                               expired, already decided, run ended, edited since); `code` says which
+    └── SignatureError              a signed message (a webhook delivery) that does not verify: a
+                                    missing header, a bad signature, a timestamp outside the window;
+                                    `code` says which
 
 Control flow is not in this tree. A run that parks to wait raises nothing: the executor records
 the park and returns. To unwind workflow code it must stop (a fatal record error, a lost lease, a
@@ -86,6 +89,7 @@ __all__ = [
     "RunFailedError",
     "RunStateError",
     "SchemaVersionError",
+    "SignatureError",
     "StoreBusyError",
     "StoreError",
     "StoreKeyError",
@@ -387,3 +391,13 @@ class ApprovalRefused(ApprovalError):
     """An authenticated operator may not take this decision; `code` is one of wrong_tenant,
     missing_role, self_approval, expired, already_decided, run_ended, stale_args, not_editable,
     unknown."""
+
+
+class SignatureError(AgentflowError):
+    """A signed message that does not verify (`agentflow.webhooks.verify`): nothing in it may be
+    trusted. `code` is missing_header, bad_header, bad_signature, stale_timestamp or
+    future_timestamp; the message says what to check (the secret, the receiver's clock)."""
+
+    def __init__(self, message: str, *, code: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.code = code

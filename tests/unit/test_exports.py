@@ -159,6 +159,7 @@ EXPORTS = {
         "RunFailedError",
         "RunStateError",
         "SchemaVersionError",
+        "SignatureError",
         "StoreBusyError",
         "StoreError",
         "StoreKeyError",
@@ -366,6 +367,7 @@ def test_error_hierarchy_matches_the_documented_tree() -> None:
         "ApprovalError": "AgentflowError",
         "AuthenticationError": "ApprovalError",
         "ApprovalRefused": "ApprovalError",
+        "SignatureError": "AgentflowError",
     }
     assert all(name in (agentflow.errors.__doc__ or "") for name in parents)
     retryable = sorted(name for name in parents if getattr(agentflow.errors, name).retryable)
