@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from agentflow.approvals._links import Links
 from agentflow.approvals._models import (
     OPEN,
     ApprovalRequest,
@@ -23,7 +24,6 @@ from agentflow.approvals._models import (
     args_hash,
     request_id,
 )
-from agentflow.approvals._operators import Operators
 from agentflow.errors import ApprovalRefused, AuthenticationError
 from agentflow.policy import ApprovalSpec, PolicyDecision
 from agentflow.store import ApprovalRow, Tx
@@ -39,8 +39,9 @@ class _Refusal:
     error: ApprovalRefused | AuthenticationError
 
 
-class Approvals(Operators):
-    """Operators (`Operators`) and approval requests in one store, on one clock.
+class Approvals(Links):
+    """Operators (`Operators`), their chat accounts (`Links`) and approval requests in one store, on
+    one clock.
 
     Args:
         store: the store holding the runs the requests belong to.

@@ -1,5 +1,7 @@
 """`agentflow operators ...`: the people who approve staged actions, with roles per tenant, and
-their API tokens: add, list, disable, enable, revoke, rotate; tokens may expire.
+their API tokens: add, list, disable, enable, revoke, rotate; tokens may expire. `link` and
+`unlink` tie chat accounts (Matrix, Slack) to an operator: what the account decides through a
+chat bridge is that operator's decision.
 
 A token is printed once, when it is issued (`add`, `rotate`), alone on stdout (or in the `--json`
 document): only its hash is stored. A disabled operator, or a revoked or expired token, is
@@ -21,7 +23,7 @@ from agentflow.cli._json import emit, iso, record
 from agentflow.errors import AgentflowError
 
 if TYPE_CHECKING:
-    from agentflow.approvals import Operator
+    from agentflow.approvals import ChatAccount, Operator
 
 operators_app = typer.Typer(
     help="Operators who approve staged actions, with roles per tenant, and their tokens.", no_args_is_help=True
@@ -74,10 +76,18 @@ def _expiry(expires_in: str | None, expires_at: str | None, now: float) -> float
     return moment(expires_at) if expires_at else None
 
 
-def operator_record(op: Operator) -> dict[str, Any]:
-    """An operator as `--json` prints it (never a token: their ids and times only)."""
+MatrixOption = Annotated[
+    str | None, typer.Option("--matrix", help="A Matrix user id, e.g. @bob:example.org (not a display name).")
+]
+SlackOption = Annotated[str | None, typer.Option("--slack", help="A Slack member id, e.g. U0123ABCD.")]
+
+
+def operator_record(op: Operator, accounts: list[ChatAccount] | None = None) -> dict[str, Any]:
+    """An operator as `--json` prints it (never a token: their ids and times only), with the
+    chat accounts linked to them (`accounts`: surface and account)."""
     fields = op.model_dump(mode="json", exclude={"id", "token_id", "tokens"})
-    return record(fields) | {"tokens": [record(t.model_dump(mode="json")) for t in op.tokens]}
+    linked = [{"surface": a.surface, "account": a.account} for a in accounts or [] if a.principal_id == op.id]
+    return record(fields) | {"tokens": [record(t.model_dump(mode="json")) for t in op.tokens], "accounts": linked}
 
 
 def _issued(op: Operator, token: str, as_json: bool, verb: str) -> None:
@@ -123,16 +133,62 @@ def operators_list(
     approvals = approvals_of(db)
     try:
         found = approvals.operators(tenant=tenant)
+        accounts = approvals.links(tenant)
     except AgentflowError as exc:
         fail_decision(exc)
     if as_json:
-        emit(operator_record(op) for op in found)
+        emit(operator_record(op, accounts) for op in found)
         return
     now = approvals.wall()
-    table = Table("name", "tenant", "roles", "status", "token expires")
+    # The chat accounts' column only when some are linked: the table fits 80 columns without it.
+    table = Table("name", "tenant", "roles", "status", "token expires", *(["chat accounts"] if accounts else []))
     for op in found:
-        table.add_row(op.name, op.tenant, ", ".join(op.roles), op.status, _expires(op, now))
+        linked = ", ".join(f"{a.surface} {a.account}" for a in accounts if a.principal_id == op.id) or "-"
+        table.add_row(op.name, op.tenant, ", ".join(op.roles), op.status, _expires(op, now),
+                      *([linked] if accounts else []))  # fmt: skip
     console.print(table, highlight=False, markup=False)
+
+
+def _accounts(matrix: str | None, slack: str | None, *, one: bool) -> list[tuple[str, str]]:
+    given = [(s, a) for s, a in (("matrix", matrix), ("slack", slack)) if a]
+    if not given or (one and len(given) > 1):
+        raise typer.BadParameter("give " + ("one of --matrix or --slack" if one else "--matrix and/or --slack"))
+    return given
+
+
+@operators_app.command("link")
+def operators_link(
+    name: str,
+    matrix: MatrixOption = None,
+    slack: SlackOption = None,
+    tenant: TenantOption = None,
+    db: DbOption = None,
+) -> None:
+    """Link chat accounts to an operator: what they decide in a chat bridge (`agentflow
+    chat-bridge`) is this operator's decision, with the same checks as the web's."""
+    approvals = approvals_of(db)
+    for surface, account in _accounts(matrix, slack, one=False):
+        try:
+            linked = approvals.link(name, surface=surface, account=account, tenant=tenant)
+        except AgentflowError as exc:
+            fail_decision(exc)
+        console.print(f"{surface} account {linked.account} linked to operator {linked.operator} ({linked.tenant})",
+                      highlight=False, markup=False, soft_wrap=True)  # fmt: skip
+
+
+@operators_app.command("unlink")
+def operators_unlink(
+    matrix: MatrixOption = None, slack: SlackOption = None, tenant: TenantOption = None, db: DbOption = None
+) -> None:
+    """Unlink a chat account: it decides nothing from now on."""
+    approvals = approvals_of(db)
+    [(surface, account)] = _accounts(matrix, slack, one=True)
+    try:
+        gone = approvals.unlink(surface=surface, account=account, tenant=tenant)
+    except AgentflowError as exc:
+        fail_decision(exc)
+    console.print(f"{surface} account {gone.account} unlinked from operator {gone.operator} ({gone.tenant})",
+                  highlight=False, markup=False, soft_wrap=True)  # fmt: skip
 
 
 def _expires(op: Operator, now: float) -> str:

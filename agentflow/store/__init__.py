@@ -31,6 +31,7 @@ from agentflow.store._tx import Tx
 from agentflow.store._urls import DEFAULT_URL, parse_url, pinned_url, redact_url, resolve_url, same_database
 
 if TYPE_CHECKING:
+    from agentflow.store._chat import ChatCardRow, ChatLinkRow
     from agentflow.store._gauges import OpenApprovals, StoreGauges
     from agentflow.store._governance import ApprovalRow, AuditRow, PrincipalRow, TokenRow, VoteRow
     from agentflow.store._health import Checkup, ExpiredApprovalRow, OpenRunRow, SchemaState, WorkerRow
@@ -43,6 +44,7 @@ _LAZY = {
     **dict.fromkeys(("Checkup", "ExpiredApprovalRow", "OpenRunRow", "SchemaState", "WorkerRow"), "_health"),
     **dict.fromkeys(("ApprovalRow", "AuditRow", "PrincipalRow", "TokenRow", "VoteRow"), "_governance"),
     **dict.fromkeys(("OpenApprovals", "StoreGauges"), "_gauges"),
+    **dict.fromkeys(("ChatCardRow", "ChatLinkRow"), "_chat"),
     "SessionRow": "_sessions",
     "PolicyUsage": "_usage",
 }
@@ -59,6 +61,8 @@ __all__ = [
     "Backend",
     "Blob",
     "Chain",
+    "ChatCardRow",
+    "ChatLinkRow",
     "Checkup",
     "Conn",
     "EventStore",

@@ -1,14 +1,139 @@
 """Chat surfaces: accounts linked to operators (`af_chat_links`) and the cards a bridge posted
-(`af_chat_cards`). The SQL for `agentflow.approvals`' links and the chat bridges' cards."""
+(`af_chat_cards`). The SQL for `agentflow.approvals`' links and the chat bridges' cards; the
+rules (who may link what, when a card is posted or edited) live there. Every statement names
+the tenant."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
 from agentflow.store._backend import Records
+from agentflow.store._governance import equal_filters
+
+_LINK_COLUMNS = "tenant, surface, account, principal_id, created_at"
+_CARD_COLUMNS = "surface, approval_id, tenant, room, message_id, state, rendered, updated_at"
+#: A card's states: `posting` is written before the post (a bridge restarted mid-post looks for
+#: its message before posting again), `posted` once the chat system gave it an id, `final` once
+#: the request was decided and its outcome shown (never edited again).
+CARD_STATES = ("posting", "posted", "final")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatLinkRow:
+    """A chat account (`surface`: matrix or slack; `account`: its user id there) linked to an
+    operator (`principal_id`) of `tenant`."""
+
+    tenant: str
+    surface: str
+    account: str
+    principal_id: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCardRow:
+    """The card a bridge posted for an approval request: in which room, its message id there
+    (None while `posting`), its state (`CARD_STATES`) and the text last shown (`rendered`)."""
+
+    surface: str
+    approval_id: str
+    tenant: str
+    room: str
+    message_id: str | None
+    state: str
+    rendered: str | None
+    updated_at: float
 
 
 class ChatLinkRecords(Records):
     """Chat accounts linked to operators, per tenant and surface."""
 
+    def get(self, *, tenant: str, surface: str, account: str) -> ChatLinkRow | None:
+        row = self.conn.execute(
+            f"SELECT {_LINK_COLUMNS} FROM af_chat_links WHERE tenant = ? AND surface = ? AND account = ?",
+            (tenant, surface, account),
+        ).fetchone()
+        return None if row is None else ChatLinkRow(*row)
+
+    def add(self, row: ChatLinkRow) -> None:
+        self._write(
+            f"INSERT INTO af_chat_links ({_LINK_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+            (row.tenant, row.surface, row.account, row.principal_id, row.created_at),
+        )
+
+    def remove(self, *, tenant: str, surface: str, account: str) -> None:
+        self._write(
+            "DELETE FROM af_chat_links WHERE tenant = ? AND surface = ? AND account = ?", (tenant, surface, account)
+        )
+
+    def list(
+        self, *, tenant: str | None = None, principal_id: str | None = None, surface: str | None = None,
+        account: str | None = None,
+    ) -> list[ChatLinkRow]:  # fmt: skip
+        """Links (of the tenant, operator, surface or account given), by tenant, surface and account."""
+        clauses, params = equal_filters(tenant=tenant, principal_id=principal_id, surface=surface, account=account)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {_LINK_COLUMNS} FROM af_chat_links{where} ORDER BY tenant, surface, account"
+        return [ChatLinkRow(*r) for r in self.conn.execute(sql, params).fetchall()]
+
 
 class ChatCardRecords(Records):
-    """The approval cards a chat bridge posted, per surface and approval request."""
+    """The approval cards a chat bridge posted, per surface and approval request. The text shown
+    (`rendered`) quotes the request's arguments and comments: it is sealed like them."""
+
+    def get(self, surface: str, approval_id: str, *, tenant: str) -> ChatCardRow | None:
+        row = self.conn.execute(
+            f"SELECT {_CARD_COLUMNS} FROM af_chat_cards WHERE surface = ? AND approval_id = ? AND tenant = ?",
+            (surface, approval_id, tenant),
+        ).fetchone()
+        return None if row is None else self._opened(row)
+
+    def by_message(self, surface: str, message_id: str, *, tenant: str) -> ChatCardRow | None:
+        """The card posted as `message_id` (a reply in its thread is about its request)."""
+        row = self.conn.execute(
+            f"SELECT {_CARD_COLUMNS} FROM af_chat_cards WHERE surface = ? AND message_id = ? AND tenant = ?",
+            (surface, message_id, tenant),
+        ).fetchone()
+        return None if row is None else self._opened(row)
+
+    def list(self, surface: str, *, tenant: str, states: Sequence[str] = CARD_STATES) -> list[ChatCardRow]:
+        """The tenant's cards on `surface` in the given states, oldest first."""
+        marks = ", ".join("?" * len(states))
+        rows = self.conn.execute(
+            f"SELECT {_CARD_COLUMNS} FROM af_chat_cards WHERE surface = ? AND tenant = ? AND state IN ({marks}) "
+            "ORDER BY updated_at, approval_id",
+            (surface, tenant, *states),
+        ).fetchall()
+        return [self._opened(r) for r in rows]
+
+    def begin(self, surface: str, approval_id: str, *, tenant: str, room: str, at: float) -> bool:
+        """Record that a card is about to be posted (`posting`); False when the request has a
+        card row already (another bridge process, or an earlier attempt, got there first)."""
+        sql = (
+            f"INSERT INTO af_chat_cards ({_CARD_COLUMNS}) VALUES (?, ?, ?, ?, NULL, 'posting', NULL, ?) "
+            "ON CONFLICT (surface, approval_id) DO NOTHING"
+        )
+        params = (surface, approval_id, tenant, room, at)
+        if not self.writable:
+            self._write(sql, params)  # refused: not a transaction
+        return self.conn.execute(sql, params).rowcount == 1
+
+    def update(
+        self, surface: str, approval_id: str, *, tenant: str, state: str, at: float, rendered: str | None,
+        message_id: str | None = None,
+    ) -> None:  # fmt: skip
+        """A card's new state and shown text (and its message id, once posted: kept if None)."""
+        sealed = self.seals.seal(rendered, tenant, "af_chat_cards.rendered", surface, approval_id)
+        self._write(
+            "UPDATE af_chat_cards SET state = ?, rendered = ?, updated_at = ?, "
+            "message_id = COALESCE(?, message_id) WHERE surface = ? AND approval_id = ? AND tenant = ?",
+            (state, sealed, at, message_id, surface, approval_id, tenant),
+        )
+
+    def _opened(self, row: Any) -> ChatCardRow:
+        card = ChatCardRow(*row)
+        rendered = self.seals.open(card.rendered, card.tenant, "af_chat_cards.rendered", card.surface, card.approval_id)
+        return dataclasses.replace(card, rendered=rendered)
