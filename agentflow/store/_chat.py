@@ -14,7 +14,7 @@ from agentflow.store._backend import Records
 from agentflow.store._governance import equal_filters
 
 _LINK_COLUMNS = "tenant, surface, account, principal_id, created_at"
-_CARD_COLUMNS = "surface, approval_id, tenant, room, message_id, state, rendered, updated_at"
+_CARD_COLUMNS = "surface, approval_id, tenant, room, message_id, state, rendered, args_hash, updated_at"
 #: A card's states: `posting` is written before the post (a bridge restarted mid-post looks for
 #: its message before posting again), `posted` once the chat system gave it an id, `final` once
 #: the request was decided and its outcome shown (never edited again).
@@ -36,7 +36,8 @@ class ChatLinkRow:
 @dataclass(frozen=True, slots=True)
 class ChatCardRow:
     """The card a bridge posted for an approval request: in which room, its message id there
-    (None while `posting`), its state (`CARD_STATES`) and the text last shown (`rendered`)."""
+    (None while `posting`), its state (`CARD_STATES`), the text last shown (`rendered`) and the
+    hash of the arguments it showed (`args_hash`: what a decision typed under it approves)."""
 
     surface: str
     approval_id: str
@@ -45,6 +46,7 @@ class ChatCardRow:
     message_id: str | None
     state: str
     rendered: str | None
+    args_hash: str | None
     updated_at: float
 
 
@@ -113,7 +115,7 @@ class ChatCardRecords(Records):
         """Record that a card is about to be posted (`posting`); False when the request has a
         card row already (another bridge process, or an earlier attempt, got there first)."""
         sql = (
-            f"INSERT INTO af_chat_cards ({_CARD_COLUMNS}) VALUES (?, ?, ?, ?, NULL, 'posting', NULL, ?) "
+            f"INSERT INTO af_chat_cards ({_CARD_COLUMNS}) VALUES (?, ?, ?, ?, NULL, 'posting', NULL, NULL, ?) "
             "ON CONFLICT (surface, approval_id) DO NOTHING"
         )
         params = (surface, approval_id, tenant, room, at)
@@ -123,14 +125,15 @@ class ChatCardRecords(Records):
 
     def update(
         self, surface: str, approval_id: str, *, tenant: str, state: str, at: float, rendered: str | None,
-        message_id: str | None = None,
+        args_hash: str | None, message_id: str | None = None,
     ) -> None:  # fmt: skip
-        """A card's new state and shown text (and its message id, once posted: kept if None)."""
+        """A card's new state, shown text and argument hash (and its message id, once posted:
+        kept when None)."""
         sealed = self.seals.seal(rendered, tenant, "af_chat_cards.rendered", surface, approval_id)
         self._write(
-            "UPDATE af_chat_cards SET state = ?, rendered = ?, updated_at = ?, "
+            "UPDATE af_chat_cards SET state = ?, rendered = ?, args_hash = ?, updated_at = ?, "
             "message_id = COALESCE(?, message_id) WHERE surface = ? AND approval_id = ? AND tenant = ?",
-            (state, sealed, at, message_id, surface, approval_id, tenant),
+            (state, sealed, args_hash, at, message_id, surface, approval_id, tenant),
         )
 
     def _opened(self, row: Any) -> ChatCardRow:

@@ -389,9 +389,11 @@ class ChatLink(SQLModel, table=True):
 class ChatCard(SQLModel, table=True):
     """The card a chat bridge posted for an approval request: where (`room`, `message_id`), and
     `state` (`posting` is written before the post, so a bridge restarted mid-post looks for its
-    message before posting again); `rendered` is the text last shown (updated as votes arrive)."""
+    message before posting again); `rendered` is the text last shown (updated as votes arrive)
+    and `args_hash` the hash of the arguments it shows (a decision typed under it is bound to it)."""
 
     __tablename__ = "af_chat_cards"
+    __table_args__ = (Index("ix_af_chat_cards_message", "surface", "message_id"),)
 
     surface: str = Field(primary_key=True)
     approval_id: str = Field(primary_key=True)
@@ -400,4 +402,5 @@ class ChatCard(SQLModel, table=True):
     message_id: str | None = Field(default=None)
     state: str  # posting | posted | final
     rendered: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    args_hash: str | None = Field(default=None)
     updated_at: float

@@ -76,11 +76,14 @@ def upgrade() -> None:
         sa.Column("message_id", sa.String(), nullable=True),
         sa.Column("state", sa.String(), nullable=False),
         sa.Column("rendered", sa.Text(), nullable=True),
+        sa.Column("args_hash", sa.String(), nullable=True),
         sa.Column("updated_at", sa.Float(), nullable=False),
     )
+    op.create_index("ix_af_chat_cards_message", "af_chat_cards", ["surface", "message_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_af_chat_cards_message", table_name="af_chat_cards")
     op.drop_table("af_chat_cards")
     op.drop_index("ix_af_chat_links_principal", table_name="af_chat_links")
     op.drop_table("af_chat_links")
