@@ -384,7 +384,8 @@ class ApprovalError(AgentflowError):
 class AuthenticationError(ApprovalError):
     """A token that signs no one in; `code` is bad_token (missing or unknown), token_revoked,
     token_expired or operator_disabled (or session_expired: a web session that does not say which
-    token it signed in with), and the message names the command that fixes it."""
+    token it signed in with; unlinked: a chat account linked to no operator of the tenant), and
+    the message names the command that fixes it."""
 
 
 class ApprovalRefused(ApprovalError):

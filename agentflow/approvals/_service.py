@@ -26,7 +26,7 @@ from agentflow.approvals._models import (
 )
 from agentflow.errors import ApprovalRefused, AuthenticationError
 from agentflow.policy import ApprovalSpec, PolicyDecision
-from agentflow.store import ApprovalRow, Tx
+from agentflow.store import ApprovalRow, Tx, local_id
 
 if TYPE_CHECKING:
     from agentflow.engine import App
@@ -83,7 +83,7 @@ class Approvals(Links):
             tx.approvals.add(row)
             tx.audit.add(at=now, tenant=tenant, actor=requested_by or "agent", action="requested", approval_id=rid,
                          run_id=run_id, outcome="done", reason=f"{tool} needs approval by rule {rule}")  # fmt: skip
-            return _loaded(tx, rid, tenant)
+            return _event(tx, "approval.requested", _loaded(tx, rid, tenant), now)
 
         return self._transact(body, tenant)
 
@@ -98,13 +98,13 @@ class Approvals(Links):
                 return req
             if req.status == "pending" and req.spec.on_expiry == "escalate":
                 tx.approvals.escalate(approval_id, tenant=req.tenant, expires_at=now + req.spec.expires_in)
-                reason = f"escalated to {req.spec.escalate_to}"
+                reason, kind = f"escalated to {req.spec.escalate_to}", "approval.escalated"
             else:
                 tx.approvals.set_status(approval_id, "expired", tenant=req.tenant, at=now)
-                reason = "no decision before the expiry: the call is not run"
+                reason, kind = "no decision before the expiry: the call is not run", "approval.expired"
             tx.audit.add(at=now, tenant=req.tenant, actor="agentflow", action="expired", approval_id=approval_id,
                          run_id=req.run_id, outcome="done", reason=reason)  # fmt: skip
-            return _loaded(tx, approval_id, req.tenant)
+            return _event(tx, kind, _loaded(tx, approval_id, req.tenant), now)
 
         return self._transact(body, self.store.read(lambda tx: _loaded(tx, approval_id)).tenant)
 
@@ -236,7 +236,26 @@ def _vote(
     else:
         note = f"approval {approvals}/{req.spec.quorum} {comment}".strip()
     audit(decision, note)
-    return _loaded(tx, req.id, req.tenant)
+    decided = _loaded(tx, req.id, req.tenant)
+    return decided if status is None else _event(tx, "approval.decided", decided, now)
+
+
+def _event(tx: Tx, kind: str, req: ApprovalRequest, now: float) -> ApprovalRequest:
+    """Record `kind` for webhooks in the transaction of the change it reports (so a refused or
+    rolled-back decision reports nothing); its data is the request as it stands after the change,
+    as approvers see it (arguments masked, comments redacted). Returns `req`."""
+    votes = [{"principal": v.principal, "decision": v.decision, "comment": v.comment, "revision": v.revision,
+              "at": v.at} for v in req.votes]  # fmt: skip
+    data = {
+        "approval_id": req.id, "run_id": local_id(req.run_id, req.tenant), "call_id": req.call_id,
+        "tenant": req.tenant, "status": req.status, "tool": req.tool, "rule": req.rule, "pack_hash": req.pack_hash,
+        "requested_by": req.requested_by, "args": req.args, "args_hash": req.args_hash, "diff": req.diff,
+        "revision": req.revision, "approvals": req.approvals, "quorum": req.spec.quorum,
+        "deciding_roles": req.deciding_roles, "four_eyes": req.spec.four_eyes, "created_at": req.created_at,
+        "expires_at": req.expires_at, "decided_at": req.decided_at, "votes": votes,
+    }  # fmt: skip
+    tx.events.append(tenant=req.tenant, kind=kind, subject=req.id, data=data, now=now)
+    return req
 
 
 def _wake(tx: Tx, req: ApprovalRequest, status: str, now: float) -> None:

@@ -312,9 +312,8 @@ class RunExecutor(ActivitySteps, WaitSteps):
         return await self._finish_status("failed", None, error_dict(exc))
 
     async def _finish_status(self, status: str, output: str | None, err: dict[str, Any] | None) -> str:
-        ops = self.store.finish_ops(
-            self.run_id, self.epoch, status, output, json.dumps(err) if err else None, self.clock.now()
-        )
+        error, at = json.dumps(err) if err else None, self.clock.now()
+        ops = self.store.finish_ops(self.run_id, self.epoch, status, output, error, at, workflow=self.run.workflow)
         if self.run.parent_id:
             ops.append(self.store.wake_op(self.run.parent_id))
         await self._commit(ops)

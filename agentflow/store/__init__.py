@@ -32,7 +32,8 @@ from agentflow.store._urls import DEFAULT_URL, parse_url, pinned_url, redact_url
 
 if TYPE_CHECKING:
     from agentflow.store._chat import ChatCardRow, ChatLinkRow
-    from agentflow.store._gauges import OpenApprovals, StoreGauges
+    from agentflow.store._events import EVENT_KINDS, DeliveryRow, DueDelivery, EventRow, WebhookRow
+    from agentflow.store._gauges import OpenApprovals, StoreGauges, WebhookBacklog
     from agentflow.store._governance import ApprovalRow, AuditRow, PrincipalRow, TokenRow, VoteRow
     from agentflow.store._health import Checkup, ExpiredApprovalRow, OpenRunRow, SchemaState, WorkerRow
     from agentflow.store._sessions import SessionRow
@@ -43,7 +44,8 @@ _LAZY = {
     **dict.fromkeys(("Blob", "Run", "Signal", "Step", "StepAttempt", "Worker"), "_models"),
     **dict.fromkeys(("Checkup", "ExpiredApprovalRow", "OpenRunRow", "SchemaState", "WorkerRow"), "_health"),
     **dict.fromkeys(("ApprovalRow", "AuditRow", "PrincipalRow", "TokenRow", "VoteRow"), "_governance"),
-    **dict.fromkeys(("OpenApprovals", "StoreGauges"), "_gauges"),
+    **dict.fromkeys(("OpenApprovals", "StoreGauges", "WebhookBacklog"), "_gauges"),
+    **dict.fromkeys(("EVENT_KINDS", "DeliveryRow", "DueDelivery", "EventRow", "WebhookRow"), "_events"),
     **dict.fromkeys(("ChatCardRow", "ChatLinkRow"), "_chat"),
     "SessionRow": "_sessions",
     "PolicyUsage": "_usage",
@@ -52,6 +54,7 @@ _LAZY = {
 __all__ = [
     "DEFAULT_TENANT",
     "DEFAULT_URL",
+    "EVENT_KINDS",
     "MASK",
     "RUN_STATUSES",
     "SCHEMA_REVISION",
@@ -65,6 +68,9 @@ __all__ = [
     "ChatLinkRow",
     "Checkup",
     "Conn",
+    "DeliveryRow",
+    "DueDelivery",
+    "EventRow",
     "EventStore",
     "ExpiredApprovalRow",
     "GroupCommit",
@@ -88,6 +94,8 @@ __all__ = [
     "TokenRow",
     "Tx",
     "VoteRow",
+    "WebhookBacklog",
+    "WebhookRow",
     "Worker",
     "WorkerRow",
     "adapter_for",

@@ -1,5 +1,6 @@
 """What a metrics scrape reads from the store: runs by tenant and status, open approvals and the
-age of the oldest, and whether the store answers at all (a readiness probe).
+age of the oldest, webhook deliveries pending (and the oldest's age) or failed, and whether the
+store answers at all (a readiness probe).
 
 Each is one aggregate query, run at scrape time (Prometheus scrapes every 15-60 s): the figures
 are the database's, shared by every worker, not this process's view. Counting `af_runs` is a scan
@@ -25,6 +26,17 @@ class OpenApprovals:
     oldest_created_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookBacklog:
+    """A tenant's webhook deliveries not delivered: pending ones (and when the oldest was
+    created, the app's clock; None when none is pending) and failed ones (given up)."""
+
+    tenant: str
+    pending: int
+    oldest_created_at: float | None
+    failed: int
+
+
 class StoreGauges:
     """Aggregate reads for metrics and probes (see the module docstring).
 
@@ -43,6 +55,16 @@ class StoreGauges:
         """(tenant, status, number of runs) for every pair that has runs."""
         rows = self.backend.query("SELECT tenant, status, count(*) FROM af_runs GROUP BY tenant, status")
         return [(str(t), str(s), int(n)) for t, s, n in rows]
+
+    def webhook_backlog(self) -> list[WebhookBacklog]:
+        """Per tenant with any: webhook deliveries pending (and when the oldest was created) and
+        those given up (`failed`)."""
+        rows = self.backend.query(
+            "SELECT tenant, sum(CASE WHEN status = 'pending' THEN 1 ELSE 0 END), "
+            "min(CASE WHEN status = 'pending' THEN created_at END), sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) "
+            "FROM af_deliveries WHERE status IN ('pending', 'failed') GROUP BY tenant"
+        )
+        return [WebhookBacklog(str(t), int(p), None if o is None else float(o), int(f)) for t, p, o, f in rows]
 
     def open_approvals(self) -> list[OpenApprovals]:
         """Per tenant with any: the open approval requests and when the oldest was made."""

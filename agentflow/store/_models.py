@@ -334,9 +334,11 @@ class Event(SQLModel, table=True):
 
 
 class Webhook(SQLModel, table=True):
-    """A tenant's webhook subscription: where its events are POSTed, signed with `secret` (sealed
-    when the store has a key), which kinds it takes (JSON list; empty: all), and `cursor`, the last
-    event seq fanned out into deliveries."""
+    """A tenant's webhook subscription: where its events are POSTed (`url`), signed with `secret`
+    (both sealed when the tenant is), which kinds it takes (JSON list; empty: all). An event's
+    delivery rows are written with the event, in the transaction of what it reports (no fan-out
+    cursor: on PostgreSQL, sequence values commit out of order, and a cursor would skip an event
+    whose transaction committed after a later one's)."""
 
     __tablename__ = "af_webhooks"
     __table_args__ = (Index("ix_af_webhooks_tenant", "tenant"),)
@@ -348,7 +350,6 @@ class Webhook(SQLModel, table=True):
     kinds: str = Field(sa_column=Column(Text, nullable=False))
     created_at: float
     disabled: int = Field(default=0)
-    cursor: int = Field(default=0)
 
 
 class Delivery(SQLModel, table=True):
@@ -358,7 +359,10 @@ class Delivery(SQLModel, table=True):
     over, and the receiver deduplicates by the event id."""
 
     __tablename__ = "af_deliveries"
-    __table_args__ = (Index("ix_af_deliveries_due", "status", "next_at"),)
+    __table_args__ = (
+        Index("ix_af_deliveries_due", "status", "next_at"),
+        Index("ix_af_deliveries_event", "event_id"),
+    )
 
     webhook_id: str = Field(primary_key=True)
     event_id: str = Field(primary_key=True)

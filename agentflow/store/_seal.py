@@ -13,7 +13,8 @@ What is sealed, and what stays in clear
     Sealed, in the rows of a sealed tenant: run input, output, error and meta; step arguments,
     results and errors; failed attempts' errors; signal payloads; message blobs; approval
     requests' arguments and preview diffs; vote comments; audit reasons (they quote comments);
-    the text of a chat card (it quotes arguments and comments).
+    the text of a chat card (it quotes arguments and comments); the body of an event for
+    webhooks (it quotes arguments and comments), a webhook's URL and its signing secret.
     In clear, because queries filter, join, count or lock on them: ids, tenant, status, names
     (workflow, step, tool, signal, operator), kinds, times, epochs, the argument digests
     (`af_steps.digest`, `af_approvals.args_hash`: the replay check and the approval binding

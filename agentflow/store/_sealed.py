@@ -25,12 +25,14 @@ SEALED: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     "af_approval_votes": (("comment",), ("approval_id", "principal_id"), "approval"),
     "af_audit": (("reason",), ("approval_id", "run_id"), "tenant"),
     "af_chat_cards": (("rendered",), ("surface", "approval_id"), "tenant"),
+    "af_events": (("payload",), ("id",), "tenant"),
+    "af_webhooks": (("url", "secret"), ("id",), "tenant"),
 }
 #: The primary key of each table with sealed columns (what `reseal` rewrites rows by).
 _PRIMARY: dict[str, tuple[str, ...]] = {
     "af_runs": ("id",), "af_steps": ("run_id", "seq"), "af_step_attempts": ("run_id", "seq", "attempt"),
     "af_signals": ("id",), "af_approvals": ("id",), "af_approval_votes": ("approval_id", "principal_id"),
-    "af_audit": ("id",), "af_chat_cards": ("surface", "approval_id"),
+    "af_audit": ("id",), "af_chat_cards": ("surface", "approval_id"), "af_events": ("id",), "af_webhooks": ("id",),
 }  # fmt: skip
 _BLOB_COLUMNS = ("hash", "data", "size", "created_at")
 #: A message hash inside a step's recorded request or response.

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from agentflow.errors import ConfigurationError, RunStateError, UnknownRunError
 from agentflow.store._backend import Backend, Op
 from agentflow.store._constants import TERMINAL_SQL
+from agentflow.store._events import run_finished_ops
 from agentflow.store._group import GroupCommit
 from agentflow.store._reads import ReadQueries
 from agentflow.store._records import RunRecord, StepRecord, create_run_op, step_params
@@ -331,11 +332,13 @@ class EventStore(SealedRows, ReadQueries):
         )
 
     def finish_ops(
-        self, run_id: str, epoch: int, status: str, output: str | None, error: str | None, now: float
-    ) -> list[Op]:
-        """End a run (fenced; its output and error redacted), and withdraw what waited on it in
-        the same commit."""
+        self, run_id: str, epoch: int, status: str, output: str | None, error: str | None, now: float,
+        *, workflow: str = "",
+    ) -> list[Op]:  # fmt: skip
+        """End a run (fenced; its output and error redacted), and withdraw what waited on it and
+        record its `run.finished` event (when a webhook of its tenant takes one) in the same commit."""
         r, seal, tenant = self.redaction.json, self.seals.seal, self.tenant_of(run_id)
+        finished = self.finished_ops(run_id, tenant, workflow, status, error, now)
         output = seal(r(output), tenant, "af_runs.output", run_id)
         error = seal(r(error), tenant, "af_runs.error", run_id)
         finish = (
@@ -344,7 +347,14 @@ class EventStore(SealedRows, ReadQueries):
             (status, output, error, now, now, run_id, epoch),
             True,
         )
-        return [finish, *withdraw_ops(run_id, now, f"the run ended {status} before a decision")]
+        return [finish, *withdraw_ops(run_id, now, f"the run ended {status} before a decision"), *finished]
+
+    def finished_ops(
+        self, run_id: str, tenant: str | None, workflow: str, status: str, error: str | None, now: float
+    ) -> list[Op]:
+        """The `run.finished` event of a run (see `agentflow.store._events`)."""
+        return run_finished_ops(self.seals, self.redaction.text, run_id=run_id, tenant=tenant or "",
+                                workflow=workflow, status=status, error=error, now=now)  # fmt: skip
 
     @staticmethod
     def wake_op(run_id: str) -> Op:
@@ -423,19 +433,15 @@ class EventStore(SealedRows, ReadQueries):
         if run.status == "pending" and not self.load_steps(run_id):
             # Never started: nothing to compensate, cancel it outright (unless a worker just
             # claimed it, which the status condition catches).
-            self.backend.write(
-                [
-                    (
-                        "UPDATE af_runs SET status = 'cancelled', cancel_requested = 1, completed_at = ?, "
-                        "updated_at = ?, error = ? WHERE id = ? AND status = 'pending'",
-                        (now, now, self.seals.seal(_NEVER_STARTED, run.tenant, "af_runs.error", run_id), run_id),
-                        False,
-                    ),
-                    # A parent waiting for this child must learn it ended (no lost wake-up).
-                    *([self.wake_op(run.parent_id)] if run.parent_id else []),
-                ],
-                run_id=run_id,
+            cancel: Op = (
+                "UPDATE af_runs SET status = 'cancelled', cancel_requested = 1, completed_at = ?, "
+                "updated_at = ?, error = ? WHERE id = ? AND status = 'pending'",
+                (now, now, self.seals.seal(_NEVER_STARTED, run.tenant, "af_runs.error", run_id), run_id),
+                False,
             )
+            # A parent waiting for this child must learn it ended (no lost wake-up).
+            wake = [self.wake_op(run.parent_id)] if run.parent_id else []
+            self._end(run, cancel, wake, "cancelled", _NEVER_STARTED, now)
         self.backend.write(
             [
                 ("UPDATE af_runs SET cancel_requested = 1 WHERE id = ?", (run_id,), False),
@@ -508,20 +514,28 @@ class EventStore(SealedRows, ReadQueries):
 
     def fail_run(self, run_id: str, epoch: int, message: str, now: float) -> None:
         """End a run as failed from outside its workflow (an engine bug), if still ours."""
-        error = json.dumps({"type": "InternalError", "message": self.redaction.text(message)})
-        error = self.seals.seal(error, self.tenant_of(run_id), "af_runs.error", run_id) or error
-        self.backend.write(
-            [
-                (
-                    "UPDATE af_runs SET status = 'failed', error = ?, owner = NULL, completed_at = ?, "
-                    "updated_at = ? WHERE id = ? AND epoch = ? AND status = 'running'",
-                    (error, now, now, run_id, epoch),
-                    False,
-                ),
-                *withdraw_ops(run_id, now, "the run failed (internal error) before a decision"),
-            ],
-            run_id=run_id,
+        plain = json.dumps({"type": "InternalError", "message": self.redaction.text(message)})
+        error = self.seals.seal(plain, self.tenant_of(run_id), "af_runs.error", run_id) or plain
+        fail: Op = (
+            "UPDATE af_runs SET status = 'failed', error = ?, owner = NULL, completed_at = ?, "
+            "updated_at = ? WHERE id = ? AND epoch = ? AND status = 'running'",
+            (error, now, now, run_id, epoch),
+            False,
         )
+        withdraw = withdraw_ops(run_id, now, "the run failed (internal error) before a decision")
+        self._end(self.get_run(run_id), fail, withdraw, "failed", plain, now)
+
+    def _end(self, run: RunRecord, end: Op, then: list[Op], status: str, error: str, now: float) -> None:
+        """`end` (a conditional update that ends `run`), then `then`, in one transaction; the run's
+        `run.finished` event only when `end` ended it."""
+
+        def body(conn: Any) -> None:
+            ended = conn.execute(end[0], end[1]).rowcount
+            finished = self.finished_ops(run.id, run.tenant, run.workflow, status, error, now) if ended else []
+            for sql, params, _ in [*then, *finished]:
+                conn.execute(sql, params)
+
+        self.backend.transact(body, what=f"writing run {run.id}", locks=(f"run:{run.id}",))
 
     def release(self, run_id: str, epoch: int) -> None:
         """Give a run back (worker shutting down, store busy): it becomes pending again."""

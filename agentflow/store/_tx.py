@@ -45,7 +45,7 @@ class Tx:
         self.sessions = SessionRecords(conn, writable=writable)
         self.events = EventRecords(conn, writable=writable, clean=clean, seals=seals)
         self.webhooks = WebhookRecords(conn, writable=writable, clean=clean, seals=seals)
-        self.deliveries = DeliveryRecords(conn, writable=writable)
+        self.deliveries = DeliveryRecords(conn, writable=writable, clean=clean, seals=seals)
         self.chat_links = ChatLinkRecords(conn, writable=writable)
         self.chat_cards = ChatCardRecords(conn, writable=writable, clean=clean, seals=seals)
 

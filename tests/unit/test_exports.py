@@ -73,6 +73,12 @@ EXPORTS = {
         "approval_signal_name",
         "args_hash",
     ],
+    "agentflow.bridges": [
+        "SURFACES",
+        "THREAD_HELP",
+        "Bridge",
+        "CardView",
+    ],
     "agentflow.chat": [
         "HELP",
         "START_HELP",

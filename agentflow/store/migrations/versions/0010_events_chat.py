@@ -1,7 +1,8 @@
 """Events out and chat surfaces: an outbox of events (approval requested, decided, expired,
 escalated; run finished) written in the transaction of what they report, webhook subscriptions
-(per tenant, with their signing secret) and one delivery row per (subscription, event) that a
-deliverer claims with a lease, retries with backoff and marks delivered; chat accounts linked to
+(per tenant, with their signing secret) and one delivery row per (subscription, event), written
+in that same transaction, that a deliverer claims with a lease, retries with backoff and marks
+delivered; chat accounts linked to
 operators per tenant (a decision typed in Matrix or Slack is the linked operator's); and the
 chat cards a bridge posted per approval request (so a restarted bridge never posts one twice).
 
@@ -41,7 +42,6 @@ def upgrade() -> None:
         sa.Column("kinds", sa.Text(), nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.Column("disabled", sa.Integer(), nullable=False),
-        sa.Column("cursor", sa.Integer(), nullable=False),
     )
     op.create_index("ix_af_webhooks_tenant", "af_webhooks", ["tenant"])
     op.create_table(
@@ -58,6 +58,7 @@ def upgrade() -> None:
         sa.Column("delivered_at", sa.Float(), nullable=True),
     )
     op.create_index("ix_af_deliveries_due", "af_deliveries", ["status", "next_at"])
+    op.create_index("ix_af_deliveries_event", "af_deliveries", ["event_id"])
     op.create_table(
         "af_chat_links",
         sa.Column("tenant", sa.String(), primary_key=True),
@@ -87,6 +88,7 @@ def downgrade() -> None:
     op.drop_table("af_chat_cards")
     op.drop_index("ix_af_chat_links_principal", table_name="af_chat_links")
     op.drop_table("af_chat_links")
+    op.drop_index("ix_af_deliveries_event", table_name="af_deliveries")
     op.drop_index("ix_af_deliveries_due", table_name="af_deliveries")
     op.drop_table("af_deliveries")
     op.drop_index("ix_af_webhooks_tenant", table_name="af_webhooks")
