@@ -396,8 +396,9 @@ class ApprovalRefused(ApprovalError):
 
 class SignatureError(AgentflowError):
     """A signed message that does not verify (`agentflow.webhooks.verify`): nothing in it may be
-    trusted. `code` is missing_header, bad_header, bad_signature, stale_timestamp or
-    future_timestamp; the message says what to check (the secret, the receiver's clock)."""
+    trusted. `code` is missing_header, bad_header, bad_signature, stale_timestamp,
+    future_timestamp or bad_body (signed, but not a JSON event); the message says what to check
+    (the secret, the raw body, the receiver's clock)."""
 
     def __init__(self, message: str, *, code: str, **kw: Any) -> None:
         super().__init__(message, **kw)

@@ -9,6 +9,7 @@ import typer
 
 from agentflow.cli._common import DbOption, err_console, fail, load_app
 from agentflow.cli._logging import live_spans_if_asked
+from agentflow.cli._webhooks import WebhooksOption, background_deliverer
 from agentflow.errors import AgentflowError
 from agentflow.store import redact_url
 
@@ -25,6 +26,7 @@ def serve(
     secure_cookies: Annotated[
         bool, typer.Option("--secure-cookies", help="Mark the session cookie Secure (behind HTTPS).")
     ] = False,
+    webhooks: WebhooksOption = True,
 ) -> None:
     """Serve the web chat and JSON API: operators start runs, watch them live, approve staged actions.
 
@@ -45,10 +47,12 @@ def serve(
         api = create_app(the_app, agent=agent, run_worker=worker, secure_cookies=secure_cookies)
         _ = the_app.store  # an unreachable or too-new database is said here, not as a traceback at start-up
         spans = live_spans_if_asked()
+        deliverer = background_deliverer(the_app, metrics=True) if webhooks else None
     except AgentflowError as exc:
         fail(exc)
     err_console.print(
-        f"agentflow serve: http://{host}:{port}/ (store {redact_url(the_app.db)}, worker {'on' if worker else 'off'})"
+        f"agentflow serve: http://{host}:{port}/ (store {redact_url(the_app.db)}, worker {'on' if worker else 'off'}, "
+        f"webhooks {'on' if webhooks else 'off'})"
     )
     # uvicorn's records go through the root handler (`--log-format`); one line per request only
     # at debug (probes and scrapes come every few seconds). A short grace period: live streams
@@ -58,5 +62,7 @@ def serve(
         uvicorn.run(api, host=host, port=port, log_config=None, log_level=level, access_log=level <= logging.DEBUG,
                     timeout_graceful_shutdown=2)  # fmt: skip
     finally:
+        if deliverer is not None:
+            deliverer.stop(timeout=5)
         if spans is not None:
             spans.close()

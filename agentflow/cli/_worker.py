@@ -11,6 +11,7 @@ import typer
 
 from agentflow.cli._common import DbOption, fail, load_app
 from agentflow.cli._logging import live_spans_if_asked
+from agentflow.cli._webhooks import WebhooksOption, background_deliverer
 from agentflow.errors import AgentflowError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ def worker(
     metrics_host: Annotated[
         str, typer.Option("--metrics-host", help="Interface of --metrics-port (0.0.0.0: every interface).")
     ] = "127.0.0.1",
+    webhooks: WebhooksOption = True,
 ) -> None:
     """Run a worker: claim runnable runs, recover runs whose owner died, wake due timers.
 
@@ -61,9 +63,12 @@ def worker(
         w = Worker(the_app, concurrency=concurrency, poll_interval=poll_interval, max_memory=max_memory)
         spans = live_spans_if_asked()
         server = _serve_metrics(the_app, metrics_host, metrics_port) if metrics_port is not None else None
+        deliverer = background_deliverer(the_app, metrics=server is not None) if webhooks else None
         try:
             asyncio.run(_serve(the_app, w, until_idle=until_idle, poll_interval=poll_interval))
         finally:
+            if deliverer is not None:
+                deliverer.stop(timeout=5)
             if server is not None:
                 server.shutdown()
                 server.server_close()  # the listening socket, not only the serving thread

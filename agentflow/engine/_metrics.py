@@ -4,7 +4,8 @@
 then on the workers of this process count what they do (steps by kind with their latency, model
 tokens and cost, runs claimed, parked and finished, lease takeovers, store errors). What the
 database holds for every worker (runs by tenant and status, open approvals and the age of the
-oldest) is read from the store at scrape time, by tenant or summed over tenants
+oldest, webhook deliveries pending or given up) is read from the store at scrape time, by tenant
+or summed over tenants
 (`exposition(tenants=False)`: what `agentflow serve` answers an unauthenticated scrape, which must
 not list the tenants). `prometheus-client` is imported here only, when metrics are installed: a
 process that serves none pays nothing for it.
@@ -30,7 +31,7 @@ from agentflow.engine._host import Host
 from agentflow.engine._observe import Observer, add_observer
 from agentflow.engine._threads import tool_threads
 from agentflow.errors import StoreError
-from agentflow.store import OpenApprovals, RunRecord, StepRecord, StoreGauges
+from agentflow.store import OpenApprovals, RunRecord, StepRecord, StoreGauges, WebhookBacklog
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -194,7 +195,7 @@ class _StoreCollector:
         up = GaugeMetricFamily("agentflow_store_up", "1 when the store answered this scrape's queries")
         try:
             gauges = StoreGauges(self.metrics.app.store)
-            runs, approvals = gauges.runs_by_status(), gauges.open_approvals()
+            runs, approvals, backlog = gauges.runs_by_status(), gauges.open_approvals(), gauges.webhook_backlog()
         except StoreError as exc:
             self.metrics.store_error(exc)
             up.add_metric([], 0)
@@ -204,6 +205,7 @@ class _StoreCollector:
         yield up
         if not self.tenants:
             runs, approvals = _over_tenants(runs, approvals)
+            backlog = _backlog_over_tenants(backlog)
         by = ["tenant"] if self.tenants else []
         by_status = GaugeMetricFamily("agentflow_runs", "Runs in the store, by " + ("tenant and " if by else "") +
                                       "status", labels=[*by, "status"])  # fmt: skip
@@ -221,6 +223,36 @@ class _StoreCollector:
             oldest.add_metric(labels, max(now - row.oldest_created_at, 0.0))
         yield pending
         yield oldest
+        yield from _webhook_families(backlog, by, now)
+
+
+def _webhook_families(backlog: list[WebhookBacklog], by: list[str], now: float) -> Iterator[Metric]:
+    """Webhook deliveries waiting in the store (a dead endpoint shows as a growing age and, once
+    given up, as failed ones)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    pending = GaugeMetricFamily("agentflow_webhook_deliveries_pending", "Webhook deliveries not yet answered 2xx "
+                                "and not given up", labels=by)  # fmt: skip
+    oldest = GaugeMetricFamily("agentflow_webhook_deliveries_oldest_pending_age_seconds", "Age of the oldest "
+                               "pending webhook delivery", labels=by)  # fmt: skip
+    failed = GaugeMetricFamily("agentflow_webhook_deliveries_failed", "Webhook deliveries given up after their "
+                               "last attempt (kept until pruned, a week)", labels=by)  # fmt: skip
+    for row in backlog:
+        labels = [row.tenant] if by else []
+        pending.add_metric(labels, row.pending)
+        failed.add_metric(labels, row.failed)
+        if row.oldest_created_at is not None:
+            oldest.add_metric(labels, max(now - row.oldest_created_at, 0.0))
+    yield from (pending, oldest, failed)
+
+
+def _backlog_over_tenants(backlog: list[WebhookBacklog]) -> list[WebhookBacklog]:
+    """The webhook backlog summed over tenants (the oldest pending delivery: the oldest of all)."""
+    if not backlog:
+        return []
+    ages = [b.oldest_created_at for b in backlog if b.oldest_created_at is not None]
+    return [WebhookBacklog("", sum(b.pending for b in backlog), min(ages) if ages else None,
+                           sum(b.failed for b in backlog))]  # fmt: skip
 
 
 def _over_tenants(

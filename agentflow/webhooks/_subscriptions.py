@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from agentflow.errors import ConfigurationError
-from agentflow.store import EVENT_KINDS, DeliveryRow, EventStore, WebhookRow, check_tenant
+from agentflow.store import EVENT_KINDS, DeliveryRow, EventStore, Tx, WebhookRow, check_tenant
 from agentflow.webhooks._signing import new_secret
 
 #: The longest URL accepted.
@@ -103,21 +103,25 @@ class Webhooks:
         """Subscriptions (of `tenant`, or all), without their secrets."""
         return [_subscription(r) for r in self.store.read(lambda tx: tx.webhooks.list(tenant=tenant))]
 
-    def remove(self, webhook_id: str, *, tenant: str) -> None:
-        """Remove a subscription of `tenant` and its deliveries (pending ones are not sent).
+    def remove(self, webhook_id: str, *, tenant: str | None = None) -> Subscription:
+        """Remove a subscription (of `tenant`; None: whichever tenant's it is) and its deliveries
+        (pending ones are not sent); returns what was removed.
 
         Raises:
-            ConfigurationError: the tenant has no subscription by that id.
+            ConfigurationError: no subscription by that id (in `tenant`).
         """
-        gone = self.store.transaction(
-            lambda tx: tx.webhooks.remove(webhook_id, tenant=tenant), what="removing a webhook",
-            locks=(f"webhooks:{tenant}",),
-        )  # fmt: skip
-        if not gone:
+
+        def body(tx: Tx) -> WebhookRow | None:
+            row = tx.webhooks.get(webhook_id, tenant=tenant)
+            return row if row is not None and tx.webhooks.remove(webhook_id, tenant=row.tenant) else None
+
+        gone = self.store.transaction(body, what="removing a webhook", locks=(f"webhooks:{tenant or '*'}",))
+        if gone is None:
+            where = f"tenant {tenant} has" if tenant else "the store has"
             raise ConfigurationError(
-                f"tenant {tenant} has no webhook {webhook_id}: `agentflow webhooks list --tenant {tenant}` lists its "
-                "subscriptions"
+                f"{where} no webhook {webhook_id}: `agentflow webhooks list` lists the subscriptions"
             )
+        return _subscription(gone)
 
     def deliveries(
         self, *, tenant: str | None = None, status: str | None = None, webhook_id: str | None = None,
