@@ -6,5 +6,6 @@ See `agentflow/bridges/_core.py` for the loop an adapter runs.
 """
 
 from agentflow.bridges._core import SURFACES, THREAD_HELP, Bridge, CardView
+from agentflow.bridges._matrix import MatrixBridge, MatrixConfig
 
-__all__ = ["SURFACES", "THREAD_HELP", "Bridge", "CardView"]
+__all__ = ["SURFACES", "THREAD_HELP", "Bridge", "CardView", "MatrixBridge", "MatrixConfig"]

@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 from agentflow.approvals import ApprovalRequest, Approvals, Principal
 from agentflow.chat import Chat, card, card_rows, events, safe_text, status_text, truncate, utc, why_text
-from agentflow.engine import App
+from agentflow.engine import App, Client
 from agentflow.errors import ApprovalError, ApprovalRefused, ConfigurationError
 from agentflow.store import TERMINAL_STATUSES, ChatCardRow, RunRecord, StepRecord, Tx, check_tenant, local_id
 
@@ -116,7 +116,8 @@ class Bridge:
     """The surface-neutral side of a chat bridge for one tenant (see the module docstring).
 
     Args:
-        app: the App whose store and clock the approvals are in (its workers may run elsewhere).
+        app: the App (or a Client) whose store and clock the approvals are in (its workers may
+            run elsewhere; a Client on the store is enough when the App's clock is the system's).
         surface: "matrix" or "slack" (the card rows and linked accounts are per surface).
         tenant: whose requests are posted and decided (a card of another tenant is never found).
         per_minute: commands an account may send per minute; more are answered once, then ignored.
@@ -124,14 +125,16 @@ class Bridge:
     """
 
     def __init__(
-        self, app: App, *, surface: str, tenant: str, per_minute: int = 20, wall: Callable[[], float] = time.monotonic
-    ) -> None:
+        self, app: App | Client, *, surface: str, tenant: str, per_minute: int = 20,
+        wall: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
         if surface not in SURFACES:
             raise ConfigurationError(f"unknown chat surface {surface!r}: use one of {', '.join(SURFACES)}")
         check_tenant(tenant)
-        self.app, self.surface, self.tenant = app, surface, tenant
-        self.chat = Chat.of(app)
-        self.approvals = Approvals.of(app)
+        self.surface, self.tenant = surface, tenant
+        self.chat = Chat(app.client if isinstance(app, App) else app)
+        self.store = self.chat.store
+        self.approvals = Approvals(self.chat.store, self.chat.clock)
         self._budget = _Budget(per_minute)
         self._wall = wall
         # Who the cards are rendered for: nobody in particular (what each person may do is
@@ -172,11 +175,11 @@ class Bridge:
 
     def card(self, approval_id: str) -> ChatCardRow | None:
         """The request's card row (None: never posted)."""
-        return self.app.store.read(lambda tx: tx.chat_cards.get(self.surface, approval_id, tenant=self.tenant))
+        return self.store.read(lambda tx: tx.chat_cards.get(self.surface, approval_id, tenant=self.tenant))
 
     def card_of_message(self, message_id: str) -> ChatCardRow | None:
         """The tenant's card posted as `message_id` (a reply in its thread is about its request)."""
-        return self.app.store.read(lambda tx: tx.chat_cards.by_message(self.surface, message_id, tenant=self.tenant))
+        return self.store.read(lambda tx: tx.chat_cards.by_message(self.surface, message_id, tenant=self.tenant))
 
     def begin_post(self, approval_id: str, room: str) -> bool:
         """Record, before posting, that the card is being posted; False when the request has a
@@ -248,20 +251,20 @@ class Bridge:
     # -- a transport's position (a sync token), kept in the store --------------------------------
     def cursor(self, name: str) -> str | None:
         """A value the adapter saved (e.g. Matrix's sync token), None at first."""
-        return self.app.store.setting(self._key(name))
+        return self.store.setting(self._key(name))
 
     def save_cursor(self, name: str, value: str) -> None:
-        self.app.store.set_setting(self._key(name), value, self.chat.clock.now())
+        self.store.set_setting(self._key(name), value, self.chat.clock.now())
 
     # -- plumbing ------------------------------------------------------------------------------
     def _key(self, name: str) -> str:
         return f"bridge:{self.surface}:{self.tenant}:{name}"
 
     def _cards(self, states: tuple[str, ...]) -> list[ChatCardRow]:
-        return self.app.store.read(lambda tx: tx.chat_cards.list(self.surface, tenant=self.tenant, states=states))
+        return self.store.read(lambda tx: tx.chat_cards.list(self.surface, tenant=self.tenant, states=states))
 
     def _write(self, body: Callable[[Tx], T]) -> T:
-        return self.app.store.transaction(body, what="recording a chat card", locks=(f"card:{self.tenant}",))
+        return self.store.transaction(body, what="recording a chat card", locks=(f"card:{self.tenant}",))
 
     def _record(self, approval_id: str, shown: CardView | str, message_id: str | None) -> None:
         view = self.view(approval_id) if isinstance(shown, str) else shown

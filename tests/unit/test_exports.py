@@ -78,6 +78,8 @@ EXPORTS = {
         "THREAD_HELP",
         "Bridge",
         "CardView",
+        "MatrixBridge",
+        "MatrixConfig",
     ],
     "agentflow.chat": [
         "HELP",
