@@ -80,6 +80,7 @@ EXPORTS = {
         "CardView",
         "MatrixBridge",
         "MatrixConfig",
+        "SlackBridge",
     ],
     "agentflow.chat": [
         "HELP",
