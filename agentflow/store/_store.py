@@ -353,8 +353,8 @@ class EventStore(SealedRows, ReadQueries):
         self, run_id: str, tenant: str | None, workflow: str, status: str, error: str | None, now: float
     ) -> list[Op]:
         """The `run.finished` event of a run (see `agentflow.store._events`)."""
-        return run_finished_ops(self.seals, self.redaction.text, run_id=run_id, tenant=tenant or "",
-                                workflow=workflow, status=status, error=error, now=now)  # fmt: skip
+        return run_finished_ops(self.seals, run_id=run_id, tenant=tenant or "", workflow=workflow, status=status,
+                                error=error, now=now)  # fmt: skip
 
     @staticmethod
     def wake_op(run_id: str) -> Op:
