@@ -1,4 +1,5 @@
-"""`/api/runs`: list and start copilot runs, read one, follow it live, chat commands, trace export."""
+"""`/api/runs`: list and start copilot runs, read one, follow it live, chat commands, its timeline,
+trace export."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from agentflow.server._models import ChatBody, StartBody
 from agentflow.server._state import Served
 from agentflow.server._stream import stream_run
 from agentflow.store import RUN_STATUSES, RunRecord
+from agentflow.trace import timeline as run_timeline
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 _STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -85,6 +87,14 @@ def run_stream(
 def chat(run_id: str, body: ChatBody, who: Who, state: State) -> dict[str, Any]:
     """Chat commands on the run: `approve [comment]`, `reject <reason>`, `status`, `why?`."""
     return reply(state.chat, own_run(state, run_id, who), who.principal, body.text)
+
+
+@router.get("/{run_id}/timeline")
+def timeline(run_id: str, who: Who, state: State) -> dict[str, Any]:
+    """The run as a timeline (`agentflow.trace.timeline`): every step on the recorded clock,
+    lease changes (a crash and the resume, a wake after a wait), reads folded, what happened."""
+    run = own_run(state, run_id, who)
+    return run_timeline(state.chat.client, run.id, now=state.chat.clock.now())
 
 
 @router.get("/{run_id}/trace.jsonl", response_class=PlainTextResponse)

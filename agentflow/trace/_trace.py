@@ -161,10 +161,25 @@ class Trace:
         return _tables.effects_table(self.recorded, ledger.effects())
 
     # -- display -----------------------------------------------------------------------------
+    @cached_property
+    def timeline(self) -> dict[str, Any]:
+        """The run as a timeline, in plain JSON values (what `agentflow.trace.timeline` returns
+        and the web console draws): rows per step with their place on the axis, lease changes
+        (`crash`, `resume`, `wake`), folded reads, totals and `story`."""
+        from agentflow.trace._timeline import build_timeline
+
+        return build_timeline(self.recorded)
+
+    @property
+    def what_happened(self) -> list[str]:
+        """What happened in the run, in sentences: who asked, what the agent read, the policy's
+        decisions and who approved, crashes and resumes, waits, changes, how it ended, the cost."""
+        return list(self.timeline["story"])
+
     def _repr_html_(self) -> str:
         from agentflow.trace._html import timeline_html
 
-        return timeline_html(self.recorded)
+        return timeline_html(self.timeline)
 
     def plot(self, *, width: float = 10.0) -> Figure:
         """Time per step and cost/tokens per model call, as a matplotlib Figure (never shown in

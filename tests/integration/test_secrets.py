@@ -170,7 +170,13 @@ def test_canaries_reach_the_tools_and_nothing_else(
             bearer = {"Authorization": f"Bearer {_token(app)}"}
             answer = http.get(f"/api/runs/{SHAPE}", headers=bearer)
             # What a browser gets: the run page, its live stream (the run is over: it ends) and the inbox.
-            for url in ("/api/runs/r1", "/api/runs/r1/stream", "/api/approvals?status=all", "/api/runs/r1/trace.jsonl"):
+            for url in (
+                "/api/runs/r1",
+                "/api/runs/r1/stream",
+                "/api/approvals?status=all",
+                "/api/runs/r1/trace.jsonl",
+                "/api/runs/r1/timeline",
+            ):
                 got = http.get(url, headers=bearer)
                 assert got.status_code == 200, (url, got.text)
                 seen[f"GET {url}"] = got.text

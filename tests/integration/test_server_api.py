@@ -550,6 +550,7 @@ def test_openapi_lists_every_endpoint_of_the_contract(parked: Parked) -> None:
         "/api/runs/{run_id}/stream": {"get"},
         "/api/runs/{run_id}/messages": {"post"},
         "/api/runs/{run_id}/trace.jsonl": {"get"},
+        "/api/runs/{run_id}/timeline": {"get"},
         "/api/approvals": {"get"},
         "/api/approvals/{approval_id}": {"get"},
         "/api/approvals/{approval_id}/approve": {"post"},
@@ -729,7 +730,8 @@ def test_other_tenants_runs_answer_404_on_every_route(parked: Parked) -> None:
     before = state(w.app)
     for run_id in ("west-1", "no-such-run"):
         for method, suffix, body in (("GET", "", None), ("GET", "/events", None), ("GET", "/stream", None),
-                                     ("GET", "/trace.jsonl", None), ("POST", "/messages", {"text": "status"}),
+                                     ("GET", "/trace.jsonl", None), ("GET", "/timeline", None),
+                                     ("POST", "/messages", {"text": "status"}),
                                      ("POST", "/messages", {"text": "approve"})):  # fmt: skip
             got = w.client.request(method, f"/api/runs/{run_id}{suffix}", json=body, headers=w.bearer("alice"))
             error = assert_error(got, 404, "unknown_run")

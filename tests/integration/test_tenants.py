@@ -186,7 +186,7 @@ def test_every_statement_of_a_tenants_request_names_that_tenant(
                      ("POST", "/api/runs", {"task": "EASTMARK 2", "run_id": "e2"}), ("POST", "/api/runs", {"task": "x", "run_id": "e1"})]  # fmt: skip
             for rid in ("e1", "held", "noc-east:e1", "noc-west:e1", "noc-west:held", "missing"):
                 calls += [("GET", f"/api/runs/{rid}", None), ("GET", f"/api/runs/{rid}/events", None),
-                          ("GET", f"/api/runs/{rid}/trace.jsonl", None),
+                          ("GET", f"/api/runs/{rid}/trace.jsonl", None), ("GET", f"/api/runs/{rid}/timeline", None),
                           ("POST", f"/api/runs/{rid}/messages", {"text": "status"}),
                           ("POST", f"/api/runs/{rid}/messages", {"text": "why?"})]  # fmt: skip
             for aid in (held["noc-east"], held["noc-west"]):
@@ -252,7 +252,7 @@ class TwoTenants(RuleBasedStateMachine):
 
     @rule(tenant=st.sampled_from(TENANTS), key=runs,
           form=st.sampled_from(["local", "key"]),
-          route=st.sampled_from(["", "/events", "/trace.jsonl", "/messages"]))  # fmt: skip
+          route=st.sampled_from(["", "/events", "/trace.jsonl", "/timeline", "/messages"]))  # fmt: skip
     def read(self, tenant: str, key: str, form: str, route: str) -> None:
         owner, local = key.split(":", 1)
         name = local if form == "local" else key

@@ -305,6 +305,7 @@ EXPORTS = {
         "live_spans_from_env",
         "load",
         "runs",
+        "timeline",
     ],
 }
 

@@ -143,6 +143,7 @@ async function boot() {
   $("#new-chat").addEventListener("click", () => {
     if (location.hash === "#/") route(); else location.hash = "#/";
   });
+  $("#tl-unfold").addEventListener("change", () => { if (tl.data) renderTimelineRows(tl.data); });
   window.addEventListener("hashchange", route);
   try {
     enterApp(await api("GET", "/api/session", undefined, { local: true }));
@@ -245,7 +246,8 @@ async function onSignOut() {
   showSignIn();
 }
 
-/** Hash routes: #/ new request, #/runs/<id> a run, #/runs list, #/inbox approvals. */
+/** Hash routes: #/ new request, #/runs/<id> a run, #/runs/<id>/timeline its timeline, #/runs
+ *  list, #/inbox approvals. */
 function route() {
   if (!state.session) return;
   closeStream();
@@ -254,19 +256,19 @@ function route() {
   state.cardUi.clear();
   $("#page-error").hidden = true;
   const hash = location.hash.replace(/^#/, "") || "/";
-  const match = /^\/runs\/([^/]+)$/.exec(hash);
+  const match = /^\/runs\/([^/]+)(\/timeline)?$/.exec(hash);
   if (hash === "/runs") showRunsView();
   else if (hash === "/inbox") showInboxView();
   else if (match) {
     let id = match[1];
     try { id = decodeURIComponent(id); } catch { /* keep it as written */ }
-    showChatView(id);
+    if (match[2]) showTimelineView(id); else showChatView(id);
   } else showChatView(null);
 }
 
 function setView(name, nav = name) {
   state.view = name;
-  for (const view of ["chat", "runs", "inbox"]) $(`#${view}-view`).hidden = view !== name;
+  for (const view of ["chat", "runs", "inbox", "timeline"]) $(`#${view}-view`).hidden = view !== name;
   const current = `#nav-${nav}`;
   for (const id of ["#nav-chat", "#nav-runs", "#nav-inbox"]) {
     if (id === current) $(id).setAttribute("aria-current", "page"); else $(id).removeAttribute("aria-current");
@@ -280,6 +282,7 @@ function tick() {
   refreshRelTimes();
   refreshApprovals(true);
   if (state.view === "runs") loadRuns(true);
+  tickTimeline();
 }
 
 // ------------------------------------------------------------------ chat view
@@ -396,7 +399,7 @@ function applyRun(run) {
   if (run.waiting_on && run.status === "waiting") parts.push(`waiting on ${fmtValue(run.waiting_on)}`);
   $("#run-stats").textContent = parts.join(" · ");
   const trace = $("#run-trace");
-  trace.href = `/api/runs/${enc(run.id)}/trace.jsonl`;
+  trace.href = `#/runs/${enc(run.id)}/timeline`;
   trace.hidden = false;
   if (isOver(run.status)) showAnswer(run);
 }
@@ -530,275 +533,6 @@ function renderEvent(ev) {
   }
   if (ev.text != null && ev.text !== "") node.append(untrustedBlock(ev.text));
   return node;
-}
-
-// ------------------------------------------------------------------ approval cards
-
-const OPEN_STATUSES = ["pending", "escalated"];
-
-function cardUi(id) {
-  if (!state.cardUi.has(id)) state.cardUi.set(id, { busy: false, error: "", comment: "", edits: {} });
-  return state.cardUi.get(id);
-}
-
-/** Create or update (in place) the element of an approval card in the current view. */
-function upsertCard(card, inInbox = false) {
-  const json = JSON.stringify(card);
-  // measured before the card grows the conversation: an operator following the end keeps following
-  const near = !inInbox && nearEnd();
-  let entry = state.cards.get(card.id);
-  if (!entry) {
-    entry = { card, json, el: el("div", { class: "card" }), inInbox };
-    state.cards.set(card.id, entry);
-    renderCard(entry);
-    if (!inInbox) placeCard(card.id);
-  } else if (entry.json !== json) {
-    Object.assign(entry, { card, json });
-    renderCard(entry);
-  }
-  if (near) scrollToEnd(true);
-  return entry;
-}
-
-/** In the conversation a card sits in the slot of its (first) approval step, or at the end
- *  until that step arrives. */
-function placeCard(id) {
-  const entry = state.cards.get(id);
-  const step = [...document.querySelectorAll('#messages > .event[data-kind="approval"]')]
-    .find((n) => n.dataset.forApproval === id);
-  if (step) $(".event-card-slot", step).append(entry.el);
-  else if (!entry.el.isConnected) $("#messages").insertBefore(entry.el, $("#run-answer"));
-}
-
-/** (Re)build a card's content, keeping typed input, focus, busy state and error. */
-function renderCard(entry) {
-  const { card, el: root } = entry;
-  syncClock(card.now);
-  const ui = cardUi(card.id);
-  const focused = root.contains(document.activeElement) ? document.activeElement : null;
-  const focusKey = focused && {
-    cls: [...focused.classList].find((c) => c.startsWith("card-")), arg: focused.dataset.arg, pos: focused.selectionStart,
-  };
-  root.dataset.approvalId = card.id;
-  root.dataset.status = card.status;
-  const q = card.quorum || { have: 0, needed: 1 };
-  const row = (label, value) => [el("dt", { text: label }), el("dd", {}, value)];
-  root.replaceChildren(
-    el("div", { class: "card-head" },
-      el("span", { class: "card-status-badge status", data: { status: card.status }, text: card.status }),
-      el("code", { class: "card-tool", text: card.tool }),
-      el("span", { class: "card-target", text: card.target == null ? "" : fmtValue(card.target) }),
-      el("span", { class: "spacer" }),
-      entry.inInbox ? el("a", { class: "card-run-link", href: `#/runs/${enc(card.run_id)}`, text: `run ${card.run_id}` }) : null,
-      el("span", { class: "card-id", text: card.id })),
-    el("div", { class: "card-diff" }, renderDiff(card.diff)),
-    el("dl", { class: "card-meta" },
-      row("args", el("pre", { class: "card-args", text: compactJson(card.args) })),
-      row("rule", el("span", { class: "card-rule", text: card.rule || "—" })),
-      row("requested by", el("span", { class: "card-requested-by", text: card.requested_by || "—" })),
-      row("expires", el("span", { class: "card-expiry" },
-        card.expires_at == null ? "never" : [relTime(card.expires_at), ` · ${fmtUtc(card.expires_at)}`])),
-      row("quorum", el("span", { class: "card-quorum", text: `${q.have}/${q.needed} approvals` })),
-      row("deciding roles", el("span", { class: "card-roles", text: (card.deciding_roles || []).join(", ") || "—" })),
-      card.four_eyes ? row("four eyes", el("span", { text: "the requester may not approve" })) : null,
-      (card.votes || []).length ? row("votes", el("ul", { class: "card-votes" }, card.votes.map(renderVote))) : null),
-    card.can_decide && OPEN_STATUSES.includes(card.status) ? cardActions(card, ui)
-      : card.why_not ? el("div", { class: "card-why-not", text: card.why_not }) : null,
-    el("div", { class: "card-error", role: "alert", text: ui.error, hidden: !ui.error }));
-  if (focusKey && focusKey.cls) {
-    const again = [...root.querySelectorAll(`.${focusKey.cls}`)].find((n) => n.dataset.arg === focusKey.arg);
-    if (again) { again.focus(); if (focusKey.pos != null && again.setSelectionRange) again.setSelectionRange(focusKey.pos, focusKey.pos); }
-  }
-}
-
-const renderVote = (v) => el("li", { class: "card-vote", data: { decision: v.decision } },
-  el("b", { text: v.principal }), ` ${v.decision}`, v.comment ? ` — “${v.comment}”` : "",
-  el("span", { class: "muted", text: ` · ${fmtUtc(v.at)}` }));
-
-/** The staged change: {site, param, from, to} rows as "from → to", anything else as JSON. */
-function renderDiff(diff) {
-  if (diff == null) return el("span", { class: "muted", text: "no preview of the change" });
-  const rows = Array.isArray(diff) ? diff : [diff];
-  const fromTo = (r) => r && typeof r === "object" && !Array.isArray(r) && "from" in r && "to" in r;
-  if (!rows.length || !rows.every(fromTo)) return el("pre", { class: "diff-json", text: JSON.stringify(diff, null, 2) });
-  return rows.map((r) => {
-    const where = [r.site, r.param].filter((x) => x != null).map(fmtValue);
-    for (const [k, v] of Object.entries(r)) if (!["site", "param", "from", "to"].includes(k)) where.push(`${k}=${fmtValue(v)}`);
-    return el("div", { class: "diff-row" },
-      el("span", { class: "diff-where", text: where.join(" · ") }),
-      el("span", { class: "diff-from", text: fmtValue(r.from) }),
-      el("span", { class: "diff-arrow", text: "→" }),
-      el("span", { class: "diff-to", text: fmtValue(r.to) }));
-  });
-}
-
-/** One line when short, indented when long. */
-const compactJson = (v) => { const s = JSON.stringify(v); return s && s.length > 100 ? JSON.stringify(v, null, 2) : s; };
-const editText = (v) => (v === undefined ? "" : typeof v === "string" ? v : JSON.stringify(v));
-
-function cardActions(card, ui) {
-  const edits = (card.editable_args || []).map((name) => {
-    const original = editText((card.args || {})[name]);
-    return el("label", { class: "card-edit-row" },
-      el("span", { class: "card-edit-name", text: name }),
-      el("input", { class: "card-edit", type: "text", spellcheck: false, data: { arg: name },
-        value: name in ui.edits ? ui.edits[name] : original,
-        oninput: (e) => { ui.edits[name] = e.target.value; } }),
-      el("span", { class: "muted", text: `current: ${original}` }));
-  });
-  return el("div", { class: "card-actions" },
-    edits.length ? el("div", { class: "card-edits" }, el("div", { class: "card-edits-title", text: "edit before approving" }), edits) : null,
-    el("div", { class: "card-decide" },
-      el("input", { class: "card-comment", type: "text", maxLength: 2000, value: ui.comment,
-        placeholder: "comment (a reason is required to reject)", oninput: (e) => { ui.comment = e.target.value; } }),
-      el("button", { class: "btn approve card-approve", type: "button", text: "Approve", disabled: ui.busy, onclick: () => decide(card.id, "approve") }),
-      el("button", { class: "btn reject card-reject", type: "button", text: "Reject", disabled: ui.busy, onclick: () => decide(card.id, "reject") })));
-}
-
-/** The full args with the edited values, or null when nothing changed. Numbers stay numbers,
- *  booleans booleans, objects are parsed as JSON. */
-function editedArgs(card, ui) {
-  const args = { ...(card.args || {}) };
-  let changed = false;
-  for (const [name, text] of Object.entries(ui.edits)) {
-    const original = args[name];
-    if (text === editText(original)) continue;
-    let value = text;
-    if (typeof original === "number") {
-      value = Number(text.trim());
-      if (text.trim() === "" || !Number.isFinite(value)) throw new Error(`${name} must be a number.`);
-    } else if (typeof original === "boolean") {
-      if (!["true", "false"].includes(text.trim())) throw new Error(`${name} must be true or false.`);
-      value = text.trim() === "true";
-    } else if (original !== null && typeof original === "object") {
-      try { value = JSON.parse(text); } catch { throw new Error(`${name} must be valid JSON.`); }
-    }
-    args[name] = value;
-    changed = true;
-  }
-  return changed ? args : null;
-}
-
-/** Approve or reject from a card; one request at a time per card (double-click safe). */
-async function decide(id, decision) {
-  const entry = state.cards.get(id);
-  const ui = cardUi(id);
-  if (!entry || ui.busy) return;
-  const card = entry.card;
-  const comment = ui.comment.trim();
-  let body;
-  ui.error = "";
-  if (decision === "reject") {
-    if (!comment) {
-      ui.error = "Write the reason for rejecting in the comment field.";
-      renderCard(entry);
-      $(".card-comment", entry.el)?.focus();
-      return;
-    }
-    body = { comment };
-  } else {
-    body = { comment, seen_hash: card.args_hash };
-    try {
-      const args = editedArgs(card, ui);
-      if (args) body.args = args;
-    } catch (err) {
-      ui.error = err.message;
-      renderCard(entry);
-      return;
-    }
-  }
-  ui.busy = true;
-  renderCard(entry);
-  try {
-    const updated = await api("POST", `/api/approvals/${enc(id)}/${decision}`, body, { local: true });
-    Object.assign(ui, { comment: "", edits: {} });
-    ui.busy = false;
-    upsertCard(updated, entry.inInbox);
-  } catch (err) {
-    ui.busy = false;
-    if (err.status !== 401) ui.error = err.message;
-    // decided, edited or expired meanwhile: show the card as it is now (the error stays)
-    if (err.status === 409 || err.status === 410) refreshCard(id, entry.inInbox);
-  } finally {
-    const current = state.cards.get(id);
-    if (current) renderCard(current);
-  }
-}
-
-async function refreshCard(id, inInbox) {
-  try {
-    const card = await api("GET", `/api/approvals/${enc(id)}`, undefined, { local: true });
-    if (state.cards.has(id)) upsertCard(card, inInbox);
-  } catch { /* the error shown is the decision's */ }
-}
-
-// ------------------------------------------------------------------ inbox view
-
-function showInboxView() {
-  setView("inbox");
-  $("#inbox").replaceChildren(el("p", { class: "empty", text: "Loading…" }));
-  refreshApprovals(false);
-}
-
-/** GET pending approvals: the nav badge (those I can decide), and the inbox when shown. */
-async function refreshApprovals(quiet) {
-  let cards;
-  try {
-    cards = (await api("GET", "/api/approvals?status=pending", undefined, { local: quiet })).approvals || [];
-  } catch { return; }
-  if (!state.session) return;
-  const count = cards.filter((c) => c.can_decide).length;
-  const badge = $("#inbox-count");
-  badge.textContent = String(count);
-  badge.dataset.count = String(count);
-  if (state.view === "inbox") renderInbox(cards);
-}
-
-/** Update the inbox in place: cards being typed in must keep their element and focus. */
-function renderInbox(cards) {
-  const box = $("#inbox");
-  const ids = new Set(cards.map((c) => c.id));
-  for (const [id, entry] of state.cards) {
-    if (!ids.has(id) && !cardUi(id).busy) { entry.el.remove(); state.cards.delete(id); }
-  }
-  $(".empty", box)?.remove();
-  if (!cards.length && !state.cards.size) { box.append(el("p", { class: "empty", text: "No pending approvals." })); return; }
-  cards.forEach((card, i) => {
-    const node = upsertCard(card, true).el;
-    if (box.children[i] !== node) box.insertBefore(node, box.children[i] || null);
-  });
-}
-
-// ------------------------------------------------------------------ runs view
-
-function showRunsView() {
-  setView("runs");
-  $("#runs-table tbody").replaceChildren(el("tr", {}, el("td", { colSpan: 10, class: "empty", text: "Loading…" })));
-  loadRuns(false);
-}
-
-async function loadRuns(quiet) {
-  let data;
-  try { data = await api("GET", "/api/runs?limit=50", undefined, { local: quiet }); } catch { return; }
-  if (state.view !== "runs") return;
-  const runs = data.runs || [];
-  $("#runs-table tbody").replaceChildren(...(runs.length ? runs.map(runRow)
-    : [el("tr", {}, el("td", { colSpan: 10, class: "empty", text: "No runs yet in this tenant." }))]));
-}
-
-function runRow(r) {
-  const td = (cls, ...kids) => el("td", { class: cls }, ...kids);
-  return el("tr", { data: { runId: r.id, status: r.status } },
-    td("run-id", el("a", { href: `#/runs/${enc(r.id)}`, text: r.id })),
-    td("run-status", statusBadge(r.status)),
-    td("run-task", el("span", { text: r.task, title: r.task })),
-    td("run-by", r.requested_by || ""),
-    td("run-created", fmtUtc(r.created_at)),
-    td("num run-steps", fmtInt(r.steps)),
-    td("num run-tokens", fmtInt(r.tokens)),
-    td("num run-cost", fmtCost(r.cost_usd)),
-    td("num run-open", String(r.open_approvals || 0)),
-    td("run-trace", el("a", { href: `/api/runs/${enc(r.id)}/trace.jsonl`, text: "trace", target: "_blank", rel: "noopener" })));
 }
 
 document.addEventListener("DOMContentLoaded", boot);

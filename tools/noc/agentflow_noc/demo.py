@@ -30,7 +30,7 @@ from rich.console import Console
 from agentflow import App, WorkflowContext
 from agentflow.agent import Agent, usage
 from agentflow.approvals import ApprovalRequest, Approvals, Principal
-from agentflow.llm import ChatModel, LangChainChat, ModelResponse
+from agentflow.llm import ChatModel, LangChainChat, ModelResponse, PriceTable
 from agentflow.policy import load_pack
 from agentflow.store import local_id, redact_url, run_key
 from agentflow.testing import RunbookChatModel, TestClock, configure_crash_point
@@ -46,6 +46,10 @@ TASK = f"{SITE} drop rate is high since this morning, investigate and fix it."
 WORKFLOW = "noc.copilot"
 START = 1_767_225_600.0  # 2026-01-01T00:00Z: the first demo run's clock (later runs: a day later each)
 DAY = 86_400.0
+#: The offline runbook model is priced like a small hosted model (USD per million input, output
+#: tokens), so the demo's runs show what such a run would cost: a trace's cost plot, the console's
+#: cost per call and `agentflow runs usage` have figures to show. Other models keep their prices.
+RUNBOOK_PRICE = (0.15, 0.60)
 console = Console(stderr=True)
 
 
@@ -100,6 +104,7 @@ def copilot(model: ChatModel, mode: str = "react") -> Agent:
         phase_targets=sites_in if mode == "guided" else None,
         check_numbers=mode == "guided",
         recover="lenient" if mode == "guided" else "strict",
+        prices=PriceTable({"runbook": RUNBOOK_PRICE}),
     )
 
 

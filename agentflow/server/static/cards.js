@@ -1,0 +1,203 @@
+/* agentflow web console: approval cards (in a run's conversation and in the inbox), with the
+ * evidence the agent gathered and what the viewer may do. Loaded after app.js (its helpers).
+ * Same rule as app.js: API text goes in with textContent only. */
+"use strict";
+// ------------------------------------------------------------------ approval cards
+
+const OPEN_STATUSES = ["pending", "escalated"];
+
+function cardUi(id) {
+  if (!state.cardUi.has(id)) state.cardUi.set(id, { busy: false, error: "", comment: "", edits: {} });
+  return state.cardUi.get(id);
+}
+
+/** Create or update (in place) the element of an approval card in the current view. */
+function upsertCard(card, inInbox = false) {
+  const json = JSON.stringify(card);
+  // measured before the card grows the conversation: an operator following the end keeps following
+  const near = !inInbox && nearEnd();
+  let entry = state.cards.get(card.id);
+  if (!entry) {
+    entry = { card, json, el: el("div", { class: "card" }), inInbox };
+    state.cards.set(card.id, entry);
+    renderCard(entry);
+    if (!inInbox) placeCard(card.id);
+  } else if (entry.json !== json) {
+    Object.assign(entry, { card, json });
+    renderCard(entry);
+  }
+  if (near) scrollToEnd(true);
+  return entry;
+}
+
+/** In the conversation a card sits in the slot of its (first) approval step, or at the end
+ *  until that step arrives. */
+function placeCard(id) {
+  const entry = state.cards.get(id);
+  const step = [...document.querySelectorAll('#messages > .event[data-kind="approval"]')]
+    .find((n) => n.dataset.forApproval === id);
+  if (step) $(".event-card-slot", step).append(entry.el);
+  else if (!entry.el.isConnected) $("#messages").insertBefore(entry.el, $("#run-answer"));
+}
+
+/** (Re)build a card's content, keeping typed input, focus, busy state and error. */
+function renderCard(entry) {
+  const { card, el: root } = entry;
+  syncClock(card.now);
+  const ui = cardUi(card.id);
+  const focused = root.contains(document.activeElement) ? document.activeElement : null;
+  const focusKey = focused && {
+    cls: [...focused.classList].find((c) => c.startsWith("card-")), arg: focused.dataset.arg, pos: focused.selectionStart,
+  };
+  root.dataset.approvalId = card.id;
+  root.dataset.status = card.status;
+  const q = card.quorum || { have: 0, needed: 1 };
+  const row = (label, value) => [el("dt", { text: label }), el("dd", {}, value)];
+  root.replaceChildren(
+    el("div", { class: "card-head" },
+      el("span", { class: "card-status-badge status", data: { status: card.status }, text: card.status }),
+      el("code", { class: "card-tool", text: card.tool }),
+      el("span", { class: "card-target", text: card.target == null ? "" : fmtValue(card.target) }),
+      el("span", { class: "spacer" }),
+      entry.inInbox ? el("a", { class: "card-run-link", href: `#/runs/${enc(card.run_id)}`, text: `run ${card.run_id}` }) : null,
+      el("span", { class: "card-id", text: card.id })),
+    el("div", { class: "card-diff" }, renderDiff(card.diff)),
+    el("dl", { class: "card-meta" },
+      row("args", el("pre", { class: "card-args", text: compactJson(card.args) })),
+      row("rule", el("span", { class: "card-rule", text: card.rule || "—" })),
+      row("requested by", el("span", { class: "card-requested-by", text: card.requested_by || "—" })),
+      row("expires", el("span", { class: "card-expiry" },
+        card.expires_at == null ? "never" : [relTime(card.expires_at), ` · ${fmtUtc(card.expires_at)}`])),
+      row("quorum", el("span", { class: "card-quorum", text: `${q.have}/${q.needed} approvals` })),
+      row("deciding roles", el("span", { class: "card-roles", text: (card.deciding_roles || []).join(", ") || "—" })),
+      card.four_eyes ? row("four eyes", el("span", { text: "the requester may not approve" })) : null,
+      (card.votes || []).length ? row("votes", el("ul", { class: "card-votes" }, card.votes.map(renderVote))) : null),
+    card.can_decide && OPEN_STATUSES.includes(card.status) ? cardActions(card, ui)
+      : card.why_not ? el("div", { class: "card-why-not", text: card.why_not }) : null,
+    el("div", { class: "card-error", role: "alert", text: ui.error, hidden: !ui.error }));
+  if (focusKey && focusKey.cls) {
+    const again = [...root.querySelectorAll(`.${focusKey.cls}`)].find((n) => n.dataset.arg === focusKey.arg);
+    if (again) { again.focus(); if (focusKey.pos != null && again.setSelectionRange) again.setSelectionRange(focusKey.pos, focusKey.pos); }
+  }
+}
+
+const renderVote = (v) => el("li", { class: "card-vote", data: { decision: v.decision } },
+  el("b", { text: v.principal }), ` ${v.decision}`, v.comment ? ` — “${v.comment}”` : "",
+  el("span", { class: "muted", text: ` · ${fmtUtc(v.at)}` }));
+
+/** The staged change: {site, param, from, to} rows as "from → to", anything else as JSON. */
+function renderDiff(diff) {
+  if (diff == null) return el("span", { class: "muted", text: "no preview of the change" });
+  const rows = Array.isArray(diff) ? diff : [diff];
+  const fromTo = (r) => r && typeof r === "object" && !Array.isArray(r) && "from" in r && "to" in r;
+  if (!rows.length || !rows.every(fromTo)) return el("pre", { class: "diff-json", text: JSON.stringify(diff, null, 2) });
+  return rows.map((r) => {
+    const where = [r.site, r.param].filter((x) => x != null).map(fmtValue);
+    for (const [k, v] of Object.entries(r)) if (!["site", "param", "from", "to"].includes(k)) where.push(`${k}=${fmtValue(v)}`);
+    return el("div", { class: "diff-row" },
+      el("span", { class: "diff-where", text: where.join(" · ") }),
+      el("span", { class: "diff-from", text: fmtValue(r.from) }),
+      el("span", { class: "diff-arrow", text: "→" }),
+      el("span", { class: "diff-to", text: fmtValue(r.to) }));
+  });
+}
+
+/** One line when short, indented when long. */
+const compactJson = (v) => { const s = JSON.stringify(v); return s && s.length > 100 ? JSON.stringify(v, null, 2) : s; };
+const editText = (v) => (v === undefined ? "" : typeof v === "string" ? v : JSON.stringify(v));
+
+function cardActions(card, ui) {
+  const edits = (card.editable_args || []).map((name) => {
+    const original = editText((card.args || {})[name]);
+    return el("label", { class: "card-edit-row" },
+      el("span", { class: "card-edit-name", text: name }),
+      el("input", { class: "card-edit", type: "text", spellcheck: false, data: { arg: name },
+        value: name in ui.edits ? ui.edits[name] : original,
+        oninput: (e) => { ui.edits[name] = e.target.value; } }),
+      el("span", { class: "muted", text: `current: ${original}` }));
+  });
+  return el("div", { class: "card-actions" },
+    edits.length ? el("div", { class: "card-edits" }, el("div", { class: "card-edits-title", text: "edit before approving" }), edits) : null,
+    el("div", { class: "card-decide" },
+      el("input", { class: "card-comment", type: "text", maxLength: 2000, value: ui.comment,
+        placeholder: "comment (a reason is required to reject)", oninput: (e) => { ui.comment = e.target.value; } }),
+      el("button", { class: "btn approve card-approve", type: "button", text: "Approve", disabled: ui.busy, onclick: () => decide(card.id, "approve") }),
+      el("button", { class: "btn reject card-reject", type: "button", text: "Reject", disabled: ui.busy, onclick: () => decide(card.id, "reject") })));
+}
+
+/** The full args with the edited values, or null when nothing changed. Numbers stay numbers,
+ *  booleans booleans, objects are parsed as JSON. */
+function editedArgs(card, ui) {
+  const args = { ...(card.args || {}) };
+  let changed = false;
+  for (const [name, text] of Object.entries(ui.edits)) {
+    const original = args[name];
+    if (text === editText(original)) continue;
+    let value = text;
+    if (typeof original === "number") {
+      value = Number(text.trim());
+      if (text.trim() === "" || !Number.isFinite(value)) throw new Error(`${name} must be a number.`);
+    } else if (typeof original === "boolean") {
+      if (!["true", "false"].includes(text.trim())) throw new Error(`${name} must be true or false.`);
+      value = text.trim() === "true";
+    } else if (original !== null && typeof original === "object") {
+      try { value = JSON.parse(text); } catch { throw new Error(`${name} must be valid JSON.`); }
+    }
+    args[name] = value;
+    changed = true;
+  }
+  return changed ? args : null;
+}
+
+/** Approve or reject from a card; one request at a time per card (double-click safe). */
+async function decide(id, decision) {
+  const entry = state.cards.get(id);
+  const ui = cardUi(id);
+  if (!entry || ui.busy) return;
+  const card = entry.card;
+  const comment = ui.comment.trim();
+  let body;
+  ui.error = "";
+  if (decision === "reject") {
+    if (!comment) {
+      ui.error = "Write the reason for rejecting in the comment field.";
+      renderCard(entry);
+      $(".card-comment", entry.el)?.focus();
+      return;
+    }
+    body = { comment };
+  } else {
+    body = { comment, seen_hash: card.args_hash };
+    try {
+      const args = editedArgs(card, ui);
+      if (args) body.args = args;
+    } catch (err) {
+      ui.error = err.message;
+      renderCard(entry);
+      return;
+    }
+  }
+  ui.busy = true;
+  renderCard(entry);
+  try {
+    const updated = await api("POST", `/api/approvals/${enc(id)}/${decision}`, body, { local: true });
+    Object.assign(ui, { comment: "", edits: {} });
+    ui.busy = false;
+    upsertCard(updated, entry.inInbox);
+  } catch (err) {
+    ui.busy = false;
+    if (err.status !== 401) ui.error = err.message;
+    // decided, edited or expired meanwhile: show the card as it is now (the error stays)
+    if (err.status === 409 || err.status === 410) refreshCard(id, entry.inInbox);
+  } finally {
+    const current = state.cards.get(id);
+    if (current) renderCard(current);
+  }
+}
+
+async function refreshCard(id, inInbox) {
+  try {
+    const card = await api("GET", `/api/approvals/${enc(id)}`, undefined, { local: true });
+    if (state.cards.has(id)) upsertCard(card, inInbox);
+  } catch { /* the error shown is the decision's */ }
+}

@@ -1,0 +1,107 @@
+"""`agentflow.trace`'s timeline on hand-made records: where each bar goes on the recorded clock
+(concurrent steps side by side, long waits and idle gaps shortened, long work not), how lease
+changes are read (a wake after a wait is not a crash), failed attempts and open steps."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from agentflow.store import RunRecord, StepRecord
+from agentflow.trace._records import Attempt, Recorded
+from agentflow.trace._timeline import COMPRESS_S, build_timeline
+
+T0 = 1_767_225_600.0
+
+
+def run(status: str = "completed", epoch: int = 1) -> RunRecord:
+    return RunRecord(id="noc-east:r1", workflow="wf", tenant="noc-east", status=status, input='[["fix CS-101"], {}]',
+                     output=None, error=None, owner=None, epoch=epoch, wake_at=None, waiting_on=None, parent_id=None,
+                     parent_seq=None, root_id="noc-east:r1", cancel_requested=0, meta='{"requested_by": "alice"}',
+                     created_at=T0, updated_at=T0, completed_at=None)  # fmt: skip
+
+
+def step(seq: int, kind: str, start: float, end: float | None, *, epoch: int = 1, status: str = "completed",
+         name: str = "x", args: Any = None, result: Any = None, attempt: int = 1) -> StepRecord:  # fmt: skip
+    return StepRecord(seq=seq, kind=kind, name=name, digest="", status=status, attempt=attempt,
+                      args=None if args is None else json.dumps(args), result=None if result is None else json.dumps(result),
+                      error=None, started_at=T0 + start, finished_at=None if end is None else T0 + end, wake_at=None,
+                      epoch=epoch)  # fmt: skip
+
+
+def build(steps: list[StepRecord], attempts: list[Attempt] = (), **kw: Any) -> dict[str, Any]:  # type: ignore[assignment]
+    return build_timeline(Recorded(run=run(**kw), steps=steps, attempts=list(attempts), approvals=[], audit=[]))
+
+
+def test_a_long_wait_is_shortened_and_long_work_is_not() -> None:
+    """A 2 h sleep takes a fixed stretch (labelled 7200 s); a 60 s tool call keeps its length:
+    three times the 20 s call before it, and wider than the shortened two hours."""
+    tl = build([step(1, "tool", 0, 20), step(2, "tool", 20, 80), step(3, "sleep", 80, 7280, args="2026-01-01T02:01:20+00:00"),
+                step(4, "tool", 7280, 7281)])  # fmt: skip
+    rows = {r["seq"]: r for r in tl["rows"]}
+    assert rows[3]["shortened"] and not rows[2]["shortened"]
+    assert [b["seconds"] for b in tl["axis"]["breaks"]] == [pytest.approx(7200)]
+    assert rows[2]["x1"] - rows[2]["x0"] == pytest.approx(3 * (rows[1]["x1"] - rows[1]["x0"]), rel=0.01)
+    assert rows[2]["x1"] - rows[2]["x0"] > rows[3]["x1"] - rows[3]["x0"]
+    assert rows[1]["x1"] == rows[2]["x0"] and rows[3]["x1"] == rows[4]["x0"]  # one after the other, no gap
+    assert tl["totals"]["waited_s"] == pytest.approx(7200)
+
+
+def test_an_idle_gap_is_shortened_and_concurrent_steps_overlap() -> None:
+    """Nothing recorded for 10 minutes (a dead worker's lease running out): a shortened gap.
+    Two tools started together (a gather) start at the same place on the axis."""
+    tl = build([step(1, "tool", 0, 2), step(2, "tool", 0, 1), step(3, "tool", 600, 601, epoch=2)])
+    rows = {r["seq"]: r for r in tl["rows"]}
+    assert rows[1]["x0"] == rows[2]["x0"] == 0
+    (gap,) = tl["axis"]["breaks"]
+    assert gap["kind"] == "idle" and gap["seconds"] == pytest.approx(598) and gap["before_seq"] == 3
+    assert COMPRESS_S < 598
+
+
+def test_a_lease_change_at_a_wait_is_a_wake_and_elsewhere_a_crash() -> None:
+    """The first step of a new lease completing a signal: the run was parked and woken. A tool
+    step completed under a new lease at attempt 2 (intent recorded, worker gone): a crash, then a
+    resume, and the step's row says it ran again."""
+    tl = build([step(1, "tool", 0, 1), step(2, "signal", 1, 50, epoch=2, name="go"), step(3, "tool", 50, 51, epoch=2),
+                step(4, "tool", 51, 80, epoch=4, attempt=2)])  # fmt: skip
+    assert [(m["kind"], m["before_seq"]) for m in tl["markers"]] == [("wake", 2), ("crash", 4), ("resume", 4)]
+    assert "1 claim in between recorded nothing" in tl["markers"][2]["text"]
+    assert tl["rows"][3]["attempt"] == 2
+
+
+def test_failed_attempts_and_open_steps() -> None:
+    """Failed attempts of a step are on its row with their errors; a step still waiting ends
+    at `now` and says so."""
+    attempts = [Attempt(seq=1, attempt=1, error=json.dumps({"type": "ModelTimeout", "message": "slow"}),
+                        started_at=T0, finished_at=T0 + 5, retry_at=T0 + 6)]  # fmt: skip
+    tl = build([step(1, "tool", 6, 7, attempt=2), step(2, "signal", 7, None, status="waiting", name="approval:apr_1")],
+               attempts, status="waiting")  # fmt: skip
+    rows = tl["rows"]
+    assert rows[0]["retries"][0]["error"] == "ModelTimeout: slow" and tl["totals"]["retries"] == 1
+    assert rows[1]["open"] and rows[1]["title"].endswith("(waiting)")
+    assert rows[1]["duration_s"] == pytest.approx(0)  # now = the latest time recorded
+    later = build_timeline(Recorded(run=run("waiting"), steps=[rows and step(1, "tool", 0, 1)], attempts=[],
+                                    approvals=[], audit=[]), now=T0 + 100)  # fmt: skip
+    assert later["axis"]["seconds"] == pytest.approx(1)
+    assert (
+        "is waiting"
+        in build([step(1, "sleep", 0, None, status="waiting", args="2026-01-01T09:00:00+00:00")], status="waiting")[
+            "story"
+        ][-1]
+    )
+
+
+def test_recorded_text_stays_text() -> None:
+    """Tool output that looks like markup is passed on as the value it is (the surfaces show it
+    as text); JSON inside the recorded string is decoded for a readable table."""
+    payload = '<img src=x onerror="alert(1)">'
+    tl = build([step(1, "tool", 0, 1, name="lookup", args={"tool": "lookup", "args": {}, "call": "c1"},
+                     result=json.dumps({"notes": payload, "series": [{"t": T0, "v": 1}]}))])  # fmt: skip
+    result = tl["rows"][0]["detail"]["result"]
+    assert result["notes"] == payload and result["series"] == [{"t": T0, "v": 1}]
+    from agentflow.trace._html import timeline_html
+
+    html = timeline_html(tl)
+    assert payload not in html and "&lt;img src=x onerror=" in html
