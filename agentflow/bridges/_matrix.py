@@ -47,7 +47,9 @@ log = logging.getLogger("agentflow.bridges.matrix")
 CARD_KEY = "org.agentflow.approval"
 _THUMBS_UP = re.compile(r"^(\U0001f44d|:\+1:|\+1)[\U0001f3fb-\U0001f3ff\ufe0f]*$")
 _FALLBACK = re.compile(r"^(> .*\n)+\n", re.MULTILINE)  # a rich reply's quoted fallback
-SEARCH_PAGES = 10  # pages of 100 of the bot's messages searched for a card after a restart
+#: Pages of 100 events read back: the bot's messages searched for a card after a restart, or
+#: what arrived while the bridge was away beyond one sync's 100 events.
+SEARCH_PAGES = 10
 
 
 class Unavailable(Exception):
@@ -153,14 +155,34 @@ class MatrixBridge:
         resp = await self._sync(int(self.config.poll * 1000))
         room = resp.rooms.join.get(self.room_id)
         if room is not None:
-            if room.timeline.limited:
-                log.warning("matrix bridge: more events arrived than one sync returns; older commands are skipped",
-                            extra={"tenant": self.bridge.tenant})  # fmt: skip
-            for event in room.timeline.events:
-                await self._on_event(getattr(event, "source", None) or {})
+            events = [getattr(e, "source", None) or {} for e in room.timeline.events]
+            if room.timeline.limited and room.timeline.prev_batch and self._since:
+                events = await self._missed(room.timeline.prev_batch, self._since) + events
+            for source in events:
+                await self._on_event(source)
         self._since = resp.next_batch
         self.bridge.save_cursor("since", resp.next_batch)
         self._healthy = True
+
+    async def _missed(self, before: str, since: str) -> list[dict[str, Any]]:
+        """The events between the last sync (`since`) and what this one returned (it said
+        `limited`: more arrived while the bridge was away than one sync returns), oldest first."""
+        from nio import MessageDirection, RoomMessagesResponse
+
+        found: list[dict[str, Any]] = []
+        start = before
+        for _ in range(SEARCH_PAGES):
+            page = await self.client.room_messages(self.room_id, start=start, end=since, limit=100,
+                                                   direction=MessageDirection.back)  # fmt: skip
+            if not isinstance(page, RoomMessagesResponse):
+                raise Unavailable(f"messages: {getattr(page, 'message', page)}")
+            found.extend(getattr(e, "source", None) or {} for e in page.chunk)
+            if not page.chunk or not page.end or page.end == start:
+                return found[::-1]
+            start = page.end
+        log.warning("matrix bridge: over %d events arrived while away; the older ones are skipped",
+                    SEARCH_PAGES * 100, extra={"tenant": self.bridge.tenant})  # fmt: skip
+        return found[::-1]
 
     # -- connecting ----------------------------------------------------------------------------
     async def _connect(self) -> None:

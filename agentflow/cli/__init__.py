@@ -82,7 +82,7 @@ def _print_version(value: bool) -> None:
 
 
 #: Commands that run for long and report what they do: their log level is info by default.
-_SERVICES = ("worker", "serve")
+_SERVICES = ("worker", "serve", "chat-bridge")
 
 
 @app.callback()

@@ -22,6 +22,8 @@ import pytest
 from support.served import CLI, IN_WINDOW, ROOT, Served, env
 from support.synapse import Person, Synapse
 
+from agentflow.testing import assert_eventually
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 T = TypeVar("T")
 BOT, BOT_PASSWORD = "@bot:localhost", "bot-password-1"
@@ -274,3 +276,61 @@ async def test_a_prompt_injection_in_a_tool_output_is_shown_literally(injected: 
     body = card["content"]["body"]
     assert PAYLOAD in body and json.dumps(NOTE) in body
     assert approvals_of(injected.served)[0]["status"] == "pending"
+
+
+async def test_a_restarted_bridge_takes_what_was_said_while_it_was_away_once(world: World) -> None:
+    """Stopped (SIGTERM: exit 0) after answering a command, restarted after more than one sync's
+    worth of messages: the command typed meanwhile is taken (read back past the sync's 100
+    events), the one answered before is not answered again (the sync position was kept)."""
+    bob = world.people["bob"]
+    world.served.start_run("alice", TASK)
+    [card] = await world.until(cards, "the approval card")
+    asked = await bob.say(world.room, "status", thread=card["event_id"])
+    assert "Waiting for approval" in await world.answer_to(asked)
+    assert world.bridge is not None
+    world.bridge.stop()
+    approve = await bob.say(world.room, "approve", thread=card["event_id"])
+    for n in range(110):  # the command is now older than what one sync returns
+        await bob.say(world.room, f"chatter {n}", thread=card["event_id"])
+    world.bridge.start()
+    assert "approved (1/1)" in await world.answer_to(approve)
+    events = await world.people["alice"].history(world.room)
+    assert len(_answers(events, asked)) == 1 and len(cards(events)) == 1
+    assert not [e for e in events if e["sender"] == BOT and "chatter" in e["content"]["body"]]
+
+
+@pytest.fixture
+async def own_homeserver(tmp_path: Path) -> AsyncIterator[World]:
+    """A world on a homeserver of its own (the test stops it)."""
+    server = Synapse(tmp_path / "synapse")
+    server.start()
+    made = World(tmp_path, server)
+    try:
+        for name, password in {**PASSWORDS, "bot": BOT_PASSWORD}.items():
+            server.register(name, password)
+        await made.open()
+        yield made
+    finally:
+        await made.close()
+        server.stop()
+
+
+async def test_a_homeserver_that_goes_down_is_waited_for(own_homeserver: World) -> None:
+    """The homeserver stops while the bridge runs: the bridge logs, backs off and stays up; the
+    homeserver comes back: the bridge answers again."""
+    world = own_homeserver
+    world.served.start_run("alice", TASK)
+    [card] = await world.until(cards, "the approval card")
+    world.synapse.stop()
+    assert world.bridge is not None and world.bridge.proc is not None
+
+    def retrying() -> bool:
+        assert world.bridge is not None and world.bridge.proc is not None
+        assert world.bridge.proc.poll() is None, f"the bridge exited: {world.bridge.tail()}"
+        return world.bridge.tail().count("trying again in") >= 2
+
+    assert_eventually(retrying, timeout=60, interval=0.2, message="the bridge did not retry")
+    world.synapse.start()
+    asked = await world.people["bob"].say(world.room, "status", thread=card["event_id"])
+    assert "Waiting for approval" in await world.answer_to(asked)
+    assert world.bridge.proc.poll() is None

@@ -39,14 +39,16 @@ class Synapse:
         self._secret = ""
 
     def start(self, timeout: float = 90) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "synapse.app.homeserver", "--server-name", SERVER_NAME,
-                        "--config-path", str(self.config), "--generate-config", "--report-stats=no"],
-                       cwd=self.root, check=True, capture_output=True, timeout=120)  # fmt: skip
-        config = yaml.safe_load(self.config.read_text())
-        config.update(self._overrides())
-        self._secret = config["registration_shared_secret"]
-        self.config.write_text(yaml.safe_dump(config))
+        """Start the homeserver (again, on the same port and database, after `stop()`)."""
+        if not self.config.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            subprocess.run([sys.executable, "-m", "synapse.app.homeserver", "--server-name", SERVER_NAME,
+                            "--config-path", str(self.config), "--generate-config", "--report-stats=no"],
+                           cwd=self.root, check=True, capture_output=True, timeout=120)  # fmt: skip
+            config = yaml.safe_load(self.config.read_text())
+            config.update(self._overrides())
+            self.config.write_text(yaml.safe_dump(config))
+        self._secret = yaml.safe_load(self.config.read_text())["registration_shared_secret"]
         with (self.root / "stdout.log").open("ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "synapse.app.homeserver", "--config-path",
                                           str(self.config)], cwd=self.root, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
