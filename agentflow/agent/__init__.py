@@ -1,6 +1,6 @@
 """The agent layer: model calls as recorded, budgeted workflow steps."""
 
-from agentflow.agent._agent import Agent, agent_workflow
+from agentflow.agent._agent import Agent, agent_policies, agent_workflow
 from agentflow.agent._chat import MODEL_RETRY, Budget, chat, spent
 from agentflow.agent._context import fit_messages
 from agentflow.agent._gate import Gated, Policies, authorize, default_policy
@@ -32,6 +32,7 @@ __all__ = [
     "Policies",
     "ToolCallRecord",
     "UsageSummary",
+    "agent_policies",
     "agent_workflow",
     "approval_signal",
     "authorize",

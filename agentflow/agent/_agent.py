@@ -47,6 +47,7 @@ from agentflow.llm import (
     tool_facts,
     validate_tool_args,
 )
+from agentflow.policy import PolicyPack
 
 #: The agent loop's behaviour, recorded with each model request (`Agent.version`). 2: one
 #: reply's side effects run in order; malformed call text is sent back; the planning request
@@ -143,6 +144,7 @@ class Agent:
             return await agent.run(ctx, task)
 
         run_agent.__qualname__ = run_agent.__name__ = self.workflow_name
+        run_agent.agent = self  # type: ignore[attr-defined]  # agent_policies finds the agent of a workflow
         self._entry = run_agent
 
     async def run(self, ctx: WorkflowContext, task: str) -> Outcome:
@@ -579,3 +581,11 @@ def agent_workflow(app: App, name: str | None = None) -> Workflow[Any, Any]:
         what = "pick an agent" if name is None else f"agent {name!r} is unknown"
         raise ConfigurationError(f"{what}; agents: {known}")
     return app.workflow_named(f"agent:{name}")
+
+
+def agent_policies(workflow: Workflow[Any, Any]) -> PolicyPack | None:
+    """The policy pack of the agent an agent workflow runs (what an approval card's limits are
+    read from); None for another workflow, or an agent deciding with a policy function."""
+    found = getattr(workflow.fn, "agent", None)
+    policies = found._policies if isinstance(found, Agent) else None
+    return policies if isinstance(policies, PolicyPack) else None

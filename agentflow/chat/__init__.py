@@ -3,6 +3,8 @@ plain data, for every surface (the web page and JSON API, the terminal chat, Sla
 
     chat = Chat.of(app)                         # or Chat(client)
     run_summary(chat, run); events(chat, steps); card(chat, request, viewer, steps)
+    evidence(chat, request, steps, pack=pack)         # reason, diagnosis, reads, rule in words, limits
+    why_not_text(chat, request, viewer)                 # why they may not decide, in words
     reply(chat, run, viewer, "approve looks right")    # `approve`, `reject <why>`, `status`, `why?`
     bare_command("help")                                # "help": a command, not a task to start
     card_rows(card); safe_text(tool_output)             # plain text, for surfaces that show text
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
     from agentflow.chat._cards import card, run_cards, why_not_decide
     from agentflow.chat._commands import reply, status_text, why_text
     from agentflow.chat._context import Chat
+    from agentflow.chat._evidence import evidence, rule_text
+    from agentflow.chat._refusals import refusal_text, why_not_text
     from agentflow.chat._views import TEXT_LIMIT, events, run_summary, task_of, waiting_text
 
 # What reads the store loads the engine, approvals and policies: loaded on first use, so a surface
@@ -40,6 +44,8 @@ _LAZY = {
     "card": "_cards", "run_cards": "_cards", "why_not_decide": "_cards",
     "reply": "_commands", "status_text": "_commands", "why_text": "_commands",
     "Chat": "_context",
+    "evidence": "_evidence", "rule_text": "_evidence",
+    "refusal_text": "_refusals", "why_not_text": "_refusals",
     "TEXT_LIMIT": "_views", "events": "_views", "run_summary": "_views", "task_of": "_views", "waiting_text": "_views",
 }  # fmt: skip
 
@@ -61,8 +67,11 @@ __all__ = [
     "compact",
     "diff_text",
     "events",
+    "evidence",
     "quorum_text",
+    "refusal_text",
     "reply",
+    "rule_text",
     "run_cards",
     "run_summary",
     "safe_text",
@@ -75,5 +84,6 @@ __all__ = [
     "waiting_words",
     "when",
     "why_not_decide",
+    "why_not_text",
     "why_text",
 ]
