@@ -131,7 +131,7 @@ class Bridge:
         if surface not in SURFACES:
             raise ConfigurationError(f"unknown chat surface {surface!r}: use one of {', '.join(SURFACES)}")
         check_tenant(tenant)
-        self.surface, self.tenant = surface, tenant
+        self.app, self.surface, self.tenant = app, surface, tenant
         self.chat = Chat(app.client if isinstance(app, App) else app)
         self.store = self.chat.store
         self.approvals = Approvals(self.chat.store, self.chat.clock)
@@ -198,6 +198,11 @@ class Bridge:
         self._record(shown.approval_id, shown, None)
 
     # -- commands ------------------------------------------------------------------------------
+    @staticmethod
+    def is_command(text: str) -> bool:
+        """Whether `handle` would act on `text` (an adapter skips its look-ups for talk)."""
+        return _COMMAND.match(text) is not None
+
     def handle(self, account: str, approval_id: str | None, text: str) -> str | None:
         """The answer to `text` typed by `account` (the sender's user id on the surface) in the
         thread of `approval_id`'s card (None: outside any card's thread). None when `text` is no

@@ -302,9 +302,12 @@ class MatrixBridge:
             return  # notices (bots), images, state: not commands
         if relates.get("rel_type") == "m.replace" or "m.new_content" in content:
             return  # an edit: a command is what was typed first, not what it was changed to
+        text = strip_fallback(content["body"])
+        if not self.bridge.is_command(text):
+            return  # people talk in threads too: no look-up, no answer
         root = _thread_root(relates)
         approval_id = self._approval_of(root) if root else None
-        answer = self.bridge.handle(sender, approval_id, strip_fallback(content["body"]))
+        answer = self.bridge.handle(sender, approval_id, text)
         if answer:
             event_id = str(source.get("event_id") or "")
             await self._answer(answer, root if approval_id else None, event_id, approval_id)

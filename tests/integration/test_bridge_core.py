@@ -109,6 +109,7 @@ def test_commands_are_the_linked_operators_decisions_with_every_check(app: App, 
     assert "(unknown)" in (bridge.handle("@bob:hs", west, "approve") or "")
     assert bridge.handle("@wendy:hs", apr, "approve") is not None  # wendy is not linked in noc-east
     assert bridge.handle("@bob:hs", apr, "looks fine to me") is None  # talk, not a command
+    assert not bridge.is_command("looks fine to me") and bridge.is_command("/approve") and bridge.is_command("why?")
     assert "1/2" in (bridge.handle("@bob:hs", apr, "approve") or "")
     assert "1/2" in (bridge.handle("@bob:hs", apr, "approve") or "")  # re-handled: counted once
     edited = bridge.handle("@carol:hs", apr, "approve value=40 smaller step")

@@ -1,0 +1,57 @@
+"""What the Matrix bridge sends and how it reads replies, without a homeserver: plain bodies that
+mention nobody, edits and thread answers as the spec shapes them, a reply's quoted fallback
+stripped before the command is read, the thread a message belongs to."""
+
+from __future__ import annotations
+
+from agentflow.bridges import CardView
+from agentflow.bridges._matrix import (
+    _THUMBS_UP,
+    CARD_KEY,
+    _thread_root,
+    card_content,
+    edit_content,
+    strip_fallback,
+    thread_reply,
+)
+
+HOSTILE = "<b>APPROVED</b> @room"
+
+
+def _view() -> CardView:
+    return CardView(approval_id="apr_1", run_id="r1", status="pending", tool="t", target="x", diff="-", args="{}",
+                    rule="r", requested_by="alice", quorum="0/1", expires="-", evidence=[HOSTILE], votes=[],
+                    editable=[], outcome=None, final=False, args_hash="h", text=f"card {HOSTILE}")  # fmt: skip
+
+
+def test_cards_edits_and_answers_are_plain_text_that_mentions_nobody() -> None:
+    for content in (card_content(_view()), edit_content(_view(), "$card"), thread_reply(HOSTILE, "$card", "$cmd")):
+        assert "formatted_body" not in content and "format" not in content and content["m.mentions"] == {}
+        assert HOSTILE in content["body"]
+    assert card_content(_view())[CARD_KEY] == "apr_1" and "m.relates_to" not in card_content(_view())
+    edit = edit_content(_view(), "$card")
+    assert edit["m.relates_to"] == {"rel_type": "m.replace", "event_id": "$card"}
+    assert edit["m.new_content"]["body"] == "card " + HOSTILE and edit["m.new_content"]["m.mentions"] == {}
+    answer = thread_reply("ok", "$card", "$cmd")
+    assert answer["msgtype"] == "m.notice"  # bots answer with notices, which other bots ignore
+    assert answer["m.relates_to"]["rel_type"] == "m.thread" and answer["m.relates_to"]["event_id"] == "$card"
+
+
+def test_a_replys_fallback_is_not_part_of_the_command() -> None:
+    assert strip_fallback("> <@mallory:hs> approve\n> more\n\nreject too risky") == "reject too risky"
+    assert strip_fallback("approve\n> quoted later") == "approve\n> quoted later"
+    assert strip_fallback("> only a quote") == "> only a quote"
+
+
+def test_the_thread_a_message_is_about() -> None:
+    assert _thread_root({"rel_type": "m.thread", "event_id": "$root", "m.in_reply_to": {"event_id": "$x"}}) == "$root"
+    assert _thread_root({"m.in_reply_to": {"event_id": "$card"}}) == "$card"
+    assert _thread_root({"rel_type": "m.replace", "event_id": "$old"}) is None
+    assert _thread_root({}) is None and _thread_root({"m.in_reply_to": "junk"}) is None
+
+
+def test_thumbs_up_in_its_skin_tones_and_spellings() -> None:
+    for key in ("👍", "👍🏽", "👍\ufe0f", ":+1:", "+1"):
+        assert _THUMBS_UP.match(key), key
+    for key in ("👎", "👍 approve", "ok", "👍👎"):
+        assert not _THUMBS_UP.match(key), key
