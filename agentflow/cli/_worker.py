@@ -62,8 +62,9 @@ def worker(
         max_memory = None if max_memory_mb is None else max_memory_mb * 2**20
         w = Worker(the_app, concurrency=concurrency, poll_interval=poll_interval, max_memory=max_memory)
         spans = live_spans_if_asked()
+        # The deliverer first: once /readyz answers, the worker is starting (no slower start between them).
+        deliverer = background_deliverer(the_app, metrics=metrics_port is not None) if webhooks else None
         server = _serve_metrics(the_app, metrics_host, metrics_port) if metrics_port is not None else None
-        deliverer = background_deliverer(the_app, metrics=server is not None) if webhooks else None
         try:
             asyncio.run(_serve(the_app, w, until_idle=until_idle, poll_interval=poll_interval))
         finally:

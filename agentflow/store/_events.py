@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -160,8 +160,8 @@ class WebhookRow:
 
     id: str
     tenant: str
-    url: str
-    secret: str
+    url: str = field(repr=False)  # an incoming-webhook URL may carry a token: never in a log line
+    secret: str = field(repr=False)
     kinds: list[str]
     created_at: float
     disabled: bool = False
@@ -194,9 +194,9 @@ class DueDelivery:
     tenant: str
     attempts: int
     lease_until: float
-    url: str
-    secret: str
-    payload: str
+    url: str = field(repr=False)
+    secret: str = field(repr=False)
+    payload: str = field(repr=False)
 
 
 def _require_transaction(records: Records) -> None:
@@ -292,24 +292,26 @@ class DeliveryRecords(Records):
             "AND (lease_until IS NULL OR lease_until <= ?) ORDER BY next_at, created_at LIMIT ?",
             (now, now, limit),
         ).fetchall()
-        claimed = []
+        claimed: list[DueDelivery] = []
         for webhook_id, event_id in due:
             n = self.conn.execute(
                 "UPDATE af_deliveries SET lease_until = ?, attempts = attempts + 1 WHERE webhook_id = ? "
                 "AND event_id = ? AND status = 'pending' AND next_at <= ? AND (lease_until IS NULL OR lease_until <= ?)",
                 (lease_until, webhook_id, event_id, now, now),
             ).rowcount
-            if n == 1:
-                claimed.append(self._due(webhook_id, event_id))
+            found = self._due(webhook_id, event_id) if n == 1 else None
+            claimed += [found] if found is not None else []
         return claimed
 
-    def _due(self, webhook_id: str, event_id: str) -> DueDelivery:
+    def _due(self, webhook_id: str, event_id: str) -> DueDelivery | None:
         row = self.conn.execute(
             "SELECT d.tenant, d.attempts, d.lease_until, w.url, w.secret, e.payload FROM af_deliveries d "
             "JOIN af_webhooks w ON w.id = d.webhook_id AND w.tenant = d.tenant "
             "JOIN af_events e ON e.id = d.event_id AND e.tenant = d.tenant WHERE d.webhook_id = ? AND d.event_id = ?",
             (webhook_id, event_id),
         ).fetchone()
+        if row is None:  # its subscription or event is gone (removed in the meantime): nothing to send
+            return None
         tenant, opened = row[0], self.seals.open
         return DueDelivery(
             webhook_id=webhook_id, event_id=event_id, tenant=tenant, attempts=int(row[1]), lease_until=float(row[2]),

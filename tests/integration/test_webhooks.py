@@ -296,3 +296,25 @@ def test_the_deliverer_outlives_a_store_that_does_not_answer(
         blocker.close()
         deliverer.stop(timeout=30)
         store.close()
+
+
+def test_secrets_stay_out_of_listings_reprs_and_logs(app: App, db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The signing secret is printed once, by `add`; `list` (text and JSON), the store's rows'
+    reprs and the deliverer's logs never show it, nor a token in the URL's query or password."""
+    url = dead_url().replace("http://", "http://ops:pw-T0KEN1@") + "?token=T0KEN2"
+    added = CliRunner().invoke(cli, ["webhooks", "add", url, "--tenant", EAST, "--db", db_url, "--json"])
+    assert added.exit_code == 0, added.output
+    secret = json.loads(added.output)["secret"]
+    app.store.transaction(lambda tx: tx.events.append(tenant=EAST, kind="run.finished", subject="r", data={},
+                                                      now=START))  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    deliverer = Deliverer(app.store, clock=TestClock(start=START, skip=False))
+    try:
+        assert deliverer.drain() == 1
+    finally:
+        deliverer.close()
+    shown = [CliRunner().invoke(cli, ["webhooks", "list", "--db", db_url, *extra]).output for extra in ([], ["--json"])]
+    rows = app.store.read(lambda tx: (tx.webhooks.list(), tx.deliveries.list()))
+    for text in (*shown, repr(rows), caplog.text):
+        assert secret not in text and "T0KEN" not in text
+    assert "ops:***@" in shown[1] and "webhook delivery failed" in caplog.text
