@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from agentflow.approvals import ApprovalRequest, Approvals, Principal
-from agentflow.chat import Chat, card, card_rows, events, safe_text, status_text, truncate, utc, why_text
+from agentflow.chat import Chat, card, card_rows, evidence, rule_text, safe_text, status_text, truncate, utc, why_text
 from agentflow.engine import App, Client
 from agentflow.errors import ApprovalError, ApprovalRefused, ConfigurationError
 from agentflow.store import TERMINAL_STATUSES, ChatCardRow, RunRecord, StepRecord, Tx, check_tenant, local_id
@@ -323,23 +323,29 @@ def _render(f: dict[str, Any]) -> str:
 
 
 def _rule(req: ApprovalRequest, steps: list[StepRecord]) -> str:
-    """The rule that asked for the approval, and its reason in words when the decision gave one."""
+    """The rule that asked for the approval in words, and the policy's reason when it gave one."""
+    text = f"{safe_text(req.rule)}: {safe_text(rule_text(req))}"
     for step in reversed(steps):
         if step.kind == "policy" and step.result and _call_of(step) == req.call_id:
             reason = (json.loads(step.result) or {}).get("reason")
             if reason:
-                return f"{safe_text(req.rule)}: {truncate(safe_text(reason), 300, 3)}"
-    return safe_text(req.rule)
+                return f"{text} ({truncate(safe_text(reason), 300, 3)})"
+    return text
 
 
 def _evidence(chat: Chat, req: ApprovalRequest, steps: list[StepRecord]) -> list[str]:
-    """The last tool outputs the agent read before it asked (untrusted: made safe, cut short)."""
-    asked = next((s.seq for s in steps if s.kind == "approval" and _call_of(s) == req.call_id), None)
-    before = [s for s in steps if s.kind == "tool" and (asked is None or s.seq < asked)]
+    """What the agent said and read before it asked (`agentflow.chat.evidence`): its words with
+    the call, its diagnosis, its latest reads of the target. Untrusted: made safe, cut short."""
+    found = evidence(chat, req, steps)
     shown = []
-    for event in events(chat, before)[-EVIDENCE:]:
-        if event["text"]:
-            shown.append(f"{safe_text(event['name'])}: {truncate(safe_text(event['text']), 400, 6)}")
+    if found["reason"]:
+        shown.append(f"the agent said: {truncate(safe_text(found['reason']), 400, 6)}")
+    for item in found["diagnosis"]:
+        shown.append(
+            f"{safe_text(item['tool'])} {safe_text(item['field'])}: {truncate(safe_text(item['value']), 300, 4)}"
+        )
+    for read in found["reads"][-EVIDENCE:]:
+        shown.append(f"{safe_text(read['tool'])} read: {truncate(safe_text(read['result']), 400, 6)}")
     return shown
 
 

@@ -199,7 +199,9 @@ async def test_a_card_is_decided_in_its_thread_with_four_eyes_and_applied_once(w
     assert body.startswith(f"Approval needed: apply_change on CS-101 ({approval_id}, run ")
     assert "requested by: alice" in body and "change: CS-101 hoA3Offset" in body
     assert "quorum: 0/1 approvals by roles noc-engineer, four-eyes (not by the requester)" in body
-    assert "rule: config-change-approval" in body and "evidence: " in body and "(editable: value)" in body
+    assert "rule: config-change-approval: apply_change needs 1 approval by noc-engineer" in body
+    assert "evidence: the agent said: " in body and "rank_root_causes top_cause: mis_set_handover" in body
+    assert "(editable: value)" in body
 
     own = await alice.say(world.room, "approve", thread=card["event_id"])
     assert "(self_approval)" in await world.answer_to(own) and "four-eyes" in await world.answer_to(own)
