@@ -41,7 +41,19 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from agentflow.approvals import ApprovalRequest, Approvals, Principal
-from agentflow.chat import Chat, card, card_rows, evidence, rule_text, safe_text, status_text, truncate, utc, why_text
+from agentflow.chat import (
+    Chat,
+    card,
+    card_rows,
+    evidence,
+    refusal_text,
+    rule_text,
+    safe_text,
+    status_text,
+    truncate,
+    utc,
+    why_text,
+)
 from agentflow.engine import App, Client
 from agentflow.errors import ApprovalError, ApprovalRefused, ConfigurationError
 from agentflow.store import TERMINAL_STATUSES, ChatCardRow, RunRecord, StepRecord, Tx, check_tenant, local_id
@@ -243,14 +255,17 @@ class Bridge:
             return safe_text(why_text(self.chat, run, self.chat.store.load_steps(run.id)))
         shown = self.card(approval_id)
         seen = shown.args_hash if shown is not None and shown.args_hash else req.args_hash
-        if verb == "reject":
-            if not rest:
-                raise ApprovalRefused("say why: `reject <reason>`", code="invalid", approval_id=approval_id)
-            decided = self.approvals.reject(approval_id, by=who, comment=rest)
-        else:
-            edits, comment = _edits(req, rest)
-            args = {**req.args, **edits} if edits else None
-            decided = self.approvals.approve(approval_id, by=who, comment=comment, args=args, seen_hash=seen)
+        try:
+            if verb == "reject":
+                if not rest:
+                    raise ApprovalRefused("say why: `reject <reason>`", code="invalid", approval_id=approval_id)
+                decided = self.approvals.reject(approval_id, by=who, comment=rest)
+            else:
+                edits, comment = _edits(req, rest)
+                args = {**req.args, **edits} if edits else None
+                decided = self.approvals.approve(approval_id, by=who, comment=comment, args=args, seen_hash=seen)
+        except ApprovalRefused as exc:  # in words for people; the code for those who script
+            return f"{who.name}: not done: {safe_text(refusal_text(exc.code, exc.message, req, who))} ({exc.code})"
         return f"{who.name}: {_progress(decided)}"
 
     # -- a transport's position (a sync token), kept in the store --------------------------------

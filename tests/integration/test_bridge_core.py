@@ -104,7 +104,10 @@ def test_commands_are_the_linked_operators_decisions_with_every_check(app: App, 
     assert unlinked is not None and "not linked to an operator of tenant noc-east" in unlinked
     assert "agentflow operators link NAME --matrix @mallory:hs --tenant noc-east" in unlinked
     own = bridge.handle("@alice:hs", apr, "approve")
-    assert own is not None and "(self_approval)" in own and "four-eyes needs another approver" in own
+    assert (
+        own
+        == "alice: not done: You asked for this run: four-eyes means another engineer has to approve it. (self_approval)"
+    )
     west = Approvals.of(app).list(tenant=WEST)[0].id
     assert "(unknown)" in (bridge.handle("@bob:hs", west, "approve") or "")
     assert bridge.handle("@wendy:hs", apr, "approve") is not None  # wendy is not linked in noc-east
@@ -125,7 +128,7 @@ def test_commands_are_the_linked_operators_decisions_with_every_check(app: App, 
     assert locked is not None and "(not_editable)" in locked
     assert "approved (2/2): the call will run" in (bridge.handle("@bob:hs", apr, "approve") or "")
     assert "(already_decided)" in (bridge.handle("@bob:hs", apr, "reject too late") or "")
-    assert "say why" in (bridge.handle("@carol:hs", None, f"reject {apr}") or "")
+    assert "Say why: `reject <reason>`" in (bridge.handle("@carol:hs", None, f"reject {apr}") or "")
     audit = [(a.actor, a.action, a.outcome) for a in approvals.audit(approval_id=apr)]
     assert ("alice", "approve", "refused") in audit and ("bob", "approve", "done") in audit
     refused = [a for a in approvals.audit() if a.actor == "matrix:@mallory:hs"]
