@@ -53,6 +53,8 @@ def _statements(kind: str) -> tuple[str, str]:
 
 
 _STATEMENTS = {kind: _statements(kind) for kind in EVENT_KINDS}
+#: A delivery a deliverer may claim at `now` (bound twice): pending, due, not leased.
+_DUE = "status = 'pending' AND next_at <= ? AND (lease_until IS NULL OR lease_until <= ?)"
 _WEBHOOK_COLUMNS = "id, tenant, url, secret, kinds, created_at, disabled"
 _DELIVERY_COLUMNS = (
     "d.webhook_id, d.event_id, d.tenant, d.status, d.attempts, d.next_at, d.lease_until, d.last_error, "
@@ -282,21 +284,24 @@ class DeliveryRecords(Records):
     deliverer still holds the lease it claimed with (`lease_until` as claimed): one whose lease ran
     out and was taken over writes nothing, except a success, which is a success whoever sent it."""
 
+    def any_due(self, *, now: float) -> bool:
+        """Whether a claim now would find a delivery (a read: an idle deliverer takes no write lock)."""
+        return self.conn.execute(f"SELECT 1 FROM af_deliveries WHERE {_DUE} LIMIT 1", (now, now)).fetchone() is not None
+
     def claim(self, *, now: float, lease_until: float, limit: int) -> list[DueDelivery]:
         """Claim up to `limit` pending deliveries that are due and not leased (or whose lease ran
         out), counting the attempt; the claim is a conditional update checked by its row count,
         so two deliverers never hold the same delivery at once."""
         _require_transaction(self)
         due = self.conn.execute(
-            "SELECT webhook_id, event_id FROM af_deliveries WHERE status = 'pending' AND next_at <= ? "
-            "AND (lease_until IS NULL OR lease_until <= ?) ORDER BY next_at, created_at LIMIT ?",
+            f"SELECT webhook_id, event_id FROM af_deliveries WHERE {_DUE} ORDER BY next_at, created_at LIMIT ?",
             (now, now, limit),
         ).fetchall()
         claimed: list[DueDelivery] = []
         for webhook_id, event_id in due:
             n = self.conn.execute(
                 "UPDATE af_deliveries SET lease_until = ?, attempts = attempts + 1 WHERE webhook_id = ? "
-                "AND event_id = ? AND status = 'pending' AND next_at <= ? AND (lease_until IS NULL OR lease_until <= ?)",
+                f"AND event_id = ? AND {_DUE}",
                 (lease_until, webhook_id, event_id, now, now),
             ).rowcount
             found = self._due(webhook_id, event_id) if n == 1 else None

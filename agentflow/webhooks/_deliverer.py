@@ -178,6 +178,9 @@ class Deliverer:
     def _claim(self, limit: int) -> list[DueDelivery]:
         now = self.clock.now()
         try:
+            if not self.store.read(lambda tx: tx.deliveries.any_due(now=now)):
+                self._pause = 0.0
+                return []
             claimed = self.store.transaction(
                 lambda tx: tx.deliveries.claim(now=now, lease_until=now + self.lease, limit=limit),
                 what="claiming webhook deliveries", locks=("webhooks:claim",),
