@@ -56,6 +56,16 @@ class Unavailable(Exception):
     """The homeserver did not do what was asked (down, overloaded, an error answer): retried."""
 
 
+class LoggedOut(Unavailable):
+    """The homeserver no longer knows the bot's access token: log in again (with the password)."""
+
+
+def _failed(what: str, resp: Any) -> Unavailable:
+    code = getattr(resp, "status_code", "")
+    kind = LoggedOut if code == "M_UNKNOWN_TOKEN" else Unavailable
+    return kind(f"{what}: {code} {getattr(resp, 'message', resp)}")
+
+
 @dataclass(frozen=True)
 class MatrixConfig:
     """Where the bot lives and what it does.
@@ -130,7 +140,11 @@ class MatrixBridge:
                 wait = delay * random.uniform(0.5, 1.0)
                 log.warning("matrix bridge: %s; trying again in %.1fs", _said(exc), wait,
                             extra={"tenant": self.bridge.tenant})  # fmt: skip
-                await self._close()
+                if isinstance(exc, LoggedOut):
+                    if self.config.access_token:
+                        raise ConfigurationError(f"the homeserver no longer knows the bot's access token ({exc}): "
+                                                 "give a valid one") from None  # fmt: skip
+                    await self._close()  # log in again; other failures keep the session (no new device token)
                 await asyncio.sleep(wait)
                 delay = min(delay * 2, self.config.max_backoff)
             except Exception as exc:  # noqa: BLE001 - aiohttp's errors and the like: the loop must live
@@ -140,7 +154,10 @@ class MatrixBridge:
                 delay = min(delay * 2, self.config.max_backoff)
 
     async def _session(self) -> None:
-        await self._connect()
+        if self.client is None:
+            await self._login()
+        if self.room_id is None:
+            await self._join()
         self._since = self.bridge.cursor("since")
         if self._since is None:  # the first start: what was said before the bridge is history
             self._since = (await self._sync(0, timeline=0)).next_batch
@@ -175,7 +192,7 @@ class MatrixBridge:
             page = await self.client.room_messages(self.room_id, start=start, end=since, limit=100,
                                                    direction=MessageDirection.back)  # fmt: skip
             if not isinstance(page, RoomMessagesResponse):
-                raise Unavailable(f"messages: {getattr(page, 'message', page)}")
+                raise _failed("messages", page)
             found.extend(getattr(e, "source", None) or {} for e in page.chunk)
             if not page.chunk or not page.end or page.end == start:
                 return found[::-1]
@@ -185,8 +202,8 @@ class MatrixBridge:
         return found[::-1]
 
     # -- connecting ----------------------------------------------------------------------------
-    async def _connect(self) -> None:
-        from nio import AsyncClient, AsyncClientConfig, JoinError, LoginError, RoomResolveAliasError
+    async def _login(self) -> None:
+        from nio import AsyncClient, AsyncClientConfig, LoginError
 
         cfg = self.config
         # One connection retry inside nio, then our backoff (nio alone would retry forever).
@@ -200,18 +217,21 @@ class MatrixBridge:
                 if done.status_code in ("M_FORBIDDEN", "M_USER_DEACTIVATED", "M_INVALID_PARAM"):
                     raise ConfigurationError(f"the Matrix homeserver refused the bot {cfg.user}'s login "
                                              f"({done.status_code}: {done.message}): check --user and the password")  # fmt: skip
-                raise Unavailable(f"login: {done.status_code} {done.message}")
+                raise _failed("login", done)
+
+    async def _join(self) -> None:
+        from nio import JoinError, RoomResolveAliasError
+
+        cfg = self.config
         room = cfg.room
         if room.startswith("#"):
             found = await self.client.room_resolve_alias(room)
             if isinstance(found, RoomResolveAliasError):
-                raise Unavailable(f"the room alias {room} does not resolve ({found.message})")
+                raise _failed(f"the room alias {room} does not resolve", found)
             room = found.room_id
         joined = await self.client.join(room)
         if isinstance(joined, JoinError):
-            if joined.status_code == "M_UNKNOWN_TOKEN":
-                raise ConfigurationError(f"the homeserver does not know the bot's access token: {joined.message}")
-            raise Unavailable(f"cannot join {cfg.room} ({joined.status_code}: {joined.message}): invite {cfg.user}")
+            raise _failed(f"cannot join {cfg.room} (invite {cfg.user})", joined)
         self.room_id = joined.room_id
         await self._refuse_encrypted()
         log.info("matrix bridge: in %s as %s", self.room_id, cfg.user, extra={"tenant": self.bridge.tenant})
@@ -225,6 +245,7 @@ class MatrixBridge:
                                      "writes plain text only; give it an unencrypted room")  # fmt: skip
 
     async def _close(self) -> None:
+        self.room_id = None
         if self.client is not None:
             client, self.client = self.client, None
             await client.close()
@@ -237,7 +258,7 @@ class MatrixBridge:
         sync_filter = {"room": room_filter, "presence": {"not_types": ["*"]}, "account_data": {"not_types": ["*"]}}
         resp = await self.client.sync(timeout=timeout_ms, since=self._since, sync_filter=sync_filter)
         if not isinstance(resp, SyncResponse):
-            raise Unavailable(f"sync: {getattr(resp, 'status_code', '')} {getattr(resp, 'message', resp)}")
+            raise _failed("sync", resp)
         return resp
 
     # -- cards ---------------------------------------------------------------------------------
@@ -277,7 +298,7 @@ class MatrixBridge:
         for _ in range(SEARCH_PAGES):
             page = await self.client.room_messages(self.room_id, start=start, limit=100, message_filter=only_mine)
             if not isinstance(page, RoomMessagesResponse):
-                raise Unavailable(f"messages: {getattr(page, 'message', page)}")
+                raise _failed("messages", page)
             for event in page.chunk:
                 content = (getattr(event, "source", None) or {}).get("content") or {}
                 if content.get(CARD_KEY) == approval_id and "m.relates_to" not in content:
@@ -342,7 +363,7 @@ class MatrixBridge:
 
         sent = await self.client.room_send(self.room_id, "m.room.message", content, tx_id=tx_id)
         if not isinstance(sent, RoomSendResponse):
-            raise Unavailable(f"send: {getattr(sent, 'status_code', '')} {getattr(sent, 'message', sent)}")
+            raise _failed("send", sent)
         return str(sent.event_id)
 
 
