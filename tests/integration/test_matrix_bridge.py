@@ -336,3 +336,17 @@ async def test_a_homeserver_that_goes_down_is_waited_for(own_homeserver: World) 
     asked = await world.people["bob"].say(world.room, "status", thread=card["event_id"])
     assert "Waiting for approval" in await world.answer_to(asked)
     assert world.bridge.proc.poll() is None
+
+
+def test_a_wrong_password_exits_2_saying_so(synapse: Synapse, tmp_path: Path) -> None:
+    """A configuration the bridge cannot fix by waiting is said at once, not retried forever."""
+    db = f"sqlite:///{tmp_path / 'wf.db'}"
+    made = subprocess.run([*CLI, "db", "upgrade", "--db", db], cwd=ROOT, env=env(), capture_output=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    cmd = [*CLI, "chat-bridge", "matrix", "--homeserver", synapse.url, "--user", BOT, "--room", "!nowhere:localhost",
+           "--tenant", "noc-east", "--db", db]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, env=env(AGENTFLOW_MATRIX_PASSWORD="not-the-password"), capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "refused the bot @bot:localhost's login (M_FORBIDDEN" in said, said
+    assert "check --user and the password" in said and "not-the-password" not in said
