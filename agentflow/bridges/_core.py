@@ -155,12 +155,17 @@ class Bridge:
 
     # -- cards ---------------------------------------------------------------------------------
     def cards_to_post(self) -> list[CardView]:
-        """Open requests of the tenant without a posted card, oldest first. A view whose `card`
-        is set has a `posting` row: an earlier post may have reached the chat (look for it)."""
+        """Open requests of the tenant without a card, and every card still `posting` (whatever
+        its request became since), oldest first. A view whose `card` is set is such a row: an
+        earlier post may have reached the chat, so look for it before posting (a request decided
+        meanwhile is posted with its outcome, then edited like any card)."""
         cards = {c.approval_id: c for c in self._cards(("posting", "posted", "final"))}
-        wanted = [r for r in self.approvals.list(tenant=self.tenant, status="pending") if r.id not in cards or
-                  cards[r.id].state == "posting"]  # fmt: skip
-        return [self._view(r, cards.get(r.id)) for r in sorted(wanted, key=lambda r: (r.created_at, r.id))]
+        wanted = {r.id: r for r in self.approvals.list(tenant=self.tenant, status="pending") if r.id not in cards}
+        for row in cards.values():
+            if row.state == "posting":
+                wanted[row.approval_id] = self.approvals.get(row.approval_id, tenant=self.tenant)
+        ordered = sorted(wanted.values(), key=lambda r: (r.created_at, r.id))
+        return [self._view(r, cards.get(r.id)) for r in ordered]
 
     def cards_to_update(self) -> list[CardView]:
         """Posted cards whose text changed (votes, an edit, a decision, the run's outcome) or

@@ -80,6 +80,23 @@ def test_a_card_is_posted_once_and_edited_as_votes_arrive(app: App, staged: tupl
     assert not done.final and done.text.startswith("Approval approved: apply_change on CS-101")
 
 
+def test_a_card_in_doubt_is_offered_again_even_once_its_request_was_decided(
+    app: App, staged: tuple[Approvals, str]
+) -> None:
+    """A `posting` row (the bridge died mid-post) is offered until it is resolved, whatever its
+    request became: the adapter looks for its message, or posts the card with the outcome."""
+    approvals, _ = staged
+    west = Bridge(app, surface="slack", tenant=WEST)
+    [view] = west.cards_to_post()
+    assert west.begin_post(view.approval_id, "C0ROOM")
+    approvals.reject(view.approval_id, by=approvals.linked("matrix", "@wendy:hs", tenant=WEST), comment="no")
+    [late] = west.cards_to_post()
+    assert late.card is not None and late.card.state == "posting" and late.status == "rejected"
+    assert late.final and late.outcome == "rejected by wendy (no): not applied"
+    west.posted(late.approval_id, "1700000000.0001", late)
+    assert west.cards_to_post() == [] and west.card(late.approval_id).state == "final"  # type: ignore[union-attr]
+
+
 def test_card_text_is_plain_and_says_what_an_approver_needs(app: App, staged: tuple[Approvals, str]) -> None:
     _, apr = staged
     text = Bridge(app, surface="matrix", tenant=EAST).card_text(apr)
