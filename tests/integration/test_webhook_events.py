@@ -15,7 +15,7 @@ import pytest
 
 from agentflow import App, RunFailedError, WorkflowContext
 from agentflow.approvals import ApprovalRequest, Approvals
-from agentflow.errors import ApprovalRefused, ConfigurationError
+from agentflow.errors import ApprovalRefused, ConfigurationError, LeaseLostError
 from agentflow.policy import ApprovalSpec, PolicyDecision
 from agentflow.store import DeliveryRow, EventStore, Sealing
 from agentflow.webhooks import Webhooks
@@ -234,3 +234,28 @@ def test_two_deliverers_never_claim_the_same_delivery(app: App) -> None:
     again = app.store.transaction(lambda tx: tx.deliveries.claim(now=START + 60, lease_until=START + 99, limit=99),
                                   locks=("x",))  # fmt: skip
     assert len(again) == 40  # the leases ran out: taken over
+
+
+def test_a_change_rolled_back_or_fenced_out_reports_nothing(app: App) -> None:
+    """The event is part of the transaction of what it reports: a transaction that fails after
+    appending leaves no event and no delivery, and a run's end written by a worker that lost its
+    lease (the fenced update refused) reports no `run.finished`."""
+    Webhooks(app.store).add("https://hooks.example.org/af", tenant=EAST)
+
+    def append_then_fail(tx: Any) -> None:
+        assert tx.events.append(tenant=EAST, kind="run.finished", subject="r", data={}, now=START) is not None
+        raise RuntimeError("the change failed after its event was appended")
+
+    with pytest.raises(RuntimeError):
+        app.store.transaction(append_then_fail)
+
+    @app.workflow(name="parked")
+    async def parked(ctx: WorkflowContext) -> None:
+        await ctx.wait_signal("never")
+
+    app.start(parked, run_id="z", tenant=EAST)
+    store = app.store
+    with pytest.raises(LeaseLostError):  # epoch 7 was never this run's lease
+        store.backend.write(store.finish_ops(f"{EAST}:z", 7, "completed", "null", None, START, workflow="parked"))
+    assert store.backend.query("SELECT count(*) FROM af_events")[0][0] == 0
+    assert store.backend.query("SELECT count(*) FROM af_deliveries")[0][0] == 0
