@@ -55,13 +55,7 @@ def evidence(
     return {
         "reason": reason,
         "reason_seq": reason_seq,
-        "diagnosis": [
-            {"seq": r["seq"], "tool": r["tool"], "field": k, "value": r["result"][k]}
-            for r in reads
-            if isinstance(r["result"], dict)
-            for k in DIAGNOSIS_FIELDS
-            if k in r["result"]
-        ],
+        "diagnosis": _diagnosis(reads),
         "reads": reads,
         "rule": {"id": req.rule, "text": rule_text(req, pack)},
         "deferred": _deferred(deferred, pack) if deferred else None,
@@ -71,10 +65,29 @@ def evidence(
     }
 
 
+def _diagnosis(reads: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The diagnosis fields of the reads' results, each value once (a later read repeating a
+    cause adds nothing)."""
+    found: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for r in reads:
+        result = r["result"] if isinstance(r["result"], dict) else {}
+        for k in (k for k in DIAGNOSIS_FIELDS if k in result):
+            value = json.dumps(result[k], sort_keys=True, default=str)
+            if value not in seen:
+                seen.add(value)
+                found.append({"seq": r["seq"], "tool": r["tool"], "field": k, "value": result[k]})
+    return found
+
+
 def _asked_at(req: ApprovalRequest, steps: Sequence[StepRecord]) -> int:
     """The seq of the step that asked for `req` (every step, if none did)."""
     for s in steps:
-        if s.kind == "approval" and s.name.startswith("request") and (json_or_text(s.args) or {}).get("call") == req.call_id:
+        if (
+            s.kind == "approval"
+            and s.name.startswith("request")
+            and (json_or_text(s.args) or {}).get("call") == req.call_id
+        ):
             return s.seq
     return max((s.seq for s in steps), default=0) + 1
 

@@ -21,7 +21,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from agentflow.agent import agent_workflow
+from agentflow.agent import agent_policies, agent_workflow
 from agentflow.chat import Chat
 from agentflow.engine import App, Worker
 from agentflow.server import _routes_approvals, _routes_doctor, _routes_runs, _routes_session
@@ -90,9 +90,10 @@ def create_app(
     # Nothing here opens the store: a module that builds the ASGI app at import time opens no
     # connection before a server forks its workers.
     chat = Chat.of(app)
+    workflow = agent_workflow(app, agent)
     state = Served(
         chat=chat, sessions=Sessions(chat, ttl=session_ttl), throttle=throttle or AuthThrottle(),
-        workflow=agent_workflow(app, agent),
+        workflow=workflow, pack=agent_policies(workflow),
         secure_cookies=secure_cookies, session_ttl=session_ttl, poll_interval=poll_interval,
     )  # fmt: skip
 

@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter
 
 from agentflow.approvals import ApprovalRequest
-from agentflow.chat import card
 from agentflow.server._auth import Actor, ApiError, State, Who
+from agentflow.server._cards import web_card
 from agentflow.server._models import ApproveBody, RejectBody
 from agentflow.server._state import Served
 
@@ -20,8 +20,9 @@ _INBOX = {"pending", "approved", "rejected", "expired", "escalated", "withdrawn"
 def inbox(who: Who, state: State, status: str = "pending") -> dict[str, Any]:
     if status not in _INBOX:
         raise ApiError(422, "invalid", f"status must be one of {sorted(_INBOX)}")
+    """The tenant's requests, newest first (`pending`: open ones); open ones with their evidence."""
     found = state.chat.approvals.list(tenant=who.principal.tenant, status=None if status == "all" else status)
-    return {"approvals": [card(state.chat, r, who.principal) for r in found]}
+    return {"approvals": [web_card(state, r, who.principal, with_evidence=r.open) for r in found]}
 
 
 def own_approval(state: Served, approval_id: str, who: Actor) -> ApprovalRequest:
@@ -31,8 +32,7 @@ def own_approval(state: Served, approval_id: str, who: Actor) -> ApprovalRequest
 
 @router.get("/{approval_id}")
 def get_approval(approval_id: str, who: Who, state: State) -> dict[str, Any]:
-    req = own_approval(state, approval_id, who)
-    return card(state.chat, req, who.principal, state.chat.store.load_steps(req.run_id))
+    return web_card(state, own_approval(state, approval_id, who), who.principal)
 
 
 @router.post("/{approval_id}/approve")
@@ -40,10 +40,10 @@ def approve(approval_id: str, body: ApproveBody, who: Who, state: State) -> dict
     """Approve (optionally with edited arguments and the hash of what you were shown)."""
     req = state.chat.approvals.approve(approval_id, by=who.principal, comment=body.comment, args=body.args,
                                        seen_hash=body.seen_hash)  # fmt: skip
-    return card(state.chat, req, who.principal, state.chat.store.load_steps(req.run_id))
+    return web_card(state, req, who.principal)
 
 
 @router.post("/{approval_id}/reject")
 def reject(approval_id: str, body: RejectBody, who: Who, state: State) -> dict[str, Any]:
     req = state.chat.approvals.reject(approval_id, by=who.principal, comment=body.comment)
-    return card(state.chat, req, who.principal, state.chat.store.load_steps(req.run_id))
+    return web_card(state, req, who.principal)

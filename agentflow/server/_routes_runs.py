@@ -8,8 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from agentflow.chat import START_HELP, bare_command, events, reply, run_cards, run_summary
+from agentflow.chat import START_HELP, bare_command, events, reply, run_summary
 from agentflow.server._auth import Actor, ApiError, State, Who
+from agentflow.server._cards import run_web_cards, web_card
+from agentflow.server._listing import RunFilters, run_listing
 from agentflow.server._models import ChatBody, StartBody
 from agentflow.server._state import Served
 from agentflow.server._stream import stream_run
@@ -29,15 +31,23 @@ def own_run(state: Served, run_id: str, who: Actor) -> RunRecord:
     return run
 
 
+Text = Annotated[str | None, Query(max_length=200)]
+
+
 @router.get("")
 def list_runs(
-    who: Who, state: State, status: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50
-) -> dict[str, Any]:
+    who: Who, state: State, status: str | None = None, q: Text = None, tool: Text = None, target: Text = None,
+    requested_by: Text = None, since: float | None = None, until: float | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:  # fmt: skip
+    """The tenant's runs of the served agent, newest first, narrowed by the filters given (the
+    latest 500 are looked at), with counts per status and the values each filter can take."""
     if status is not None and status not in RUN_STATUSES:
         raise ApiError(422, "invalid", f"status must be one of {list(RUN_STATUSES)}, not {status!r}")
-    runs = state.chat.store.list_runs(tenant=who.principal.tenant, status=status, workflow=state.workflow.name,
-                                      limit=limit)  # fmt: skip
-    return {"runs": [run_summary(state.chat, r) for r in runs]}
+    filters = RunFilters(status=status, q=q or None, tool=tool or None, target=target or None,
+                         requested_by=requested_by or None, since=since, until=until)  # fmt: skip
+    return run_listing(state.chat, tenant=who.principal.tenant, workflow=state.workflow.name, filters=filters,
+                       limit=limit)  # fmt: skip
 
 
 @router.post("", status_code=201)
@@ -60,7 +70,7 @@ def get_run(run_id: str, who: Who, state: State) -> dict[str, Any]:
     run = own_run(state, run_id, who)
     steps = state.chat.store.load_steps(run.id)
     return {**run_summary(state.chat, run), "events": events(state.chat, steps),
-            "approvals": run_cards(state.chat, run, who.principal, steps)}  # fmt: skip
+            "approvals": run_web_cards(state, run.id, run.tenant, who.principal, steps)}  # fmt: skip
 
 
 @router.get("/{run_id}/events")
@@ -68,7 +78,7 @@ def run_events(run_id: str, who: Who, state: State, after: Annotated[int, Query(
     run = own_run(state, run_id, who)
     steps = state.chat.store.load_steps(run.id)
     return {"run": run_summary(state.chat, run), "events": events(state.chat, [s for s in steps if s.seq > after]),
-            "approvals": run_cards(state.chat, run, who.principal, steps)}  # fmt: skip
+            "approvals": run_web_cards(state, run.id, run.tenant, who.principal, steps)}  # fmt: skip
 
 
 @router.get("/{run_id}/stream", response_class=StreamingResponse)
@@ -79,14 +89,19 @@ def run_stream(
     run = own_run(state, run_id, who)
     # An EventSource reconnecting sends Last-Event-ID (it cannot change its URL's ?after=).
     start = max(after or 0, _last_event_id(request))
-    body = stream_run(state.chat, run.id, who.principal, start, request, state.poll_interval)
+    body = stream_run(state.chat, run.id, who.principal, start, request, state.poll_interval,
+                      lambda req, steps: web_card(state, req, who.principal, steps))  # fmt: skip
     return StreamingResponse(body, media_type="text/event-stream", headers=_STREAM_HEADERS)
 
 
 @router.post("/{run_id}/messages")
 def chat(run_id: str, body: ChatBody, who: Who, state: State) -> dict[str, Any]:
     """Chat commands on the run: `approve [comment]`, `reject <reason>`, `status`, `why?`."""
-    return reply(state.chat, own_run(state, run_id, who), who.principal, body.text)
+    answer = reply(state.chat, own_run(state, run_id, who), who.principal, body.text)
+    if answer.get("card"):  # the console's card (evidence, refusals in words) for the one decided
+        req = state.chat.approvals.get(answer["card"]["id"], tenant=who.principal.tenant)
+        answer["card"] = web_card(state, req, who.principal)
+    return answer
 
 
 @router.get("/{run_id}/timeline")

@@ -9,6 +9,7 @@ from fastapi import Request
 
 from agentflow.chat import Chat
 from agentflow.engine import Workflow
+from agentflow.policy import PolicyPack
 from agentflow.server._limits import AuthThrottle
 from agentflow.server._sessions import Sessions
 
@@ -21,6 +22,8 @@ class Served:
     sessions: Sessions
     throttle: AuthThrottle
     workflow: Workflow[Any, Any]
+    #: The served agent's policy pack (its limits and rule descriptions on approval cards).
+    pack: PolicyPack | None
     secure_cookies: bool
     session_ttl: float
     poll_interval: float

@@ -12,15 +12,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
 
-from agentflow.approvals import Principal
-from agentflow.chat import Chat, card, events, run_summary
+from agentflow.approvals import ApprovalRequest, Principal
+from agentflow.chat import Chat, events, run_summary
 from agentflow.errors import UnknownRunError
+from agentflow.store import StepRecord
+
+#: How a request is shown on the stream: (request, the run's history) -> Card.
+MakeCard = Callable[[ApprovalRequest, list[StepRecord]], dict[str, Any]]
 
 KEEPALIVE = 15.0  # seconds: proxies close idle connections, browsers do not notice it otherwise
 
@@ -37,7 +41,7 @@ def _message(event: str, data: Any, event_id: int | None = None) -> str:
     return f"{head}event: {event}\ndata: {json.dumps(data, ensure_ascii=False, default=str)}\n\n"
 
 
-def _poll(chat: Chat, run_id: str, viewer: Principal, cursor: _Cursor) -> tuple[list[str], bool]:
+def _poll(chat: Chat, run_id: str, viewer: Principal, cursor: _Cursor, make_card: MakeCard) -> tuple[list[str], bool]:
     """The messages due since `cursor` (which it advances), and whether the stream is over."""
     out: list[str] = []
     run = chat.store.find_run(run_id, tenant=viewer.tenant)
@@ -59,7 +63,7 @@ def _poll(chat: Chat, run_id: str, viewer: Principal, cursor: _Cursor) -> tuple[
         history = chat.store.load_steps(run_id)
         for req in sorted(changed, key=lambda r: r.created_at):
             cursor.cards[req.id] = _fingerprint(req)
-            out.append(_message("approval", card(chat, req, viewer, history)))
+            out.append(_message("approval", make_card(req, history)))
     if run.status != cursor.status:
         cursor.status = run.status
         out.append(_message("run", run_summary(chat, run)))
@@ -74,15 +78,16 @@ def _fingerprint(req: Any) -> tuple[Any, ...]:
 
 
 async def stream_run(
-    chat: Chat, run_id: str, viewer: Principal, after: int, request: Request, poll_interval: float
-) -> AsyncIterator[str]:
+    chat: Chat, run_id: str, viewer: Principal, after: int, request: Request, poll_interval: float,
+    make_card: MakeCard,
+) -> AsyncIterator[str]:  # fmt: skip
     """Server-sent events for one run (see API.md), until the run ends or the client leaves."""
     cursor = _Cursor(after=after)
     yield "retry: 1000\n\n"  # reconnect within a second after a restart (browsers default to ~3 s)
     quiet_since = time.monotonic()
     while not await request.is_disconnected():
         # The store is synchronous: read it off the event loop so other requests keep flowing.
-        messages, done = await asyncio.to_thread(_poll, chat, run_id, viewer, cursor)
+        messages, done = await asyncio.to_thread(_poll, chat, run_id, viewer, cursor, make_card)
         for message in messages:
             yield message
         if done:

@@ -122,6 +122,29 @@ class ReadQueries:
         rows = self.backend.query(sql, (*params, limit))
         return [self._unsealed_row(r[:-1]) if r[-1] or self.seals.on(r[2]) else r[:-1] for r in rows]
 
+    def run_calls(self, run_ids: Sequence[str], *, tenant: str) -> dict[str, tuple[set[str], set[str]]]:
+        """For each of `tenant`'s runs among `run_ids`: the tools its policy decided on (asked
+        for, run or not) and the targets its gated calls named (what a runs list filters on)."""
+        found: dict[str, tuple[set[str], set[str]]] = {r: (set(), set()) for r in run_ids}
+        for lo in range(0, len(run_ids), _CHUNK):
+            part = tuple(run_ids[lo : lo + _CHUNK])
+            marks = ", ".join("?" * len(part))
+            tools = self.backend.query(
+                "SELECT DISTINCT s.run_id, s.name FROM af_steps s JOIN af_runs r ON r.id = s.run_id "
+                f"WHERE r.tenant = ? AND s.kind = 'policy' AND s.run_id IN ({marks})",
+                (tenant, *part),
+            )
+            targets = self.backend.query(
+                "SELECT DISTINCT run_id, target FROM af_policy_usage "
+                f"WHERE tenant = ? AND target IS NOT NULL AND run_id IN ({marks})",
+                (tenant, *part),
+            )
+            for run_id, tool in tools:
+                found[run_id][0].add(str(tool))
+            for run_id, target in targets:
+                found[run_id][1].add(str(target))
+        return found
+
     def _unsealed_row(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
         """A `run_table` row of a sealed run: what the database could not read in its payloads
         (tokens, cost, who asked, where it was forked from, the error) read here, opened."""

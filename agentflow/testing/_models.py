@@ -127,6 +127,8 @@ class RunbookChatModel(_OfflineChatModel):
     for the site its `site` argument names, or, without one, the site its arguments mention). A
     step may end its site's pass early: `"stop_if": {"<field>": value}` on its result (e.g. a
     diagnosis finding no cause), with `"stop_say"` (`{site}` filled in) as that site's answer line.
+    With its call the model says the step's `"say"` and `"because"` (templates filled in anywhere
+    in the text: the reason it gives).
 
     Plan-and-execute: offered a `submit_plan` tool, it submits the runbook steps not yet done as
     the plan. Asked to carry out a step (a user turn after the plan), it makes the next runbook
@@ -169,7 +171,7 @@ class RunbookChatModel(_OfflineChatModel):
                     continue
                 args = {k: _fill(v, context, results) for k, v in step.get("args", {}).items()}
                 return {
-                    "content": step.get("say", ""),
+                    "content": _said(step, context, results),
                     "tool_calls": [{"name": name, "args": args, "id": f"rb-{len(done)}"}],
                 }
             else:
@@ -226,6 +228,14 @@ def _stops(step: Mapping[str, Any], result: Any) -> bool:
     if not isinstance(wanted, Mapping) or not wanted or not isinstance(result, dict):
         return False
     return all(result.get(k) == v for k, v in wanted.items())
+
+
+def _said(step: Mapping[str, Any], context: Mapping[str, Any], results: Mapping[str, Any]) -> str:
+    """What the model says with a step's call: its `say`, then its `because` with `{site}` and
+    `{result.<tool>.<field>}` filled in wherever they appear (the reason an approver reads)."""
+    because = re.sub(r"\{([A-Za-z0-9_.]+)\}", lambda m: str(_fill("{" + m.group(1) + "}", context, results)),
+                     str(step.get("because", "")))  # fmt: skip
+    return " ".join(part for part in (str(step.get("say", "")), because) if part)
 
 
 def _fill(value: Any, context: Mapping[str, Any], results: Mapping[str, Any]) -> Any:

@@ -8,17 +8,21 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 from support.browser import CHROMIUM, CHROMIUM_ARGS, ENGINEERS, UI, People
-from support.served import NOC_APP, Served
+from support.served import INCIDENTS, NOC_APP, Served
 
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     """Start servers (with their operators); every one is stopped at the end of the test.
-    `db_dir` serves the store already in that directory (e.g. a demo's recorded runs)."""
+    `db_dir` serves the store already in that directory (e.g. a demo's recorded runs);
+    `incidents` are injected into the served network (`NOC_INCIDENTS`)."""
     servers: list[Served] = []
 
-    def make(app_ref: str = NOC_APP, operators: dict[str, str] = ENGINEERS, db_dir: Path | None = None) -> Served:
-        server = Served(db_dir or tmp_path / f"server{len(servers)}", app_ref)
+    def make(
+        app_ref: str = NOC_APP, operators: dict[str, str] = ENGINEERS, db_dir: Path | None = None,
+        incidents: str = INCIDENTS,
+    ) -> Served:  # fmt: skip
+        server = Served(db_dir or tmp_path / f"server{len(servers)}", app_ref, incidents=incidents)
         servers.append(server)
         server.add_operators(operators)
         server.start()

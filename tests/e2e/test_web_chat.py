@@ -84,7 +84,7 @@ def test_a_run_is_followed_live_and_approved_by_a_second_engineer(serve: Callabl
 
 def test_a_viewer_sees_the_card_but_cannot_decide_it(serve: Callable[..., Served], people: People) -> None:
     """carol (role viewer) sees alice's pending card, without an approve button and with the
-    reason (the missing role); approving anyway, straight through the API with her session's
+    reason (the missing role, in words); approving anyway, straight through the API with her session's
     CSRF value or as a chat command, is refused (403 missing_role) and the card stays pending."""
     server = serve(operators={**ENGINEERS, "carol": "viewer"})
     run_id = server.start_run("alice", TASK)
@@ -95,8 +95,10 @@ def test_a_viewer_sees_the_card_but_cannot_decide_it(serve: Callable[..., Served
     expect(card.locator(".card-requested-by")).to_have_text("alice")
     expect(card.locator(".card-approve")).to_have_count(0)
     expect(card.locator(".card-reject")).to_have_count(0)
-    expect(card.locator(".card-why-not")).to_contain_text("missing_role")
-    expect(card.locator(".card-why-not")).to_contain_text("noc-engineer")
+    # in words: the role it needs and the one she has, never the machine code
+    expect(card.locator(".card-why-not")).to_have_text(
+        "Deciding needs the role noc-engineer; you have viewer in noc-east."
+    )
     expect(carol.locator("#inbox-count")).to_have_text("0")  # nothing she can decide
     people.shot(carol, "1-carol-inbox")
 

@@ -124,6 +124,35 @@ def scroll_width(page: Page) -> int:
     return width
 
 
+OVERFLOWING = """() => {
+  // Scroll boxes that scroll sideways, except the ones meant to (a wide KPI table in its box,
+  // the composer's textarea): on a phone nothing else may need a horizontal scroll.
+  const allowed = ".v-table-wrap, textarea, select";
+  const found = [];
+  for (const e of document.querySelectorAll("body *")) {
+    if (!e.getClientRects().length || e.closest(allowed)) continue;
+    const style = getComputedStyle(e);
+    if (!["auto", "scroll"].includes(style.overflowX)) continue;
+    if (e.scrollWidth > e.clientWidth + 1) found.push(`${e.tagName.toLowerCase()}#${e.id}.${e.className} ${e.scrollWidth}>${e.clientWidth}`);
+  }
+  return found;
+}"""
+
+
+def sideways(page: Page) -> list[str]:
+    """The boxes of the page that scroll sideways (see OVERFLOWING); [] on a page that fits."""
+    found: list[str] = page.evaluate(OVERFLOWING)
+    return found
+
+
+def in_viewport(page: Page, selector: str) -> bool:
+    """Whether the element is entirely inside the viewport (reachable without scrolling sideways)."""
+    box = page.locator(selector).bounding_box()
+    size = page.viewport_size
+    assert size is not None
+    return box is not None and box["x"] >= 0 and box["x"] + box["width"] <= size["width"] and box["y"] >= 0
+
+
 FETCH = """async ([method, path, body]) => {
   const session = await fetch("/api/session", {credentials: "same-origin"});
   const csrf = session.ok ? (await session.json()).csrf : null;

@@ -144,6 +144,7 @@ async function boot() {
     if (location.hash === "#/") route(); else location.hash = "#/";
   });
   $("#tl-unfold").addEventListener("change", () => { if (tl.data) renderTimelineRows(tl.data); });
+  bindLists();
   window.addEventListener("hashchange", route);
   try {
     enterApp(await api("GET", "/api/session", undefined, { local: true }));

@@ -13,7 +13,7 @@ function cardUi(id) {
 
 /** Create or update (in place) the element of an approval card in the current view. */
 function upsertCard(card, inInbox = false) {
-  const json = JSON.stringify(card);
+  const json = JSON.stringify({ ...card, now: 0 }); // the server's clock alone changes nothing shown
   // measured before the card grows the conversation: an operator following the end keeps following
   const near = !inInbox && nearEnd();
   let entry = state.cards.get(card.id);
@@ -53,7 +53,8 @@ function renderCard(entry) {
   root.dataset.status = card.status;
   const q = card.quorum || { have: 0, needed: 1 };
   const row = (label, value) => [el("dt", { text: label }), el("dd", {}, value)];
-  root.replaceChildren(
+  const isOpen = OPEN_STATUSES.includes(card.status);
+  root.replaceChildren(...[ // (replaceChildren would show a null as the text "null")
     el("div", { class: "card-head" },
       el("span", { class: "card-status-badge status", data: { status: card.status }, text: card.status }),
       el("code", { class: "card-tool", text: card.tool }),
@@ -62,19 +63,22 @@ function renderCard(entry) {
       entry.inInbox ? el("a", { class: "card-run-link", href: `#/runs/${enc(card.run_id)}`, text: `run ${card.run_id}` }) : null,
       el("span", { class: "card-id", text: card.id })),
     el("div", { class: "card-diff" }, renderDiff(card.diff)),
+    card.evidence ? renderEvidence(card.evidence, ui) : null,
     el("dl", { class: "card-meta" },
       row("args", el("pre", { class: "card-args", text: compactJson(card.args) })),
-      row("rule", el("span", { class: "card-rule", text: card.rule || "—" })),
+      row("rule", el("span", {}, el("span", { class: "card-rule", text: card.rule || "—" }),
+        card.evidence ? el("span", { class: "card-rule-text", text: ` — ${card.evidence.rule.text}` }) : null)),
       row("requested by", el("span", { class: "card-requested-by", text: card.requested_by || "—" })),
-      row("expires", el("span", { class: "card-expiry" },
-        card.expires_at == null ? "never" : [relTime(card.expires_at), ` · ${fmtUtc(card.expires_at)}`])),
+      isOpen ? row("expires", el("span", { class: "card-expiry" },
+        card.expires_at == null ? "never" : [relTime(card.expires_at), ` · ${fmtUtc(card.expires_at)}`])) : null,
       row("quorum", el("span", { class: "card-quorum", text: `${q.have}/${q.needed} approvals` })),
       row("deciding roles", el("span", { class: "card-roles", text: (card.deciding_roles || []).join(", ") || "—" })),
       card.four_eyes ? row("four eyes", el("span", { text: "the requester may not approve" })) : null,
-      (card.votes || []).length ? row("votes", el("ul", { class: "card-votes" }, card.votes.map(renderVote))) : null),
-    card.can_decide && OPEN_STATUSES.includes(card.status) ? cardActions(card, ui)
-      : card.why_not ? el("div", { class: "card-why-not", text: card.why_not }) : null,
-    el("div", { class: "card-error", role: "alert", text: ui.error, hidden: !ui.error }));
+      (card.votes || []).length ? row("votes", el("ul", { class: "card-votes" }, card.votes.map(renderVote))) : null,
+      card.decided_at != null ? row("decided", el("span", { class: "card-decided", text: fmtUtc(card.decided_at) })) : null),
+    card.can_decide && isOpen ? cardActions(card, ui)
+      : card.why_not && isOpen ? el("div", { class: "card-why-not", text: card.why_not_text || card.why_not }) : null,
+    el("div", { class: "card-error", role: "alert", text: ui.error, hidden: !ui.error })].filter(Boolean));
   if (focusKey && focusKey.cls) {
     const again = [...root.querySelectorAll(`.${focusKey.cls}`)].find((n) => n.dataset.arg === focusKey.arg);
     if (again) { again.focus(); if (focusKey.pos != null && again.setSelectionRange) again.setSelectionRange(focusKey.pos, focusKey.pos); }
@@ -200,4 +204,48 @@ async function refreshCard(id, inInbox) {
     const card = await api("GET", `/api/approvals/${enc(id)}`, undefined, { local: true });
     if (state.cards.has(id)) upsertCard(card, inInbox);
   } catch { /* the error shown is the decision's */ }
+}
+
+// ------------------------------------------------------------------ evidence
+
+/** What the approver reads before deciding: the agent's reason and diagnosis (untrusted), the
+ *  blast radius (the pack's limits: allowed, used, after approving), a deferral, and the reads
+ *  the agent made (folded: the KPI series as a table). */
+function renderEvidence(ev, ui) {
+  const diagnosis = (ev.diagnosis || []).filter((d) => d.value !== null && d.value !== "");
+  const reads = ev.reads || [];
+  const open = ui.readsOpen === true;
+  return el("div", { class: "card-evidence" },
+    ev.reason ? el("div", { class: "ev-block ev-reason" },
+      el("span", { class: "ev-label", text: "the agent's reason" }),
+      el("div", { class: "ev-quote untrusted", text: ev.reason, title: `model call #${ev.reason_seq}` })) : null,
+    diagnosis.length ? el("div", { class: "ev-block ev-diagnosis" },
+      el("span", { class: "ev-label", text: "diagnosis" }),
+      el("dl", { class: "ev-facts untrusted" }, diagnosis.flatMap((d) => [
+        el("dt", { text: d.field.replace(/_/g, " ") }),
+        el("dd", {}, renderValue(d.value, d.field), el("span", { class: "muted", text: ` (${d.tool})` }))]))) : null,
+    (ev.limits || []).length ? el("div", { class: "ev-block ev-limits" },
+      el("span", { class: "ev-label", text: "blast radius" }),
+      el("ul", { class: "ev-limit-list" }, ev.limits.map(renderLimit))) : null,
+    ev.deferred ? el("div", { class: "ev-block ev-deferred" },
+      el("span", { class: "ev-label", text: "when it runs" }),
+      el("span", { text: `${ev.deferred.text} — deferred until ${fmtUtc(ev.deferred.until)} (rule ${ev.deferred.rule})` })) : null,
+    reads.length ? el("details", { class: "ev-block ev-reads", open,
+      ontoggle: (e) => { ui.readsOpen = e.target.open; } },
+      el("summary", { text: `what the agent read (${reads.length}): ${reads.map((r) => r.tool).join(", ")}` }),
+      reads.map((r) => el("div", { class: "ev-read", data: { seq: r.seq, tool: r.tool } },
+        el("div", { class: "ev-read-head" }, el("code", { text: `${r.tool}(${compactArgs(r.args)})` }),
+          el("span", { class: "muted", text: ` step #${r.seq}${r.at ? " · " + fmtUtc(r.at) : ""}` })),
+        untrustedValue(r.result, "tool output (untrusted)")))) : null);
+}
+
+const compactArgs = (args) => Object.entries(args || {}).map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(", ");
+
+function renderLimit(l) {
+  const meter = l.limit && l.used != null
+    ? el("span", { class: "ev-meter", title: `${l.used} used of ${l.limit}` }, ...Array.from({ length: l.limit }, (_, i) =>
+      el("span", { class: "ev-cell", data: { state: i < l.used ? "used" : i < (l.after ?? l.used) ? "this" : "free" } })))
+    : null;
+  return el("li", { class: "ev-limit", data: { kind: l.kind, rule: l.rule, used: l.used ?? "", limit: l.limit ?? "" } },
+    meter, el("span", { class: "ev-limit-text", text: l.text }), el("span", { class: "muted", text: ` (rule ${l.rule})` }));
 }

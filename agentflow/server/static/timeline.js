@@ -64,9 +64,9 @@ function renderTimeline(data) {
   const status = $("#tl-status");
   Object.assign(status, { textContent: run.status, hidden: false });
   status.dataset.status = run.status;
-  $("#tl-task").replaceChildren(
+  $("#tl-task").replaceChildren(el("span", {},
     run.task ? el("span", { class: "tl-task-text", text: run.task }) : null,
-    el("span", { class: "muted", text: ` — asked by ${run.requested_by || "?"} at ${fmtIso(run.created_at)}` }));
+    el("span", { class: "muted", text: ` — asked by ${run.requested_by || "?"} at ${fmtIso(run.created_at)}` })));
   const stats = [
     ["took", fmtDuration(axis.seconds) + (isOver(run.status) ? "" : " so far")],
     ["steps", fmtInt(totals.steps)], ["model calls", fmtInt(totals.model_calls)],
@@ -75,7 +75,7 @@ function renderTimeline(data) {
     ["crashes", String(totals.crashes)], ["retries", String(totals.retries)],
   ];
   $("#tl-stats").replaceChildren(...stats.map(([k, v]) =>
-    el("span", { class: "tl-stat", data: { stat: k } }, el("b", { text: v }), ` ${k}`)));
+    el("span", { class: "tl-stat", data: { stat: k, zero: v === "0" } }, el("b", { text: v }), ` ${k}`)));
   const story = $("#tl-story");
   story.hidden = !(data.story || []).length;
   $("ol", story).replaceChildren(...(data.story || []).map((line) => el("li", { text: line })));

@@ -207,7 +207,11 @@ def runbook() -> list[dict[str, Any]]:
         {"tool": "stage_change",
          "args": {"site": "{site}", "param": "{result.propose_change.param}", "value": "{result.propose_change.to}"}},
         {"tool": "apply_change",
-         "args": {"site": "{site}", "param": "{result.stage_change.param}", "value": "{result.stage_change.to}"}},
+         "args": {"site": "{site}", "param": "{result.stage_change.param}", "value": "{result.stage_change.to}"},
+         "because": "{site}'s likely cause is {result.rank_root_causes.top_cause} "
+                    "({result.rank_root_causes.confidence} confidence); setting {result.stage_change.param} "
+                    "{result.stage_change.from} -> {result.stage_change.to} should "
+                    "{result.propose_change.rationale}."},
         {"tool": "monitor_kpis", "args": {"site": "{site}", "minutes": 30}},
         {"tool": "create_ticket",
          "args": {"site": "{site}", "summary": "{result.monitor_kpis.summary}",

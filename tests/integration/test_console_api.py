@@ -1,0 +1,147 @@
+"""What the web console reads from the JSON API (agentflow/server/API.md), over FastAPI's
+TestClient on a real SQLite file with the in-process worker driving the NOC copilot: the runs
+list's filters, counts and facets; an approval card's evidence (the agent's reason and
+diagnosis, the reads it made, the rule in words) and blast radius (the pack's limits with what
+the tenant has used, counted from the store); refusals in words."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from integration.test_server_api import World, open_world
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """alice asks about CS-101 (a1, parks on its approval) and CS-104 (a2: healthy, completes
+    with no change); bob asks about CS-102 (b1, parks)."""
+    with open_world(tmp_path_factory.mktemp("console"), sites=("CS-101", "CS-102")) as w:
+        w.start("alice", "CS-101", "a1")
+        w.parked("a1")
+        w.start("alice", "CS-104", "a2")
+        w.finished("a2")
+        w.start("bob", "CS-102", "b1")
+        w.parked("b1", "bob")
+        yield w
+
+
+def listed(w: World, **params: Any) -> dict[str, Any]:
+    got = w.client.get("/api/runs", params=params, headers=w.bearer("erin"))
+    assert got.status_code == 200, got.text
+    body: dict[str, Any] = got.json()
+    return body
+
+
+def ids(body: dict[str, Any]) -> set[str]:
+    return {r["id"] for r in body["runs"]}
+
+
+def test_the_runs_list_narrows_by_each_filter(world: World) -> None:
+    """Status, site, tool, who asked, time and words each narrow the list; counts are per status
+    over all the tenant's runs; facets name what the filters can take."""
+    w = world
+    every = listed(w)
+    assert ids(every) == {"a1", "a2", "b1"} and every["matched"] == 3
+    assert every["counts"]["waiting"] == 2 and every["counts"]["completed"] == 1
+    assert {"CS-101", "CS-102", "CS-104"} <= set(every["facets"]["targets"])
+    assert "apply_change" in every["facets"]["tools"] and every["facets"]["requested_by"] == ["alice", "bob"]
+    assert ids(listed(w, status="waiting")) == {"a1", "b1"}
+    assert ids(listed(w, target="CS-102")) == {"b1"}
+    assert ids(listed(w, target="cs-104 ")) == {"a2"}  # a site as people type it
+    assert ids(listed(w, requested_by="alice")) == {"a1", "a2"}
+    assert ids(listed(w, tool="apply_change")) == {"a1", "b1"}  # asked for, approved or not
+    assert ids(listed(w, q="CS-104 drop")) == {"a2"} and ids(listed(w, q="nothing-like-this")) == set()
+    assert ids(listed(w, requested_by="alice", status="waiting")) == {"a1"}
+    created = {r["id"]: r["created_at"] for r in every["runs"]}
+    assert ids(listed(w, since=created["b1"])) == {"b1"} and ids(listed(w, until=created["a2"])) == {"a1"}
+    narrowed = listed(w, status="completed")
+    assert narrowed["counts"] == every["counts"]  # counts stay the tenant's: live, not the filtered page's
+    (done,) = narrowed["runs"]
+    assert done["outcome"] == "answered" and done["completed_at"] is not None
+    assert done["duration_s"] == pytest.approx(done["completed_at"] - done["created_at"])
+    assert done["targets"] == ["CS-104"] and "apply_change" not in done["tools"]
+    bad = w.client.get("/api/runs", params={"status": "sleepy"}, headers=w.bearer("erin"))
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid"
+    # another tenant lists none of these
+    assert ids(listed_as(w, "dave")) == set()
+
+
+def listed_as(w: World, who: str) -> dict[str, Any]:
+    body: dict[str, Any] = w.client.get("/api/runs", headers=w.bearer(who)).json()
+    return body
+
+
+def test_an_approval_card_carries_the_evidence_and_the_blast_radius(world: World) -> None:
+    """The card of b1 (bob's CS-102 change): the agent's reason and diagnosis, its reads (the KPI
+    series decoded), the rule in words, and the limits: once a1's change on CS-101 is applied,
+    the region's blast radius has one site used and approving b1 makes it two."""
+    w = world
+    b1 = w.cards["b1"]
+    before = w.client.get(f"/api/approvals/{b1['id']}", headers=w.bearer("erin")).json()
+    ev = before["evidence"]
+    assert "mis_set_handover" in ev["reason"] and "CS-102" in ev["reason"]
+    assert {"field": "top_cause", "value": "mis_set_handover"}.items() <= ev["diagnosis"][0].items()
+    reads = {r["tool"]: r for r in ev["reads"]}
+    assert {"get_kpis", "detect_anomalies", "rank_root_causes"} <= set(reads)
+    series = reads["get_kpis"]["result"]["series"]
+    assert len(series) == 12 and {"t", "drop_rate_pct"} <= set(series[0])
+    assert ev["target"] == "CS-102" and ev["region"] == "north"
+    assert "four-eyes" in ev["rule"]["text"] and "noc-engineer" in ev["rule"]["text"]
+    limits = {lim["rule"]: lim for lim in ev["limits"]}
+    assert set(limits) == {"one-change-per-site", "region-blast-radius", "apply-rate"}
+    radius_before = limits["region-blast-radius"]
+    assert (radius_before["used"], radius_before["limit"], radius_before["after"]) == (0, 3, 1)
+
+    approved = w.client.post(f"/api/approvals/{w.cards['a1']['id']}/approve", json={"comment": "go"},
+                             headers=w.bearer("bob"))  # fmt: skip
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["decided_at"] is not None and approved.json()["votes"][0]["comment"] == "go"
+    w.finished("a1")
+    after = w.client.get(f"/api/approvals/{b1['id']}", headers=w.bearer("erin")).json()["evidence"]
+    radius = {lim["rule"]: lim for lim in after["limits"]}["region-blast-radius"]
+    assert (radius["used"], radius["after"], radius["targets"]) == (1, 2, ["CS-101"])
+    assert "1 of at most 3 sites in region north" in radius["text"]
+    rate = {lim["rule"]: lim for lim in after["limits"]}["apply-rate"]
+    assert (rate["used"], rate["limit"]) == (1, 10)
+
+
+def test_refusals_are_in_words_and_the_inbox_keeps_the_decided(world: World) -> None:
+    """bob may not approve his own run (four-eyes) and carol lacks the role: the cards say so in
+    sentences (the machine code stays in `why_not` for programs); the inbox lists decided
+    requests with who decided, when and their comment, without their evidence."""
+    w = world
+    b1 = w.cards["b1"]["id"]
+    own = w.client.get(f"/api/approvals/{b1}", headers=w.bearer("bob")).json()
+    assert own["why_not"].startswith("self_approval: ") and "four-eyes" in own["why_not_text"]
+    assert "self_approval" not in own["why_not_text"]
+    viewer = w.client.get(f"/api/approvals/{b1}", headers=w.bearer("carol")).json()
+    assert viewer["why_not_text"] == "Deciding needs the role noc-engineer; you have viewer in noc-east."
+    everything = w.client.get("/api/approvals", params={"status": "all"}, headers=w.bearer("erin")).json()["approvals"]
+    by_run = {c["run_id"]: c for c in everything}
+    assert by_run["b1"]["evidence"] is not None  # open: shown with its evidence
+    if by_run["a1"]["status"] == "approved":  # decided by the previous test
+        assert by_run["a1"]["evidence"] is None and by_run["a1"]["votes"][0]["principal"] == "bob"
+    assert json.dumps(everything).count("dave") == 0
+
+
+def test_the_card_without_a_policy_pack_has_no_limits(tmp_path: Path) -> None:
+    """An agent deciding with a policy function (no pack): the card still has its reason and
+    reads, the rule in words from the request, and no limits to count."""
+    from agentflow.agent import Agent, default_policy
+    from agentflow_noc import NOC_TOOLS
+    from agentflow_noc.demo import make_model
+
+    agent = Agent(name="noc-copilot", model=make_model("runbook"), tools=NOC_TOOLS, policies=default_policy,
+                  max_turns=16)  # fmt: skip
+    with open_world(tmp_path, agent=agent) as w:
+        w.start("alice", "CS-101", "p1")
+        card = w.parked("p1")
+        ev = w.client.get(f"/api/approvals/{card['id']}", headers=w.bearer("bob")).json()["evidence"]
+        assert ev["limits"] == [] and ev["reads"] and "approval" in ev["rule"]["text"]
