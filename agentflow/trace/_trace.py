@@ -182,11 +182,12 @@ class Trace:
         return timeline_html(self.timeline)
 
     def plot(self, *, width: float = 10.0) -> Figure:
-        """Time per step and cost/tokens per model call, as a matplotlib Figure (never shown in
-        a window; Jupyter renders it inline, scripts call `savefig`)."""
+        """The steps on the recorded clock (waits shortened, crashes and wakes marked) and the
+        cost and tokens of each model call, as a matplotlib Figure (never shown in a window;
+        Jupyter renders it inline, scripts call `savefig`)."""
         from agentflow.trace._plot import plot_figure
 
-        return plot_figure(self.recorded, width=width)
+        return plot_figure(self.timeline, width=width)
 
     # -- replay, what-if, fork -----------------------------------------------------------------
     def replay(

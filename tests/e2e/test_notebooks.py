@@ -59,8 +59,9 @@ def test_notebooks_are_committed_without_outputs() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_replay_noc_incident_notebook(tmp_path: Path) -> None:
-    """01: the crashed-and-resumed run is shown (timeline, plot); the ledger has one effect per
-    idempotency key and one config push; the replay against the current code passes."""
+    """01: the crashed-and-resumed run is shown (what happened, the timeline with the crash and
+    the resume marked, the plot); the ledger has one effect per idempotency key and one config
+    push; every model call has a cost; the replay against the current code passes."""
     nb, text = execute("01_replay_noc_incident.ipynb", tmp_path)
     ledger = re.search(r"LEDGER_OK effects=(\d+) applies=(\d+) max_per_key=(\d+) duplicates=(\d+)", text)
     assert ledger is not None, text[-3000:]
@@ -69,14 +70,26 @@ def test_replay_noc_incident_notebook(tmp_path: Path) -> None:
     assert re.search(r"lease \d+: steps 1\.\.12 ", text), "the kill after step 12 shows as a change of lease"
     assert re.search(r"TOTAL calls=10 tokens=[1-9]\d* ", text)
     assert "agentflow-trace" in text and _has(nb, "image/png")
+    # what happened, and the timeline's crash and resume markers between steps 12 and 13
+    assert "CRASH after step 12 (lease 1) -> RESUME at step 13 (lease 2)" in text
+    assert "- The worker was lost after step 12 (lease 1)" in text
+    assert 'data-marker="crash"' in text and "worker lost after step 12" in text and 'data-marker="resume"' in text
+    assert text.count('data-marker="wake"') == 2  # the waits' wakes are not crashes
+    # the cost series: one priced cost per model call
+    series = re.search(r"COST_SERIES \[([^\]]*)\]", text)
+    assert series is not None
+    costs = [float(c) for c in series.group(1).split(",")]
+    assert len(costs) == 10 and all(c > 0 for c in costs), costs
+    assert re.search(r"cost_usd=0\.00[1-9]\d*", text)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_what_if_policy_notebook(tmp_path: Path) -> None:
-    """02: the stricter pack denies exactly the config push's decisions, the looser one allows
-    them; every other decision is the same under both."""
+    """02: what happened is told first; the stricter pack denies exactly the config push's
+    decisions, the looser one allows them; every other decision is the same under both."""
     _, text = execute("02_what_if_policy.ipynb", tmp_path)
+    assert "- The worker was lost after step 12 (lease 1)" in text  # what happened, first
     assert "STRICTER changes=3 tools=['apply_change'] would=['deny']" in text, text[-3000:]
     assert "LOOSER changes=3 tools=['apply_change'] would=['allow']" in text
     found = re.search(r"DIFF decisions=(\d+) unchanged=(\d+) unchanged_tools=(\[.*\])", text)

@@ -300,11 +300,16 @@ def test_spans_go_through_the_opentelemetry_sdk_with_stable_ids(demo_trace: Trac
 
 
 def test_plot_returns_a_figure(demo_trace: Trace) -> None:
-    """`plot()` builds a Figure (time per step; cost and tokens per model call), shown nowhere."""
+    """`plot()` builds a Figure, shown nowhere: a bar per step on the timeline's axis (and a band
+    per shortened wait), and a bar per model call whose height is its recorded cost."""
     from matplotlib.figure import Figure
 
     fig = demo_trace.plot()
     assert isinstance(fig, Figure) and len(fig.axes) == 3
+    steps, costs, _tokens = fig.axes
+    assert len(steps.patches) == len(demo_trace.history) + len(demo_trace.timeline["axis"]["breaks"])
+    heights = [p.get_height() for p in costs.patches]
+    assert heights == pytest.approx(list(demo_trace.usage["cost_usd"])) and all(h > 0 for h in heights)
 
 
 def _pack(tmp_path: Path, old: str, new: str) -> Path:
