@@ -21,6 +21,7 @@ from support.served import Served
 pytestmark = pytest.mark.slow
 
 SIZES = {"laptop": LAPTOP, "phone": PHONE}
+INJECTION_APP = "tests.e2e.webapp:app"  # tests/e2e/webapp.py: hostile tool output and answer
 
 
 def timeline_seqs(page: Page) -> list[int]:
@@ -269,4 +270,57 @@ def test_every_page_fits_the_screen(serve: Callable[..., Served], people: People
     assert not re.search(r"\b(null|undefined|NaN)\b", bob.locator("#inbox").inner_text())
     assert scroll_width(bob) <= width and sideways(bob) == []
     people.shot(bob, f"inbox-decided-{size}")
+    people.assert_clean()
+
+
+def test_hostile_tool_and_model_text_stays_inert_in_the_timeline(serve: Callable[..., Served], people: People) -> None:
+    """The injection app's tool output and answer (an img with onerror, a script, a javascript:
+    link, an iframe) opened in the timeline's details: shown literally, no element made of them,
+    nothing run or loaded."""
+    server = serve(INJECTION_APP, {"alice": "noc-engineer"})
+    run_id = server.start_run("alice", "CS-101 notes? <img src=x onerror=window.__pwned=4>")
+    alice = people.sign_in(server, "alice", f"#/runs/{run_id}/timeline", viewport=LAPTOP)
+    requests: list[str] = []
+    alice.on("request", lambda r: requests.append(r.url))
+    expect(alice.locator("#tl-status")).to_have_attribute("data-status", "completed", timeout=RUN)
+    alice.locator("#tl-unfold").check()
+    for row in alice.locator("#tl-rows .tl-row[data-seq]").all():
+        row.click()
+    rows = alice.locator("#tl-rows")
+    expect(rows.locator(".tl-detail").first).to_be_visible()
+    expect(rows).to_contain_text('<img src=x onerror="window.__pwned=1">')
+    expect(rows).to_contain_text("<script>window.__pwned=2</script>")
+    expect(rows).to_contain_text("<img src=x onerror=window.__pwned=1> done")
+    expect(alice.locator("#tl-task")).to_contain_text("<img src=x onerror=window.__pwned=4>")
+    people.shot(alice, "1-inert-timeline")
+    view = alice.locator("#timeline-view")
+    assert view.locator("img, iframe, script, object, embed, svg, frame").count() == 0
+    hrefs: list[str | None] = alice.eval_on_selector_all(
+        "#timeline-view a", "els => els.map(e => e.getAttribute('href'))"
+    )
+    assert not [h for h in hrefs if h and ("javascript" in h.lower() or "evil" in h)], hrefs
+    assert alice.evaluate("typeof window.__pwned") == "undefined"
+    assert [u for u in requests if "evil.example" in u or u.startswith(f"{server.url}/x")] == []
+    people.assert_clean()
+
+
+def test_the_timeline_follows_a_live_run(serve: Callable[..., Served], people: People) -> None:
+    """A run waiting for its approval: the timeline shows the wait as open ('waiting now'); once
+    bob approves (through the API), the open timeline catches up by itself (no reload): the
+    approval with who and when, the push, the completed run, every step once."""
+    server = serve()
+    run_id = server.start_run("alice", TASK)
+    alice = people.sign_in(server, "alice", "#/inbox", viewport=LAPTOP)
+    _, approval_id = pending_card(alice, "#inbox")
+    alice.goto(f"{server.url}/#/runs/{run_id}/timeline")
+    expect(alice.locator("#tl-status")).to_have_attribute("data-status", "waiting")
+    waiting = alice.locator(".tl-row[data-kind='signal'][data-status='waiting']")
+    expect(waiting.locator(".tl-chip.open")).to_have_text("waiting now")
+    server.api("bob", "POST", f"/api/approvals/{approval_id}/approve", json={"comment": "ok"})
+    expect(alice.locator("#tl-status")).to_have_attribute("data-status", "completed", timeout=RUN)
+    expect(alice.locator(".tl-row[data-kind='approval']").last).to_contain_text("approved by bob")
+    expect(alice.locator(".tl-row[data-kind='tool'][data-status='completed']").last).to_contain_text("notify(")
+    seqs = timeline_seqs(alice)
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert seqs == [e["seq"] for e in server.api("alice", "GET", f"/api/runs/{run_id}/timeline")["rows"]]
     people.assert_clean()

@@ -211,8 +211,8 @@ function stepDetail(r) {
     if (d.result !== undefined && d.result !== null) section("result", untrustedValue(d.result, "tool output (untrusted)"));
     section("idempotency key", el("code", { text: d.idempotency_key || "" }));
   } else if (r.kind === "policy") {
-    section("decision", renderValue({ tool: d.tool, args: d.args, effect: d.effect, rule: d.rule, reason: d.reason || null,
-      defer_until: d.defer_until, approval_rule: d.approval_rule, matched_rules: d.matched, pack: `${d.pack} ${d.pack_hash || ""}`.trim() }));
+    section("decision", renderValue(present({ tool: d.tool, args: d.args, effect: d.effect, rule: d.rule, reason: d.reason,
+      defer_until: d.defer_until, approval_rule: d.approval_rule, matched_rules: d.matched, pack: `${d.pack} ${d.pack_hash || ""}`.trim() })));
   } else if (!r.approval) {
     section("recorded", renderValue({ args: d.args, result: d.result }));
   }
@@ -223,6 +223,9 @@ function stepDetail(r) {
   }
   return box;
 }
+
+/** A record without its empty fields (a decision says what it has, not every blank). */
+const present = (o) => Object.fromEntries(Object.entries(o).filter(([, v]) => v != null && v !== "" && !(Array.isArray(v) && !v.length)));
 
 function approvalFacts(a) {
   return el("div", { class: "tl-approval" },
