@@ -141,7 +141,7 @@ function showRunsView() {
 
 /** The query of the runs list from its filters (times on the server's clock). */
 function runsQuery() {
-  const params = new URLSearchParams({ limit: "200" });
+  const params = new URLSearchParams({ limit: "100" });
   const set = (name, value) => { if (value) params.set(name, value); };
   set("status", $("#runs-counts button[aria-pressed='true']")?.dataset.status || "");
   set("q", $("#runs-q").value.trim());
