@@ -38,7 +38,7 @@ from slack_bolt import Ack, BoltResponse
 from slack_bolt import App as BoltApp
 from slack_bolt.authorization import AuthorizeResult
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackClientError
+from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
 
@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from agentflow.engine import App
+    from agentflow.store import ChatCardRow
 
 log = logging.getLogger("agentflow.bridges.slack")
 
@@ -75,6 +76,7 @@ EVENT_TYPE = "agentflow_approval"  # the metadata event type of a card message
 HISTORY_PAGES = 3  # pages of 100 messages searched for a card a crashed bridge may have posted
 CLICKS_PER_MINUTE = 20  # per Slack user: more are dropped unanswered (a stuck key, a script)
 MAX_BACKOFF = 60.0
+_BAD_TOKEN = ("invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired")
 
 
 class SlackBridge:
@@ -107,10 +109,15 @@ class SlackBridge:
         self.identity: dict[str, Any] = {}  # auth.test's answer: the bot's user id, bot id, team
         self._clicks: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
+        # Bolt warns at start-up that the client's token is unused when an authorizer is given:
+        # that is the point (no auth.test on the request path), so its start-up is quiet.
+        bolt_log = logging.getLogger("agentflow.bridges.slack.bolt")
+        bolt_log.setLevel(logging.ERROR)
         self.bolt = BoltApp(
             client=self.client, signing_secret=signing_secret, authorize=self._authorizer(),
-            process_before_response=False, logger=log,
+            process_before_response=False, logger=bolt_log,
         )  # fmt: skip
+        bolt_log.setLevel(logging.NOTSET)
         self.bolt.action(APPROVE)(self._on_approve)
         self.bolt.action(REJECT)(self._on_modal_button)
         self.bolt.action(EDIT)(self._on_modal_button)
@@ -131,7 +138,10 @@ class SlackBridge:
         sweeper = threading.Thread(target=self.run_sweeps, args=(stop,), name="slack-sweeper", daemon=True)
         sweeper.start()
         try:
-            uvicorn.run(self.asgi(), host=host, port=port, log_level="warning")
+            # uvicorn's records go through the root handler (`agentflow --log-format`), like `serve`'s.
+            level = logging.getLogger().getEffectiveLevel()
+            uvicorn.run(self.asgi(), host=host, port=port, log_config=None, log_level=level,
+                        access_log=level <= logging.DEBUG, timeout_graceful_shutdown=2)  # fmt: skip
         finally:
             stop.set()
             sweeper.join(timeout=15)
@@ -145,7 +155,12 @@ class SlackBridge:
                 delay = self.interval
             except (SlackClientError, OSError) as exc:
                 delay = min(max(delay * 2, 1.0), MAX_BACKOFF)
-                log.warning("Slack's API failed (%s: %s); next sweep in %.0f s", type(exc).__name__, exc, delay)
+                refused = exc.response.get("error") if isinstance(exc, SlackApiError) else None
+                if refused in _BAD_TOKEN:
+                    log.error("Slack refused the bot token (%s): check SLACK_BOT_TOKEN (the xoxb- token of OAuth & "
+                              "Permissions, the app installed in the workspace); next try in %.0f s", refused, delay)  # fmt: skip
+                else:
+                    log.warning("Slack's API failed (%s: %s); next sweep in %.0f s", type(exc).__name__, exc, delay)
             except AgentflowError as exc:
                 delay = min(max(delay * 2, 1.0), MAX_BACKOFF)
                 log.warning("the store failed (%s: %s); next sweep in %.0f s", type(exc).__name__, exc, delay)
@@ -154,8 +169,15 @@ class SlackBridge:
     def sweep(self) -> None:
         """Post the cards of new requests, then edit the cards whose text changed."""
         self._identify()
-        for view in self.core.cards_to_post():
+        offered = self.core.cards_to_post()
+        for view in offered:
             self._post(view)
+        # A card row left `posting` whose request was decided since (a crash mid-post, Slack down
+        # while someone decided on the web) is no longer offered: settle it here, with the card
+        # it should show now (found in the channel, else posted, without buttons).
+        for row in posting_cards(self.core):
+            if row.approval_id not in {v.approval_id for v in offered}:
+                self._post(self.core.view(row.approval_id, row))
         for view in self.core.cards_to_update():
             self._edit(view)
 
@@ -181,7 +203,9 @@ class SlackBridge:
             found = self._find_posted(view.card.room, view.approval_id)
             if found is not None:
                 log.info("the card of %s is in the channel already (posted before a restart)", view.approval_id)
-                self.core.posted(view.approval_id, found, "")  # "": the next sweep edits it to the current view
+                self.client.chat_update(channel=view.card.room, ts=found, text=fallback_text(view),
+                                        blocks=card_blocks(view))  # what it shows now: votes may have come  # fmt: skip
+                self.core.posted(view.approval_id, found, view)
                 return
         elif not self.core.begin_post(view.approval_id, self.channel):
             return  # another bridge process got there first
@@ -358,6 +382,12 @@ class SlackBridge:
                                            text=mrkdwn_escape(text)[:3000], mrkdwn=False)  # fmt: skip
         except (SlackClientError, OSError) as exc:
             log.warning("chat.postEphemeral to %s failed: %s", _user(body), exc)
+
+
+def posting_cards(core: Bridge) -> list[ChatCardRow]:
+    """The tenant's card rows still `posting` (`Bridge.cards_to_post` offers those of open
+    requests only)."""
+    return core.store.read(lambda tx: tx.chat_cards.list(core.surface, tenant=core.tenant, states=("posting",)))
 
 
 class _InputErrors(Exception):

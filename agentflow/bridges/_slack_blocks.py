@@ -27,6 +27,7 @@ REASON, COMMENT = "af_reason", "af_comment"  # block ids of the modals' text inp
 _ARG = "af_arg:"  # block id prefix of an editable argument's input
 _FENCE = "```"
 _ZWSP = "\u200b"  # a zero-width space: breaks a backtick fence without changing what is read
+_TICKS = re.compile(r"`(?=`)")  # a backtick followed by another: no two touch, so no fence forms
 MAX_EVIDENCE = 3
 _OPEN = ("pending", "escalated")
 _ID, _HASH = re.compile(r"apr_[0-9a-f]{6,40}"), re.compile(r"[0-9a-f]{64}")
@@ -34,9 +35,9 @@ _ID, _HASH = re.compile(r"apr_[0-9a-f]{6,40}"), re.compile(r"[0-9a-f]{64}")
 
 def mrkdwn_escape(text: str) -> str:
     """Text made inert for a `mrkdwn` field: the three characters Slack's markup is made of
-    (`&`, `<`, `>`) escaped as Slack documents, and backtick fences broken."""
+    (`&`, `<`, `>`) escaped as Slack documents, and no two backticks side by side (no fence)."""
     escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return escaped.replace(_FENCE, f"`{_ZWSP}`{_ZWSP}`")
+    return _TICKS.sub(f"`{_ZWSP}", escaped)
 
 
 def code_block(value: Any, limit: int = 2900) -> str:

@@ -28,14 +28,18 @@ from support.served import CLI, NOC_APP, ROOT, Served, env
 from support.slack_api import Call, SlackApi
 from support.slack_bridge import CHANNEL, TOKEN, SlackBridge, form, signed_headers
 
+from agentflow import App
+from agentflow.bridges import Bridge
 from agentflow.testing import assert_eventually
+from tests.integration import slackapp
 
 pytestmark = pytest.mark.slow
 
 ALICE, BOB, EVE, DAVE = "UALICE001", "UBOB00001", "UEVE00001", "UDAVE0001"
 APPROVE, REJECT, EDIT = "af_approve", "af_reject", "af_edit"
-# One site per test (CS-101..106 are the north region, CS-107 the other tenant's).
-SITES = ("CS-101", "CS-102", "CS-103", "CS-104", "CS-105", "CS-106", "CS-107")
+# One site per test, spread over the regions (north CS-101.., south CS-107.., east CS-113..,
+# west CS-119..): the pack changes at most 3 sites of a region an hour. CS-107: the other tenant's.
+SITES = ("CS-101", "CS-102", "CS-107", "CS-108", "CS-113", "CS-114", "CS-119", "CS-120")
 RUN = 60  # seconds a run or the bridge may take to reach a point (a few in practice)
 
 
@@ -46,9 +50,9 @@ def task(site: str) -> str:
 class World:
     """A served NOC copilot (tenants noc-east and noc-west), the Slack stand-in, the bridge."""
 
-    def __init__(self, tmp: Path, api: SlackApi) -> None:
+    def __init__(self, tmp: Path, api: SlackApi, app_ref: str = NOC_APP) -> None:
         self.api = api
-        self.served = Served(tmp, NOC_APP, incidents=",".join(f"{s}:mis_set_handover" for s in SITES))
+        self.served = Served(tmp, app_ref, incidents=",".join(f"{s}:mis_set_handover" for s in SITES))
         self.served.add_operators({"alice": "noc-engineer", "bob": "noc-engineer"})
         self.served.add_operators({"dave": "noc-engineer"}, tenant="noc-west")
         for name, account, tenant in (
@@ -103,6 +107,13 @@ def cli(served: Served, *args: str) -> str:
                           timeout=120)  # fmt: skip
     assert done.returncode == 0, f"agentflow {' '.join(args)}: {done.stderr}"
     return done.stdout
+
+
+def assert_one_apply(served: Served, site: str) -> None:
+    """The network's ledger: `site`'s change was pushed exactly once, nothing twice."""
+    net = served.net
+    assert len([e for e in net.effects("apply") if e["site"] == site]) == 1, net.effects("apply")
+    assert net.duplicate_keys() == []
 
 
 def cards_of(api: SlackApi, approval_id: str) -> list[Call]:
@@ -191,7 +202,7 @@ def test_bob_approves_from_the_card_and_the_change_is_applied_once(world: World)
     assert "approved (1/1 approvals)" in world.told(BOB, "approved", mark)
     assert decided(world, card["id"]) == {"status": "approved", "votes": [("bob", "approve")]}
     assert_eventually(lambda: world.served.net.effects("apply"), timeout=RUN, message="never applied")
-    world.served.assert_one_apply("CS-101")
+    assert_one_apply(world.served, "CS-101")
     assert_eventually(lambda: "Outcome: approved by bob (1/1); applied at" in shown(world.api, ts), timeout=RUN,
                       message=f"the card never showed the outcome:\n{shown(world.api, ts)}")  # fmt: skip
     assert world.api.updates(ts), "the card was never edited with chat.update"
@@ -200,7 +211,7 @@ def test_bob_approves_from_the_card_and_the_change_is_applied_once(world: World)
     replayed = world.bridge.send(body_sent, headers)
     assert replayed.status_code == 401 and "replayed" in replayed.text
     assert decided(world, card["id"]) == {"status": "approved", "votes": [("bob", "approve")]}
-    world.served.assert_one_apply("CS-101")
+    assert_one_apply(world.served, "CS-101")
     assert len(cards_of(world.api, card["id"])) == 1
 
 
@@ -240,7 +251,7 @@ def test_a_card_of_another_tenant_or_channel_decides_nothing(world: World) -> No
     bob's tenant, and a click from another channel is refused; neither request changes. The
     other tenant's request never gets a card in this tenant's channel."""
     west = world.parked("dave", "CS-107")
-    east = world.parked("alice", "CS-103")
+    east = world.parked("alice", "CS-113")
     call, ts = world.card_message(east["id"])
     mark = len(world.api.calls)
     world.bridge.click(BOB, APPROVE, f"{west['id']}|{west['args_hash']}", message_ts=ts)
@@ -259,7 +270,7 @@ def test_reject_with_a_reason_in_a_modal(world: World) -> None:
     """Reject opens a modal (views.open with the click's trigger_id); a submission without a
     reason is sent back with an error in the modal; with one, the request is rejected as bob,
     nothing is applied, and the card says so."""
-    card = world.parked("alice", "CS-104")
+    card = world.parked("alice", "CS-114")
     call, ts = world.card_message(card["id"])
     mark = len(world.api.calls)
     world.bridge.click(BOB, REJECT, button(call, REJECT), message_ts=ts)
@@ -280,4 +291,178 @@ def test_reject_with_a_reason_in_a_modal(world: World) -> None:
                       message=f"the card never showed the rejection:\n{shown(world.api, ts)}")  # fmt: skip
     late = world.bridge.submit(BOB, view, {"af_reason": "too late"})
     assert late.json()["response_action"] == "errors" and "already_decided" in json.dumps(late.json())
-    assert [e for e in world.served.net.effects("apply") if e["site"] == "CS-104"] == []
+    assert [e for e in world.served.net.effects("apply") if e["site"] == "CS-114"] == []
+
+
+def test_edit_and_approve_in_a_modal_and_a_stale_card_is_refused(world: World) -> None:
+    """A button carrying another argument hash than the request's (a card shown before an edit)
+    is refused as stale. Edit opens a modal prefilled with the staged value of each editable
+    argument; a value that is not a number is sent back with an error; a number approves the
+    edited call as bob, and the change applied is the edited one, once."""
+    card = world.parked("alice", "CS-119")
+    call, ts = world.card_message(card["id"])
+    mark = len(world.api.calls)
+    world.bridge.click(BOB, APPROVE, f"{card['id']}|{'0' * 64}", message_ts=ts)
+    assert "arguments changed" in world.told(BOB, "stale_args", mark)
+    assert decided(world, card["id"]) == {"status": "pending", "votes": []}
+
+    world.bridge.click(BOB, EDIT, button(call, EDIT), message_ts=ts)
+    opened = assert_eventually(lambda: [c for c in world.api.calls[mark:] if c.method == "views.open"], timeout=30)
+    view = opened[0].args["view"]
+    [value_input] = [b for b in view["blocks"] if b.get("block_id") == "af_arg:value"]
+    assert value_input["element"]["initial_value"] == json.dumps(card["args"]["value"])
+    bad = world.bridge.submit(BOB, view, {"af_arg:value": "two and a half", "af_comment": ""})
+    assert bad.json()["response_action"] == "errors" and "af_arg:value" in bad.json()["errors"], bad.text
+    good = world.bridge.submit(BOB, view, {"af_arg:value": "2.5", "af_comment": "2.5 is enough"})
+    assert good.status_code == 200 and good.text in ("", "null"), good.text
+    req = world.request(card["id"])
+    assert req["status"] == "approved" and req["args"]["value"] == 2.5 and req["revision"] == 2
+    assert [(v["principal"], v["comment"]) for v in req["votes"]] == [("bob", "2.5 is enough")]
+    applied = assert_eventually(
+        lambda: [e for e in world.served.net.effects("apply") if e["site"] == "CS-119"], timeout=RUN
+    )
+    assert len(applied) == 1 and applied[0]["detail"]["value"] == 2.5, applied
+
+
+# -- Slack's API down ----------------------------------------------------------------------------
+def test_slack_down_the_bridge_keeps_serving_and_catches_up(world: World) -> None:
+    """While Slack's API answers 503 the bridge still takes Slack's requests: bob's click on a
+    posted card decides (telling him and editing the card fail quietly), and the card is edited
+    once Slack is back. A card whose post failed while its request was decided on the web is
+    posted once Slack is back, showing the decision, without buttons."""
+    card = world.parked("alice", "CS-108")
+    call, ts = world.card_message(card["id"])
+    world.api.down = True
+    try:
+        answer, _, _ = world.bridge.click(BOB, APPROVE, button(call, APPROVE), message_ts=ts)
+        assert answer.status_code == 200
+        assert decided(world, card["id"]) == {"status": "approved", "votes": [("bob", "approve")]}
+        late = world.parked("alice", "CS-120")
+        assert_eventually(lambda: [c for c in world.api.called("chat.postMessage") if c.answer is None
+                                   and c.args["metadata"]["event_payload"]["approval_id"] == late["id"]],
+                          timeout=RUN, message="the bridge never tried to post while Slack was down")  # fmt: skip
+        world.served.api("bob", "POST", f"/api/approvals/{late['id']}/approve", json={"seen_hash": late["args_hash"]})
+        assert "Outcome: approved by bob" not in shown(world.api, ts)
+    finally:
+        world.api.down = False
+    assert_eventually(lambda: "Outcome: approved by bob" in shown(world.api, ts), timeout=RUN,
+                      message=f"the card never caught up:\n{shown(world.api, ts)}")  # fmt: skip
+    _, late_ts = world.card_message(late["id"])
+    assert_eventually(lambda: "Approved: apply_change on CS-120" in shown(world.api, late_ts), timeout=RUN)
+    assert not [b for b in world.api.message(CHANNEL, late_ts)["blocks"] if b["type"] == "actions"]
+    assert len(cards_of(world.api, card["id"])) == 1
+
+
+# -- a bridge killed mid-post ----------------------------------------------------------------------
+@pytest.mark.parametrize("point", ["slack.card_claimed", "slack.card_posted"])
+@pytest.mark.parametrize("decided_meanwhile", [False, True], ids=["pending", "decided-on-the-web"])
+def test_a_bridge_killed_mid_post_never_posts_a_card_twice(tmp_path: Path, point: str, decided_meanwhile: bool) -> None:
+    """SIGKILLed after the card row was written `posting` (before the post, or after Slack took
+    the post but before it was recorded) and restarted: the card is in the channel exactly once
+    (found by the approval id in its metadata when it had been posted). Pending, bob's click on
+    it decides; decided on the web while the bridge was down, it shows the decision, without
+    buttons."""
+    api = SlackApi(token=TOKEN)
+    api.start()
+    world = World(tmp_path, api)
+    try:
+        world.bridge.env["AGENTFLOW_CRASH_AT"] = f"{point}:1"
+        world.bridge.start()
+        card = world.parked("alice", "CS-101")
+        assert world.bridge.proc is not None
+        assert world.bridge.proc.wait(timeout=RUN) == -9, world.bridge.log_tail()
+        reader = App(world.served.db)
+        row = Bridge(reader, surface="slack", tenant="noc-east").card(card["id"])
+        reader.close()
+        assert row is not None and row.state == "posting" and row.message_id is None
+        assert len(cards_of(api, card["id"])) == (1 if point == "slack.card_posted" else 0)
+        if decided_meanwhile:
+            world.served.api(
+                "bob", "POST", f"/api/approvals/{card['id']}/approve", json={"seen_hash": card["args_hash"]}
+            )
+
+        del world.bridge.env["AGENTFLOW_CRASH_AT"]
+        world.bridge.start()
+        world.bridge.wait_ready()
+        call, ts = world.card_message(card["id"])
+        if point == "slack.card_posted":
+            # Found in the channel (nothing posted again) and edited to what it shows now.
+            assert_eventually(lambda: api.updates(ts), timeout=RUN, message="the card found was never edited")
+            assert api.called("conversations.history")
+        if not decided_meanwhile:
+            answer, _, _ = world.bridge.click(BOB, APPROVE, button(call, APPROVE), message_ts=ts)
+            assert answer.status_code == 200
+        assert_eventually(lambda: "Outcome: approved by bob (1/1); applied at" in shown(api, ts), timeout=RUN,
+                          message=f"the card never showed the outcome:\n{shown(api, ts)}")  # fmt: skip
+        assert not [b for b in api.message(CHANNEL, ts)["blocks"] if b["type"] == "actions"]
+        assert_one_apply(world.served, "CS-101")
+        assert len(cards_of(api, card["id"])) == 1
+    finally:
+        world.bridge.stop()
+        world.served.stop()
+        api.stop()
+
+
+# -- untrusted text --------------------------------------------------------------------------------
+def test_markup_in_a_tool_output_and_in_arguments_is_shown_inert(tmp_path: Path) -> None:
+    """A tool output with `<!channel>`, `*bold*`, `<http://…|click>`, a user mention and a code
+    fence, and a staged note with `<!here>` and a channel link, reach the card as typed: in
+    `plain_text` objects (never formatted) or in one `mrkdwn` code block each, with every `<`,
+    `>` and `&` escaped and the fence broken; the notification text is escaped too, and links
+    are not unfurled. Nothing in the posted JSON could notify, link or format."""
+    api = SlackApi(token=TOKEN)
+    api.start()
+    world = World(tmp_path, api, app_ref="tests.integration.slackapp:app")
+    try:
+        world.bridge.start()
+        world.bridge.wait_ready()
+        run_id = world.served.start_run("alice", "CS-101: look at the notes and pin one")
+        card = assert_eventually(
+            lambda: next(iter(world.served.api("alice", "GET", f"/api/runs/{run_id}")["approvals"]), None), timeout=RUN
+        )
+        call, _ = world.card_message(card["id"])
+        posted = call.args
+        assert posted["mrkdwn"] is False and posted["unfurl_links"] is False and posted["unfurl_media"] is False
+        assert "<" not in posted["text"] and ">" not in posted["text"]
+        found = texts(posted["blocks"])
+        fence = re.compile(r"^(\*Staged change\*\n)?```\n(?P<body>.*)\n```$", re.DOTALL)
+        bodies = []
+        for kind, text in found:
+            if kind == "mrkdwn":
+                block = fence.match(text)
+                assert block is not None, f"mrkdwn outside one code block: {text!r}"
+                assert "```" not in block["body"] and "<" not in text and ">" not in text, text
+                bodies.append(block["body"])
+        inert_payload = slackapp.PAYLOAD.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        inert_payload = inert_payload.replace("``", "`\u200b`").replace("``", "`\u200b`")
+        assert any(inert_payload in b for b in bodies), bodies  # the evidence, shown whole
+        assert any("&lt;!here&gt; ping &lt;#C0OTHER&gt; *urgent* &lt;https://evil.example|login&gt;" in b
+                   for b in bodies), bodies  # fmt: skip
+        # Everything else is plain_text, which Slack shows as typed (not even emoji codes).
+        assert all(obj.get("emoji") is False for obj in _plain_objects(posted["blocks"]))
+    finally:
+        world.bridge.stop()
+        world.served.stop()
+        api.stop()
+
+
+def _plain_objects(node: Any) -> list[dict[str, Any]]:
+    if isinstance(node, dict):
+        own = [node] if node.get("type") == "plain_text" else []
+        return own + [o for v in node.values() for o in _plain_objects(v)]
+    return [o for v in node for o in _plain_objects(v)] if isinstance(node, list) else []
+
+
+def test_the_cli_takes_the_slack_secrets_from_the_environment_only(tmp_path: Path) -> None:
+    """Without SLACK_BOT_TOKEN / SLACK_SIGNING_SECRET the command exits 2 saying where to set
+    them (and that the command line is not the place); it has no flag for either."""
+    db = f"sqlite:///{tmp_path / 'wf.db'}"
+    base = [*CLI, "chat-bridge", "slack", "--channel", "C0NOC0001", "--tenant", "noc-east", "--db", db]
+    clean = {k: v for k, v in env().items() if not k.startswith("SLACK_")}
+    done = subprocess.run(base, cwd=ROOT, env={**clean, "SLACK_BOT_TOKEN": TOKEN}, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "SLACK_SIGNING_SECRET" in done.stderr and "never taken on the command line" in done.stderr
+    assert TOKEN not in done.stderr
+    helped = subprocess.run([*base, "--help"], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=120)
+    assert "--token" not in helped.stdout and "--signing-secret" not in helped.stdout and "--api-url" in helped.stdout

@@ -103,7 +103,7 @@ class SlackBridge(Served):
         cmd = [*CLI, "chat-bridge", "slack", "--channel", CHANNEL, "--tenant", self.tenant, "--db", self.db,
                "--app", self.app_ref, "--port", str(self.port), "--api-url", self.api.url, "--interval", "0.2"]  # fmt: skip
         bridge_env = env(NOC_DB=str(self.net_path), NOC_CLOCK_START=self.clock_start, SLACK_BOT_TOKEN=TOKEN,
-                         SLACK_SIGNING_SECRET=SECRET, **self.env)  # fmt: skip
+                         SLACK_SIGNING_SECRET=SECRET, PYTHONFAULTHANDLER="1", **self.env)  # fmt: skip
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=bridge_env, stdout=log, stderr=subprocess.STDOUT)
 
