@@ -19,7 +19,9 @@ One Bolt app (HTTP mode: Slack POSTs interactions to `/slack/events`) and one sw
   showed (an edit since is refused as stale); Reject and Edit open a modal (`views.open`) whose
   submission decides. Every decision goes through `Approvals`: roles, tenant, four-eyes, quorum,
   expiry, stale arguments, editable arguments, all audited; a refusal is said in words to the
-  clicker only.
+  clicker only. Commands typed in a card's thread (Events API `message` events: `approve`,
+  `reject <reason>`, `status`, `why?`) go through the core's `handle`, answered in the thread;
+  an event Slack resends is handled once.
 - **Slack down.** Web API calls are retried (connection errors, 429 with Retry-After, 5xx); the
   sweeper backs off (1 s doubling to a minute) while Slack fails and the HTTP side keeps serving.
 """
@@ -123,6 +125,8 @@ class SlackBridge:
         self.bolt.action(EDIT)(self._on_modal_button)
         self.bolt.view(REJECT)(self._on_reject_submitted)
         self.bolt.view(EDIT)(self._on_edit_submitted)
+        self.bolt.event("message")(self._on_message)
+        self._events: dict[str, float] = {}  # event ids handled (Slack resends an event it thinks was lost)
         self.bolt.use(self._throttle)
 
     # -- serving -----------------------------------------------------------------------------------
@@ -361,6 +365,35 @@ class SlackBridge:
         ack()
         self._decided({**body, "channel": {"id": meta.get("channel") or self.channel}}, req)
 
+    def _on_message(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        """`approve [comment]`, `reject <reason>`, `status`, `why?` typed in a card's thread
+        (Events API, `message.channels`): answered in the thread, through the core's commands."""
+        text, thread = event.get("text"), event.get("thread_ts")
+        if (event.get("subtype") or event.get("bot_id") or event.get("channel") != self.channel or not thread
+                or not isinstance(text, str) or not self.core.is_command(_unescape(text))):  # fmt: skip
+            return  # talk, edits, the bot's own messages, other channels
+        if not self._first_event(str(body.get("event_id", "")), time.monotonic()):
+            return
+        row = self.core.card_of_message(str(thread))
+        team = body.get("team_id")
+        if row is None or (self.identity.get("team_id") and team != self.identity["team_id"]):
+            return
+        answer = self.core.handle(str(event.get("user", "")), row.approval_id, _unescape(text))
+        if answer:
+            self.client.chat_postMessage(channel=self.channel, thread_ts=str(thread), text=mrkdwn_escape(answer),
+                                         mrkdwn=False, unfurl_links=False, unfurl_media=False)  # fmt: skip
+        self.refresh(row.approval_id)
+
+    def _first_event(self, event_id: str, now: float) -> bool:
+        """False for an event handled in the last hour (Slack retries up to three times)."""
+        with self._lock:
+            if len(self._events) > 10_000:
+                self._events = {e: at for e, at in self._events.items() if at > now - 3600}
+            if not event_id or event_id in self._events:
+                return False
+            self._events[event_id] = now
+            return True
+
     def _decided(self, body: dict[str, Any], req: ApprovalRequest) -> None:
         """Tell the decider what happened, and edit the card now rather than at the next sweep."""
         self._tell(body, f"{req.tool} {req.id}: {req.status} ({req.approvals}/{req.spec.quorum} approvals)")
@@ -407,6 +440,11 @@ def _user(body: Mapping[str, Any]) -> str:
 def _channel(body: Mapping[str, Any]) -> str:
     channel = body.get("channel") or (body.get("container") or {})
     return str(channel.get("id") or channel.get("channel_id") or "") if isinstance(channel, Mapping) else ""
+
+
+def _unescape(text: str) -> str:
+    """A message's text as typed: Slack sends `&`, `<` and `>` escaped."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 def _refusal_words(exc: Exception) -> str:

@@ -39,7 +39,7 @@ ALICE, BOB, EVE, DAVE = "UALICE001", "UBOB00001", "UEVE00001", "UDAVE0001"
 APPROVE, REJECT, EDIT = "af_approve", "af_reject", "af_edit"
 # One site per test, spread over the regions (north CS-101.., south CS-107.., east CS-113..,
 # west CS-119..): the pack changes at most 3 sites of a region an hour. CS-107: the other tenant's.
-SITES = ("CS-101", "CS-102", "CS-107", "CS-108", "CS-113", "CS-114", "CS-119", "CS-120")
+SITES = ("CS-101", "CS-102", "CS-107", "CS-108", "CS-113", "CS-114", "CS-119", "CS-120", "CS-109")
 RUN = 60  # seconds a run or the bridge may take to reach a point (a few in practice)
 
 
@@ -466,3 +466,34 @@ def test_the_cli_takes_the_slack_secrets_from_the_environment_only(tmp_path: Pat
     assert TOKEN not in done.stderr
     helped = subprocess.run([*base, "--help"], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=120)
     assert "--token" not in helped.stdout and "--signing-secret" not in helped.stdout and "--api-url" in helped.stdout
+
+
+# -- commands typed in a card's thread -------------------------------------------------------------
+def test_commands_typed_in_a_cards_thread(world: World) -> None:
+    """`status` and `reject <reason>` typed in the card's thread (Events API) are answered in the
+    thread through the chat core's commands, as the operator the account is linked to; an
+    unlinked account is told how to link; an event Slack resends (same event id, signed anew)
+    is handled once; talk that is no command is left alone."""
+    card = world.parked("alice", "CS-109")
+    _, ts = world.card_message(card["id"])
+    mark = len(world.api.calls)
+
+    def replies() -> list[str]:
+        return [c.args.get("text", "") for c in world.api.calls[mark:] if c.method == "chat.postMessage"
+                and c.args.get("thread_ts") == ts and c.answer is not None]  # fmt: skip
+
+    assert world.bridge.say(BOB, "looks fine to me", thread_ts=ts, event_id="Ev01").status_code == 200
+    assert world.bridge.say(EVE, "approve", thread_ts=ts, event_id="Ev02").status_code == 200
+    assert_eventually(lambda: any("agentflow operators link NAME --slack" in r for r in replies()), timeout=30)
+    world.bridge.say(BOB, "status", thread_ts=ts, event_id="Ev03")
+    assert_eventually(lambda: any("Waiting for approval" in r for r in replies()), timeout=30)
+    world.bridge.say(BOB, "reject not tonight &lt;!channel&gt;", thread_ts=ts, event_id="Ev04")
+    world.bridge.say(BOB, "reject not tonight &lt;!channel&gt;", thread_ts=ts, event_id="Ev04", retry=1)
+    assert_eventually(lambda: any("rejected" in r for r in replies()), timeout=30)
+    req = world.request(card["id"])
+    assert req["status"] == "rejected" and [(v["principal"], v["comment"]) for v in req["votes"]] == [
+        ("bob", "not tonight <!channel>")
+    ]
+    assert_eventually(lambda: "Outcome: rejected by bob" in shown(world.api, ts), timeout=RUN)
+    assert len(replies()) == 3, replies()  # eve's, status, the rejection: nothing for talk or the resent event
+    assert all("<" not in r for r in replies())

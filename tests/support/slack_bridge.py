@@ -89,6 +89,18 @@ def submission_payload(user: str, view: dict[str, Any], values: dict[str, str], 
     }  # fmt: skip
 
 
+def message_event(user: str, text: str, *, thread_ts: str, event_id: str, channel: str = CHANNEL,
+                  team: str = TEAM) -> dict[str, Any]:  # fmt: skip
+    """An Events API `message` event (a reply in a thread) as Slack POSTs it (JSON body)."""
+    ts = f"{time.time():.6f}"
+    return {
+        "token": "legacy-verification-token", "team_id": team, "api_app_id": "A0AGENTFLOW", "type": "event_callback",
+        "event": {"type": "message", "channel": channel, "user": user, "text": text, "ts": ts, "thread_ts": thread_ts,
+                  "event_ts": ts, "channel_type": "channel"},
+        "event_id": event_id, "event_time": int(time.time()), "authorizations": [],
+    }  # fmt: skip
+
+
 class SlackBridge(Served):
     """`agentflow chat-bridge slack` on `served`'s store (and network, and clock), talking to the
     stand-in `api`. Like `Served`: `kill()` is a crash, `stop()` a shutdown, `restart()` both."""
@@ -130,6 +142,15 @@ class SlackBridge(Served):
         body = form(action_payload(user, action_id, value, **kw))
         headers = signed_headers(body)
         return self.send(body, headers), body, headers
+
+    def say(self, user: str, text: str, *, thread_ts: str, event_id: str, retry: int = 0) -> httpx.Response:
+        """`user` types `text` in the thread of `thread_ts` (`retry`: Slack resending the event,
+        signed anew, as it does when an answer was slow)."""
+        body = json.dumps(message_event(user, text, thread_ts=thread_ts, event_id=event_id))
+        headers = {**signed_headers(body), "Content-Type": "application/json"}
+        if retry:
+            headers.update({"X-Slack-Retry-Num": str(retry), "X-Slack-Retry-Reason": "http_timeout"})
+        return self.send(body, headers)
 
     def submit(self, user: str, view: dict[str, Any], values: dict[str, str]) -> httpx.Response:
         body = form(submission_payload(user, view, values))
