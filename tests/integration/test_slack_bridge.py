@@ -497,3 +497,21 @@ def test_commands_typed_in_a_cards_thread(world: World) -> None:
     assert_eventually(lambda: "Outcome: rejected by bob" in shown(world.api, ts), timeout=RUN)
     assert len(replies()) == 3, replies()  # eve's, status, the rejection: nothing for talk or the resent event
     assert all("<" not in r for r in replies())
+
+
+def test_a_flood_of_clicks_is_cut_per_user(world: World) -> None:
+    """One Slack user's clicks beyond 20 a minute are dropped unanswered (nothing looked up,
+    nothing sent to Slack); another user's clicks are still answered."""
+    value = f"apr_{'0' * 20}|{'0' * 64}"  # well formed; whose it is does not matter here
+    mark = len(world.api.calls)
+    flood = "UFLOOD001"
+    for _ in range(25):
+        assert world.bridge.click(flood, APPROVE, value)[0].status_code == 200
+
+    def told(user: str) -> int:
+        return len([c for c in world.api.calls[mark:] if c.method == "chat.postEphemeral" and c.args["user"] == user])
+
+    assert_eventually(lambda: told(flood) == 20, timeout=30, message=f"{told(flood)} answers to the flood")
+    world.bridge.click(EVE, APPROVE, value)
+    assert_eventually(lambda: told(EVE) == 1, timeout=30)
+    assert told(flood) == 20
