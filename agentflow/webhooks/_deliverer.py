@@ -8,8 +8,12 @@ or given up; durable like an activity with retries and an idempotency key.
 - **At least once, one id.** Every attempt sends the body as stored (byte-identical) with the
   event's id as `webhook-id`: a receiver that deduplicates by it acts once per event
   (`agentflow.webhooks.Receiver`). Order is not guaranteed across retries.
+- **Bounded attempts.** Each attempt (connect, send, the answer) is over within
+  `3 x timeout` whatever the receiver does (one trickling its answer a byte at a time included):
+  less than the lease, so a lease runs out only under a deliverer that stopped, and a receiver
+  cannot hold a deliverer's thread, nor its host's shutdown.
 - **Backoff.** A failed attempt (not 2xx, a redirect, no connection, no answer within
-  `timeout`) is tried again after 1 s, 2 s, 4 s, ... up to 10 min apart, with jitter, and given up
+  `timeout`, not over within the attempt's deadline) is tried again after 1 s, 2 s, 4 s, ... up to 10 min apart, with jitter, and given up
   (`failed`) after `Backoff.max_attempts` (about a day); its last error is kept (redacted,
   truncated) for `agentflow webhooks deliveries`.
 - **Never takes its host down.** A store that does not answer (down, busy, disk full) is logged
@@ -18,6 +22,7 @@ or given up; durable like an activity with retries and an idempotency key.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import random
@@ -34,6 +39,8 @@ from agentflow.webhooks._metrics import DeliveryMetrics
 from agentflow.webhooks._signing import sign
 
 if TYPE_CHECKING:
+    import ssl
+
     import httpx
     from prometheus_client import CollectorRegistry
 
@@ -72,7 +79,8 @@ class Deliverer:
     Args:
         store: the store whose deliveries to send.
         clock: the time attempts are scheduled by (default: the system's; a `TestClock` in tests).
-        timeout: seconds to connect, to send, and to wait for each read of the answer.
+        timeout: seconds to connect, to send, and to wait for each read of the answer; a whole
+            attempt is over within 3 x `timeout`.
         backoff: the retry schedule.
         concurrency: most POSTs at once (a hung receiver holds one).
         poll_interval: seconds between looks for due deliveries when idle.
@@ -89,15 +97,16 @@ class Deliverer:
         self.store, self.clock = store, clock or SystemClock()
         self.timeout, self.backoff = timeout, backoff or Backoff()
         self.concurrency, self.poll_interval, self.retention = max(concurrency, 1), poll_interval, retention
-        #: Longer than any POST may take (connect, send, read: each within `timeout`), so a lease
-        #: runs out only under a deliverer that stopped.
-        self.lease = 3 * timeout + 5.0
+        #: The longest an attempt may take, all of it (connect, send, read the answer).
+        self.deadline = 3 * timeout
+        #: Longer than any attempt may take, so a lease runs out only under a deliverer that stopped.
+        self.lease = self.deadline + 5.0
         self.metrics = DeliveryMetrics.of(registry) if registry is not None else None
         self.rng = rng or random.Random()
         # Made on the first delivery: httpx and its TLS context cost ~0.3 s of start-up, which a
         # worker with no subscriptions never pays.
-        self._client: httpx.Client | None = None
-        self._client_lock = threading.Lock()
+        self._tls: ssl.SSLContext | None = None
+        self._tls_lock = threading.Lock()
         self._pause = 0.0
         self._pruned_at = 0.0
         self._stop = threading.Event()
@@ -108,9 +117,7 @@ class Deliverer:
         """Claim the deliveries due now (at most `concurrency`), POST them at once, record each
         outcome; how many were attempted."""
         claimed = self._claim(self.concurrency)
-        if len(claimed) == 1:
-            self._attempt(claimed[0])
-        elif claimed:
+        if claimed:  # on threads of their own (an attempt runs an event loop: the caller may be in one)
             with concurrent.futures.ThreadPoolExecutor(len(claimed), thread_name_prefix="agentflow-webhook") as pool:
                 list(pool.map(self._attempt, claimed))
         return len(claimed)
@@ -160,19 +167,15 @@ class Deliverer:
         self.close()
 
     def close(self) -> None:
-        with self._client_lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+        """Nothing stays open between attempts (each makes its own connection); kept for callers."""
 
-    def _http(self) -> httpx.Client:
-        with self._client_lock:
-            if self._client is None:
+    def _tls_context(self) -> ssl.SSLContext:
+        with self._tls_lock:
+            if self._tls is None:
                 import httpx
 
-                self._client = httpx.Client(timeout=httpx.Timeout(self.timeout), follow_redirects=False,
-                                            headers={"user-agent": "agentflow-webhooks/1"})  # fmt: skip
-            return self._client
+                self._tls = httpx.create_ssl_context()  # certifi's roots, or SSL_CERT_FILE / SSL_CERT_DIR
+            return self._tls
 
     # -- the steps -------------------------------------------------------------------------------
     def _claim(self, limit: int) -> list[DueDelivery]:
@@ -218,24 +221,38 @@ class Deliverer:
             self.metrics.attempted(outcome, given_up=give_up)
 
     def _post(self, due: DueDelivery) -> tuple[str, str]:
-        """POST one delivery: ("delivered" | "refused" | "unreachable", the error)."""
+        """POST one delivery, within `deadline`: ("delivered" | "refused" | "unreachable", the error).
+
+        The attempt runs on an event loop of its own, so the deadline cancels it wherever it is
+        (a socket read that keeps getting a byte within `timeout` included), which a blocking
+        client's per-operation timeouts cannot do. Each attempt makes its own connection."""
         import httpx
 
         body = due.payload.encode()
         headers = sign(due.secret, due.event_id, time.time(), body) | {"content-type": "application/json"}
         try:
-            with self._http().stream("POST", due.url, content=body, headers=headers) as answer:
-                code = answer.status_code
-                if 200 <= code < 300:
-                    return "delivered", ""
-                if answer.is_redirect:
-                    where = answer.headers.get("location", "")[:200]
-                    return "refused", f"HTTP {code}: a redirect (to {where!r}) is not followed; fix the webhook's URL"
-                return "refused", f"HTTP {code} {answer.reason_phrase}: {_first_bytes(answer)}".rstrip(": ")
+            return asyncio.run(self._exchange(due.url, body, headers))
         except httpx.TimeoutException as exc:
             return "unreachable", f"no answer within {self.timeout:g} s ({type(exc).__name__})"
+        except TimeoutError:  # the deadline (asyncio's), not one operation's timeout (httpx's, above)
+            return "unreachable", f"no complete answer within {self.deadline:g} s (the limit of one attempt)"
         except Exception as exc:  # noqa: BLE001 - no connection, a bad URL, a library error: recorded and retried
             return "unreachable", f"{type(exc).__name__}: {exc}"
+
+    async def _exchange(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[str, str]:
+        import httpx
+
+        client = httpx.AsyncClient(verify=self._tls_context(), timeout=httpx.Timeout(self.timeout),
+                                   follow_redirects=False, headers={"user-agent": "agentflow-webhooks/1"})  # fmt: skip
+        async with asyncio.timeout(self.deadline), client, client.stream("POST", url, content=body,
+                                                                         headers=headers) as answer:  # fmt: skip
+            code = answer.status_code
+            if 200 <= code < 300:
+                return "delivered", ""
+            if answer.is_redirect:
+                where = answer.headers.get("location", "")[:200]
+                return "refused", f"HTTP {code}: a redirect (to {where!r}) is not followed; fix the webhook's URL"
+            return "refused", f"HTTP {code} {answer.reason_phrase}: {await _first_bytes(answer)}".rstrip(": ")
 
     def _prune(self) -> None:
         now = self.clock.now()
@@ -254,11 +271,11 @@ class Deliverer:
                     type(exc).__name__, exc, self._pause)  # fmt: skip
 
 
-def _first_bytes(answer: httpx.Response) -> str:
+async def _first_bytes(answer: httpx.Response) -> str:
     """The start of an answer's body as one line of text (the rest is never read)."""
     got = b""
     try:
-        for chunk in answer.iter_bytes():
+        async for chunk in answer.aiter_bytes():
             got += chunk
             if len(got) >= _ANSWER_BYTES:
                 break

@@ -244,13 +244,15 @@ def test_a_pending_delivery_ages_in_the_metrics(app: App) -> None:
     assert EAST not in Metrics.install(app).exposition(tenants=False)[0].decode()
 
 
-@pytest.mark.parametrize("behaviour", ["hang", "redirect", "huge"])
+@pytest.mark.parametrize("behaviour", ["hang", "trickle", "redirect", "huge"])
 def test_an_unlucky_receiver_costs_one_attempt_and_says_why(
     app: App, receivers: list[WebhookReceiver], behaviour: str
 ) -> None:
-    """A receiver that never answers is given up on after the timeout; a redirect is not followed
-    (the address it points to is never asked); a gigabyte answer is not read (its first bytes are
-    the error). Each is one failed attempt, retried later, then delivered."""
+    """A receiver that never answers is given up on after the timeout; one that trickles its
+    answer a byte at a time (each read within the timeout) after the attempt's deadline (3 x the
+    timeout: less than the lease, so no other deliverer sends it meanwhile); a redirect is not
+    followed (the address it points to is never asked); a gigabyte answer is not read (its first
+    bytes are the error). Each is one failed attempt, retried later, then delivered."""
     hook = receiver(receivers, app.store, EAST, [behaviour])
     app.store.transaction(lambda tx: tx.events.append(tenant=EAST, kind="run.finished", subject="r", data={},
                                                       now=START))  # fmt: skip
@@ -266,9 +268,10 @@ def test_an_unlucky_receiver_costs_one_attempt_and_says_why(
     finally:
         deliverer.close()
     assert row.status == "pending" and row.attempts == 1
-    expected = {"hang": "no answer within 1 s", "redirect": "redirect", "huge": "HTTP 500"}[behaviour]
+    expected = {"hang": "no answer within 1 s", "trickle": "no complete answer within 3 s", "redirect": "redirect",
+                "huge": "HTTP 500"}[behaviour]  # fmt: skip
     assert expected in (row.last_error or "")
-    assert len(row.last_error or "") <= 500 and took < 15
+    assert len(row.last_error or "") <= 500 and took < min(15, deliverer.lease)
     assert len(hook.events) == 1 and len(hook.attempts) == 2
 
 

@@ -1,6 +1,7 @@
 """A webhook receiver on 127.0.0.1 for tests: a real HTTP server that verifies every delivery with
 the `standardwebhooks` library (not agentflow's own code), answers the first requests as scripted
-(500, a dropped connection, a hung request, a redirect, a huge answer) and then 204, and acts on
+(500, a dropped connection, a hung request, an answer trickled a byte at a time, a redirect, a
+huge answer) and then 204, and acts on
 each event once by its `webhook-id`, the way a receiver should."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from standardwebhooks import Webhook, WebhookVerificationError
 
 #: What the receiver can do with a request, in script order; "ok" once the script is done.
-BEHAVIOURS = ("ok", "500", "drop", "hang", "redirect", "huge")
+BEHAVIOURS = ("ok", "500", "drop", "hang", "trickle", "redirect", "huge")
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ def _handler(receiver: WebhookReceiver) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
             elif behaviour == "huge":
                 self._huge()
+            elif behaviour == "trickle":
+                self._trickle()
             else:  # drop, hang: no answer at all
                 if behaviour == "hang":
                     receiver.hung.set()
@@ -109,6 +112,18 @@ def _handler(receiver: WebhookReceiver) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def _trickle(self) -> None:
+            """A 200 whose header lines come a byte every 0.2 s, never ending (until `release`):
+            each read gets data well within any timeout, so only a limit on the whole attempt ends it."""
+            try:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                while not receiver.release.wait(0.2):
+                    self.wfile.write(b"X")
+                    self.wfile.flush()
+            except OSError:
+                pass  # the sender hung up, as it should
+            self.close_connection = True
 
         def _huge(self) -> None:
             """A 500 whose body would be 1 GB: the sender must stop reading long before."""
