@@ -55,6 +55,8 @@ def _statements(kind: str) -> tuple[str, str]:
 _STATEMENTS = {kind: _statements(kind) for kind in EVENT_KINDS}
 #: A delivery a deliverer may claim at `now` (bound twice): pending, due, not leased.
 _DUE = "status = 'pending' AND next_at <= ? AND (lease_until IS NULL OR lease_until <= ?)"
+#: ... and its subscription has no attempt under way (`now` bound once): one at a time each.
+_FREE = "webhook_id NOT IN (SELECT webhook_id FROM af_deliveries WHERE status = 'pending' AND lease_until > ?)"
 _WEBHOOK_COLUMNS = "id, tenant, url, secret, kinds, created_at, disabled"
 _DELIVERY_COLUMNS = (
     "d.webhook_id, d.event_id, d.tenant, d.status, d.attempts, d.next_at, d.lease_until, d.last_error, "
@@ -282,23 +284,36 @@ class DeliveryRecords(Records):
     The deliverer's statements (`claim`, `delivered`, `retry`, `give_up`) act on any tenant's rows,
     like a worker's claim of runs: it serves the whole store. An outcome is written only while the
     deliverer still holds the lease it claimed with (`lease_until` as claimed): one whose lease ran
-    out and was taken over writes nothing, except a success, which is a success whoever sent it."""
+    out and was taken over writes nothing, except a success, which is a success whoever sent it.
+
+    A subscription has one attempt under way at a time: a receiver that hangs (a host that drops
+    packets) with a backlog holds one of the deliverers' threads, not all of them, so the other
+    subscriptions (other tenants') are not held behind it; and a subscription's deliveries go
+    out in order, retries aside."""
 
     def any_due(self, *, now: float) -> bool:
         """Whether a claim now would find a delivery (a read: an idle deliverer takes no write lock)."""
-        return self.conn.execute(f"SELECT 1 FROM af_deliveries WHERE {_DUE} LIMIT 1", (now, now)).fetchone() is not None
+        sql = f"SELECT 1 FROM af_deliveries WHERE {_DUE} AND {_FREE} LIMIT 1"
+        return self.conn.execute(sql, (now, now, now)).fetchone() is not None
 
     def claim(self, *, now: float, lease_until: float, limit: int) -> list[DueDelivery]:
         """Claim up to `limit` pending deliveries that are due and not leased (or whose lease ran
-        out), counting the attempt; the claim is a conditional update checked by its row count,
-        so two deliverers never hold the same delivery at once."""
+        out), the oldest due of each subscription with no attempt under way, counting the
+        attempt; the claim is a conditional update checked by its row count, so two deliverers
+        never hold the same delivery at once (claims take the `webhooks:claim` lock)."""
         _require_transaction(self)
-        due = self.conn.execute(
-            f"SELECT webhook_id, event_id FROM af_deliveries WHERE {_DUE} ORDER BY next_at, created_at LIMIT ?",
-            (now, now, limit),
+        hooks = self.conn.execute(
+            f"SELECT webhook_id, MIN(next_at) AS first FROM af_deliveries WHERE {_DUE} AND {_FREE} "
+            "GROUP BY webhook_id ORDER BY first, webhook_id LIMIT ?",
+            (now, now, now, limit),
         ).fetchall()
         claimed: list[DueDelivery] = []
-        for webhook_id, event_id in due:
+        for webhook_id, _ in hooks:
+            (event_id,) = self.conn.execute(
+                f"SELECT event_id FROM af_deliveries WHERE webhook_id = ? AND {_DUE} ORDER BY next_at, created_at "
+                "LIMIT 1",
+                (webhook_id, now, now),
+            ).fetchone()
             n = self.conn.execute(
                 "UPDATE af_deliveries SET lease_until = ?, attempts = attempts + 1 WHERE webhook_id = ? "
                 f"AND event_id = ? AND {_DUE}",

@@ -208,9 +208,9 @@ def test_sealed_tenants_events_urls_and_secrets_are_sealed_at_rest(db_url: str, 
 def test_two_deliverers_never_claim_the_same_delivery(app: App) -> None:
     """Claims from many threads at once (each its own connection) split the due deliveries:
     each is claimed once, with one attempt counted."""
-    Webhooks(app.store).add("http://127.0.0.1:9/x", tenant=EAST)
     for i in range(40):
-        append(app.store, EAST, "run.finished", f"r{i}")
+        Webhooks(app.store).add(f"http://127.0.0.1:9/x{i}", tenant=EAST)
+    append(app.store, EAST, "run.finished")
     claimed: list[str] = []
     barrier = threading.Barrier(4)
 
@@ -219,7 +219,7 @@ def test_two_deliverers_never_claim_the_same_delivery(app: App) -> None:
         for _ in range(20):
             got = app.store.transaction(lambda tx: tx.deliveries.claim(now=START, lease_until=START + 60, limit=3),
                                         locks=("webhooks:claim",))  # fmt: skip
-            claimed.extend(d.event_id for d in got)
+            claimed.extend((d.webhook_id, d.event_id) for d in got)
 
     threads = [threading.Thread(target=claim) for _ in range(4)]
     for t in threads:
@@ -259,3 +259,33 @@ def test_a_change_rolled_back_or_fenced_out_reports_nothing(app: App) -> None:
         store.backend.write(store.finish_ops(f"{EAST}:z", 7, "completed", "null", None, START, workflow="parked"))
     assert store.backend.query("SELECT count(*) FROM af_events")[0][0] == 0
     assert store.backend.query("SELECT count(*) FROM af_deliveries")[0][0] == 0
+
+
+def test_a_subscription_has_one_attempt_under_way_at_a_time(app: App) -> None:
+    """A subscription with a backlog (its receiver hangs: each attempt holds a deliverer's thread
+    until the timeout) gets one delivery claimed at a time, its oldest: the claims' other slots
+    go to other subscriptions (here another tenant's), which are not held behind it. Once its
+    attempt is recorded (or its lease runs out), its next delivery is claimed."""
+    hooks = Webhooks(app.store)
+    slow, _ = hooks.add("http://127.0.0.1:9/hangs", tenant=EAST)
+    other, _ = hooks.add("http://127.0.0.1:9/fine", tenant=WEST)
+    for i in range(12):
+        append(app.store, EAST, "run.finished", f"r{i}")
+    append(app.store, WEST, "run.finished")
+    first_east = app.store.read(lambda tx: tx.events.list(tenant=EAST))[0].id
+
+    def claim(now: float, limit: int = 4) -> list[tuple[str, str]]:
+        got = app.store.transaction(lambda tx: tx.deliveries.claim(now=now, lease_until=now + 60, limit=limit),
+                                    locks=("webhooks:claim",))  # fmt: skip
+        return [(d.webhook_id, d.event_id) for d in got]
+
+    claimed = app.store.transaction(lambda tx: tx.deliveries.claim(now=START, lease_until=START + 60, limit=4))
+    assert sorted((d.webhook_id, d.tenant) for d in claimed) == sorted([(slow.id, EAST), (other.id, WEST)])
+    assert [d.event_id for d in claimed if d.webhook_id == slow.id] == [first_east]  # its oldest
+    app.store.transaction(lambda tx: tx.deliveries.delivered(next(d for d in claimed if d.tenant == WEST), at=START))
+    assert claim(START + 1) == []  # the slow one's attempt is under way; the other has nothing left
+    assert not app.store.read(lambda tx: tx.deliveries.any_due(now=START + 1))  # an idle look finds nothing
+    (due,) = app.store.transaction(lambda tx: tx.deliveries.claim(now=START + 60, lease_until=START + 120, limit=4))
+    assert (due.webhook_id, due.event_id) == (slow.id, first_east)  # its lease ran out: taken over, the same one
+    app.store.transaction(lambda tx: tx.deliveries.retry(due, next_at=START + 1000, error="timed out"))
+    assert [w for w, _ in claim(START + 61)] == [slow.id]  # recorded: its next delivery goes
