@@ -70,8 +70,6 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from agentflow.engine import App
-    from agentflow.store import ChatCardRow
-
 log = logging.getLogger("agentflow.bridges.slack")
 
 EVENT_TYPE = "agentflow_approval"  # the metadata event type of a card message
@@ -173,15 +171,10 @@ class SlackBridge:
     def sweep(self) -> None:
         """Post the cards of new requests, then edit the cards whose text changed."""
         self._identify()
-        offered = self.core.cards_to_post()
-        for view in offered:
+        # New requests, and cards left `posting` (a crash mid-post, Slack down) whatever their
+        # request became since: found in the channel and edited, else posted as they are now.
+        for view in self.core.cards_to_post():
             self._post(view)
-        # A card row left `posting` whose request was decided since (a crash mid-post, Slack down
-        # while someone decided on the web) is no longer offered: settle it here, with the card
-        # it should show now (found in the channel, else posted, without buttons).
-        for row in posting_cards(self.core):
-            if row.approval_id not in {v.approval_id for v in offered}:
-                self._post(self.core.view(row.approval_id, row))
         for view in self.core.cards_to_update():
             self._edit(view)
 
@@ -415,12 +408,6 @@ class SlackBridge:
                                            text=mrkdwn_escape(text)[:3000], mrkdwn=False)  # fmt: skip
         except (SlackClientError, OSError) as exc:
             log.warning("chat.postEphemeral to %s failed: %s", _user(body), exc)
-
-
-def posting_cards(core: Bridge) -> list[ChatCardRow]:
-    """The tenant's card rows still `posting` (`Bridge.cards_to_post` offers those of open
-    requests only)."""
-    return core.store.read(lambda tx: tx.chat_cards.list(core.surface, tenant=core.tenant, states=("posting",)))
 
 
 class _InputErrors(Exception):
