@@ -10,12 +10,12 @@ finishes late (parallel tool calls) is never skipped by a client's cursor.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic_core import to_json
 from starlette.requests import Request
 
 from agentflow.approvals import ApprovalRequest, Principal
@@ -38,7 +38,11 @@ class _Cursor:
 
 def _message(event: str, data: Any, event_id: int | None = None) -> str:
     head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data, ensure_ascii=False, default=str)}\n\n"
+    # Encoded as the routes' answers are (pydantic): NaN and Infinity, which a tool's output may
+    # hold (`json.dumps` writes them), become null; a browser's JSON.parse refuses the whole event
+    # otherwise, and a card with such evidence would never show on the stream.
+    body = to_json(data, fallback=str, inf_nan_mode="null").decode()
+    return f"{head}event: {event}\ndata: {body}\n\n"
 
 
 def _poll(chat: Chat, run_id: str, viewer: Principal, cursor: _Cursor, make_card: MakeCard) -> tuple[list[str], bool]:

@@ -145,3 +145,51 @@ def test_the_card_without_a_policy_pack_has_no_limits(tmp_path: Path) -> None:
         card = w.parked("p1")
         ev = w.client.get(f"/api/approvals/{card['id']}", headers=w.bearer("bob")).json()["evidence"]
         assert ev["limits"] == [] and ev["reads"] and "approval" in ev["rule"]["text"]
+
+
+def test_a_tool_output_with_nan_and_infinity_is_valid_json_everywhere(tmp_path: Path) -> None:
+    """A read tool whose output holds NaN and Infinity (a KPI computed as 0/0 or x/0; the agent
+    records the output as `json.dumps` writes it, `NaN` and `Infinity` included): the live stream
+    (its approval card with the evidence) sends valid JSON like every route, those values as null
+    (JSON has no such numbers, and a browser's JSON.parse refuses the whole event); the card, the
+    inbox, the timeline and the approve answer say null too, and approving works."""
+    import dataclasses
+
+    from agentflow.llm import tool
+    from agentflow_noc import NOC_TOOLS
+    from agentflow_noc.demo import copilot, make_model
+    from agentflow_noc.env import network
+
+    @tool(side_effect="none", target="site", tags=["read"])
+    def get_kpis(site: str, window_minutes: int = 60) -> dict[str, Any]:
+        """Read a cell site's KPIs as a 5-minute series over the last `window_minutes`."""
+        kpis = network().kpis(site, window_minutes=window_minutes)
+        return {**kpis, "jitter_ms": float("nan"), "peak_ratio": float("inf"), "floor": float("-inf")}
+
+    def strict(text: str, where: str) -> Any:
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{where} sent the bare constant {c}"))
+
+    base = copilot(make_model("runbook"))
+    agent = dataclasses.replace(base, tools=[get_kpis if t.name == "get_kpis" else t for t in NOC_TOOLS])
+    with open_world(tmp_path, agent=agent) as w:
+        w.start("alice", "CS-101", "n1")
+        card = w.parked("n1")
+        with w.client.stream("GET", "/api/runs/n1/stream", headers=w.bearer("bob")) as stream:
+            lines = stream.iter_lines()
+            event = next(line for line in lines if line == "event: approval")
+            streamed = strict(next(lines).removeprefix("data: "), "the stream")
+        assert event and streamed["id"] == card["id"]
+        for shown in (card, streamed):
+            (kpis,) = [r["result"] for r in shown["evidence"]["reads"] if r["tool"] == "get_kpis"]
+            assert (kpis["jitter_ms"], kpis["peak_ratio"], kpis["floor"]) == (None, None, None)
+            assert len(kpis["series"]) == 12
+        for url in (f"/api/approvals/{card['id']}", "/api/approvals?status=all", "/api/runs/n1/timeline"):
+            got = w.client.get(url, headers=w.bearer("bob"))
+            assert got.status_code == 200, (url, got.text[:300])
+            strict(got.text, url)
+        approved = w.client.post(
+            f"/api/approvals/{card['id']}/approve", json={"comment": "ok"}, headers=w.bearer("bob")
+        )
+        assert approved.status_code == 200, approved.text[:300]
+        strict(approved.text, "approve")
+        assert w.finished("n1")["status"] == "completed"
