@@ -69,7 +69,10 @@ class Backoff:
 
     def delay(self, attempts: int, rng: random.Random) -> float:
         """Seconds before the next attempt, after `attempts` attempts."""
-        base = min(self.cap, self.first * self.factor ** max(attempts - 1, 0))
+        try:
+            base = min(self.cap, self.first * self.factor ** max(attempts - 1, 0))
+        except OverflowError:  # float ** past ~1e308 (2.0 after 1024 attempts): long past the cap
+            base = self.cap
         return base * (1.0 - self.jitter * rng.random())
 
 
@@ -146,9 +149,12 @@ class Deliverer:
                     log.exception("webhook deliverer: unexpected error; going on")
                     claimed = []
                 if inflight:
-                    _, inflight = concurrent.futures.wait(
+                    done, inflight = concurrent.futures.wait(
                         inflight, timeout=self.poll_interval, return_when=concurrent.futures.FIRST_COMPLETED
                     )
+                    for failed in [f.exception() for f in done if f.exception() is not None]:
+                        log.error("webhook deliverer: an attempt failed unexpectedly; its lease runs out and it is "
+                                  "tried again", exc_info=failed)  # fmt: skip
                 elif not claimed:
                     stop.wait(max(self.poll_interval, self._pause))
 

@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import sqlite3
@@ -321,3 +322,35 @@ def test_secrets_stay_out_of_listings_reprs_and_logs(app: App, db_url: str, capl
     for text in (*shown, repr(rows), caplog.text):
         assert secret not in text and "T0KEN" not in text
     assert "ops:***@" in shown[1] and "webhook delivery failed" in caplog.text
+
+
+def test_an_attempt_that_breaks_is_logged_and_the_deliverer_goes_on(
+    app: App, receivers: list[WebhookReceiver], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error no attempt expects (a bug) is logged with its traceback, not lost with its thread's
+    future; the deliverer goes on and delivers once the attempt works (here: the second)."""
+    hook = receiver(receivers, app.store, EAST)
+    app.store.transaction(lambda tx: tx.events.append(tenant=EAST, kind="run.finished", subject="r", data={},
+                                                      now=START))  # fmt: skip
+    broken = iter([True])
+
+    class Buggy(Deliverer):
+        def _post(self, due: Any) -> tuple[str, str]:
+            if next(broken, False):
+                raise RuntimeError("a bug in an attempt")
+            return super()._post(due)
+
+    caplog.set_level(logging.ERROR, logger="agentflow.webhooks")
+    deliverer = Buggy(app.store, timeout=0.5, poll_interval=0.05).start()  # lease 6.5 s: then tried again
+    try:
+        assert_eventually(lambda: "an attempt failed unexpectedly" in caplog.text, timeout=30)
+        assert "RuntimeError: a bug in an attempt" in caplog.text
+        assert_eventually(lambda: len(hook.events) == 1, timeout=60)
+    finally:
+        deliverer.stop(timeout=30)
+
+
+def test_backoff_stays_at_its_cap_however_many_attempts() -> None:
+    """`--max-attempts 5000`: the 1025th delay would be 2.0 ** 1024 s, past a float (OverflowError)."""
+    rng = random.Random(7)
+    assert Backoff().delay(5000, rng) <= 600 and Backoff(factor=10).delay(400, rng) >= 600 * 0.8
