@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from agentflow.engine import Clock, SystemClock
-from agentflow.errors import StoreError
+from agentflow.errors import ConfigurationError, StoreError
 from agentflow.store import DueDelivery, EventStore, Tx
 from agentflow.webhooks._metrics import DeliveryMetrics
 from agentflow.webhooks._signing import sign
@@ -97,8 +97,14 @@ class Deliverer:
         concurrency: int = 4, poll_interval: float = 1.0, retention: float = 7 * 86400.0,
         registry: CollectorRegistry | None = None, rng: random.Random | None = None,
     ) -> None:  # fmt: skip
+        backoff = backoff or Backoff()
+        for name, value, least in (("timeout", timeout, 0.1), ("poll_interval", poll_interval, 0.01),
+                                   ("max_attempts", backoff.max_attempts, 1), ("retention", retention, 0)):  # fmt: skip
+            if not value >= least:  # (NaN included)
+                raise ConfigurationError(f"the webhook deliverer's {name} must be at least {least:g}, not {value!r}: "
+                                         f"give --{name.replace('_', '-')} a larger value")  # fmt: skip
         self.store, self.clock = store, clock or SystemClock()
-        self.timeout, self.backoff = timeout, backoff or Backoff()
+        self.timeout, self.backoff = timeout, backoff
         self.concurrency, self.poll_interval, self.retention = max(concurrency, 1), poll_interval, retention
         #: The longest an attempt may take, all of it (connect, send, read the answer).
         self.deadline = 3 * timeout

@@ -354,3 +354,14 @@ def test_backoff_stays_at_its_cap_however_many_attempts() -> None:
     """`--max-attempts 5000`: the 1025th delay would be 2.0 ** 1024 s, past a float (OverflowError)."""
     rng = random.Random(7)
     assert Backoff().delay(5000, rng) <= 600 and Backoff(factor=10).delay(400, rng) >= 600 * 0.8
+
+
+@pytest.mark.parametrize("flag", [["--poll-interval", "0"], ["--timeout", "0"], ["--max-attempts", "0"],
+                                  ["--timeout", "nan"]])  # fmt: skip
+def test_deliver_refuses_values_that_would_spin_or_never_deliver(app: App, db_url: str, flag: list[str]) -> None:
+    """`--poll-interval 0` made an idle deliverer spin a core on store reads; `--timeout 0` failed
+    every attempt; `--max-attempts 0` gave every delivery up. Each is said at once (exit 2)."""
+    app.store.ensure_schema()
+    done = CliRunner().invoke(cli, ["webhooks", "deliver", "--once", "--db", db_url, *flag])
+    said = " ".join(done.output.split())
+    assert done.exit_code == 2 and f"{flag[0]} a larger value" in said, said
