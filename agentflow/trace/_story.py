@@ -46,6 +46,15 @@ def _call(detail: dict[str, Any]) -> str:
     return f"{detail.get('tool')}({shown if len(shown) <= 80 else shown[:79] + '…'})"
 
 
+def rerun_words(rerun: list[int]) -> str:
+    """What a resume ran again: nothing recorded, or the steps a crash left with an unknown
+    outcome (a side-effecting call records its intent before it runs)."""
+    if not rerun:
+        return "no recorded step ran again"
+    which = f"step {rerun[0]}" if len(rerun) == 1 else "steps " + ", ".join(str(q) for q in rerun)
+    return f"{which} had begun before (intent recorded, outcome unknown) and ran again with the same idempotency key"
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
@@ -64,7 +73,7 @@ def story(timeline: dict[str, Any]) -> list[str]:
             after = f"{duration_words(m['gap_s'])} later" if m["gap_s"] > 0 else "at once (recorded clock)"
             lines.append(f"The worker was lost after step {m['after_seq']} (lease {m['epoch_from']}); another took the "
                          f"run over under lease {m['epoch_to']} {after} and resumed at step {m['before_seq']}, "
-                         "replaying the history: no recorded step ran again.")  # fmt: skip
+                         f"replaying the history: {rerun_words(m.get('rerun', []))}.")  # fmt: skip
         if row["seq"] in groups:
             g = groups[row["seq"]]
             lines.append(f"The agent read {', '.join(g['tools'])} ({_plural(g['model_calls'], 'model call')}).")

@@ -7,10 +7,13 @@ the notebook HTML (`Trace._repr_html_`) draw the same data. Text that came from 
 or an operator (previews, details, comments) is untrusted: surfaces show it as text only.
 
 How lease changes are read: every claim of a run increments its epoch, and every step is written
-under the epoch of the claim that recorded it. Between two steps whose epochs differ the run was
-claimed again: after a durable wait (the first step of the new lease completes a timer, a signal
-or a child run: the run was parked and woken) or because the worker that held it stopped without
-parking it (a crash, a kill, a lost lease: another worker took the run over and replayed it).
+under the epoch of the claim that recorded it (a step finished under a later claim carries the
+later epoch). Each epoch after the first is a claim: after a durable wait (the claim's first step
+by seq completes a timer, a signal or a child run: the run was parked and woken) or because the
+worker that held it stopped without parking it (a crash, a kill, a lost lease, a worker stopped
+mid-run: another worker took the run over and replayed it). Epochs are read in claim order, not
+step by step: reads run together finish out of seq order. A side-effecting step of the new claim
+at an attempt beyond its failed ones had its intent recorded before the crash: it ran again.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from agentflow.engine import App, Client
 from agentflow.store import StepRecord
 from agentflow.trace._detail import decoded, step_detail
 from agentflow.trace._records import Attempt, Recorded, error_of, load_recorded, loads, open_client
-from agentflow.trace._story import story
+from agentflow.trace._story import rerun_words, story
 
 #: Steps whose length is time spent waiting (for a timer, a signal, a child run), not working.
 WAIT_KINDS = frozenset({"sleep", "signal", "child"})
@@ -59,7 +62,7 @@ def build_timeline(recorded: Recorded, *, now: float | None = None) -> dict[str,
     for attempt in recorded.attempts:
         retries[attempt.seq].append(attempt)
     rows = [_row(recorded, s, facts, retries.get(s.seq, []), now) for s in steps]
-    markers = _markers(steps)
+    markers = _markers(steps, {seq: len(tries) for seq, tries in retries.items()})
     groups = _groups(rows, markers)
     start = min([recorded.run.created_at, *(r["started_at"] for r in rows)])
     axis = _layout(rows, markers, groups, start)
@@ -259,26 +262,40 @@ def _wait_row(row: dict[str, Any], s: StepRecord, recorded: Recorded) -> None:
 
 
 # -- lease changes ---------------------------------------------------------------------------
-def _markers(steps: list[StepRecord]) -> list[dict[str, Any]]:
+def _markers(steps: list[StepRecord], failed: dict[int, int]) -> list[dict[str, Any]]:
+    """The lease changes, read lease by lease (not step by step: reads run together finish out of
+    seq order, so a crash amid them leaves epochs 1, 2, 1, 2 by seq; children end in any order).
+    Each lease after the first begins at its first step by seq; what the earlier leases recorded
+    last (by seq and by time) is where the one before it ended. `failed`: seq -> failed attempts."""
+    firsts: dict[int, StepRecord] = {}
+    last_seq: dict[int, int] = {}
+    last_at: dict[int, float] = {}
+    for s in steps:
+        firsts.setdefault(s.epoch, s)
+        last_seq[s.epoch] = max(last_seq.get(s.epoch, 0), s.seq)
+        last_at[s.epoch] = max(last_at.get(s.epoch, s.started_at), s.finished_at or s.started_at)
+    epochs = sorted(firsts)
     markers: list[dict[str, Any]] = []
-    for prev, cur in pairwise(steps):
-        if cur.epoch == prev.epoch:
-            continue
-        base = {"after_seq": prev.seq, "before_seq": cur.seq, "epoch_from": prev.epoch, "epoch_to": cur.epoch,
-                "at": prev.finished_at or prev.started_at, "resumed_at": cur.started_at}  # fmt: skip
-        base["gap_s"] = max(0.0, base["resumed_at"] - base["at"])
-        skipped = cur.epoch - prev.epoch - 1
+    before_seq, before_at = 0, 0.0
+    for old, new in pairwise(epochs):
+        before_seq, before_at = max(before_seq, last_seq[old]), max(before_at, last_at[old])
+        cur = firsts[new]
+        base = {"after_seq": before_seq, "before_seq": cur.seq, "epoch_from": old, "epoch_to": new,
+                "at": before_at, "resumed_at": cur.started_at, "gap_s": max(0.0, cur.started_at - before_at)}  # fmt: skip
+        skipped = new - old - 1
         extra = f" ({skipped} claim{'s' * (skipped > 1)} in between recorded nothing)" if skipped > 0 else ""
         if cur.kind in WAIT_KINDS:
             markers.append({**base, "kind": "wake",
-                            "text": f"woken after the wait: claimed again under lease {cur.epoch}{extra}"})  # fmt: skip
+                            "text": f"woken after the wait: claimed again under lease {new}{extra}"})  # fmt: skip
             continue
+        rerun = [s.seq for s in steps if s.epoch == new and s.kind not in WAIT_KINDS
+                 and s.attempt > 1 + failed.get(s.seq, 0)]  # fmt: skip
         markers.append({**base, "kind": "crash",
-                        "text": f"worker lost after step {prev.seq}: lease {prev.epoch} ended without the run "
-                                "being parked (a crash, a kill or a lost lease)"})  # fmt: skip
-        markers.append({**base, "kind": "resume",
-                        "text": f"resumed at step {cur.seq} by a worker under lease {cur.epoch}{extra}: "
-                                "the history was replayed, no recorded step ran again"})  # fmt: skip
+                        "text": f"worker lost after step {before_seq}: lease {old} ended without the run being "
+                                "parked (a crash, a kill, a lost lease or a worker stopped mid-run)"})  # fmt: skip
+        markers.append({**base, "kind": "resume", "rerun": rerun,
+                        "text": f"resumed at step {cur.seq} by a worker under lease {new}{extra}: the history was "
+                                f"replayed, {rerun_words(rerun)}"})  # fmt: skip
     return markers
 
 

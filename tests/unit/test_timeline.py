@@ -105,3 +105,45 @@ def test_recorded_text_stays_text() -> None:
 
     html = timeline_html(tl)
     assert payload not in html and "&lt;img src=x onerror=" in html
+
+
+def test_a_crash_amid_reads_run_together_is_one_crash() -> None:
+    """Reads of one turn run together: tool 5 finished under lease 1, tool 4 was still running
+    when the worker died and ran again under lease 2. Read in seq order the epochs go 1, 2, 1, 2;
+    the run was claimed again once: one crash (after step 5, the last the lost lease recorded)
+    and one resume (at step 4), nothing else, and no lease that goes backwards."""
+    tl = build([step(1, "llm", 0, 1), step(2, "policy", 1, 1), step(3, "policy", 1, 1),
+                step(4, "tool", 1, 40, epoch=2), step(5, "tool", 1, 2), step(6, "llm", 40, 41, epoch=2)])  # fmt: skip
+    assert [(m["kind"], m["after_seq"], m["before_seq"], m["epoch_from"], m["epoch_to"]) for m in tl["markers"]] == [
+        ("crash", 5, 4, 1, 2),
+        ("resume", 5, 4, 1, 2),
+    ]
+    assert "worker lost after step 5" in tl["markers"][0]["text"]
+    assert tl["totals"]["crashes"] == 1 and tl["totals"]["lease_changes"] == 1
+    assert sum("The worker was lost" in line for line in tl["story"]) == 1
+
+
+def test_children_that_finish_out_of_order_are_two_wakes() -> None:
+    """Two child runs started together; the second (step 3) ends first and wakes the parent
+    under lease 2, the first (step 2) wakes it under lease 3: two wakes, no crash."""
+    tl = build([step(1, "tool", 0, 1), step(2, "child", 1, 90, epoch=3), step(3, "child", 1, 60, epoch=2),
+                step(4, "tool", 90, 91, epoch=3)])  # fmt: skip
+    assert [(m["kind"], m["before_seq"], m["epoch_to"]) for m in tl["markers"]] == [("wake", 3, 2), ("wake", 2, 3)]
+    assert tl["totals"]["crashes"] == 0 and tl["totals"]["wakes"] == 2
+
+
+def test_a_step_whose_outcome_the_crash_left_unknown_is_said_to_have_run_again() -> None:
+    """A side-effecting call records its intent before it runs: killed then, its outcome is
+    unknown and the next lease runs it again (attempt 2, no failed attempt recorded) under the
+    same idempotency key. The resume and the story say so instead of 'no recorded step ran
+    again'; a step at attempt 2 after a recorded failure is a retry, not a re-run."""
+    rerun = build([step(1, "tool", 0, 1), step(2, "tool", 1, 30, epoch=2, attempt=2)])
+    resume = rerun["markers"][1]
+    assert resume["kind"] == "resume" and resume["rerun"] == [2]
+    assert "no recorded step ran again" not in resume["text"]
+    said = "step 2 had begun before (intent recorded, outcome unknown) and ran again with the same idempotency key"
+    assert said in resume["text"] and any(said in line for line in rerun["story"])
+    failure = Attempt(seq=2, attempt=1, error=json.dumps({"type": "Timeout", "message": "slow"}), started_at=T0 + 1,
+                      finished_at=T0 + 2, retry_at=T0 + 3)  # fmt: skip
+    retried = build([step(1, "tool", 0, 1), step(2, "tool", 1, 30, epoch=2, attempt=2)], [failure])
+    assert retried["markers"][1]["rerun"] == [] and "no recorded step ran again" in retried["markers"][1]["text"]
