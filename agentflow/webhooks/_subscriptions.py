@@ -35,6 +35,10 @@ class Subscription:
     kinds: list[str]
     created_at: float
 
+    def __repr__(self) -> str:  # an incoming-webhook URL may carry a token: never in a log line
+        return (f"Subscription(id={self.id!r}, tenant={self.tenant!r}, url={self.shown_url!r}, kinds={self.kinds!r}, "
+                f"created_at={self.created_at!r})")  # fmt: skip
+
     @property
     def shown_url(self) -> str:
         """The URL with a password and the query masked (incoming-webhook URLs carry tokens there)."""

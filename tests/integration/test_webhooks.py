@@ -319,7 +319,9 @@ def test_secrets_stay_out_of_listings_reprs_and_logs(app: App, db_url: str, capl
         deliverer.close()
     shown = [CliRunner().invoke(cli, ["webhooks", "list", "--db", db_url, *extra]).output for extra in ([], ["--json"])]
     rows = app.store.read(lambda tx: (tx.webhooks.list(), tx.deliveries.list()))
-    for text in (*shown, repr(rows), caplog.text):
+    subscriptions = repr(Webhooks(app.store).list())
+    assert "ops:***@" in subscriptions
+    for text in (*shown, repr(rows), subscriptions, caplog.text):
         assert secret not in text and "T0KEN" not in text
     assert "ops:***@" in shown[1] and "webhook delivery failed" in caplog.text
 
