@@ -19,6 +19,7 @@ at an attempt beyond its failed ones had its intent recorded before the crash: i
 from __future__ import annotations
 
 import json
+from bisect import bisect_left, insort
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -379,8 +380,8 @@ def _layout(
         if shortened:
             breaks.append({"x0": x0, "x1": x1, "seconds": s.end - s.start, "kind": "wait", "seq": s.seq})
         placed[s.seq] = (x0, x1, shortened)
-        knots += [(s.start, x0), (s.end, x1)]
-        knots.sort()
+        insort(knots, (s.start, x0))  # kept sorted as it grows: no sort per step (runs of thousands)
+        insort(knots, (s.end, x1))
         if s.end >= cursor_t:
             cursor_t = s.end
         cursor_x = max(cursor_x, x1)
@@ -403,14 +404,16 @@ def _layout(
 
 
 def _interpolate(knots: list[tuple[float, float]], t: float) -> float:
-    """The x of time `t` on the piecewise-linear map the placed steps drew."""
-    best = 0.0
-    for (t0, x0), (t1, x1) in pairwise(knots):
-        if t0 <= t <= t1:
-            return x0 if t1 == t0 else x0 + (x1 - x0) * (t - t0) / (t1 - t0)
-        if t0 <= t:
-            best = max(best, x0)
-    return best
+    """The x of time `t` on the piecewise-linear map the placed steps drew (`knots` sorted): on
+    the first segment that holds `t` (a binary search, not a walk: steps run together are placed
+    this way, and a run may have thousands)."""
+    i = bisect_left(knots, t, key=lambda k: k[0])
+    if i == 0:
+        return knots[0][1]
+    if i == len(knots):  # after every knot (not reached while placing: a step starts before the last end)
+        return max((x for _, x in knots[:-1]), default=0.0)
+    (t0, x0), (t1, x1) = knots[i - 1], knots[i]
+    return x0 if t1 == t0 else x0 + (x1 - x0) * (t - t0) / (t1 - t0)
 
 
 # -- totals --------------------------------------------------------------------------------------

@@ -147,3 +147,15 @@ def test_a_step_whose_outcome_the_crash_left_unknown_is_said_to_have_run_again()
                       finished_at=T0 + 2, retry_at=T0 + 3)  # fmt: skip
     retried = build([step(1, "tool", 0, 1), step(2, "tool", 1, 30, epoch=2, attempt=2)], [failure])
     assert retried["markers"][1]["rerun"] == [] and "no recorded step ran again" in retried["markers"][1]["text"]
+
+
+def test_a_long_run_of_steps_run_together_is_laid_out_in_order() -> None:
+    """2,000 steps in pairs started together (reads of one turn): each pair shares its start on
+    the axis, the pairs read left to right, and every bar is inside the axis. (Laid out in about
+    50 ms; placing each step used to re-sort and walk every earlier point: 1.4 s for 3,000.)"""
+    steps = [step(i + 1, "tool", (i // 2) * 0.5, (i // 2) * 0.5 + 0.4 + (i % 2) * 0.01) for i in range(2000)]
+    rows = build(steps)["rows"]
+    starts = [r["x0"] for r in rows]
+    assert all(starts[i] == starts[i + 1] for i in range(0, 2000, 2))
+    assert starts[::2] == sorted(starts[::2]) and len(set(starts[::2])) == 1000
+    assert all(0 <= r["x0"] < r["x1"] <= 100 for r in rows)
