@@ -11,18 +11,29 @@ from agentflow.server._auth import Actor, ApiError, State, Who
 from agentflow.server._cards import web_card
 from agentflow.server._models import ApproveBody, RejectBody
 from agentflow.server._state import Served
+from agentflow.store import StepRecord
 
 router = APIRouter(prefix="/api/approvals", tags=["approvals"])
 _INBOX = {"pending", "approved", "rejected", "expired", "escalated", "withdrawn", "all"}
 
 
 @router.get("")
-def inbox(who: Who, state: State, status: str = "pending") -> dict[str, Any]:
+def inbox(who: Who, state: State, status: str = "pending", evidence: bool = True) -> dict[str, Any]:
+    """The tenant's requests, newest first (`pending`: open ones); open ones with their evidence
+    unless `evidence=false` (the nav badge's poll on every page: no run's history is read)."""
     if status not in _INBOX:
         raise ApiError(422, "invalid", f"status must be one of {sorted(_INBOX)}")
-    """The tenant's requests, newest first (`pending`: open ones); open ones with their evidence."""
     found = state.chat.approvals.list(tenant=who.principal.tenant, status=None if status == "all" else status)
-    return {"approvals": [web_card(state, r, who.principal, with_evidence=r.open) for r in found]}
+    histories: dict[str, list[StepRecord]] = {}  # a run's history read once for all its requests
+
+    def shown(req: ApprovalRequest) -> dict[str, Any]:
+        if not (evidence and req.open):
+            return web_card(state, req, who.principal, with_evidence=False)
+        if req.run_id not in histories:
+            histories[req.run_id] = state.chat.store.load_steps(req.run_id)
+        return web_card(state, req, who.principal, histories[req.run_id])
+
+    return {"approvals": [shown(r) for r in found]}
 
 
 def own_approval(state: Served, approval_id: str, who: Actor) -> ApprovalRequest:

@@ -193,3 +193,62 @@ def test_a_tool_output_with_nan_and_infinity_is_valid_json_everywhere(tmp_path: 
         assert approved.status_code == 200, approved.text[:300]
         strict(approved.text, "approve")
         assert w.finished("n1")["status"] == "completed"
+
+
+def test_the_nav_badge_poll_reads_no_run_history(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every page asks for the open requests every 3 s, for the nav badge: with `evidence=false`
+    the cards come without evidence and the request reads no run's history (no statement on
+    af_steps or af_blobs), however many requests are open; the inbox (`status=all`) reads each
+    run's history once, not once per request. (A second server on the same store, without a
+    worker, whose SQLite connections report every statement.)"""
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    from agentflow import App
+    from agentflow.server import create_app
+    from agentflow.store._sqlite import SqliteStore
+    from agentflow_noc.demo import copilot, make_model
+
+    statements: list[str] = []
+    connect = SqliteStore.connect_raw
+
+    def traced(self: SqliteStore) -> sqlite3.Connection:
+        conn = connect(self)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    from agentflow.approvals import Approvals
+    from agentflow.policy import ApprovalSpec, PolicyDecision
+
+    # a second open request on b1's run (a plan staging two changes): its history is read once
+    decision = PolicyDecision(effect="require_approval", rule="change-approval", approval_rule="change-approval",
+                              approval=ApprovalSpec(roles=["noc-engineer"], four_eyes=False))  # fmt: skip
+    Approvals.of(world.app).request(run_id="noc-east:b1", call_id="c-second", tenant="noc-east", requested_by="bob",
+                                    tool="apply_change", args={"site": "CS-102", "value": 4}, decision=decision)  # fmt: skip
+    monkeypatch.setattr(SqliteStore, "connect_raw", traced)
+    probe_app = App(world.app.db)
+    try:
+        copilot(make_model("runbook")).register(probe_app)
+        with TestClient(create_app(probe_app, run_worker=False)) as probe:
+            statements.clear()
+            got = probe.get(
+                "/api/approvals", params={"status": "pending", "evidence": "false"}, headers=world.bearer("erin")
+            )
+            assert got.status_code == 200, got.text
+            cards = got.json()["approvals"]
+            assert cards and all(c["evidence"] is None for c in cards)
+            assert statements and not [s for s in statements if "af_steps" in s or "af_blobs" in s], statements
+            statements.clear()
+            inbox = probe.get("/api/approvals", params={"status": "all"}, headers=world.bearer("erin")).json()[
+                "approvals"
+            ]
+            open_runs = {c["run_id"] for c in inbox if c["status"] in ("pending", "escalated")}
+            assert open_runs and all(
+                c["evidence"] for c in inbox if c["run_id"] in open_runs and c["status"] == "pending"
+            )
+            histories = [s for s in statements if "FROM af_steps WHERE run_id" in s and "ORDER BY seq" in s]
+            assert sum(c["run_id"] == "b1" and c["status"] == "pending" for c in inbox) == 2
+            assert len(histories) == len(open_runs), histories
+    finally:
+        probe_app.close()

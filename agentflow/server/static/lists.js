@@ -34,7 +34,9 @@ async function refreshApprovals(quiet) {
   const all = state.view === "inbox";
   let cards;
   try {
-    cards = (await api("GET", `/api/approvals?status=${all ? "all" : "pending"}`, undefined, { local: quiet })).approvals || [];
+    // the badge alone (every page, every 3 s) needs no evidence: the server then reads no history
+    const query = all ? "status=all" : "status=pending&evidence=false";
+    cards = (await api("GET", `/api/approvals?${query}`, undefined, { local: quiet })).approvals || [];
   } catch { return; }
   if (!state.session) return;
   const count = cards.filter((c) => OPEN_STATUSES.includes(c.status) && c.can_decide).length;
