@@ -143,6 +143,9 @@ class Bridge:
         if surface not in SURFACES:
             raise ConfigurationError(f"unknown chat surface {surface!r}: use one of {', '.join(SURFACES)}")
         check_tenant(tenant)
+        if not per_minute >= 1:
+            raise ConfigurationError(f"--per-minute must be at least 1, not {per_minute!r}: below it nobody's command "
+                                     "would be taken")  # fmt: skip
         self.app, self.surface, self.tenant = app, surface, tenant
         self.chat = Chat(app.client if isinstance(app, App) else app)
         self.store = self.chat.store

@@ -35,7 +35,8 @@ import hashlib
 import logging
 import random
 import re
-from dataclasses import dataclass
+import urllib.parse
+from dataclasses import dataclass, field
 from typing import Any
 
 from agentflow.bridges._core import Bridge, CardView
@@ -45,6 +46,8 @@ from agentflow.errors import AgentflowError, ConfigurationError
 log = logging.getLogger("agentflow.bridges.matrix")
 #: The custom content key that marks a card (and which request it shows).
 CARD_KEY = "org.agentflow.approval"
+_USER = re.compile(r"@[^:\s]+:[^\s]+")
+_ROOM = re.compile(r"[!#][^:\s]+:[^\s]+")
 _THUMBS_UP = re.compile(r"^(\U0001f44d|:\+1:|\+1)[\U0001f3fb-\U0001f3ff\ufe0f]*$")
 _FALLBACK = re.compile(r"^(> .*\n)+\n", re.MULTILINE)  # a rich reply's quoted fallback
 #: Pages of 100 events read back: the bot's messages searched for a card after a restart, or
@@ -84,11 +87,29 @@ class MatrixConfig:
     homeserver: str
     user: str
     room: str
-    password: str | None = None
-    access_token: str | None = None
+    password: str | None = field(default=None, repr=False)
+    access_token: str | None = field(default=None, repr=False)
     device_id: str | None = None
     poll: float = 2.0
     max_backoff: float = 60.0
+
+    def __post_init__(self) -> None:
+        """Refuse at once what no retry could fix (a bridge otherwise retries forever)."""
+        parts = urllib.parse.urlsplit(self.homeserver)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(f"--homeserver {self.homeserver!r} is not a URL: give the homeserver's client "
+                                     "URL, e.g. https://matrix.example.org")  # fmt: skip
+        if _USER.fullmatch(self.user) is None:
+            raise ConfigurationError(f"--user {self.user!r} is not a Matrix user id: give the bot's full id, e.g. "
+                                     "@agentflow:example.org")  # fmt: skip
+        if _ROOM.fullmatch(self.room) is None:
+            raise ConfigurationError(f"--room {self.room!r} is neither a room id nor an alias: give e.g. "
+                                     "!abcdef:example.org or '#noc-east:example.org' (quoted: # starts a shell comment)")  # fmt: skip
+        for name, value, least in (("poll", self.poll, 0.1), ("max_backoff", self.max_backoff, 1.0)):
+            if not value >= least:  # (NaN included)
+                raise ConfigurationError(
+                    f"--{name.replace('_', '-')} must be at least {least:g} seconds, not {value!r}"
+                )
 
 
 class MatrixBridge:
@@ -102,6 +123,7 @@ class MatrixBridge:
         self.bridge, self.config = bridge, config
         self.device_id = config.device_id or "AGENTFLOW_" + hashlib.sha256(bridge.tenant.encode()).hexdigest()[:10]
         self.room_id: str | None = None
+        self.user_id = config.user  # as the homeserver spells it, once logged in
         self.client: Any = None
         self._since: str | None = None
         self._threads: dict[str, str] = {}  # the bot's answers' event ids -> the approval they are about
@@ -218,6 +240,17 @@ class MatrixBridge:
                     raise ConfigurationError(f"the Matrix homeserver refused the bot {cfg.user}'s login "
                                              f"({done.status_code}: {done.message}): check --user and the password")  # fmt: skip
                 raise _failed("login", done)
+        await self._who_am_i()
+
+    async def _who_am_i(self) -> None:
+        """The bot's user id as the homeserver spells it (it may differ from --user in case):
+        what its own messages carry as sender, and what a restarted bridge looks for its cards by."""
+        from nio import WhoamiResponse
+
+        me = await self.client.whoami()
+        if not isinstance(me, WhoamiResponse):
+            raise _failed("whoami", me)
+        self.user_id = str(me.user_id)
 
     async def _join(self) -> None:
         from nio import JoinError, RoomResolveAliasError
@@ -294,7 +327,7 @@ class MatrixBridge:
         from nio import RoomMessagesResponse
 
         start = None
-        only_mine = {"types": ["m.room.message"], "senders": [self.config.user]}
+        only_mine = {"types": ["m.room.message"], "senders": [self.user_id]}
         for _ in range(SEARCH_PAGES):
             page = await self.client.room_messages(self.room_id, start=start, limit=100, message_filter=only_mine)
             if not isinstance(page, RoomMessagesResponse):
@@ -312,7 +345,7 @@ class MatrixBridge:
     async def _on_event(self, source: dict[str, Any]) -> None:
         sender, kind = source.get("sender"), source.get("type")
         content = source.get("content")
-        if not isinstance(sender, str) or sender == self.config.user or not isinstance(content, dict):
+        if not isinstance(sender, str) or sender == self.user_id or not isinstance(content, dict):
             return
         relates = content.get("m.relates_to") if isinstance(content.get("m.relates_to"), dict) else {}
         assert isinstance(relates, dict)

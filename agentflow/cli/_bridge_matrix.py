@@ -75,10 +75,10 @@ def matrix(
     if not (password or token):
         raise typer.BadParameter(f"set {password_env} (the bot's password) or {token_env} (an access token)")
     try:
-        source = load_app(app_ref, db) if app_ref else client(db)
-        bridge = Bridge(source, surface="matrix", tenant=tenant, per_minute=per_minute)
         config = MatrixConfig(homeserver=homeserver, user=user, room=room, password=None if token else password,
                               access_token=token, device_id=device_id, poll=poll)  # fmt: skip
+        source = load_app(app_ref, db) if app_ref else client(db)
+        bridge = Bridge(source, surface="matrix", tenant=tenant, per_minute=per_minute)
         asyncio.run(_serve(MatrixBridge(bridge, config)))
     except AgentflowError as exc:
         fail(exc)

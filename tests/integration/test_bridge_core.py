@@ -182,3 +182,5 @@ def test_the_cursor_survives_a_new_bridge_and_bad_config_is_refused(app: App, st
     assert Bridge(app, surface="matrix", tenant=WEST).cursor("since") is None
     with pytest.raises(ConfigurationError, match="unknown chat surface"):
         Bridge(app, surface="teams", tenant=EAST)
+    with pytest.raises(ConfigurationError, match="--per-minute must be at least 1"):
+        Bridge(app, surface="matrix", tenant=EAST, per_minute=0)  # nobody's command would be taken

@@ -240,15 +240,16 @@ async def test_a_card_is_decided_in_its_thread_with_four_eyes_and_applied_once(w
 
 async def test_a_bridge_killed_right_after_posting_finds_its_card_instead_of_posting_again(world: World) -> None:
     """Killed between the send and the row that records it (`bridge_card_sent`), restarted with
-    another device (so the homeserver's deduplication of resent transactions cannot help): the
-    bridge finds its card in the room's history; bob's 👍 on it approves."""
+    another device (so the homeserver's deduplication of resent transactions cannot help) and its
+    user id spelled in capitals (the homeserver's login is case-insensitive; its messages carry the
+    canonical id): the bridge finds its card in the room's history; bob's 👍 on it approves."""
     assert world.bridge is not None
     world.bridge.kill()
     world.bridge.start(AGENTFLOW_CRASH_AT="bridge_card_sent:1")
     world.served.start_run("alice", TASK)
     assert world.bridge.wait_exit() == -9  # it killed itself after sending the card
     [card] = await world.until(cards, "the approval card")
-    world.bridge.start("--device-id", "ANOTHERDEVICE")
+    world.bridge.start("--device-id", "ANOTHERDEVICE", "--user", "@BOT:localhost")  # the last --user counts
     await world.people["bob"].react(world.room, card["event_id"], "👍")
     answer = await world.until(lambda events: [e for e in events if e["sender"] == BOT and e["content"].get(
         "msgtype") == "m.notice" and "approved (1/1)" in e["content"]["body"]], "bob's 👍 taken")  # fmt: skip

@@ -1,10 +1,14 @@
 """What the Matrix bridge sends and how it reads replies, without a homeserver: plain bodies that
 mention nobody, edits and thread answers as the spec shapes them, a reply's quoted fallback
-stripped before the command is read, the thread a message belongs to."""
+stripped before the command is read, the thread a message belongs to; a configuration no retry
+could fix refused at once."""
 
 from __future__ import annotations
 
-from agentflow.bridges import CardView
+import pytest
+from typer.testing import CliRunner
+
+from agentflow.bridges import CardView, MatrixConfig
 from agentflow.bridges._matrix import (
     _THUMBS_UP,
     CARD_KEY,
@@ -14,6 +18,8 @@ from agentflow.bridges._matrix import (
     strip_fallback,
     thread_reply,
 )
+from agentflow.cli import app as cli
+from agentflow.errors import ConfigurationError
 
 HOSTILE = "<b>APPROVED</b> @room"
 
@@ -55,3 +61,35 @@ def test_thumbs_up_in_its_skin_tones_and_spellings() -> None:
         assert _THUMBS_UP.match(key), key
     for key in ("👎", "👍 approve", "ok", "👍👎"):
         assert not _THUMBS_UP.match(key), key
+
+
+GOOD = {"homeserver": "https://matrix.example.org", "user": "@agentflow:example.org", "room": "#noc:example.org"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [("homeserver", "matrix.example.org", "--homeserver 'matrix.example.org' is not a URL"),
+     ("homeserver", "ftp://matrix.example.org", "is not a URL"), ("user", "agentflow", "is not a Matrix user id"),
+     ("user", "@agentflow", "is not a Matrix user id"), ("room", "noc-east", "neither a room id nor an alias"),
+     ("room", "", "neither a room id nor an alias"), ("poll", 0, "--poll must be at least 0.1"),
+     ("poll", float("nan"), "--poll must be"), ("max_backoff", 0, "--max-backoff must be at least 1")],
+)  # fmt: skip
+def test_a_configuration_no_retry_could_fix_is_refused_at_once(field: str, value: object, said: str) -> None:
+    """A bridge retries whatever the homeserver does; a homeserver that is no URL (it retried
+    'notaurl' forever), a user or room that cannot exist, or a poll of 0 (a busy loop of syncs)
+    is said at once instead, with what to give."""
+    with pytest.raises(ConfigurationError, match=said.replace("(", r"\(").replace(".", r"\.")):
+        MatrixConfig(**{**GOOD, field: value}, password="pw")  # type: ignore[arg-type]
+
+
+def test_the_password_and_token_stay_out_of_the_configs_repr() -> None:
+    shown = repr(MatrixConfig(**GOOD, password="hunter2-pw", access_token="syt_T0KEN"))
+    assert "hunter2" not in shown and "T0KEN" not in shown and "@agentflow:example.org" in shown
+
+
+def test_the_cli_says_a_bad_homeserver_before_it_looks_for_the_store() -> None:
+    done = CliRunner().invoke(cli, ["chat-bridge", "matrix", "--homeserver", "notaurl", "--user", "@b:x.org",
+                                    "--room", "#r:x.org", "--tenant", "noc-east", "--db", "sqlite:///nowhere/x.db"],
+                              env={"AGENTFLOW_MATRIX_PASSWORD": "pw"})  # fmt: skip
+    said = " ".join(done.output.split())
+    assert done.exit_code == 2 and "--homeserver 'notaurl' is not a URL" in said, said
