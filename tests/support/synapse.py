@@ -60,7 +60,11 @@ class Synapse:
             except httpx.TransportError:
                 return False
 
-        assert_eventually(answers, timeout=timeout, interval=0.1, message="synapse did not answer")
+        try:
+            assert_eventually(answers, timeout=timeout, interval=0.1, message="synapse did not answer")
+        except BaseException:
+            self.stop()  # a homeserver that never answered is not left running (no fixture owns it yet)
+            raise
 
     def _overrides(self) -> dict[str, Any]:
         log_config = self.root / "log.yaml"
