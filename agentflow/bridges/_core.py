@@ -32,6 +32,7 @@ the card through `safe_text` and is sent as plain text, never as markup.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -55,10 +56,11 @@ from agentflow.chat import (
     why_text,
 )
 from agentflow.engine import App, Client
-from agentflow.errors import ApprovalError, ApprovalRefused, ConfigurationError
+from agentflow.errors import ApprovalError, ApprovalRefused, ConfigurationError, CorruptRecordError, StoreError
 from agentflow.store import TERMINAL_STATUSES, ChatCardRow, RunRecord, StepRecord, Tx, check_tenant, local_id
 
 T = TypeVar("T")
+log = logging.getLogger("agentflow.bridges")
 SURFACES = ("matrix", "slack")
 _COMMAND = re.compile(r"^\s*/?(approve|reject|status|why\??|help)\b\s*(.*)$", re.IGNORECASE | re.DOTALL)
 _NAMED = re.compile(r"^(apr_[0-9a-f]{6,40})\b\s*(.*)$", re.DOTALL)
@@ -151,6 +153,7 @@ class Bridge:
         self.store = self.chat.store
         self.approvals = Approvals(self.chat.store, self.chat.clock)
         self._budget = _Budget(per_minute)
+        self._logged: set[str] = set()
         self._wall = wall
         # Who the cards are rendered for: nobody in particular (what each person may do is
         # checked when they type a command).
@@ -161,7 +164,14 @@ class Bridge:
         """Open requests of the tenant without a card, and every card still `posting` (whatever
         its request became since), oldest first. A view whose `card` is set is such a row: an
         earlier post may have reached the chat, so look for it before posting (a request decided
-        meanwhile is posted with its outcome, then edited like any card)."""
+        meanwhile is posted with its outcome, then edited like any card).
+
+        A failure that asking again will not cure (a record that does not decode, a bug) is
+        logged once and no card is offered, so an adapter still takes commands; a store that is
+        away raises (the adapter retries)."""
+        return self._lasting_failure_logged("cards to post", self._cards_to_post, [])
+
+    def _cards_to_post(self) -> list[CardView]:
         cards = {c.approval_id: c for c in self._cards(("posting", "posted", "final"))}
         wanted = {r.id: r for r in self.approvals.list(tenant=self.tenant, status="pending") if r.id not in cards}
         for row in cards.values():
@@ -172,7 +182,10 @@ class Bridge:
 
     def cards_to_update(self) -> list[CardView]:
         """Posted cards whose text changed (votes, an edit, a decision, the run's outcome) or
-        that became final, oldest first."""
+        that became final, oldest first (a lasting failure: logged once, none; see `cards_to_post`)."""
+        return self._lasting_failure_logged("cards to update", self._cards_to_update, [])
+
+    def _cards_to_update(self) -> list[CardView]:
         views = []
         for row in self._cards(("posted",)):
             view = self.view(row.approval_id, row)
@@ -228,7 +241,10 @@ class Bridge:
         thread of `approval_id`'s card (None: outside any card's thread). None when `text` is no
         command (people talk in threads too) or the account is past its budget.
 
-        A decision repeated (the same command handled twice after a crash) counts once."""
+        A decision repeated (the same command handled twice after a crash) counts once. A
+        failure that asking again will not cure (a bug, a record that does not decode) is logged
+        and answered, so an adapter replaying what it missed does not stop at this command for
+        good; a store that is away raises (the adapter retries the command later)."""
         found = _COMMAND.match(text)
         if found is None:
             return None
@@ -237,6 +253,17 @@ class Bridge:
             return None
         if over == 1:
             return f"{account}: too many commands; wait a minute (the next ones are ignored until then)."
+        try:
+            return self._handle(account, approval_id, found)
+        except Exception as exc:
+            if not _lasting(exc):
+                raise
+            log.exception("chat bridge: a command of %s on %s failed", account, approval_id,
+                          extra={"tenant": self.tenant, "surface": self.surface})  # fmt: skip
+            return (f"{safe_text(account)}: this command failed in the bridge ({type(exc).__name__}, logged) and may not have "
+                    "been taken: `status` says where the request stands.")  # fmt: skip
+
+    def _handle(self, account: str, approval_id: str | None, found: re.Match[str]) -> str:
         verb, rest = found.group(1).lower().rstrip("?"), found.group(2).strip()
         try:
             who = self.approvals.linked(self.surface, account, tenant=self.tenant)
@@ -288,6 +315,19 @@ class Bridge:
     def _key(self, name: str) -> str:
         return f"bridge:{self.surface}:{self.tenant}:{name}"
 
+    def _lasting_failure_logged(self, what: str, body: Callable[[], T], instead: T) -> T:
+        try:
+            return body()
+        except Exception as exc:
+            if not _lasting(exc):
+                raise
+            said = f"{what}: {type(exc).__name__}: {exc}"
+            if said not in self._logged:  # once, not at every turn of the adapter's loop
+                self._logged.add(said)
+                log.exception("chat bridge: no %s (until this is fixed)", what,
+                              extra={"tenant": self.tenant, "surface": self.surface})  # fmt: skip
+            return instead
+
     def _cards(self, states: tuple[str, ...]) -> list[ChatCardRow]:
         return self.store.read(lambda tx: tx.chat_cards.list(self.surface, tenant=self.tenant, states=states))
 
@@ -320,6 +360,12 @@ class Bridge:
             "args_hash": req.args_hash,
         }  # fmt: skip
         return CardView(**fields, text=_render(fields), card=row)
+
+
+def _lasting(exc: Exception) -> bool:
+    """Whether asking again will fail the same way: anything but the store being away (busy,
+    down, a full disk: it comes back), a record that does not decode included."""
+    return not isinstance(exc, StoreError) or isinstance(exc, CorruptRecordError)
 
 
 def _render(f: dict[str, Any]) -> str:

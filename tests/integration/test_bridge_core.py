@@ -4,6 +4,8 @@ accounts decided through the approvals service with every check of the web's."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from agentflow import App, WorkflowContext
@@ -184,3 +186,22 @@ def test_the_cursor_survives_a_new_bridge_and_bad_config_is_refused(app: App, st
         Bridge(app, surface="teams", tenant=EAST)
     with pytest.raises(ConfigurationError, match="--per-minute must be at least 1"):
         Bridge(app, surface="matrix", tenant=EAST, per_minute=0)  # nobody's command would be taken
+
+
+def test_a_record_that_does_not_decode_is_answered_and_logged_not_raised_for_ever(
+    app: App, staged: tuple[Approvals, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failure that asking again will not cure (here a request whose stored rule does not decode;
+    a bug would do the same) used to raise out of `handle` and `cards_to_post`: an adapter that
+    retries from its saved position met the same command, and the same card, at every retry and
+    took no command of anyone again. Now the command is answered (it may not have been taken), the
+    cards are skipped with the error logged once, and other tenants' bridges are untouched."""
+    _, apr = staged
+    app.store.backend.write([("UPDATE af_approvals SET spec = '{' WHERE id = ?", (apr,), False)])
+    caplog.set_level(logging.ERROR, logger="agentflow.bridges")
+    bridge = Bridge(app, surface="matrix", tenant=EAST)
+    answer = bridge.handle("@bob:hs", apr, "approve")
+    assert answer is not None and "this command failed in the bridge" in answer and "`status`" in answer
+    assert bridge.cards_to_post() == [] and bridge.cards_to_post() == [] and bridge.cards_to_update() == []
+    assert caplog.text.count("no cards to post") == 1 and "a command of @bob:hs" in caplog.text
+    assert len(Bridge(app, surface="matrix", tenant=WEST).cards_to_post()) == 1
