@@ -36,18 +36,25 @@ def task_of(run: RunRecord) -> str:
     return ""
 
 
-def run_summary(chat: Chat, run: RunRecord, *, open_approvals: int | None = None) -> dict[str, Any]:
-    """`RunSummary` of API.md."""
+def run_summary(
+    chat: Chat, run: RunRecord, *, open_approvals: int | None = None,
+    totals: tuple[int, int, float, int] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """`RunSummary` of API.md. `totals`: the run's (steps, tokens, cost, open approvals) when
+    already read (`EventStore.run_totals`, for many runs at once); else they are read here."""
     output = json_or_text(run.output) if run.status == "completed" else None
     outcome = output if isinstance(output, dict) else {}
-    # The agent layer loads langchain-core: only when a summary is built, so surfaces that only
-    # render (the terminal chat) start fast.
-    from agentflow.agent import usage
+    if totals is not None:
+        steps, tokens, cost, open_approvals = totals
+    else:
+        # The agent layer loads langchain-core: only when a summary is built, so surfaces that
+        # only render (the terminal chat) start fast.
+        from agentflow.agent import usage
 
-    used = usage(chat.store, run_id=run.id)
-    steps = chat.store.count_steps(run.id)
-    if open_approvals is None:
-        open_approvals = chat.approvals.count_open(run.id)
+        used = usage(chat.store, run_id=run.id)
+        steps, tokens, cost = chat.store.count_steps(run.id), used.input_tokens + used.output_tokens, used.cost_usd
+        if open_approvals is None:
+            open_approvals = chat.approvals.count_open(run.id)
     meta = run.meta_dict()
     return {
         "id": run.local_id,  # what the run's tenant calls it (ids are per tenant)
@@ -62,8 +69,8 @@ def run_summary(chat: Chat, run: RunRecord, *, open_approvals: int | None = None
         "answer": outcome.get("answer") if isinstance(outcome.get("answer"), str) else None,
         "outcome": outcome.get("status") if isinstance(outcome.get("status"), str) else None,
         "error": run.error_dict().get("message") if run.status in ("failed", "cancelled") else None,
-        "tokens": used.input_tokens + used.output_tokens,
-        "cost_usd": round(used.cost_usd, 6),
+        "tokens": tokens,
+        "cost_usd": round(cost, 6),
         "steps": steps,
         "open_approvals": open_approvals,
     }

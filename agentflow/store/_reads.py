@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentflow.store._backend import Backend, Conn, Op
 from agentflow.store._constants import TERMINAL_SQL
+from agentflow.store._governance import OPEN_STATUSES
 from agentflow.store._records import RunRecord, StepRecord
 from agentflow.store._seal import PREFIX, Sealer
 
@@ -143,6 +144,47 @@ class ReadQueries:
                 found[run_id][0].add(str(tool))
             for run_id, target in targets:
                 found[run_id][1].add(str(target))
+        return found
+
+    def run_totals(self, run_ids: Sequence[str], *, tenant: str) -> dict[str, tuple[int, int, float, int]]:
+        """For each of `tenant`'s runs among `run_ids`: (steps, tokens, cost in USD, open approval
+        requests), three statements per 500 runs whatever their number (a runs list polled every
+        few seconds reads them together, not run by run). Tokens and cost are the recorded usage
+        of completed model calls, summed as `agentflow.agent.usage` sums them."""
+        found = {r: (0, 0, 0.0, 0) for r in run_ids}
+        steps: dict[str, int] = {}
+        tokens: dict[str, int] = {}
+        cost: dict[str, float] = {}
+        opened: dict[str, int] = {}
+        for lo in range(0, len(run_ids), _CHUNK):
+            part = tuple(run_ids[lo : lo + _CHUNK])
+            marks = ", ".join("?" * len(part))
+            counted = self.backend.query(
+                "SELECT s.run_id, count(*) FROM af_steps s JOIN af_runs r ON r.id = s.run_id "
+                f"WHERE r.tenant = ? AND s.run_id IN ({marks}) GROUP BY s.run_id",
+                (tenant, *part),
+            )
+            steps.update((run_id, int(n)) for run_id, n in counted)
+            models = self.backend.query(
+                "SELECT s.run_id, s.result, s.seq FROM af_steps s JOIN af_runs r ON r.id = s.run_id "
+                f"WHERE r.tenant = ? AND s.kind = 'llm' AND s.status = 'completed' AND s.run_id IN ({marks})",
+                (tenant, *part),
+            )
+            for run_id, result, seq in models:
+                text = self.seals.open(result, tenant, "af_steps.result", run_id, seq) or "null"
+                used = (json.loads(text) or {}).get("usage") or {}
+                tokens[run_id] = (
+                    tokens.get(run_id, 0) + int(used.get("input_tokens") or 0) + int(used.get("output_tokens") or 0)
+                )
+                cost[run_id] = cost.get(run_id, 0.0) + float(used.get("cost_usd") or 0.0)
+            waiting = self.backend.query(
+                f"SELECT run_id, count(*) FROM af_approvals WHERE tenant = ? AND run_id IN ({marks}) "
+                f"AND status IN ({', '.join('?' * len(OPEN_STATUSES))}) GROUP BY run_id",
+                (tenant, *part, *OPEN_STATUSES),
+            )
+            opened.update((run_id, int(n)) for run_id, n in waiting)
+        for run_id in found:
+            found[run_id] = (steps.get(run_id, 0), tokens.get(run_id, 0), cost.get(run_id, 0.0), opened.get(run_id, 0))
         return found
 
     def _unsealed_row(self, row: tuple[Any, ...]) -> tuple[Any, ...]:

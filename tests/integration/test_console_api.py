@@ -6,13 +6,23 @@ the tenant has used, counted from the store); refusals in words."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
+from agentflow import App
+from agentflow.approvals import Approvals
+from agentflow.policy import ApprovalSpec, PolicyDecision
+from agentflow.server import create_app
+from agentflow.store._sqlite import SqliteStore
+from agentflow_noc.demo import copilot, make_model
 from integration.test_server_api import World, open_world
 
 pytestmark = pytest.mark.slow
@@ -195,21 +205,10 @@ def test_a_tool_output_with_nan_and_infinity_is_valid_json_everywhere(tmp_path: 
         assert w.finished("n1")["status"] == "completed"
 
 
-def test_the_nav_badge_poll_reads_no_run_history(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every page asks for the open requests every 3 s, for the nav badge: with `evidence=false`
-    the cards come without evidence and the request reads no run's history (no statement on
-    af_steps or af_blobs), however many requests are open; the inbox (`status=all`) reads each
-    run's history once, not once per request. (A second server on the same store, without a
-    worker, whose SQLite connections report every statement.)"""
-    import sqlite3
-
-    from fastapi.testclient import TestClient
-
-    from agentflow import App
-    from agentflow.server import create_app
-    from agentflow.store._sqlite import SqliteStore
-    from agentflow_noc.demo import copilot, make_model
-
+@contextlib.contextmanager
+def traced_probe(w: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TestClient, list[str]]]:
+    """A second server on `w`'s store, without a worker, whose SQLite connections report every
+    statement (with its bound values) into the list yielded beside its client."""
     statements: list[str] = []
     connect = SqliteStore.connect_raw
 
@@ -218,37 +217,63 @@ def test_the_nav_badge_poll_reads_no_run_history(world: World, monkeypatch: pyte
         conn.set_trace_callback(statements.append)
         return conn
 
-    from agentflow.approvals import Approvals
-    from agentflow.policy import ApprovalSpec, PolicyDecision
+    monkeypatch.setattr(SqliteStore, "connect_raw", traced)
+    probe_app = App(w.app.db)
+    try:
+        copilot(make_model("runbook")).register(probe_app)
+        with TestClient(create_app(probe_app, run_worker=False)) as probe:
+            statements.clear()
+            yield probe, statements
+    finally:
+        probe_app.close()
 
+
+def test_the_runs_list_sends_the_same_statements_for_one_run_as_for_three(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runs page asks for 100 runs every 3 s: their steps, tokens, cost and open approvals
+    are read for all of them at once, not run by run (a list of 3 runs sends as many statements
+    as a list of 1), each statement names the caller's tenant, and the figures are those of
+    each run's own page."""
+    with traced_probe(world, monkeypatch) as (probe, statements):
+        sent = {}
+        probe.get("/api/runs", headers=world.bearer("erin"))  # the schema check of a first request
+        for limit in (1, 3):
+            statements.clear()
+            got = probe.get("/api/runs", params={"limit": limit}, headers=world.bearer("erin"))
+            assert got.status_code == 200 and len(got.json()["runs"]) == limit, got.text
+            sent[limit] = [s for s in statements if "af_" in s and not re.search(r"af_operator_tokens|af_alembic", s)]
+        assert len(sent[3]) == len(sent[1]), sent[3]
+        assert all("'noc-east" in s for s in sent[3]), sent[3]
+        listed = got.json()["runs"]
+    for shown in listed:
+        single = world.run(shown["id"], "erin")
+        assert {k: shown[k] for k in FIGURES} == {k: single[k] for k in FIGURES}, shown["id"]
+
+
+FIGURES = ("steps", "tokens", "cost_usd", "open_approvals", "status", "outcome", "answer")
+
+
+def test_the_nav_badge_poll_reads_no_run_history(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every page asks for the open requests every 3 s, for the nav badge: with `evidence=false`
+    the cards come without evidence and the request reads no run's history (no statement on
+    af_steps or af_blobs), however many requests are open; the inbox (`status=all`) reads each
+    run's history once, not once per request."""
     # a second open request on b1's run (a plan staging two changes): its history is read once
     decision = PolicyDecision(effect="require_approval", rule="change-approval", approval_rule="change-approval",
                               approval=ApprovalSpec(roles=["noc-engineer"], four_eyes=False))  # fmt: skip
     Approvals.of(world.app).request(run_id="noc-east:b1", call_id="c-second", tenant="noc-east", requested_by="bob",
                                     tool="apply_change", args={"site": "CS-102", "value": 4}, decision=decision)  # fmt: skip
-    monkeypatch.setattr(SqliteStore, "connect_raw", traced)
-    probe_app = App(world.app.db)
-    try:
-        copilot(make_model("runbook")).register(probe_app)
-        with TestClient(create_app(probe_app, run_worker=False)) as probe:
-            statements.clear()
-            got = probe.get(
-                "/api/approvals", params={"status": "pending", "evidence": "false"}, headers=world.bearer("erin")
-            )
-            assert got.status_code == 200, got.text
-            cards = got.json()["approvals"]
-            assert cards and all(c["evidence"] is None for c in cards)
-            assert statements and not [s for s in statements if "af_steps" in s or "af_blobs" in s], statements
-            statements.clear()
-            inbox = probe.get("/api/approvals", params={"status": "all"}, headers=world.bearer("erin")).json()[
-                "approvals"
-            ]
-            open_runs = {c["run_id"] for c in inbox if c["status"] in ("pending", "escalated")}
-            assert open_runs and all(
-                c["evidence"] for c in inbox if c["run_id"] in open_runs and c["status"] == "pending"
-            )
-            histories = [s for s in statements if "FROM af_steps WHERE run_id" in s and "ORDER BY seq" in s]
-            assert sum(c["run_id"] == "b1" and c["status"] == "pending" for c in inbox) == 2
-            assert len(histories) == len(open_runs), histories
-    finally:
-        probe_app.close()
+    with traced_probe(world, monkeypatch) as (probe, statements):
+        badge = {"status": "pending", "evidence": "false"}
+        got = probe.get("/api/approvals", params=badge, headers=world.bearer("erin"))
+        assert got.status_code == 200, got.text
+        cards = got.json()["approvals"]
+        assert cards and all(c["evidence"] is None for c in cards)
+        assert statements and not [s for s in statements if "af_steps" in s or "af_blobs" in s], statements
+        statements.clear()
+        inbox = probe.get("/api/approvals", params={"status": "all"}, headers=world.bearer("erin")).json()["approvals"]
+        open_cards = [c for c in inbox if c["status"] in ("pending", "escalated")]
+        assert sum(c["run_id"] == "b1" for c in open_cards) == 2 and all(c["evidence"] for c in open_cards)
+        histories = [s for s in statements if "FROM af_steps WHERE run_id" in s and "ORDER BY seq" in s]
+        assert len(histories) == len({c["run_id"] for c in open_cards}), histories
