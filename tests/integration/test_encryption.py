@@ -180,6 +180,8 @@ def test_a_sealed_run_reads_back_everywhere_and_is_stored_only_sealed(db_url: st
         assert usage(app, run_id=key).calls == 2
         (row,) = trace.runs(app).to_dict("records")
         assert row["tokens"] == usage(app, run_id=key).input_tokens + usage(app, run_id=key).output_tokens > 0
+        (totals,) = app.store.run_totals([key], tenant=app.store.get_run(key).tenant).values()  # the runs list's
+        assert totals[1] == row["tokens"] and totals[2] == pytest.approx(usage(app, run_id=key).cost_usd)
         fork = t.fork(at_seq=1, run_id="c1-fork").run_id
         assert (
             app.history(fork)[0].result == app.history(key)[0].result
