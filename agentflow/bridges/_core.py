@@ -172,8 +172,12 @@ class Bridge:
         return self._lasting_failure_logged("cards to post", self._cards_to_post, [])
 
     def _cards_to_post(self) -> list[CardView]:
-        cards = {c.approval_id: c for c in self._cards(("posting", "posted", "final"))}
-        wanted = {r.id: r for r in self.approvals.list(tenant=self.tenant, status="pending") if r.id not in cards}
+        # The open requests' cards and the `posting` ones: not every card the tenant ever had
+        # (a turn of the adapter's loop would read them all, a few seconds apart, for ever).
+        wanted = {r.id: r for r in self.approvals.list(tenant=self.tenant, status="pending")}
+        cards = {c.approval_id: c for c in self._cards(("posting", "posted", "final"), approval_ids=list(wanted))}
+        cards |= {c.approval_id: c for c in self._cards(("posting",))}
+        wanted = {i: r for i, r in wanted.items() if i not in cards}
         for row in cards.values():
             if row.state == "posting":
                 wanted[row.approval_id] = self.approvals.get(row.approval_id, tenant=self.tenant)
@@ -328,8 +332,9 @@ class Bridge:
                               extra={"tenant": self.tenant, "surface": self.surface})  # fmt: skip
             return instead
 
-    def _cards(self, states: tuple[str, ...]) -> list[ChatCardRow]:
-        return self.store.read(lambda tx: tx.chat_cards.list(self.surface, tenant=self.tenant, states=states))
+    def _cards(self, states: tuple[str, ...], approval_ids: list[str] | None = None) -> list[ChatCardRow]:
+        return self.store.read(lambda tx: tx.chat_cards.list(self.surface, tenant=self.tenant, states=states,
+                                                             approval_ids=approval_ids))  # fmt: skip
 
     def _write(self, body: Callable[[Tx], T]) -> T:
         return self.store.transaction(body, what="recording a chat card", locks=(f"card:{self.tenant}",))

@@ -19,6 +19,7 @@ _CARD_COLUMNS = "surface, approval_id, tenant, room, message_id, state, rendered
 #: its message before posting again), `posted` once the chat system gave it an id, `final` once
 #: the request was decided and its outcome shown (never edited again).
 CARD_STATES = ("posting", "posted", "final")
+_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,15 +102,22 @@ class ChatCardRecords(Records):
         ).fetchone()
         return None if row is None else self._opened(row)
 
-    def list(self, surface: str, *, tenant: str, states: Sequence[str] = CARD_STATES) -> list[ChatCardRow]:
-        """The tenant's cards on `surface` in the given states, oldest first."""
+    def list(
+        self, surface: str, *, tenant: str, states: Sequence[str] = CARD_STATES,
+        approval_ids: Sequence[str] | None = None,
+    ) -> list[ChatCardRow]:  # fmt: skip
+        """The tenant's cards on `surface` in the given states (of these requests), oldest first."""
         marks = ", ".join("?" * len(states))
-        rows = self.conn.execute(
-            f"SELECT {_CARD_COLUMNS} FROM af_chat_cards WHERE surface = ? AND tenant = ? AND state IN ({marks}) "
-            "ORDER BY updated_at, approval_id",
-            (surface, tenant, *states),
-        ).fetchall()
-        return [self._opened(r) for r in rows]
+        sql = f"SELECT {_CARD_COLUMNS} FROM af_chat_cards WHERE surface = ? AND tenant = ? AND state IN ({marks})"
+        if approval_ids is None:
+            chunks: list[Sequence[str]] = [[]]
+        else:  # a bounded number of parameters per statement
+            chunks = [approval_ids[i : i + _CHUNK] for i in range(0, len(approval_ids), _CHUNK)]
+        rows = []
+        for ids in chunks:
+            where = f" AND approval_id IN ({', '.join('?' * len(ids))})" if approval_ids is not None else ""
+            rows += self.conn.execute(sql + where, (surface, tenant, *states, *ids)).fetchall()
+        return [self._opened(r) for r in sorted(rows, key=lambda r: (r[8], r[1]))]  # updated_at, approval_id
 
     def begin(self, surface: str, approval_id: str, *, tenant: str, room: str, at: float) -> bool:
         """Record that a card is about to be posted (`posting`); False when the request has a

@@ -5,6 +5,7 @@ accounts decided through the approvals service with every check of the web's."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
@@ -205,3 +206,25 @@ def test_a_record_that_does_not_decode_is_answered_and_logged_not_raised_for_eve
     assert bridge.cards_to_post() == [] and bridge.cards_to_post() == [] and bridge.cards_to_update() == []
     assert caplog.text.count("no cards to post") == 1 and "a command of @bob:hs" in caplog.text
     assert len(Bridge(app, surface="matrix", tenant=WEST).cards_to_post()) == 1
+
+
+def test_cards_are_read_by_request_not_all_of_them_at_every_turn(app: App, staged: tuple[Approvals, str]) -> None:
+    """`cards_to_post` reads the open requests' cards and the `posting` ones, not every card the
+    tenant ever had (5,000 final cards made each turn of the loop cost ~60 ms, and growing); the
+    store's filter by request works past its 500 parameters per statement."""
+    _, apr = staged
+
+    def fill(tx: Any) -> None:
+        for i in range(1200):
+            tx.chat_cards.begin("matrix", f"apr_old{i:05d}", tenant=EAST, room="!r:hs", at=float(i))
+            tx.chat_cards.update("matrix", f"apr_old{i:05d}", tenant=EAST, state="final", at=float(i), rendered="x",
+                                 args_hash="h", message_id=f"$old{i}")  # fmt: skip
+
+    app.store.transaction(fill)
+    wanted = [f"apr_old{i:05d}" for i in range(0, 1200, 2)] + ["apr_none"]
+    found = app.store.read(lambda tx: tx.chat_cards.list("matrix", tenant=EAST, approval_ids=wanted))
+    assert [c.approval_id for c in found] == wanted[:-1]  # oldest first, across chunks
+    assert app.store.read(lambda tx: tx.chat_cards.list("matrix", tenant=WEST, approval_ids=wanted)) == []
+    assert app.store.read(lambda tx: tx.chat_cards.list("matrix", tenant=EAST, approval_ids=[])) == []
+    bridge = Bridge(app, surface="matrix", tenant=EAST)
+    assert [v.approval_id for v in bridge.cards_to_post()] == [apr]
