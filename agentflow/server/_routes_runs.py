@@ -32,12 +32,14 @@ def own_run(state: Served, run_id: str, who: Actor) -> RunRecord:
 
 
 Text = Annotated[str | None, Query(max_length=200)]
+#: A time (seconds since the epoch): NaN compares false with every run and so would filter nothing.
+Time = Annotated[float | None, Query(allow_inf_nan=False)]
 
 
 @router.get("")
 def list_runs(
     who: Who, state: State, status: str | None = None, q: Text = None, tool: Text = None, target: Text = None,
-    requested_by: Text = None, since: float | None = None, until: float | None = None,
+    requested_by: Text = None, since: Time = None, until: Time = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:  # fmt: skip
     """The tenant's runs of the served agent, newest first, narrowed by the filters given (the

@@ -83,6 +83,20 @@ def test_the_runs_list_narrows_by_each_filter(world: World) -> None:
     assert ids(listed_as(w, "dave")) == set()
 
 
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [({"since": "yesterday"}, "since"), ({"since": "nan"}, "since"), ({"until": "inf"}, "until"),
+     ({"until": "-Infinity"}, "until"), ({"q": "x" * 201}, "q"), ({"limit": "0"}, "limit"),
+     ({"status": "sleepy"}, "status"), ({"target": "CS-" * 100}, "target")],
+)  # fmt: skip
+def test_bad_filter_values_are_refused_saying_which(world: World, params: dict[str, str], named: str) -> None:
+    """A filter the list cannot use is a 422 naming it, never a 500 and never ignored (a NaN
+    time compared false with every run and so filtered nothing)."""
+    got = world.client.get("/api/runs", params=params, headers=world.bearer("erin"))
+    assert got.status_code == 422, got.text
+    assert got.json()["error"]["code"] == "invalid" and named in got.json()["error"]["message"]
+
+
 def listed_as(w: World, who: str) -> dict[str, Any]:
     body: dict[str, Any] = w.client.get("/api/runs", headers=w.bearer(who)).json()
     return body

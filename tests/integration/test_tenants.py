@@ -183,6 +183,8 @@ def test_every_statement_of_a_tenants_request_names_that_tenant(
         with TestClient(create_app(probe_app, run_worker=False)) as probe:
             statements.clear()
             calls: list[tuple[str, str, dict[str, Any] | None]] = [("GET", "/api/runs", None), ("GET", "/api/approvals?status=all", None),
+                     ("GET", "/api/runs?q=MARK&tool=apply_change&target=WESTMARK&requested_by=op-noc-west&since=0&until=9e9", None),
+                     ("GET", "/api/runs?status=pending&limit=1", None), ("GET", "/api/approvals?status=pending&evidence=false", None),
                      ("POST", "/api/runs", {"task": "EASTMARK 2", "run_id": "e2"}), ("POST", "/api/runs", {"task": "x", "run_id": "e1"})]  # fmt: skip
             for rid in ("e1", "held", "noc-east:e1", "noc-west:e1", "noc-west:held", "missing"):
                 calls += [("GET", f"/api/runs/{rid}", None), ("GET", f"/api/runs/{rid}/events", None),
