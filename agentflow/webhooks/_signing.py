@@ -154,6 +154,10 @@ class Receiver:
     more than once (a lost answer, a sender that crashed mid-delivery): answer 2xx to a duplicate
     and do not act on it twice.
 
+    An id is remembered when it is received, so a retry that comes while the first delivery is
+    still being acted on is a duplicate too. When acting fails, `forget` the id before answering
+    5xx: the retry must not look like a duplicate, or the event is never acted on.
+
     The ids are remembered in memory (the last `remember`); a receiver that must never act twice,
     across its own restarts too, stores the ids it acted on in its database, in the transaction
     of the action.
@@ -193,3 +197,9 @@ class Receiver:
         data = event.get("data")
         return Received(id=event_id, type=str(event.get("type", "")), tenant=str(event.get("tenant", "")),
                         data=data if isinstance(data, dict) else {}, body=event, duplicate=duplicate)  # fmt: skip
+
+    def forget(self, event_id: str) -> None:
+        """Acting on `event_id` failed: its next delivery is not a duplicate (answer 5xx now, and
+        the deliverer sends it again)."""
+        with self._lock:
+            self._seen.pop(event_id, None)

@@ -133,3 +133,18 @@ def test_the_receiver_acknowledges_a_replay_as_a_duplicate_and_refuses_it_once_s
     assert stale.value.code == "stale_timestamp"
     with pytest.raises(ConfigurationError):
         Receiver("not-a-secret!")
+
+
+def test_an_event_whose_action_failed_is_forgotten_and_acted_on_when_retried() -> None:
+    """The receiver remembers an id when it arrives; an action that fails forgets it (the answer
+    is 5xx and the deliverer tries again): the retry is acted on, not acknowledged as a duplicate
+    of an event nobody acted on."""
+    secret = new_secret()
+    receiver = Receiver(secret, clock=lambda: float(NOW))
+    headers = sign(secret, "evt_1", NOW, BODY)
+    first = receiver.receive(headers, BODY)
+    assert not first.duplicate and receiver.receive(headers, BODY).duplicate  # a retry while acting: once
+    receiver.forget(first.id)  # acting failed: answered 5xx
+    assert not receiver.receive(sign(secret, "evt_1", NOW + 2, BODY), BODY).duplicate
+    assert receiver.receive(headers, BODY).duplicate
+    receiver.forget("evt_never_seen")  # nothing to forget: nothing happens
