@@ -132,8 +132,10 @@ class Deliverer:
         return len(claimed)
 
     def drain(self) -> int:
-        """Deliver until nothing is due (retries scheduled later are left for later); how many
-        attempts were made."""
+        """Deliver until nothing is due (retries scheduled later are left for later), and forget
+        old delivered and failed deliveries (as `run` does hourly: a cron's `deliver --once`
+        prunes too); how many attempts were made."""
+        self._prune()
         total = 0
         while n := self.deliver_due():
             total += n

@@ -367,3 +367,19 @@ def test_deliver_refuses_values_that_would_spin_or_never_deliver(app: App, db_ur
     done = CliRunner().invoke(cli, ["webhooks", "deliver", "--once", "--db", db_url, *flag])
     said = " ".join(done.output.split())
     assert done.exit_code == 2 and f"{flag[0]} a larger value" in said, said
+
+
+def test_a_drain_forgets_deliveries_past_their_retention(app: App, receivers: list[WebhookReceiver]) -> None:
+    """`webhooks deliver --once` from cron is a deployment too: its drain prunes delivered (and
+    failed) deliveries older than the retention, and their events, like a running deliverer."""
+    hook = receiver(receivers, app.store, EAST)
+    app.store.transaction(lambda tx: tx.events.append(tenant=EAST, kind="run.finished", subject="old", data={},
+                                                      now=START))  # fmt: skip
+    clock = TestClock(start=START, skip=False)
+    assert Deliverer(app.store, clock=clock).drain() == 1 and len(hook.events) == 1
+    clock.advance(8 * 86400)
+    app.store.transaction(lambda tx: tx.events.append(tenant=EAST, kind="run.finished", subject="new", data={},
+                                                      now=clock.now()))  # fmt: skip
+    assert Deliverer(app.store, clock=clock).drain() == 1
+    assert [e.subject for e in app.store.read(lambda tx: tx.events.list(tenant=EAST))] == ["new"]
+    assert len(app.store.read(lambda tx: tx.deliveries.list())) == 1
