@@ -47,7 +47,9 @@ log = logging.getLogger("agentflow.bridges.matrix")
 #: The custom content key that marks a card (and which request it shows).
 CARD_KEY = "org.agentflow.approval"
 _USER = re.compile(r"@[^:\s]+:[^\s]+")
-_ROOM = re.compile(r"[!#][^:\s]+:[^\s]+")
+# A room id is `!` and an opaque string (`:server` after it before room version 12); an alias
+# always names its server.
+_ROOM = re.compile(r"![^\s]+|#[^:\s]+:[^\s]+")
 _THUMBS_UP = re.compile(r"^(\U0001f44d|:\+1:|\+1)[\U0001f3fb-\U0001f3ff\ufe0f]*$")
 _FALLBACK = re.compile(r"^(> .*\n)+\n", re.MULTILINE)  # a rich reply's quoted fallback
 #: Pages of 100 events read back: the bot's messages searched for a card after a restart, or

@@ -71,8 +71,8 @@ GOOD = {"homeserver": "https://matrix.example.org", "user": "@agentflow:example.
     [("homeserver", "matrix.example.org", "--homeserver 'matrix.example.org' is not a URL"),
      ("homeserver", "ftp://matrix.example.org", "is not a URL"), ("user", "agentflow", "is not a Matrix user id"),
      ("user", "@agentflow", "is not a Matrix user id"), ("room", "noc-east", "neither a room id nor an alias"),
-     ("room", "", "neither a room id nor an alias"), ("poll", 0, "--poll must be at least 0.1"),
-     ("poll", float("nan"), "--poll must be"), ("max_backoff", 0, "--max-backoff must be at least 1")],
+     ("room", "", "neither a room id nor an alias"), ("room", "#noc-east", "neither a room id nor an alias"),
+     ("poll", 0, "--poll must be at least 0.1"), ("poll", float("nan"), "--poll must be"), ("max_backoff", 0, "--max-backoff must be at least 1")],
 )  # fmt: skip
 def test_a_configuration_no_retry_could_fix_is_refused_at_once(field: str, value: object, said: str) -> None:
     """A bridge retries whatever the homeserver does; a homeserver that is no URL (it retried
@@ -80,6 +80,11 @@ def test_a_configuration_no_retry_could_fix_is_refused_at_once(field: str, value
     is said at once instead, with what to give."""
     with pytest.raises(ConfigurationError, match=said.replace("(", r"\(").replace(".", r"\.")):
         MatrixConfig(**{**GOOD, field: value}, password="pw")  # type: ignore[arg-type]
+
+
+def test_room_ids_of_every_room_version_and_aliases_are_accepted() -> None:
+    for room in ("!abc:example.org", "!Qj1nXuVpI7gH3phtVQeuLlbZBah90Exl6WUYWkErESI", "#noc-east:example.org"):
+        assert MatrixConfig(**{**GOOD, "room": room}, password="pw").room == room  # type: ignore[arg-type]
 
 
 def test_the_password_and_token_stay_out_of_the_configs_repr() -> None:
