@@ -106,6 +106,14 @@ def test_the_timeline_of_a_crashed_and_resumed_run(
     people.assert_clean()
 
 
+BIG_LIMIT = """() => {
+  const li = renderLimit({ rule: "big-rate", kind: "rate", scope: "tenant noc-east", used: 120, limit: 500, after: 121,
+    window_s: 3600, text: "apply_change ran 120 of at most 500 times in the last 1 h" });
+  document.querySelector("#inbox .ev-limit-list").append(li);
+  return { cells: li.querySelectorAll(".ev-cell").length, bars: li.querySelectorAll(".ev-bar").length };
+}"""
+
+
 def test_the_approval_card_shows_evidence_and_blast_radius_and_approve_works_on_a_phone(
     serve: Callable[..., Served], people: People
 ) -> None:
@@ -139,6 +147,11 @@ def test_the_approval_card_shows_evidence_and_blast_radius_and_approve_works_on_
     )  # not epoch seconds
     assert scroll_width(bob) <= PHONE["width"] and sideways(bob) == []
     people.shot(bob, "1-card-evidence-phone")
+    # A pack may allow hundreds of calls an hour: its meter is one bar, not a cell per call.
+    big = bob.evaluate(BIG_LIMIT)
+    assert big == {"cells": 0, "bars": 1}, big
+    assert scroll_width(bob) <= PHONE["width"] and sideways(bob) == []
+    bob.evaluate("document.querySelector('.ev-limit[data-rule=\"big-rate\"]').remove()")
     approve = card.locator(".card-approve")
     approve.scroll_into_view_if_needed()
     assert in_viewport(bob, f'#inbox .card[data-approval-id="{approval_id}"] .card-approve')

@@ -241,11 +241,27 @@ function renderEvidence(ev, ui) {
 
 const compactArgs = (args) => Object.entries(args || {}).map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(", ");
 
+const METER_CELLS = 20; // a larger limit is drawn as one bar: a cell per call would not fit a phone
+
 function renderLimit(l) {
-  const meter = l.limit && l.used != null
-    ? el("span", { class: "ev-meter", title: `${l.used} used of ${l.limit}` }, ...Array.from({ length: l.limit }, (_, i) =>
-      el("span", { class: "ev-cell", data: { state: i < l.used ? "used" : i < (l.after ?? l.used) ? "this" : "free" } })))
-    : null;
   return el("li", { class: "ev-limit", data: { kind: l.kind, rule: l.rule, used: l.used ?? "", limit: l.limit ?? "" } },
-    meter, el("span", { class: "ev-limit-text", text: l.text }), el("span", { class: "muted", text: ` (rule ${l.rule})` }));
+    limitMeter(l), el("span", { class: "ev-limit-text", text: l.text }), el("span", { class: "muted", text: ` (rule ${l.rule})` }));
+}
+
+/** What a limit has used and what approving adds: a cell per unit, or a bar for a large limit. */
+function limitMeter(l) {
+  if (!l.limit || l.used == null) return null;
+  const after = l.after ?? l.used;
+  const title = `${l.used} used of ${l.limit}`;
+  if (l.limit <= METER_CELLS) {
+    return el("span", { class: "ev-meter", title }, ...Array.from({ length: l.limit }, (_, i) =>
+      el("span", { class: "ev-cell", data: { state: i < l.used ? "used" : i < after ? "this" : "free" } })));
+  }
+  const part = (cls, n) => {
+    const p = el("span", { class: cls });
+    p.style.width = `${Math.min(100, Math.max(0, (100 * n) / l.limit))}%`;
+    if (n > 0) p.style.minWidth = "2px"; // one call of 500 still shows
+    return p;
+  };
+  return el("span", { class: "ev-meter ev-bar", title }, part("ev-bar-used", l.used), part("ev-bar-this", after - l.used));
 }
