@@ -277,13 +277,21 @@ function setView(name, nav = name) {
 }
 
 /** Every 3 s: pending approvals (badge, inbox), runs list, relative times. Errors stay quiet
- *  (a restarting server must not flood the page); a 401 still goes to sign-in. */
+ *  (a restarting server must not flood the page); a 401 still goes to sign-in. A poll still
+ *  waiting for its answer is not sent again: a slow server gets no pile of requests. */
 function tick() {
   if (!state.session) return;
   refreshRelTimes();
-  refreshApprovals(true);
-  if (state.view === "runs") loadRuns(true);
-  tickTimeline();
+  polled("approvals", () => refreshApprovals(true));
+  if (state.view === "runs") polled("runs", () => loadRuns(true));
+  polled("timeline", tickTimeline);
+}
+
+const polling = new Set();
+async function polled(name, load) {
+  if (polling.has(name)) return;
+  polling.add(name);
+  try { await load(); } finally { polling.delete(name); }
 }
 
 // ------------------------------------------------------------------ chat view

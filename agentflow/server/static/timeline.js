@@ -56,7 +56,8 @@ async function loadTimeline(quiet) {
 
 /** The 3 s tick: a run still going gets its new steps. */
 function tickTimeline() {
-  if (state.view === "timeline" && tl.data && !isOver(tl.data.run.status)) loadTimeline(true);
+  if (state.view === "timeline" && tl.data && !isOver(tl.data.run.status)) return loadTimeline(true);
+  return undefined;
 }
 
 function renderTimeline(data) {
@@ -74,8 +75,9 @@ function renderTimeline(data) {
     ["waited", fmtDuration(totals.waited_s)], ["lease changes", String(totals.lease_changes)],
     ["crashes", String(totals.crashes)], ["retries", String(totals.retries)],
   ];
+  const one = { steps: "step", "model calls": "model call", "lease changes": "lease change", crashes: "crash", retries: "retry" };
   $("#tl-stats").replaceChildren(...stats.map(([k, v]) =>
-    el("span", { class: "tl-stat", data: { stat: k, zero: v === "0" } }, el("b", { text: v }), ` ${k}`)));
+    el("span", { class: "tl-stat", data: { stat: k, zero: v === "0" } }, el("b", { text: v }), ` ${v === "1" && one[k] || k}`)));
   const story = $("#tl-story");
   story.hidden = !(data.story || []).length;
   $("ol", story).replaceChildren(...(data.story || []).map((line) => el("li", { text: line })));
