@@ -29,6 +29,18 @@ LAPTOP = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 
+MAX_SHOT_HEIGHT = 8000  # px: a screenshot as tall as a long timeline, not as tall as any page
+FULL_HEIGHT = """() => {
+  // The window height that shows all of the shown view (and a run's conversation) unscrolled;
+  // where they are scrolled to is kept, to be put back after the picture.
+  const boxes = [...document.querySelectorAll(".view:not([hidden]), .view:not([hidden]) #messages")]
+    .filter((e) => e.getClientRects().length);
+  window.__beforeShot = boxes.map((e) => [e, e.scrollTop]);
+  return Math.ceil(window.innerHeight + Math.max(0, ...boxes.map((e) => e.scrollHeight - e.clientHeight)));
+}"""
+SCROLL_BACK = "() => { for (const [e, top] of window.__beforeShot || []) e.scrollTop = top; }"
+
+
 class People:
     """Browser contexts of one test, one per person, watched for page errors."""
 
@@ -65,9 +77,22 @@ class People:
         return page
 
     def shot(self, page: Page, step: str) -> Path:
+        """A screenshot of all of the current view: the page itself does not scroll (its views
+        do), so the window is made as tall as the view's content for the picture, then put back
+        as it was (its size, where the view was scrolled to)."""
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / f"{self.test}-{step}.png"
-        page.screenshot(path=str(path), full_page=True)
+        size = page.viewport_size
+        tall: int = page.evaluate(FULL_HEIGHT)
+        grown = size is not None and tall > size["height"]
+        if grown and size is not None:
+            page.set_viewport_size({"width": size["width"], "height": min(tall, MAX_SHOT_HEIGHT)})
+        try:
+            page.screenshot(path=str(path), full_page=True)
+        finally:
+            if grown and size is not None:
+                page.set_viewport_size(size)
+                page.evaluate(SCROLL_BACK)
         print(f"screenshot: {path}")
         return path
 
