@@ -281,6 +281,36 @@ async def test_a_prompt_injection_in_a_tool_output_is_shown_literally(injected: 
     assert approvals_of(injected.served)[0]["status"] == "pending"
 
 
+async def test_a_command_typed_under_a_card_is_not_applied_to_arguments_edited_since(injected: World) -> None:
+    """bob types `approve` under the card while the bridge is down; carol then edits the note on
+    the web (her vote counts for the new arguments: 1/2). The bridge restarts: bob's approval was
+    for the note the card showed him, so it is refused as stale (before, the bridge edited the card
+    first and took bob's command against the edit he never saw: approved 2/2)."""
+    world = injected
+    world.served.add_operators({"carol": "noc-engineer"})
+    bob = world.people["bob"]
+    world.served.start_run("alice", "CS-101 look at the notes")
+    [card] = await world.until(cards, "the approval card")
+    assert world.bridge is not None
+    world.bridge.stop()
+    approve = await bob.say(world.room, "approve as shown", thread=card["event_id"])
+    [request] = approvals_of(world.served)
+    world.served.api("carol", "POST", f"/api/approvals/{request['id']}/approve",
+                     json={"args": {**request["args"], "note": "edited on the web"}, "seen_hash": request["args_hash"]})  # fmt: skip
+    world.bridge.start()
+    said = await world.answer_to(approve)
+    assert "(stale_args)" in said, said
+    [after] = approvals_of(world.served)
+    assert after["status"] == "pending" and [v["principal"] for v in after["votes"]] == ["carol"]
+
+    def edited(events: list[Event]) -> list[Event]:
+        return [
+            e for e in edits(events, card["event_id"]) if "edited on the web" in e["content"]["m.new_content"]["body"]
+        ]
+
+    await world.until(edited, "the card's edit with the new note")
+
+
 async def test_a_restarted_bridge_takes_what_was_said_while_it_was_away_once(world: World) -> None:
     """Stopped (SIGTERM: exit 0) after answering a command, restarted after more than one sync's
     worth of messages: the command typed meanwhile is taken (read back past the sync's 100
