@@ -147,11 +147,16 @@ def test_refusals_are_in_words_and_the_inbox_keeps_the_decided(world: World) -> 
     assert "self_approval" not in own["why_not_text"]
     viewer = w.client.get(f"/api/approvals/{b1}", headers=w.bearer("carol")).json()
     assert viewer["why_not_text"] == "Deciding needs the role noc-engineer; you have viewer in noc-east."
+    # a1 decided by bob (by the previous test when the module runs whole; here when run alone)
+    decided = w.client.post(f"/api/approvals/{w.cards['a1']['id']}/approve", json={"comment": "go"},
+                            headers=w.bearer("bob"))  # fmt: skip
+    assert decided.status_code in (200, 409), decided.text
     everything = w.client.get("/api/approvals", params={"status": "all"}, headers=w.bearer("erin")).json()["approvals"]
     by_run = {c["run_id"]: c for c in everything}
     assert by_run["b1"]["evidence"] is not None  # open: shown with its evidence
-    if by_run["a1"]["status"] == "approved":  # decided by the previous test
-        assert by_run["a1"]["evidence"] is None and by_run["a1"]["votes"][0]["principal"] == "bob"
+    assert by_run["a1"]["status"] == "approved" and by_run["a1"]["evidence"] is None
+    assert (by_run["a1"]["votes"][0]["principal"], by_run["a1"]["votes"][0]["comment"]) == ("bob", "go")
+    assert by_run["a1"]["decided_at"] is not None
     assert json.dumps(everything).count("dave") == 0
 
 
