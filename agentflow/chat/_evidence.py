@@ -10,6 +10,7 @@ Tool output is decoded from its recorded JSON so a surface can lay it out (table
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -117,24 +118,36 @@ def _decoded(text: str | None) -> Any:
 
 
 def _reads(before: Sequence[StepRecord], target: Any) -> list[dict[str, Any]]:
-    """The latest read-only tool results before the request, of its target when it has one."""
-    read_calls = {
-        d.get("call_id")
+    """The latest read-only tool results before the request, of its target when it has one: a
+    read whose tool declares a target counts when that target is the request's (a read of
+    CS-1010, or of CS-102 listing CS-101 as a neighbour, is no evidence for a change on CS-101);
+    one without, when its arguments or output name the target as a whole word."""
+    read_targets = {  # call id -> the target its decision named (None: the tool declares none)
+        d.get("call_id"): d["call"].get("target")
         for d in (_decision(s) for s in before)
         if isinstance(d.get("call"), dict) and d["call"].get("side_effect") is False
     }
     found = []
     for s in before:
         call = json_or_text(s.args) if s.kind == "tool" else None
-        if not isinstance(call, dict) or call.get("call") not in read_calls or s.status != "completed":
+        if not isinstance(call, dict) or call.get("call") not in read_targets or s.status != "completed":
             continue
         result = _decoded(s.result)
-        if target and target not in json.dumps(call.get("args", {})) + json.dumps(result, default=str)[:2000]:
+        if target and not _about(str(target), read_targets[call.get("call")], call.get("args", {}), result):
             continue
         found.append({"seq": s.seq, "tool": call.get("tool", s.name), "args": call.get("args", {}), "result": result,
                       "at": s.finished_at})  # fmt: skip
     latest = {r["tool"]: r for r in found}  # a tool read again: its latest result
     return sorted(latest.values(), key=lambda r: r["seq"])[-READS:]
+
+
+def _about(target: str, declared: Any, args: Any, result: Any) -> bool:
+    """Whether a read is about `target`: its declared target, else the target as a whole word
+    (not inside a longer site id) in its arguments or the start of its output."""
+    if declared is not None:
+        return str(declared) == target
+    text = json.dumps(args, default=str) + json.dumps(result, default=str)[:2000]
+    return re.search(rf"(?<![\w-]){re.escape(target)}(?![\w-])", text) is not None
 
 
 def _reason(chat: Chat, req: ApprovalRequest, before: Sequence[StepRecord]) -> tuple[str | None, int | None]:

@@ -296,3 +296,50 @@ def test_the_nav_badge_poll_reads_no_run_history(world: World, monkeypatch: pyte
         assert sum(c["run_id"] == "b1" for c in open_cards) == 2 and all(c["evidence"] for c in open_cards)
         histories = [s for s in statements if "FROM af_steps WHERE run_id" in s and "ORDER BY seq" in s]
         assert len(histories) == len({c["run_id"] for c in open_cards}), histories
+
+
+def test_the_evidence_of_a_change_is_the_reads_of_its_own_target(tmp_path: Path) -> None:
+    """The card of a change on CS-101 quotes the reads of CS-101 only: not the read of CS-1010
+    (whose name contains it) nor CS-102's diagnosis that lists CS-101 as a neighbour, even when
+    those came later (the latest read of each tool is shown: a later one on another site used to
+    replace CS-101's own root cause). A read-only tool without a declared target counts when its
+    arguments name the site as a whole word."""
+    from agentflow.chat import Chat, evidence
+    from agentflow.store import StepRecord
+
+    def step(seq: int, kind: str, name: str, args: Any, result: Any) -> StepRecord:
+        return StepRecord(seq=seq, kind=kind, name=name, digest="", status="completed", attempt=1, args=json.dumps(args),
+                          result=json.dumps(result), error=None, started_at=float(seq), finished_at=seq + 0.5,
+                          wake_at=None, epoch=1)  # fmt: skip
+
+    def read(seq: int, tool: str, site: str, result: dict[str, Any], target: str | None = "site") -> list[StepRecord]:
+        call = {"tool": tool, "call": f"c{seq}", "args": {"site": site}}
+        facts = {"side_effect": False, "target": site if target else None}
+        return [step(seq, "policy", tool, call, {"effect": "allow", "call": facts}),
+                step(seq + 1, "tool", tool, call, json.dumps(result))]  # fmt: skip
+
+    app = App(f"sqlite:///{tmp_path / 'wf.db'}")
+    try:
+        decision = PolicyDecision(effect="require_approval", rule="change-approval", approval_rule="change-approval",
+                                  approval=ApprovalSpec(roles=["noc-engineer"]))  # fmt: skip
+        req = Approvals.of(app).request(run_id="r1", call_id="c-fix", tenant="default", requested_by="alice",
+                                        tool="apply_change", args={"site": "CS-101"}, decision=decision)  # fmt: skip
+        steps = [
+            *read(1, "rank_root_causes", "CS-101", {"site": "CS-101", "top_cause": "mis_set_handover"}),
+            *read(3, "get_kpis", "CS-101", {"site": "CS-101", "drop_rate_pct": 3.1}),
+            *read(5, "rank_root_causes", "CS-1010", {"site": "CS-1010", "top_cause": "congestion"}),
+            *read(7, "rank_root_causes", "CS-102", {"site": "CS-102", "top_cause": "backhaul_fault", "neighbours": ["CS-101"]}),
+            *read(9, "site_notes", "CS-101", {"notes": "tilt replaced last week"}, target=None),
+            *read(11, "site_notes", "CS-1010", {"notes": "nothing to say"}, target=None),
+            step(13, "policy", "apply_change", {"tool": "apply_change", "call": "c-fix", "args": {"site": "CS-101"}},
+                 {"effect": "require_approval", "call": {"side_effect": True, "target": "CS-101"}}),
+        ]  # fmt: skip
+        ev = evidence(Chat.of(app), req, steps)
+    finally:
+        app.close()
+    assert [(r["tool"], r["seq"]) for r in ev["reads"]] == [
+        ("rank_root_causes", 2),
+        ("get_kpis", 4),
+        ("site_notes", 10),
+    ]
+    assert [(d["field"], d["value"]) for d in ev["diagnosis"]] == [("top_cause", "mis_set_handover")]
