@@ -159,3 +159,52 @@ def test_a_long_run_of_steps_run_together_is_laid_out_in_order() -> None:
     assert all(starts[i] == starts[i + 1] for i in range(0, 2000, 2))
     assert starts[::2] == sorted(starts[::2]) and len(set(starts[::2])) == 1000
     assert all(0 <= r["x0"] < r["x1"] <= 100 for r in rows)
+
+
+def test_the_notebook_html_escapes_every_recorded_text() -> None:
+    """The task, who asked, the answer, a tool's arguments and output, a policy's rule and reason
+    and a signal's name (recorded from callers, models, devices) appear in `Trace._repr_html_`'s
+    markup only as text: parsed, the HTML has only the timeline's own elements and attributes,
+    and its text holds the hostile string literally, wherever the timeline quotes it (titles,
+    story, previews, tooltips)."""
+    import dataclasses
+    from html.parser import HTMLParser
+
+    from agentflow.trace._html import timeline_html
+
+    bad = '"><img src=x onerror=alert(1)><script>alert(2)</script>&amp;'
+    recorded = dataclasses.replace(
+        run(), input=json.dumps([[f"fix {bad}"], {}]), meta=json.dumps({"requested_by": bad}),
+        output=json.dumps({"status": "answered", "answer": bad}), completed_at=T0 + 9,
+    )  # fmt: skip
+    call = {"tool": "lookup", "call": "c1", "args": {"note": bad}}
+    steps = [
+        step(1, "policy", 0, 1, name="lookup", args=call,
+             result={"effect": "deny", "rule": bad, "reason": bad, "call": {"side_effect": True}}),
+        step(2, "tool", 1, 2, name="lookup", args=call, result=json.dumps({"out": bad}), epoch=2),
+        step(3, "signal", 2, 3, name=bad, result={"x": bad}, epoch=3),
+    ]  # fmt: skip
+    html = timeline_html(build_timeline(Recorded(run=recorded, steps=steps, attempts=[], approvals=[], audit=[])))
+
+    class Seen(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__(convert_charrefs=True)
+            self.tags: set[str] = set()
+            self.attrs: set[str] = set()
+            self.text: list[str] = []
+            self.titles: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            self.tags.add(tag)
+            self.attrs |= {name for name, _ in attrs}
+            self.titles += [value or "" for name, value in attrs if name == "title"]
+
+        def handle_data(self, data: str) -> None:
+            self.text.append(data)
+
+    seen = Seen()
+    seen.feed(html)
+    assert seen.tags <= {"div", "span", "b", "p", "details", "summary", "ol", "li"}, seen.tags
+    assert seen.attrs <= {"class", "style", "title", "data-seq", "data-kind", "data-marker", "data-group", "open"}
+    text = "".join(seen.text)
+    assert text.count(bad) >= 3 and any(bad in t for t in seen.titles)  # story (task, who, answer), tooltips
