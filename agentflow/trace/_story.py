@@ -86,6 +86,8 @@ def story(timeline: dict[str, Any]) -> list[str]:
 
 def _row_sentence(row: dict[str, Any], said: set[tuple[Any, ...]]) -> str | None:
     detail = row["detail"]
+    if "unreadable" in detail:
+        return f"Step {row['seq']} ({row['step_kind']} {row['name']}): its record could not be read ({detail['unreadable']})."
     if row["kind"] == "policy" and detail["effect"] != "allow":
         key = ("policy", detail["tool"], detail["effect"], detail["rule"])
         if key in said:

@@ -27,6 +27,7 @@ from itertools import pairwise
 from typing import Any
 
 from agentflow.engine import App, Client
+from agentflow.errors import CorruptRecordError
 from agentflow.store import StepRecord
 from agentflow.trace._detail import decoded, step_detail
 from agentflow.trace._records import Attempt, Recorded, error_of, load_recorded, loads, open_client
@@ -167,8 +168,23 @@ def _row(
         "read": False, "group": None, "preview": None, "error": error_of(s),
         "retries": [{"attempt": a.attempt, "error": error_of(a), "started_at": a.started_at,
                      "finished_at": a.finished_at, "retry_at": a.retry_at} for a in tries],
-        "detail": step_detail(recorded, s),
+        "detail": {},
     }  # fmt: skip
+    try:
+        row["detail"] = step_detail(recorded, s)
+        _fill(row, recorded, s, facts)
+    except (CorruptRecordError, ValueError, TypeError, KeyError, AttributeError, OverflowError, OSError) as exc:
+        # One record this view cannot read is one row saying so: the rest of the run is still
+        # drawn (an incident's timeline must not go blank over one odd value).
+        row["title"] = f"{s.kind} {s.name} (unreadable: {type(exc).__name__})"
+        row["detail"] = {"unreadable": f"{type(exc).__name__}: {exc}"[:_PREVIEW], "args": s.args, "result": s.result}
+        if s.kind == "llm":
+            row["usage"] = {}
+    return row
+
+
+def _fill(row: dict[str, Any], recorded: Recorded, s: StepRecord, facts: dict[str, dict[str, Any]]) -> None:
+    """The kind-specific fields of a step's row (title, read or not, usage, decision, ...)."""
     detail = row["detail"]
     if s.kind == "llm":
         _model_row(row, s, detail)
@@ -194,7 +210,6 @@ def _row(
     elif s.kind == "plan":
         planned = (loads(s.result) or {}).get("steps", []) if s.status == "completed" else []
         row["title"] = "plan: " + " → ".join(str(p.get("tool") or "?") for p in planned if isinstance(p, dict))
-    return row
 
 
 def _preview(value: Any) -> str | None:

@@ -208,3 +208,26 @@ def test_the_notebook_html_escapes_every_recorded_text() -> None:
     assert seen.attrs <= {"class", "style", "title", "data-seq", "data-kind", "data-marker", "data-group", "open"}
     text = "".join(seen.text)
     assert text.count(bad) >= 3 and any(bad in t for t in seen.titles)  # story (task, who, answer), tooltips
+
+
+def test_a_record_the_timeline_cannot_read_is_one_unreadable_row_not_a_failed_page() -> None:
+    """A wait whose recorded deadline is not a time, a model call whose message blob does not
+    decode, a deferral to a time out of range: each is a row saying it is unreadable (and why);
+    the other steps, the markers and the story are drawn as usual."""
+    tl = build_timeline(Recorded(
+        run=run(), attempts=[], approvals=[], audit=[], blobs={"m1": "{not json"},
+        steps=[step(1, "tool", 0, 1, name="lookup", args={"tool": "lookup", "call": "c1", "args": {}}, result='"ok"'),
+               step(2, "sleep", 1, 2, args="soon"),
+               step(3, "llm", 2, 3, name="m", args={"messages": []}, result={"message": "m1", "usage": {}}),
+               step(4, "policy", 3, 4, name="push", args={"tool": "push", "call": "c2", "args": {}},
+                    result={"effect": "defer", "rule": "window", "defer_until": 1e300}),
+               step(5, "tool", 4, 5, name="lookup", args={"tool": "lookup", "call": "c3", "args": {}}, result='"ok"',
+                    epoch=2)],
+    ))  # fmt: skip
+    rows = {r["seq"]: r for r in tl["rows"]}
+    assert [r["seq"] for r in tl["rows"]] == [1, 2, 3, 4, 5]
+    for seq, why in ((2, "ValueError"), (3, "CorruptRecordError"), (4, "")):
+        assert "unreadable" in rows[seq]["title"] and why in rows[seq]["title"], rows[seq]["title"]
+        assert rows[seq]["detail"]["unreadable"]
+    assert rows[5]["title"] == "lookup()" and [m["kind"] for m in tl["markers"]] == ["crash", "resume"]
+    assert tl["story"][-1].startswith("It completed")

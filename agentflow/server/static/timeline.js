@@ -203,6 +203,10 @@ function stepDetail(r) {
       row("lease", `epoch ${r.epoch}`), row("attempt", String(r.attempt)),
       r.error ? row("error", el("pre", { class: "event-error", text: r.error })) : null));
   const section = (title, ...kids) => box.append(el("section", { class: "tl-section" }, el("h4", { text: title }), ...kids));
+  if (d.unreadable) {
+    section("unreadable record", renderValue({ error: d.unreadable, args: d.args, result: d.result }));
+    return box;
+  }
   if (r.kind === "model") {
     if (d.extends != null) box.append(el("p", { class: "muted", text: `Continues the conversation of step #${d.extends}; the messages this call added:` }));
     section("request", ...(d.request || []).map((m) => messageBlock(m)));
