@@ -3,7 +3,8 @@ the deliverer in the foreground (`deliver`; `serve` and `worker` run one in the 
 
 Subscribing is for admins (whoever can write the store): the deliverer POSTs wherever a
 subscription says, private addresses included. The signing secret is printed once, by `add`;
-`list` never shows it, and URLs are shown with a password and the query masked.
+`list` never shows it, and URLs are shown with a password, the query and token-like path
+segments masked (`agentflow.webhooks.shown_url`).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ deliverer's network egress as narrow as the receivers need.
 from __future__ import annotations
 
 import builtins
+import re
 import secrets
 import time
 import urllib.parse
@@ -41,18 +42,25 @@ class Subscription:
 
     @property
     def shown_url(self) -> str:
-        """The URL with a password and the query masked (incoming-webhook URLs carry tokens there)."""
+        """The URL with a password, the query and token-like path segments masked (see `shown_url`)."""
         return shown_url(self.url)
 
 
 def shown_url(url: str) -> str:
-    """`url` with its userinfo password and its query replaced by `***`."""
+    """`url` with its userinfo password, its query and the path segments that look like tokens
+    (long ones: Slack's, Discord's, Teams' incoming-webhook URLs carry their secret there)
+    replaced by `***`."""
     parts = urllib.parse.urlsplit(url)
     netloc = parts.netloc
     if "@" in netloc:
         user, _, host = netloc.rpartition("@")
         netloc = f"{user.split(':', 1)[0]}:***@{host}" if ":" in user else netloc
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+    path = "/".join("***" if _TOKEN.search(part) else part for part in parts.path.split("/"))
+    return urllib.parse.urlunsplit((parts.scheme, netloc, path, "***" if parts.query else "", ""))
+
+
+# 20 characters or more, or 16 with letters and digits mixed (a random token may lack digits).
+_TOKEN = re.compile(r"^(.{20,}|(?=.{16,}$)(?=.*[A-Za-z])(?=.*[0-9]).*)$")
 
 
 def check_url(url: str) -> str:

@@ -304,8 +304,12 @@ def test_the_deliverer_outlives_a_store_that_does_not_answer(
 
 def test_secrets_stay_out_of_listings_reprs_and_logs(app: App, db_url: str, caplog: pytest.LogCaptureFixture) -> None:
     """The signing secret is printed once, by `add`; `list` (text and JSON), the store's rows'
-    reprs and the deliverer's logs never show it, nor a token in the URL's query or password."""
-    url = dead_url().replace("http://", "http://ops:pw-T0KEN1@") + "?token=T0KEN2"
+    reprs and the deliverer's logs never show it, nor a token in the URL's password, query or
+    path (Slack's incoming webhooks carry theirs there)."""
+    url = (
+        dead_url().replace("http://", "http://ops:pw-T0KEN1@")
+        + "/services/T0ABC/B0DEF/xT0KEN3abcdef0123456?token=T0KEN2"
+    )
     added = CliRunner().invoke(cli, ["webhooks", "add", url, "--tenant", EAST, "--db", db_url, "--json"])
     assert added.exit_code == 0, added.output
     secret = json.loads(added.output)["secret"]
@@ -323,7 +327,8 @@ def test_secrets_stay_out_of_listings_reprs_and_logs(app: App, db_url: str, capl
     assert "ops:***@" in subscriptions
     for text in (*shown, repr(rows), subscriptions, caplog.text):
         assert secret not in text and "T0KEN" not in text
-    assert "ops:***@" in shown[1] and "webhook delivery failed" in caplog.text
+    assert "ops:***@" in shown[1] and "/gone/services/T0ABC/B0DEF/***?***" in shown[1]
+    assert "webhook delivery failed" in caplog.text
 
 
 def test_an_attempt_that_breaks_is_logged_and_the_deliverer_goes_on(
