@@ -343,3 +343,25 @@ def test_the_evidence_of_a_change_is_the_reads_of_its_own_target(tmp_path: Path)
         ("site_notes", 10),
     ]
     assert [(d["field"], d["value"]) for d in ev["diagnosis"]] == [("top_cause", "mis_set_handover")]
+
+
+def test_a_card_whose_evidence_cannot_be_read_still_shows_and_can_be_approved(tmp_path: Path) -> None:
+    """The run's stored messages damaged (a blob that no longer decodes): the card's evidence
+    cannot be read, but the run page, the inbox, the card and the approve answer still answer
+    200 with the card (evidence null and `evidence_error` saying why), and approving is
+    recorded: an unreadable record never stands between an operator and a decision."""
+    with open_world(tmp_path) as w:
+        w.start("alice", "CS-101", "d1")
+        card = w.parked("d1")
+        with sqlite3.connect(w.db) as db:
+            db.execute("UPDATE af_blobs SET data = '{not json'")
+        for url in ("/api/runs/d1", "/api/approvals?status=all", f"/api/approvals/{card['id']}"):
+            got = w.client.get(url, headers=w.bearer("bob"))
+            assert got.status_code == 200, (url, got.text[:300])
+        shown = w.client.get(f"/api/approvals/{card['id']}", headers=w.bearer("bob")).json()
+        assert shown["evidence"] is None and "CorruptRecordError" in shown["evidence_error"]
+        approved = w.client.post(
+            f"/api/approvals/{card['id']}/approve", json={"comment": "ok"}, headers=w.bearer("bob")
+        )
+        assert approved.status_code == 200 and approved.json()["status"] == "approved", approved.text[:300]
+        assert w.finished("d1")["status"] in ("completed", "failed")  # (the run itself may not read on)

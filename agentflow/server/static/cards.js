@@ -64,6 +64,8 @@ function renderCard(entry) {
       el("span", { class: "card-id", text: card.id })),
     el("div", { class: "card-diff" }, renderDiff(card.diff)),
     card.evidence ? renderEvidence(card.evidence, ui) : null,
+    card.evidence_error ? el("div", { class: "ev-block ev-error muted",
+      text: `The evidence cannot be shown: the run's records could not be read (${card.evidence_error}). Open the run's timeline.` }) : null,
     el("dl", { class: "card-meta" },
       row("args", el("pre", { class: "card-args", text: compactJson(card.args) })),
       row("rule", el("span", {}, el("span", { class: "card-rule", text: card.rule || "—" }),
