@@ -229,6 +229,9 @@ def test_filters_narrow_the_runs_list(serve: Callable[..., Served], people: Peop
     alice.locator("#runs-table th[data-sort='steps']").click()  # fewest steps first: the healthy site
     expect(alice.locator("#runs-table th[data-sort='steps']")).to_have_attribute("aria-sort", "ascending")
     assert runs_shown(alice)[0] == a2
+    alice.locator("#runs-table th[data-sort='steps']").press("Enter")  # from the keyboard: most steps first
+    expect(alice.locator("#runs-table th[data-sort='steps']")).to_have_attribute("aria-sort", "descending")
+    assert runs_shown(alice)[-1] == a2
     people.assert_clean()
 
 

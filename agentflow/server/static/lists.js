@@ -252,6 +252,9 @@ function runRow(r) {
 function bindLists() {
   $("#runs-counts").addEventListener("click", onRunStatus);
   $("#runs-table thead").addEventListener("click", onRunSort);
+  $("#runs-table thead").addEventListener("keydown", (ev) => {  // the headers are focusable: Enter sorts too
+    if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); onRunSort(ev); }
+  });
   $("#runs-q").addEventListener("input", onRunFilter);
   for (const id of ["#runs-target", "#runs-tool", "#runs-requester", "#runs-since"]) $(id).addEventListener("change", onRunFilter);
   $("#runs-clear").addEventListener("click", clearRunFilters);
