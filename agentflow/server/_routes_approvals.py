@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from agentflow.approvals import ApprovalRequest
 from agentflow.server._auth import Actor, ApiError, State, Who
@@ -18,12 +18,21 @@ _INBOX = {"pending", "approved", "rejected", "expired", "escalated", "withdrawn"
 
 
 @router.get("")
-def inbox(who: Who, state: State, status: str = "pending", evidence: bool = True) -> dict[str, Any]:
-    """The tenant's requests, newest first (`pending`: open ones); open ones with their evidence
-    unless `evidence=false` (the nav badge's poll on every page: no run's history is read)."""
+def inbox(
+    who: Who, state: State, status: str = "pending", evidence: bool = True,
+    decided_limit: Annotated[int, Query(ge=1, le=5000)] = 200,
+) -> dict[str, Any]:  # fmt: skip
+    """The tenant's requests, newest first (`pending`: open ones): every open one, with its
+    evidence unless `evidence=false` (the nav badge's poll on every page: no run's history is
+    read), and the newest `decided_limit` decided ones (the inbox's history, polled every 3 s, is
+    not sent whole); `counts` are over all of them."""
     if status not in _INBOX:
         raise ApiError(422, "invalid", f"status must be one of {sorted(_INBOX)}")
     found = state.chat.approvals.list(tenant=who.principal.tenant, status=None if status == "all" else status)
+    decided = [r.id for r in found if not r.open]
+    kept = set(decided[:decided_limit])
+    counts = {"pending": len(found) - len(decided), "decided": len(decided)}
+    found = [r for r in found if r.open or r.id in kept]
     histories: dict[str, list[StepRecord]] = {}  # a run's history read once for all its requests
 
     def shown(req: ApprovalRequest) -> dict[str, Any]:
@@ -33,7 +42,7 @@ def inbox(who: Who, state: State, status: str = "pending", evidence: bool = True
             histories[req.run_id] = state.chat.store.load_steps(req.run_id)
         return web_card(state, req, who.principal, histories[req.run_id])
 
-    return {"approvals": [shown(r) for r in found]}
+    return {"approvals": [shown(r) for r in found], "counts": counts}
 
 
 def own_approval(state: Served, approval_id: str, who: Actor) -> ApprovalRequest:

@@ -365,3 +365,30 @@ def test_a_card_whose_evidence_cannot_be_read_still_shows_and_can_be_approved(tm
         )
         assert approved.status_code == 200 and approved.json()["status"] == "approved", approved.text[:300]
         assert w.finished("d1")["status"] in ("completed", "failed")  # (the run itself may not read on)
+
+
+def test_the_inbox_sends_every_open_request_and_the_latest_decided_with_counts(tmp_path: Path) -> None:
+    """The inbox is asked for every 3 s: it sends every open request but only the newest
+    `decided_limit` decided ones (200 by default), with the counts of both over all of them, so
+    a tenant with a long history is not sent (and redrawn) all of it at every poll."""
+    with open_world(tmp_path) as w:
+        w.start("alice", "CS-101", "h1")
+        w.parked("h1")  # its own request stays open: 3 open in all
+        approvals = Approvals.of(w.app)
+        decision = PolicyDecision(effect="require_approval", rule="change-approval", approval_rule="change-approval",
+                                  approval=ApprovalSpec(roles=["noc-engineer"], four_eyes=False))  # fmt: skip
+        made = [approvals.request(run_id="noc-east:h1", call_id=f"c{i}", tenant="noc-east", requested_by="agent",
+                                  tool="apply_change", args={"site": "CS-101", "value": i}, decision=decision)
+                for i in range(7)]  # fmt: skip
+        for req in made[:5]:
+            approvals.reject(req.id, by=w.tokens["bob"], comment="no")
+        got = w.client.get("/api/approvals", params={"status": "all", "decided_limit": 3}, headers=w.bearer("erin"))
+        assert got.status_code == 200, got.text
+        body = got.json()
+        assert body["counts"] == {"pending": 3, "decided": 5}
+        shown = {c["id"] for c in body["approvals"]}
+        assert shown == {w.cards["h1"]["id"], *(r.id for r in made[5:]), *(r.id for r in made[2:5])}  # newest 3 decided
+        default = w.client.get("/api/approvals", params={"status": "all"}, headers=w.bearer("erin")).json()
+        assert len(default["approvals"]) == 8 and default["counts"] == {"pending": 3, "decided": 5}
+        bad = w.client.get("/api/approvals", params={"status": "all", "decided_limit": 0}, headers=w.bearer("erin"))
+        assert bad.status_code == 422 and "decided_limit" in bad.json()["error"]["message"]

@@ -5,7 +5,8 @@
 
 const lists = {
   inboxTab: "pending",                 // pending | decided | all
-  inboxCards: [],                      // the last cards fetched (every status)
+  inboxCards: [],                      // the last cards fetched (open ones, the newest decided)
+  inboxCounts: null,                   // {pending, decided}: over every request of the tenant
   runs: [],                            // the last runs fetched (already filtered by the server)
   runSort: { key: "created_at", dir: -1 },
   facets: "",                          // the facets last put in the selects (JSON)
@@ -32,11 +33,13 @@ function showInboxView() {
  *  status then: the decided history is filtered here). */
 async function refreshApprovals(quiet) {
   const all = state.view === "inbox";
-  let cards;
+  let cards, counts;
   try {
     // the badge alone (every page, every 3 s) needs no evidence: the server then reads no history
     const query = all ? "status=all" : "status=pending&evidence=false";
-    cards = (await api("GET", `/api/approvals?${query}`, undefined, { local: quiet })).approvals || [];
+    const data = await api("GET", `/api/approvals?${query}`, undefined, { local: quiet });
+    cards = data.approvals || [];
+    counts = data.counts;
   } catch { return; }
   if (!state.session) return;
   const count = cards.filter((c) => OPEN_STATUSES.includes(c.status) && c.can_decide).length;
@@ -45,6 +48,7 @@ async function refreshApprovals(quiet) {
   badge.dataset.count = String(count);
   if (all && state.view === "inbox") {
     lists.inboxCards = cards;
+    lists.inboxCounts = counts;
     renderInboxControls(cards);
     renderInbox(inboxShown(cards));
   }
@@ -53,12 +57,18 @@ async function refreshApprovals(quiet) {
 const decidedBy = (c) => (c.votes || []).map((v) => v.principal);
 
 function renderInboxControls(cards) {
+  // the server's counts are over every request; it sends the newest decided ones only
   const open = cards.filter((c) => OPEN_STATUSES.includes(c.status)).length;
-  const counts = { pending: open, decided: cards.length - open, all: cards.length };
+  const known = lists.inboxCounts || { pending: open, decided: cards.length - open };
+  const counts = { ...known, all: known.pending + known.decided };
   for (const tab of $("#inbox-tabs").querySelectorAll("button")) {
     tab.setAttribute("aria-pressed", String(tab.dataset.tab === lists.inboxTab));
     $(".chip-count", tab).textContent = String(counts[tab.dataset.tab]);
   }
+  const sent = cards.length - open;
+  $("#inbox-more").hidden = lists.inboxTab === "pending" || sent >= counts.decided;
+  $("#inbox-more").textContent = `The newest ${sent} of ${counts.decided} decided requests are shown; older ones are in `
+    + "each run's timeline and in `agentflow approvals list --status all`.";
   $("#inbox-title").textContent = { pending: "Pending approvals", decided: "Decided approvals", all: "All approvals" }[lists.inboxTab];
   const facets = {
     tool: [...new Set(cards.map((c) => c.tool))].sort(),
