@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agentflow.store._backend import Backend, Conn, Op
@@ -19,6 +19,13 @@ _PER_RUN = ("af_steps", "af_step_attempts", "af_signals", "af_approvals")
 _BLOB_REF = re.compile(r"\b[0-9a-f]{32}\b")
 # SQLite's bound-parameter limit is 32766 in current builds but 999 in old ones: stay under it.
 _CHUNK = 500
+
+
+def _chunks(ids: Sequence[str]) -> Iterator[tuple[tuple[str, ...], str]]:
+    """`ids` in parts the driver accepts as bound parameters, each with its `?, ?, ...` list."""
+    for lo in range(0, len(ids), _CHUNK):
+        part = tuple(ids[lo : lo + _CHUNK])
+        yield part, ", ".join("?" * len(part))
 
 
 def table_columns(table: str) -> list[str]:
@@ -127,9 +134,7 @@ class ReadQueries:
         """For each of `tenant`'s runs among `run_ids`: the tools its policy decided on (asked
         for, run or not) and the targets its gated calls named (what a runs list filters on)."""
         found: dict[str, tuple[set[str], set[str]]] = {r: (set(), set()) for r in run_ids}
-        for lo in range(0, len(run_ids), _CHUNK):
-            part = tuple(run_ids[lo : lo + _CHUNK])
-            marks = ", ".join("?" * len(part))
+        for part, marks in _chunks(run_ids):
             tools = self.backend.query(
                 "SELECT DISTINCT s.run_id, s.name FROM af_steps s JOIN af_runs r ON r.id = s.run_id "
                 f"WHERE r.tenant = ? AND s.kind = 'policy' AND s.run_id IN ({marks})",
@@ -156,9 +161,7 @@ class ReadQueries:
         tokens: dict[str, int] = {}
         cost: dict[str, float] = {}
         opened: dict[str, int] = {}
-        for lo in range(0, len(run_ids), _CHUNK):
-            part = tuple(run_ids[lo : lo + _CHUNK])
-            marks = ", ".join("?" * len(part))
+        for part, marks in _chunks(run_ids):
             counted = self.backend.query(
                 "SELECT s.run_id, count(*) FROM af_steps s JOIN af_runs r ON r.id = s.run_id "
                 f"WHERE r.tenant = ? AND s.run_id IN ({marks}) GROUP BY s.run_id",

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from support.sql_trace import trace_sqlite
 
 from agentflow import App
 from agentflow.approvals import Approvals
 from agentflow.policy import ApprovalSpec, PolicyDecision
 from agentflow.server import create_app
-from agentflow.store._sqlite import SqliteStore
 from agentflow_noc.demo import copilot, make_model
 from integration.test_server_api import World, open_world
 
@@ -228,15 +228,7 @@ def test_a_tool_output_with_nan_and_infinity_is_valid_json_everywhere(tmp_path: 
 def traced_probe(w: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TestClient, list[str]]]:
     """A second server on `w`'s store, without a worker, whose SQLite connections report every
     statement (with its bound values) into the list yielded beside its client."""
-    statements: list[str] = []
-    connect = SqliteStore.connect_raw
-
-    def traced(self: SqliteStore) -> sqlite3.Connection:
-        conn = connect(self)
-        conn.set_trace_callback(statements.append)
-        return conn
-
-    monkeypatch.setattr(SqliteStore, "connect_raw", traced)
+    statements = trace_sqlite(monkeypatch)
     probe_app = App(w.app.db)
     try:
         copilot(make_model("runbook")).register(probe_app)

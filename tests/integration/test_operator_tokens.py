@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from support.sql_trace import trace_sqlite
 
 from agentflow import App
 from agentflow.approvals import Approvals
@@ -29,7 +29,6 @@ from agentflow.errors import AuthenticationError, ConfigurationError
 from agentflow.server import create_app
 from agentflow.store import EventStore
 from agentflow.store._schema import alembic_config
-from agentflow.store._sqlite import SqliteStore
 from agentflow_noc.demo import copilot, make_model
 
 TENANT = "noc-east"
@@ -253,15 +252,7 @@ def test_operator_statements_name_their_tenant(tmp_path: Path, monkeypatch: pyte
     """Every statement on an agentflow table that the operator commands send for a tenant names
     it (`tenant = 'noc-east'`), except the sign-in lookup by token hash and the lookup by name
     alone when no tenant was given; none names the other tenant."""
-    statements: list[str] = []
-    connect = SqliteStore.connect_raw
-
-    def traced(self: SqliteStore) -> sqlite3.Connection:
-        conn = connect(self)
-        conn.set_trace_callback(statements.append)
-        return conn
-
-    monkeypatch.setattr(SqliteStore, "connect_raw", traced)
+    statements = trace_sqlite(monkeypatch)
     app = App(f"sqlite:///{tmp_path / 'wf.db'}")
     try:
         ops = Approvals.of(app)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, rule
+from support.sql_trace import trace_sqlite
 
 from agentflow import App
 from agentflow.agent import Agent
@@ -31,7 +31,6 @@ from agentflow.errors import ConfigurationError
 from agentflow.policy import ApprovalSpec, PolicyDecision
 from agentflow.server import create_app
 from agentflow.store import scoped_key
-from agentflow.store._sqlite import SqliteStore
 from agentflow_noc.demo import copilot, make_model
 
 TENANTS = ("noc-east", "noc-west")
@@ -165,19 +164,11 @@ def test_every_statement_of_a_tenants_request_names_that_tenant(
     is called as noc-east (with its own ids and with noc-west's): each statement on an agentflow
     table names noc-east (a `tenant = 'noc-east'` predicate or a `noc-east:` run key), none names
     noc-west, except the ones that authenticate the caller."""
-    statements: list[str] = []
-    connect = SqliteStore.connect_raw
-
-    def traced(self: SqliteStore) -> sqlite3.Connection:
-        conn = connect(self)
-        conn.set_trace_callback(statements.append)
-        return conn
-
     with served(tmp_path) as (app, client, tokens, held):
         east, west = bearer(tokens["noc-east"]), bearer(tokens["noc-west"])
         assert client.post("/api/runs", json={"task": "EASTMARK", "run_id": "e1"}, headers=east).status_code == 201
         assert client.post("/api/runs", json={"task": "WESTMARK", "run_id": "e1"}, headers=west).status_code == 201
-        monkeypatch.setattr(SqliteStore, "connect_raw", traced)
+        statements = trace_sqlite(monkeypatch)
         probe_app = App(app.db)  # a fresh store: its connections are made (and traced) from here on
         copilot(make_model("runbook")).register(probe_app)
         with TestClient(create_app(probe_app, run_worker=False)) as probe:
