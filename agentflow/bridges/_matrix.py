@@ -1,10 +1,10 @@
 """`MatrixBridge`: approval cards in a Matrix room and decisions typed in their threads, over
 matrix-nio (any homeserver; `pip install 'agentflow[matrix]'`).
 
-One loop, per turn: long-poll `/sync` and handle the room's new events, then post a card for
-each new request and edit the cards that changed (in that order: a command is bound to the card
-its sender saw, not to an edit of this turn); the sync token is saved in the store once the
-events are handled, so a restarted bridge starts where it stopped.
+One loop, per turn: post a card for each new request, long-poll `/sync` and handle the room's
+new events, then edit the cards that changed (in that order: a command is bound to the card its
+sender saw, not to an edit of this turn); the sync token is saved in the store once the events
+are handled, so a restarted bridge starts where it stopped.
 
 - A card is an `m.text` message whose body is the card's plain text (never a `formatted_body`:
   tool and model text is untrusted) with `"org.agentflow.approval": "<approval id>"` and an
@@ -191,12 +191,14 @@ class MatrixBridge:
             await self.turn()
 
     async def turn(self) -> None:
-        """Handle what the room said (one `/sync`), then post new cards and edit changed ones.
+        """Post new cards, handle what the room said (one `/sync`), then edit the changed cards.
 
         In that order: a command is checked against the arguments of the card as the room showed
         it when the command was typed (the card row's hash), never against an edit this very turn
-        makes. Edited first, arguments changed on the web while a command waited in the sync, or
-        while the bridge was down, were approved by a command typed under the old card."""
+        makes (edited first, arguments changed on the web while a command waited in the sync, or
+        while the bridge was down, were approved by a command typed under the old card); and a
+        card in doubt after a crash is found again before the commands about it are read."""
+        await self._post_cards()
         resp = await self._sync(int(self.config.poll * 1000))
         room = resp.rooms.join.get(self.room_id)
         if room is not None:
@@ -207,7 +209,6 @@ class MatrixBridge:
                 await self._on_event(source)
         self._since = resp.next_batch
         self.bridge.save_cursor("since", resp.next_batch)
-        await self._post_cards()
         await self._update_cards()
         self._healthy = True
 
