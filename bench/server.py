@@ -41,7 +41,7 @@ from fastapi.testclient import TestClient
 import agentflow_noc as noc
 from agentflow import App
 from agentflow.approvals import Approvals
-from agentflow.chat import Chat
+from agentflow.chat import Chat, card
 from agentflow.engine import SystemClock
 from agentflow.server import create_app
 from agentflow.server._stream import _Cursor, _poll
@@ -109,12 +109,16 @@ def main() -> None:
             samples: dict[str, list[float]] = {k: [] for k in ("raw", "detail", "poll", "ratio_d", "ratio_p")}
             chat = Chat.of(app)
             cursor = _Cursor(after=0)
-            wait_for(lambda: _poll(chat, waiting_id, bob_p, cursor)[0] == [])  # everything sent: now idle
+
+            def make_card(req: Any, history: Any) -> dict[str, Any]:  # the chat core's card (idle polls make none)
+                return card(chat, req, bob_p, history)
+
+            wait_for(lambda: _poll(chat, waiting_id, bob_p, cursor, make_card)[0] == [])  # everything sent: now idle
             log(f"measuring {args.reps} reps on a {steps}-step run ...")
             for _ in range(args.reps):
                 raw = timed(lambda: app.store.load_steps(run_id))
                 detail = timed(lambda: client.get(f"/api/runs/{run_id}", headers=headers).raise_for_status())
-                poll = timed(lambda: _poll(chat, waiting_id, bob_p, cursor))
+                poll = timed(lambda: _poll(chat, waiting_id, bob_p, cursor, make_card))
                 samples["raw"].append(raw)
                 samples["detail"].append(detail)
                 samples["poll"].append(poll)

@@ -10,3 +10,5 @@ RUN_STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancell
 TERMINAL_STATUSES = ("completed", "failed", "cancelled")
 #: `TERMINAL_STATUSES` as an SQL list, for `status IN ...` / `NOT IN ...`.
 TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in TERMINAL_STATUSES) + ")"
+#: Approval requests that still wait for a decision.
+OPEN_STATUSES = ("pending", "escalated")

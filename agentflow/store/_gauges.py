@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agentflow.store._governance import OPEN_STATUSES
+from agentflow.store._constants import OPEN_STATUSES
 from agentflow.store._store import EventStore
 
 

@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentflow.store._backend import Records
+from agentflow.store._constants import OPEN_STATUSES
 
 _APPROVAL_COLUMNS = (
     "id, run_id, call_id, tenant, requested_by, tool, args, args_hash, diff, rule, pack_hash, spec, status, "
     "created_at, expires_at, decided_at, revision"
 )
 _AUDIT_COLUMNS = "id, at, tenant, actor, action, approval_id, run_id, outcome, reason"
-#: Requests that still wait for a decision.
-OPEN_STATUSES = ("pending", "escalated")
 
 
 @dataclass(frozen=True, slots=True)

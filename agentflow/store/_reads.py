@@ -9,8 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agentflow.store._backend import Backend, Conn, Op
-from agentflow.store._constants import TERMINAL_SQL
-from agentflow.store._governance import OPEN_STATUSES
+from agentflow.store._constants import OPEN_STATUSES, TERMINAL_SQL
 from agentflow.store._records import RunRecord, StepRecord
 from agentflow.store._seal import PREFIX, Sealer
 
