@@ -116,15 +116,9 @@ class Served:
 
     def stop(self) -> None:
         """Terminate (a clean shutdown), killed if it takes more than 15 s."""
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
+        if self.proc is not None:
+            terminate(self.proc)
+            self.proc = None
 
     def restart(self) -> None:
         """Stop, start on the same port and files, wait until it answers."""
@@ -157,3 +151,13 @@ class Served:
         applies = net.effects("apply")
         assert [e["site"] for e in applies] == [site], applies
         assert net.duplicate_keys() == []
+
+
+def terminate(proc: subprocess.Popen[Any]) -> None:
+    """Terminate a process (a clean shutdown), killed if it takes more than 15 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=15)

@@ -20,7 +20,7 @@ import httpx
 import yaml
 
 from agentflow.testing import assert_eventually
-from support.served import free_port
+from support.served import free_port, terminate
 
 SERVER_NAME = "localhost"
 _FAST = {"per_second": 10_000, "burst_count": 10_000}
@@ -97,15 +97,9 @@ class Synapse:
         return str(answer.json()["user_id"])
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=15)
-        self.proc = None
+        if self.proc is not None:
+            terminate(self.proc)
+            self.proc = None
 
     def tail(self, chars: int = 3000) -> str:
         return "".join(p.read_text(errors="replace")[-chars:] for p in (self.root / "stdout.log", self.log)
