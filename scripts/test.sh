@@ -10,7 +10,8 @@
 # Idempotent: what is already there is left alone. Uses sudo only when not root (apt-get, and
 # PostgreSQL's own admin commands). What it sets up:
 #   - system packages: python3-venv, Debian's chromium (the web chat's browser tests drive
-#     /usr/bin/chromium: Playwright's own download does not work everywhere), PostgreSQL;
+#     /usr/bin/chromium: Playwright's own download does not work everywhere), PostgreSQL,
+#     netconfd + openssh-server (a real NETCONF device) and prometheus, for the NOC pack's tests;
 #   - services: the PostgreSQL cluster, started when it does not answer on 127.0.0.1:5432; when
 #     the tests' default server URL (postgres@127.0.0.1:5432/test, trust auth) is refused, a role
 #     and database of their own (agentflow_test) and AGENTFLOW_TEST_PG pointing at them;
@@ -33,10 +34,21 @@ missing=()
 python3 -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
+# The NOC pack's NETCONF tests: Debian's netconfd (yuma123) behind a private sshd on a loopback
+# port; its KPI tests: Debian's prometheus scraping the RAN simulator's exporter.
+command -v netconfd >/dev/null 2>&1 || missing+=(netconfd)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 if [ "${#missing[@]}" -gt 0 ]; then
     say "installing ${missing[*]} (apt-get)"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v prometheus >/dev/null 2>&1; then
+    # Alone and without recommends: the package's recommends pull in exporters we do not want.
+    say "installing prometheus (apt-get)"
+    [ "${#missing[@]}" -gt 0 ] || $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 # -- PostgreSQL --------------------------------------------------------------------------------

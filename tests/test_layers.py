@@ -37,6 +37,7 @@ RANKS = {
     "agentflow.approvals": 4,
     "agentflow.testing": 4,
     "agentflow.webhooks": 4,
+    "agentflow.mcp": 4,
     "agentflow.agent": 5,
     "agentflow.chat": 6,
     "agentflow.trace": 6,
