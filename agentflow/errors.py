@@ -43,9 +43,12 @@ apply) and ``retryable``: whether trying the same thing again later can help.
     │   │                           operator; `code` says which (bad_token, token_revoked, ...)
     │   └── ApprovalRefused         the operator may not decide this (role, tenant, four-eyes,
     │                               expired, already decided, run ended, edited since); `code` says which
-    └── SignatureError              a signed message (a webhook delivery) that does not verify: a
-                                    missing header, a bad signature, a timestamp outside the window;
-                                    `code` says which
+    ├── SignatureError              a signed message (a webhook delivery) that does not verify: a
+    │                               missing header, a bad signature, a timestamp outside the window;
+    │                               `code` says which
+    └── ToolError                   a tool's target system (a network device, a metrics server)
+                                    refused the call or could not be reached; `retryable` per
+                                    instance (a refused value: no; a server down: yes)
 
 Control flow is not in this tree. A run that parks to wait raises nothing: the executor records
 the park and returns. To unwind workflow code it must stop (a fatal record error, a lost lease, a
@@ -93,6 +96,7 @@ __all__ = [
     "StoreBusyError",
     "StoreError",
     "StoreKeyError",
+    "ToolError",
     "UnknownRunError",
     "WaitTimeout",
     "WorkflowError",
@@ -403,3 +407,20 @@ class SignatureError(AgentflowError):
     def __init__(self, message: str, *, code: str, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.code = code
+
+
+class ToolError(AgentflowError):
+    """A tool's target system refused the call or could not be reached: a NETCONF device that
+    refuses a value outside its YANG range (not retryable: change the value), a metrics server
+    that does not answer (retryable: the run retries the step, then resumes). The message is
+    what the model reads, so it names the system and what it said.
+
+    Attributes:
+        system: what refused or failed, e.g. "netconf 127.0.0.1:830" or "prometheus".
+        detail: the system's own words (an RPC error's tag and path, an HTTP status), if any.
+    """
+
+    def __init__(self, message: str, *, system: str, detail: str = "", **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.system = system
+        self.detail = detail

@@ -178,6 +178,7 @@ EXPORTS = {
         "StoreBusyError",
         "StoreError",
         "StoreKeyError",
+        "ToolError",
         "UnknownRunError",
         "WaitTimeout",
         "WorkflowError",
@@ -404,6 +405,7 @@ def test_error_hierarchy_matches_the_documented_tree() -> None:
         "AuthenticationError": "ApprovalError",
         "ApprovalRefused": "ApprovalError",
         "SignatureError": "AgentflowError",
+        "ToolError": "AgentflowError",
     }
     assert all(name in (agentflow.errors.__doc__ or "") for name in parents)
     retryable = sorted(name for name in parents if getattr(agentflow.errors, name).retryable)
