@@ -1,0 +1,219 @@
+"""KPIs from Prometheus (issue 19): the RAN simulator exporter (`python -m agentflow_noc.ransim`, a
+real subprocess) scraped every second by Debian's `prometheus`, and the copilot's KPI tools of
+`agentflow_noc.promql` reading them with PromQL over the HTTP API.
+
+One exporter and one Prometheus serve the module: the simulated network's file has CS-101 with a
+mis-set handover offset (8 dB) and CS-104 congested. The last test stops and restarts Prometheus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from support.prometheus import Prometheus, require_binary
+from support.served import env, free_port, terminate
+
+import agentflow_noc as noc
+import agentflow_noc.promql as promql
+import agentflow_noc.tools as sim
+from agentflow import App
+from agentflow.agent import Agent
+from agentflow.llm import LangChainChat
+from agentflow.testing import ScriptedChatModel, assert_eventually
+from agentflow_noc import model
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+
+HOSTILE = 'CS-101"} or vector(1) or {site="x'
+
+
+class World:
+    """The network file, the exporter serving it and Prometheus scraping the exporter."""
+
+    def __init__(self, root: Path) -> None:
+        self.net = noc.Network(root / "noc.db")
+        self.exporter_port = free_port()
+        self.exporter: subprocess.Popen[bytes] | None = None
+        self.root = root
+
+    def start_exporter(self) -> None:
+        cmd = [sys.executable, "-m", "agentflow_noc.ransim", "--port", str(self.exporter_port),
+               "--network-db", self.net.path, "--incident", "CS-101:mis_set_handover",
+               "--incident", "CS-104:congestion"]  # fmt: skip
+        with (self.root / "ransim.log").open("ab") as out:
+            self.exporter = subprocess.Popen(cmd, env=env(), stdout=out, stderr=subprocess.STDOUT)
+
+        def serves() -> bool:
+            assert self.exporter is not None and self.exporter.poll() is None, (self.root / "ransim.log").read_text()
+            try:
+                return httpx.get(f"http://127.0.0.1:{self.exporter_port}/metrics", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        assert_eventually(serves, timeout=30, interval=0.1, message="the exporter did not serve /metrics")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Prometheus]]:
+    require_binary()
+    made = World(tmp_path_factory.mktemp("kpis"))
+    made.start_exporter()
+    prom = Prometheus(made.root / "prometheus", targets=[f"127.0.0.1:{made.exporter_port}"])
+    with pytest.MonkeyPatch.context() as mp:
+        for name in (promql.ENV_URL, promql.ENV_TIMEOUT, promql.ENV_RETRY_AFTER, promql.ENV_SEED, noc.ENV):
+            mp.delenv(name, raising=False)
+        try:
+            prom.start()
+            promql.configure(prom.url, timeout=3, retry_after=4, seed=made.net.seed)
+            noc.configure(made.net.path)
+            yield made, prom
+        finally:
+            prom.stop()
+            if made.exporter is not None:
+                terminate(made.exporter)
+
+
+def eventually(read: Any, timeout: float = 20) -> Any:
+    """`read()`'s answer once Prometheus has the samples it asks for."""
+    found: list[Any] = []
+
+    def answers() -> bool:
+        try:
+            found.append(read())
+        except promql.PrometheusNoData:
+            return False
+        return True
+
+    assert_eventually(answers, timeout=timeout, interval=0.2, message="Prometheus never had the samples")
+    return found[-1]
+
+
+def test_the_exporters_kpis_follow_a_config_change(world: tuple[World, Prometheus]) -> None:
+    """A config change shows in the next scrapes: CS-101's handover offset set back from 8 to 3 dB
+    in the network file, the latest KPIs through Prometheus are healthy within a few scrape
+    intervals, and monitor_kpis sees the anomalies before the change gone after it. The exporter's
+    numbers are the model's for the wall clock's bucket (the time base is honest)."""
+    made, _ = world
+    sick = eventually(lambda: promql.get_kpis.invoke({"site": "CS-101"}))
+    last = sick["series"][-1]
+    assert last["drop_rate_pct"] > 1.5 and last["handover_success_pct"] < 95, last
+    buckets = {int(last["t"]) // model.BUCKET_SECONDS, int(last["t"] - 2) // model.BUCKET_SECONDS}
+    config = made.net.config("CS-101")
+    expected = [model.sample(made.net.seed, "CS-101", b, config, "mis_set_handover") for b in buckets]
+    assert {k: last[k] for k in model.KPIS} in expected, (last, expected)
+    assert not promql.detect_anomalies.invoke({"site": "CS-101"})["healthy"]
+
+    made.net.apply("CS-101", "hoA3Offset", 3, key="test:1")
+    changed = time.monotonic()
+
+    def recovered() -> bool:
+        point = promql.get_kpis.invoke({"site": "CS-101"})["series"][-1]
+        return bool(point["drop_rate_pct"] < 1.5 and point["handover_success_pct"] > 95)
+
+    assert_eventually(recovered, timeout=15, interval=0.2, message="the KPIs did not follow the config change")
+    lag = time.monotonic() - changed
+    assert lag < 8, f"the KPIs followed the change only after {lag:.1f} s (scrape interval 1 s)"
+
+    report = eventually(lambda: promql.monitor_kpis.invoke({"site": "CS-101", "minutes": 30}))
+    assert report["improved"] and report["healthy"], report
+    assert "hoA3Offset 8 -> 3" in report["summary"] and "resolved" in report["summary"], report["summary"]
+    assert report["before"]["drop_rate_pct"] > 1.5 > report["after"]["drop_rate_pct"], report
+
+
+def test_get_kpis_through_prometheus_has_the_simulated_tools_shape(world: tuple[World, Prometheus]) -> None:
+    """The Prometheus tools answer in the simulated tools' shapes, with close values: the latest
+    point is the simulated series' latest (same bucket, same config), the means within 10%, and
+    detect_anomalies / rank_root_causes agree on the congested CS-104."""
+    made, _ = world
+    made.net.set_time(time.time())  # the simulated clock in the wall clock's bucket, as the exporter
+    real = eventually(lambda: promql.get_kpis.invoke({"site": "CS-104", "window_minutes": 60}))
+    simulated = sim.get_kpis.invoke({"site": "CS-104", "window_minutes": 60})
+    assert set(real) == set(simulated) and real["site"] == "CS-104" and real["region"] == simulated["region"]
+    assert real["window_minutes"] == 60 and set(real["mean"]) == set(model.KPIS)
+    assert all(set(p) == set(simulated["series"][0]) for p in real["series"]), real["series"]
+    assert 1 <= len(real["series"]) <= len(simulated["series"]) == 12
+    latest = {k: real["series"][-1][k] for k in model.KPIS}
+    expected = [{k: p[k] for k in model.KPIS} for p in simulated["series"][-2:]]
+    assert latest in expected or _close(latest, expected[-1], 0.01), (latest, expected)
+    assert _close(real["mean"], simulated["mean"], 0.10), (real["mean"], simulated["mean"])
+
+    found = promql.detect_anomalies.invoke({"site": "CS-104"})
+    assert set(found) == set(sim.detect_anomalies.invoke({"site": "CS-104"}))
+    assert {a["kpi"] for a in found["anomalies"]} == {"prb_util_pct", "throughput_mbps"}, found
+    causes = promql.rank_root_causes.invoke({"site": "CS-104"})
+    assert causes["top_cause"] == sim.rank_root_causes.invoke({"site": "CS-104"})["top_cause"] == "congestion"
+    watched = eventually(lambda: promql.monitor_kpis.invoke({"site": "CS-104", "minutes": 30}))
+    assert set(watched) == set(sim.monitor_kpis.invoke({"site": "CS-104", "minutes": 30}))
+    assert "no change" in watched["summary"] and not watched["improved"], watched
+
+
+def _close(a: dict[str, float], b: dict[str, float], rel: float) -> bool:
+    return all(abs(a[k] - b[k]) <= rel * max(abs(b[k]), 1.0) for k in model.KPIS)
+
+
+def test_a_hostile_site_argument_cannot_change_the_query(world: tuple[World, Prometheus]) -> None:
+    """A site argument that is not a site id is refused before any query (non-retryable), and a
+    label value is escaped: the hostile text sent escaped matches nothing, while the same text
+    pasted into the query unescaped (the negative control) returns the injected series."""
+    _, prom = world
+    for hostile in (HOSTILE, "CS-101\\", "CS-1_01", "CS-101\nx", ".*"):
+        with pytest.raises(promql.PrometheusQueryError, match="unknown site") as caught:
+            promql.get_kpis.invoke({"site": hostile})
+        assert caught.value.retryable is False and caught.value.query is None
+    assert promql.query(f"ran_cell_drop_rate_pct{{site={promql.label_value(HOSTILE)}}}") == []
+    assert promql.query(f"ran_cell_drop_rate_pct{{site={promql.label_value('CS-101' + chr(92))}}}") == []
+    assert prom.query(f'ran_cell_drop_rate_pct{{site="{HOSTILE}"}}') != [], "the negative control injected nothing"
+
+    with pytest.raises(promql.PrometheusQueryError, match="parse error") as bad:
+        promql.query("sum(")
+    assert bad.value.status == 400 and not bad.value.retryable
+
+
+def test_prometheus_down_is_retryable_and_a_durable_run_resumes_when_it_is_back(
+    world: tuple[World, Prometheus], tmp_path: Path
+) -> None:
+    """Prometheus stopped: get_kpis raises the typed retryable error (with its retry_after). An
+    agent run calling get_kpis meanwhile records the failed attempt, and the engine's activity
+    retry completes it once Prometheus is started again: the run ends completed with the KPIs."""
+    _, prom = world
+    prom.stop()
+    with pytest.raises(promql.PrometheusUnavailable) as down:
+        promql.get_kpis.invoke({"site": "CS-104"})
+    assert down.value.retryable and down.value.retry_after == 4 and down.value.status is None
+
+    app = App(f"sqlite:///{tmp_path / 'wf.db'}")
+    try:
+        calls = [{"name": "get_kpis", "args": {"site": "CS-104", "window_minutes": 60}}]
+        chat = LangChainChat(ScriptedChatModel(responses=[{"tool_calls": calls}, "CS-104 is congested."]))
+        agent = Agent(name="kpi-reader", model=chat, tools=promql.with_prometheus(noc.NOC_TOOLS))
+        handle = agent.start(app, "How is CS-104 doing?", run_id="kpis")
+        driver = threading.Thread(target=lambda: asyncio.run(app.worker().run_until_done(handle.run_id)), daemon=True)
+        driver.start()
+
+        def failed_attempts() -> list[dict[str, Any]]:
+            return [json.loads(a[2]) for a in app.store.load_attempts(handle.run_id) if a[2]]
+
+        assert_eventually(lambda: failed_attempts() != [], timeout=20, interval=0.1, message="no failed attempt")
+        first = failed_attempts()[0]
+        assert first["type"] == "PrometheusUnavailable" and first["retryable"] is True, first
+        prom.start()
+        driver.join(40)
+        assert not driver.is_alive(), "the run did not finish after Prometheus came back"
+        assert app.get_run(handle.run_id).status == "completed"
+        step = next(s for s in app.history(handle.run_id) if s.kind == "tool" and s.name == "get_kpis")
+        assert step.status == "completed" and step.attempt >= 2, step
+        assert step.result is not None and json.loads(json.loads(step.result))["site"] == "CS-104"
+    finally:
+        app.close()
+        if prom.proc is None:
+            prom.start()
