@@ -15,16 +15,20 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from langchain_core.messages import AIMessage
+from prometheus_client.parser import text_string_to_metric_families
 from support.prometheus import Prometheus, require_binary
 from support.served import env, free_port, terminate
 
 import agentflow_noc as noc
 import agentflow_noc.promql as promql
+import agentflow_noc.ransim as ransim
 import agentflow_noc.tools as sim
 from agentflow import App
 from agentflow.agent import Agent
@@ -182,19 +186,24 @@ def test_a_hostile_site_argument_cannot_change_the_query(world: tuple[World, Pro
 def test_prometheus_down_is_retryable_and_a_durable_run_resumes_when_it_is_back(
     world: tuple[World, Prometheus], tmp_path: Path
 ) -> None:
-    """Prometheus stopped: get_kpis raises the typed retryable error (with its retry_after). An
-    agent run calling get_kpis meanwhile records the failed attempt, and the engine's activity
-    retry completes it once Prometheus is started again: the run ends completed with the KPIs."""
+    """Prometheus stopped mid-run: an agent run has read CS-104's KPIs, then Prometheus goes down
+    before its next read. That read raises the typed retryable error (recorded as a failed
+    attempt, with the retry_after the engine waits), and the engine's activity retry completes it
+    once Prometheus is started again: the run ends completed, its reads answered."""
     _, prom = world
-    prom.stop()
-    with pytest.raises(promql.PrometheusUnavailable) as down:
-        promql.get_kpis.invoke({"site": "CS-104"})
-    assert down.value.retryable and down.value.retry_after == 4 and down.value.status is None
+
+    def respond(messages: list[Any]) -> Any:
+        turn = sum(1 for m in messages if isinstance(m, AIMessage))
+        if turn == 0:
+            return {"tool_calls": [{"name": "get_kpis", "args": {"site": "CS-104", "window_minutes": 60}}]}
+        if turn == 1:
+            prom.stop()  # between the run's two reads
+            return {"tool_calls": [{"name": "detect_anomalies", "args": {"site": "CS-104"}}]}
+        return "CS-104 is congested."
 
     app = App(f"sqlite:///{tmp_path / 'wf.db'}")
     try:
-        calls = [{"name": "get_kpis", "args": {"site": "CS-104", "window_minutes": 60}}]
-        chat = LangChainChat(ScriptedChatModel(responses=[{"tool_calls": calls}, "CS-104 is congested."]))
+        chat = LangChainChat(ScriptedChatModel(respond=respond))
         agent = Agent(name="kpi-reader", model=chat, tools=promql.with_prometheus(noc.NOC_TOOLS))
         handle = agent.start(app, "How is CS-104 doing?", run_id="kpis")
         driver = threading.Thread(target=lambda: asyncio.run(app.worker().run_until_done(handle.run_id)), daemon=True)
@@ -206,14 +215,126 @@ def test_prometheus_down_is_retryable_and_a_durable_run_resumes_when_it_is_back(
         assert_eventually(lambda: failed_attempts() != [], timeout=20, interval=0.1, message="no failed attempt")
         first = failed_attempts()[0]
         assert first["type"] == "PrometheusUnavailable" and first["retryable"] is True, first
+        assert prom.proc is None, "the read failed while Prometheus was up"
+        with pytest.raises(promql.PrometheusUnavailable) as down:
+            promql.get_kpis.invoke({"site": "CS-104"})
+        assert down.value.retryable and down.value.retry_after == 4 and down.value.status is None
         prom.start()
         driver.join(40)
         assert not driver.is_alive(), "the run did not finish after Prometheus came back"
         assert app.get_run(handle.run_id).status == "completed"
-        step = next(s for s in app.history(handle.run_id) if s.kind == "tool" and s.name == "get_kpis")
-        assert step.status == "completed" and step.attempt >= 2, step
-        assert step.result is not None and json.loads(json.loads(step.result))["site"] == "CS-104"
+        reads = {s.name: s for s in app.history(handle.run_id) if s.kind == "tool"}
+        assert reads["get_kpis"].attempt == 1 and reads["detect_anomalies"].attempt >= 2, reads
+        assert reads["detect_anomalies"].status == "completed", reads
+        result = reads["detect_anomalies"].result
+        assert result is not None and json.loads(json.loads(result))["severity"] != "info", result
     finally:
         app.close()
         if prom.proc is None:
             prom.start()
+
+
+# -- without Prometheus: the exporter alone, and stand-ins for a failing Prometheus ------------
+def test_the_exporter_reads_its_config_source_on_every_scrape() -> None:
+    """The exporter takes any config source (a callable, as a NETCONF device's reader): its
+    text values are the model's ("3" is 3 dB), and a change shows in the very next scrape, with
+    the cell's change time moved to that scrape; a source that fails fails the scrape (500),
+    so Prometheus marks the target down instead of keeping stale numbers."""
+    configs: dict[str, dict[str, Any]] = {"CS-101": {"hoA3Offset": "8", "loadBalancing": "false"}}
+    broken = threading.Event()
+
+    def source() -> dict[str, dict[str, Any]]:
+        if broken.is_set():
+            raise ConnectionError("device unreachable")
+        return configs
+
+    clock = [1_800_000_000.0]
+    collector = ransim.RanCollector(configs=source, clock=lambda: clock[0])
+    port = free_port()
+    stop = ransim.serve(collector, port=port)
+    try:
+        before = _scrape(port)
+        assert before[("ran_cell_config_info", "CS-101", "hoA3Offset", "8")] == 1.0
+        assert before[("ran_cell_drop_rate_pct", "CS-101")] > 1.5, before
+        assert before[("ran_cell_config_changed_timestamp_seconds", "CS-101")] == clock[0]
+        configs["CS-101"]["hoA3Offset"] = "3"
+        clock[0] += 1
+        after = _scrape(port)
+        assert after[("ran_cell_drop_rate_pct", "CS-101")] < 1.5, after
+        assert after[("ran_cell_config_changed_timestamp_seconds", "CS-101")] == clock[0]
+        clock[0] += 1
+        assert _scrape(port)[("ran_cell_config_changed_timestamp_seconds", "CS-101")] == clock[0] - 1
+        broken.set()
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 500
+    finally:
+        stop()
+
+
+def _scrape(port: int) -> dict[tuple[str, ...], float]:
+    """The exporter's samples by (name, site[, param, value])."""
+    answer = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    assert answer.status_code == 200, answer.text
+    found: dict[tuple[str, ...], float] = {}
+    for family in text_string_to_metric_families(answer.text):
+        for s in family.samples:
+            extra = (s.labels["param"], s.labels["value"]) if "param" in s.labels else ()
+            found[(s.name, s.labels["site"], *extra)] = s.value
+    return found
+
+
+class _StandIn(BaseHTTPRequestHandler):
+    """A server in Prometheus' place that fails the way `mode` says."""
+
+    mode = "503"
+
+    def do_GET(self) -> None:
+        if self.mode == "slow":
+            time.sleep(3)
+        body, status, headers = b"not prometheus", 200, {}
+        if self.mode == "503":
+            body, status, headers = b"Service Unavailable", 503, {"Retry-After": "7"}
+        elif self.mode == "400":
+            body, status = b'{"status":"error","errorType":"bad_data","error":"1:5: parse error: unclosed"}', 400
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except BrokenPipeError:
+            pass  # the slow answer's client gave up (its timeout): what the test wants
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("mode", "error", "retryable", "retry_after"),
+    [("503", promql.PrometheusUnavailable, True, 7.0), ("slow", promql.PrometheusUnavailable, True, 4.0),
+     ("400", promql.PrometheusQueryError, False, None), ("html", promql.PrometheusQueryError, False, None)],
+)  # fmt: skip
+def test_a_5xx_or_a_timeout_is_retryable_and_a_refusal_is_not(
+    monkeypatch: pytest.MonkeyPatch, mode: str, error: type[promql.PrometheusError], retryable: bool,
+    retry_after: float | None,
+) -> None:  # fmt: skip
+    """Prometheus answering 503 (its Retry-After honoured) or too slowly is PrometheusUnavailable,
+    retryable; a 400 is PrometheusQueryError with Prometheus' own message, not retryable, and so
+    is an answer that is not the Prometheus API (a wrong URL)."""
+    handler = type("Handler", (_StandIn,), {"mode": mode})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True  # the slow answer's thread is not waited for at close
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv(promql.ENV_URL, f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setenv(promql.ENV_TIMEOUT, "1")
+        monkeypatch.setenv(promql.ENV_RETRY_AFTER, "4")
+        with pytest.raises(error) as caught:
+            promql.get_kpis.invoke({"site": "CS-101"})
+        assert caught.value.retryable is retryable and caught.value.retry_after == retry_after
+        assert caught.value.to_dict()["system"].startswith("prometheus http://127.0.0.1:")
+        if mode == "400":
+            assert "parse error: unclosed" in str(caught.value) and caught.value.status == 400
+    finally:
+        server.shutdown()
+        server.server_close()

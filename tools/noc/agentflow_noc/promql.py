@@ -11,7 +11,7 @@ diagnosis stay `agentflow_noc.model`'s. The series are those of the exporter
 `agentflow_noc.ransim` (`ran_cell_<kpi>{site, region}`); for another exporter, change the
 metric names in `ransim.METRICS` and the label in `_selector`.
 
-Failures are typed: Prometheus down, unreachable, slow or answering 5xx is
+Failures are typed (`agentflow.errors.ToolError` subclasses): Prometheus down, unreachable, slow or answering 5xx is
 `PrometheusUnavailable` (retryable: the engine's activity retry tries again, `retry_after`
 seconds later); a query Prometheus refuses (4xx) is `PrometheusQueryError` (not retryable,
 with Prometheus' message); no samples yet is `PrometheusNoData` (retryable). A site argument
@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 from langchain_core.tools import BaseTool
 
-from agentflow.errors import AgentflowError, ConfigurationError
+from agentflow.errors import ConfigurationError, ToolError
 from agentflow.llm import tool
 from agentflow_noc import model
 from agentflow_noc.network import DEFAULT_SEED
@@ -48,8 +48,8 @@ SITE_ID = re.compile(r"CS-[0-9]{3}")
 SPLIT_MARGIN = 0.5
 
 
-class PrometheusError(AgentflowError):
-    """Reading KPIs from Prometheus failed.
+class PrometheusError(ToolError):
+    """Reading KPIs from Prometheus failed (`system` is "prometheus <url>", `detail` its status).
 
     Attributes:
         url: the Prometheus base URL.
@@ -67,11 +67,12 @@ class PrometheusError(AgentflowError):
         status: int | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, system=f"prometheus {url}".strip(), detail="" if status is None else f"HTTP {status}")
         self.url, self.query, self.status, self.retry_after = url, query, status, retry_after
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "url": self.url, "query": self.query, "status": self.status}
+        return {**super().to_dict(), "system": self.system, "url": self.url, "query": self.query,
+                "status": self.status}  # fmt: skip
 
 
 class PrometheusUnavailable(PrometheusError):
