@@ -10,6 +10,7 @@
     agentflow policy check                                                           _policy
     agentflow webhooks add | list | remove | deliveries | deliver                    _webhooks
     agentflow chat-bridge matrix | slack                          _bridge, _bridge_matrix, _bridge_slack
+    agentflow mcp serve                                                              _mcp
 
 What they share (consoles, `--db`, the error exit, loading the user's App) is in `_common`.
 """
@@ -30,6 +31,7 @@ from agentflow.cli._demo import demo
 from agentflow.cli._doctor import doctor
 from agentflow.cli._eval import eval_scenarios
 from agentflow.cli._logging import LogFormat, LogLevel, configure_logging
+from agentflow.cli._mcp import mcp_app
 from agentflow.cli._operators import operators_app
 from agentflow.cli._policy import policy_app
 from agentflow.cli._run import run_agent
@@ -70,6 +72,7 @@ app.add_typer(approvals_app, name="approvals")
 app.add_typer(policy_app, name="policy")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(bridge_app, name="chat-bridge")  # with its matrix and slack commands
+app.add_typer(mcp_app, name="mcp")
 assert _with_matrix is _with_slack is bridge_app
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from agentflow.cli._bridge import bridge_app
-from agentflow.cli._common import DbOption, client, err_console, fail, load_app
+from agentflow.cli._common import DbOption, client, err_console, fail, load_app, missing_extra
 from agentflow.errors import AgentflowError, ConfigurationError
 from agentflow.store import redact_url, resolve_url
 
@@ -56,10 +56,7 @@ def slack(
     try:
         from agentflow.bridges import SlackBridge
     except ImportError as exc:
-        err_console.print(
-            f"[bold red]error:[/] the Slack bridge needs the slack extra: pip install 'agentflow[slack]' ({exc})"
-        )
-        raise typer.Exit(code=2) from None
+        missing_extra("the Slack bridge", "slack", exc)
     if app_ref:
         the_app = load_app(app_ref, db)
     else:

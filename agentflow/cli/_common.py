@@ -49,6 +49,12 @@ def fail_decision(exc: AgentflowError) -> NoReturn:
     raise typer.Exit(code=_exit_code(exc))
 
 
+def missing_extra(what: str, extra: str, exc: ImportError) -> NoReturn:
+    """Exit 2 saying which extra `what` needs (`pip install 'agentflow[extra]'`) and what failed."""
+    err_console.print(f"[bold red]error:[/] {what} needs the {extra} extra: pip install 'agentflow[{extra}]' ({exc})")
+    raise typer.Exit(code=2) from None
+
+
 def _exit_code(exc: AgentflowError) -> int:
     return EXIT_BUSY if isinstance(exc, StoreBusyError) else EXIT_USAGE
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from agentflow.cli._common import DbOption, err_console, fail, load_app
+from agentflow.cli._common import DbOption, err_console, fail, load_app, missing_extra
 from agentflow.cli._logging import live_spans_if_asked
 from agentflow.cli._webhooks import WebhooksOption, background_deliverer
 from agentflow.errors import AgentflowError
@@ -38,10 +38,7 @@ def serve(
 
         from agentflow.server import create_app
     except ImportError as exc:
-        err_console.print(
-            f"[bold red]error:[/] agentflow serve needs the server extra: pip install 'agentflow[server]' ({exc})"
-        )
-        raise typer.Exit(code=2) from None
+        missing_extra("agentflow serve", "server", exc)
     the_app = load_app(app_ref, db)
     try:
         api = create_app(the_app, agent=agent, run_worker=worker, secure_cookies=secure_cookies)

@@ -15,15 +15,14 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 from mcp import Client, StdioServerParameters
 from pydantic import BaseModel
-from support.served import ROOT, env, free_port, terminate
+from support.http_process import http_process
+from support.served import ROOT, env, free_port
 
 import agentflow_noc as noc
 from agentflow.llm import tool_facts
-from agentflow.testing import assert_eventually
 from agentflow_noc.mcp_server import read_tools
 
 SERVER = [sys.executable, "-m", "agentflow_noc.mcp_server"]
@@ -49,25 +48,10 @@ async def over_stdio(net_path: Path) -> AsyncIterator[Client]:
 def http_server(net_path: Path, tmp_path: Path) -> Iterator[str]:
     """The server over streamable HTTP on 127.0.0.1 (the network named by $NOC_DB this time)."""
     port = free_port()
-    log = (tmp_path / "mcp.log").open("wb")
-    cmd = [*SERVER, "--transport", "http", "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(NOC_DB=str(net_path)), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/mcp"
-
-    def up() -> bool:
-        assert proc.poll() is None, (tmp_path / "mcp.log").read_text()
-        try:
-            httpx.get(url, timeout=2)
-            return True
-        except httpx.TransportError:
-            return False
-
-    try:
-        assert_eventually(up, timeout=30, interval=0.05)
+    cmd = [*SERVER, "--transport", "http", "--port", str(port)]
+    with http_process(cmd, env=env(NOC_DB=str(net_path)), log=tmp_path / "mcp.log", url=url):
         yield url
-    finally:
-        terminate(proc)
-        log.close()
 
 
 async def check_server(client: Client, net_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -234,6 +234,7 @@ EXPORTS = {
     ],
     "agentflow.server": [
         "create_app",
+        "mcp_server",
     ],
     "agentflow.store": [
         "DEFAULT_TENANT",
