@@ -34,6 +34,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import anyio
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
@@ -84,8 +85,8 @@ class OperatorTokens:
         self.throttle = AuthThrottle()
 
     async def verify_token(self, token: str) -> AccessToken | None:
-        try:
-            who = self.approvals.authenticate(token, audit=False)
+        try:  # a store read: on a thread, not on the loop serving every session
+            who = await anyio.to_thread.run_sync(lambda: self.approvals.authenticate(token, audit=False))
         except AuthenticationError as exc:
             self._refused(exc.message, exc.tenant)
             return None
@@ -173,7 +174,13 @@ class _Face:
         found = events(self.chat, steps)
         tools = [{"seq": e["seq"], "tool": e["name"], "status": e["status"], "args": e["data"].get("args")}
                  for e in found if e["kind"] == "tool"]  # fmt: skip
-        return {**self._summary(run), "events": found, "tool_calls": tools}
+        summary = self._summary(run)
+        return {
+            **summary,
+            "events": found,
+            "tool_calls": tools,
+            "untrusted": [*summary["untrusted"], "tool_calls.args"],
+        }
 
     def list_pending_approvals(self) -> list[dict[str, Any]]:
         """The staged actions of this tenant waiting for a person's decision, newest first: the

@@ -191,7 +191,8 @@ async def over_http(url: str, token: str) -> AsyncIterator[Client]:
 @pytest.mark.slow
 async def test_http_needs_an_operator_token_of_the_tenant(served: Served, http_server: str) -> None:
     """Over streamable HTTP: a request without a token, with a forged one or with a token of
-    another tenant is refused (401) before any tool runs; with an operator token of the tenant,
+    another tenant is refused (401) before any tool runs, each token refusal audited; with an
+    operator token of the tenant,
     the run started is requested by that operator, and still no tool decides."""
     initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
                   "params": {"protocolVersion": "2025-06-18", "capabilities": {},
@@ -204,6 +205,10 @@ async def test_http_needs_an_operator_token_of_the_tenant(served: Served, http_s
         _, elsewhere = Approvals(runs.store, runs.clock).add_operator("eve", tenant="noc-west", roles=["noc-engineer"])
     other = {**headers, "Authorization": f"Bearer {elsewhere}"}
     assert httpx.post(http_server, json=initialize, headers=other, timeout=10).status_code == 401
+
+    with RunsClient(served.db) as runs:
+        refused = [e.reason for e in Approvals(runs.store, runs.clock).audit() if e.action == "authenticate"]
+    assert len([r for r in refused if r.endswith("(MCP)")]) == 2, refused  # the forged token, eve's
 
     async with over_http(http_server, served.tokens["ops-agent"]) as client:
         assert sorted(t.name for t in (await client.list_tools()).tools) == sorted(TOOLS)
