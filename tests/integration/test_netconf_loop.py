@@ -1,0 +1,78 @@
+"""The closed loop on confirmed commit, against a real NETCONF device (netconfd behind sshd,
+`support.netconf`), in one process: what the device did is read from the device itself (its
+running datastore and its audit log of commits), never from what the run believes.
+
+The device's confirm timer runs on the wall clock, so these runs use the real clock with a
+monitoring window of a second and a confirm timeout of a few seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.netconf import INCIDENT_SITE, NetconfServer, netconf_server
+
+from agentflow import App
+from agentflow_noc.closed_loop_netconf import register
+
+pytestmark = pytest.mark.slow
+SITE = INCIDENT_SITE  # hoA3Offset mis-set to 8 dB on the device: drops and failed handovers
+
+
+@pytest.fixture
+def device(monkeypatch: pytest.MonkeyPatch) -> Iterator[NetconfServer]:
+    with netconf_server() as server:
+        for name, value in server.settings.environ().items():
+            monkeypatch.setenv(name, value)
+        yield server
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[App]:
+    application = App(f"sqlite:///{tmp_path / 'runs.db'}")  # the real clock: the device's timer is real
+    yield application
+    application.close()
+
+
+def test_the_demo_incident_is_fixed_with_one_confirmed_commit(device: NetconfServer, app: App) -> None:
+    """The loop diagnoses the mis-set handover offset from the device's config, applies the fix
+    as one confirmed commit, sees the KPIs recover and confirms: the device keeps the value, its
+    record says confirmed, and its audit log holds exactly one commit to the cell."""
+    result = app.run(register(app), SITE, monitor_seconds=1, checks=1, confirm_timeout=8, auto_approve=True)
+    assert result.status == "confirmed", result.detail
+    assert result.change is not None
+    assert (result.change.param, result.change.previous, result.change.value) == ("hoA3Offset", 8, 3)
+    assert result.checks and all(check.healthy for check in result.checks)
+    assert device.device.config(SITE)["hoA3Offset"] == 3
+    record = device.device.last_change()
+    assert record is not None and record["state"] == "confirmed" and record["change-id"] == result.change.change_id
+    assert len(device.cell_transactions(SITE)) == 1
+    assert device.cell_transactions(SITE, by_server=True) == []
+
+
+def test_kpis_that_do_not_recover_cancel_the_confirmed_commit(device: NetconfServer, app: App) -> None:
+    """A change that does not fix the cell (7 dB is still far too late a handover) is
+    cancelled with cancel-commit when the window ends: the device is back at 8 dB."""
+    result = app.run(register(app), SITE, value=7, monitor_seconds=1, checks=1, confirm_timeout=8, auto_approve=True)
+    assert result.status == "cancelled", result.detail
+    assert "cancel-commit" in result.detail
+    assert result.checks and not result.checks[-1].healthy
+    assert device.device.config(SITE)["hoA3Offset"] == 8
+    # One commit by the loop, undone by the server (netconfd logs a cancel-commit's revert as its own).
+    assert len(device.cell_transactions(SITE)) == 1
+    assert len(device.cell_transactions(SITE, by_server=True)) == 1
+    assert device.device.last_change() is None  # cancel-commit took the change's record with it
+
+
+def test_a_value_outside_the_yang_range_is_refused_by_the_device_and_the_run_ends(
+    device: NetconfServer, app: App
+) -> None:
+    """20 dB is outside the module's 0..15 range: the device refuses the staged edit, the run
+    ends `refused` with the device's words (it does not fail), and nothing is committed."""
+    result = app.run(register(app), SITE, value=20, monitor_seconds=1, checks=1, confirm_timeout=8, auto_approve=True)
+    assert result.status == "refused"
+    assert "not in range" in result.detail and "hoA3Offset" in result.detail
+    assert device.device.config(SITE)["hoA3Offset"] == 8
+    assert device.cell_transactions(SITE) == []

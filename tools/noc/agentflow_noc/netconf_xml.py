@@ -1,0 +1,69 @@
+"""The `agentflow-ran` YANG module's data as NETCONF XML: values as leaf text and back, the
+edit-config payload of a change, and the cells and change record of a get-config reply."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from xml.etree import ElementTree
+from xml.sax.saxutils import escape
+
+from agentflow_noc import model
+
+NS = "urn:agentflow:ran"
+
+
+def to_text(value: Any) -> str:
+    """A parameter value as the device's XML text (booleans as true/false)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def from_text(param: str, text: str | None) -> Any:
+    """A leaf's text as the pack's value: "3.00" -> 3, "true" -> True, "primary" stays."""
+    if text is None:
+        return None
+    kind = model.PARAMS.get(param, ("text",))[0]
+    if kind == "bool":
+        return text == "true"
+    if kind == "number":
+        try:
+            number = float(text)
+        except ValueError:
+            return text  # not a number: the device will say so
+        return int(number) if number.is_integer() else number
+    return text
+
+
+def _leaf(name: str, value: Any) -> str:
+    return f"<{name}>{escape(to_text(value))}</{name}>"
+
+
+def cells_xml(cells: Mapping[str, Mapping[str, Any]], last_change: Mapping[str, Any] | None = None) -> str:
+    """An edit-config `<config>` setting `cells` ({site: {param: value}}) and `last_change`."""
+    body = "".join(
+        "<cell>" + _leaf("site", site) + "".join(_leaf(p, v) for p, v in params.items()) + "</cell>"
+        for site, params in cells.items()
+    )
+    if last_change is not None:
+        body += (
+            "<last-change>" + "".join(_leaf(k, v) for k, v in last_change.items() if v is not None) + "</last-change>"
+        )
+    return f'<config xmlns:nc="urn:ietf:params:xml:ns:netconf:base:1.0"><ran xmlns="{NS}">{body}</ran></config>'
+
+
+def _local(tag: str) -> str:
+    return tag.rpartition("}")[2]
+
+
+def parse_ran(data_xml: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """({site: config}, last-change or None) of a get-config reply's `<data>` XML."""
+    data = ElementTree.fromstring(data_xml.encode())
+    ns = {"r": NS}
+    cells: dict[str, dict[str, Any]] = {}
+    for cell in data.iterfind(".//r:ran/r:cell", ns):
+        site = cell.findtext("r:site", namespaces=ns)
+        params = {_local(leaf.tag): leaf.text for leaf in cell if _local(leaf.tag) != "site"}
+        cells[str(site)] = {p: from_text(p, t) for p, t in params.items()}
+    found = data.find(".//r:ran/r:last-change", ns)
+    last = None if found is None else {_local(leaf.tag): leaf.text for leaf in found}
+    return cells, last
