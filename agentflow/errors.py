@@ -49,6 +49,8 @@ apply) and ``retryable``: whether trying the same thing again later can help.
     └── ToolError                   a tool's target system (a network device, a metrics server)
                                     refused the call or could not be reached; `retryable` per
                                     instance (a refused value: no; a server down: yes)
+        └── ToolDefinitionChanged   an MCP tool's definition differs from the one pinned for the
+                                    run (or by the configuration): the call is refused, not sent
 
 Control flow is not in this tree. A run that parks to wait raises nothing: the executor records
 the park and returns. To unwind workflow code it must stop (a fatal record error, a lost lease, a
@@ -96,6 +98,7 @@ __all__ = [
     "StoreBusyError",
     "StoreError",
     "StoreKeyError",
+    "ToolDefinitionChanged",
     "ToolError",
     "UnknownRunError",
     "WaitTimeout",
@@ -424,3 +427,28 @@ class ToolError(AgentflowError):
         super().__init__(message, **kw)
         self.system = system
         self.detail = detail
+
+
+class ToolDefinitionChanged(ToolError):
+    """An MCP server's definition of a tool (name, description, input schema, annotations) is
+    not the one pinned when the run first used the server, or the server's tool list does not
+    hash to the pin its configuration gives (`agentflow.mcp.server(..., pin=)`). The call is
+    not sent: a definition changed under a run could turn an approved read into a write. Not
+    retryable; the run's later calls of the tool are refused the same way.
+
+    Attributes:
+        server: the server's name.
+        tool: the tool concerned ("" when the whole list differs from a configured pin).
+        pinned: the hash the run (or the configuration) holds.
+        current: the hash of what the server lists now ("" when it no longer lists the tool).
+    """
+
+    retryable = False
+
+    def __init__(self, message: str, *, server: str, tool: str = "", pinned: str = "", current: str = "",
+                 **kw: Any) -> None:  # fmt: skip
+        super().__init__(message, system=f"mcp {server}", **kw)
+        self.server = server
+        self.tool = tool
+        self.pinned = pinned
+        self.current = current

@@ -41,8 +41,10 @@ from agentflow.llm import (
     ChatModel,
     PriceTable,
     ToolFacts,
+    ToolProvider,
     as_chat_model,
     canonical_json,
+    expand_tools,
     malformed_tool_call,
     tool_facts,
     validate_tool_args,
@@ -67,7 +69,8 @@ class Agent:
             `BaseChatModel`, wrapped automatically (`agentflow.llm.as_chat_model`). A model
             without tool calling (no `bind_tools`) is refused here, unless the agent has no tools
             (react mode, `tools=[]`): plan mode always offers the model its plan tool.
-        tools: langchain-core tools (declare their facts with `agentflow.llm.tool`).
+        tools: langchain-core tools (declare their facts with `agentflow.llm.tool`), and tool
+            providers, each standing for the tools it offers (`agentflow.mcp.server(...)`).
         instructions: the system prompt.
         max_turns: model calls at most, over the whole run (plans and re-plans included).
         budget: token / USD limits of the run, enforced before each model call.
@@ -100,7 +103,7 @@ class Agent:
 
     name: str
     model: ChatModel | BaseChatModel
-    tools: Sequence[BaseTool]
+    tools: Sequence[BaseTool | ToolProvider]
     instructions: str = "You are a careful NOC copilot. Use the tools; never guess values."
     max_turns: int = 12
     budget: Budget | None = None
@@ -117,24 +120,25 @@ class Agent:
     phase_targets: Callable[[str], Sequence[str]] | None = None
 
     def __post_init__(self) -> None:
-        names = [t.name for t in self.tools]
+        self.tools = self._tools = expand_tools(self.tools)  # providers (MCP servers) listed here, once
+        names = [t.name for t in self._tools]
         if len(set(names)) != len(names):
             raise ConfigurationError(f"agent {self.name}: tool names must be unique, got {names}")
         if self.mode not in ("react", "plan"):
             raise ConfigurationError(f"agent {self.name}: mode must be 'react' or 'plan', not {self.mode!r}")
         if "/" in self.name or not self.name:
             raise ConfigurationError(f"agent name {self.name!r} must be non-empty and contain no '/'")
-        offered = [*self.tools, plan_tool()] if self.mode == "plan" else list(self.tools)
+        offered = [*self._tools, plan_tool()] if self.mode == "plan" else list(self._tools)
         try:
             self.model = self._model = as_chat_model(self.model, tools=offered)
         except ConfigurationError as exc:
             raise ConfigurationError(f"agent {self.name}: {exc.message}") from None
-        self._by_name = {t.name: t for t in self.tools}
+        self._by_name = {t.name: t for t in self._tools}
         if self.phases:
             if self.mode != "react":
                 raise ConfigurationError(f"agent {self.name}: phases are a react-mode structure, not {self.mode!r}")
             try:
-                check_phases(self.phases, self.tools)
+                check_phases(self.phases, self._tools)
             except ConfigurationError as exc:
                 raise ConfigurationError(f"agent {self.name}: {exc.message}") from None
         self._policies = resolve_policies(self.policies)
@@ -256,12 +260,12 @@ class Agent:
             if late:
                 return Ended("time_limit", detail=late)
             try:
-                message = await self.ask(ctx, messages, self.tools, state)
+                message = await self.ask(ctx, messages, self._tools, state)
             except BudgetExceeded as exc:
                 return Ended("budget_exceeded", detail=exc.message)
             messages.append(message)
             feedback = [self._invalid(call, state.version) for call in message.invalid_tool_calls]
-            garbled = malformed_tool_call(message, self.tools) if self.version(ctx, state) >= 2 else None
+            garbled = malformed_tool_call(message, self._tools) if self.version(ctx, state) >= 2 else None
             if garbled is not None:  # never the answer: sent back once, then the run gives up
                 if malformed:
                     return Ended("failed", detail=f"the model wrote malformed tool calls twice in a row: {garbled}")
@@ -487,6 +491,8 @@ class Agent:
         self, ctx: WorkflowContext, tool: BaseTool, facts: ToolFacts, call_id: str, args: dict[str, Any]
     ) -> str:
         limit = self.limits.max_tool_output_chars
+        if facts.prepare is not None:  # e.g. an MCP server's tool definitions pinned for the run
+            await facts.prepare(ctx)
 
         async def invoke() -> str:
             # A blocking tool runs on the engine's elastic pool (langchain's ainvoke would use the

@@ -177,7 +177,7 @@ def call_facts(ctx: WorkflowContext, tool: BaseTool, facts: ToolFacts, call_id: 
         tool=tool.name, args=args, tags=list(facts.tags), side_effect=not facts.read_only,
         target=None if target is None else str(target), region=None if region is None else str(region),
         tenant=ctx.tenant, requester=ctx.meta.get("requested_by"), run_id=ctx.run_id, call_id=call_id,
-        target_error=problem,
+        target_error=problem, server=facts.server or "", annotations=facts.hints(),
     )  # fmt: skip
 
 

@@ -99,7 +99,7 @@ class PhasedAgent(Protocol):
     """What phases need of the agent (`agentflow.agent.Agent`)."""
 
     instructions: str
-    tools: Sequence[BaseTool]
+    _tools: list[BaseTool]  # its tools, providers expanded
     max_turns: int
     phase_targets: Callable[[str], Sequence[str]] | None
 
@@ -140,7 +140,7 @@ async def run_phases(agent: PhasedAgent, ctx: WorkflowContext, task: str, phases
     """Carry out `phases` in order (once per target the task names, when the agent has
     `phase_targets`), then ask for the final answer; the run's typed outcome."""
     messages: list[BaseMessage] = [SystemMessage(agent.instructions), HumanMessage(task)]
-    by_name = {t.name: t for t in agent.tools}
+    by_name = {t.name: t for t in agent._tools}
     done: list[PlanStepRecord] = []
     found = list(dict.fromkeys(agent.phase_targets(task))) if agent.phase_targets is not None else []
     targets: list[str | None] = [*found] or [None]

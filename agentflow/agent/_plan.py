@@ -33,7 +33,7 @@ class PlanningAgent(Protocol):
     """What plan mode needs of the agent (`agentflow.agent.Agent`)."""
 
     instructions: str
-    tools: Sequence[BaseTool]
+    _tools: list[BaseTool]  # its tools, providers expanded
     max_turns: int
     max_replans: int
     step_turns: int
@@ -131,13 +131,13 @@ async def _make_plan(
     plan; the plan is then recorded as a `plan` step. None when no valid plan came."""
     # (Runs recorded before the menu existed (agent version 1) replay without it.)
     listed = agent.version(ctx, state) >= 2
-    messages.append(HumanMessage(f"{request}\n\n{tool_menu(agent.tools)}" if listed else request))
+    messages.append(HumanMessage(f"{request}\n\n{tool_menu(agent._tools)}" if listed else request))
     for _ in range(PLAN_ATTEMPTS):
         if state.turns >= agent.max_turns:
             return None
         message = await agent.ask(ctx, messages, [plan_tool()], state)
         messages.append(message)
-        plan, problem = _parse_plan(message, agent.tools)
+        plan, problem = _parse_plan(message, agent._tools)
         # Every tool call gets its answer: providers reject a conversation with an unanswered one.
         for call in message.tool_calls:
             reply = f"plan v{version} accepted" if plan is not None else f"not accepted: {problem}"

@@ -8,7 +8,17 @@ from agentflow.llm._messages import blob_hash, canonical_json, message_blob, mes
 from agentflow.llm._parse import malformed_tool_call, recover_tool_calls
 from agentflow.llm._pricing import DEFAULT_PRICES, PriceTable
 from agentflow.llm._tokens import TokenCount, count_messages, count_text, encoding_for
-from agentflow.llm._tools import SideEffect, ToolFacts, coerce_tool_args, tool, tool_facts, validate_tool_args
+from agentflow.llm._tools import (
+    SideEffect,
+    ToolFacts,
+    ToolProvider,
+    coerce_tool_args,
+    expand_tools,
+    tool,
+    tool_facts,
+    validate_tool_args,
+    with_facts,
+)
 from agentflow.llm._types import ChatModel, ModelResponse, Usage
 
 if TYPE_CHECKING:
@@ -47,6 +57,7 @@ __all__ = [
     "SideEffect",
     "TokenCount",
     "ToolFacts",
+    "ToolProvider",
     "Usage",
     "as_chat_model",
     "blob_hash",
@@ -55,6 +66,7 @@ __all__ = [
     "count_messages",
     "count_text",
     "encoding_for",
+    "expand_tools",
     "malformed_tool_call",
     "message_blob",
     "message_from_blob",
@@ -63,4 +75,5 @@ __all__ = [
     "tool",
     "tool_facts",
     "validate_tool_args",
+    "with_facts",
 ]

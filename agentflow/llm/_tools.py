@@ -7,15 +7,18 @@ treated as side-effecting and not idempotent: the safe default.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, overload
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload, runtime_checkable
 
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, ValidationError
 
 from agentflow.errors import ConfigurationError
 from agentflow.store import unrepresentable
+
+if TYPE_CHECKING:
+    from agentflow.engine import WorkflowContext
 
 SideEffect = Literal["none", "idempotent", "non_idempotent"]
 _KEY = "agentflow"
@@ -44,6 +47,13 @@ class ToolFacts:
         tags: free-form tags for policies.
         preview: `preview(args)` returns what the call would change (a dry-run diff), shown to
             the approvers of a staged call; read-only, it must not change anything.
+        server: the server the tool comes from (an MCP server's name), seen by policies as
+            `server`; None for a tool of this process.
+        annotations: MCP tool annotations taken as true (`readOnlyHint`, `destructiveHint`,
+            `idempotentHint`, `openWorldHint`): only a trusted server's; see `hints`.
+        prepare: `await prepare(ctx)` is run by the agent in the workflow before each call of
+            the tool executes (after its gate): a step helper recording what the call is checked
+            against (an MCP server's pinned tool definitions). Its error is the call's.
     """
 
     side_effect: SideEffect = "non_idempotent"
@@ -56,10 +66,24 @@ class ToolFacts:
     compensate: str | None = None
     tags: tuple[str, ...] = ()
     preview: Callable[[Mapping[str, Any]], Any] | None = None
+    server: str | None = None
+    annotations: Mapping[str, bool] = field(default_factory=dict)
+    prepare: Callable[[WorkflowContext], Awaitable[None]] | None = None
 
     @property
     def read_only(self) -> bool:
         return self.side_effect == "none"
+
+    def hints(self) -> dict[str, bool]:
+        """The four MCP hints as policies see them (`annotations`): derived from the side
+        effect, then overridden by the annotations taken as true. An undeclared tool (or any
+        tool of an untrusted server) gets MCP's worst case: not read-only, destructive, not
+        idempotent, open world."""
+        derived = {
+            "readOnlyHint": self.read_only, "destructiveHint": not self.read_only,
+            "idempotentHint": self.side_effect != "non_idempotent", "openWorldHint": True,
+        }  # fmt: skip
+        return {**derived, **self.annotations}
 
     def target_of(self, args: Mapping[str, Any]) -> Any:
         """The call's target, in its canonical form (None when the tool declares none)."""
@@ -84,10 +108,33 @@ def tool_facts(t: BaseTool) -> ToolFacts:
     return facts if isinstance(facts, ToolFacts) else ToolFacts()
 
 
-def _declare(t: BaseTool, facts: ToolFacts) -> BaseTool:
+def with_facts(t: BaseTool, facts: ToolFacts) -> BaseTool:
+    """A copy of the tool carrying `facts` (what `tool(...)` does with the facts it is given;
+    for tool sources building `ToolFacts` themselves, like `agentflow.mcp`)."""
     copy = t.model_copy()
     copy.metadata = {**(t.metadata or {}), _KEY: facts}
     return copy
+
+
+@runtime_checkable
+class ToolProvider(Protocol):
+    """A source of tools standing in an agent's tool list: `Agent(tools=[provider, get_kpis])`
+    offers the provider's tools in its place (an MCP server: `agentflow.mcp.server(...)`)."""
+
+    def agentflow_tools(self) -> Sequence[BaseTool]:
+        """The tools, each a langchain `BaseTool` carrying its facts (`with_facts`)."""
+        ...
+
+
+def expand_tools(items: Iterable[BaseTool | ToolProvider]) -> list[BaseTool]:
+    """The tools of a tool list, each provider replaced by the tools it offers, in place."""
+    out: list[BaseTool] = []
+    for item in items:
+        if isinstance(item, ToolProvider) and not isinstance(item, BaseTool):
+            out.extend(item.agentflow_tools())
+        else:
+            out.append(item)
+    return out
 
 
 Target = str | Callable[[Mapping[str, Any]], Any] | None
@@ -172,7 +219,7 @@ def tool(
 
     def wrap(f: Callable[..., Any] | BaseTool) -> BaseTool:
         if isinstance(f, BaseTool):
-            return _declare(f, facts)
+            return with_facts(f, facts)
         if not callable(f):
             raise ConfigurationError(f"agentflow.tool() wraps a function or a langchain BaseTool, not {f!r}")
         if not (description or f.__doc__):
@@ -189,7 +236,7 @@ def tool(
             args_schema=args_schema,
             parse_docstring=False,
         )
-        return _declare(made, facts)
+        return with_facts(made, facts)
 
     return wrap(fn) if fn is not None else wrap
 

@@ -1,9 +1,13 @@
-"""Tools from Model Context Protocol servers, recorded and guarded (issue 20; filled in by its work).
+"""Tools from Model Context Protocol servers, recorded and guarded like any tool.
 
-Optional: needs the `mcp` extra (`pip install "agentflow[mcp]"`). The agent never imports this
-package; an MCP server object offers its tools to `Agent(tools=[...])` through agentflow.llm.
+    from agentflow.mcp import server
+    Agent(name="noc", model=..., tools=[server("stdio:python -m inventory", name="inv"), get_kpis])
+
+Needs the `mcp` extra (`pip install "agentflow[mcp]"`); `agentflow` itself imports without it.
+How annotations, pins and idempotency keys work: `agentflow/mcp/_server.py`'s docstring.
 """
 
-from __future__ import annotations
+from agentflow.mcp._pins import Pin
+from agentflow.mcp._server import META_KEY, Server, server
 
-__all__: list[str] = []
+__all__ = ["META_KEY", "Pin", "Server", "server"]

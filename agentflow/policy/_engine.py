@@ -36,6 +36,11 @@ class CallFacts(BaseModel):
     side_effect: bool = True
     target: str | None = None
     region: str | None = None
+    #: The server the tool comes from (an MCP server's name; "" for a tool of the process) and
+    #: its MCP hints as agentflow takes them (`ToolFacts.hints`: an untrusted server's claims
+    #: are not among them). Conditions see them as `server` and `annotations`.
+    server: str = ""
+    annotations: dict[str, bool] = Field(default_factory=dict)
     #: Whose call it is: limits are counted per tenant, so there is no default to fall into.
     tenant: str
     requester: str | None = None
@@ -104,6 +109,8 @@ def activation(pack: PolicyPack | None, facts: CallFacts, now: float, usage: Usa
         "args": _doubles(facts.args),
         "target": facts.target or "",
         "region": facts.region or "",
+        "server": facts.server,
+        "annotations": facts.annotations,
         "tenant": facts.tenant,
         "requester": facts.requester or "",
         "run_id": facts.run_id,

@@ -178,6 +178,7 @@ EXPORTS = {
         "StoreBusyError",
         "StoreError",
         "StoreKeyError",
+        "ToolDefinitionChanged",
         "ToolError",
         "UnknownRunError",
         "WaitTimeout",
@@ -195,6 +196,7 @@ EXPORTS = {
         "SideEffect",
         "TokenCount",
         "ToolFacts",
+        "ToolProvider",
         "Usage",
         "as_chat_model",
         "blob_hash",
@@ -203,6 +205,7 @@ EXPORTS = {
         "count_messages",
         "count_text",
         "encoding_for",
+        "expand_tools",
         "malformed_tool_call",
         "message_blob",
         "message_from_blob",
@@ -211,7 +214,9 @@ EXPORTS = {
         "tool",
         "tool_facts",
         "validate_tool_args",
+        "with_facts",
     ],
+    "agentflow.mcp": ["META_KEY", "Pin", "Server", "server"],
     "agentflow.policy": [
         "DEFAULT_APPROVAL",
         "SCHEMA_VERSION",
@@ -407,6 +412,7 @@ def test_error_hierarchy_matches_the_documented_tree() -> None:
         "ApprovalRefused": "ApprovalError",
         "SignatureError": "AgentflowError",
         "ToolError": "AgentflowError",
+        "ToolDefinitionChanged": "ToolError",
     }
     assert all(name in (agentflow.errors.__doc__ or "") for name in parents)
     retryable = sorted(name for name in parents if getattr(agentflow.errors, name).retryable)

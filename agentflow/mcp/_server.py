@@ -1,0 +1,316 @@
+"""`agentflow.mcp.server(...)`: an MCP server's tools, offered to an `Agent` as its own tools.
+
+    Agent(tools=[agentflow.mcp.server("stdio:python -m inventory", name="inv"), get_kpis])
+
+Each of the server's tools becomes a langchain tool carrying agentflow's facts, so a call of it
+is gated and recorded like any tool call (policy decision, approval, a tool step with its
+idempotency key, answered from the history on resume). What the facts say:
+
+- side effect: from the annotations only for a server the configuration trusts (`trusted=True`):
+  `readOnlyHint` -> "none", `idempotentHint` -> "idempotent", else "non_idempotent". An
+  untrusted server's tools are all "non_idempotent", whatever they claim: each call needs the
+  approval a side-effecting call needs.
+- policies see `server` (this server's name) and `annotations` (a trusted server's hints; the
+  worst case for an untrusted one), and the tags `mcp` and `mcp:<name>`.
+- the pin: when a run first calls one of the server's tools, the offered tools' definitions are
+  hashed and recorded (a step of the run, so a resumed run keeps the pin it took); before every
+  call the server's tool list is read again and the tool's definition compared with the pin. A
+  changed definition (or a list not matching `pin=`) is refused with `ToolDefinitionChanged`:
+  the call is not sent, the failed step is in the trace and the model hears why.
+- the call carries the step's idempotency key in its request's `_meta`, under `META_KEY`
+  ("agentflow/idempotency_key"): the same on every attempt, after a crash too, so a server can
+  run a side effect once. Each attempt waits at most `timeout` seconds; failed attempts are
+  retried as the agent retries any tool step.
+
+Descriptions and results are the server's text: the model reads them as tool data (a result is a
+tool message, cut at the agent's `limits.max_tool_output_chars`), and nothing a description or
+result says reaches past the gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import json
+import re
+import shlex
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlparse
+
+from langchain_core.tools import BaseTool, StructuredTool
+
+from agentflow.engine import Activity, RetryPolicy, current_activity
+from agentflow.errors import ConfigurationError, NotInActivityError, ToolDefinitionChanged, ToolError
+from agentflow.llm import SideEffect, ToolFacts, canonical_json, with_facts
+from agentflow.mcp._connection import Connection
+from agentflow.mcp._pins import Definition, Pin, make_pin, tool_hash
+
+if TYPE_CHECKING:
+    from mcp import Client
+    from mcp_types import CallToolResult, RequestParamsMeta
+
+    from agentflow.engine import WorkflowContext
+
+#: Where a call's idempotency key travels: `params._meta["agentflow/idempotency_key"]`.
+META_KEY = "agentflow/idempotency_key"
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_PIN_RETRY = RetryPolicy(max_attempts=3, initial_interval=1.0, backoff=2.0, max_interval=10.0)
+_KEPT_RUNS = 1024  # runs whose pin a process keeps in memory (a run's next call re-reads it anyway)
+#: What `overrides` may declare of a server's tool: the configuration's own facts (trusted).
+_OVERRIDABLE = ("side_effect", "target", "canonical", "region", "timeout", "compensate", "tags", "preview", "reconcile")
+
+
+class Server:
+    """An MCP server as a source of an agent's tools (make one with `agentflow.mcp.server`)."""
+
+    def __init__(
+        self, name: str, target: str | list[str], *, trusted: bool, pin: str | None, timeout: float,
+        include: Sequence[str] | None, prefix: str, overrides: Mapping[str, Mapping[str, Any]],
+        env: dict[str, str] | None, cwd: str | None,
+    ) -> None:  # fmt: skip
+        self.name = name
+        self.trusted = trusted
+        self.pin = pin
+        self.timeout = timeout
+        self.include = None if include is None else tuple(include)
+        self.prefix = prefix
+        self.overrides = {k: dict(v) for k, v in overrides.items()}
+        self.connection = Connection(name, target, timeout=timeout, env=env, cwd=cwd)
+        self._loaded: dict[str, Definition] | None = None
+        self._tools: list[BaseTool] | None = None
+        self._pins: OrderedDict[str, Pin] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"<agentflow.mcp.Server {self.name} trusted={self.trusted}>"
+
+    # -- what the agent asks -----------------------------------------------------------------
+    def agentflow_tools(self) -> list[BaseTool]:
+        """The server's tools as langchain tools with their facts (listed once per process)."""
+        if self._tools is None:
+            self._loaded = self.connection.run_sync(self._offered, timeout=self.timeout + 5)
+            self._tools = [self._tool(d) for d in self._loaded.values()]
+        return list(self._tools)
+
+    def current_pin(self) -> str:
+        """The hash the server's offered tools have now: what `pin=` is set to, to hold the
+        server to the definitions reviewed (`agentflow.mcp.server(..., pin="sha256:...")`)."""
+        return make_pin(self.name, self.connection.run_sync(self._offered, timeout=self.timeout + 5).values()).hash
+
+    def close(self) -> None:
+        """End the session (a stdio server's process with it)."""
+        self.connection.close()
+
+    # -- listing -----------------------------------------------------------------------------
+    async def _offered(self, client: Client) -> dict[str, Definition]:
+        """The definitions of the tools offered (all, or `include`), by their MCP name."""
+        found: dict[str, Definition] = {}
+        cursor: str | None = None
+        for _ in range(100):  # a paginator that never ends cannot hang a call
+            page = await client.list_tools(cursor=cursor, cache_mode="refresh")
+            for listed in page.tools:
+                found[listed.name] = listed.model_dump(mode="json", by_alias=True, exclude_none=True)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        if self.include is not None:
+            missing = sorted(set(self.include) - set(found))
+            if missing:
+                raise ConfigurationError(f"MCP server {self.name} lists no tool {missing} (it lists {sorted(found)})")
+            found = {k: v for k, v in found.items() if k in self.include}
+        return found
+
+    def _tool(self, defn: Definition) -> BaseTool:
+        mcp_name = str(defn["name"])
+        hints = {k: v for k, v in (defn.get("annotations") or {}).items() if k.endswith("Hint") and isinstance(v, bool)}
+        side: SideEffect = "non_idempotent"
+        if self.trusted:
+            side = "none" if hints.get("readOnlyHint") else "idempotent" if hints.get("idempotentHint") else side
+        given = self.overrides.get(mcp_name, {})
+        unknown = sorted(set(given) - set(_OVERRIDABLE))
+        if unknown:
+            raise ConfigurationError(f"MCP server {self.name}: overrides of {mcp_name} cannot set {unknown}")
+        facts = ToolFacts(**{
+            "side_effect": side, "declared": True, "timeout": self.timeout, "server": self.name,
+            "annotations": hints if self.trusted else {}, "prepare": self._prepare,
+            **given, "tags": ("mcp", f"mcp:{self.name}", *given.get("tags", ())),
+        })  # fmt: skip
+
+        async def call(**args: Any) -> str:
+            return await self._call(mcp_name, args)
+
+        made = StructuredTool(
+            name=f"{self.prefix}{mcp_name}", description=str(defn.get("description") or f"{mcp_name} ({self.name})"),
+            args_schema=dict(defn.get("inputSchema") or {"type": "object", "properties": {}}), coroutine=call,
+        )  # fmt: skip
+        return with_facts(made, facts)
+
+    # -- the pin -----------------------------------------------------------------------------
+    async def _prepare(self, ctx: WorkflowContext) -> None:
+        """Before each call of one of the server's tools: the run's pin, taken and recorded at
+        its first call (one step however many calls ask at once), replayed after that."""
+        key = f"agentflow.mcp.pin:{self.name}"
+        taking = ctx.locals.get(key)
+        if taking is None:
+
+            async def take() -> Pin:
+                return await self.connection.run(self._take_pin)
+
+            step: Activity[[], Pin] = Activity(take, name=f"mcp.pin:{self.name}", retry=_PIN_RETRY,
+                                               timeout=self.timeout, side_effect=False, reconcile=None)  # fmt: skip
+            request = canonical_json({"server": self.name, "pin": self.pin})
+            taking = ctx.locals[key] = ctx.run_step(step, request=request)
+        pin = Pin.model_validate(await taking)
+        self._pins[ctx.run_id] = pin
+        self._pins.move_to_end(ctx.run_id)
+        while len(self._pins) > _KEPT_RUNS:
+            self._pins.popitem(last=False)
+
+    async def _take_pin(self, client: Client) -> Pin:
+        """The pin of the definitions this process offered the model, checked against what the
+        server lists now and against the configured `pin`."""
+        offered = self._loaded or {}
+        current = await self._offered(client)
+        for name, defn in offered.items():
+            self._check(name, tool_hash(defn), current.get(name))
+        pin = make_pin(self.name, offered.values())
+        if self.pin is not None and pin.hash != self.pin:
+            raise ToolDefinitionChanged(
+                f"MCP server {self.name}'s tools hash to {pin.hash}, not to the configured pin {self.pin}: its "
+                "definitions changed since they were reviewed; review them (`Server.current_pin()`) and update the pin",
+                server=self.name, pinned=self.pin, current=pin.hash,
+            )  # fmt: skip
+        return pin
+
+    def _check(self, name: str, pinned: str, now: Definition | None) -> None:
+        current = "" if now is None else tool_hash(now)
+        if current == pinned:
+            return
+        what = "no longer lists it" if now is None else f"now defines it as {current}"
+        raise ToolDefinitionChanged(
+            f"MCP tool {name} of server {self.name} was pinned as {pinned} and the server {what}: its definition "
+            "(description, input schema or annotations) changed under the run, so the call was not sent. Review "
+            "the server's new definition; a new run pins it afresh",
+            server=self.name, tool=name, pinned=pinned, current=current,
+        )  # fmt: skip
+
+    # -- one call ----------------------------------------------------------------------------
+    async def _call(self, name: str, args: dict[str, Any]) -> str:
+        try:
+            info = current_activity()
+            run_id: str | None = info.run_id
+            meta = {META_KEY: info.idempotency_key}
+        except NotInActivityError:  # called outside a workflow (a test, a notebook): no key
+            run_id, meta = None, {}
+        pin = self._pins.get(run_id) if run_id is not None else None
+        loaded = (self._loaded or {}).get(name)
+        pinned = pin.tools.get(name, "") if pin is not None else tool_hash(loaded) if loaded is not None else ""
+        _check_args(self.name, name, loaded, args)
+
+        async def checked_call(client: Client) -> CallToolResult:
+            self._check(name, pinned, (await self._offered(client)).get(name))
+            sent = cast("RequestParamsMeta", meta) if meta else None
+            return await client.call_tool(name, args, read_timeout_seconds=self.timeout, meta=sent)
+
+        result = await asyncio.wait_for(self.connection.run(checked_call), self.timeout * 2 + 5)
+        text = _text(result)
+        if result.is_error:
+            raise ToolError(f"MCP tool {name} of server {self.name} failed: {text[:2000]}", system=f"mcp {self.name}",
+                            retryable=False)  # fmt: skip
+        return text
+
+
+def _check_args(server: str, name: str, defn: Definition | None, args: dict[str, Any]) -> None:
+    """Arguments that do not fit the tool's input schema never reach the server."""
+    schema = (defn or {}).get("inputSchema")
+    if not isinstance(schema, dict):
+        return
+    jsonschema: Any = importlib.import_module("jsonschema")  # the SDK's own dependency (no type stubs)
+
+    try:
+        jsonschema.validate(args, schema)
+    except jsonschema.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.absolute_path) or "(arguments)"
+        raise ToolError(f"invalid arguments for {name}: {where}: {exc.message}", system=f"mcp {server}",
+                        retryable=False) from None  # fmt: skip
+    except jsonschema.SchemaError:
+        return  # the server's schema is its business; the server validates the call itself
+
+
+def _text(result: CallToolResult) -> str:
+    """A result as the text the model reads: its text blocks, else its structured content."""
+    parts = []
+    for block in result.content:
+        text = getattr(block, "text", None)
+        parts.append(text if isinstance(text, str) else f"[{getattr(block, 'type', 'content')} not shown]")
+    if not any(getattr(b, "text", None) for b in result.content) and result.structured_content is not None:
+        return json.dumps(result.structured_content, ensure_ascii=False, default=str)
+    return "\n".join(parts)
+
+
+def server(
+    spec: str | Sequence[str], *, name: str | None = None, trusted: bool = False, pin: str | None = None,
+    timeout: float = 30.0, include: Sequence[str] | None = None, prefix: str = "",
+    overrides: Mapping[str, Mapping[str, Any]] | None = None, env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> Server:  # fmt: skip
+    """An MCP server whose tools an `Agent` offers: `Agent(tools=[agentflow.mcp.server(...), ...])`.
+
+    Args:
+        spec: `"stdio:<command line>"` or a command list (a server the agent's process starts
+            and talks to over stdin/stdout), or an `http(s)://` URL (streamable HTTP).
+        name: the server's name in policies (`server`), tags (`mcp:<name>`) and errors
+            (default: from the command or the host).
+        trusted: whether its tool annotations are believed (`readOnlyHint`, `idempotentHint`
+            decide side effects). Untrusted (the default): every tool is side-effecting.
+        pin: `sha256:...`, the hash its offered tools must have (`Server.current_pin()`), from
+            the first call on; None: the run pins what it first sees.
+        timeout: seconds per attempt of a call (and to connect).
+        include: offer only these tools (default: all it lists).
+        prefix: put before each tool's name (two servers listing the same name).
+        overrides: facts the configuration declares per tool name (`side_effect`, `target`,
+            `canonical`, `region`, `timeout`, `tags`, `compensate`, `preview`, `reconcile`): the
+            configuration is trusted, the server is not.
+        env: a stdio server's environment (the SDK passes only a safe few variables otherwise).
+        cwd: a stdio server's working directory.
+
+    Raises:
+        ConfigurationError: the `mcp` SDK is missing (`pip install "agentflow[mcp]"`), or the
+            spec, name or pin cannot work.
+    """
+    if importlib.util.find_spec("mcp") is None:
+        raise ConfigurationError('tools from MCP servers need the MCP SDK: pip install "agentflow[mcp]"')
+    target = _target(spec)
+    name = name or _default_name(target)
+    if not _NAME.match(name):
+        raise ConfigurationError(f"MCP server name {name!r} may hold only letters, digits, '_', '.' and '-'")
+    if pin is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", pin):
+        raise ConfigurationError(f"pin {pin!r} is not a pin: write sha256:<64 hex digits> (Server.current_pin())")
+    if timeout <= 0:
+        raise ConfigurationError(f"timeout must be positive, not {timeout}")
+    return Server(name, target, trusted=trusted, pin=pin, timeout=timeout, include=include, prefix=prefix,
+                  overrides=overrides or {}, env=dict(env) if env is not None else None, cwd=cwd)  # fmt: skip
+
+
+def _target(spec: str | Sequence[str]) -> str | list[str]:
+    if not isinstance(spec, str):
+        command = [str(part) for part in spec]
+        if not command:
+            raise ConfigurationError("an MCP server's command list is empty")
+        return command
+    if spec.startswith(("http://", "https://")):
+        return spec
+    if spec.startswith("stdio:") and shlex.split(spec[len("stdio:") :]):
+        return shlex.split(spec[len("stdio:") :])
+    raise ConfigurationError(f"MCP server spec {spec!r}: write 'stdio:<command>' or an http(s):// URL")
+
+
+def _default_name(target: str | list[str]) -> str:
+    if isinstance(target, str):
+        url = urlparse(target)
+        raw = f"{url.hostname}-{url.port}" if url.port else str(url.hostname)
+    else:
+        raw = target[-1].rsplit("/", 1)[-1].removesuffix(".py")
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", raw) or "mcp"
