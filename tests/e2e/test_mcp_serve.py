@@ -140,7 +140,7 @@ async def test_an_agent_starts_a_run_over_mcp_and_cannot_approve_it(
         worker()
         waiting = await until_status(client, "mcp-1", "waiting", served.tmp / "worker.log")
         assert waiting["open_approvals"] == 1 and "approval" in (waiting["waiting_on"] or "")
-        (request,) = (await call(client, "list_pending_approvals"))["result"]
+        (request,) = (await call(client, "list_pending_approvals"))["approvals"]
         assert (request["run_id"], request["tool"], request["status"]) == ("mcp-1", "apply_change", "pending")
         assert request["deciding_roles"] == ["noc-engineer"] and "not through MCP" in request["decided_by"]
 
