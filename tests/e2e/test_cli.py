@@ -42,6 +42,8 @@ SUBCOMMANDS = [
     ["approvals", "reject"],
     ["policy"],
     ["policy", "check"],
+    ["mcp"],
+    ["mcp", "serve"],
 ]
 
 
