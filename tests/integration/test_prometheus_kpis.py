@@ -41,37 +41,41 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 HOSTILE = 'CS-101"} or vector(1) or {site="x'
 
 
+def start_exporter(root: Path, port: int, *flags: str, **environ: str) -> subprocess.Popen[bytes]:
+    """`python -m agentflow_noc.ransim --port <port> <flags>` serving /metrics, its log in `root`."""
+    cmd = [sys.executable, "-m", "agentflow_noc.ransim", "--port", str(port), *flags]
+    with (root / "ransim.log").open("ab") as out:
+        proc = subprocess.Popen(cmd, env=env(**environ), stdout=out, stderr=subprocess.STDOUT)
+
+    def serves() -> bool:
+        assert proc.poll() is None, (root / "ransim.log").read_text()
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        assert_eventually(serves, timeout=30, interval=0.1, message="the exporter did not serve /metrics")
+    except BaseException:
+        terminate(proc)
+        raise
+    return proc
+
+
 class World:
-    """The network file, the exporter serving it and Prometheus scraping the exporter."""
+    """The network file (CS-101 with a mis-set handover offset, CS-104 congested), the exporter
+    serving it and Prometheus scraping the exporter."""
 
     def __init__(self, root: Path) -> None:
-        self.net = noc.Network(root / "noc.db")
-        self.exporter_port = free_port()
-        self.exporter: subprocess.Popen[bytes] | None = None
-        self.root = root
-
-    def start_exporter(self) -> None:
-        cmd = [sys.executable, "-m", "agentflow_noc.ransim", "--port", str(self.exporter_port),
-               "--network-db", self.net.path, "--incident", "CS-101:mis_set_handover",
-               "--incident", "CS-104:congestion"]  # fmt: skip
-        with (self.root / "ransim.log").open("ab") as out:
-            self.exporter = subprocess.Popen(cmd, env=env(), stdout=out, stderr=subprocess.STDOUT)
-
-        def serves() -> bool:
-            assert self.exporter is not None and self.exporter.poll() is None, (self.root / "ransim.log").read_text()
-            try:
-                return httpx.get(f"http://127.0.0.1:{self.exporter_port}/metrics", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        assert_eventually(serves, timeout=30, interval=0.1, message="the exporter did not serve /metrics")
+        self.root, self.net, self.exporter_port = root, noc.Network(root / "noc.db"), free_port()
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Prometheus]]:
     require_binary()
     made = World(tmp_path_factory.mktemp("kpis"))
-    made.start_exporter()
+    exporter = start_exporter(made.root, made.exporter_port, "--network-db", made.net.path,
+                              "--incident", "CS-101:mis_set_handover", "--incident", "CS-104:congestion")  # fmt: skip
     prom = Prometheus(made.root / "prometheus", targets=[f"127.0.0.1:{made.exporter_port}"])
     with pytest.MonkeyPatch.context() as mp:
         for name in (promql.ENV_URL, promql.ENV_TIMEOUT, promql.ENV_RETRY_AFTER, promql.ENV_SEED, noc.ENV):
@@ -83,8 +87,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Pro
             yield made, prom
         finally:
             prom.stop()
-            if made.exporter is not None:
-                terminate(made.exporter)
+            terminate(exporter)
 
 
 def eventually(read: Any, timeout: float = 20) -> Any:
@@ -232,6 +235,44 @@ def test_prometheus_down_is_retryable_and_a_durable_run_resumes_when_it_is_back(
         app.close()
         if prom.proc is None:
             prom.start()
+
+
+def test_the_exporter_follows_a_config_committed_over_netconf(
+    world: tuple[World, Prometheus], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exporter on a real NETCONF device (`--netconf`: netconfd behind sshd, the pack's YANG
+    module, CS-101's handover offset at 8 dB): a change committed on the device with a confirmed
+    commit, then confirmed, shows in the KPIs Prometheus scrapes, and monitor_kpis reads it as
+    the change (8 -> 3) that resolved CS-101's anomalies."""
+    from support.netconf import netconf_server
+
+    with netconf_server() as server:
+        port = free_port()
+        exporter = start_exporter(tmp_path, port, "--netconf", "--incident", "CS-104:congestion",
+                                  **server.settings.environ())  # fmt: skip
+        # A scrape opens a NETCONF session (about 0.5 s here): 2 s between scrapes, not 1.
+        prom = Prometheus(tmp_path / "prometheus", targets=[f"127.0.0.1:{port}"], interval=2)
+        try:
+            prom.start()
+            monkeypatch.setenv(promql.ENV_URL, prom.url)
+            sick = eventually(lambda: promql.get_kpis.invoke({"site": "CS-101"}))["series"][-1]
+            assert sick["drop_rate_pct"] > 1.5 and sick["handover_success_pct"] < 95, sick
+            assert promql.config_at("CS-101")["hoA3Offset"] == 8
+
+            done = server.device.apply("CS-101", "hoA3Offset", 3, key="ransim-test:1", timeout=120)
+            server.device.confirm("CS-101", done["change_id"])
+
+            def recovered() -> bool:
+                point = promql.get_kpis.invoke({"site": "CS-101"})["series"][-1]
+                return bool(point["drop_rate_pct"] < 1.5 and point["handover_success_pct"] > 95)
+
+            assert_eventually(recovered, timeout=20, interval=0.3, message="the KPIs did not follow the commit")
+            report = eventually(lambda: promql.monitor_kpis.invoke({"site": "CS-101", "minutes": 30}))
+            assert report["improved"] and "hoA3Offset 8 -> 3" in report["summary"], report
+            assert promql.detect_anomalies.invoke({"site": "CS-104"})["severity"] != "info"
+        finally:
+            prom.stop()
+            terminate(exporter)
 
 
 # -- without Prometheus: the exporter alone, and stand-ins for a failing Prometheus ------------

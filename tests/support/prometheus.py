@@ -1,5 +1,5 @@
 """A real Prometheus for the KPI tests: Debian's `prometheus` (2.42) on 127.0.0.1 and a free port,
-with a private config (a 1 s scrape interval, the exporters under test as static targets) and a
+with a private config (a 1 s scrape interval by default, the exporters under test as static targets) and a
 data directory of its own.
 
 `Prometheus(dir, targets=[...]).start()` writes the config, starts the binary and waits until
@@ -40,12 +40,12 @@ def require_binary() -> str:
 
 
 class Prometheus:
-    """A Prometheus in `root` scraping `targets` ("127.0.0.1:<port>") every second; nothing runs
-    until `start()`."""
+    """A Prometheus in `root` scraping `targets` ("127.0.0.1:<port>") every `interval` seconds
+    (each scrape may take that long); nothing runs until `start()`."""
 
-    def __init__(self, root: Path, *, targets: Sequence[str]) -> None:
+    def __init__(self, root: Path, *, targets: Sequence[str], interval: int = 1) -> None:
         self.binary = require_binary()
-        self.root, self.targets = root, list(targets)
+        self.root, self.targets, self.interval = root, list(targets), interval
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -53,7 +53,7 @@ class Prometheus:
     def _write_config(self) -> Path:
         config = self.root / "prometheus.yml"
         config.write_text(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+            f"global:\n  scrape_interval: {self.interval}s\n  scrape_timeout: {self.interval}s\n"
             "scrape_configs:\n  - job_name: ransim\n    static_configs:\n"
             f"      - targets: [{', '.join(repr(t) for t in self.targets)}]\n"
         )

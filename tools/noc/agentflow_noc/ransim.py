@@ -25,6 +25,8 @@ simulated network's clock (which a workflow may move) is not used here.
 from __future__ import annotations
 
 import argparse
+import functools
+import signal
 import tempfile
 import threading
 import time
@@ -35,7 +37,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from agentflow.errors import ConfigurationError
+from agentflow.errors import AgentflowError
 from agentflow_noc import model
 from agentflow_noc.network import DEFAULT_SEED, Network
 
@@ -198,32 +200,65 @@ def _scenario_incidents(ref: str) -> list[tuple[str, str]]:
     return [(i.site, i.kind) for i in found.incidents]
 
 
+#: Incident kinds that are configuration pushes (`Network.inject` sets a parameter): on a device,
+#: make them by changing its configuration, not with a flag.
+CONFIG_PUSHES = ("mis_set_handover", "mis_set_tx_power")
+
+
+def netconf_collector(incidents: Mapping[str, str] | None = None, *, seed: int = DEFAULT_SEED) -> RanCollector:
+    """The collector of a NETCONF device's cells (`agentflow_noc.netconf`, the `netconf` extra),
+    reached with the `NOC_NETCONF_*` settings: every scrape reads the running configuration."""
+    from agentflow_noc import netconf  # ncclient is an optional dependency
+
+    pushes = sorted({k for k in (incidents or {}).values() if k in CONFIG_PUSHES})
+    if pushes:
+        raise ValueError(f"{', '.join(pushes)} is a configuration push: change the device's configuration instead")
+    settings = netconf.DeviceSettings.from_env()
+    return RanCollector(configs=functools.partial(netconf.cell_configs, settings),
+                        incidents=fixed_incidents(incidents or {}), seed=seed)  # fmt: skip
+
+
 def parser() -> argparse.ArgumentParser:
     found = argparse.ArgumentParser(prog="python -m agentflow_noc.ransim", description=__doc__.split("\n\n")[0])
     found.add_argument("--port", type=int, required=True, help="port of /metrics (on --host)")
     found.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    found.add_argument("--network-db", help="the simulated network's SQLite file (default: a fresh one, "
-                       "removed at exit): the cells' configs and incidents are read from it on every scrape")  # fmt: skip
+    source = found.add_mutually_exclusive_group()
+    source.add_argument("--network-db", help="the simulated network's SQLite file (default: a fresh one, "
+                        "removed at exit): the cells' configs and incidents are read from it on every scrape")  # fmt: skip
+    source.add_argument("--netconf", action="store_true", help="read the cells' configs from the NETCONF device "
+                        "of the NOC_NETCONF_* settings (HOST, PORT, USER, KEY, HOSTKEY) on every scrape")  # fmt: skip
     found.add_argument("--seed", type=int, default=DEFAULT_SEED, help="KPI seed of a new network file")
     found.add_argument("--incident", type=_incident_flag, action="append", default=[], metavar="SITE:KIND",
-                       help=f"inject an incident into the network first; KIND: {', '.join(model.SCENARIOS)}")  # fmt: skip
+                       help=f"inject an incident into the network first; KIND: {', '.join(model.SCENARIOS)} "
+                            "(with --netconf: congestion or backhaul_fault)")  # fmt: skip
     found.add_argument("--scenario", help="inject a scenario's incidents first (a file, or a name of the pack's own)")
     return found
 
 
+def _collector(args: argparse.Namespace, scratch: Path) -> tuple[RanCollector, str]:
+    """The collector the command line asks for, and what it reads."""
+    incidents = [*(_scenario_incidents(args.scenario) if args.scenario else []), *args.incident]
+    if args.netconf:
+        return netconf_collector(dict(incidents), seed=args.seed), "the NETCONF device of NOC_NETCONF_HOST"
+    net = Network(args.network_db or scratch / "noc.db", seed=args.seed)
+    for site, kind in incidents:
+        net.inject(site, kind)
+    return network_collector(net), net.path
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())  # a clean stop: the scratch network is removed
     with tempfile.TemporaryDirectory(prefix="ransim-") as scratch:
         try:
-            net = Network(args.network_db or Path(scratch) / "noc.db", seed=args.seed)
-            for site, kind in [*(_scenario_incidents(args.scenario) if args.scenario else []), *args.incident]:
-                net.inject(site, kind)
-        except (ValueError, ConfigurationError) as exc:
+            collector, source = _collector(args, Path(scratch))
+        except (ValueError, AgentflowError) as exc:
             parser().error(str(exc))
-        stop = serve(network_collector(net), port=args.port, host=args.host)
-        print(f"ransim: serving http://{args.host}:{args.port}/metrics from {net.path}", flush=True)
+        stop = serve(collector, port=args.port, host=args.host)
+        print(f"ransim: serving http://{args.host}:{args.port}/metrics from {source}", flush=True)
         try:
-            threading.Event().wait()
+            done.wait()
         except KeyboardInterrupt:
             pass
         finally:
