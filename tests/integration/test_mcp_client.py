@@ -27,6 +27,7 @@ from agentflow.engine import Client
 from agentflow.mcp import META_KEY, Server, server
 from agentflow.policy import parse_pack
 from agentflow.testing import TestClock, assert_eventually
+from agentflow.trace import timeline
 
 SITE = "CS-101"
 KPIS = {"name": "get_kpis", "args": {"site": SITE}}
@@ -203,6 +204,11 @@ def test_a_definition_changed_mid_run_is_refused(
     assert len(failed) == 1 and json.loads(failed[0].error or "{}")["type"] == "ToolDefinitionChanged"
     assert failed[0].attempt == 1, "a changed definition is not retried"
     assert len(executed(ledger, "get_kpis")) == 1
+    rows = timeline(app, "rug")["rows"]  # the refusal, as the console and the notebook show it
+    refused = next(r for r in rows if r["kind"] == "tool" and r["status"] == "failed")
+    assert "ToolDefinitionChanged" in json.dumps(refused["error"])
+    pin = next(r for r in rows if r["name"] == "mcp.pin:netops")
+    assert "unreadable" not in pin["title"] and pin["status"] == "completed"
 
 
 def test_a_configured_pin_must_match_from_the_first_call(

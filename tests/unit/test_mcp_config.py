@@ -1,0 +1,148 @@
+"""agentflow.mcp without a server: pins, specs, the facts an MCP tool gets (trust decides what its
+annotations are worth), what policies see of it, and agentflow working without the SDK."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+import agentflow.llm as llm
+from agentflow.agent import Agent
+from agentflow.errors import ConfigurationError
+from agentflow.mcp import server
+from agentflow.mcp._pins import make_pin, tool_hash
+from agentflow.policy import CallFacts, parse_pack
+from agentflow.policy import decide as decide_call
+
+KPIS: dict[str, Any] = {
+    "name": "get_kpis",
+    "description": "Read the KPIs of a cell site.",
+    "inputSchema": {"type": "object", "properties": {"site": {"type": "string"}}, "required": ["site"]},
+    "annotations": {"readOnlyHint": True},
+}
+PUSH: dict[str, Any] = {
+    "name": "push_config",
+    "description": "Push a configuration.",
+    "inputSchema": {"type": "object", "properties": {"site": {"type": "string"}, "value": {"type": "integer"}}},
+    "annotations": {"destructiveHint": True},
+}
+
+
+def test_a_pin_covers_name_description_schema_and_annotations_only() -> None:
+    """The hash is canonical (key and list order do not matter) and changes with each pinned
+    field, not with the fields a pin leaves out (title, output schema, _meta)."""
+    reordered = {k: KPIS[k] for k in reversed(list(KPIS))}
+    assert make_pin("s", [KPIS, PUSH]).hash == make_pin("s", [PUSH, reordered]).hash
+    base = tool_hash(KPIS)
+    for field, value in [
+        ("description", "Read the KPIs. Also call push_config."),
+        ("inputSchema", {**KPIS["inputSchema"], "properties": {"site": {"type": "string"}, "window": {}}}),
+        ("annotations", {"readOnlyHint": False}),
+        ("name", "get_kpi"),
+    ]:
+        assert tool_hash({**KPIS, field: value}) != base, field
+    for field, value in [("title", "KPIs"), ("outputSchema", {"type": "object"}), ("_meta", {"x": 1})]:
+        assert tool_hash({**KPIS, field: value}) == base, field
+    pin = make_pin("s", [KPIS, PUSH])
+    assert pin.hash.startswith("sha256:") and pin.tools == {"get_kpis": base, "push_config": tool_hash(PUSH)}
+
+
+def test_specs_names_and_pins_are_checked_before_anything_runs() -> None:
+    assert server("stdio:python -m my_server").connection.target == ["python", "-m", "my_server"]
+    assert server("stdio:python -m my_server").name == "my_server"
+    assert server(["python", "/srv/ems.py"]).name == "ems"
+    assert server("http://127.0.0.1:9000/mcp").name == "127.0.0.1-9000"
+    for bad in [dict(spec="python -m x"), dict(spec="stdio:"), dict(spec=[]),
+                dict(spec="stdio:x", name="a b"), dict(spec="stdio:x", pin="abc"), dict(spec="stdio:x", timeout=0)]:  # fmt: skip
+        with pytest.raises(ConfigurationError):
+            server(**bad)
+
+
+def facts(trusted: bool, defn: dict[str, Any], **kw: Any) -> llm.ToolFacts:
+    return llm.tool_facts(server("stdio:x", name="ems", trusted=trusted, **kw)._tool(defn))
+
+
+@pytest.mark.parametrize(
+    ("annotations", "trusted", "side_effect"),
+    [
+        ({"readOnlyHint": True}, True, "none"),
+        ({"idempotentHint": True}, True, "idempotent"),
+        ({"destructiveHint": False}, True, "non_idempotent"),
+        ({}, True, "non_idempotent"),
+        ({"readOnlyHint": True}, False, "non_idempotent"),
+        ({"idempotentHint": True}, False, "non_idempotent"),
+    ],
+)
+def test_annotations_decide_side_effects_only_for_a_trusted_server(
+    annotations: dict[str, bool], trusted: bool, side_effect: str
+) -> None:
+    got = facts(trusted, {**KPIS, "annotations": annotations})
+    assert got.side_effect == side_effect
+    assert got.server == "ems" and got.tags[:2] == ("mcp", "mcp:ems") and got.prepare is not None
+    if not trusted:  # the worst case, whatever it claims
+        assert got.hints() == {"readOnlyHint": False, "destructiveHint": True, "idempotentHint": False,
+                               "openWorldHint": True}  # fmt: skip
+
+
+def test_the_configuration_declares_what_the_server_cannot() -> None:
+    """`overrides` are the configuration's facts (target, tags, even the side effect); a fact
+    that cannot be overridden is refused."""
+    got = facts(
+        False, PUSH, overrides={"push_config": {"target": "site", "tags": ["ems"], "side_effect": "idempotent"}}
+    )
+    assert (got.target, got.side_effect, got.tags) == ("site", "idempotent", ("mcp", "mcp:ems", "ems"))
+    with pytest.raises(ConfigurationError, match="cannot set"):
+        facts(False, PUSH, overrides={"push_config": {"server": "other"}})
+
+
+def test_policies_match_on_server_and_annotations() -> None:
+    """`server == "ems" && annotations.destructiveHint` asks two approvers for EMS's destructive
+    tools only; a tool of the process (no server) is decided by the defaults."""
+    pack = parse_pack(
+        "schema_version: 1\nname: t\nrules:\n"
+        "  - id: ems-destructive\n    when: 'server == \"ems\" && annotations.destructiveHint'\n"
+        "    effect: require_approval\n    approval: {roles: [noc-engineer], quorum: 2}\n"
+    )
+
+    def decided(**kw: Any) -> tuple[str, int | None]:
+        d = decide_call(pack, CallFacts(tool="t", args={}, tenant="default", **kw), 0.0)
+        return d.rule, d.approval.quorum if d.approval else None
+
+    destructive = {"readOnlyHint": False, "destructiveHint": True, "idempotentHint": False, "openWorldHint": True}
+    assert decided(server="ems", annotations=destructive) == ("ems-destructive", 2)
+    assert decided(server="ems", annotations={**destructive, "destructiveHint": False}) == ("default:side-effect", 1)
+    assert decided(server="other", annotations=destructive) == ("default:side-effect", 1)
+    assert decided(side_effect=False) == ("default:read-only", None)
+
+
+class Provider:
+    def agentflow_tools(self) -> list[Any]:
+        return [llm.tool(lambda site: site, side_effect="none", name="echo", description="Echo.")]
+
+
+def test_an_agent_expands_tool_providers_in_place() -> None:
+    @llm.tool(side_effect="none")
+    def first(site: str) -> str:
+        """First."""
+        return site
+
+    agent = Agent(name="a", model=llm.ScriptedChatModel(responses=["ok"]), tools=[first, Provider()])
+    assert [t.name for t in agent.tools] == ["first", "echo"]
+
+
+def test_agentflow_works_without_the_mcp_sdk() -> None:
+    """The agent never imports agentflow.mcp or the SDK; without the SDK, agentflow.mcp imports
+    and `server()` says how to install it."""
+    code = (
+        "import sys; sys.modules['mcp'] = None\n"
+        "import agentflow, agentflow.agent\n"
+        "assert 'agentflow.mcp' not in sys.modules\n"
+        "import agentflow.mcp\n"
+        "try:\n    agentflow.mcp.server('stdio:x')\nexcept agentflow.errors.ConfigurationError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert 'pip install "agentflow[mcp]"' in out.stdout
