@@ -213,6 +213,37 @@ def root_causes(seed: int, site: str, mean: dict[str, float], config: dict[str, 
     ]
 
 
+def anomaly_report(seed: int, site: str, mean: dict[str, float]) -> dict[str, Any]:
+    """detect_anomalies's answer for a window's `mean` (whatever read it: the network file, Prometheus)."""
+    found = anomalies(seed, site, mean)
+    return {"site": site, "anomalies": found, "count": len(found), "severity": severity(found), "healthy": not found}
+
+
+def diagnosis(seed: int, site: str, mean: dict[str, float], config: dict[str, Any]) -> dict[str, Any]:
+    """rank_root_causes's answer: `top_cause` "none" for a healthy site."""
+    if not anomalies(seed, site, mean):
+        return {"site": site, "top_cause": "none", "confidence": 1.0, "causes": []}
+    causes = root_causes(seed, site, mean, config)
+    return {"site": site, "top_cause": causes[0]["cause"], "confidence": causes[0]["confidence"], "causes": causes}
+
+
+def monitor_report(
+    seed: int, site: str, minutes: int, configs: tuple[dict[str, Any], dict[str, Any]],
+    means: tuple[dict[str, float], dict[str, float]],
+) -> dict[str, Any]:  # fmt: skip
+    """monitor_kpis's answer from the (previous, current) configs and the (before, after) means."""
+    (previous, current), (before, after) = configs, means
+    was, now = anomalies(seed, site, before), anomalies(seed, site, after)
+    improved = bool(was) and not now
+    changed = {p: (v, current[p]) for p, v in previous.items() if p in current and v != current[p]}
+    what = ", ".join(f"{p} {a} -> {b}" for p, (a, b) in changed.items()) or "no change"
+    names = ", ".join(a["kpi"] for a in now) or "none"
+    summary = (f"{site}: {what}; anomalies {len(was)} -> {len(now)} (open: {names}); "
+               f"{'resolved' if improved else 'not resolved'}")  # fmt: skip
+    return {"site": site, "minutes": int(minutes), "before": before, "after": after, "anomalies": now,
+            "healthy": not now, "improved": improved, "summary": summary}  # fmt: skip
+
+
 def proposal(cause: str, config: dict[str, Any]) -> tuple[str, Any, str]:
     """(param, new value, rationale) of the change that fixes `cause`."""
     if cause == "mis_set_handover":

@@ -293,9 +293,7 @@ def detect_anomalies(site: str) -> dict[str, Any]:
     low handover success, PRB utilisation above 85%, high latency, throughput far below the
     site's nominal level), with a severity for the incident: critical, major, minor or info."""
     site = checked_site(site)
-    found = model.anomalies(settings().seed, site, kpis(site)["mean"])
-    return {"site": site, "anomalies": found, "count": len(found), "severity": model.severity(found),
-            "healthy": not found}  # fmt: skip
+    return model.anomaly_report(settings().seed, site, kpis(site)["mean"])
 
 
 @tool(side_effect="none", target="site", canonical=_site, region=_region, tags=["read"])
@@ -305,11 +303,9 @@ def rank_root_causes(site: str) -> dict[str, Any]:
     `top_cause` is the best candidate, or "none" when the site is healthy."""
     site, seed = checked_site(site), settings().seed
     mean = kpis(site)["mean"]
-    if not model.anomalies(seed, site, mean):
-        return {"site": site, "top_cause": "none", "confidence": 1.0, "causes": []}
-    config = {**model.default_config(seed, site), **config_at(site)}
-    causes = model.root_causes(seed, site, mean, config)
-    return {"site": site, "top_cause": causes[0]["cause"], "confidence": causes[0]["confidence"], "causes": causes}
+    # The config as the exporter served it with these KPIs (a parameter it lacks: the default).
+    config = {**model.default_config(seed, site), **config_at(site)} if model.anomalies(seed, site, mean) else {}
+    return model.diagnosis(seed, site, mean, config)
 
 
 @tool(side_effect="none", target="site", canonical=_site, region=_region, tags=["read"])
@@ -326,16 +322,9 @@ def monitor_kpis(site: str, minutes: int = 30) -> dict[str, Any]:
     before = _window_mean(site, split - 60 * int(minutes), split) or after  # nothing before: no change seen
     current = config_at(site)
     previous = config_at(site, split) or current
-    was, now = model.anomalies(seed, site, before), model.anomalies(seed, site, after)
-    improved = bool(was) and not now
-    changed = {p: (v, current[p]) for p, v in previous.items() if p in current and v != current[p]}
-    what = ", ".join(f"{p} {a} -> {b}" for p, (a, b) in changed.items()) or "no change"
-    names = ", ".join(a["kpi"] for a in now) or "none"
-    observed = max(0.0, end - split) / 60
-    summary = (f"{site}: {what}; anomalies {len(was)} -> {len(now)} (open: {names}); "
-               f"{'resolved' if improved else 'not resolved'} ({observed:.1f} of {int(minutes)} min observed)")  # fmt: skip
-    return {"site": site, "minutes": int(minutes), "before": before, "after": after, "anomalies": now,
-            "healthy": not now, "improved": improved, "summary": summary}  # fmt: skip
+    report = model.monitor_report(seed, site, minutes, (previous, current), (before, after))
+    observed = max(0.0, end - split) / 60  # a window still open is reported as what it is so far
+    return {**report, "summary": f"{report['summary']} ({observed:.1f} of {int(minutes)} min observed)"}
 
 
 PROMETHEUS_TOOLS: list[BaseTool] = [get_kpis, detect_anomalies, rank_root_causes, monitor_kpis]

@@ -54,10 +54,8 @@ def detect_anomalies(site: str) -> dict[str, Any]:
     low handover success, PRB utilisation above 85%, high latency, throughput far below the
     site's nominal level), with a severity for the incident: critical, major, minor or info."""
     net = network()
-    mean = net.kpis(site)["mean"]
-    found = model.anomalies(net.seed, net.check_site(site), mean)
-    return {"site": net.check_site(site), "anomalies": found, "count": len(found), "severity": model.severity(found),
-            "healthy": not found}  # fmt: skip
+    site = net.check_site(site)
+    return model.anomaly_report(net.seed, site, net.kpis(site)["mean"])
 
 
 @tool(side_effect="none", target="site", canonical=_site, region=_region, tags=["read"])
@@ -67,11 +65,7 @@ def rank_root_causes(site: str) -> dict[str, Any]:
     `top_cause` is the best candidate, or "none" when the site is healthy."""
     net = network()
     site = net.check_site(site)
-    mean, config = net.kpis(site)["mean"], net.config(site)
-    if not model.anomalies(net.seed, site, mean):
-        return {"site": site, "top_cause": "none", "confidence": 1.0, "causes": []}
-    causes = model.root_causes(net.seed, site, mean, config)
-    return {"site": site, "top_cause": causes[0]["cause"], "confidence": causes[0]["confidence"], "causes": causes}
+    return model.diagnosis(net.seed, site, net.kpis(site)["mean"], net.config(site))
 
 
 @tool(side_effect="none", target="site", canonical=_site, region=_region, tags=["read"])
@@ -111,15 +105,7 @@ def monitor_kpis(site: str, minutes: int = 30) -> dict[str, Any]:
     at = net.now() + 60 * int(minutes)
     before = net.kpis(site, window_minutes=minutes, at=at, config=previous)["mean"]
     after = net.kpis(site, window_minutes=minutes, at=at, config=current)["mean"]
-    was, now = model.anomalies(net.seed, site, before), model.anomalies(net.seed, site, after)
-    improved = bool(was) and not now
-    changed = {p: (v, current[p]) for p, v in previous.items() if v != current[p]}
-    what = ", ".join(f"{p} {a} -> {b}" for p, (a, b) in changed.items()) or "no change"
-    names = ", ".join(a["kpi"] for a in now) or "none"
-    summary = (f"{site}: {what}; anomalies {len(was)} -> {len(now)} (open: {names}); "
-               f"{'resolved' if improved else 'not resolved'}")  # fmt: skip
-    return {"site": site, "minutes": int(minutes), "before": before, "after": after, "anomalies": now,
-            "healthy": not now, "improved": improved, "summary": summary}  # fmt: skip
+    return model.monitor_report(net.seed, site, minutes, (previous, current), (before, after))
 
 
 def _diff(args: Mapping[str, Any]) -> dict[str, Any]:
