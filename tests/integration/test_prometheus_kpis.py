@@ -311,6 +311,27 @@ def test_the_exporter_reads_its_config_source_on_every_scrape() -> None:
         stop()
 
 
+def test_the_command_lines_incidents_and_sources(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command line's sources: a scenario's incidents and --incident flags are injected into
+    the (scratch) network the exporter reads; with --netconf, an incident that is a config push
+    is refused (change the device instead), and --netconf with --network-db is a usage error."""
+    args = ransim.parser().parse_args(
+        ["--port", "1", "--scenario", "congestion", "--incident", "CS-120:backhaul_fault"]
+    )
+    collector, source = ransim._collector(args, tmp_path)
+    assert source == str(tmp_path / "noc.db")
+    samples = {(m.name, s.labels["site"]): s.value for m in collector.collect() for s in m.samples}
+    assert samples[("ran_cell_prb_util_pct", "CS-110")] > 85 and samples[("ran_cell_latency_ms", "CS-120")] > 40
+    assert samples[("ran_cell_prb_util_pct", "CS-111")] < 85 and samples[("ran_cell_latency_ms", "CS-111")] < 40
+
+    pushed = ransim.parser().parse_args(["--port", "1", "--netconf", "--incident", "CS-101:mis_set_handover"])
+    with pytest.raises(ValueError, match="mis_set_handover is a configuration push"):
+        ransim._collector(pushed, tmp_path)
+    with pytest.raises(SystemExit):
+        ransim.parser().parse_args(["--port", "1", "--netconf", "--network-db", str(tmp_path / "n.db")])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def _scrape(port: int) -> dict[tuple[str, ...], float]:
     """The exporter's samples by (name, site[, param, value])."""
     answer = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
