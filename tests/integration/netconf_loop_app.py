@@ -1,4 +1,4 @@
-"""The App the NETCONF crash tests run in worker subprocesses (`--app netconf_loop_app:app`):
+"""The App the NETCONF crash tests run in worker subprocesses (`--app integration.netconf_loop_app:app`, tests/ on the path):
 the closed loop on confirmed commit, on the store named by `AGENTFLOW_DB`, against the device
 named by the `NOC_NETCONF_*` environment, with the simulated KPIs read from that device.
 
