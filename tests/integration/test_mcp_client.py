@@ -110,7 +110,8 @@ def test_mcp_calls_are_recorded_steps_replayed_on_resume(
     step's idempotency key in the request's `_meta`."""
     app = make_app(clock=TestClock(start=1_700_000_000, skip=False))
     netops = stdio(trusted=True)
-    agent = Agent(name="noc", model=scripted(calls(KPIS), calls(CHANGE), "Done."), tools=[netops])
+    other = {"name": "get_kpis", "args": {"site": "CS-102"}}  # two reads of one reply run together
+    agent = Agent(name="noc", model=scripted(calls(KPIS, other), calls(CHANGE), "Done."), tools=[netops])
     app.start(copilot(app, agent), "fix CS-101", run_id="r")
     worker_thread(app)
     request = assert_eventually(lambda: next(iter(Approvals.of(app).list(run_id="r")), None), timeout=30)
@@ -122,13 +123,14 @@ def test_mcp_calls_are_recorded_steps_replayed_on_resume(
     out = json.loads(app.store.get_run("r").output or "{}")
     assert [(c["name"], c["status"], c["decision"]["rule"]) for c in out["tool_calls"]] == [
         ("get_kpis", "ok", "default:read-only"),
+        ("get_kpis", "ok", "default:read-only"),
         ("apply_change", "ok", "default:side-effect"),
     ]
     assert json.loads(out["tool_calls"][0]["result"])["drop_rate_pct"] == 2.9
     history = steps(app, "r")
     assert history.count(("activity", "mcp.pin:netops", "completed")) == 1
     assert ("tool", "get_kpis", "completed") in history and ("tool", "apply_change", "completed") in history
-    assert len(executed(ledger, "get_kpis")) == 1, "the resumed run called the read again"
+    assert len(executed(ledger, "get_kpis")) == 2, "the resumed run called a read again"
     change = next(s for s in app.history("r") if s.kind == "tool" and s.name == "apply_change")
     [done] = executed(ledger, "apply_change")
     assert done["key"] == f"r:{change.seq}", f"the server got {done['key']!r} in {META_KEY}"
