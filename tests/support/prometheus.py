@@ -30,7 +30,7 @@ BINARY = "prometheus"
 
 def require_binary() -> str:
     """The path of the prometheus binary; skips the test (fails it in CI) when there is none."""
-    found = shutil.which(BINARY) or (BINARY if Path(f"/usr/bin/{BINARY}").exists() else None)
+    found = shutil.which(BINARY) or shutil.which(BINARY, path="/usr/bin:/usr/sbin")
     if found is not None:
         return found
     reason = "Debian's prometheus is not installed (apt-get install -y --no-install-recommends prometheus)"
