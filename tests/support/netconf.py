@@ -109,7 +109,7 @@ class NetconfServer:
         self._spawn([NETCONFD, "--no-startup", f"--superuser={self.user}", f"--port={self.port}",
                      f"--ncxserver-sockname={self.socket}", f"--module={yang_path()}",
                      f"--audit-log={self.audit}", f"--log={self.root / 'netconfd.log'}"],
-                    "netconfd.out", env={**os.environ, "HOME": str(self.root)})  # fmt: skip
+                    "netconfd.out", env={**os.environ, "HOME": str(self.root)}, cwd=self.root)  # fmt: skip
         assert_eventually(self._ready, timeout=20, message=f"sshd/netconfd did not come up; see {self.root}")
         self.device.load(initial_cells() if cells is None else cells)
         return self
@@ -128,9 +128,11 @@ class NetconfServer:
         ]  # fmt: skip
         (self.root / "sshd_config").write_text("\n".join(lines) + "\n")
 
-    def _spawn(self, argv: list[str], log: str, env: dict[str, str] | None = None) -> None:
+    def _spawn(self, argv: list[str], log: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+        # netconfd keeps the running config it reverts to (backup-cfg.xml) in its working
+        # directory and its home: both are this server's directory, never shared.
         with open(self.root / log, "wb") as out:
-            self._procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env))
+            self._procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd))
 
     def _ready(self) -> bool:
         dead = [p.args for p in self._procs if p.poll() is not None]
