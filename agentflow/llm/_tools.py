@@ -8,7 +8,7 @@ treated as side-effecting and not idempotent: the safe default.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, overload, runtime_checkable
 
 from langchain_core.tools import BaseTool, StructuredTool
@@ -49,8 +49,9 @@ class ToolFacts:
             the approvers of a staged call; read-only, it must not change anything.
         server: the server the tool comes from (an MCP server's name), seen by policies as
             `server`; None for a tool of this process.
-        annotations: MCP tool annotations taken as true (`readOnlyHint`, `destructiveHint`,
-            `idempotentHint`, `openWorldHint`): only a trusted server's; see `hints`.
+        annotations: MCP tool annotations taken as true, as (hint, value) pairs (`readOnlyHint`,
+            `destructiveHint`, `idempotentHint`, `openWorldHint`): only a trusted server's; see
+            `hints`. (Pairs, not a dict: the facts stay hashable.)
         prepare: `await prepare(ctx)` is run by the agent in the workflow before each call of
             the tool executes (after its gate): a step helper recording what the call is checked
             against (an MCP server's pinned tool definitions). Its error is the call's.
@@ -67,7 +68,7 @@ class ToolFacts:
     tags: tuple[str, ...] = ()
     preview: Callable[[Mapping[str, Any]], Any] | None = None
     server: str | None = None
-    annotations: Mapping[str, bool] = field(default_factory=dict)
+    annotations: tuple[tuple[str, bool], ...] = ()
     prepare: Callable[[WorkflowContext], Awaitable[None]] | None = None
 
     @property
@@ -83,7 +84,7 @@ class ToolFacts:
             "readOnlyHint": self.read_only, "destructiveHint": not self.read_only,
             "idempotentHint": self.side_effect != "non_idempotent", "openWorldHint": True,
         }  # fmt: skip
-        return {**derived, **self.annotations}
+        return {**derived, **dict(self.annotations)}
 
     def target_of(self, args: Mapping[str, Any]) -> Any:
         """The call's target, in its canonical form (None when the tool declares none)."""

@@ -134,7 +134,7 @@ class Server:
             raise ConfigurationError(f"MCP server {self.name}: overrides of {mcp_name} cannot set {unknown}")
         facts = ToolFacts(**{
             "side_effect": side, "declared": True, "timeout": self.timeout, "server": self.name,
-            "annotations": hints if self.trusted else {}, "prepare": self._prepare,
+            "annotations": tuple(sorted(hints.items())) if self.trusted else (), "prepare": self._prepare,
             **given, "tags": ("mcp", f"mcp:{self.name}", *given.get("tags", ())),
         })  # fmt: skip
 

@@ -264,6 +264,8 @@ def test_an_injection_in_a_description_or_result_has_no_effect_without_approval(
     assert executed(ledger, "apply_change") == []
     if variant == "inject-result":
         assert INJECTION in out["tool_calls"][0]["result"]  # passed on as the tool's data, unchanged
+    else:
+        assert INJECTION in next(t for t in agent.tools if t.name == "get_kpis").description  # as the model saw it
 
 
 def test_the_session_survives_calls_and_reconnects_after_the_server_dies(
