@@ -294,6 +294,26 @@ def test_the_session_survives_calls_and_reconnects_after_the_server_dies(
     assert len(executed(ledger, "get_kpis")) == 6
 
 
+def test_a_restarted_http_server_is_reconnected(http: Callable[..., tuple[HttpServer, Server]]) -> None:
+    """Streamable HTTP: while the server is down a call fails retryable (the engine retries the
+    step); once it is back on its port the next call opens a new session and runs."""
+    import asyncio
+
+    from agentflow.errors import ToolError
+
+    served, netops = http(trusted=True)
+    [kpis, _] = netops.agentflow_tools()
+    assert json.loads(asyncio.run(kpis.ainvoke({"site": SITE})))["site"] == SITE
+    served.stop()
+    with pytest.raises(ToolError) as failed:
+        asyncio.run(kpis.ainvoke({"site": SITE}))
+    assert failed.value.retryable
+    served.start()
+    assert json.loads(asyncio.run(kpis.ainvoke({"site": SITE})))["site"] == SITE
+    assert netops.connection.opened == 2
+    assert [t.name for t in threading.enumerate()].count("agentflow-mcp-netops") == 1
+
+
 def _children(marker: str) -> list[int]:
     """Live child processes of this process whose command line holds `marker`."""
     found = []
