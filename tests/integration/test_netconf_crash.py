@@ -166,6 +166,10 @@ def test_a_worker_restarted_in_the_window_confirms_or_cancels_as_the_kpis_say(
     assert output["status"] == status, output["detail"]
     assert harness.server.device.config(SITE)["hoA3Offset"] == final
     assert len(harness.server.cell_transactions(SITE)) == 1
+    if status == "cancelled":  # cancel-commit: netconfd's own revert, the change's record gone with it
+        assert "cancel-commit" in output["detail"]
+        assert len(harness.server.cell_transactions(SITE, by_server=True)) == 1
+        assert harness.server.device.last_change() is None
     if status == "confirmed":
         left = datetime.fromisoformat(output["applied_at"]).timestamp() + 8 + 1 - time.time()
         time.sleep(max(0.0, left))  # past the confirm timeout: a confirmed change stays

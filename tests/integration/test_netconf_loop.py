@@ -52,20 +52,6 @@ def test_the_demo_incident_is_fixed_with_one_confirmed_commit(device: NetconfSer
     assert device.cell_transactions(SITE, by_server=True) == []
 
 
-def test_kpis_that_do_not_recover_cancel_the_confirmed_commit(device: NetconfServer, app: App) -> None:
-    """A change that does not fix the cell (7 dB is still far too late a handover) is
-    cancelled with cancel-commit when the window ends: the device is back at 8 dB."""
-    result = app.run(register(app), SITE, value=7, monitor_seconds=1, checks=1, confirm_timeout=8, auto_approve=True)
-    assert result.status == "cancelled", result.detail
-    assert "cancel-commit" in result.detail
-    assert result.checks and not result.checks[-1].healthy
-    assert device.device.config(SITE)["hoA3Offset"] == 8
-    # One commit by the loop, undone by the server (netconfd logs a cancel-commit's revert as its own).
-    assert len(device.cell_transactions(SITE)) == 1
-    assert len(device.cell_transactions(SITE, by_server=True)) == 1
-    assert device.device.last_change() is None  # cancel-commit took the change's record with it
-
-
 def test_a_value_outside_the_yang_range_is_refused_by_the_device_and_the_run_ends(
     device: NetconfServer, app: App
 ) -> None:

@@ -10,7 +10,7 @@
     from agentflow_noc.closed_loop_netconf import register, simulated_kpis
 
     app = App("sqlite:///runs.db")                        # a real clock: the device's is real
-    loop = register(app, kpis=simulated_kpis())           # or KPIs from Prometheus
+    loop = register(app, kpis=simulated_kpis())           # or kpis=promql.window_kpis (Prometheus)
     app.run(loop, "CS-101", monitor_seconds=1800, checks=3, auto_approve=True)
 
 Why confirmed commit: the change's safety does not depend on any worker being alive. If every
@@ -25,8 +25,9 @@ of `netconf_tools` call too); the apply's idempotency key is recorded on the dev
 commit, so a worker killed between the commit and its record does not commit twice: the engine
 asks the device (`reconcile`) before executing the step again.
 
-KPIs come from a `KpiReader` given at registration: `simulated_kpis()` computes them with
-`model.sample` from the device's running config; a Prometheus reader plugs in the same way.
+KPIs come from a `KpiReader` given at registration: `simulated_kpis()` (the default, offline)
+computes them with `model.sample` from the device's running config; `promql.window_kpis` reads
+what Prometheus scraped from the RAN exporter (`ransim`, which reads the device's config).
 """
 
 from __future__ import annotations
