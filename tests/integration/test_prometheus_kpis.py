@@ -237,21 +237,28 @@ def test_prometheus_down_is_retryable_and_a_durable_run_resumes_when_it_is_back(
             prom.start()
 
 
-def test_the_exporter_follows_a_config_committed_over_netconf(
+def test_the_closed_loop_on_netconf_runs_on_prometheus_kpis(
     world: tuple[World, Prometheus], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The exporter on a real NETCONF device (`--netconf`: netconfd behind sshd, the pack's YANG
-    module, CS-101's handover offset at 8 dB): a change committed on the device with a confirmed
-    commit, then confirmed, shows in the KPIs Prometheus scrapes, and monitor_kpis reads it as
-    the change (8 -> 3) that resolved CS-101's anomalies."""
+    """The whole chain on real parts: a NETCONF device (netconfd behind sshd, CS-101's handover
+    offset at 8 dB), the exporter reading it (`--netconf`), Prometheus scraping the exporter, and
+    the closed loop on confirmed commit reading its KPIs from Prometheus (`promql.window_kpis`).
+    The loop diagnoses from Prometheus' samples, commits 8 -> 3 on the device (one commit), sees
+    the scraped KPIs recover in its window and confirms; the exporter follows the commit, and
+    monitor_kpis reads it as the change that resolved CS-101."""
     from support.netconf import netconf_server
 
+    from agentflow_noc.closed_loop_netconf import register
+
     with netconf_server() as server:
+        for name, value in server.settings.environ().items():
+            monkeypatch.setenv(name, value)
         port = free_port()
         exporter = start_exporter(tmp_path, port, "--netconf", "--incident", "CS-104:congestion",
                                   **server.settings.environ())  # fmt: skip
         # A scrape opens a NETCONF session (about 0.5 s here): 2 s between scrapes, not 1.
         prom = Prometheus(tmp_path / "prometheus", targets=[f"127.0.0.1:{port}"], interval=2)
+        app = App(f"sqlite:///{tmp_path / 'runs.db'}")  # the real clock: Prometheus' samples are stamped with it
         try:
             prom.start()
             monkeypatch.setenv(promql.ENV_URL, prom.url)
@@ -259,8 +266,12 @@ def test_the_exporter_follows_a_config_committed_over_netconf(
             assert sick["drop_rate_pct"] > 1.5 and sick["handover_success_pct"] < 95, sick
             assert promql.config_at("CS-101")["hoA3Offset"] == 8
 
-            done = server.device.apply("CS-101", "hoA3Offset", 3, key="ransim-test:1", timeout=120)
-            server.device.confirm("CS-101", done["change_id"])
+            loop = register(app, kpis=promql.window_kpis, seed=world[0].net.seed)
+            result = app.run(loop, "CS-101", monitor_seconds=6, checks=1, confirm_timeout=60, auto_approve=True)
+            assert result.status == "confirmed", result.detail
+            assert result.change is not None and (result.change.previous, result.change.value) == (8, 3)
+            assert result.checks and all(check.healthy for check in result.checks), result.checks
+            assert server.device.config("CS-101")["hoA3Offset"] == 3 and len(server.cell_transactions("CS-101")) == 1
 
             def recovered() -> bool:
                 point = promql.get_kpis.invoke({"site": "CS-101"})["series"][-1]
@@ -271,6 +282,7 @@ def test_the_exporter_follows_a_config_committed_over_netconf(
             assert report["improved"] and "hoA3Offset 8 -> 3" in report["summary"], report
             assert promql.detect_anomalies.invoke({"site": "CS-104"})["severity"] != "info"
         finally:
+            app.close()
             prom.stop()
             terminate(exporter)
 

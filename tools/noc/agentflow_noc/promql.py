@@ -262,6 +262,17 @@ def _window_mean(site: str, start: float, end: float) -> dict[str, float] | None
     return model.summarize(points) if points else None
 
 
+def window_kpis(site: str, seconds: float, at: float) -> dict[str, float]:
+    """The KPI means of every sample Prometheus scraped from `site` in the `seconds` before `at`:
+    a `KpiReader` for `closed_loop_netconf.register(app, kpis=promql.window_kpis)`. Samples carry
+    wall-clock times, so the run's clock must be the real one (a TestClock's `at` finds none)."""
+    site = checked_site(site)
+    mean = _window_mean(site, at - seconds, at)
+    if mean is None:
+        raise _no_data(f"no KPI sample of {site} in the {seconds:g} s before {at:.0f}", _kpi_selector(site))
+    return mean
+
+
 def config_at(site: str, at: float | None = None) -> dict[str, Any]:
     """The cell's configuration as the exporter served it at `at` (default: now); {} if unknown."""
     rows = query(_selector(CONFIG_INFO, site), at=at)
@@ -275,7 +286,7 @@ def changed_at(site: str) -> float:
     rows = query(promql)
     if not rows:
         raise _no_data(f"no {CONFIG_CHANGED} sample of {checked_site(site)}", promql)
-    return float(rows[0]["value"][1])
+    return max(float(r["value"][1]) for r in rows)  # several exporters of the cell: the latest change
 
 
 # -- the tools: names, declarations and answers of agentflow_noc.tools ------------------------
