@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 META_KEY = "agentflow/idempotency_key"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _PIN_RETRY = RetryPolicy(max_attempts=3, initial_interval=1.0, backoff=2.0, max_interval=10.0)
+_DESCRIBED = 4000  # characters of a tool's description the model is shown (all of it is pinned)
 _KEPT_RUNS = 1024  # runs whose pin a process keeps in memory (a run's next call re-reads it anyway)
 #: What `overrides` may declare of a server's tool: the configuration's own facts (trusted).
 _OVERRIDABLE = ("side_effect", "target", "canonical", "region", "timeout", "compensate", "tags", "preview", "reconcile")
@@ -141,8 +142,11 @@ class Server:
         async def call(**args: Any) -> str:
             return await self._call(mcp_name, args)
 
+        described = str(defn.get("description") or f"{mcp_name} ({self.name})")
+        if len(described) > _DESCRIBED:  # the server's text: it may not fill the model's context
+            described = f"{described[:_DESCRIBED]} [agentflow: cut at {_DESCRIBED} of {len(described)} characters]"
         made = StructuredTool(
-            name=f"{self.prefix}{mcp_name}", description=str(defn.get("description") or f"{mcp_name} ({self.name})"),
+            name=offered_name(self.prefix, mcp_name), description=described,
             args_schema=dict(defn.get("inputSchema") or {"type": "object", "properties": {}}), coroutine=call,
         )  # fmt: skip
         return with_facts(made, facts)
@@ -222,6 +226,12 @@ class Server:
         return text
 
 
+def offered_name(prefix: str, mcp_name: str) -> str:
+    """The name the model (and policies) know a tool by: `prefix` + its MCP name, with what a
+    function name may not hold (OpenAI: letters, digits, `_`, `-`; at most 64) made `_`."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", f"{prefix}{mcp_name}")[:64]
+
+
 def _check_args(server: str, name: str, defn: Definition | None, args: dict[str, Any]) -> None:
     """Arguments that do not fit the tool's input schema never reach the server."""
     schema = (defn or {}).get("inputSchema")
@@ -269,7 +279,8 @@ def server(
             the first call on; None: the run pins what it first sees.
         timeout: seconds per attempt of a call (and to connect).
         include: offer only these tools (default: all it lists).
-        prefix: put before each tool's name (two servers listing the same name).
+        prefix: put before each tool's name (two servers listing the same name). Characters a
+            model API refuses in a function name are made `_` (the server is called by its own).
         overrides: facts the configuration declares per tool name (`side_effect`, `target`,
             `canonical`, `region`, `timeout`, `tags`, `compensate`, `preview`, `reconcile`): the
             configuration is trusted, the server is not.

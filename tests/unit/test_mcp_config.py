@@ -87,6 +87,16 @@ def test_annotations_decide_side_effects_only_for_a_trusted_server(
                                "openWorldHint": True}  # fmt: skip
 
 
+def test_names_and_descriptions_as_the_model_gets_them() -> None:
+    """A name a model API would refuse is made safe (the server is still called by its own);
+    a description longer than 4,000 characters is cut, saying so."""
+    made = server("stdio:x", name="ems", prefix="ems_")._tool(
+        {**PUSH, "name": "push.config/v2", "description": "x" * 5000}
+    )
+    assert made.name == "ems_push_config_v2"
+    assert made.description.endswith("[agentflow: cut at 4000 of 5000 characters]")
+
+
 def test_the_configuration_declares_what_the_server_cannot() -> None:
     """`overrides` are the configuration's facts (target, tags, even the side effect); a fact
     that cannot be overridden is refused."""
