@@ -82,7 +82,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Pro
             mp.delenv(name, raising=False)
         try:
             prom.start()
-            promql.configure(prom.url, timeout=3, retry_after=4, seed=made.net.seed)
+            # retry_after 5 s: the engine's 3 attempts span 10 s, time enough to restart Prometheus.
+            promql.configure(prom.url, timeout=3, retry_after=5, seed=made.net.seed)
             noc.configure(made.net.path)
             yield made, prom
         finally:
@@ -221,7 +222,7 @@ def test_prometheus_down_is_retryable_and_a_durable_run_resumes_when_it_is_back(
         assert prom.proc is None, "the read failed while Prometheus was up"
         with pytest.raises(promql.PrometheusUnavailable) as down:
             promql.get_kpis.invoke({"site": "CS-104"})
-        assert down.value.retryable and down.value.retry_after == 4 and down.value.status is None
+        assert down.value.retryable and down.value.retry_after == 5 and down.value.status is None
         prom.start()
         driver.join(40)
         assert not driver.is_alive(), "the run did not finish after Prometheus came back"
