@@ -213,6 +213,24 @@ def test_a_definition_changed_mid_run_is_refused(
     assert "unreadable" not in pin["title"] and pin["status"] == "completed"
 
 
+def test_a_call_past_its_timeout_fails_after_the_retries_and_the_session_lives_on(
+    app: App, stdio: Callable[..., Server], ledger: Ledger
+) -> None:
+    """The tool's timeout (here its override) bounds each attempt; the agent retries the step as
+    any tool step (3 attempts), then the model hears the timeout. The session is kept: the next
+    call runs on it."""
+    netops = stdio(trusted=True, overrides={"wait": {"timeout": 0.5}})
+    slow = {"name": "wait", "args": {"seconds": 5}}
+    agent = Agent(name="noc", model=scripted(calls(slow), calls(KPIS), "Done."), tools=[netops])
+    out = app.run(copilot(app, agent), "wait", run_id="slow")
+    waited, read = out["tool_calls"]
+    assert waited["status"] == "error" and "Timeout" in waited["result"], waited["result"]
+    assert read["status"] == "ok"
+    [step] = [s for s in app.history("slow") if s.kind == "tool" and s.name == "wait"]
+    assert (step.status, step.attempt) == ("failed", 3)
+    assert len(executed(ledger, "wait")) == 3 and netops.connection.opened == 1
+
+
 def test_a_configured_pin_must_match_from_the_first_call(
     app: App, stdio: Callable[..., Server], ledger: Ledger
 ) -> None:
@@ -278,7 +296,7 @@ def test_the_session_survives_calls_and_reconnects_after_the_server_dies(
     from agentflow.errors import ToolError
 
     netops = stdio(trusted=True)
-    [kpis, _] = netops.agentflow_tools()
+    [kpis, *_] = netops.agentflow_tools()
     for _ in range(5):
         assert json.loads(asyncio.run(kpis.ainvoke({"site": SITE})))["site"] == SITE
     assert netops.connection.opened == 1
@@ -302,7 +320,7 @@ def test_a_restarted_http_server_is_reconnected(http: Callable[..., tuple[HttpSe
     from agentflow.errors import ToolError
 
     served, netops = http(trusted=True)
-    [kpis, _] = netops.agentflow_tools()
+    [kpis, *_] = netops.agentflow_tools()
     assert json.loads(asyncio.run(kpis.ainvoke({"site": SITE})))["site"] == SITE
     served.stop()
     with pytest.raises(ToolError) as failed:
