@@ -33,6 +33,13 @@ def demo(
             "runbook's phases, each with its tools and a required call: for small local models)."
         ),
     ] = "react",
+    network: Annotated[
+        str,
+        typer.Option(
+            help="simulated (the offline network, default) or netconf: the closed loop on confirmed commit "
+            "against the device NOC_NETCONF_HOST/_PORT/_USER/_KEY name, or a lab netconfd+sshd started here."
+        ),
+    ] = "simulated",
     as_json: JsonOption = False,
 ) -> None:
     """Run the NOC copilot on an incident end to end (investigate, diagnose, stage, approve,
@@ -48,11 +55,15 @@ def demo(
         raise typer.BadParameter("--approve must be auto or prompt")
     if mode not in ("react", "plan", "guided"):
         raise typer.BadParameter("--mode must be react, plan or guided")
+    if network not in ("simulated", "netconf"):
+        raise typer.BadParameter("--network must be simulated or netconf")
     run_demo = _noc_demo()
+    extra = {"network": network} if network != "simulated" else {}  # a pack without --network still runs
     try:
         summary = run_demo(
-            db=resolve_url(db), crash_at=crash_at, resume=resume, approve=approve, model=model, quiet=as_json, mode=mode
-        )
+            db=resolve_url(db), crash_at=crash_at, resume=resume, approve=approve, model=model, quiet=as_json,
+            mode=mode, **extra,
+        )  # fmt: skip
     except AgentflowError as exc:
         fail(exc)
     code = exit_code_for(summary["status"], {"status": summary.get("outcome")})

@@ -1,6 +1,8 @@
 """The closed loop on confirmed commit, against a real NETCONF device (netconfd behind sshd,
 `support.netconf`), in one process: what the device did is read from the device itself (its
-running datastore and its audit log of commits), never from what the run believes.
+running datastore and its audit log of commits), never from what the run believes. The fix
+confirmed end to end: test_netconf_demo (the demo) and test_netconf_prometheus (Prometheus KPIs);
+confirmed and cancelled after a worker's death: test_netconf_crash.
 
 The device's confirm timer runs on the wall clock, so these runs use the real clock with a
 monitoring window of a second and a confirm timeout of a few seconds.
@@ -34,22 +36,6 @@ def app(tmp_path: Path) -> Iterator[App]:
     application = App(f"sqlite:///{tmp_path / 'runs.db'}")  # the real clock: the device's timer is real
     yield application
     application.close()
-
-
-def test_the_demo_incident_is_fixed_with_one_confirmed_commit(device: NetconfServer, app: App) -> None:
-    """The loop diagnoses the mis-set handover offset from the device's config, applies the fix
-    as one confirmed commit, sees the KPIs recover and confirms: the device keeps the value, its
-    record says confirmed, and its audit log holds exactly one commit to the cell."""
-    result = app.run(register(app), SITE, monitor_seconds=1, checks=1, confirm_timeout=8, auto_approve=True)
-    assert result.status == "confirmed", result.detail
-    assert result.change is not None
-    assert (result.change.param, result.change.previous, result.change.value) == ("hoA3Offset", 8, 3)
-    assert result.checks and all(check.healthy for check in result.checks)
-    assert device.device.config(SITE)["hoA3Offset"] == 3
-    record = device.device.last_change()
-    assert record is not None and record["state"] == "confirmed" and record["change-id"] == result.change.change_id
-    assert len(device.cell_transactions(SITE)) == 1
-    assert device.cell_transactions(SITE, by_server=True) == []
 
 
 def test_a_value_outside_the_yang_range_is_refused_by_the_device_and_the_run_ends(

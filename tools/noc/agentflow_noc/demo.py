@@ -121,8 +121,15 @@ def build(app: App, model: ChatModel, mode: str = "react") -> Any:
 
 
 def main(
-    *, db: str, crash_at: int | None, resume: bool, approve: str, model: str, quiet: bool, mode: str = "react"
-) -> dict[str, Any]:
+    *, db: str, crash_at: int | None, resume: bool, approve: str, model: str, quiet: bool, mode: str = "react",
+    network: str = "simulated",
+) -> dict[str, Any]:  # fmt: skip
+    if network == "netconf":  # the closed loop on a NETCONF device's confirmed commit (demo_netconf)
+        from agentflow_noc.demo_netconf import main as on_netconf
+
+        return on_netconf(db=db, approve=approve, quiet=quiet, crash_at=crash_at, resume=resume)
+    if network != "simulated":
+        raise SystemExit(f"--network must be simulated or netconf, not {network!r}")
     chat_model = make_model(model)  # first: a model that cannot work (no API key) starts nothing
     clock = TestClock(start=START)
     app = App(db, clock=clock, inline_wait=0.0)
