@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,12 @@ from support.netconf import INCIDENT_SITE, NetconfServer, initial_cells, netconf
 
 from agentflow import App
 from agentflow.agent import Agent
+from agentflow.errors import ToolError
 from agentflow.llm import LangChainChat, tool_facts
 from agentflow.policy import parse_pack
 from agentflow.testing import ScriptedChatModel
 from agentflow_noc import tools as simulated
-from agentflow_noc.netconf import cell_configs
+from agentflow_noc.netconf import Device, cell_configs
 from agentflow_noc.netconf_tools import NETCONF_TOOLS
 
 pytestmark = pytest.mark.slow
@@ -90,7 +92,8 @@ def test_an_agent_reads_the_devices_refusal_and_fixes_the_cell_with_one_confirme
 
 def test_the_pack_declares_its_tools_as_the_simulated_pack_does(device: NetconfServer) -> None:
     """Tools that mean the same have the same names, argument schemas and facts as the
-    simulated pack's; the exporter's config source reads every cell from the device."""
+    simulated pack's; the exporter's config source reads every cell from the device; a device
+    whose host key is not the pinned one is refused before anything is sent."""
     mine = {t.name: t for t in NETCONF_TOOLS}
     for name in ("stage_change", "apply_change", "rollback_change"):
         theirs = getattr(simulated, name)
@@ -99,3 +102,8 @@ def test_the_pack_declares_its_tools_as_the_simulated_pack_does(device: NetconfS
         assert (facts.side_effect, facts.target, facts.compensate) == (
             their_facts.side_effect, their_facts.target, their_facts.compensate), name  # fmt: skip
     assert cell_configs() == initial_cells()
+    other_key = (device.root / "user_key.pub").read_text().split()[1]  # a valid key, not the host's
+    impostor = replace(device.settings, hostkey=other_key)
+    with pytest.raises(ToolError, match="Unknown host key") as refused:
+        Device(impostor).configs()
+    assert not refused.value.retryable

@@ -33,7 +33,7 @@ from typing import Any
 from ncclient import manager
 from ncclient.manager import Manager
 from ncclient.operations import RPCError
-from ncclient.transport.errors import TransportError
+from ncclient.transport.errors import AuthenticationError, SSHUnknownHostError, TransportError
 
 from agentflow.engine import crash_point
 from agentflow.errors import ToolError
@@ -142,6 +142,10 @@ class Device:
                 hostkey_verify=True, hostkey_b64=s.hostkey, allow_agent=s.key_file is None,
                 look_for_keys=s.key_file is None,
             )  # fmt: skip
+        except (SSHUnknownHostError, AuthenticationError) as exc:
+            # Not retried: a host key that is not the pinned one, or a login refused, needs a person.
+            raise ToolError(f"{s.name} refused: {exc} (check {ENV_HOSTKEY}, {ENV_USER}, {ENV_KEY})",
+                            system=s.name) from exc  # fmt: skip
         except (TransportError, OSError) as exc:
             raise ToolError(f"{s.name} is unreachable: {exc}", system=s.name, retryable=True) from exc
         try:
