@@ -255,6 +255,8 @@ class _Loop:
                 return "reverted_by_device", self._reverted(c.previous)
             self.out.device_state = "confirmed"
             return "confirmed", f"{what}; KPIs recovered: {c.change_id} confirmed on the device"
+        # Not gated (the simulated loop asks the policy about its rollback): cancelling a pending
+        # confirmed commit only does now what the device does by itself at the timeout.
         undone = await self.ctx.run(self.acts["rollback"], c.site, c.change_id)
         if undone.get("how") in (None, "device"):
             return "reverted_by_device", self._reverted(c.previous)
