@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.netconf import INCIDENT_SITE, NetconfServer, netconf_server
+from support.netconf import INCIDENT_SITE, NetconfServer, netconf_device
 
 from agentflow import App
 from agentflow_noc.closed_loop_netconf import register
@@ -25,9 +25,7 @@ SITE = INCIDENT_SITE  # hoA3Offset mis-set to 8 dB on the device: drops and fail
 
 @pytest.fixture
 def device(monkeypatch: pytest.MonkeyPatch) -> Iterator[NetconfServer]:
-    with netconf_server() as server:
-        for name, value in server.settings.environ().items():
-            monkeypatch.setenv(name, value)
+    with netconf_device(monkeypatch) as server:
         yield server
 
 

@@ -9,7 +9,7 @@ import functools
 from pathlib import Path
 
 import pytest
-from support.netconf import INCIDENT_SITE, netconf_server
+from support.netconf import INCIDENT_SITE, netconf_device
 from support.prometheus import Prometheus
 from support.served import free_port
 
@@ -30,9 +30,7 @@ def test_the_loop_confirms_the_fix_when_prometheus_sees_the_kpis_recover(
     device); the loop commits 3 dB with a confirmed commit, the exporter serves the new config
     at the next scrape, the window's samples are healthy, and the loop confirms: one commit to
     the cell, confirmed on the device."""
-    with netconf_server() as server:
-        for name, value in server.settings.environ().items():
-            monkeypatch.setenv(name, value)
+    with netconf_device(monkeypatch) as server:
         port = free_port()
         stop = ransim.serve(ransim.RanCollector(configs=functools.partial(cell_configs, server.settings)), port=port)
         # A scrape opens a NETCONF session (about half a second): one every 2 s.

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.netconf import INCIDENT_SITE, NetconfServer, initial_cells, netconf_server
+from support.netconf import INCIDENT_SITE, NetconfServer, initial_cells, netconf_device
 
 from agentflow import App
 from agentflow.agent import Agent
@@ -34,9 +34,7 @@ SITE = INCIDENT_SITE
 
 @pytest.fixture
 def device(monkeypatch: pytest.MonkeyPatch) -> Iterator[NetconfServer]:
-    with netconf_server() as server:
-        for name, value in server.settings.environ().items():
-            monkeypatch.setenv(name, value)
+    with netconf_device(monkeypatch) as server:
         yield server
 
 

@@ -21,7 +21,7 @@ import pytest
 from agentflow_noc.netconf_lab import INCIDENT_SITE, Commit, LabDevice, initial_cells, missing
 
 NetconfServer = LabDevice
-__all__ = ["INCIDENT_SITE", "Commit", "NetconfServer", "initial_cells", "netconf_server", "require"]
+__all__ = ["INCIDENT_SITE", "Commit", "NetconfServer", "initial_cells", "netconf_device", "netconf_server", "require"]
 
 
 def require() -> None:
@@ -45,3 +45,13 @@ def netconf_server(**kwargs: Any) -> Iterator[LabDevice]:
     finally:
         server.stop()
         shutil.rmtree(server.root, ignore_errors=True)
+
+
+@contextmanager
+def netconf_device(monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> Iterator[LabDevice]:
+    """`netconf_server`, with the `NOC_NETCONF_*` environment naming it for the test (the tools
+    and the loop's activities find their device there)."""
+    with netconf_server(**kwargs) as server:
+        for name, value in server.settings.environ().items():
+            monkeypatch.setenv(name, value)
+        yield server
