@@ -95,7 +95,10 @@ class LabDevice:
         self.settings = replace(self.settings, hostkey=hostkey)
         self.device = Device(self.settings)
         self._write_sshd_config()
-        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+        try:
+            Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+        except PermissionError:
+            pass  # not root: sshd says so in sshd.log if it needs the directory (sudo mkdir /run/sshd)
         self._spawn([SSHD, "-D", "-e", "-f", str(self.root / "sshd_config")], "sshd.log")
         self.socket.unlink(missing_ok=True)
         self._spawn([NETCONFD, "--no-startup", f"--superuser={self.user}", f"--port={self.port}",
