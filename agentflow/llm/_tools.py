@@ -15,6 +15,7 @@ from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, ValidationError
 
 from agentflow.errors import ConfigurationError
+from agentflow.llm._schema import coerce_json_args
 from agentflow.store import unrepresentable
 
 if TYPE_CHECKING:
@@ -281,7 +282,8 @@ def coerce_tool_args(t: BaseTool, args: Any) -> tuple[dict[str, Any] | None, str
 
     Policies, approval cards and the tool itself all see the coerced values, so a condition
     like `args.value > 43` compares numbers whatever type the model wrote them in. Only the
-    fields the model sent are kept (defaults are the tool's business)."""
+    fields the model sent are kept (defaults are the tool's business). A tool whose schema is a
+    JSON Schema dict (an MCP server's) is read the same way: `coerce_json_args`."""
     if not isinstance(args, dict):
         return None, f"arguments of {t.name} must be a JSON object, got {type(args).__name__}"
     problem = unrepresentable(args)
@@ -305,11 +307,14 @@ def coerce_tool_args(t: BaseTool, args: Any) -> tuple[dict[str, Any] | None, str
             return parsed.model_dump(mode="json", exclude_unset=True), None
         except (ValueError, TypeError) as exc:  # a value the schema accepts but JSON cannot hold
             return None, f"invalid arguments for {t.name}: {exc}"
-    if isinstance(schema, dict):
-        required = schema.get("required", [])
-        missing = [k for k in required if k not in args]
-        if missing:
-            return None, f"invalid arguments for {t.name}: missing {missing}"
+    if isinstance(schema, dict):  # a JSON Schema (an MCP server's tool): read the same way
+        coerced, error = coerce_json_args(schema, args)
+        if coerced is None:
+            return None, f"invalid arguments for {t.name}: {error}"
+        problem = unrepresentable(coerced)
+        if problem is not None:
+            return None, f"invalid arguments for {t.name}: {problem}; send plain finite numbers"
+        return coerced, None
     return dict(args), None
 
 

@@ -44,7 +44,7 @@ from langchain_core.tools import BaseTool, StructuredTool
 
 from agentflow.engine import Activity, RetryPolicy, current_activity
 from agentflow.errors import ConfigurationError, NotInActivityError, ToolDefinitionChanged, ToolError
-from agentflow.llm import SideEffect, ToolFacts, canonical_json, with_facts
+from agentflow.llm import SideEffect, ToolFacts, canonical_json, coerce_tool_args, with_facts
 from agentflow.mcp._connection import Connection
 from agentflow.mcp._pins import Definition, Pin, make_pin, tool_hash
 
@@ -82,6 +82,7 @@ class Server:
         self.connection = Connection(name, target, timeout=timeout, env=env, cwd=cwd)
         self._loaded: dict[str, Definition] | None = None
         self._tools: list[BaseTool] | None = None
+        self._by_mcp_name: dict[str, BaseTool] = {}
         self._pins: OrderedDict[str, Pin] = OrderedDict()
 
     def __repr__(self) -> str:
@@ -92,7 +93,8 @@ class Server:
         """The server's tools as langchain tools with their facts (listed once per process)."""
         if self._tools is None:
             self._loaded = self.connection.run_sync(self._offered, timeout=self.timeout + 5)
-            self._tools = [self._tool(d) for d in self._loaded.values()]
+            self._by_mcp_name = {name: self._tool(d) for name, d in self._loaded.items()}
+            self._tools = list(self._by_mcp_name.values())
         return list(self._tools)
 
     def current_pin(self) -> str:
@@ -211,7 +213,7 @@ class Server:
         pin = self._pins.get(run_id) if run_id is not None else None
         loaded = (self._loaded or {}).get(name)
         pinned = pin.tools.get(name, "") if pin is not None else tool_hash(loaded) if loaded is not None else ""
-        _check_args(self.name, name, loaded, args)
+        _check_args(self.name, self._by_mcp_name.get(name), args)
 
         async def checked_call(client: Client) -> CallToolResult:
             self._check(name, pinned, (await self._offered(client)).get(name))
@@ -232,21 +234,16 @@ def offered_name(prefix: str, mcp_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", f"{prefix}{mcp_name}")[:64]
 
 
-def _check_args(server: str, name: str, defn: Definition | None, args: dict[str, Any]) -> None:
-    """Arguments that do not fit the tool's input schema never reach the server."""
-    schema = (defn or {}).get("inputSchema")
-    if not isinstance(schema, dict):
+def _check_args(server: str, tool: BaseTool | None, args: dict[str, Any]) -> None:
+    """At the call: the arguments the gate let through must be the schema's reading of themselves
+    (the agent screened the model's before the policy; an approver's edit is checked here), or
+    they never reach the server."""
+    if tool is None:
         return
-    jsonschema: Any = importlib.import_module("jsonschema")  # the SDK's own dependency (no type stubs)
-
-    try:
-        jsonschema.validate(args, schema)
-    except jsonschema.ValidationError as exc:
-        where = ".".join(str(p) for p in exc.absolute_path) or "(arguments)"
-        raise ToolError(f"invalid arguments for {name}: {where}: {exc.message}", system=f"mcp {server}",
-                        retryable=False) from None  # fmt: skip
-    except jsonschema.SchemaError:
-        return  # the server's schema is its business; the server validates the call itself
+    read, error = coerce_tool_args(tool, args)
+    if read is None or read != args:
+        raise ToolError(error or f"invalid arguments for {tool.name}: {args} are not as its input schema reads them",
+                        system=f"mcp {server}", retryable=False)  # fmt: skip
 
 
 def _text(result: CallToolResult) -> str:

@@ -184,6 +184,39 @@ rules:
     assert request.spec.quorum == 2
 
 
+def test_arguments_are_read_by_the_tool_schema_before_the_policy(
+    app: App, http: Callable[..., tuple[HttpServer, Server]], ledger: Ledger
+) -> None:
+    """The MCP tool's input schema reads the model's arguments before the gate, as pydantic
+    reads a native tool's: `"3"` for its integer `value` is 3 for the policy (`args.value <=
+    43.0` allows it), the recorded decision and the server alike; `"three"` cannot be read, so
+    that call is invalid, sent back to the model, never decided, approved or sent."""
+    pack = parse_pack(
+        """
+schema_version: 1
+name: mcp-args
+rules:
+  - id: small-change
+    match: {tools: [apply_change]}
+    when: 'args.value <= 43.0'
+    effect: allow
+"""
+    )
+    _, netops = http(trusted=True)
+    change = {**CHANGE, "args": {**CHANGE["args"], "value": "3"}}
+    unreadable = {**CHANGE, "args": {**CHANGE["args"], "value": "three"}}
+    agent = Agent(name="noc", model=scripted(calls(change), calls(unreadable), "Done."), tools=[netops], policies=pack)
+    out = app.run(copilot(app, agent), "fix CS-101", run_id="coerced")
+    first, second = out["tool_calls"]
+    assert (first["status"], first["decision"]["rule"]) == ("ok", "small-change")
+    assert first["args"]["value"] == 3 and first["decision"]["call"]["args"]["value"] == 3
+    assert [e["result"]["hoA3Offset"] for e in executed(ledger, "apply_change")] == [3]
+    assert second["status"] == "invalid" and "value" in second["result"], second
+    decided = [s for s in app.history("coerced") if s.kind == "policy"]
+    assert len(decided) == 1, "the unreadable call reached the policy"
+    assert Approvals.of(app).list(run_id="coerced", status=None) == []
+
+
 def test_a_definition_changed_mid_run_is_refused(
     app: App, http: Callable[..., tuple[HttpServer, Server]], ledger: Ledger
 ) -> None:

@@ -156,3 +156,78 @@ def test_agentflow_works_without_the_mcp_sdk() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert 'pip install "agentflow[mcp]"' in out.stdout
+
+
+def read(schema: dict[str, Any], args: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """The agent's screening of a call of an MCP tool with this input schema."""
+    made = server("stdio:x", name="ems")._tool({**PUSH, "inputSchema": schema})
+    return llm.coerce_tool_args(made, args)
+
+
+def test_arguments_are_read_by_the_schema_as_pydantic_reads_a_native_tools() -> None:
+    """Scalars the schema types are read as pydantic would (an optional integer through
+    `anyOf`, a nested object through a local `$ref`); what cannot be read, a misspelt extra or a
+    missing field is refused with the place and the reason."""
+    schema = {
+        "type": "object", "required": ["site"],
+        "properties": {
+            "site": {"type": "string"}, "value": {"type": "integer"}, "ratio": {"type": "number"},
+            "dry": {"type": "boolean"}, "limit": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+            "cell": {"$ref": "#/$defs/Cell"},
+        },
+        "$defs": {"Cell": {"type": "object", "properties": {"pci": {"type": "integer"}}}},
+    }  # fmt: skip
+    args = {"site": "CS-101", "value": "46", "ratio": "0.5", "dry": "false", "limit": "3", "cell": {"pci": "7"}}
+    assert read(schema, args) == (
+        {"site": "CS-101", "value": 46, "ratio": 0.5, "dry": False, "limit": 3, "cell": {"pci": 7}},
+        None,
+    )
+    assert read(schema, {"site": "CS-101", "limit": None}) == ({"site": "CS-101", "limit": None}, None)
+    for bad, said in [
+        ({"site": "CS-101", "value": "46 dB"}, "value: '46 dB' is not of type 'integer'"),
+        ({"site": "CS-101", "ratio": "1e999"}, "ratio:"),
+        ({"site": 101}, "site: 101 is not of type 'string'"),
+        ({"value": 3}, "'site' is a required property"),
+        ({"site": "CS-101", "Value": 3}, "unexpected ['Value']"),
+    ]:
+        got, error = read(schema, bad)
+        assert got is None and error is not None and said in error, (bad, error)
+
+
+def test_a_hostile_schema_fetches_nothing_stalls_nothing_and_refuses_the_call() -> None:
+    """A schema is the server's text: a remote `$ref` is never fetched (the worker would open any
+    URL a server names: here one that counts its visitors), a catastrophic `pattern` is cut off
+    in milliseconds, a `$ref` loop ends, an invalid schema checks nothing: each call is refused."""
+    import http.server
+    import threading
+    import time
+
+    hits: list[str] = []
+
+    class Count(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"type": "integer"}')
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Count) as web:
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        remote = {"type": "object", "properties": {"value": {"$ref": f"http://127.0.0.1:{web.server_port}/v"}}}
+        got, error = read(remote, {"value": 3})
+        web.shutdown()
+    assert got is None and "nothing is fetched" in (error or "") and hits == []
+
+    started = time.monotonic()
+    got, error = read({"type": "object", "properties": {"site": {"type": "string", "pattern": "^(a|aa)+$"}}},
+                      {"site": "a" * 100 + "b"})  # fmt: skip
+    assert got is None and "took too long" in (error or "") and time.monotonic() - started < 5
+    assert (
+        read({"$ref": "#"}, {"site": "x"})[1]
+        == "invalid arguments for push_config: the tool's input schema refers to itself without end"
+    )
+    got, error = read({"type": "object", "properties": {"site": {"type": "strin"}}}, {"site": "x"})
+    assert got is None and "not a valid JSON Schema" in (error or "")
