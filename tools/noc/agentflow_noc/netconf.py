@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -32,7 +32,7 @@ from typing import Any
 
 from ncclient import manager
 from ncclient.manager import Manager
-from ncclient.operations import RPCError
+from ncclient.operations import MissingCapabilityError, OperationError, RPCError, TimeoutExpiredError
 from ncclient.transport.errors import AuthenticationError, SSHUnknownHostError, TransportError
 
 from agentflow.engine import crash_point
@@ -152,11 +152,16 @@ class Device:
             yield conn
         except RPCError as exc:
             raise self.refusal(exc) from exc
-        except TransportError as exc:
-            raise ToolError(f"{s.name}: the session broke: {exc}", system=s.name, retryable=True) from exc
+        except MissingCapabilityError as exc:
+            raise ToolError(f"{s.name} lacks a capability the pack needs (:candidate, :confirmed-commit 1.1): {exc}",
+                            system=s.name) from exc  # fmt: skip
+        except (TransportError, TimeoutExpiredError, OperationError) as exc:
+            raise ToolError(f"{s.name}: the session broke or timed out: {exc!r}", system=s.name,
+                            retryable=True) from exc  # fmt: skip
         finally:
             if conn.connected:
-                conn.close_session()
+                with suppress(TransportError, TimeoutExpiredError, OperationError, OSError):
+                    conn.close_session()  # a broken session must not hide the error above
 
     def refusal(self, exc: RPCError) -> ToolError:
         """A device's RPC error as the `ToolError` an agent reads (what, where, the bad value)."""
