@@ -60,8 +60,15 @@ class Connection:
 
     # -- from any thread ---------------------------------------------------------------------
     def run_sync(self, work: Callable[[Client], Awaitable[T]], timeout: float | None = None) -> T:
-        """Run `work(client)` on the session; block until it is done."""
-        return self._submit(work).result(timeout)
+        """Run `work(client)` on the session; block until it is done (at most `timeout` s: then
+        the work is cancelled, not left running on the session's loop)."""
+        future = self._submit(work)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise ToolError(f"MCP server {self.name} did not answer within {timeout:g} s",
+                            system=f"mcp {self.name}", retryable=True) from None  # fmt: skip
 
     async def run(self, work: Callable[[Client], Awaitable[T]]) -> T:
         """Run `work(client)` on the session; await it from any event loop."""
@@ -124,7 +131,11 @@ class Connection:
             try:
                 return await asyncio.wait_for(asyncio.shield(ready), self.timeout)
             except TimeoutError:
+                # A server stuck in its handshake holds the task in the SDK's `__aenter__`, where
+                # `closing` is never awaited: cancel it (the SDK stops the server process then).
                 self._closing.set()
+                self._holder.cancel()
+                ready.add_done_callback(_retrieved)
                 raise ToolError(f"MCP server {self.name} did not answer within {self.timeout:g} s",
                                 system=f"mcp {self.name}", retryable=True) from None  # fmt: skip
 
@@ -168,6 +179,12 @@ class Connection:
 
         command, *args = self.target
         return stdio_client(StdioServerParameters(command=command, args=args, env=self.env, cwd=self.cwd))
+
+
+def _retrieved(done: asyncio.Future[Any]) -> None:
+    """Mark an abandoned future's exception as seen (nobody awaits it any more)."""
+    if not done.cancelled():
+        done.exception()
 
 
 def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:

@@ -59,6 +59,11 @@ META_KEY = "agentflow/idempotency_key"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _PIN_RETRY = RetryPolicy(max_attempts=3, initial_interval=1.0, backoff=2.0, max_interval=10.0)
 _DESCRIBED = 4000  # characters of a tool's description the model is shown (all of it is pinned)
+# A server's tool list is its text too: bounded, so a hostile or broken server cannot fill the
+# worker's memory or every model request (model APIs take at most 128 tools per request).
+_LISTED = 1000  # tools read from a server's list (all pages)
+_OFFERED = 128  # tools offered from one server (after `include`)
+_SCHEMA = 20_000  # characters of one tool's input schema (as canonical JSON)
 _KEPT_RUNS = 1024  # runs whose pin a process keeps in memory (a run's next call re-reads it anyway)
 #: What `overrides` may declare of a server's tool: the configuration's own facts (trusted).
 _OVERRIDABLE = ("side_effect", "target", "canonical", "region", "timeout", "compensate", "tags", "preview", "reconcile")
@@ -93,6 +98,11 @@ class Server:
         """The server's tools as langchain tools with their facts (listed once per process)."""
         if self._tools is None:
             self._loaded = self.connection.run_sync(self._offered, timeout=self.timeout + 5)
+            self._check_size(self._loaded)
+            unknown = sorted(set(self.overrides) - set(self._loaded))
+            if unknown:  # a misspelt name would drop its facts (a target, a side effect) unseen
+                raise ConfigurationError(f"MCP server {self.name}: overrides name {unknown}, which it does not "
+                                         f"offer (it offers {sorted(self._loaded)})")  # fmt: skip
             self._by_mcp_name = {name: self._tool(d) for name, d in self._loaded.items()}
             self._tools = list(self._by_mcp_name.values())
         return list(self._tools)
@@ -115,6 +125,10 @@ class Server:
             page = await client.list_tools(cursor=cursor, cache_mode="refresh")
             for listed in page.tools:
                 found[listed.name] = listed.model_dump(mode="json", by_alias=True, exclude_none=True)
+            if len(found) > _LISTED:
+                raise ToolError(f"MCP server {self.name} lists more than {_LISTED} tools: refused as broken or "
+                                "hostile (a server of that many tools needs splitting)", system=f"mcp {self.name}",
+                                retryable=False)  # fmt: skip
             cursor = page.next_cursor
             if cursor is None:
                 break
@@ -125,6 +139,18 @@ class Server:
             found = {k: v for k, v in found.items() if k in self.include}
         return found
 
+    def _check_size(self, offered: Mapping[str, Definition]) -> None:
+        if len(offered) > _OFFERED:
+            raise ConfigurationError(f"MCP server {self.name} offers {len(offered)} tools, more than a model "
+                                     f"takes ({_OFFERED}): name the ones the agent needs with include=[...]")  # fmt: skip
+        for name, defn in offered.items():
+            size = len(canonical_json(defn.get("inputSchema") or {}))
+            if size > _SCHEMA:
+                raise ConfigurationError(
+                    f"MCP tool {name} of server {self.name} has an input schema of {size} characters (at most "
+                    f"{_SCHEMA}): it would fill every model request; leave it out with include=[...]"
+                )  # fmt: skip
+
     def _tool(self, defn: Definition) -> BaseTool:
         mcp_name = str(defn["name"])
         hints = {k: v for k, v in (defn.get("annotations") or {}).items() if k.endswith("Hint") and isinstance(v, bool)}
@@ -132,9 +158,6 @@ class Server:
         if self.trusted:
             side = "none" if hints.get("readOnlyHint") else "idempotent" if hints.get("idempotentHint") else side
         given = self.overrides.get(mcp_name, {})
-        unknown = sorted(set(given) - set(_OVERRIDABLE))
-        if unknown:
-            raise ConfigurationError(f"MCP server {self.name}: overrides of {mcp_name} cannot set {unknown}")
         facts = ToolFacts(**{
             "side_effect": side, "declared": True, "timeout": self.timeout, "server": self.name,
             "annotations": tuple(sorted(hints.items())) if self.trusted else (), "prepare": self._prepare,
@@ -298,8 +321,22 @@ def server(
         raise ConfigurationError(f"pin {pin!r} is not a pin: write sha256:<64 hex digits> (Server.current_pin())")
     if timeout <= 0:
         raise ConfigurationError(f"timeout must be positive, not {timeout}")
+    _check_overrides(name, overrides or {})
     return Server(name, target, trusted=trusted, pin=pin, timeout=timeout, include=include, prefix=prefix,
                   overrides=overrides or {}, env=dict(env) if env is not None else None, cwd=cwd)  # fmt: skip
+
+
+def _check_overrides(name: str, overrides: Mapping[str, Mapping[str, Any]]) -> None:
+    for tool, given in overrides.items():
+        unknown = sorted(set(given) - set(_OVERRIDABLE))
+        if unknown:
+            raise ConfigurationError(f"MCP server {name}: overrides of {tool} cannot set {unknown}")
+        if "side_effect" in given and given["side_effect"] not in ("none", "idempotent", "non_idempotent"):
+            raise ConfigurationError(f"MCP server {name}: overrides of {tool}: side_effect must be 'none', "
+                                     f"'idempotent' or 'non_idempotent', not {given['side_effect']!r}")  # fmt: skip
+        tags = given.get("tags", ())
+        if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
+            raise ConfigurationError(f"MCP server {name}: overrides of {tool}: tags must be a list of strings")
 
 
 def _target(spec: str | Sequence[str]) -> str | list[str]:

@@ -365,6 +365,43 @@ def test_a_restarted_http_server_is_reconnected(http: Callable[..., tuple[HttpSe
     assert [t.name for t in threading.enumerate()].count("agentflow-mcp-netops") == 1
 
 
+def test_a_server_that_never_answers_fails_the_agent_build_in_its_timeout(
+    stdio: Callable[..., Server], ledger: Ledger
+) -> None:
+    """A server stuck in its handshake: building the agent fails with a typed, retryable error
+    after the server's timeout (it does not hang a worker's start), and the stuck server process
+    is stopped, not left behind for every attempt."""
+    import time
+
+    from agentflow.errors import ToolError
+
+    stuck = stdio("hang", timeout=1)
+    started = time.monotonic()
+    with pytest.raises(ToolError, match="did not answer within 1 s") as failed:
+        Agent(name="noc", model=scripted("Done."), tools=[stuck])
+    assert failed.value.retryable and time.monotonic() - started < 10
+    assert_eventually(lambda: _children(str(ledger.path)) == [], timeout=10)
+
+
+def test_names_and_overrides_are_checked_against_what_the_server_offers(stdio: Callable[..., Server]) -> None:
+    """A server's tool named like a native tool is refused at the build (neither wins), and the
+    error says to give the server a prefix; an override naming a tool the server does not offer
+    (a typo that would drop its target or side effect) is refused too."""
+    from agentflow.errors import ConfigurationError
+
+    @llm.tool(side_effect="none")
+    def get_kpis(site: str) -> str:
+        """The process's own KPI reader."""
+        return site
+
+    with pytest.raises(ConfigurationError, match=r"\['get_kpis'\] more than once.*prefix"):
+        Agent(name="noc", model=scripted("Done."), tools=[get_kpis, stdio(trusted=True)])
+    agent = Agent(name="noc", model=scripted("Done."), tools=[get_kpis, stdio(trusted=True, prefix="ems_", name="ems")])
+    assert sorted(t.name for t in agent.tools) == ["ems_apply_change", "ems_get_kpis", "ems_wait", "get_kpis"]
+    with pytest.raises(ConfigurationError, match=r"overrides name \['get_kpi'\]"):
+        stdio(trusted=True, name="typo", overrides={"get_kpi": {"target": "site"}}).agentflow_tools()
+
+
 def _children(marker: str) -> list[int]:
     """Live child processes of this process whose command line holds `marker`."""
     found = []

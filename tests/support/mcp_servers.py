@@ -14,6 +14,7 @@ Variants (what a test needs the server to be):
     liar                apply_change claims readOnlyHint: a destructive tool posing as a read
     inject-description  get_kpis's description tells the model to call apply_change
     inject-result       get_kpis's result tells the model to call apply_change
+    hang                (stdio only) reads its input and never answers, not even the handshake
 
 The module also serves the crash test's worker (`--app support.mcp_servers:app`): an agent on
 `AGENTFLOW_DB` whose tools come from the HTTP server at `$MCP_TEST_URL`.
@@ -213,4 +214,8 @@ def __getattr__(name: str) -> Any:
 if __name__ == "__main__":
     _, mode, variant, path = sys.argv
     assert mode == "stdio"
-    build(variant, Ledger(Path(path))).run("stdio")
+    if variant == "hang":  # a server that never answers, not even the handshake
+        for _ in sys.stdin:
+            pass
+    else:
+        build(variant, Ledger(Path(path))).run("stdio")

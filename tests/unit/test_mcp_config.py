@@ -231,3 +231,19 @@ def test_a_hostile_schema_fetches_nothing_stalls_nothing_and_refuses_the_call() 
     )
     got, error = read({"type": "object", "properties": {"site": {"type": "strin"}}}, {"site": "x"})
     assert got is None and "not a valid JSON Schema" in (error or "")
+
+
+def test_a_hostile_tool_list_is_bounded() -> None:
+    """More tools than a model takes, or an input schema that would fill every request, is
+    refused at the build with the way out (`include=`); overrides are checked when configured."""
+    ems = server("stdio:x", name="ems")
+    many = {f"t{i}": {**PUSH, "name": f"t{i}"} for i in range(129)}
+    with pytest.raises(ConfigurationError, match=r"offers 129 tools.*include="):
+        ems._check_size(many)
+    huge = {"type": "object", "properties": {f"p{i}": {"type": "string", "description": "x" * 100} for i in range(300)}}
+    with pytest.raises(ConfigurationError, match=r"input schema of .* characters"):
+        ems._check_size({"push_config": {**PUSH, "inputSchema": huge}})
+    ems._check_size({"push_config": PUSH})
+    for bad in [{"side_effect": "readonly"}, {"tags": "ems"}]:
+        with pytest.raises(ConfigurationError, match="overrides of push_config"):
+            server("stdio:x", overrides={"push_config": bad})
