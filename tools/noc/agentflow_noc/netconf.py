@@ -21,6 +21,7 @@ no connection while a run waits).
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import os
 from collections.abc import Iterator, Mapping
@@ -57,7 +58,7 @@ def yang_path() -> Path:
     return Path(str(files("agentflow_noc") / "yang" / f"{MODULE}.yang"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceSettings:
     """How to reach a NETCONF device over SSH.
 
@@ -89,7 +90,7 @@ class DeviceSettings:
             raise ToolError(f"no NETCONF device configured: set {ENV_HOST} (and {ENV_PORT}, {ENV_USER}, {ENV_KEY})",
                             system="netconf")  # fmt: skip
         return cls(
-            host=host, port=int(env.get(ENV_PORT, "830")), user=env.get(ENV_USER) or _account(),
+            host=host, port=int(env.get(ENV_PORT, "830")), user=env.get(ENV_USER) or account(),
             key_file=env.get(ENV_KEY) or None, hostkey=env.get(ENV_HOSTKEY) or None,
             confirm_timeout=int(env.get(ENV_CONFIRM_TIMEOUT, "3600")),
         )  # fmt: skip
@@ -105,9 +106,8 @@ class DeviceSettings:
         return f"netconf {self.host}:{self.port}"
 
 
-def _account() -> str:
-    import getpass
-
+def account() -> str:
+    """This process's account name (the default NETCONF user)."""
     return getpass.getuser()
 
 

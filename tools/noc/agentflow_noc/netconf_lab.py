@@ -17,7 +17,6 @@ openssh-server` and an account sshd accepts (root here; an unlocked account else
 
 from __future__ import annotations
 
-import getpass
 import os
 import re
 import shutil
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from agentflow_noc import model
-from agentflow_noc.netconf import Device, DeviceSettings, yang_path
+from agentflow_noc.netconf import Device, DeviceSettings, account, yang_path
 from agentflow_noc.network import DEFAULT_SEED
 
 NETCONFD, SSHD, SUBSYSTEM = "/usr/sbin/netconfd", "/usr/sbin/sshd", "/usr/sbin/netconf-subsystem"
@@ -78,7 +77,7 @@ class LabDevice:
         self.port = _free_port()
         self.socket = self.root / "ncx.sock"
         self.audit = self.root / "audit.log"
-        self.user = _account()
+        self.user = account()
         self.settings = DeviceSettings(host="127.0.0.1", port=self.port, user=self.user,
                                        key_file=str(self.root / "user_key"), timeout=15.0,
                                        confirm_timeout=confirm_timeout)  # fmt: skip
@@ -173,7 +172,3 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _account() -> str:
-    return getpass.getuser()
