@@ -10,14 +10,15 @@ monitoring window of a second and a confirm timeout of a few seconds.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from support.netconf import INCIDENT_SITE, NetconfServer, netconf_device
 
 from agentflow import App
-from agentflow_noc.closed_loop_netconf import register
+from agentflow.errors import ToolError
+from agentflow_noc.closed_loop_netconf import register, simulated_kpis
 
 pytestmark = pytest.mark.slow
 SITE = INCIDENT_SITE  # hoA3Offset mis-set to 8 dB on the device: drops and failed handovers
@@ -46,3 +47,22 @@ def test_a_value_outside_the_yang_range_is_refused_by_the_device_and_the_run_end
     assert "not in range" in result.detail and "hoA3Offset" in result.detail
     assert device.device.config(SITE)["hoA3Offset"] == 8
     assert device.cell_transactions(SITE) == []
+
+
+def test_kpis_that_cannot_be_read_in_the_window_cancel_the_change(device: NetconfServer, app: App) -> None:
+    """The KPI source fails during the monitoring window (here: refusing every read after the
+    diagnosis): nothing shows the change helped, so the loop cancels it instead of confirming."""
+    simulated = simulated_kpis()
+    reads: list[float] = []
+
+    def flaky(site: str, seconds: float, at: float) -> Mapping[str, float]:
+        reads.append(at)
+        if len(reads) > 1:
+            raise ToolError("the KPI source refused the query", system="test")
+        return simulated(site, seconds, at)
+
+    result = app.run(register(app, name="loop-flaky", kpis=flaky), SITE, monitor_seconds=1, checks=1,
+                     confirm_timeout=8, auto_approve=True)  # fmt: skip
+    assert result.status == "cancelled", result.detail
+    assert result.checks[-1].anomalies[0].startswith("unreadable (ToolError")
+    assert device.device.config(SITE)["hoA3Offset"] == 8

@@ -233,7 +233,10 @@ class _Loop:
         for _ in range(self.o["checks"]):
             await self.ctx.sleep(step)
             at = self.ctx.now()
-            read = await self.ctx.run(self.acts["read_kpis"], self.site, step, at.timestamp())
+            try:
+                read = await self.ctx.run(self.acts["read_kpis"], self.site, step, at.timestamp())
+            except ActivityError as exc:  # KPIs that cannot be read (after retries) prove nothing: cancel
+                read = {"mean": {}, "anomalies": [f"unreadable ({exc.cause_type}: {exc.cause_message})"]}
             self.out.checks.append(DeviceCheck(
                 at=at, seconds_after_apply=round((at - self.out.applied_at).total_seconds(), 3), mean=read["mean"],
                 anomalies=read["anomalies"], healthy=not read["anomalies"],
