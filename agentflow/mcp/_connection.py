@@ -117,7 +117,7 @@ class Connection:
                 await self._drop()  # the next request opens a new session
                 raise ToolError(f"MCP server {self.name} went away: {_what(exc)}", system=f"mcp {self.name}",
                                 retryable=True) from exc  # fmt: skip
-            raise
+            raise _answered(self.name, exc) from exc
 
     async def _session(self) -> Client:
         if self._opening is None:
@@ -203,7 +203,23 @@ def _broken(exc: BaseException) -> bool:
 
     if isinstance(exc, MCPError):
         return exc.code == CONNECTION_CLOSED
-    return not isinstance(exc, TimeoutError | ToolError)
+    # (RuntimeError: the SDK refusing an answer it did get, e.g. invalid structured content.)
+    return not isinstance(exc, TimeoutError | ToolError | RuntimeError)
+
+
+def _answered(name: str, exc: Exception) -> Exception:
+    """An error of a session that is still there, typed: the server's error answer (retried only
+    when it is a timeout), or the SDK's refusal of what it answered (a result that does not fit
+    the tool's output schema: the tool ran, so running it again is no cure)."""
+    from mcp import MCPError
+    from mcp_types import REQUEST_TIMEOUT
+
+    if isinstance(exc, MCPError):
+        return ToolError(f"MCP server {name} answered: {_what(exc)}", system=f"mcp {name}",
+                         retryable=exc.code == REQUEST_TIMEOUT)  # fmt: skip
+    if isinstance(exc, RuntimeError):
+        return ToolError(f"MCP server {name}: {_what(exc)}", system=f"mcp {name}", retryable=False)
+    return exc
 
 
 def _what(exc: BaseException) -> str:

@@ -345,6 +345,28 @@ def test_the_session_survives_calls_and_reconnects_after_the_server_dies(
     assert len(executed(ledger, "get_kpis")) == 6
 
 
+def test_an_answer_the_sdk_refuses_is_not_a_lost_server(stdio: Callable[..., Server]) -> None:
+    """The SDK refusing what a server answered (a result that does not fit the tool's output
+    schema: a RuntimeError) is a typed, non-retryable error on a session that lives on; it was
+    taken for a server gone away, retried, so a tool that had run ran again."""
+    import asyncio
+
+    from agentflow.errors import ToolError
+
+    netops = stdio(trusted=True)
+
+    async def refused(client: Any) -> None:
+        await client.list_tools()
+        raise RuntimeError("Invalid structured content returned by tool apply_change")
+
+    with pytest.raises(ToolError, match="Invalid structured content") as failed:
+        asyncio.run(netops.connection.run(refused))
+    assert not failed.value.retryable
+    [kpis, *_] = netops.agentflow_tools()
+    assert json.loads(asyncio.run(kpis.ainvoke({"site": SITE})))["site"] == SITE
+    assert netops.connection.opened == 1
+
+
 def test_a_restarted_http_server_is_reconnected(http: Callable[..., tuple[HttpServer, Server]]) -> None:
     """Streamable HTTP: while the server is down a call fails retryable (the engine retries the
     step); once it is back on its port the next call opens a new session and runs."""
