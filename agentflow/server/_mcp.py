@@ -32,7 +32,7 @@ HTTP server binds 127.0.0.1 unless told otherwise. Needs the `mcp` extra only (n
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 from mcp.server.auth.middleware.auth_context import get_access_token
@@ -41,6 +41,7 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
+from pydantic import Field
 
 from agentflow.agent import agent_workflow
 from agentflow.approvals import ApprovalRequest, Approvals
@@ -92,10 +93,11 @@ class OperatorTokens:
         try:  # a store read: on a thread, not on the loop serving every session
             who = await anyio.to_thread.run_sync(lambda: self.approvals.authenticate(token, audit=False))
         except AuthenticationError as exc:
-            self._refused(exc.message, exc.tenant)
+            await anyio.to_thread.run_sync(self._refused, exc.message, exc.tenant)  # the audit writes too
             return None
         if who.tenant != self.tenant:
-            self._refused(f"an operator of tenant {who.tenant!r} called the MCP server of {self.tenant!r}", who.tenant)
+            said = f"an operator of tenant {who.tenant!r} called the MCP server of {self.tenant!r}"
+            await anyio.to_thread.run_sync(self._refused, said, who.tenant)
             return None
         return AccessToken(token=token, client_id=who.name, scopes=[], subject=who.id, claims={"tenant": who.tenant})
 
@@ -143,6 +145,16 @@ one). The run is driven by the app's workers; follow it with run_status. Any act
 that needs approval waits for a person: nothing here can approve it."""
 
 
+# The limits of the JSON API's start (`_models.StartBody`): the SDK checks them before a run exists.
+Task = Annotated[str, Field(min_length=1, max_length=4000, description="What the agent should do.")]
+AgentName = Annotated[str | None, Field(default=None, max_length=200)]
+RunId = Annotated[
+    str | None,
+    Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$",
+          description="An id of your choosing, unique in this tenant; the same id never starts a second run."),
+]  # fmt: skip
+
+
 class _Face:
     """The tools, as methods over one store and tenant (sync: the SDK runs them on threads)."""
 
@@ -152,7 +164,7 @@ class _Face:
     def agents(self) -> list[str]:
         return [n.split(":", 1)[1] for n in self.app.workflow_names if n.startswith("agent:")]
 
-    def start_run(self, task: str, agent: str | None = None, run_id: str | None = None) -> dict[str, Any]:
+    def start_run(self, task: Task, agent: AgentName = None, run_id: RunId = None) -> dict[str, Any]:
         try:
             wf = agent_workflow(self.app, agent)
             token = get_access_token()

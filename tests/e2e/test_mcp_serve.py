@@ -229,3 +229,33 @@ def test_the_mcp_server_needs_no_fastapi() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
                           timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+async def test_start_run_is_bounded_and_tenants_see_their_own_runs(make_app: Callable[..., Any]) -> None:
+    """In-process (the SDK's in-memory client): start_run takes the JSON API's limits (a task of
+    1-4,000 characters, a run id of letters, digits, '.', '_', '-'), refused before a run exists;
+    two tenants may each have a run `same`, and neither's server reads or lists the other's."""
+    from agentflow.agent import Agent
+    from agentflow.llm import LangChainChat, ScriptedChatModel
+    from agentflow.server import mcp_server
+
+    app = make_app()
+    Agent(name="noc", model=LangChainChat(ScriptedChatModel(responses=["ok"])), tools=[]).register(app)
+    async with Client(mcp_server(app, tenant="east")) as east, Client(mcp_server(app, tenant="west")) as west:
+        for args in [
+            {"task": "x" * 4001},
+            {"task": ""},
+            {"task": "t", "run_id": "west:same"},
+            {"task": "t", "run_id": "a/b"},
+        ]:
+            refused = await east.call_tool("start_run", args)
+            assert refused.is_error, args
+        assert app.store.list_runs() == [], "a refused start made a run"
+        assert (await call(east, "start_run", task="east's task", run_id="same"))["created"]
+        assert (await call(west, "start_run", task="west's task", run_id="same"))["created"]
+        assert (await call(east, "run_status", run_id="same"))["task"] == "east's task"
+        assert (await call(west, "run_summary", run_id="same"))["task"] == "west's task"
+        only_east = (await call(east, "start_run", task="east only"))["id"]
+        missing = await west.call_tool("run_status", {"run_id": only_east})
+        assert missing.is_error and "no run" in str(missing.content)
+        assert (await call(west, "list_pending_approvals"))["approvals"] == []
