@@ -11,7 +11,6 @@ test counts what the device did, not what the client believes.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -43,8 +42,7 @@ def netconf_server(**kwargs: Any) -> Iterator[LabDevice]:
     try:
         yield server.start()
     finally:
-        server.stop()
-        shutil.rmtree(server.root, ignore_errors=True)
+        server.close()
 
 
 @contextmanager

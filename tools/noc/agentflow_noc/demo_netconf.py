@@ -89,7 +89,7 @@ def main(*, db: str, approve: str, quiet: bool, crash_at: int | None = None, res
     finally:
         app.close()
         if lab is not None:
-            lab.stop()
+            lab.close()
 
 
 async def _drive(app: App, run_id: str, approve: str, say: Callable[[str], None]) -> None:

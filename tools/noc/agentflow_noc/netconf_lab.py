@@ -73,6 +73,7 @@ class LabDevice:
     stay under 108 bytes); nothing runs until `start()`, `stop()` ends both."""
 
     def __init__(self, root: Path | None = None, *, confirm_timeout: int = 3600) -> None:
+        self._own_root = root is None  # close() removes a directory it made
         self.root = root or Path(tempfile.mkdtemp(prefix="ncx-"))
         self.port = _free_port()
         self.socket = self.root / "ncx.sock"
@@ -153,6 +154,12 @@ class LabDevice:
                     proc.kill()
                     proc.wait(timeout=15)
         self._procs.clear()
+
+    def close(self) -> None:
+        """`stop()`, then remove the directory (keys, logs, audit log) if this lab device made it."""
+        self.stop()
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def commits(self) -> list[Commit]:
         """Every edit of running in the audit log, oldest first."""
