@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from xml.etree import ElementTree
 
+import pytest
+
+from agentflow.errors import ToolError
+from agentflow_noc.netconf import Device, DeviceSettings
 from agentflow_noc.netconf_xml import NS, cells_xml, from_text, parse_ran, to_text
 
 
@@ -40,3 +44,22 @@ def test_a_get_config_reply_reads_as_cells_and_the_change_record() -> None:
     assert cells == {"CS-101": {"hoA3Offset": 8, "loadBalancing": False}}
     assert last == {"key": "run:5", "state": "pending"}
     assert parse_ran('<data xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"/>') == ({}, None)
+
+
+def test_names_are_never_taken_from_arguments_and_unsayable_text_is_refused() -> None:
+    """A parameter is an element name: one the module does not have (markup in it) is refused,
+    as is a record field the pack does not write, or a value with a character XML 1.0 cannot
+    carry (the XML parser would fail with an untyped error); the device API refuses them as a
+    ToolError that is not retried, before it opens any session (port 9: nothing listens)."""
+    with pytest.raises(ValueError, match="unknown parameter"):
+        cells_xml({"CS-101": {"hoA3Offset><txPower>46</txPower><x": 1}})
+    with pytest.raises(ValueError, match="unknown change record"):
+        cells_xml({}, {"key": "k", "state><x/><y": "pending"})
+    with pytest.raises(ValueError, match="XML cannot carry"):
+        cells_xml({"CS-101\x00": {"hoA3Offset": 3}})
+    device = Device(DeviceSettings(host="127.0.0.1", port=9, user="noc", timeout=2))
+    for param, value in [("bogus/><x", 3), ("hoA3Offset", "3\x1b[2J")]:
+        for call in (device.stage, lambda s, p, v: device.apply(s, p, v, key="k")):
+            with pytest.raises(ToolError, match="not sent to the device") as refused:
+                call("CS-101", param, value)
+            assert not refused.value.retryable

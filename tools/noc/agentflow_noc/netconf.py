@@ -39,7 +39,7 @@ from ncclient.transport.errors import AuthenticationError, SSHUnknownHostError, 
 from agentflow.engine import crash_point
 from agentflow.errors import ToolError
 from agentflow_noc import model
-from agentflow_noc.netconf_xml import NS, cells_xml, from_text, parse_ran, to_text
+from agentflow_noc.netconf_xml import NS, cells_xml, check_param, from_text, parse_ran, to_text
 
 MODULE = "agentflow-ran"
 ENV_HOST, ENV_PORT, ENV_USER = "NOC_NETCONF_HOST", "NOC_NETCONF_PORT", "NOC_NETCONF_USER"
@@ -219,6 +219,15 @@ class Device:
         return cells[site]
 
     # -- changes -----------------------------------------------------------------------------------
+    def _edit(self, site: str, param: str, value: Any) -> None:
+        """Refuse, before any session, an edit that cannot be XML leaf text of the module (an
+        unknown parameter, a character XML cannot carry): not retryable, the call must change."""
+        try:
+            check_param(param)
+            cells_xml({site: {param: value}})
+        except ValueError as exc:
+            raise ToolError(f"not sent to the device: {exc}", system=self.settings.name) from None
+
     def load(self, cells: Mapping[str, Mapping[str, Any]]) -> None:
         """Merge `cells` into the running configuration with a plain commit (initial config)."""
         with self.editing() as conn:
@@ -230,6 +239,7 @@ class Device:
         the candidate is discarded either way (a stage changes nothing: apply edits again).
         No lock: a stage must work while a change is pending, and another client's locked
         candidate refuses this edit (retryable) rather than mixing it in."""
+        self._edit(site, param, value)
         with self.editing(lock=False) as conn:
             running, _ = self.read(conn)
             before = self._cell(running, site)
@@ -247,6 +257,7 @@ class Device:
         can confirm or cancel it) that the device reverts after `timeout` seconds unless
         confirmed. Once per idempotency `key`: a key the device already records returns that
         change (`deduplicated`)."""
+        self._edit(site, param, value)
         timeout = self.settings.confirm_timeout if timeout is None else timeout
         with self.session() as conn:  # first unlocked: the lock is refused while a change is pending
             prior = self._prior(self.read(conn)[1], key)

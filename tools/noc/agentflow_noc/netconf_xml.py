@@ -3,6 +3,7 @@ edit-config payload of a change, and the cells and change record of a get-config
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 from xml.etree import ElementTree
@@ -34,12 +35,35 @@ def from_text(param: str, text: str | None) -> Any:
     return text
 
 
+#: The leaves of `/ran/last-change` (the change record the pack writes).
+RECORD = ("key", "change-id", "persist-id", "site", "param", "value", "previous", "state", "description")
+# Characters XML 1.0 cannot carry at all (escaping does not help): the parser refuses the edit.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
 def _leaf(name: str, value: Any) -> str:
-    return f"<{name}>{escape(to_text(value))}</{name}>"
+    text = to_text(value)
+    if _NOT_XML.search(text):
+        raise ValueError(f"{name}: {text!r} holds a character XML cannot carry")
+    return f"<{name}>{escape(text)}</{name}>"
+
+
+def check_param(param: str) -> None:
+    """A `ValueError` unless `param` is one of the module's cell leaves: element names come
+    from the pack's list, never from an argument (a name is markup, not text)."""
+    if param not in model.PARAMS:
+        raise ValueError(f"unknown parameter {param!r}; parameters: {', '.join(model.PARAMS)}")
 
 
 def cells_xml(cells: Mapping[str, Mapping[str, Any]], last_change: Mapping[str, Any] | None = None) -> str:
-    """An edit-config `<config>` setting `cells` ({site: {param: value}}) and `last_change`."""
+    """An edit-config `<config>` setting `cells` ({site: {param: value}}) and `last_change`; a
+    `ValueError` for a parameter or record field the module does not have, or a text XML cannot carry."""
+    for params in cells.values():
+        for param in params:
+            check_param(param)
+    unknown = sorted(set(last_change or {}) - set(RECORD))
+    if unknown:
+        raise ValueError(f"unknown change record fields {unknown}; fields: {', '.join(RECORD)}")
     body = "".join(
         "<cell>" + _leaf("site", site) + "".join(_leaf(p, v) for p, v in params.items()) + "</cell>"
         for site, params in cells.items()
