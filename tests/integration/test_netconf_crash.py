@@ -181,3 +181,22 @@ def test_a_worker_restarted_in_the_window_confirms_or_cancels_as_the_kpis_say(
 
 def _apply_seq(harness: Harness, run_id: str) -> int:
     return next(s.seq for s in harness.app.history(run_id) if s.name == APPLY)
+
+
+def test_an_apply_retried_after_its_confirm_timeout_does_not_push_again(harness: Harness) -> None:
+    """SIGKILL between the commit and its record, and no worker until the device has reverted
+    the change at its timeout (the record gone with it): the retried apply cannot tell a commit
+    that was reverted from one never made, so it does not push again on an approval given for
+    the first; the run ends `refused`, saying why. One commit to the cell, one revert."""
+    run_id = harness.start("retried-too-late", monitor_seconds=1, confirm_timeout=3)
+    first = harness.worker(crash=f"{COMMITTED}:1", until_idle=True)
+    out, _ = first.communicate(timeout=60)
+    assert first.returncode == -signal.SIGKILL, out[-3000:]
+    assert_eventually(lambda: harness.server.device.config(SITE)["hoA3Offset"] == 8, timeout=20, interval=2.0,
+                      message="the device never reverted the unconfirmed change")  # fmt: skip
+    output = harness.finish(run_id)
+    assert output["status"] == "refused", output["detail"]
+    assert "not pushed again" in output["detail"]
+    assert harness.server.device.config(SITE)["hoA3Offset"] == 8
+    assert len(harness.server.cell_transactions(SITE)) == 1, harness.server.commits()
+    assert len(harness.server.cell_transactions(SITE, by_server=True)) == 1
