@@ -5,7 +5,7 @@ gate, the approval card and the tool all see; a value that cannot be read is an 
 
 The schema is a server's text, so it is treated as hostile: a `$ref` is resolved inside the
 schema only (never fetched: a remote `$ref` would make the agent's worker open any URL a server
-names), a `pattern` runs with a time limit (a catastrophic regex cannot stall the workflow's
+names), a regex (`pattern`, `patternProperties`) runs with a time limit (a catastrophic regex cannot stall the workflow's
 loop), recursion is bounded, and an error message is cut.
 """
 
@@ -70,29 +70,75 @@ def _validator(schema: dict[str, Any]) -> Any:
     jsonschema, referencing = _libraries()
     base = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     base.check_schema(schema)
-    timed = jsonschema.validators.extend(base, {"pattern": _pattern})
+    timed = jsonschema.validators.extend(
+        base,
+        {"pattern": _pattern, "patternProperties": _pattern_properties, "additionalProperties": _additional_properties},
+    )
     # An explicit empty registry: a `$ref` resolves inside the schema (and the bundled
     # metaschemas) only. jsonschema's default registry would fetch a remote one over the network.
     return timed(schema, registry=referencing.Registry())
 
 
-def _pattern(validator: Any, pattern: Any, instance: Any, schema: Any) -> Iterator[Any]:
-    """jsonschema's `pattern`, with a time limit (the `regex` package; tiktoken depends on it)."""
-    if not validator.is_type(instance, "string") or not isinstance(pattern, str):
-        return
-    ValidationError = _libraries()[0].ValidationError
+class _Slow(Exception):
+    """A schema's regex that took too long, or is none."""
 
+
+def _search(pattern: str, text: str) -> bool:
+    """Whether `pattern` matches in `text`, under a time limit (the `regex` package; tiktoken
+    depends on it): Python's `re` has none, and a catastrophic regex would stall the loop."""
     regex: Any = importlib.import_module("regex")
     try:
-        found = regex.search(pattern, instance, timeout=_PATTERN_SECONDS)
+        return regex.search(pattern, text, timeout=_PATTERN_SECONDS) is not None
     except TimeoutError:
-        yield ValidationError(f"the schema's pattern {_cut(pattern, 80)!r} took too long to match")
-        return
+        raise _Slow(f"the schema's pattern {_cut(pattern, 80)!r} took too long to match") from None
     except regex.error as exc:
-        yield ValidationError(f"the schema's pattern {_cut(pattern, 80)!r} is not a regex: {exc}")
+        raise _Slow(f"the schema's pattern {_cut(pattern, 80)!r} is not a regex: {exc}") from None
+
+
+def _pattern(validator: Any, pattern: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    """jsonschema's `pattern`, timed."""
+    if not validator.is_type(instance, "string") or not isinstance(pattern, str):
         return
-    if found is None:
-        yield ValidationError(f"{_cut(repr(instance), 80)} does not match {_cut(pattern, 80)!r}")
+    try:
+        if not _search(pattern, instance):
+            yield _error(f"{_cut(repr(instance), 80)} does not match {_cut(pattern, 80)!r}")
+    except _Slow as exc:
+        yield _error(str(exc))
+
+
+def _pattern_properties(validator: Any, patterns: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    """jsonschema's `patternProperties`, timed."""
+    if not validator.is_type(instance, "object") or not isinstance(patterns, Mapping):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            try:
+                if _search(str(pattern), str(key)):
+                    yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+            except _Slow as exc:
+                yield _error(str(exc))
+
+
+def _additional_properties(validator: Any, more: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    """jsonschema's `additionalProperties`, its property names matched under the time limit."""
+    if not validator.is_type(instance, "object"):
+        return
+    named = schema.get("properties") if isinstance(schema.get("properties"), Mapping) else {}
+    patterns = [str(p) for p in schema.get("patternProperties") or {}]
+    try:
+        extras = [k for k in instance if k not in named and not any(_search(p, str(k)) for p in patterns)]
+    except _Slow as exc:
+        yield _error(str(exc))
+        return
+    if validator.is_type(more, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], more, path=extra)
+    elif not more and extras:
+        yield _error(f"additional properties are not allowed ({_cut(repr(sorted(map(str, extras))), 120)})")
+
+
+def _error(message: str) -> Any:
+    return _libraries()[0].ValidationError(message)
 
 
 class _Reading:

@@ -225,6 +225,10 @@ def test_a_hostile_schema_fetches_nothing_stalls_nothing_and_refuses_the_call() 
     got, error = read({"type": "object", "properties": {"site": {"type": "string", "pattern": "^(a|aa)+$"}}},
                       {"site": "a" * 100 + "b"})  # fmt: skip
     assert got is None and "took too long" in (error or "") and time.monotonic() - started < 5
+    by_name = {"type": "object", "patternProperties": {"^(a|aa)+$": {"type": "integer"}}, "additionalProperties": False}
+    started = time.monotonic()
+    got, error = read(by_name, {"a" * 100 + "b": 1})  # the model's property name meets the server's regex
+    assert got is None and "took too long" in (error or "") and time.monotonic() - started < 5
     assert (
         read({"$ref": "#"}, {"site": "x"})[1]
         == "invalid arguments for push_config: the tool's input schema refers to itself without end"
