@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import subprocess
 import sys
 import threading
@@ -413,3 +414,15 @@ def test_a_5xx_or_a_timeout_is_retryable_and_a_refusal_is_not(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_nan_or_infinite_sample_is_no_sample() -> None:
+    """An exporter serving NaN (or +Inf) for a KPI: compared with a threshold, NaN is never
+    anomalous, so it would read as a healthy cell and the closed loop would confirm on it. Such
+    a sample is dropped, with the point it belongs to (a point needs every KPI)."""
+    rows = [{"metric": {"__name__": f"{ransim.PREFIX}{kpi}"},
+             "values": [[1, "NaN" if kpi == "drop_rate_pct" else "1"], [2, "+Inf" if kpi == "latency_ms" else "2"],
+                        [3, "3"]]} for kpi in model.KPIS]  # fmt: skip
+    points = promql._points(rows)
+    assert [p["t"] for p in points] == [3.0]
+    assert all(math.isfinite(v) for v in points[0].values())

@@ -83,17 +83,18 @@ def make_model(spec: str) -> ChatModel:
     raise SystemExit(f"--model must be 'runbook' or 'openai:<model name>', not {spec!r}")
 
 
-def copilot(model: ChatModel, mode: str = "react") -> Agent:
+def copilot(model: ChatModel, mode: str = "react", *, tools: Sequence[Any] = NOC_TOOLS, note: str = "") -> Agent:
     """The NOC copilot agent under the NOC policy pack (the demo's, and the served app's).
-    `mode`: react (one tool loop), plan (plan-and-execute) or guided (the runbook's phases)."""
+    `mode`: react (one tool loop), plan (plan-and-execute) or guided (the runbook's phases);
+    `tools` (default the simulated pack's) and `note`, a line added to the instructions."""
     return Agent(
         name="noc-copilot",
         model=model,
-        tools=NOC_TOOLS,
+        tools=list(tools),
         instructions=(
             "You are a NOC copilot for a 5G network. Investigate with the read tools, find the root "
             "cause, propose and stage one change, apply it (it needs an operator's approval), "
-            "monitor the KPIs, then open a ticket and notify the on-call channel. Be brief."
+            "monitor the KPIs, then open a ticket and notify the on-call channel. Be brief." + note
         ),
         policies=load_pack(policy_path()),
         max_turns={"react": 16, "guided": 30}.get(mode, 32),

@@ -9,6 +9,13 @@ with a confirmed commit, monitors the KPIs through a short window (real time: th
 is real) and confirms or cancels. The summary counts the commits from the device's audit log
 when the device is the lab's.
 
+The KPIs come from Prometheus (`promql.window_reader`): the one `AGENTFLOW_NOC_PROMETHEUS_URL`
+names, or, when none is named and Debian's `prometheus` is installed, a lab Prometheus started for
+the demo (`prometheus_lab`) scraping the RAN exporter (`ransim --netconf`'s collector, served in
+this process), which reads the device's config on every scrape. With neither, the KPIs are
+computed by the model from the device's config (`simulated_kpis`), and the demo says so. The
+summary's `kpis` says where they came from.
+
 The engine clock is the wall clock moved into tonight's 02:00-06:00 UTC maintenance window (the
 policy pack defers pushes outside it): durations stay real, so the device and the run agree.
 """
@@ -28,15 +35,19 @@ from agentflow.approvals import Approvals
 from agentflow.engine import SystemClock
 from agentflow.policy import load_pack
 from agentflow.store import local_id, redact_url, run_key
-from agentflow_noc.closed_loop_netconf import NETCONF_LOOP, register
+from agentflow_noc import promql, ransim
+from agentflow_noc.closed_loop_netconf import NETCONF_LOOP, KpiReader, register
 from agentflow_noc.demo import SITE, TENANT, _decide, console
 from agentflow_noc.netconf import ENV_HOST, DeviceSettings
-from agentflow_noc.netconf_lab import LabDevice, missing
+from agentflow_noc.netconf_lab import LabDevice, free_port, missing
 from agentflow_noc.policy import policy_path
+from agentflow_noc.prometheus_lab import INSTALL, LabPrometheus, binary
 
 #: The monitoring window's length in seconds (default 10; tests shorten it).
 ENV_MONITOR = "NOC_NETCONF_DEMO_MONITOR"
 CONFIRM_TIMEOUT = 60
+#: The lab Prometheus' scrape interval: a scrape opens a NETCONF session (about half a second).
+SCRAPE_SECONDS = 2
 
 
 def _device() -> tuple[DeviceSettings, LabDevice | None]:
@@ -49,6 +60,53 @@ def _device() -> tuple[DeviceSettings, LabDevice | None]:
                          f"netconfd and sshd for a lab device ({reason})")  # fmt: skip
     lab = LabDevice().start()
     return lab.settings, lab
+
+
+class _Kpis:
+    """Where the loop reads its KPIs: `reader` (None: the model's, from the device's config),
+    `source` (one line for the summary), and what to stop after the demo."""
+
+    def __init__(self, offset: float, say: Callable[[str], None]) -> None:
+        self.reader: KpiReader | None = None
+        self.lab: LabPrometheus | None = None
+        self._stop_exporter: Callable[[], None] | None = None
+        url = os.environ.get(promql.ENV_URL, "").strip()
+        if url:
+            self.reader, self.source = promql.window_reader(offset), f"prometheus {url}"
+        elif binary() is not None:
+            self._start_lab()
+            self.reader = promql.window_reader(offset)
+            self.source = f"prometheus {promql.settings().url} (started for the demo, scraping ransim --netconf)"
+        else:
+            self.source = f"model (computed from the device's config; no {promql.ENV_URL} and no prometheus binary)"
+            say(f"  KPIs: no Prometheus ({promql.ENV_URL} unset, prometheus not installed: {INSTALL}); "
+                "computed by the model from the device's config instead")  # fmt: skip
+
+    def _start_lab(self) -> None:
+        port = free_port()
+        self._stop_exporter = ransim.serve(ransim.netconf_collector(), port=port)
+        try:
+            self.lab = LabPrometheus(targets=[f"127.0.0.1:{port}"], interval=SCRAPE_SECONDS).start()
+            promql.configure(self.lab.url)
+            # Up means scraped once; wait until the sample is queryable, so the diagnosis sees it.
+            deadline = time.monotonic() + 20
+            while not self.lab.query(f'ran_cell_drop_rate_pct{{site="{SITE}"}}'):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the lab Prometheus has no sample of {SITE} after 20 s")
+                time.sleep(0.2)
+        except BaseException:
+            self.close()
+            raise
+
+    def window(self, monitor: float, checks: int) -> float:
+        """The monitoring window: with Prometheus, at least two scrapes per check."""
+        return monitor if self.reader is None else max(monitor, checks * 2.0 * SCRAPE_SECONDS)
+
+    def close(self) -> None:
+        if self.lab is not None:
+            self.lab.close()
+        if self._stop_exporter is not None:
+            self._stop_exporter()
 
 
 def _in_window() -> SystemClock:
@@ -73,21 +131,27 @@ def main(*, db: str, approve: str, quiet: bool, crash_at: int | None = None, res
     settings, lab = _device()
     for name, value in settings.environ().items():
         os.environ[name] = value  # the loop's activities find the device here
-    app = App(db, clock=_in_window(), inline_wait=0.0)
+    clock = _in_window()
+    app = App(db, clock=clock, inline_wait=0.0)
     started = time.perf_counter()
+    kpis: _Kpis | None = None
     try:
-        loop = register(app, policy=load_pack(policy_path()))
+        kpis = _Kpis(clock.offset, say)
+        loop = register(app, policy=load_pack(policy_path()), kpis=kpis.reader)
         stamp = int(time.time() * 1000) % 10_000_000  # noqa: TID251 - a fresh run id per demo, outside any run
         run_id = run_key(TENANT, f"netconf-{os.getpid()}-{stamp}")
         say(f"[bold]agentflow demo[/] --network netconf: closed loop on {SITE}, run [cyan]{run_id}[/] on "
             f"{redact_url(db)}, device {settings.name}" + (" (a lab device started for the demo)" if lab else ""))  # fmt: skip
+        say(f"  KPIs from {kpis.source}")
         app.start(loop, SITE, run_id=local_id(run_id, TENANT), tenant=TENANT, meta={"requested_by": "demo"},
-                  monitor_seconds=float(os.environ.get(ENV_MONITOR, "10")), checks=2,
+                  monitor_seconds=kpis.window(float(os.environ.get(ENV_MONITOR, "10")), 2), checks=2,
                   confirm_timeout=CONFIRM_TIMEOUT)  # fmt: skip
         asyncio.run(_drive(app, run_id, approve, say))
-        return _summary(app, run_id, lab, settings, time.perf_counter() - started)
+        return {**_summary(app, run_id, lab, settings, time.perf_counter() - started), "kpis": kpis.source}
     finally:
         app.close()
+        if kpis is not None:
+            kpis.close()
         if lab is not None:
             lab.close()
 

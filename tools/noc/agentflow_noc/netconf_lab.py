@@ -75,7 +75,7 @@ class LabDevice:
     def __init__(self, root: Path | None = None, *, confirm_timeout: int = 3600) -> None:
         self._own_root = root is None  # close() removes a directory it made
         self.root = root or Path(tempfile.mkdtemp(prefix="ncx-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.socket = self.root / "ncx.sock"
         self.audit = self.root / "audit.log"
         self.user = account()
@@ -175,7 +175,8 @@ class LabDevice:
         return sorted(found)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a lab server to listen on)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

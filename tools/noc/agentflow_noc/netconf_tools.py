@@ -18,8 +18,10 @@ processes started with it find the same device.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from langchain_core.tools import BaseTool
 
 from agentflow import current_activity
 from agentflow.llm import tool
@@ -87,3 +89,11 @@ def rollback_change(site: str, change_id: str) -> dict[str, Any]:
 
 
 NETCONF_TOOLS = [get_config, stage_change, apply_change, confirm_change, rollback_change]
+
+
+def on_device(tools: Sequence[BaseTool]) -> list[BaseTool]:
+    """`tools` (e.g. the simulated pack's `NOC_TOOLS`) with the configuration tools replaced by
+    their NETCONF versions (same names, same order), and `get_config` and `confirm_change` added."""
+    by_name = {t.name: t for t in NETCONF_TOOLS}
+    swapped = [by_name.get(t.name, t) for t in tools]
+    return swapped + [t for t in NETCONF_TOOLS if t.name not in {s.name for s in swapped}]

@@ -21,10 +21,11 @@ escaped as well, so a hostile argument cannot change a query.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,12 +226,16 @@ def query_range(promql: str, *, start: float, end: float, step: float) -> list[d
 
 # -- KPIs -----------------------------------------------------------------------------------
 def _points(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
-    """Samples of the KPI series grouped by time: `{"t", kpi: value, ...}`, complete ones only."""
+    """Samples of the KPI series grouped by time: `{"t", kpi: value, ...}`, complete ones only.
+    A NaN or infinite sample is no sample: compared with a threshold it is never anomalous, so
+    an exporter serving NaN would read as a healthy cell (and a change be confirmed on it)."""
     by_time: dict[float, dict[str, float]] = {}
     for row in rows:
         kpi = str(row["metric"].get("__name__", "")).removeprefix(PREFIX)
         for t, value in row.get("values") or [row["value"]]:
-            by_time.setdefault(float(t), {})[kpi] = float(value)
+            number = float(value)
+            if math.isfinite(number):
+                by_time.setdefault(float(t), {})[kpi] = number
     return [{"t": t, **values} for t, values in sorted(by_time.items()) if set(values) >= set(model.KPIS)]
 
 
@@ -271,6 +276,17 @@ def window_kpis(site: str, seconds: float, at: float) -> dict[str, float]:
     if mean is None:
         raise _no_data(f"no KPI sample of {site} in the {seconds:g} s before {at:.0f}", _kpi_selector(site))
     return mean
+
+
+def window_reader(offset: float = 0.0) -> Callable[[str, float, float], dict[str, float]]:
+    """`window_kpis` for a run whose clock is the wall clock shifted by `offset` seconds (a
+    `SystemClock(offset=...)`, e.g. a demo moved into the maintenance window): Prometheus'
+    samples carry wall-clock times, so the run's `at` is moved back by `offset` first."""
+
+    def read(site: str, seconds: float, at: float) -> dict[str, float]:
+        return window_kpis(site, seconds, at - offset)
+
+    return read
 
 
 def config_at(site: str, at: float | None = None) -> dict[str, Any]:
