@@ -155,6 +155,18 @@ RunId = Annotated[
 ]  # fmt: skip
 
 
+After = Annotated[int, Field(default=0, ge=0, description="Only steps after this seq (a page's next_after).")]
+_PAGE = 100  # events of one run_summary answer: a long run must not flood the calling agent's context
+_TEXT = 4000  # characters of one event's text in it
+
+
+def _cut_text(event: dict[str, Any]) -> dict[str, Any]:
+    text = event.get("text")
+    if isinstance(text, str) and len(text) > _TEXT:
+        return {**event, "text": f"{text[:_TEXT]} [agentflow: cut at {_TEXT} of {len(text)} characters]"}
+    return event
+
+
 class _Face:
     """The tools, as methods over one store and tenant (sync: the SDK runs them on threads)."""
 
@@ -181,20 +193,26 @@ class _Face:
         once failed, the number of open approvals."""
         return self._summary(self._run(run_id))
 
-    def run_summary(self, run_id: str) -> dict[str, Any]:
+    def run_summary(self, run_id: str, after: After = 0) -> dict[str, Any]:
         """A run's trace summary: its status (as run_status) and its steps in order: model calls
         (with the tools they chose), policy decisions, tool calls and their results, approvals
-        requested and decided, waits. Model and tool text is marked untrusted."""
+        requested and decided, waits. Model and tool text is marked untrusted. At most 100
+        steps at a time, each text cut at 4,000 characters: when `more` is true, call again
+        with `after` set to `next_after` for the next ones."""
         run = self._run(run_id)
-        steps = self.chat.store.load_steps(run.id)
+        steps = [s for s in self.chat.store.load_steps(run.id) if s.seq > after]
         found = events(self.chat, steps)
+        page = [_cut_text(e) for e in found[:_PAGE]]
         tools = [{"seq": e["seq"], "tool": e["name"], "status": e["status"], "args": e["data"].get("args")}
-                 for e in found if e["kind"] == "tool"]  # fmt: skip
+                 for e in page if e["kind"] == "tool"]  # fmt: skip
         summary = self._summary(run)
+        more = len(found) > _PAGE
         return {
             **summary,
-            "events": found,
+            "events": page,
             "tool_calls": tools,
+            "more": more,
+            "next_after": page[-1]["seq"] if more else None,
             "untrusted": [*summary["untrusted"], "tool_calls.args"],
         }
 

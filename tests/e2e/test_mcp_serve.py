@@ -259,3 +259,31 @@ async def test_start_run_is_bounded_and_tenants_see_their_own_runs(make_app: Cal
         missing = await west.call_tool("run_status", {"run_id": only_east})
         assert missing.is_error and "no run" in str(missing.content)
         assert (await call(west, "list_pending_approvals"))["approvals"] == []
+
+
+async def test_run_summary_comes_in_pages(make_app: Callable[..., Any]) -> None:
+    """A long run's summary is paged (100 steps at a time, `next_after` to go on), so a run of
+    thousands of steps cannot flood the calling agent's context; the pages hold every step once."""
+    from agentflow import WorkflowContext
+    from agentflow.server import mcp_server
+
+    app = make_app()
+
+    @app.activity(name="tick")
+    def tick(i: int) -> int:
+        return i
+
+    @app.workflow(name="long")
+    async def long(ctx: WorkflowContext) -> str:
+        for i in range(150):
+            await ctx.run(tick, i)
+        return "done"
+
+    await app.run_async(long, run_id="long")
+    async with Client(mcp_server(app)) as client:
+        first = await call(client, "run_summary", run_id="long")
+        assert len(first["events"]) == 100 and first["more"] and first["next_after"] == first["events"][-1]["seq"]
+        rest = await call(client, "run_summary", run_id="long", after=first["next_after"])
+        assert not rest["more"] and rest["next_after"] is None
+        seen = [e["seq"] for e in first["events"] + rest["events"]]
+        assert len(seen) == len(set(seen)) == len([s for s in app.history("long") if s.kind == "activity"])
