@@ -333,8 +333,9 @@ class Device:
             conn.edit_config(target="candidate", config=cells_xml({}, {"state": "confirmed"}))
             try:
                 conn.commit(persist_id=last["persist-id"])
-            except RPCError:
+            except RPCError as exc:
                 conn.discard_changes()
+                self._unless_pending(conn, site, change_id, exc)
                 return self._gone(site, change_id, "confirmed")  # the device's timer won the race
         return {"confirmed": True, "site": site, "change_id": change_id, "param": last.get("param"),
                 "value": from_text(str(last.get("param")), last.get("value")), "deduplicated": False}  # fmt: skip
@@ -347,7 +348,8 @@ class Device:
             if last is not None and last.get("state") == "pending" and self._mine(last, site, change_id):
                 try:
                     conn.cancel_commit(persist_id=last["persist-id"])
-                except RPCError:  # the device's timer won the race: reverted all the same
+                except RPCError as exc:  # the device's timer won the race: reverted all the same
+                    self._unless_pending(conn, site, change_id, exc)
                     return {**self._gone(site, change_id, "rolled_back"), "rolled_back": True, "how": "device"}
                 param = str(last.get("param"))
                 return {"rolled_back": True, "site": site, "change_id": change_id, "how": "cancel-commit",
@@ -367,6 +369,17 @@ class Device:
             conn.commit()
         return {"rolled_back": True, "site": site, "change_id": change_id, "how": "restore", "param": param,
                 "value": from_text(param, previous), "deduplicated": False}  # fmt: skip
+
+    def _unless_pending(self, conn: Manager, site: str, change_id: str, exc: RPCError) -> None:
+        """After a refused confirm or cancel: a change still pending on the device was refused
+        for another reason (a lock, a busy device), which must not be reported as reverted:
+        a retryable `ToolError`. A change gone lost the race with the device's timer."""
+        _, last = self.read(conn)
+        if last is not None and last.get("state") == "pending" and self._mine(last, site, change_id):
+            said = exc.message or exc.tag or "error"
+            raise ToolError(f"the device refused: {said}; {change_id} is still pending on the device",
+                            system=self.settings.name, detail=f"{exc.tag} {exc.path or ''}".strip(),
+                            retryable=True) from exc  # fmt: skip
 
     @staticmethod
     def _mine(last: Mapping[str, Any], site: str, change_id: str) -> bool:
