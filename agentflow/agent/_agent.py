@@ -124,10 +124,8 @@ class Agent:
         names = [t.name for t in self._tools]
         if len(set(names)) != len(names):
             twice = sorted({n for n in names if names.count(n) > 1})
-            raise ConfigurationError(
-                f"agent {self.name}: tool names must be unique, got {twice} more than once (an MCP server "
-                "offering a name another tool has: give it a prefix, agentflow.mcp.server(..., prefix='inv_'))"
-            )
+            raise ConfigurationError(f"agent {self.name}: tool names must be unique, got {twice} more than once (an "
+                                     "MCP server offering another tool's name: give it a prefix=)")  # fmt: skip
         if self.mode not in ("react", "plan"):
             raise ConfigurationError(f"agent {self.name}: mode must be 'react' or 'plan', not {self.mode!r}")
         if "/" in self.name or not self.name:

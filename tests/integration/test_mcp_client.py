@@ -416,7 +416,7 @@ def test_names_and_overrides_are_checked_against_what_the_server_offers(stdio: C
         """The process's own KPI reader."""
         return site
 
-    with pytest.raises(ConfigurationError, match=r"\['get_kpis'\] more than once.*prefix"):
+    with pytest.raises(ConfigurationError, match=r"\['get_kpis'\] more than once.*prefix="):
         Agent(name="noc", model=scripted("Done."), tools=[get_kpis, stdio(trusted=True)])
     agent = Agent(name="noc", model=scripted("Done."), tools=[get_kpis, stdio(trusted=True, prefix="ems_", name="ems")])
     assert sorted(t.name for t in agent.tools) == ["ems_apply_change", "ems_get_kpis", "ems_wait", "get_kpis"]
