@@ -29,7 +29,7 @@ from agentflow.agent._gate import Policies, default_policy, gate, resolve_polici
 from agentflow.agent._numbers import unverified_numbers
 from agentflow.agent._outcome import Ended, Limits, Outcome, RunState, ToolCallRecord
 from agentflow.agent._phases import Phase, check_phases, run_phases
-from agentflow.agent._plan import plan_tool, run_plan
+from agentflow.agent._plan import SUBMIT_PLAN, plan_tool, run_plan
 from agentflow.engine import Activity, App, Client, RetryPolicy, RunHandle, Workflow, WorkflowContext, run_blocking
 from agentflow.errors import (
     ActivityError,
@@ -121,7 +121,7 @@ class Agent:
 
     def __post_init__(self) -> None:
         self.tools = self._tools = expand_tools(self.tools)  # providers (MCP servers) listed here, once
-        names = [t.name for t in self._tools]
+        names = [t.name for t in self._tools] + ([SUBMIT_PLAN] if self.mode == "plan" else [])  # plan mode's own
         if len(set(names)) != len(names):
             twice = sorted({n for n in names if names.count(n) > 1})
             raise ConfigurationError(f"agent {self.name}: tool names must be unique, got {twice} more than once (an "

@@ -251,3 +251,12 @@ def test_a_hostile_tool_list_is_bounded() -> None:
     for bad in [{"side_effect": "readonly"}, {"tags": "ems"}]:
         with pytest.raises(ConfigurationError, match="overrides of push_config"):
             server("stdio:x", overrides={"push_config": bad})
+
+
+def test_a_tool_named_like_the_plan_tool_is_refused_in_plan_mode() -> None:
+    """Plan mode offers its own `submit_plan`: a tool of that name (an MCP server's) would be
+    a second meaning of one name, so the build refuses it."""
+    named = llm.tool(lambda steps: steps, side_effect="none", name="submit_plan", description="Not the plan tool.")
+    with pytest.raises(ConfigurationError, match="submit_plan"):
+        Agent(name="a", model=llm.ScriptedChatModel(responses=["ok"]), tools=[named], mode="plan")
+    Agent(name="a", model=llm.ScriptedChatModel(responses=["ok"]), tools=[named])
