@@ -10,6 +10,8 @@ audit log say what happened.
 from __future__ import annotations
 
 import json
+import signal
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -105,3 +107,21 @@ def test_the_pack_declares_its_tools_as_the_simulated_pack_does(device: NetconfS
     with pytest.raises(ToolError, match="Unknown host key") as refused:
         Device(impostor).configs()
     assert not refused.value.retryable
+
+
+def test_a_device_that_stops_answering_is_a_retryable_error_in_bounded_time(device: NetconfServer) -> None:
+    """netconfd frozen (SIGSTOP) behind a live sshd: the session never gets its hello. The call
+    fails within about its timeout as a retryable ToolError (a worker is not held forever), and
+    works again once the device answers."""
+    netconfd = next(p for p in device._procs if "netconfd" in str(p.args[0]))
+    impatient = Device(replace(device.settings, timeout=2.0))
+    netconfd.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ToolError) as hung:
+            impatient.configs()
+        assert hung.value.retryable
+        assert time.monotonic() - started < 10
+    finally:
+        netconfd.send_signal(signal.SIGCONT)
+    assert impatient.config(SITE)["hoA3Offset"] == 8

@@ -34,7 +34,7 @@ from typing import Any
 from ncclient import manager
 from ncclient.manager import Manager
 from ncclient.operations import MissingCapabilityError, OperationError, RPCError, TimeoutExpiredError
-from ncclient.transport.errors import AuthenticationError, SSHUnknownHostError, TransportError
+from ncclient.transport.errors import AuthenticationError, SessionError, SSHUnknownHostError, TransportError
 
 from agentflow.engine import crash_point
 from agentflow.errors import ToolError
@@ -141,12 +141,13 @@ class Device:
                 host=s.host, port=s.port, username=s.user, key_filename=s.key_file, timeout=s.timeout,
                 hostkey_verify=True, hostkey_b64=s.hostkey, allow_agent=s.key_file is None,
                 look_for_keys=s.key_file is None,
+                manager_params={"timeout": s.timeout},  # each RPC's wait (ncclient's own default: 30 s)
             )  # fmt: skip
         except (SSHUnknownHostError, AuthenticationError) as exc:
             # Not retried: a host key that is not the pinned one, or a login refused, needs a person.
             raise ToolError(f"{s.name} refused: {exc} (check {ENV_HOSTKEY}, {ENV_USER}, {ENV_KEY})",
                             system=s.name) from exc  # fmt: skip
-        except (TransportError, OSError) as exc:
+        except (TransportError, SessionError, OSError) as exc:  # SessionError: no hello in time
             raise ToolError(f"{s.name} is unreachable: {exc}", system=s.name, retryable=True) from exc
         try:
             yield conn
