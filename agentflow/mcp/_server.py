@@ -65,6 +65,7 @@ _LISTED = 1000  # tools read from a server's list (all pages)
 _OFFERED = 128  # tools offered from one server (after `include`)
 _SCHEMA = 20_000  # characters of one tool's input schema (as canonical JSON)
 _KEPT_RUNS = 1024  # runs whose pin a process keeps in memory (a run's next call re-reads it anyway)
+_EFFECT_HINTS = ("readOnlyHint", "destructiveHint", "idempotentHint")  # what an overridden side effect decides
 #: What `overrides` may declare of a server's tool: the configuration's own facts (trusted).
 _OVERRIDABLE = ("side_effect", "target", "canonical", "region", "timeout", "compensate", "tags", "preview", "reconcile")
 
@@ -158,6 +159,8 @@ class Server:
         if self.trusted:
             side = "none" if hints.get("readOnlyHint") else "idempotent" if hints.get("idempotentHint") else side
         given = self.overrides.get(mcp_name, {})
+        if "side_effect" in given:  # the configuration's side effect, not a hint contradicting it
+            hints = {k: v for k, v in hints.items() if k not in _EFFECT_HINTS}
         facts = ToolFacts(**{
             "side_effect": side, "declared": True, "timeout": self.timeout, "server": self.name,
             "annotations": tuple(sorted(hints.items())) if self.trusted else (), "prepare": self._prepare,

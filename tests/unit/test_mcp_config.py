@@ -106,6 +106,10 @@ def test_the_configuration_declares_what_the_server_cannot() -> None:
     assert (got.target, got.side_effect, got.tags) == ("site", "idempotent", ("mcp", "mcp:ems", "ems"))
     with pytest.raises(ConfigurationError, match="cannot set"):
         facts(False, PUSH, overrides={"push_config": {"server": "other"}})
+    # A side effect the configuration declares is what policies see of it, not the server's hint.
+    declared = facts(True, KPIS, overrides={"get_kpis": {"side_effect": "non_idempotent"}})
+    assert declared.side_effect == "non_idempotent" and declared.hints()["readOnlyHint"] is False
+    assert facts(True, KPIS).hints()["readOnlyHint"] is True
 
 
 def test_policies_match_on_server_and_annotations() -> None:
