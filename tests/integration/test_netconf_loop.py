@@ -66,3 +66,17 @@ def test_kpis_that_cannot_be_read_in_the_window_cancel_the_change(device: Netcon
     assert result.status == "cancelled", result.detail
     assert result.checks[-1].anomalies[0].startswith("unreadable (ToolError")
     assert device.device.config(SITE)["hoA3Offset"] == 8
+
+
+def test_a_second_change_while_one_is_pending_on_the_device_ends_refused_saying_so(
+    device: NetconfServer, app: App
+) -> None:
+    """Another loop's change (on CS-102) awaits its confirmation: the device holds one pending
+    confirmed commit, so this loop's apply is refused, retried (the refusal is retryable), and
+    the run ends `refused` naming the pending change; nothing of CS-101 is committed."""
+    other = device.device.apply("CS-102", "hoA3Offset", 4, key="other-loop:9", timeout=30)
+    result = app.run(register(app), SITE, monitor_seconds=1, checks=1, confirm_timeout=8, auto_approve=True)
+    assert result.status == "refused", result.detail
+    assert f"{other['change_id']} on CS-102 is pending confirmation" in result.detail
+    assert device.cell_transactions(SITE) == []
+    assert device.device.rollback("CS-102", other["change_id"], key="other-loop:10")["how"] == "cancel-commit"
