@@ -5,8 +5,9 @@ gate, the approval card and the tool all see; a value that cannot be read is an 
 
 The schema is a server's text, so it is treated as hostile: a `$ref` is resolved inside the
 schema only (never fetched: a remote `$ref` would make the agent's worker open any URL a server
-names), a regex (`pattern`, `patternProperties`) runs with a time limit (a catastrophic regex cannot stall the workflow's
-loop), recursion is bounded, and an error message is cut.
+names), a regex (`pattern`, `patternProperties`) runs with a time limit and the steps one
+reading takes are counted (a catastrophic regex, or nested `anyOf` over shared `$ref`s, would
+stall the workflow's loop), recursion is bounded, and an error message is cut.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from __future__ import annotations
 import importlib
 import math
 import re
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 _DEPTH = 32  # schema levels coercion follows (a `$ref` cycle stops here)
@@ -25,6 +27,19 @@ _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,3})?")
 _TRUE = frozenset({"true", "t", "yes", "y", "on", "1"})  # what pydantic reads as a bool
 _FALSE = frozenset({"false", "f", "no", "n", "off", "0"})
 _KEEP = object()
+_BUDGET = 10_000  # schema keywords and nodes one call's reading may visit (~0.1 s)
+_spent = threading.local()
+
+
+class _TooComplex(Exception):
+    """A schema whose reading would not end in reasonable time (nested anyOf over shared $refs
+    grow exponentially: a 2 KB schema can ask for 2^30 steps)."""
+
+
+def _charge() -> None:
+    _spent.n = getattr(_spent, "n", 0) + 1
+    if _spent.n > _BUDGET:
+        raise _TooComplex
 
 
 def coerce_json_args(schema: Mapping[str, Any], args: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
@@ -43,6 +58,7 @@ def coerce_json_args(schema: Mapping[str, Any], args: dict[str, Any]) -> tuple[d
             None,
             f"the tool's input schema is not a valid JSON Schema ({_cut(exc.message)}), so no call can be checked",
         )
+    _spent.n = 0
     try:
         coerced = _coerce(args, schema, _Reading(schema, validator), 0)
         extra = _unexpected(schema, coerced)
@@ -53,6 +69,8 @@ def coerce_json_args(schema: Mapping[str, Any], args: dict[str, Any]) -> tuple[d
         return None, f"the tool's input schema refers to {_cut(str(exc))}, which is not in it (nothing is fetched)"
     except RecursionError:
         return None, "the tool's input schema refers to itself without end"
+    except _TooComplex:
+        return None, f"the tool's input schema asks for more than {_BUDGET} steps to check a call: refused as hostile"
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "(arguments)"
         return None, f"{where}: {_cut(error.message)}"
@@ -70,13 +88,26 @@ def _validator(schema: dict[str, Any]) -> Any:
     jsonschema, referencing = _libraries()
     base = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     base.check_schema(schema)
-    timed = jsonschema.validators.extend(
-        base,
-        {"pattern": _pattern, "patternProperties": _pattern_properties, "additionalProperties": _additional_properties},
-    )
+    timed = {
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+        "additionalProperties": _additional_properties,
+    }
+    keywords = {k: _charged(fn) for k, fn in {**base.VALIDATORS, **timed}.items()}
+    bounded = jsonschema.validators.extend(base, keywords)
     # An explicit empty registry: a `$ref` resolves inside the schema (and the bundled
     # metaschemas) only. jsonschema's default registry would fetch a remote one over the network.
-    return timed(schema, registry=referencing.Registry())
+    return bounded(schema, registry=referencing.Registry())
+
+
+def _charged(keyword: Callable[..., Any]) -> Callable[..., Iterator[Any]]:
+    """A keyword's validator that counts against the call's budget."""
+
+    def run(validator: Any, value: Any, instance: Any, schema: Any) -> Iterator[Any]:
+        _charge()
+        yield from keyword(validator, value, instance, schema) or ()
+
+    return run
 
 
 class _Slow(Exception):
@@ -170,6 +201,7 @@ def _coerce(value: Any, schema: Any, reading: _Reading, depth: int) -> Any:
     """`value` with its scalars read as the schema types them (pydantic's lax reading)."""
     if depth > _DEPTH or not isinstance(schema, Mapping):
         return value
+    _charge()
     ref = schema.get("$ref")
     if isinstance(ref, str):
         value = _coerce(value, reading.local(ref), reading, depth + 1)

@@ -233,6 +233,14 @@ def test_a_hostile_schema_fetches_nothing_stalls_nothing_and_refuses_the_call() 
     started = time.monotonic()
     got, error = read(by_name, {"a" * 100 + "b": 1})  # the model's property name meets the server's regex
     assert got is None and "took too long" in (error or "") and time.monotonic() - started < 5
+    shared = {f"a{i}": {"anyOf": [{"$ref": f"#/$defs/a{i + 1}"}, {"allOf": [{"$ref": f"#/$defs/a{i + 1}"}]}]}
+              for i in range(30)}  # fmt: skip
+    shared["a30"] = {"type": "integer"}
+    started = time.monotonic()  # 2^30 steps to read "x" by it: cut off at the budget
+    got, error = read(
+        {"type": "object", "properties": {"site": {"$ref": "#/$defs/a0"}}, "$defs": shared}, {"site": "x"}
+    )
+    assert got is None and "refused as hostile" in (error or "") and time.monotonic() - started < 5
     assert (
         read({"$ref": "#"}, {"site": "x"})[1]
         == "invalid arguments for push_config: the tool's input schema refers to itself without end"
