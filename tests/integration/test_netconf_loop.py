@@ -1,7 +1,7 @@
 """The closed loop on confirmed commit, against a real NETCONF device (netconfd behind sshd,
 `support.netconf`), in one process: what the device did is read from the device itself (its
 running datastore and its audit log of commits), never from what the run believes. The fix
-confirmed end to end: test_netconf_demo (the demo) and test_netconf_prometheus (Prometheus KPIs);
+confirmed end to end: test_netconf_demo (the demo, on a lab Prometheus) and test_prometheus_kpis (the exporter, monitor_kpis);
 confirmed and cancelled after a worker's death: test_netconf_crash.
 
 The device's confirm timer runs on the wall clock, so these runs use the real clock with a
