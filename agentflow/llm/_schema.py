@@ -27,7 +27,7 @@ _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,3})?")
 _TRUE = frozenset({"true", "t", "yes", "y", "on", "1"})  # what pydantic reads as a bool
 _FALSE = frozenset({"false", "f", "no", "n", "off", "0"})
 _KEEP = object()
-_BUDGET = 10_000  # schema keywords and nodes one call's reading may visit (~0.1 s)
+_BUDGET = 30_000  # schema keywords and nodes one reading may visit (~0.5 s; a tool taking a list of 1,000 objects needs ~10,000)
 _spent = threading.local()
 
 
