@@ -144,6 +144,13 @@ class Server:
         if len(offered) > _OFFERED:
             raise ConfigurationError(f"MCP server {self.name} offers {len(offered)} tools, more than a model "
                                      f"takes ({_OFFERED}): name the ones the agent needs with include=[...]")  # fmt: skip
+        given: dict[str, list[str]] = {}
+        for name in offered:
+            given.setdefault(offered_name(self.prefix, name), []).append(name)
+        clash = sorted(n for made, names in given.items() if len(names) > 1 or not made for n in names)
+        if clash:
+            raise ConfigurationError(f"MCP server {self.name}: the tools {clash} get one name (or none) once made "
+                                     "safe for model APIs: leave them out with include=[...]")  # fmt: skip
         for name, defn in offered.items():
             size = len(canonical_json(defn.get("inputSchema") or {}))
             if size > _SCHEMA:

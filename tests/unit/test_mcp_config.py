@@ -260,6 +260,10 @@ def test_a_hostile_tool_list_is_bounded() -> None:
     with pytest.raises(ConfigurationError, match=r"input schema of .* characters"):
         ems._check_size({"push_config": {**PUSH, "inputSchema": huge}})
     ems._check_size({"push_config": PUSH})
+    with pytest.raises(ConfigurationError, match=r"the tools \['push.config', 'push_config'\] get one name"):
+        ems._check_size({"push_config": PUSH, "push.config": {**PUSH, "name": "push.config"}})
+    with pytest.raises(ConfigurationError, match="get one name"):
+        ems._check_size({"": {**PUSH, "name": ""}})
     for bad in [{"side_effect": "readonly"}, {"tags": "ems"}]:
         with pytest.raises(ConfigurationError, match="overrides of push_config"):
             server("stdio:x", overrides={"push_config": bad})
