@@ -32,7 +32,6 @@ what Prometheus scraped from the RAN exporter (`ransim`, which reads the device'
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Literal
@@ -41,11 +40,10 @@ from pydantic import BaseModel, Field
 
 from agentflow import ActivityError, App, Workflow, WorkflowContext, current_activity
 from agentflow.agent import Decision, Policies, authorize, default_policy
-from agentflow.errors import ToolError
 from agentflow_noc import model
 from agentflow_noc.closed_loop import STEP_RETRY, Approval, Change, _auto_approving
 from agentflow_noc.netconf import Device, DeviceSettings
-from agentflow_noc.netconf_tools import apply_change
+from agentflow_noc.netconf_tools import apply_change, push_once
 from agentflow_noc.network import DEFAULT_SEED
 
 NETCONF_LOOP = "noc.closed_loop_netconf"
@@ -131,20 +129,8 @@ def _activities(app: App, name: str, kpis: KpiReader, seed: int) -> dict[str, An
     def stage(site: str, param: str, value: Value) -> dict[str, Any]:
         return _device().stage(site, param, value)
 
-    def apply(site: str, param: str, value: Value, timeout: int, not_after: float) -> dict[str, Any]:
-        info, device = current_activity(), _device()
-        now = info.app.clock.now() if info.app is not None else time.time()  # noqa: TID251 - an activity
-        if now >= not_after:
-            # A first attempt (its outcome unknown) made before `not_after - timeout` would have
-            # been reverted by the device by now, taking its record with it: pushing again would
-            # make a second change on an approval (and in a window) given for the first.
-            done = device.result_for_key(info.idempotency_key)
-            if done is not None:
-                return done
-            raise ToolError(f"not pushed again: this apply started over {timeout} s ago (its confirm timeout), so a "
-                            "commit it made may have been reverted by the device already; start a new run for a "
-                            "fresh decision and approval", system=device.settings.name)  # fmt: skip
-        return device.apply(site, param, value, key=info.idempotency_key, timeout=timeout)
+    def apply(site: str, param: str, value: Value, timeout: int) -> dict[str, Any]:
+        return push_once(_device(), site, param, value, timeout=timeout)  # never again past the timeout
 
     def status(site: str, change_id: str) -> dict[str, Any]:
         return _device().status(site, change_id)
@@ -235,9 +221,8 @@ class _Loop:
 
     async def _apply(self) -> None:
         c, timeout = self.change, self.o["confirm_timeout"]
-        not_after = self.ctx.now().timestamp() + timeout  # past it, a retried apply does not push again
         try:
-            await self.ctx.run(self.acts["apply"], c.site, c.param, c.value, timeout, not_after)
+            await self.ctx.run(self.acts["apply"], c.site, c.param, c.value, timeout)
         except ActivityError as exc:
             raise _Halt("refused", f"{c.change_id} not applied: {exc.cause_message}") from None
         self.out.applied_at = self.ctx.now()

@@ -24,6 +24,7 @@ from typing import Any
 from langchain_core.tools import BaseTool
 
 from agentflow import current_activity
+from agentflow.errors import ToolError
 from agentflow.llm import tool
 from agentflow_noc.netconf import Device, DeviceSettings
 from agentflow_noc.tools import Param, Value, _region, _site
@@ -32,6 +33,27 @@ from agentflow_noc.tools import Param, Value, _region, _site
 def device() -> Device:
     """The configured device (`NOC_NETCONF_*`)."""
     return Device(DeviceSettings.from_env())
+
+
+def push_once(dev: Device, site: str, param: str, value: Any, *, timeout: int | None = None) -> dict[str, Any]:
+    """`dev.apply` as the running activity's one push: keyed by its idempotency key, and never
+    made again once the step's first attempt started a confirm timeout ago or more. By then a
+    commit that attempt made (its outcome unknown: the worker died) has been reverted by the
+    device, taking its record with it, so "not on the device" no longer means "never made":
+    pushing again would make a second change on the approval, and in the window, given for the
+    first. Past that point it answers from the device's record or refuses (not retryable)."""
+    info = current_activity()
+    timeout = dev.settings.confirm_timeout if timeout is None else int(timeout)
+    if info.app is not None:
+        step = next((s for s in info.app.store.load_steps(info.run_id, after=info.seq - 1) if s.seq == info.seq), None)
+        if step is not None and info.app.clock.now() - step.started_at >= timeout:
+            done = dev.result_for_key(info.idempotency_key)
+            if done is not None:
+                return done
+            raise ToolError(f"not pushed again: this apply first started over {timeout} s ago (the confirm timeout), "
+                            "so a commit it made may have been reverted by the device already; ask again for a "
+                            "fresh decision and approval", system=dev.settings.name)  # fmt: skip
+    return dev.apply(site, param, value, key=info.idempotency_key, timeout=timeout)
 
 
 def _reconcile(key: str) -> dict[str, Any] | None:
@@ -69,7 +91,7 @@ def apply_change(site: str, param: Param, value: Value) -> dict[str, Any]:
     backhaul_link, txPower) as a confirmed commit: the device reverts it by itself unless
     confirm_change confirms it in time. Stage it first. Returns `applied`, the `previous` value
     and the change_id for confirm_change or rollback_change."""
-    return device().apply(_site(site), param, value, key=current_activity().idempotency_key)
+    return push_once(device(), _site(site), param, value)
 
 
 @tool(side_effect="idempotent", target="site", canonical=_site, region=_region, tags=["config"])
