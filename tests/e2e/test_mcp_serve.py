@@ -287,3 +287,36 @@ async def test_run_summary_comes_in_pages(make_app: Callable[..., Any]) -> None:
         assert not rest["more"] and rest["next_after"] is None
         seen = [e["seq"] for e in first["events"] + rest["events"]]
         assert len(seen) == len(set(seen)) == len([s for s in app.history("long") if s.kind == "activity"])
+
+
+async def test_pending_approvals_are_the_tenants_own(
+    make_app: Callable[..., Any], worker_thread: Callable[..., Any]
+) -> None:
+    """A run of tenant east stages a change: east's server lists its approval, west's lists
+    nothing and cannot read the run, though both name the same run id."""
+    import anyio
+
+    from agentflow.agent import Agent
+    from agentflow.llm import LangChainChat, ScriptedChatModel, tool
+    from agentflow.server import mcp_server
+    from agentflow.testing import TestClock
+
+    @tool(side_effect="non_idempotent")
+    def push(site: str) -> str:
+        """Push a change to a site."""
+        return site
+
+    app = make_app(clock=TestClock(start=1_700_000_000, skip=False))
+    staged = {"tool_calls": [{"name": "push", "args": {"site": "CS-101"}}]}
+    Agent(name="noc", model=LangChainChat(ScriptedChatModel(responses=[staged, "ok"])), tools=[push]).register(app)
+    worker_thread(app)
+    async with Client(mcp_server(app, tenant="east")) as east, Client(mcp_server(app, tenant="west")) as west:
+        await call(east, "start_run", task="push CS-101", run_id="r1")
+        for _ in range(300):
+            listed = (await call(east, "list_pending_approvals"))["approvals"]
+            if listed:
+                break
+            await anyio.sleep(0.1)
+        assert [(a["run_id"], a["tool"]) for a in listed] == [("r1", "push")]
+        assert (await call(west, "list_pending_approvals"))["approvals"] == []
+        assert (await west.call_tool("run_summary", {"run_id": "r1"})).is_error
