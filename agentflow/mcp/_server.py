@@ -17,6 +17,13 @@ idempotency key, answered from the history on resume). What the facts say:
   call the server's tool list is read again and the tool's definition compared with the pin. A
   changed definition (or a list not matching `pin=`) is refused with `ToolDefinitionChanged`:
   the call is not sent, the failed step is in the trace and the model hears why.
+- arguments: the agent reads a call's arguments by the tool's input schema before the gate
+  (`agentflow.llm.coerce_tool_args`: `"46"` for an integer is 46 for the policy, the card and
+  the server; unreadable ones are an invalid call, sent back to the model); at the call they
+  are checked again (an approver's edit). The schema is the server's: no remote `$ref` is
+  fetched, regexes and the steps of a reading are bounded (`agentflow/llm/_schema.py`).
+- bounds: a list of more than 1,000 tools, more than 128 offered, an input schema over 20,000
+  characters, two tools given one name: refused when the agent is built (`include=`).
 - the call carries the step's idempotency key in its request's `_meta`, under `META_KEY`
   ("agentflow/idempotency_key"): the same on every attempt, after a crash too, so a server can
   run a side effect once. Each attempt waits at most `timeout` seconds; failed attempts are
