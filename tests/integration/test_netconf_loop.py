@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
-from support.netconf import INCIDENT_SITE, NetconfServer, netconf_device
+from support.netconf import INCIDENT_SITE, NetconfServer, initial_cells, netconf_server
 
 from agentflow import App
 from agentflow.errors import ToolError
@@ -24,10 +24,20 @@ pytestmark = pytest.mark.slow
 SITE = INCIDENT_SITE  # hoA3Offset mis-set to 8 dB on the device: drops and failed handovers
 
 
-@pytest.fixture
-def device(monkeypatch: pytest.MonkeyPatch) -> Iterator[NetconfServer]:
-    with netconf_device(monkeypatch) as server:
+@pytest.fixture(scope="module")
+def shared() -> Iterator[NetconfServer]:
+    """One device for the module: each test leaves its cells and change record as it found
+    them (nothing committed, or cancelled), and counts commits from where it started."""
+    with netconf_server() as server:
         yield server
+
+
+@pytest.fixture
+def device(shared: NetconfServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[NetconfServer]:
+    for name, value in shared.settings.environ().items():
+        monkeypatch.setenv(name, value)
+    assert shared.device.configs() == initial_cells() and shared.device.last_change() is None, "left changed"
+    yield shared
 
 
 @pytest.fixture
@@ -42,11 +52,12 @@ def test_a_value_outside_the_yang_range_is_refused_by_the_device_and_the_run_end
 ) -> None:
     """20 dB is outside the module's 0..15 range: the device refuses the staged edit, the run
     ends `refused` with the device's words (it does not fail), and nothing is committed."""
+    before = device.cell_transactions(SITE)
     result = app.run(register(app), SITE, value=20, monitor_seconds=1, checks=1, confirm_timeout=8, auto_approve=True)
     assert result.status == "refused"
     assert "not in range" in result.detail and "hoA3Offset" in result.detail
     assert device.device.config(SITE)["hoA3Offset"] == 8
-    assert device.cell_transactions(SITE) == []
+    assert device.cell_transactions(SITE) == before
 
 
 def test_kpis_that_cannot_be_read_in_the_window_cancel_the_change(device: NetconfServer, app: App) -> None:
@@ -74,9 +85,10 @@ def test_a_second_change_while_one_is_pending_on_the_device_ends_refused_saying_
     """Another loop's change (on CS-102) awaits its confirmation: the device holds one pending
     confirmed commit, so this loop's apply is refused, retried (the refusal is retryable), and
     the run ends `refused` naming the pending change; nothing of CS-101 is committed."""
+    before = device.cell_transactions(SITE)
     other = device.device.apply("CS-102", "hoA3Offset", 4, key="other-loop:9", timeout=30)
     result = app.run(register(app), SITE, monitor_seconds=1, checks=1, confirm_timeout=8, auto_approve=True)
     assert result.status == "refused", result.detail
     assert f"{other['change_id']} on CS-102 is pending confirmation" in result.detail
-    assert device.cell_transactions(SITE) == []
+    assert device.cell_transactions(SITE) == before
     assert device.device.rollback("CS-102", other["change_id"], key="other-loop:10")["how"] == "cancel-commit"
